@@ -1,0 +1,63 @@
+"""`pvhyp`: the command line. It may import everything (the only place that does).
+
+Subcommands live in `pvhyp/cli/*_cmd.py`, each with `add_parser(subparsers)`
+that sets `func` on its parser; benchmarks in `pvhyp/cli/bench_*.py`, each
+with `DESCRIPTION`, optional `add_arguments(parser)` and `run(args)`, all
+reached as `pvhyp bench NAME`. With no subcommand, `pvhyp` runs the main job.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+
+class UserError(Exception):
+    """Bad user input (config, image, command): printed as one line, exit 2."""
+
+
+def _command_modules():
+    import pvhyp.cli as pkg
+    for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if mod.name.endswith("_cmd") or mod.name.startswith("bench_"):
+            yield mod.name, importlib.import_module(f"{pkg.__name__}.{mod.name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pvhyp",
+        description="A Xen-compatible PV hypervisor in Python. With no command: run the main job.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    bench = sub.add_parser("bench", help="run a benchmark and print `name: value unit` lines")
+    bench_sub = bench.add_subparsers(dest="benchmark", metavar="NAME", required=True)
+    for name, module in _command_modules():
+        if name.startswith("bench_"):
+            p = bench_sub.add_parser(name[len("bench_"):], help=getattr(module, "DESCRIPTION", None))
+            if hasattr(module, "add_arguments"):
+                module.add_arguments(p)
+            p.set_defaults(func=module.run)
+        else:
+            module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        from pvhyp.cli.main_job import run as main_job
+        func = main_job
+    else:
+        func = args.func
+    try:
+        return func(args) or 0
+    except UserError as e:
+        print(f"pvhyp: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

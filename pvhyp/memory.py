@@ -1,0 +1,75 @@
+"""Machine memory: one shared-memory file, mapped once.
+
+Every byte a guest can ever see lives here. It is a memfd so that dom0, a
+separate OS process, can map the very same frames (the fd is passed over a
+Unix socket); the hypervisor decides which frames it may map. The CPU engine
+maps the whole file as unicorn's physical address space, so a PV guest's page
+tables (which hold machine frame numbers) are walked by the CPU directly.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import struct
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+PAGE_MASK = ~(PAGE_SIZE - 1)
+
+_U64 = struct.Struct("<Q")
+_ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+class MachineMemory:
+    """`size` bytes of machine memory, frame-addressed (mfn << 12)."""
+
+    def __init__(self, size: int, name: str = "pvhyp-machine-memory"):
+        if size <= 0 or size % PAGE_SIZE:
+            raise ValueError(f"machine memory size must be a positive multiple of {PAGE_SIZE}: {size}")
+        self.size = size
+        self.nr_frames = size >> PAGE_SHIFT
+        self.fd = os.memfd_create(name, 0)
+        os.ftruncate(self.fd, size)
+        self.buf = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.view = memoryview(self.buf)
+
+    @property
+    def host_address(self) -> int:
+        """Host virtual address of byte 0 (for unicorn's mem_map_ptr)."""
+        return ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
+
+    def valid_mfn(self, mfn: int) -> bool:
+        return 0 <= mfn < self.nr_frames
+
+    def frame(self, mfn: int) -> memoryview:
+        if not self.valid_mfn(mfn):
+            raise IndexError(f"mfn {mfn:#x} outside machine memory")
+        base = mfn << PAGE_SHIFT
+        return self.view[base:base + PAGE_SIZE]
+
+    def read(self, maddr: int, length: int) -> bytes:
+        if maddr < 0 or length < 0 or maddr + length > self.size:
+            raise IndexError(f"machine range {maddr:#x}+{length:#x} outside memory")
+        return self.buf[maddr:maddr + length]
+
+    def write(self, maddr: int, data: bytes) -> None:
+        if maddr < 0 or maddr + len(data) > self.size:
+            raise IndexError(f"machine range {maddr:#x}+{len(data):#x} outside memory")
+        self.buf[maddr:maddr + len(data)] = data
+
+    def read_u64(self, maddr: int) -> int:
+        return _U64.unpack_from(self.buf, maddr)[0]
+
+    def write_u64(self, maddr: int, value: int) -> None:
+        _U64.pack_into(self.buf, maddr, value & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def scrub(self, mfn: int) -> None:
+        """Zero a frame: no frame is handed on still holding old contents."""
+        base = mfn << PAGE_SHIFT
+        self.buf[base:base + PAGE_SIZE] = _ZERO_PAGE
+
+    def close(self) -> None:
+        self.view.release()
+        self.buf.close()
+        os.close(self.fd)

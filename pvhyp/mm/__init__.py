@@ -1,0 +1,1 @@
+"""The PV MMU: frame table, page types, validation of guest page tables."""

@@ -1,0 +1,67 @@
+"""The frame table: who owns each machine frame.
+
+Ownership first (this file); page types and reference counts, Xen's
+`struct page_info`, are built on top by the PV MMU in this package.
+Frames are handed out scrubbed: no domain ever receives another's contents.
+"""
+from __future__ import annotations
+
+from array import array
+
+from pvhyp.memory import MachineMemory
+
+DOMID_FREE = -1       # not allocated
+DOMID_XEN = 0x7FF2    # the hypervisor's own frames (M2P, stubs, GDT/IDT, its page tables)
+
+
+class OutOfMemory(Exception):
+    pass
+
+
+class FrameTable:
+    def __init__(self, memory: MachineMemory):
+        self.memory = memory
+        self.nr_frames = memory.nr_frames
+        self.owner = array("i", [DOMID_FREE]) * self.nr_frames
+        # Frame 0 is never given out: a zero mfn is a sentinel in too many places.
+        self.owner[0] = DOMID_XEN
+        self._free = list(range(self.nr_frames - 1, 0, -1))   # pop() gives low frames first
+
+    @property
+    def free_frames(self) -> int:
+        return len(self._free)
+
+    def alloc(self, owner: int, count: int = 1) -> list[int]:
+        """`count` scrubbed frames for `owner`; all or nothing."""
+        if count < 0 or count > len(self._free):
+            raise OutOfMemory(f"asked for {count} frames, {len(self._free)} free")
+        mfns = [self._free.pop() for _ in range(count)]
+        for mfn in mfns:
+            self.owner[mfn] = owner
+        return mfns
+
+    def alloc_contiguous(self, owner: int, count: int) -> int:
+        """`count` physically contiguous frames (hypervisor tables); returns the first mfn."""
+        free = set(self._free)
+        run = 0
+        for mfn in range(1, self.nr_frames):
+            run = run + 1 if mfn in free else 0
+            if run == count:
+                first = mfn - count + 1
+                self._free = [m for m in self._free if not first <= m <= mfn]
+                for m in range(first, mfn + 1):
+                    self.owner[m] = owner
+                    self.memory.scrub(m)
+                return first
+        raise OutOfMemory(f"no run of {count} contiguous free frames")
+
+    def free(self, mfn: int) -> None:
+        """Scrub and return a frame to the free pool."""
+        if self.owner[mfn] == DOMID_FREE:
+            raise ValueError(f"double free of mfn {mfn:#x}")
+        self.memory.scrub(mfn)
+        self.owner[mfn] = DOMID_FREE
+        self._free.append(mfn)
+
+    def owned_by(self, mfn: int, domid: int) -> bool:
+        return 0 <= mfn < self.nr_frames and self.owner[mfn] == domid
