@@ -56,6 +56,15 @@ class VCPU:
             return self.guest_table
         return self.guest_table_user
 
+    def post(self, fn) -> None:
+        """Run `fn` where it may touch this vCPU's state (its vcpu_info, registers).
+
+        The CPU engine replaces this with a queue drained on the vCPU's own
+        thread when the vCPU is running: unicorn's locked instructions are not
+        atomic against host threads. Without an engine, run it now.
+        """
+        fn()
+
     def kick(self) -> None:
         """Make the vCPU notice new work (a pending event) soon."""
         self.blocked = False

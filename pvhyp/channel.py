@@ -1,0 +1,105 @@
+"""Hypercall channels: how process domains (dom0, Python guests) reach the hypervisor.
+
+An x86 guest traps into the hypervisor with `syscall`; a process domain sends
+a message instead. Either way the call lands in the same hypercall table,
+with argument pointers read from the caller's own memory. A process domain
+addresses its memory pseudo-physically (pfn << 12 | offset); its frames are
+one contiguous machine range, so the process sees them as one buffer
+(`channel.memory`), whether it lives in this process or maps the memfd.
+
+The channel interface dom0/ and pvguest/ rely on (duck-typed, so they never
+import pvhyp):
+    domid                       the caller's domain id
+    memory                      writable buffer: the caller's pseudo-physical memory
+    hypercall(nr, *args) -> int
+    map_foreign(domid, pfns, writable=True) -> list[memoryview]   (privileged: privcmd)
+    map_machine_frame(mfn, writable=True) -> memoryview          (a frame the hypervisor
+                                                                   granted this domain: grant maps)
+    wait_for_event(timeout) -> bool   True when an upcall (evtchn_upcall_pending) is signalled
+This module holds the in-process channel; the socket channel for a separate
+dom0 process speaks the same interface.
+"""
+from __future__ import annotations
+
+import threading
+
+from pvhyp.domain import Domain
+from pvhyp.hypercall_table import HypercallContext
+from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
+from pvhyp.mm.frametable import DOMID_XEN
+
+
+class ChannelError(Exception):
+    """A refused channel-level request (privilege, bad frame); carries a Xen errno."""
+
+    def __init__(self, errno: int, message: str):
+        super().__init__(message)
+        self.errno = errno
+
+
+def create_process_domain(hv, nr_pages: int, privileged: bool = False, domid: int | None = None,
+                          max_vcpus: int = 1) -> Domain:
+    """A domain whose "CPU" is an OS process: contiguous memory, pseudo-physical addressing."""
+    d = hv.create_domain(max_vcpus=max_vcpus, max_pages=nr_pages + 64, domid=domid,
+                         privileged=privileged, paging=False)
+    first = hv.frames.alloc_contiguous(d.domid, nr_pages)
+    with d.lock:
+        d.p2m = list(range(first, first + nr_pages))
+        for pfn, mfn in enumerate(d.p2m):
+            hv.set_m2p(mfn, pfn)
+        d.tot_pages = nr_pages
+    for v in d.vcpus:
+        v.online = True
+    return d
+
+
+class InProcessChannel:
+    """The channel for a process domain that lives in the hypervisor's own process (tests, `pvhyp run`)."""
+
+    def __init__(self, hv, domain: Domain):
+        if domain.paging:
+            raise ValueError("an in-process channel serves process domains only")
+        self.hv = hv
+        self.domain = domain
+        self.domid = domain.domid
+        first = domain.p2m[0]
+        self.memory = hv.memory.view[first << PAGE_SHIFT:(first + len(domain.p2m)) << PAGE_SHIFT]
+        self._ctx = HypercallContext(domain.vcpus[0])
+        self._event = threading.Event()
+        for v in domain.vcpus:
+            v.wake_callback = lambda _v: self._event.set()
+
+    def hypercall(self, nr: int, *args: int) -> int:
+        return self.hv.hypercalls.dispatch(self._ctx, nr, (list(args) + [0] * 6)[:6])
+
+    def map_foreign(self, domid: int, pfns, writable: bool = True) -> list[memoryview]:
+        if not self.domain.is_privileged:
+            raise ChannelError(1, "foreign mapping needs a privileged domain")       # EPERM
+        target = self.hv.get_domain(domid)
+        if target is None:
+            raise ChannelError(3, f"no domain {domid}")                             # ESRCH
+        views = []
+        for pfn in pfns:
+            mfn = target.pfn_to_mfn(pfn)
+            if not self.hv.frames.owned_by(mfn, domid):
+                raise ChannelError(22, f"d{domid} pfn {pfn:#x} is not populated")   # EINVAL
+            views.append(self._frame_view(mfn, writable))
+        return views
+
+    def map_machine_frame(self, mfn: int, writable: bool = True) -> memoryview:
+        may_map = getattr(self.hv, "may_host_map", None)
+        if may_map is None or not may_map(self.domain, mfn, writable):
+            raise ChannelError(1, f"d{self.domid} may not map mfn {mfn:#x}")
+        return self._frame_view(mfn, writable)
+
+    def _frame_view(self, mfn: int, writable: bool) -> memoryview:
+        if self.hv.frames.owner[mfn] == DOMID_XEN:
+            raise ChannelError(1, "hypervisor frames are never mapped")
+        base = mfn << PAGE_SHIFT
+        view = self.hv.memory.view[base:base + PAGE_SIZE]
+        return view if writable else view.toreadonly()
+
+    def wait_for_event(self, timeout: float | None = None) -> bool:
+        fired = self._event.wait(timeout)
+        self._event.clear()
+        return fired
