@@ -1,0 +1,219 @@
+"""Start-up probe of the unicorn internals the engine depends on.
+
+Unicorn hands exceptions to UC_HOOK_INTR but never exposes the #PF error
+code, and QEMU's double-fault bookkeeping (`old_exception`) is not reset when
+a hook consumes an exception, so the second fault of a run would arrive as
+#DF.  The engine works around both by reading and patching two fields of the
+saved CPU context.  Their offsets are private to unicorn, so they are
+discovered here by provoking faults with known error codes and diffing the
+context, then proven by a burst of back-to-back faults.  Anything unexpected
+stops the hypervisor with one line rather than letting guests run on a CPU
+that mis-reports faults.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+import threading
+from dataclasses import dataclass
+
+import unicorn
+from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_HOOK_INTR, UC_PROT_ALL
+from unicorn import x86_const as X
+
+REQUIRED_UNICORN_VERSION = "2.1.4"
+
+# Control-register setup shared with the engine: long mode with paging, NX
+# and SYSCALL enabled, write protection off (see xen_layout: implicit
+# supervisor writes such as descriptor accessed bits must not fault on the
+# read-only guest GDT frames).
+MSR_EFER = 0xC000_0080
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
+CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
+CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
+
+VECTOR_GP, VECTOR_PF, VECTOR_DF = 13, 14, 8
+_PTE_P, _PTE_RW = 1, 2
+
+
+class UnicornInternalsChanged(RuntimeError):
+    """The installed unicorn is not the one whose internals the engine knows."""
+
+
+@dataclass(frozen=True)
+class ContextLayout:
+    """Byte offsets of QEMU's exception bookkeeping inside a uc_context blob."""
+    context_size: int
+    error_code_offset: int
+    is_software_int_offset: int
+    old_exception_offset: int
+
+
+class ExceptionBookkeeping:
+    """Reads the error code and rearms fault delivery from inside an INTR hook."""
+
+    def __init__(self, uc: Uc, layout: ContextLayout):
+        self._uc = uc
+        self._ctx = uc.context_save()
+        base = ctypes.cast(self._ctx.context, ctypes.c_void_p).value
+        self._error_code = ctypes.c_uint32.from_address(base + layout.error_code_offset)
+        self._is_software_int = ctypes.c_int32.from_address(base + layout.is_software_int_offset)
+        self._old_exception = ctypes.c_int32.from_address(base + layout.old_exception_offset)
+
+    def consume(self) -> tuple[int, bool]:
+        """Acknowledge the exception being delivered.
+
+        Returns its error code and whether it came from `int N`/`int3`/`into`
+        (RIP is then past the instruction and the gate DPL rule applies).
+
+        Must run first in the hook, before any register access: restoring the
+        context afterwards would undo register writes.
+        """
+        self._uc.context_update(self._ctx)
+        error_code = self._error_code.value
+        is_software_int = self._is_software_int.value == 1
+        self._old_exception.value = -1
+        self._uc.context_restore(self._ctx)
+        return error_code, is_software_int
+
+
+# --- the probe -------------------------------------------------------------
+
+_PROBE_MEM = 1 << 20
+_L4, _L3, _L2, _L1 = 0x1000, 0x2000, 0x3000, 0x4000
+_CODE = 0x10000
+_RO_PAGE = 0x20000          # mapped read-only
+_HOLE = 0x80000             # first of many not-present pages
+_NONCANONICAL = 0x8000_0000_0000_0000
+
+
+def _probe_machine() -> tuple[Uc, mmap.mmap]:
+    mem = mmap.mmap(-1, _PROBE_MEM)
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map_ptr(0, _PROBE_MEM, UC_PROT_ALL, ctypes.addressof(ctypes.c_char.from_buffer(mem)))
+    for table, nxt in ((_L4, _L3), (_L3, _L2), (_L2, _L1)):
+        struct.pack_into("<Q", mem, table, nxt | _PTE_P | _PTE_RW)
+    for pfn in range(_HOLE >> 12):
+        flags = _PTE_P if pfn == _RO_PAGE >> 12 else _PTE_P | _PTE_RW
+        struct.pack_into("<Q", mem, _L1 + pfn * 8, (pfn << 12) | flags)
+    uc.reg_write(X.UC_X86_REG_CR3, _L4)
+    uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | CR4_PAE)
+    uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
+    uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
+    return uc, mem
+
+
+def _context_after_fault(code: bytes, regs: dict[int, int]) -> tuple[bytes, bytes, int]:
+    """Run `code` (which faults at once) and return the context before and at the fault."""
+    uc, mem = _probe_machine()
+    mem[_CODE:_CODE + len(code)] = code
+    for reg, value in regs.items():
+        uc.reg_write(reg, value)
+    ctx = uc.context_save()
+    before = bytes(ctx)
+    seen: list = []
+
+    def on_intr(uc, vector, _):
+        uc.context_update(ctx)
+        seen.append((bytes(ctx), vector))
+        uc.emu_stop()
+
+    uc.hook_add(UC_HOOK_INTR, on_intr)
+    uc.emu_start(_CODE, _CODE + 0x1000, count=len(code))
+    if len(seen) != 1:
+        raise UnicornInternalsChanged("probe fault was not delivered to the INTR hook")
+    return before, seen[0][0], seen[0][1]
+
+
+def _u32_offsets(blob: bytes, value: int) -> set[int]:
+    want = struct.pack("<I", value)
+    return {off for off in range(0, len(blob) - 3, 4) if blob[off:off + 4] == want}
+
+
+def discover_layout() -> ContextLayout:
+    """Find the error-code and old_exception offsets by diffing contexts."""
+    store = bytes.fromhex("8803")                       # mov [rbx], al
+    # A not-present write (error code 2) and a protection write (error code 3)
+    # pin the error-code field between them.
+    before, not_present, vec1 = _context_after_fault(store, {X.UC_X86_REG_RBX: _HOLE})
+    _, read_only, vec2 = _context_after_fault(store, {X.UC_X86_REG_RBX: _RO_PAGE})
+    if vec1 != VECTOR_PF or vec2 != VECTOR_PF:
+        raise UnicornInternalsChanged(f"probe expected #PF, got vectors {vec1} and {vec2}")
+    error_code = (_u32_offsets(not_present, 2) & _u32_offsets(read_only, 3)) - _u32_offsets(before, 2)
+    old_exception = _u32_offsets(not_present, VECTOR_PF) & _u32_offsets(read_only, VECTOR_PF)
+    old_exception &= {off for off in range(0, len(before) - 3, 4) if before[off:off + 4] == b"\xff\xff\xff\xff"}
+    # `int $0x40` and `int3` mark the exception as software-generated.
+    _, int_n, vec3 = _context_after_fault(bytes.fromhex("cd40"), {})
+    _, int3, vec4 = _context_after_fault(bytes.fromhex("cc"), {})
+    if (vec3, vec4) != (0x40, 3):
+        raise UnicornInternalsChanged(f"probe expected vectors 0x40 and 3, got {vec3} and {vec4}")
+    is_int = (_u32_offsets(int_n, 1) & _u32_offsets(int3, 1)) & _u32_offsets(not_present, 0)
+    if len(error_code) != 1 or len(old_exception) != 1:
+        raise UnicornInternalsChanged(
+            f"could not locate exception fields in the context (candidates {sorted(error_code)}, {sorted(old_exception)})")
+    ec_off, old_off = error_code.pop(), old_exception.pop()
+    is_int = {off for off in is_int if ec_off < off < old_off}
+    if len(is_int) != 1:
+        raise UnicornInternalsChanged(f"could not locate the software-interrupt flag (candidates {sorted(is_int)})")
+    return ContextLayout(len(before), ec_off, is_int.pop(), old_off)
+
+
+def self_test(layout: ContextLayout, rounds: int = 50) -> None:
+    """Alternate #PF and #GP `rounds` times each; every one must be exact."""
+    # top: mov [rbx], al ; mov al, [rcx] ; add rbx, 0x1000 ; dec edx ; jnz top
+    loop = bytes.fromhex("8803" "8a01" "4881c300100000" "ffca" "75f1")
+    uc, mem = _probe_machine()
+    mem[_CODE:_CODE + len(loop)] = loop
+    uc.reg_write(X.UC_X86_REG_RBX, _HOLE)
+    uc.reg_write(X.UC_X86_REG_RCX, _NONCANONICAL)
+    uc.reg_write(X.UC_X86_REG_RDX, rounds)
+    bookkeeping = ExceptionBookkeeping(uc, layout)
+    seen: list[tuple[int, int, int, int]] = []
+
+    def on_intr(uc, vector, _):
+        error_code, software = bookkeeping.consume()
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        seen.append((vector + 0x100 * software, error_code, uc.reg_read(X.UC_X86_REG_CR2) if vector == VECTOR_PF else 0, rip))
+        uc.reg_write(X.UC_X86_REG_RIP, rip + 2)
+
+    uc.hook_add(UC_HOOK_INTR, on_intr)
+    uc.emu_start(_CODE, _CODE + len(loop), count=rounds * 6)
+    expected = []
+    for i in range(rounds):
+        expected.append((VECTOR_PF, 2, _HOLE + i * 0x1000, _CODE))
+        expected.append((VECTOR_GP, 0, 0, _CODE + 2))
+    if seen != expected:
+        first_bad = next((i for i, (a, b) in enumerate(zip(seen, expected)) if a != b), min(len(seen), len(expected)))
+        got = seen[first_bad] if first_bad < len(seen) else None
+        raise UnicornInternalsChanged(
+            f"fault #{first_bad} delivered as {got}, expected {expected[first_bad]}")
+
+
+_cached: ContextLayout | None = None
+_cache_lock = threading.Lock()
+
+
+def verified_layout() -> ContextLayout:
+    """The verified context layout, probed once per process."""
+    global _cached
+    with _cache_lock:
+        if _cached is None:
+            if unicorn.__version__ != REQUIRED_UNICORN_VERSION:
+                raise UnicornInternalsChanged(
+                    f"pvhyp needs unicorn {REQUIRED_UNICORN_VERSION}, found {unicorn.__version__}")
+            try:
+                layout = discover_layout()
+                self_test(layout)
+            except UcError as err:
+                raise UnicornInternalsChanged(f"unicorn probe failed: {err}") from err
+            _cached = layout
+        return _cached
+
+
+def require_supported_unicorn() -> ContextLayout:
+    """For entry points: exit with one clear line when the CPU engine cannot run."""
+    try:
+        return verified_layout()
+    except UnicornInternalsChanged as err:
+        raise SystemExit(f"pvhyp: CPU engine unavailable: {err}") from None
