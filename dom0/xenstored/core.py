@@ -1,0 +1,469 @@
+"""Sans-IO xenstore engine: bytes in, bytes out, no sockets, no rings.
+
+The engine owns the node store and one ``Connection`` per client.  A
+transport (ring.py, unix_socket.py, or a test) moves bytes:
+
+    engine = XenStore()
+    conn_id = engine.open_connection(domid=0)      # a dom0 tool
+    engine.feed(conn_id, request_bytes)
+    reply_bytes = engine.data_to_send(conn_id, max_bytes)
+    engine.take_dirty()  # ids whose output grew (watch events for others)
+
+Rules of the state machine
+--------------------------
+* Input is buffered per connection and cut into messages: a 16-byte
+  ``xsd_sockmsg`` header, then ``len`` payload bytes.  A header announcing
+  more than XENSTORE_PAYLOAD_MAX bytes is a protocol violation: the
+  connection becomes *broken* (``conn.broken`` holds the ring error code),
+  its watches and transactions are dropped and all further input is
+  ignored.  Transports reset or close broken connections.
+* Each complete message is answered, in order, by exactly one reply with
+  the same req_id and tx_id: either the request's type with its result, or
+  XS_ERROR with an errno name.  Unknown types get ENOSYS; privileged-only
+  types from unprivileged domains get EACCES; a non-zero tx_id that names no
+  open transaction of this connection gets ENOENT.
+* Watch events (XS_WATCH_EVENT, req_id 0) are queued on the watcher's
+  connection whenever a matching node changes, and once right after a
+  successful XS_WATCH.  An identical event still waiting to be sent is not
+  queued twice.  Changes made inside a transaction fire on commit only.
+* Unprivileged connections (domains other than 0 and ``priv_domid``) stop
+  being read while ``quotas.outstanding`` replies are waiting to be taken
+  with ``data_to_send``; the rest of their input stays buffered.
+* Closing a connection drops its watches and transactions.  Nothing here
+  raises on peer input: hostile bytes produce error replies or a broken
+  connection.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from abi.io import xs_wire as wire
+
+from . import domains, nodes
+from .control import Quotas, do_control
+from .errors import ProtocolViolation, XsError
+from .paths import PERM_READ, PERM_NONE, Permission, domain_path, is_same_or_below, parent_of
+from .payload import exactly_one_string, split_strings
+from .store import Store, Transaction
+
+_HEADER = wire.XSD_SOCKMSG_SIZE
+SPECIAL_WATCHES = (b"@introduceDomain", b"@releaseDomain")
+
+log = logging.getLogger("dom0.xenstored")
+
+
+@dataclass
+class Watch:
+    path: bytes  # absolute node name, or a special "@..." name
+    token: bytes
+    relative_prefix: bytes | None  # home path stripped from event paths
+
+    def event_path(self, changed: bytes) -> bytes:
+        if self.relative_prefix is None:
+            return changed
+        rest = changed[len(self.relative_prefix):]
+        return rest[1:] if rest.startswith(b"/") else rest
+
+
+@dataclass
+class _Outgoing:
+    data: bytes
+    is_reply: bool  # replies count against the outstanding quota, events don't
+    event_key: bytes | None = None  # payload of a watch event, for de-duplication
+
+
+@dataclass
+class Connection:
+    id: int
+    domid: int
+    privileged: bool
+    is_domain: bool  # a guest's ring (True) or a dom0 tool (False)
+    target_domid: int | None = None
+    watches: list[Watch] = field(default_factory=list)
+    transactions: dict[int, Transaction] = field(default_factory=dict)
+    next_tx_id: int = 1
+    inbuf: bytearray = field(default_factory=bytearray)
+    outbuf: collections.deque = field(default_factory=collections.deque)
+    out_offset: int = 0  # bytes of outbuf[0] already handed out
+    outstanding: int = 0
+    broken: int | None = None  # XENSTORE_ERROR_* once the peer broke framing
+    closed: bool = False
+
+    @property
+    def home_path(self) -> str:
+        return domain_path(self.domid)
+
+
+@dataclass
+class _Domain:
+    domid: int
+    conn_id: int
+    gfn: int
+    port: int
+    shutdown: bool = False
+
+
+def _message(msg_type: int, req_id: int, tx_id: int, payload: bytes) -> bytes:
+    return wire.xsd_sockmsg.build(dict(type=msg_type, req_id=req_id, tx_id=tx_id,
+                                       len=len(payload))) + payload
+
+
+def _do_watch(engine, conn, view, payload):
+    strings = split_strings(payload)
+    if len(strings) != 2:
+        raise XsError("EINVAL")
+    raw_path, token = strings
+    if raw_path.startswith(b"@"):
+        if len(raw_path) > wire.XENSTORE_REL_PATH_MAX:
+            raise XsError("EINVAL")
+        path, prefix = raw_path, None
+    else:
+        path = nodes.canonical_path(engine, conn, raw_path).encode()
+        prefix = None if raw_path.startswith(b"/") else conn.home_path.encode()
+    if any(w.path == path and w.token == token for w in conn.watches):
+        raise XsError("EEXIST")
+    if not conn.privileged and engine.domain_watch_count(conn.domid) >= engine.quotas.watches:
+        raise XsError("E2BIG")
+    watch = Watch(path, token, prefix)
+    conn.watches.append(watch)
+    # The initial event is queued after the OK reply (see _handle_message).
+    engine._after_reply.append((conn, watch.event_path(path), token))
+    return nodes.OK
+
+
+def _do_unwatch(engine, conn, view, payload):
+    strings = split_strings(payload)
+    if len(strings) != 2:
+        raise XsError("EINVAL")
+    raw_path, token = strings
+    if not raw_path.startswith((b"/", b"@")):
+        raw_path = conn.home_path.encode() + b"/" + raw_path
+    for index, watch in enumerate(conn.watches):
+        if watch.path == raw_path and watch.token == token:
+            del conn.watches[index]
+            return nodes.OK
+    raise XsError("ENOENT")
+
+
+def _do_transaction_start(engine, conn, view, payload):
+    if isinstance(view, Transaction):
+        raise XsError("EBUSY")  # no nesting
+    if not conn.privileged and len(conn.transactions) >= engine.quotas.transactions:
+        raise XsError("ENOSPC")
+    while conn.next_tx_id == 0 or conn.next_tx_id in conn.transactions:
+        conn.next_tx_id = (conn.next_tx_id + 1) & 0xFFFFFFFF
+    tx_id = conn.next_tx_id
+    conn.next_tx_id = (tx_id + 1) & 0xFFFFFFFF
+    limit = None if conn.privileged else engine.quotas.transaction_nodes
+    conn.transactions[tx_id] = Transaction(engine.store, tx_id, limit)
+    return str(tx_id).encode() + b"\0"
+
+
+def _do_transaction_end(engine, conn, view, payload):
+    verdict = exactly_one_string(payload)
+    if verdict not in (b"T", b"F"):
+        raise XsError("EINVAL")
+    if not isinstance(view, Transaction):
+        raise XsError("ENOENT")
+    del conn.transactions[view.tx_id]  # gone whatever the outcome
+    if verdict == b"T":
+        if not conn.privileged and view.owned_count(conn.domid) > engine.quotas.nodes:
+            raise XsError("ENOSPC")
+        view.commit()
+        for path, exact, perms, old_perms in view.pending_watch_events:
+            engine.fire_watches(conn, engine.store, path, exact, perms, old_perms)
+    return nodes.OK
+
+
+def _do_reset_watches(engine, conn, view, payload):
+    conn.watches.clear()
+    conn.transactions.clear()
+    return nodes.OK
+
+
+_NO_TX = 1  # the tx_id field is not looked at
+_PRIV = 2  # privileged connections only
+
+_HANDLERS: dict[int, tuple[Callable, int]] = {
+    wire.XS_CONTROL: (do_control, _PRIV),
+    wire.XS_DIRECTORY: (nodes.do_directory, 0),
+    wire.XS_READ: (nodes.do_read, 0),
+    wire.XS_GET_PERMS: (nodes.do_get_perms, 0),
+    wire.XS_WATCH: (_do_watch, _NO_TX),
+    wire.XS_UNWATCH: (_do_unwatch, _NO_TX),
+    wire.XS_TRANSACTION_START: (_do_transaction_start, 0),
+    wire.XS_TRANSACTION_END: (_do_transaction_end, 0),
+    wire.XS_INTRODUCE: (domains.do_introduce, _PRIV),
+    wire.XS_RELEASE: (domains.do_release, _PRIV),
+    wire.XS_GET_DOMAIN_PATH: (domains.do_get_domain_path, 0),
+    wire.XS_WRITE: (nodes.do_write, 0),
+    wire.XS_MKDIR: (nodes.do_mkdir, 0),
+    wire.XS_RM: (nodes.do_rm, 0),
+    wire.XS_SET_PERMS: (nodes.do_set_perms, 0),
+    wire.XS_IS_DOMAIN_INTRODUCED: (domains.do_is_domain_introduced, _PRIV),
+    wire.XS_RESUME: (domains.do_resume, _PRIV),
+    wire.XS_SET_TARGET: (domains.do_set_target, _PRIV),
+    wire.XS_RESET_WATCHES: (_do_reset_watches, 0),
+    wire.XS_DIRECTORY_PART: (nodes.do_directory_part, 0),
+}
+
+
+class XenStore:
+    """The whole xenstore state.  See the module docstring for the rules."""
+
+    def __init__(self, quotas: Quotas | None = None, priv_domid: int | None = None,
+                 introduce_hook: Callable[[int, int, int], None] | None = None,
+                 release_hook: Callable[[int], None] | None = None):
+        """``introduce_hook(domid, gfn, port)`` is called for an XS_INTRODUCE
+        request before the domain's connection exists; it maps the ring and
+        binds the event channel, or raises XsError to refuse.
+        ``release_hook(domid)`` is called after a domain's connection ended."""
+        self.quotas = quotas or Quotas()
+        self.priv_domid = priv_domid
+        self.introduce_hook = introduce_hook
+        self.release_hook = release_hook
+        self.trace_enabled = False
+        self.store = Store((Permission(0, PERM_NONE),))
+        self.special_perms = {name: (Permission(0, PERM_NONE),) for name in SPECIAL_WATCHES}
+        self.connections: dict[int, Connection] = {}
+        self.domains: dict[int, _Domain] = {}
+        self._ids = itertools.count(1)
+        self._dirty: set[int] = set()
+        self._after_reply: list = []
+        for path in ("/tool", "/tool/xenstored"):
+            nodes.do_mkdir(self, self._root_view_conn(), self.store, path.encode() + b"\0")
+
+    # -- connections ---------------------------------------------------------
+
+    def is_privileged_domid(self, domid: int) -> bool:
+        return domid == 0 or domid == self.priv_domid
+
+    def open_connection(self, domid: int = 0, is_domain: bool = False) -> int:
+        conn_id = next(self._ids)
+        self.connections[conn_id] = Connection(conn_id, domid, self.is_privileged_domid(domid),
+                                               is_domain)
+        return conn_id
+
+    def close_connection(self, conn_id: int) -> None:
+        conn = self.connections.pop(conn_id, None)
+        if conn is None:
+            return
+        conn.closed = True
+        self._drop_state(conn)
+        self._dirty.discard(conn_id)
+
+    def connection(self, conn_id: int) -> Connection:
+        return self.connections[conn_id]
+
+    def _root_view_conn(self) -> Connection:
+        return Connection(0, 0, True, False)
+
+    @staticmethod
+    def _drop_state(conn: Connection) -> None:
+        conn.watches.clear()
+        conn.transactions.clear()
+        conn.inbuf.clear()
+
+    def reset_connection(self, conn_id: int) -> None:
+        """Forget a connection's watches, transactions and buffers, keeping
+        the connection itself (used when a domain is re-introduced)."""
+        conn = self.connections[conn_id]
+        self._drop_state(conn)
+        conn.outbuf.clear()
+        conn.out_offset = conn.outstanding = 0
+        conn.broken = None
+
+    # -- bytes in, bytes out ---------------------------------------------
+
+    def feed(self, conn_id: int, data: bytes) -> None:
+        conn = self.connections.get(conn_id)
+        if conn is None or conn.broken is not None:
+            return
+        conn.inbuf += data
+        self._process_input(conn)
+
+    def data_to_send(self, conn_id: int, max_bytes: int | None = None) -> bytes:
+        """Up to ``max_bytes`` of queued output (replies and events, in order)."""
+        conn = self.connections.get(conn_id)
+        if conn is None:
+            return b""
+        chunks, budget = [], (max_bytes if max_bytes is not None else 1 << 62)
+        while conn.outbuf and budget > 0:
+            head = conn.outbuf[0]
+            piece = head.data[conn.out_offset:conn.out_offset + budget]
+            chunks.append(piece)
+            budget -= len(piece)
+            conn.out_offset += len(piece)
+            if conn.out_offset == len(head.data):
+                conn.outbuf.popleft()
+                conn.out_offset = 0
+                if head.is_reply:
+                    conn.outstanding -= 1
+        self._process_input(conn)  # replies drained: input may flow again
+        return b"".join(chunks)
+
+    def has_output(self, conn_id: int) -> bool:
+        conn = self.connections.get(conn_id)
+        return bool(conn and conn.outbuf)
+
+    def take_dirty(self) -> set[int]:
+        """Connections that gained output since the last call."""
+        dirty, self._dirty = self._dirty, set()
+        return {conn_id for conn_id in dirty if conn_id in self.connections}
+
+    def _process_input(self, conn: Connection) -> None:
+        while conn.broken is None and not conn.closed:
+            if not conn.privileged and conn.outstanding >= self.quotas.outstanding:
+                return
+            if len(conn.inbuf) < _HEADER:
+                return
+            header = wire.xsd_sockmsg.parse(bytes(conn.inbuf[:_HEADER]))
+            if header.len > wire.XENSTORE_PAYLOAD_MAX:
+                self._break(conn, ProtocolViolation(wire.XENSTORE_ERROR_PROTO))
+                return
+            if len(conn.inbuf) < _HEADER + header.len:
+                return
+            payload = bytes(conn.inbuf[_HEADER:_HEADER + header.len])
+            del conn.inbuf[:_HEADER + header.len]
+            self._handle_message(conn, header.type, header.req_id, header.tx_id, payload)
+
+    def _break(self, conn: Connection, violation: ProtocolViolation) -> None:
+        log.warning("connection %d (domain %d) broken: %s", conn.id, conn.domid, violation)
+        self._drop_state(conn)
+        conn.broken = violation.ring_error
+        self._dirty.add(conn.id)
+
+    def break_connection(self, conn_id: int, ring_error: int) -> None:
+        """Transports report transport-level violations (bad ring indexes)."""
+        conn = self.connections.get(conn_id)
+        if conn is not None and conn.broken is None:
+            self._break(conn, ProtocolViolation(ring_error))
+
+    def _queue(self, conn: Connection, item: _Outgoing) -> None:
+        conn.outbuf.append(item)
+        if item.is_reply:
+            conn.outstanding += 1
+        self._dirty.add(conn.id)
+
+    def _handle_message(self, conn, msg_type, req_id, tx_id, payload) -> None:
+        self._after_reply = []
+        try:
+            reply_type, reply = msg_type, self._dispatch(conn, msg_type, tx_id, payload)
+            if len(reply) > wire.XENSTORE_PAYLOAD_MAX:
+                raise XsError("E2BIG")
+        except XsError as error:
+            reply_type, reply = wire.XS_ERROR, error.name.encode() + b"\0"
+            self._after_reply = []
+        if self.trace_enabled:
+            log.info("conn %d type %d -> %d %r", conn.id, msg_type, reply_type, reply[:64])
+        self._queue(conn, _Outgoing(_message(reply_type, req_id, tx_id, reply), True))
+        for target, path, token in self._after_reply:
+            self.queue_watch_event(target, path, token)
+        self._after_reply = []
+
+    def _dispatch(self, conn, msg_type, tx_id, payload) -> bytes:
+        handler, flags = _HANDLERS.get(msg_type, (None, 0))
+        if handler is None:
+            raise XsError("ENOSYS")
+        if flags & _PRIV and not conn.privileged:
+            raise XsError("EACCES")
+        view = self.store
+        if not flags & _NO_TX and tx_id != 0:
+            view = conn.transactions.get(tx_id)
+            if view is None:
+                raise XsError("ENOENT")
+        return handler(self, conn, view, payload)
+
+    # -- watches -----------------------------------------------------------
+
+    def queue_watch_event(self, conn: Connection, path: bytes, token: bytes) -> None:
+        payload = path + b"\0" + token + b"\0"
+        if len(payload) > wire.XENSTORE_PAYLOAD_MAX or conn.broken is not None:
+            return
+        if not path.startswith(b"@") and any(
+                item.event_key == payload for item in conn.outbuf):
+            return
+        self._queue(conn, _Outgoing(_message(wire.XS_WATCH_EVENT, 0, 0, payload), False,
+                                    payload))
+
+    def fire_watches(self, origin: Connection | None, view, path: str, exact: bool,
+                     perms=None, old_perms=None) -> None:
+        """Queue events for every watch covering a change to ``path``.
+
+        ``exact`` limits it to watches on ``path`` itself (used for nodes
+        below the root of a removal).  A watcher must be able to read the
+        node (before or after a permission change) or its parent."""
+        if isinstance(view, Transaction):
+            view.queue_watch_event(path, exact, perms, old_perms)
+            return
+        if perms is None:
+            current = self.store.get(path)
+            perms = current.perms if current is not None else None
+        parent = self.store.get(parent_of(path)) if path != "/" else None
+        encoded = path.encode()
+        for conn in list(self.connections.values()):
+            matching = [w for w in conn.watches
+                        if (w.path == encoded if exact
+                            else is_same_or_below(path, w.path.decode("ascii", "replace")))
+                        and not w.path.startswith(b"@")]
+            if not matching:
+                continue
+            candidates = [p for p in (old_perms, perms, parent.perms if parent else None) if p]
+            if not any(nodes.access_for(conn, p) & PERM_READ for p in candidates):
+                continue
+            for watch in matching:
+                self.queue_watch_event(conn, watch.event_path(encoded), watch.token)
+
+    def fire_special(self, name: bytes) -> None:
+        perms = self.special_perms[name]
+        for conn in list(self.connections.values()):
+            if not nodes.access_for(conn, perms) & PERM_READ:
+                continue
+            for watch in conn.watches:
+                if watch.path == name:
+                    self.queue_watch_event(conn, name, watch.token)
+
+    def set_special_perms(self, conn: Connection, name: bytes, perms) -> None:
+        current = self.special_perms.get(name)
+        if current is None:
+            raise XsError("EINVAL")
+        needed = nodes.PERM_WRITE | nodes.PERM_OWNER
+        if nodes.access_for(conn, current) & needed != needed:
+            raise XsError("EACCES")
+        self.special_perms[name] = perms
+
+    def domain_watch_count(self, domid: int) -> int:
+        return sum(len(c.watches) for c in self.connections.values() if c.domid == domid)
+
+    # -- domains (toolstack API; the wire handlers live in domains.py) --------
+
+    introduce_domain = domains.introduce_domain
+    release_domain = domains.release_domain
+    mark_domain_shutdown = domains.mark_domain_shutdown
+    domain_usage = domains.domain_usage
+
+    def log(self, message: str) -> None:
+        log.info("%s", message)
+
+    # -- in-process requests -------------------------------------------------
+
+    def request(self, conn_id: int, msg_type: int, payload: bytes, tx_id: int = 0,
+                req_id: int = 0) -> tuple[int, bytes]:
+        """Run one request synchronously on an otherwise idle connection and
+        return (reply type, reply payload).  Queued watch events are left in
+        the connection's output for ``data_to_send``."""
+        conn = self.connections[conn_id]
+        before = len(conn.outbuf)
+        self._handle_message(conn, msg_type, req_id, tx_id, payload)
+        # Exactly one reply was queued; watch events may surround it.
+        index = next(i for i in range(before, len(conn.outbuf)) if conn.outbuf[i].is_reply)
+        reply = conn.outbuf[index]
+        del conn.outbuf[index]
+        conn.outstanding -= 1
+        header = wire.xsd_sockmsg.parse(reply.data[:_HEADER])
+        return header.type, reply.data[_HEADER:]

@@ -1,0 +1,229 @@
+"""Handlers for the node requests: READ, WRITE, MKDIR, RM, DIRECTORY,
+DIRECTORY_PART, GET_PERMS and SET_PERMS.
+
+Each handler gets the engine, the requesting connection, the view to work
+on (the store, or the connection's transaction) and the raw payload; it
+returns the reply payload or raises XsError.  Every check happens before the
+first modification, so a failed request leaves the view untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from abi.io.xs_wire import XENSTORE_PAYLOAD_MAX
+
+from .errors import XsError
+from .paths import (PERM_OWNER, PERM_READ, PERM_WRITE, basename, c_atoi, child_path,
+                    format_permissions, is_valid_node_path, parent_of, parse_permissions)
+from .payload import exactly_one_string, split_strings
+from .store import Node, nearest_existing_ancestor
+
+OK = b"OK\0"
+
+
+def access_for(conn, perms) -> int:
+    """Access bits ``conn`` has on a node with ``perms`` (Xen's rules).
+
+    Privileged connections and the owner get everything; a domain acting on
+    behalf of a target (XS_SET_TARGET) is treated like the target.  Otherwise
+    the first ACL entry naming the domain (or its target) applies, and
+    perms[0]'s access is the default for everyone else.
+    """
+    target = conn.target_domid
+    owner = perms[0].domid
+    if conn.privileged or owner == conn.domid or (target is not None and owner == target):
+        return PERM_READ | PERM_WRITE | PERM_OWNER
+    for entry in perms[1:]:
+        if entry.domid == conn.domid or (target is not None and entry.domid == target):
+            return entry.access
+    return perms[0].access
+
+
+def canonical_path(engine, conn, raw: bytes | None) -> str:
+    """Absolute, validated node name for a request argument, else EINVAL."""
+    if raw is None:
+        raise XsError("EINVAL")
+    if not raw.startswith(b"/"):
+        raw = conn.home_path.encode() + b"/" + raw
+    if not is_valid_node_path(raw, engine.quotas.path_max):
+        raise XsError("EINVAL")
+    return raw.decode("ascii")
+
+
+def lookup(conn, view, path: str, need: int) -> Node:
+    """The node at ``path`` if ``conn`` holds ``need`` on it.
+
+    A missing node answers ENOENT only to callers allowed to know about it:
+    if the nearest existing ancestor does not grant any of ``need``, the
+    answer is EACCES so that hidden subtrees cannot be probed.
+    """
+    node = view.get(path)
+    if node is not None:
+        if access_for(conn, node.perms) & need != need:
+            raise XsError("EACCES")
+        return node
+    if access_for(conn, nearest_existing_ancestor(view, path).perms) & need:
+        raise XsError("ENOENT")
+    raise XsError("EACCES")
+
+
+def _check_node_size(engine, conn, node: Node) -> None:
+    if not conn.privileged and node.record_size() >= engine.quotas.node_size:
+        raise XsError("ENOSPC")
+
+
+def _create(engine, conn, view, path: str, value: bytes) -> None:
+    """Create ``path`` and any missing ancestors, inheriting permissions."""
+    missing = [path]
+    while (parent := view.get(parent_of(missing[-1]))) is None:
+        missing.append(parent_of(missing[-1]))
+    parent_path = parent_of(missing[-1])
+
+    if not conn.privileged and (view.owned_count(conn.domid) + len(missing)
+                                > engine.quotas.nodes):
+        raise XsError("ENOSPC")
+
+    writes = []
+    perms = parent.perms
+    if not conn.privileged:
+        # Unprivileged domains own what they create.
+        perms = (replace(perms[0], domid=conn.domid),) + perms[1:]
+    parent = replace(parent, children=parent.children + (basename(missing[-1]),))
+    writes.append((parent_path, parent))
+    for depth, name in enumerate(reversed(missing)):
+        is_leaf = name == path
+        children = () if is_leaf else (basename(missing[-depth - 2]),)
+        writes.append((name, Node(value if is_leaf else b"", perms, children)))
+    for _, node in writes:
+        _check_node_size(engine, conn, node)
+    for name, node in writes:
+        view.put(name, node)
+
+
+def do_read(engine, conn, view, payload):
+    path = canonical_path(engine, conn, exactly_one_string(payload))
+    return lookup(conn, view, path, PERM_READ).value
+
+
+def do_write(engine, conn, view, payload):
+    if b"\0" not in payload:
+        raise XsError("EINVAL")
+    raw_path, value = payload.split(b"\0", 1)
+    path = canonical_path(engine, conn, raw_path)
+    try:
+        node = lookup(conn, view, path, PERM_WRITE)
+    except XsError as error:
+        if error.name != "ENOENT":
+            raise
+        _create(engine, conn, view, path, value)
+    else:
+        updated = replace(node, value=value)
+        _check_node_size(engine, conn, updated)
+        view.put(path, updated)
+    engine.fire_watches(conn, view, path, exact=False)
+    return OK
+
+
+def do_mkdir(engine, conn, view, payload):
+    path = canonical_path(engine, conn, exactly_one_string(payload))
+    try:
+        lookup(conn, view, path, PERM_WRITE)
+    except XsError as error:
+        if error.name != "ENOENT":
+            raise
+        _create(engine, conn, view, path, b"")
+        engine.fire_watches(conn, view, path, exact=False)
+    return OK
+
+
+def _subtree_children_first(view, path: str) -> list[tuple[str, Node]]:
+    ordered, stack = [], [path]
+    while stack:
+        name = stack.pop()
+        node = view.get(name)
+        if node is None:
+            continue
+        ordered.append((name, node))
+        stack.extend(child_path(name, child) for child in node.children)
+    ordered.reverse()
+    return ordered
+
+
+def do_rm(engine, conn, view, payload):
+    path = canonical_path(engine, conn, exactly_one_string(payload))
+    try:
+        lookup(conn, view, path, PERM_WRITE)
+    except XsError as error:
+        # Removing something already gone is fine as long as its parent exists.
+        if error.name == "ENOENT" and path != "/" and view.get(parent_of(path)) is not None:
+            return OK
+        raise
+    if path == "/":
+        raise XsError("EINVAL")
+    parent_path = parent_of(path)
+    parent = view.get(parent_path)
+    for name, node in _subtree_children_first(view, path):
+        # Fire while the node's permissions can still be checked; watchers
+        # above the removed root hear about the root only.
+        engine.fire_watches(conn, view, name, exact=(name != path), perms=node.perms)
+        view.delete(name)
+    gone = basename(path)
+    view.put(parent_path, replace(parent, children=tuple(c for c in parent.children if c != gone)))
+    return OK
+
+
+def do_directory(engine, conn, view, payload):
+    path = canonical_path(engine, conn, exactly_one_string(payload))
+    return lookup(conn, view, path, PERM_READ).children_wire()
+
+
+def do_directory_part(engine, conn, view, payload):
+    """Children from a byte offset into the child list, prefixed with the
+    node's generation; a trailing extra NUL marks the end of the list."""
+    strings = split_strings(payload)
+    if len(strings) != 2:
+        raise XsError("EINVAL")
+    path = canonical_path(engine, conn, strings[0])
+    node = lookup(conn, view, path, PERM_READ)
+    offset = c_atoi(strings[1])
+    children = node.children_wire()
+    generation = str(node.generation).encode() + b"\0"
+    if offset >= len(children):
+        return generation + b"\0"
+    room = XENSTORE_PAYLOAD_MAX - len(generation) - 1
+    taken = 0
+    while True:
+        next_len = children.index(b"\0", offset + taken) - (offset + taken)
+        if taken + next_len >= room:
+            break
+        taken += next_len + 1
+        if offset + taken == len(children):
+            return generation + children[offset:] + b"\0"
+    return generation + children[offset:offset + taken]
+
+
+def do_get_perms(engine, conn, view, payload):
+    path = canonical_path(engine, conn, exactly_one_string(payload))
+    return format_permissions(lookup(conn, view, path, PERM_READ).perms)
+
+
+def do_set_perms(engine, conn, view, payload):
+    strings = split_strings(payload)
+    if len(strings) < 2:
+        raise XsError("EINVAL")
+    if not conn.privileged and len(strings) - 1 > engine.quotas.permissions:
+        raise XsError("ENOSPC")
+    perms = parse_permissions(strings[1:])
+    if strings[0].startswith(b"@"):
+        engine.set_special_perms(conn, strings[0], perms)
+        return OK
+    path = canonical_path(engine, conn, strings[0])
+    node = lookup(conn, view, path, PERM_WRITE | PERM_OWNER)
+    if not conn.privileged and perms[0].domid != node.owner:
+        raise XsError("EPERM")
+    updated = replace(node, perms=perms)
+    _check_node_size(engine, conn, updated)
+    view.put(path, updated)
+    engine.fire_watches(conn, view, path, exact=False, old_perms=node.perms)
+    return OK
