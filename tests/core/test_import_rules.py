@@ -1,0 +1,53 @@
+"""The import rules that keep the architecture honest, checked on the source."""
+from __future__ import annotations
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+OURS = {"abi", "hypercalls", "pvhyp", "dom0", "pvguest"}
+
+
+def imported_packages(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
+            if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                found.add(node.args[0].value.split(".")[0])
+    return found & OURS
+
+
+def sources(package: str, exclude: str | None = None):
+    for path in sorted((ROOT / package).rglob("*.py")):
+        if exclude and exclude in path.relative_to(ROOT).parts:
+            continue
+        yield path
+
+
+def violations(package: str, forbidden: set[str], exclude: str | None = None) -> list[str]:
+    return [f"{p.relative_to(ROOT)} imports {sorted(imported_packages(p) & forbidden)}"
+            for p in sources(package, exclude) if imported_packages(p) & forbidden]
+
+
+def test_abi_imports_nothing_of_ours():
+    assert violations("abi", OURS - {"abi"}) == []
+
+
+def test_dom0_and_pvguest_reach_the_hypervisor_only_through_a_channel():
+    assert violations("dom0", {"pvhyp", "hypercalls"}) == []
+    assert violations("pvguest", {"pvhyp", "hypercalls"}) == []
+
+
+def test_pvhyp_reaches_handlers_only_through_its_table():
+    # The CLI (pvhyp/cli) may import everything; the hypervisor proper may not import handlers,
+    # nor the dom0 / guest sides.
+    assert violations("pvhyp", {"hypercalls", "dom0", "pvguest"}, exclude="cli") == []
+
+
+def test_hypercalls_do_not_import_dom0_or_guests():
+    assert violations("hypercalls", {"dom0", "pvguest"}) == []
