@@ -219,9 +219,10 @@ class XenStore:
     def __init__(self, quotas: Quotas | None = None, priv_domid: int | None = None,
                  introduce_hook: Callable[[int, int, int], None] | None = None,
                  release_hook: Callable[[int], None] | None = None):
-        """``introduce_hook(domid, gfn, port)`` is called for an XS_INTRODUCE
-        request before the domain's connection exists; it maps the ring and
-        binds the event channel, or raises XsError to refuse.
+        """``introduce_hook(domid, gfn, port)`` carries out an XS_INTRODUCE
+        request: it maps the ring, binds the event channel and calls
+        ``introduce_domain``, or raises XsError to refuse.  Without a hook
+        the domain is registered with no transport attached.
         ``release_hook(domid)`` is called after a domain's connection ended."""
         self.quotas = quotas or Quotas()
         self.priv_domid = priv_domid
@@ -358,6 +359,10 @@ class XenStore:
                 raise XsError("E2BIG")
         except XsError as error:
             reply_type, reply = wire.XS_ERROR, error.name.encode() + b"\0"
+            self._after_reply = []
+        except Exception:  # an engine bug must not take the daemon down
+            log.exception("request type %d from connection %d failed", msg_type, conn.id)
+            reply_type, reply = wire.XS_ERROR, b"EIO\0"
             self._after_reply = []
         if self.trace_enabled:
             log.info("conn %d type %d -> %d %r", conn.id, msg_type, reply_type, reply[:64])

@@ -93,8 +93,11 @@ def do_introduce(engine, conn, view, payload):
     if port == 0:
         raise XsError("EINVAL")
     if engine.introduce_hook is not None:
+        # The transport maps the page, binds the port and registers the
+        # domain through introduce_domain(), or raises XsError.
         engine.introduce_hook(domid, gfn, port)
-    introduce_domain(engine, domid, gfn, port)
+    else:
+        introduce_domain(engine, domid, gfn, port)
     return OK
 
 
