@@ -88,7 +88,7 @@ def _create(engine, conn, view, path: str, value: bytes) -> None:
     perms = parent.perms
     if not conn.privileged:
         # Unprivileged domains own what they create.
-        perms = (replace(perms[0], domid=conn.domid),) + perms[1:]
+        perms = (perms[0]._replace(domid=conn.domid),) + perms[1:]
     parent = replace(parent, children=parent.children + (basename(missing[-1]),))
     writes.append((parent_path, parent))
     for depth, name in enumerate(reversed(missing)):
