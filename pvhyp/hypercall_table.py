@@ -67,7 +67,10 @@ class HypercallTable:
 
     def name(self, number: int) -> str:
         h = self.handlers[number] if 0 <= number < NR_HYPERCALLS else None
-        return h.name if h else f"hypercall_{number}"
+        if h is not None:
+            return h.name
+        from abi.xen import HYPERCALL_NAMES
+        return HYPERCALL_NAMES.get(number, f"hypercall_{number}")
 
     def dispatch(self, ctx: HypercallContext, number: int, args) -> int:
         """Run hypercall `number`; returns Xen's result (a count, 0 or -errno).

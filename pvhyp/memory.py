@@ -70,6 +70,13 @@ class MachineMemory:
         self.buf[base:base + PAGE_SIZE] = _ZERO_PAGE
 
     def close(self) -> None:
+        """Release the mapping and the fd; views still held elsewhere keep the mapping alive."""
+        if self.fd < 0:
+            return
         self.view.release()
-        self.buf.close()
+        try:
+            self.buf.close()
+        except BufferError:
+            pass            # closed by the garbage collector once the last view goes
         os.close(self.fd)
+        self.fd = -1

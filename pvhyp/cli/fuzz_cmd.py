@@ -1,0 +1,107 @@
+"""`pvhyp fuzz`: run the hypercall fuzzer (see pvhyp/fuzz/__init__.py)."""
+from __future__ import annotations
+
+import sys
+import time
+
+from pvhyp.cli import UserError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("fuzz", help="fuzz the hypercall ABI with the hypervisor's invariants as oracle")
+    p.add_argument("--hypercall", action="append", metavar="NAME", help="only this hypercall (repeatable)")
+    p.add_argument("--steps", type=int, help="stop after N hypercalls")
+    p.add_argument("--time", type=float, metavar="SEC", help="stop after SEC seconds (default 60 without --steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", default="fuzz-out", help="where reproducers go (default fuzz-out)")
+    p.add_argument("--privileged", action="store_true", help="attack as a privileged domain (dom0)")
+    p.add_argument("--coverage", action="store_true", help="measure branch coverage of hypercalls/ and pvhyp/")
+    p.add_argument("--replay", metavar="FILE", help="replay a reproducer and report whether it still fails")
+    p.set_defaults(func=run)
+
+
+def make_hv():
+    import hypercalls
+    from pvhyp.hypervisor import Hypervisor
+    hv = Hypervisor(memory_mb=32)
+    hypercalls.install(hv.hypercalls)
+    return hv
+
+
+def run(args) -> int:
+    from pvhyp.fuzz import runner
+    if args.replay:
+        try:
+            steps, privileged, kind = runner.load_reproducer(args.replay)
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"cannot read reproducer {args.replay}: {e}")
+        failure = runner.replay(make_hv, steps, privileged)
+        if failure is None:
+            print(f"{args.replay}: {len(steps)} steps, no failure (was: {kind})")
+            return 0
+        print(f"{args.replay}: {len(steps)} steps, FAILS: {failure.kind}\n{failure.detail}")
+        return 1
+    cov = None
+    if args.coverage:
+        try:
+            import coverage
+        except ImportError:
+            raise UserError("--coverage needs the coverage package (pip install coverage)")
+        import hypercalls
+        import pvhyp
+        cov = coverage.Coverage(branch=True, source=[hypercalls.__path__[0], pvhyp.__path__[0]],
+                                omit=["*/pvhyp/cli/*", "*/pvhyp/fuzz/*", "*/pvhyp/cpu/*"])
+        cov.start()
+    seconds = args.time if args.time is not None else (None if args.steps else 60.0)
+    try:
+        fz = runner.Fuzzer(make_hv, seed=args.seed, hypercalls=args.hypercall,
+                           privileged=args.privileged, out_dir=args.out)
+    except ValueError as e:
+        raise UserError(str(e))
+    live = sys.stderr.isatty()
+    fz.run(steps=args.steps, seconds=seconds, progress=_progress if live else None)
+    if live:
+        sys.stderr.write("\n")
+    percent = None
+    if cov is not None:
+        cov.stop()
+        import io
+        percent = cov.report(file=io.StringIO())
+    _summary(fz, percent)
+    return 1 if fz.stats.failures else 0
+
+
+def _progress(fz) -> None:
+    s = fz.stats
+    sys.stderr.write(f"\r[{s.elapsed:7.1f}s] {s.execs:>10,} execs {s.execs / max(s.elapsed, 1e-9):>8,.0f}/s"
+                     f"  ops {len(s.ops_seen)}/{len(fz.ops)}  results {s.distinct_results()}"
+                     f"  failures {len(s.failures)}")
+    sys.stderr.flush()
+
+
+def _summary(fz, coverage_percent) -> None:
+    from abi.errno import ERRNO_NAMES
+    s = fz.stats
+    print(f"{'hypercall':<32} {'calls':>10} {'ok':>9}  top results")
+    for name, counter in sorted(s.per_hypercall.items(), key=lambda kv: -sum(kv[1].values())):
+        total = sum(counter.values())
+        ok = sum(n for r, n in counter.items() if isinstance(r, int) and r >= 0)
+        top = ", ".join(f"{_result_name(r, ERRNO_NAMES)}x{n}" for r, n in counter.most_common(4))
+        print(f"{name:<32} {total:>10,} {ok:>9,}  {top}")
+    print(f"execs: {s.execs}")
+    print(f"execs_per_second: {s.execs / max(s.elapsed, 1e-9):.0f}")
+    print(f"hypercalls_covered: {len(s.per_hypercall)}")
+    print(f"subops_covered: {len(s.ops_seen)} of {len(fz.ops)} ({len(s.ops_succeeded)} succeeded at least once)")
+    print(f"distinct_results: {s.distinct_results()}")
+    if coverage_percent is not None:
+        print(f"branch_coverage: {coverage_percent:.1f} %")
+    print(f"failures: {len(s.failures)}")
+    for f in s.failures:
+        print(f"  {f.kind}: {len(f.steps)} steps -> {f.path or '(not saved)'}")
+        print("    " + f.detail.strip().splitlines()[-1])
+
+
+def _result_name(result, names) -> str:
+    if isinstance(result, int) and result < 0:
+        return "-" + names.get(-result, str(-result))
+    return str(result)

@@ -1,0 +1,70 @@
+"""The oracle: what must hold after every fuzz step.
+
+Cheap checks run after every step (no escaped exception, a result Xen could
+give); the invariant checkers of the PV MMU, event channels and grant tables,
+the victim's memory and frame conservation run every `full_every` steps and
+at the end (the issue allows incremental checks if a full recomputation runs
+at least every 1,000 steps).
+"""
+from __future__ import annotations
+
+import importlib
+
+from abi import errno as xen_errno
+
+XEN_ERRNOS = frozenset(v for k, v in vars(xen_errno).items()
+                       if k.isupper() and k.startswith("E") and isinstance(v, int))
+# Hypercalls whose success is exactly 0 (counts go through pointers, not the result).
+ZERO_ON_SUCCESS = frozenset({
+    "mmu_update", "mmuext_op", "update_va_mapping", "update_va_mapping_otherdomain",
+    "event_channel_op", "multicall", "set_trap_table", "stack_switch", "vm_assist",
+    "set_callbacks", "set_segment_base", "fpu_taskswitch", "set_debugreg", "set_gdt",
+    "update_descriptor", "set_timer_op",
+})
+_CHECKERS = ("pvhyp.mm.checker:check_invariants",
+             "pvhyp.event_channel:check_consistency",
+             "pvhyp.grant_table:check_consistency")
+
+
+def check_result(hypercall: str, result) -> str | None:
+    if not isinstance(result, int) or isinstance(result, bool):
+        return f"{hypercall} returned a non-integer {result!r}"
+    if not -(1 << 63) <= result < (1 << 63):
+        return f"{hypercall} returned {result}, outside a signed 64-bit register"
+    if result < 0 and -result not in XEN_ERRNOS:
+        return f"{hypercall} returned {result}, not a Xen errno"
+    if result > 0 and hypercall in ZERO_ON_SUCCESS:
+        return f"{hypercall} returned {result}; Xen returns 0 on success"
+    return None
+
+
+def available_checkers() -> list:
+    found = []
+    for spec in _CHECKERS:
+        module_name, func = spec.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            continue
+        if hasattr(module, func):
+            found.append((spec, getattr(module, func)))
+    return found
+
+
+def full_check(world, checkers) -> list[str]:
+    problems: list[str] = []
+    for spec, fn in checkers:
+        try:
+            problems += [f"{spec.split(':')[0]}: {p}" for p in fn(world.hv)]
+        except Exception as e:    # a checker crashing on the state is itself a finding
+            problems.append(f"{spec} raised {type(e).__name__}: {e}")
+    if world.victim_memory_digest() != world.victim_digest:
+        problems.append("the victim domain's memory changed")
+    frames = world.hv.frames
+    if frames.owned_by(world.victim.p2m[0], world.attacker.domid):
+        problems.append("a victim frame now belongs to the attacker")
+    owners = set(frames.owner)
+    for domid in owners:
+        if domid >= 0 and domid not in world.hv.domains and domid != 0x7FF2:
+            problems.append(f"frames owned by d{domid}, which does not exist")
+    return problems
