@@ -1,0 +1,235 @@
+"""Privileged instructions a PV guest executes at CPL3, answered as Xen does.
+
+They reach us as #GP(0) with RIP at the instruction.  `emulate_privileged`
+returns True when it handled one (registers updated, RIP advanced) and False
+when the #GP must be bounced to the guest, which is also Xen's answer for
+anything it does not know (unknown MSRs, hlt, cli/sti, ...).
+The CPUID policy is also here: plain `cpuid` and the forced-emulation form
+`ud2; .ascii "xen"; cpuid` get the same answers, a Xen-looking CPU that
+shows only features unicorn's TCG really executes.
+"""
+from __future__ import annotations
+
+from pvhyp.cpu.guest_memory import read_guest_virtual
+
+MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+FORCED_EMULATION_PREFIX = bytes.fromhex("0f0b") + b"xen"
+
+MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE = 0xC000_0080, 0xC000_0100, 0xC000_0101, 0xC000_0102
+EFER_VALUE = 0xD01                         # SCE | LME | LMA | NXE
+MSR_PLATFORM_ID, MSR_UCODE_REV, MSR_MISC_ENABLE, MSR_PAT = 0x17, 0x8B, 0x1A0, 0x277
+XEN_PAT = 0x0000_0501_0007_0406            # the PAT Xen runs PV guests with
+MISC_ENABLE_VALUE = (1 << 0) | (1 << 11) | (1 << 12)   # fast strings; BTS and PEBS unavailable
+# MSRs whose reads return a constant and whose writes are accepted and dropped.
+_CONSTANT_MSRS = {MSR_PLATFORM_ID: 0, MSR_UCODE_REV: 0, MSR_MISC_ENABLE: MISC_ENABLE_VALUE, MSR_PAT: XEN_PAT}
+
+CR0_HOST = 0x8005_003B                     # PE MP ET NE WP AM PG (+TS from the guest)
+CR0_TS = 1 << 3
+CR4_PAE, CR4_PGE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 7, 1 << 9, 1 << 10
+CR4_TSD, CR4_DE = 1 << 2, 1 << 3
+CR4_FIXED = CR4_PAE | CR4_PGE | CR4_OSFXSR | CR4_OSXMMEXCPT
+CR4_GUEST_CONTROLLED = CR4_TSD | CR4_DE
+
+_GPR_BY_NUMBER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+                  "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+_LEGACY_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
+
+
+def _regs32(*values: int) -> tuple[int, ...]:
+    return tuple(v & 0xFFFF_FFFF for v in values)
+
+
+def _ascii_regs(text: str) -> tuple[int, int, int]:
+    raw = text.encode().ljust(12, b"\0")
+    return tuple(int.from_bytes(raw[i:i + 4], "little") for i in (0, 4, 8))
+
+
+XEN_VERSION_MAJOR, XEN_VERSION_MINOR = 4, 17
+
+
+def cpuid_policy(leaf: int, subleaf: int, vcpu_id: int = 0) -> tuple[int, int, int, int]:
+    """(eax, ebx, ecx, edx) for a PV guest: what TCG runs, nothing more."""
+    if leaf == 0:
+        ebx, edx, ecx = _ascii_regs("GenuineIntel")
+        return 0xD, ebx, ecx, edx
+    if leaf == 1:
+        ecx = (1 << 0) | (1 << 9) | (1 << 13) | (1 << 19) | (1 << 20) | (1 << 23) | (1 << 31)  # SSE3 SSSE3 CX16 SSE4.1/2 POPCNT HYPERVISOR
+        edx = sum(1 << b for b in (0, 4, 5, 6, 8, 15, 16, 19, 23, 24, 25, 26))  # FPU TSC MSR PAE CX8 CMOV PAT CLFSH MMX FXSR SSE SSE2
+        return _regs32(0x000306C3, ((vcpu_id & 0xFF) << 24) | (1 << 16) | (8 << 8), ecx, edx)
+    if leaf == 0x4000_0000:
+        ebx, ecx, edx = _ascii_regs("XenVMMXenVMM")
+        return 0x4000_0005, ebx, ecx, edx
+    if leaf == 0x4000_0001:
+        return (XEN_VERSION_MAJOR << 16) | XEN_VERSION_MINOR, 0, 0, 0
+    if leaf == 0x4000_0002:
+        return 1, 0x4000_0000, 0, 0          # one hypercall page, via MSR 0x40000000
+    if 0x4000_0003 <= leaf <= 0x4000_0005:
+        return 0, 0, 0, 0
+    if leaf == 0x8000_0000:
+        return 0x8000_0008, 0, 0, 0
+    if leaf == 0x8000_0001:
+        return 0, 0, 1 << 0, (1 << 11) | (1 << 20) | (1 << 29)   # LAHF; SYSCALL NX LM
+    if 0x8000_0002 <= leaf <= 0x8000_0004:
+        brand = b"pvhyp virtual CPU".ljust(48, b"\0")[(leaf - 0x8000_0002) * 16:][:16]
+        return tuple(int.from_bytes(brand[i:i + 4], "little") for i in (0, 4, 8, 12))
+    if leaf == 0x8000_0008:
+        return 0x3028, 0, 0, 0               # 40 physical, 48 virtual address bits
+    return 0, 0, 0, 0
+
+
+class PrivilegedOps:
+    """Emulation of the privileged instructions of one PV vCPU.
+
+    `pv` is the vCPU's PvState; `bouncer` its TrapBouncer (for mode-dependent
+    GS bases); `on_new_cr3(mfn) -> bool` hands CR3 writes to the PV MMU.
+    """
+
+    def __init__(self, engine, pv, bouncer, vcpu_id: int = 0, on_new_cr3=None):
+        self.engine = engine
+        self.pv = pv
+        self.bouncer = bouncer
+        self.vcpu_id = vcpu_id
+        self.on_new_cr3 = on_new_cr3
+        self.debugregs = [0] * 8
+        if not pv.cr4:
+            pv.cr4 = CR4_FIXED
+
+    # --- cpuid ---------------------------------------------------------
+    def cpuid(self) -> None:
+        """Answer cpuid from rax/rcx into rax/rbx/rcx/rdx (RIP untouched)."""
+        eax, ecx = self.engine.read_many(("rax", "rcx"))
+        a, b, c, d = cpuid_policy(eax & 0xFFFF_FFFF, ecx & 0xFFFF_FFFF, self.vcpu_id)
+        self.engine.write_many({"rax": a, "rbx": b, "rcx": c, "rdx": d})
+
+    def forced_emulation(self, rip: int) -> bool:
+        """`ud2; "xen"; cpuid` at RIP: emulate cpuid and step past all 7 bytes."""
+        code = read_guest_virtual(self.engine.memory, self.engine.cr3, rip, 7)
+        if code is None or code[:5] != FORCED_EMULATION_PREFIX or code[5:7] != b"\x0f\xa2":
+            return False
+        self.cpuid()
+        self.engine.write("rip", rip + 7)
+        return True
+
+    # --- #GP(0) at CPL3 --------------------------------------------------
+    def emulate_privileged(self, rip: int) -> bool:
+        code = read_guest_virtual(self.engine.memory, self.engine.cr3, rip, 15)
+        if code is None:
+            code = read_guest_virtual(self.engine.memory, self.engine.cr3, rip, 4096 - (rip & 0xFFF))
+            if code is None:
+                return False
+        i = 0
+        while i < len(code) and code[i] in _LEGACY_PREFIXES:
+            i += 1
+        rex = code[i] if i < len(code) and 0x40 <= code[i] <= 0x4F else 0
+        i += bool(rex)
+        opcode = code[i:i + 2]
+        if len(opcode) < 2 or opcode[0] != 0x0F:
+            return False
+        op = opcode[1]
+        if op == 0x32:
+            done, length = self._rdmsr(), i + 2
+        elif op == 0x30:
+            done, length = self._wrmsr(), i + 2
+        elif op in (0x20, 0x22, 0x21, 0x23) and i + 2 < len(code):
+            modrm = code[i + 2]
+            reg = ((modrm >> 3) & 7) | ((rex & 4) << 1)
+            gpr = _GPR_BY_NUMBER[(modrm & 7) | ((rex & 1) << 3)]
+            length = i + 3
+            if op == 0x20:
+                done = self._read_cr(reg, gpr)
+            elif op == 0x22:
+                done = self._write_cr(reg, gpr)
+            elif op == 0x21:
+                done = reg < 8 and (self.engine.write(gpr, self.debugregs[reg]) or True)
+            else:
+                done = reg < 8 and self._write_dr(reg, self.engine.read(gpr))
+        elif op == 0x06:                      # clts
+            self.pv.cr0_ts = False
+            done, length = True, i + 2
+        elif op == 0x09:                      # wbinvd: nothing cached worth flushing
+            done, length = True, i + 2
+        else:
+            return False
+        if done:
+            self.engine.write("rip", rip + length)
+        return done
+
+    # --- MSRs ------------------------------------------------------------
+    def _msr_read(self, index: int) -> int | None:
+        if index == MSR_FS_BASE:
+            return self.engine.read("fs_base")
+        if index == MSR_GS_BASE:
+            return self.engine.read("gs_base") if self.pv.kernel_mode else self.pv.inactive_gs_base
+        if index == MSR_SHADOW_GS_BASE:
+            return self.pv.inactive_gs_base if self.pv.kernel_mode else self.engine.read("gs_base")
+        if index == MSR_EFER:
+            return EFER_VALUE
+        return _CONSTANT_MSRS.get(index)
+
+    def _rdmsr(self) -> bool:
+        index = self.engine.read("rcx") & 0xFFFF_FFFF
+        value = self._msr_read(index)
+        if value is None:
+            return False
+        self.engine.write_many({"rax": value & 0xFFFF_FFFF, "rdx": value >> 32})
+        return True
+
+    def _wrmsr(self) -> bool:
+        ecx, eax, edx = self.engine.read_many(("rcx", "rax", "rdx"))
+        index = ecx & 0xFFFF_FFFF
+        value = ((edx & 0xFFFF_FFFF) << 32) | (eax & 0xFFFF_FFFF)
+        if index in (MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE):
+            if not _canonical(value):
+                return False
+            kernel_gs = index == MSR_GS_BASE
+            if index == MSR_FS_BASE or kernel_gs == self.pv.kernel_mode:
+                self.engine.write("fs_base" if index == MSR_FS_BASE else "gs_base", value)
+            else:
+                self.pv.inactive_gs_base = value
+            return True
+        if index == MSR_EFER:
+            return value == EFER_VALUE or (value ^ EFER_VALUE) & ~0x1 == 0
+        return index in _CONSTANT_MSRS
+
+    # --- control and debug registers ----------------------------------------
+    def _read_cr(self, cr: int, gpr: str) -> bool:
+        if cr == 0:
+            value = CR0_HOST | (CR0_TS if self.pv.cr0_ts else 0)
+        elif cr == 2:
+            value = self.pv.cr2
+        elif cr == 3:
+            value = self.engine.cr3
+        elif cr == 4:
+            value = self.pv.cr4
+        else:
+            return False
+        self.engine.write(gpr, value)
+        return True
+
+    def _write_cr(self, cr: int, gpr: str) -> bool:
+        value = self.engine.read(gpr)
+        if cr == 0:
+            if (value ^ CR0_HOST) & ~CR0_TS & 0xFFFF_FFFF:
+                return False                  # only TS may change
+            self.pv.cr0_ts = bool(value & CR0_TS)
+            return True
+        if cr == 2:
+            self.bouncer.set_cr2(value)
+            return True
+        if cr == 3:
+            return self.on_new_cr3 is not None and bool(self.on_new_cr3(value >> 12))
+        if cr == 4:
+            self.pv.cr4 = CR4_FIXED | (value & CR4_GUEST_CONTROLLED)
+            return True
+        return False
+
+    def _write_dr(self, reg: int, value: int) -> bool:
+        if reg in (4, 5):
+            return False
+        self.debugregs[reg] = value
+        return True
+
+
+def _canonical(value: int) -> bool:
+    top = value >> 47
+    return top == 0 or top == 0x1FFFF

@@ -1,0 +1,310 @@
+"""One software CPU per vCPU: unicorn mechanics, no PV policy.
+
+The engine owns a unicorn instance whose physical address space is the whole
+machine memory, so CR3 is the machine address of the guest's L4 and the CPU
+walks the guest's own page tables.  The guest always runs at CPL3: the first
+entry goes through the CPL0 `iretq` stub in the hypervisor's pages, and after
+that every transition (trap bounce, iret hypercall, mode switch) is a
+register rewrite done inside a hook, which keeps CPL3.
+
+Everything a guest can do that needs the hypervisor ends up as one call on the
+`VcpuHost` (see below); the PV logic lives there (pvhyp/cpu/entry.py), not
+here.  A Python exception escaping a host callback stops the run and is
+reported as ExitReason.HYPERVISOR_ERROR; it never propagates into unicorn.
+"""
+from __future__ import annotations
+
+import enum
+import struct
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
+                     UC_HOOK_MEM_UNMAPPED, UC_MODE_64, UC_PROT_ALL, Uc, UcError)
+from unicorn import x86_const as X
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+
+from pvhyp.cpu import unicorn_quirks as quirks
+from pvhyp.cpu import xen_layout as L
+from pvhyp.cpu.guest_memory import read_guest_virtual
+
+VECTOR_GP, VECTOR_PF = 13, 14
+RFLAGS_FIXED = 0x2
+RFLAGS_IF = 0x200
+
+# A RIP no instruction can have: `until` for emu_start, so only our own
+# stops, budgets and errors end a run.
+_NEVER_REACHED = 0x8000_0000_0000_0000
+
+GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+SEGMENT_NAMES = ("cs", "ss", "ds", "es", "fs", "gs")
+REG = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in
+       GPR_NAMES + SEGMENT_NAMES + ("rip", "rflags", "cr0", "cr2", "cr3", "cr4", "fs_base", "gs_base")}
+
+
+class ExitReason(enum.Enum):
+    BUDGET = "budget"                     # instruction/time budget used up
+    KICKED = "kicked"                     # kick() from another thread
+    REQUESTED = "requested"               # the host asked to leave (block, shutdown, crash)
+    HYPERVISOR_ERROR = "hypervisor_error"  # a bug in a host callback: crash the domain, not us
+
+
+@dataclass
+class CpuState:
+    """Architectural register state of a vCPU (Xen's cpu_user_regs plus bases)."""
+    gprs: dict = field(default_factory=lambda: {name: 0 for name in GPR_NAMES})
+    rip: int = 0
+    rflags: int = RFLAGS_FIXED | RFLAGS_IF
+    cs: int = L.FLAT_KERNEL_CS
+    ss: int = L.FLAT_KERNEL_SS
+    ds: int = 0
+    es: int = 0
+    fs: int = 0
+    gs: int = 0
+    fs_base: int = 0
+    gs_base: int = 0
+    cr3: int = 0        # machine address of the active L4
+    cr2: int = 0
+
+
+class VcpuHost(Protocol):
+    """What the engine asks of the PV layer.  Each call runs on the vCPU thread
+    inside a hook; it reads/writes registers through the engine and may call
+    `engine.request_exit()` to leave the run loop."""
+
+    def on_resume(self, engine: "CpuEngine") -> None:
+        """Just before guest code runs again after run() was entered (event delivery)."""
+
+    def on_hypercall(self, engine: "CpuEngine") -> None:
+        """`syscall` executed; RIP is at the instruction."""
+
+    def on_exception(self, engine: "CpuEngine", vector: int, error_code: int, cr2: int) -> None:
+        """A fault/trap raised by the CPU; RIP at the faulting instruction."""
+
+    def on_software_interrupt(self, engine: "CpuEngine", vector: int, insn_len: int) -> None:
+        """`int N`/`int3`/`into`; RIP past it.  The gate DPL rule is the host's to apply."""
+
+    def on_invalid_opcode(self, engine: "CpuEngine") -> None:
+        """#UD (incl. `ud2` and the forced-emulation prefix); RIP at the instruction."""
+
+    def on_cpuid(self, engine: "CpuEngine") -> None:
+        """Plain `cpuid`; set rax/rbx/rcx/rdx, the engine skips the instruction."""
+
+    def on_io(self, engine: "CpuEngine", port: int, size: int, value: int | None) -> int | None:
+        """`in` (value None, return the result) or `out`.  Return None from
+        `in` when it must fault instead (see defer_after_stop)."""
+
+
+class CpuEngine:
+    def __init__(self, memory, layout: L.XenLayout, host: VcpuHost):
+        self._bookkeeping_layout = quirks.verified_layout()
+        self.memory = memory
+        self.layout = layout
+        self.host = host
+        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.host_address)
+        self.window = layout.allocate_vcpu_window()
+        self._bookkeeping = quirks.ExceptionBookkeeping(uc, self._bookkeeping_layout)
+        self._setup_control_state()
+        self._add_hooks()
+        self._entered = False
+        self.cr3 = 0            # kept here too: reading CR3 back from unicorn may truncate it
+        self._stop_reason: ExitReason | None = None
+        self._kick_pending = threading.Event()
+        self._deferred: list[Callable[[], None]] = []
+        self.error: BaseException | None = None
+        self.unmapped_accesses = 0
+
+    # --- machine setup ---------------------------------------------------
+    def _setup_control_state(self) -> None:
+        uc = self.uc
+        uc.reg_write(X.UC_X86_REG_CR4, quirks.CR4_PAE | quirks.CR4_OSFXSR | quirks.CR4_OSXMMEXCPT)
+        uc.msr_write(quirks.MSR_EFER, quirks.EFER_SCE | quirks.EFER_LME | quirks.EFER_LMA | quirks.EFER_NXE)
+        # WP off: the CPU's implicit supervisor writes (descriptor accessed
+        # bits) must not fault on the read-only guest GDT frames; guest code
+        # is CPL3 and stays bound by RW.
+        uc.reg_write(X.UC_X86_REG_CR0, quirks.CR0_PE | quirks.CR0_MP | quirks.CR0_ET | quirks.CR0_NE | quirks.CR0_PG)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, self.layout.gdt_va(self.window), L.GDT_LIMIT, 0))
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, L.IDT_VA, 0xFFF, 0))
+        uc.reg_write(X.UC_X86_REG_TR, (L.TSS_SELECTOR, L.TSS_VA, L.TSS_SIZE - 1, 0x8B))
+
+    def _add_hooks(self) -> None:
+        uc = self.uc
+        uc.hook_add(UC_HOOK_INTR, self._hook_intr)
+        uc.hook_add(UC_HOOK_INSN, self._hook_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INSN, self._hook_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._hook_invalid)
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._hook_unmapped)
+
+    def close(self) -> None:
+        self.layout.release_vcpu_window(self.window)
+        self.uc.release_handle()
+
+    # --- register access -----------------------------------------------
+    def read(self, name: str) -> int:
+        return self.uc.reg_read(REG[name])
+
+    def write(self, name: str, value: int) -> None:
+        self.uc.reg_write(REG[name], value & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def read_many(self, names) -> tuple:
+        return self.uc.reg_read_batch([REG[n] for n in names])
+
+    def write_many(self, values: dict) -> None:
+        self.uc.reg_write_batch([(REG[n], v & 0xFFFF_FFFF_FFFF_FFFF) for n, v in values.items()])
+
+    def load_state(self, state: CpuState) -> None:
+        """Replace the register state; the next run() enters through the stub."""
+        self._pending_state = state
+        self._entered = False
+
+    def save_state(self) -> CpuState:
+        if not self._entered:
+            return self._pending_state
+        names = GPR_NAMES + ("rip", "rflags") + SEGMENT_NAMES + ("fs_base", "gs_base", "cr3", "cr2")
+        values = dict(zip(names, self.read_many(names)))
+        values["cr3"] = self.cr3
+        state = CpuState(gprs={n: values[n] for n in GPR_NAMES})
+        for name in names[len(GPR_NAMES):]:
+            setattr(state, name, values[name])
+        return state
+
+    # --- TLB / address space -------------------------------------------
+    def flush_tlb(self) -> None:
+        """Forget cached translations (after PTE changes the CPU may have cached)."""
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def set_cr3(self, maddr: int) -> None:
+        self.cr3 = maddr
+        self.uc.reg_write(X.UC_X86_REG_CR3, maddr)
+        self.flush_tlb()
+
+    # --- running -----------------------------------------------------------
+    def kick(self) -> None:
+        """From any thread: make run() return soon with KICKED."""
+        self._kick_pending.set()
+        self.uc.emu_stop()
+
+    def request_exit(self, reason: ExitReason = ExitReason.REQUESTED) -> None:
+        """From a host callback: leave run() once the current hook returns."""
+        self._stop_reason = reason
+        self.uc.emu_stop()
+
+    def defer_after_stop(self, action: Callable[[], None]) -> None:
+        """Run `action` after the current instruction retires, outside unicorn.
+
+        For outcomes a hook cannot produce in place: a denied `in` must fault
+        without unicorn writing the port value into RAX afterwards.
+        """
+        self._deferred.append(action)
+        self.uc.emu_stop()
+
+    def run(self, max_insns: int = 0, timeout_us: int = 0) -> ExitReason:
+        """Run guest code until the budget is used, a kick, or a host request."""
+        self._stop_reason = None
+        if self._kick_pending.is_set():
+            self._kick_pending.clear()
+            return ExitReason.KICKED
+        try:
+            if not self._entered:
+                self._enter_through_stub()
+            self.host.on_resume(self)
+            while True:
+                if self._stop_reason is not None:
+                    return self._stop_reason
+                rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+                try:
+                    self.uc.emu_start(rip, _NEVER_REACHED, timeout_us, max_insns)
+                except UcError as err:
+                    if not self._recover_from_unicorn_error(err):
+                        raise
+                    continue
+                if self._deferred:
+                    actions, self._deferred = self._deferred, []
+                    for action in actions:
+                        action()
+                    continue
+                if self._stop_reason is not None:
+                    return self._stop_reason
+                if self._kick_pending.is_set():
+                    self._kick_pending.clear()
+                    return ExitReason.KICKED
+                return ExitReason.BUDGET
+        except Exception as err:   # a hypervisor bug must crash the domain, not the process
+            self.error = err
+            return ExitReason.HYPERVISOR_ERROR
+
+    def _enter_through_stub(self) -> None:
+        state = self._pending_state
+        frame = struct.pack("<5Q", state.rip, state.cs | 3, state.rflags | RFLAGS_FIXED, state.gprs["rsp"], state.ss | 3)
+        frame_va = self.layout.entry_stack_top(self.window) - len(frame)
+        frame_maddr = self.layout.entry_stack_maddr(self.window) + L.PAGE_SIZE - len(frame)
+        self.memory.write(frame_maddr, frame)
+        uc = self.uc
+        self.set_cr3(state.cr3)
+        uc.reg_write(X.UC_X86_REG_CR2, state.cr2)
+        for seg in ("ds", "es", "fs", "gs"):
+            self.write(seg, getattr(state, seg))
+        self.write_many({n: v for n, v in state.gprs.items() if n != "rsp"})
+        uc.reg_write(X.UC_X86_REG_RSP, frame_va)
+        uc.emu_start(L.ENTRY_STUB_VA, _NEVER_REACHED, 0, 1)     # just the iretq
+        # Selector loads reset the bases: set them once at CPL3.
+        self.write_many({"fs_base": state.fs_base, "gs_base": state.gs_base})
+        self._entered = True
+
+    def _recover_from_unicorn_error(self, err: UcError) -> bool:
+        """Guest-caused unicorn errors become guest faults; False if it is ours."""
+        if self._unmapped_fault is not None:
+            vector, error_code, cr2 = self._unmapped_fault
+            self._unmapped_fault = None
+            self.host.on_exception(self, vector, error_code, cr2)
+            return True
+        return False
+
+    _unmapped_fault = None
+
+    # --- hooks (all run on the vCPU thread, inside emu_start) -------------
+    def _hook_intr(self, uc, vector, _):
+        error_code, software = self._bookkeeping.consume()
+        if software:
+            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            self.host.on_software_interrupt(self, vector, self._software_int_length(rip, vector))
+        else:
+            cr2 = uc.reg_read(X.UC_X86_REG_CR2) if vector == VECTOR_PF else 0
+            self.host.on_exception(self, vector, error_code, cr2)
+
+    def _software_int_length(self, rip: int, vector: int) -> int:
+        # `int3` and `into` are one byte, `int N` two; tell them apart by the bytes before RIP.
+        if vector not in (3, 4):
+            return 2
+        data = read_guest_virtual(self.memory, self.cr3, rip - 2, 2)
+        return 2 if data is not None and data[0] == 0xCD and data[1] == vector else 1
+
+    def _hook_syscall(self, uc, _):
+        self.host.on_hypercall(self)
+
+    def _hook_cpuid(self, uc, _):
+        self.host.on_cpuid(self)
+        return 1
+
+    def _hook_in(self, uc, port, size, _):
+        value = self.host.on_io(self, port, size, None)
+        return 0 if value is None else value & ((1 << (8 * size)) - 1)
+
+    def _hook_out(self, uc, port, size, value, _):
+        self.host.on_io(self, port, size, value)
+
+    def _hook_invalid(self, uc, _):
+        self.host.on_invalid_opcode(self)
+        return True
+
+    def _hook_unmapped(self, uc, access, address, size, value, _):
+        # Only reachable if a page table names a frame beyond machine memory
+        # (the PV MMU refuses those); the guest gets #GP, never the host an error.
+        self.unmapped_accesses += 1
+        self._unmapped_fault = (VECTOR_GP, 0, 0)
+        return False

@@ -1,0 +1,255 @@
+"""PV trap bouncing: Xen's x86-64 PV exception frame, mode switches, iret.
+
+A PV guest registers a trap table (set_trap_table) and callbacks
+(callback_op); when something must reach the guest kernel, the hypervisor
+builds on the guest kernel stack the frame
+
+    rcx, r11, [ds, es, fs, gs,] [error code,] rip, cs|saved_mask<<32, rflags, rsp, ss
+
+(lowest address first, 16-byte aligned) and resumes the guest at the
+handler.  Coming from guest user mode it first switches to kernel mode: the
+kernel page tables, the kernel GS base and the stack given by stack_switch.
+The iret hypercall undoes it.  These rules are read from Xen's
+create_bounce_frame / do_iret; the code is ours.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from pvhyp.cpu import xen_layout as L
+from pvhyp.cpu.guest_memory import read_guest_virtual, write_guest_virtual
+
+# Trap bounce flags
+TBF_EXCEPTION_ERRCODE = 0x2
+TBF_INTERRUPT = 0x8          # mask events on entry
+TBF_FAILSAFE = 0x10
+
+VGCF_IN_SYSCALL = 1 << 8
+RFLAGS_TF, RFLAGS_IF, RFLAGS_DF = 1 << 8, 1 << 9, 1 << 10
+RFLAGS_IOPL = 3 << 12
+RFLAGS_NT, RFLAGS_RF, RFLAGS_VM, RFLAGS_AC = 1 << 14, 1 << 16, 1 << 17, 1 << 18
+RFLAGS_CLEARED_ON_TRAP = RFLAGS_AC | RFLAGS_VM | RFLAGS_RF | RFLAGS_NT | RFLAGS_TF
+
+VECTORS_WITH_ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
+VECTOR_PF = 14
+VCPU_INFO_UPCALL_PENDING, VCPU_INFO_UPCALL_MASK, VCPU_INFO_CR2 = 0, 1, 16
+_IRET_CONTEXT = struct.Struct("<9Q")    # rax r11 rcx flags rip cs rflags rsp ss
+
+MASK64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
+@dataclass
+class TrapInfo:
+    vector: int
+    flags: int         # bits 0-1: DPL (who may `int N` it), bit 2: mask events on entry
+    cs: int
+    address: int
+
+    @property
+    def dpl(self) -> int:
+        return self.flags & 3
+
+    @property
+    def masks_events(self) -> bool:
+        return bool(self.flags & 4)
+
+
+@dataclass
+class Callback:
+    address: int = 0
+    masks_events: bool = False
+
+
+@dataclass
+class PvState:
+    """Per-vCPU PV state the entry path needs (Xen's arch_vcpu, PV part)."""
+    kernel_mode: bool = True
+    kernel_table: int = 0            # mfn of the kernel L4
+    user_table: int = 0              # mfn of the user L4 (0 = none)
+    kernel_ss: int = L.FLAT_KERNEL_SS
+    kernel_sp: int = 0               # stack_switch
+    trap_table: dict = field(default_factory=dict)     # vector -> TrapInfo
+    event_callback: Callback = field(default_factory=Callback)
+    failsafe_callback: Callback = field(default_factory=Callback)
+    syscall_callback: Callback = field(default_factory=Callback)
+    inactive_gs_base: int = 0        # the GS base of the mode not running
+    iopl: int = 0                    # physdev set_iopl
+    cr2: int = 0
+    cr0_ts: bool = False
+    cr4: int = 0
+    vcpu_info_maddr: int = 0
+    writable_pagetables: bool = False
+
+
+class GuestCrash(Exception):
+    """The guest made its own state unrecoverable (Xen: domain_crash)."""
+
+
+class TrapBouncer:
+    """Builds bounce frames and performs mode switches for one vCPU."""
+
+    def __init__(self, engine, pv: PvState):
+        self.engine = engine
+        self.pv = pv
+        self.memory = engine.memory
+
+    # --- vcpu_info -----------------------------------------------------
+    def _vcpu_info_byte(self, offset: int) -> int:
+        if not self.pv.vcpu_info_maddr:
+            return 1 if offset == VCPU_INFO_UPCALL_MASK else 0
+        return self.memory.buf[self.pv.vcpu_info_maddr + offset]
+
+    def _set_vcpu_info_byte(self, offset: int, value: int) -> None:
+        if self.pv.vcpu_info_maddr:
+            self.memory.buf[self.pv.vcpu_info_maddr + offset] = value
+
+    def upcall_mask(self) -> int:
+        return self._vcpu_info_byte(VCPU_INFO_UPCALL_MASK)
+
+    def set_upcall_mask(self, masked: bool) -> None:
+        self._set_vcpu_info_byte(VCPU_INFO_UPCALL_MASK, int(masked))
+
+    def set_cr2(self, cr2: int) -> None:
+        self.pv.cr2 = cr2
+        if self.pv.vcpu_info_maddr:
+            self.memory.write_u64(self.pv.vcpu_info_maddr + VCPU_INFO_CR2, cr2)
+
+    # --- mode switch -----------------------------------------------------
+    def toggle_guest_mode(self) -> None:
+        pv, engine = self.pv, self.engine
+        active_gs = engine.read("gs_base")
+        engine.write("gs_base", pv.inactive_gs_base)
+        pv.inactive_gs_base = active_gs
+        pv.kernel_mode = not pv.kernel_mode
+        table = pv.kernel_table if pv.kernel_mode or not pv.user_table else pv.user_table
+        engine.set_cr3(table << 12)
+
+    # --- bouncing --------------------------------------------------------
+    def bounce(self, address: int, flags: int, error_code: int = 0, regs: dict | None = None) -> None:
+        """Enter the guest kernel at `address` with a Xen PV exception frame.
+
+        `regs` may carry already-read register values (rip, rsp, rflags, cs,
+        ss, rcx, r11) so hot paths do not read them twice.
+        """
+        engine, pv = self.engine, self.pv
+        names = ("rip", "rsp", "rflags", "cs", "ss", "rcx", "r11")
+        if regs is None or any(n not in regs for n in names):
+            regs = {**dict(zip(names, engine.read_many(names))), **(regs or {})}
+        if not address:
+            raise GuestCrash(f"no handler registered for a bounce (flags {flags:#x})")
+        saved_cs = regs["cs"]
+        if pv.kernel_mode:
+            stack = regs["rsp"]
+            saved_cs &= ~3       # tells the guest it interrupted kernel context
+        else:
+            self.toggle_guest_mode()
+            stack = pv.kernel_sp
+        stack &= ~0xF & MASK64
+        if L.RO_MPT_VIRT_START <= stack < 0xFFFF_8800_0000_0000 + 60:
+            raise GuestCrash(f"guest kernel stack {stack:#x} inside the hypervisor range")
+        saved_mask = self.upcall_mask()
+        if flags & TBF_INTERRUPT:
+            self.set_upcall_mask(True)
+        rflags = regs["rflags"] & ~RFLAGS_IF
+        if not saved_mask:
+            rflags |= RFLAGS_IF
+        frame = [regs["rcx"], regs["r11"]]
+        if flags & TBF_FAILSAFE:
+            frame += list(engine.read_many(("ds", "es", "fs", "gs")))
+        if flags & TBF_EXCEPTION_ERRCODE:
+            frame.append(error_code & 0xFFFF_FFFF)
+        frame += [regs["rip"], (saved_cs & 0xFFFF) | (saved_mask << 32), rflags, regs["rsp"], regs["ss"]]
+        frame_va = stack - 8 * len(frame)
+        if not write_guest_virtual(self.memory, engine.cr3, frame_va, struct.pack(f"<{len(frame)}Q", *frame)):
+            raise GuestCrash(f"guest kernel stack {frame_va:#x} not writable for a bounce frame")
+        engine.write_many({
+            "rip": address,
+            "rsp": frame_va,
+            "rflags": regs["rflags"] & ~RFLAGS_CLEARED_ON_TRAP,
+            "cs": L.FLAT_KERNEL_CS,
+            "ss": L.FLAT_KERNEL_SS,
+        })
+
+    def bounce_exception(self, vector: int, error_code: int = 0, cr2: int | None = None, regs=None) -> None:
+        trap = self.pv.trap_table.get(vector)
+        if trap is None or not trap.address:
+            raise GuestCrash(f"unhandled exception vector {vector} (error code {error_code:#x})")
+        if vector == VECTOR_PF and cr2 is not None:
+            self.set_cr2(cr2)
+        flags = TBF_INTERRUPT if trap.masks_events else 0
+        if vector in VECTORS_WITH_ERROR_CODE:
+            flags |= TBF_EXCEPTION_ERRCODE
+        self.bounce(trap.address, flags, error_code, regs)
+
+    def bounce_software_interrupt(self, vector: int, insn_len: int) -> None:
+        """`int N` from the guest: delivered if the trap's DPL allows the current mode."""
+        trap = self.pv.trap_table.get(vector)
+        required = 1 if self.pv.kernel_mode else 3
+        # int3/into go through DPL3 gates in Xen's own IDT: always delivered.
+        if vector in (3, 4) or (trap is not None and trap.dpl >= required):
+            self.bounce_exception(vector)
+            return
+        rip = self.engine.read("rip")
+        self.engine.write("rip", rip - insn_len)
+        self.bounce_exception(13, (vector << 3) | 2)
+
+    def bounce_syscall_from_user(self) -> None:
+        """`syscall` in guest user mode: to the registered syscall callback.
+
+        The hardware would have loaded rcx/r11 with the return RIP and RFLAGS;
+        the frame carries those, as on Xen.
+        """
+        cb = self.pv.syscall_callback
+        rip, rsp, rflags, cs, ss = self.engine.read_many(("rip", "rsp", "rflags", "cs", "ss"))
+        next_rip = rip + 2
+        regs = {"rip": next_rip, "rsp": rsp, "rflags": rflags, "cs": cs, "ss": ss, "rcx": next_rip, "r11": rflags}
+        self.bounce(cb.address, TBF_INTERRUPT if cb.masks_events else 0, regs=regs)
+        self.engine.write("rflags", self.engine.read("rflags") & ~RFLAGS_DF)
+
+    def deliver_pending_events(self) -> bool:
+        """Upcall if vcpu_info says an event is pending and unmasked (every return to guest)."""
+        if not self.pv.vcpu_info_maddr or not self.pv.event_callback.address:
+            return False
+        buf = self.memory.buf
+        base = self.pv.vcpu_info_maddr
+        if buf[base + VCPU_INFO_UPCALL_MASK] or not buf[base + VCPU_INFO_UPCALL_PENDING]:
+            return False
+        self.bounce(self.pv.event_callback.address, TBF_INTERRUPT)
+        return True
+
+    def failsafe(self) -> None:
+        cb = self.pv.failsafe_callback
+        self.bounce(cb.address, TBF_FAILSAFE | (TBF_INTERRUPT if cb.masks_events else 0))
+
+    # --- iret hypercall ----------------------------------------------------
+    def do_iret(self) -> None:
+        """HYPERVISOR_iret: restore the frame at the guest's RSP (Xen's iret_context)."""
+        engine, pv = self.engine, self.pv
+        rsp = engine.read("rsp")
+        raw = read_guest_virtual(self.memory, engine.cr3, rsp, _IRET_CONTEXT.size)
+        if raw is None:
+            raise GuestCrash(f"iret frame at {rsp:#x} unreadable")
+        rax, r11, rcx, flags, rip, cs, rflags, new_rsp, ss = _IRET_CONTEXT.unpack(raw)
+        if (cs & 3) == 3 and pv.kernel_mode:
+            if not pv.user_table:
+                raise GuestCrash("iret to user mode without a user page table")
+            self.toggle_guest_mode()
+        cs |= 3
+        if (cs & 0xFFFF) not in (L.FLAT_RING3_CS64, L.FLAT_RING3_CS32):
+            # Xen's own iret to the guest would fault: the failsafe callback gets it.
+            engine.write_many({"rip": rip, "rsp": new_rsp, "rax": rax})
+            self.failsafe()
+            return
+        values = {
+            "rax": rax,
+            "rip": rip,
+            "rflags": (rflags & ~(RFLAGS_IOPL | RFLAGS_VM)) | RFLAGS_IF | 0x2,
+            "rsp": new_rsp,
+            "ss": (ss | 3) & 0xFFFF,
+        }
+        if not flags & VGCF_IN_SYSCALL:
+            values["r11"] = r11
+            values["rcx"] = rcx
+        engine.write_many(values)
+        self.set_upcall_mask(not rflags & RFLAGS_IF)
