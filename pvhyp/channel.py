@@ -16,8 +16,10 @@ import pvhyp):
     map_machine_frame(mfn, writable=True) -> memoryview          (a frame the hypervisor
                                                                    granted this domain: grant maps)
     wait_for_event(timeout) -> bool   True when an upcall (evtchn_upcall_pending) is signalled
-This module holds the in-process channel; the socket channel for a separate
-dom0 process speaks the same interface.
+    shared_info                 writable view of the domain's shared_info frame
+This module holds the in-process channel; the socket channel for processes of
+their own (pvhyp/channel_server.py, pvguest/hypercall_channel.py) speaks the
+same interface.
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ class InProcessChannel:
         self.domid = domain.domid
         first = domain.p2m[0]
         self.memory = hv.memory.view[first << PAGE_SHIFT:(first + len(domain.p2m)) << PAGE_SHIFT]
+        self.shared_info = hv.memory.frame(domain.shared_info_mfn)
         self._ctx = HypercallContext(domain.vcpus[0])
         self._event = threading.Event()
         for v in domain.vcpus:

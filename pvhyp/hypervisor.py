@@ -28,6 +28,7 @@ SUBSYSTEMS = (
     "pvhyp.grant_table",
     "pvhyp.time",
     "pvhyp.sched",
+    "pvhyp.console",
 )
 
 

@@ -1,0 +1,82 @@
+"""Event channels from a process domain: the EVTCHNOP calls and the 2-level pending bitmap.
+
+Ports are found in shared_info exactly as a PV kernel finds them
+(evtchn_upcall_pending, then the selector word, then evtchn_pending); the
+process is woken through its channel instead of an upcall.
+"""
+from __future__ import annotations
+
+import struct
+
+from abi import event_channel as ev
+from abi.xen import DOMID_SELF, HYPERCALL_NUMBERS
+
+EVENT_CHANNEL_OP = HYPERCALL_NUMBERS["event_channel_op"]
+_EVTCHN_PENDING = 32 * 64           # after vcpu_info[XEN_LEGACY_MAX_VCPUS]
+_EVTCHN_MASK = _EVTCHN_PENDING + 64 * 8
+_PENDING_SEL = 8                    # vcpu_info.evtchn_pending_sel
+_U64 = struct.Struct("<Q")
+
+
+class EventChannelError(Exception):
+    def __init__(self, op: str, rc: int):
+        super().__init__(f"EVTCHNOP_{op} failed: {rc}")
+        self.rc = rc
+
+
+class EventChannels:
+    def __init__(self, channel, scratch_addr: int):
+        """`scratch_addr`: a pseudo-physical address of 64 bytes the calls may use as argument."""
+        self.channel = channel
+        self.scratch = scratch_addr
+        self.shared_info = channel.shared_info
+
+    def _op(self, name: str, struct_, args: dict, out: str | None = None) -> int:
+        data = struct_.build(args)
+        mem = self.channel.memory
+        mem[self.scratch:self.scratch + len(data)] = data
+        rc = self.channel.hypercall(EVENT_CHANNEL_OP, getattr(ev, f"EVTCHNOP_{name}"), self.scratch)
+        if rc < 0:
+            raise EventChannelError(name, rc)
+        if out is None:
+            return rc
+        return struct_.parse(bytes(mem[self.scratch:self.scratch + len(data)]))[out]
+
+    def alloc_unbound(self, remote_dom: int, dom: int = DOMID_SELF) -> int:
+        return self._op("alloc_unbound", ev.evtchn_alloc_unbound,
+                        {"dom": dom, "remote_dom": remote_dom, "port": 0}, "port")
+
+    def bind_interdomain(self, remote_dom: int, remote_port: int) -> int:
+        return self._op("bind_interdomain", ev.evtchn_bind_interdomain,
+                        {"remote_dom": remote_dom, "remote_port": remote_port, "local_port": 0},
+                        "local_port")
+
+    def send(self, port: int) -> None:
+        self._op("send", ev.evtchn_send, {"port": port})
+
+    def close(self, port: int) -> None:
+        self._op("close", ev.evtchn_close, {"port": port})
+
+    def unmask(self, port: int) -> None:
+        self._op("unmask", ev.evtchn_unmask, {"port": port})
+
+    def take_pending(self) -> list[int]:
+        """Pending, unmasked ports; their bits are cleared (one byte at a time, as little as we can)."""
+        si = self.shared_info
+        si[0] = 0       # vcpu_info[0].evtchn_upcall_pending
+        sel = _U64.unpack_from(si, _PENDING_SEL)[0]
+        if sel:
+            _U64.pack_into(si, _PENDING_SEL, 0)
+        ports = []
+        for word in range(64):
+            pending = _U64.unpack_from(si, _EVTCHN_PENDING + word * 8)[0]
+            if not pending:
+                continue
+            ready = pending & ~_U64.unpack_from(si, _EVTCHN_MASK + word * 8)[0]
+            for bit in range(64):
+                if ready >> bit & 1:
+                    port = word * 64 + bit
+                    byte = _EVTCHN_PENDING + port // 8
+                    si[byte] = si[byte] & ~(1 << (port % 8)) & 0xFF
+                    ports.append(port)
+        return ports

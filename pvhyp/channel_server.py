@@ -1,0 +1,366 @@
+"""The socket hypercall channel, hypervisor side: process domains in other OS processes.
+
+One Unix stream socket per process domain carries strict request/reply
+frames; a second socket (sent to the client at connection time) carries one
+byte per kick of the domain's vCPUs, so the client can select() on it. The
+machine memfd travels with the greeting (SCM_RIGHTS): the client maps its own
+contiguous frames and, after a check here, the frames it is allowed to map.
+
+Wire format (little-endian), both directions: a header `<HHI` (op, flags=0,
+payload length) then the payload. The client (pvguest/hypercall_channel.py)
+speaks the same numbers; tests/dom0/test_channel_wire.py checks they agree.
+
+  server -> client, once:  OP_HELLO  <HHIQQQQ domid, privileged, nr_pages, first_mfn,
+                           machine_bytes, shared_info_mfn, reserved>  + fds [memfd, event socket]
+  OP_HYPERCALL             <7Q nr, a1..a6>            -> <q result>
+  OP_MAP_FOREIGN           <HHI domid, writable, n> + n*<Q pfn>   -> <q status> + n*<Q mfn>
+  OP_MAP_MACHINE_FRAME     <QI mfn, writable>         -> <q status>
+  OP_READCONSOLE           <HHIQ domid, 0, max, offset>  -> <qQ length|-errno, next offset> + bytes
+  OP_CREATE_DOMAIN         <II nr_pages, max_vcpus>   -> <q domid|-errno>
+  OP_CONNECT_DOMAIN        <I domid>                  -> <q status> + fd [a new channel socket]
+  OP_DESTROY_DOMAIN        <I domid>                  -> <q status>
+  OP_DOMAIN_INFO           <I domid or 0xFFFFFFFF>    -> <q status> + JSON list of domains
+The reply op is the request op | OP_REPLY. The last five are privileged
+(privcmd-like, dom0 only); the domain-lifecycle ones stand in for
+XEN_DOMCTL_createdomain/destroydomain/getdomaininfo for process domains.
+
+The peer is never trusted: an unknown op, a short or oversized payload, or a
+length that does not match closes the connection; nothing it sends can raise
+out of this module. A handler exception other than a guest fault is a
+hypervisor bug: the calling domain is crashed and the connection closed.
+"""
+from __future__ import annotations
+
+import array
+import json
+import logging
+import socket
+import struct
+import threading
+import traceback
+from typing import Callable
+
+from abi import errno as xen_errno
+from pvhyp.channel import create_process_domain
+from pvhyp.domain import SHUTDOWN_CRASH, Domain
+from pvhyp.hypercall_table import HypercallContext
+from pvhyp.memory import PAGE_SHIFT
+from pvhyp.mm.frametable import DOMID_XEN
+
+log = logging.getLogger("pvhyp.channel")
+
+HEADER = struct.Struct("<HHI")
+MAX_PAYLOAD = 1 << 20
+
+OP_HELLO = 0x01
+OP_HYPERCALL = 0x02
+OP_MAP_FOREIGN = 0x03
+OP_MAP_MACHINE_FRAME = 0x04
+OP_READCONSOLE = 0x05
+OP_CREATE_DOMAIN = 0x06
+OP_CONNECT_DOMAIN = 0x07
+OP_DESTROY_DOMAIN = 0x08
+OP_DOMAIN_INFO = 0x09
+OP_REPLY = 0x80
+
+HELLO = struct.Struct("<HHIQQQQ")
+HYPERCALL = struct.Struct("<7Q")
+MAP_FOREIGN = struct.Struct("<HHI")
+MAP_MACHINE_FRAME = struct.Struct("<QI")
+READCONSOLE = struct.Struct("<HHIQ")
+CREATE_DOMAIN = struct.Struct("<II")
+DOMID_ARG = struct.Struct("<I")
+RESULT = struct.Struct("<q")
+READCONSOLE_RESULT = struct.Struct("<qQ")
+ALL_DOMAINS = 0xFFFF_FFFF
+MAX_READCONSOLE = 64 << 10
+
+
+class BadFrame(Exception):
+    """The peer broke the framing: the connection is closed."""
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = sock.recv(n - got)
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def send_frame(sock: socket.socket, op: int, payload: bytes = b"", fds=()) -> None:
+    data = HEADER.pack(op, 0, len(payload)) + payload
+    if fds:
+        sent = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        data = data[sent:]
+    if data:
+        sock.sendall(data)
+
+
+def _domain_info(d: Domain) -> dict:
+    return {
+        "domid": d.domid, "name": d.name, "privileged": d.is_privileged,
+        "process": not d.paging, "tot_pages": d.tot_pages, "max_pages": d.max_pages,
+        "vcpus": len(d.vcpus), "online_vcpus": sum(1 for v in d.vcpus if v.online),
+        "blocked": all(v.blocked for v in d.vcpus), "paused": d.pause_count > 0,
+        "dying": d.is_dying, "shutdown": d.is_shut_down, "shutdown_reason": d.shutdown_reason,
+        "handle": d.handle.hex(),
+    }
+
+
+class Connection:
+    """One process domain's channel: a thread reading requests and answering them in order."""
+
+    def __init__(self, server: "ChannelServer", domain: Domain, sock: socket.socket):
+        self.server = server
+        self.hv = server.hv
+        self.domain = domain
+        self.sock = sock
+        self.ctx = HypercallContext(domain.vcpus[0])
+        self.event_ours, event_theirs = socket.socketpair()
+        self.event_ours.setblocking(False)
+        self.closed = False
+        for v in domain.vcpus:
+            v.wake_callback = self._kick
+        first = domain.p2m[0] if domain.p2m else 0
+        hello = HELLO.pack(domain.domid, int(domain.is_privileged), len(domain.p2m), first,
+                           self.hv.memory.size, domain.shared_info_mfn, 0)
+        send_frame(sock, OP_HELLO, hello, fds=[self.hv.memory.fd, event_theirs.fileno()])
+        event_theirs.close()
+        self.thread = threading.Thread(target=self._serve, name=f"channel-d{domain.domid}",
+                                       daemon=True)
+
+    def _kick(self, _vcpu) -> None:
+        try:
+            self.event_ours.send(b"!")
+        except (BlockingIOError, OSError):
+            pass    # a full socket already holds a wake-up; a closed one has no listener
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for v in self.domain.vcpus:
+            if v.wake_callback == self._kick:
+                v.wake_callback = None
+        for s in (self.sock, self.event_ours):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    # --- the request loop ---
+
+    def _serve(self) -> None:
+        reason = "closed by the process"
+        try:
+            while not self.closed:
+                op, payload = self._read_request()
+                reply_payload, fds = self._handle(op, payload)
+                send_frame(self.sock, op | OP_REPLY, reply_payload, fds)
+                for fd in fds:
+                    socket.close(fd)
+        except (EOFError, ConnectionError):
+            pass
+        except BadFrame as e:
+            reason = f"malformed frame: {e}"
+            log.warning("d%d channel: %s", self.domain.domid, e)
+        except OSError as e:
+            reason = f"socket error: {e}"
+        except Exception:   # a hypervisor bug: the calling domain pays, never the hypervisor
+            reason = "hypervisor bug while serving it"
+            log.error("d%d channel: %s", self.domain.domid, traceback.format_exc())
+            self.domain.shutdown(SHUTDOWN_CRASH)
+        if not self.closed:
+            self.close()
+            self.server._disconnected(self, reason)
+
+    def _read_request(self) -> tuple[int, bytes]:
+        op, flags, length = HEADER.unpack(recv_exact(self.sock, HEADER.size))
+        if flags or length > MAX_PAYLOAD:
+            raise BadFrame(f"op {op:#x} flags {flags:#x} length {length}")
+        return op, recv_exact(self.sock, length)
+
+    def _handle(self, op: int, payload: bytes) -> tuple[bytes, list[int]]:
+        handler = self._HANDLERS.get(op)
+        if handler is None:
+            raise BadFrame(f"unknown op {op:#x}")
+        fixed = self._FIXED_SIZES.get(op)
+        if fixed is not None and len(payload) != fixed:
+            raise BadFrame(f"op {op:#x} payload of {len(payload)} bytes, expected {fixed}")
+        if op in self._PRIVILEGED and not self.domain.is_privileged:
+            return RESULT.pack(-xen_errno.EPERM), []
+        return handler(self, payload)
+
+    def _op_hypercall(self, payload: bytes):
+        nr, *args = HYPERCALL.unpack(payload)
+        if self.domain.is_dying:
+            return RESULT.pack(-xen_errno.ESRCH), []
+        result = self.hv.hypercalls.dispatch(self.ctx, nr, args)
+        return RESULT.pack(result), []
+
+    def _op_map_foreign(self, payload: bytes):
+        if len(payload) < MAP_FOREIGN.size:
+            raise BadFrame("short map_foreign")
+        domid, writable, count = MAP_FOREIGN.unpack_from(payload)
+        if len(payload) != MAP_FOREIGN.size + 8 * count:
+            raise BadFrame("map_foreign count does not match its payload")
+        pfns = struct.unpack_from(f"<{count}Q", payload, MAP_FOREIGN.size)
+        if not self.domain.is_privileged:
+            return RESULT.pack(-xen_errno.EPERM), []
+        target = self.hv.get_domain(domid)
+        if target is None or target.is_dying:
+            return RESULT.pack(-xen_errno.ESRCH), []
+        mfns = []
+        for pfn in pfns:
+            mfn = target.pfn_to_mfn(pfn)
+            if not self.hv.frames.owned_by(mfn, domid):
+                return RESULT.pack(-xen_errno.EINVAL), []
+            mfns.append(mfn)
+        return RESULT.pack(0) + struct.pack(f"<{count}Q", *mfns), []
+
+    def _op_map_machine_frame(self, payload: bytes):
+        mfn, writable = MAP_MACHINE_FRAME.unpack(payload)
+        may_map = getattr(self.hv, "may_host_map", None)
+        if (not self.hv.memory.valid_mfn(mfn) or self.hv.frames.owner[mfn] == DOMID_XEN
+                or may_map is None or not may_map(self.domain, mfn, bool(writable))):
+            return RESULT.pack(-xen_errno.EPERM), []
+        return RESULT.pack(0), []
+
+    def _op_readconsole(self, payload: bytes):
+        domid, _, max_bytes, offset = READCONSOLE.unpack(payload)
+        target = self.hv.get_domain(domid)
+        console = getattr(target, "console", None) if target is not None else None
+        if console is None:
+            return READCONSOLE_RESULT.pack(-xen_errno.ESRCH, 0), []
+        data, next_offset = console.read(offset, min(max_bytes, MAX_READCONSOLE))
+        return READCONSOLE_RESULT.pack(len(data), next_offset) + data, []
+
+    def _op_create_domain(self, payload: bytes):
+        nr_pages, max_vcpus = CREATE_DOMAIN.unpack(payload)
+        if not 1 <= nr_pages <= self.hv.frames.nr_frames or not 1 <= max_vcpus <= 128:
+            return RESULT.pack(-xen_errno.EINVAL), []
+        try:
+            d = create_process_domain(self.hv, nr_pages, max_vcpus=max_vcpus)
+        except Exception as e:     # out of (contiguous) memory
+            log.warning("creating a process domain of %d pages failed: %s", nr_pages, e)
+            return RESULT.pack(-xen_errno.ENOMEM), []
+        return RESULT.pack(d.domid), []
+
+    def _op_connect_domain(self, payload: bytes):
+        (domid,) = DOMID_ARG.unpack(payload)
+        target = self.hv.get_domain(domid)
+        if target is None or target.is_dying:
+            return RESULT.pack(-xen_errno.ESRCH), []
+        if target.paging or target.is_privileged:
+            return RESULT.pack(-xen_errno.EINVAL), []
+        if self.server.connection_of(domid) is not None:
+            return RESULT.pack(-xen_errno.EEXIST), []
+        theirs = self.server.attach(target)
+        return RESULT.pack(0), [theirs.detach()]
+
+    def _op_destroy_domain(self, payload: bytes):
+        (domid,) = DOMID_ARG.unpack(payload)
+        if domid == self.domain.domid:
+            return RESULT.pack(-xen_errno.EINVAL), []
+        rc = self.server.destroy_domain(domid)
+        return RESULT.pack(rc), []
+
+    def _op_domain_info(self, payload: bytes):
+        (domid,) = DOMID_ARG.unpack(payload)
+        with self.hv.lock:
+            domains = list(self.hv.domains.values())
+        if domid != ALL_DOMAINS:
+            domains = [d for d in domains if d.domid == domid]
+            if not domains:
+                return RESULT.pack(-xen_errno.ESRCH), []
+        info = [_domain_info(d) for d in sorted(domains, key=lambda d: d.domid)]
+        return RESULT.pack(0) + json.dumps(info).encode(), []
+
+    _HANDLERS = {
+        OP_HYPERCALL: _op_hypercall,
+        OP_MAP_FOREIGN: _op_map_foreign,
+        OP_MAP_MACHINE_FRAME: _op_map_machine_frame,
+        OP_READCONSOLE: _op_readconsole,
+        OP_CREATE_DOMAIN: _op_create_domain,
+        OP_CONNECT_DOMAIN: _op_connect_domain,
+        OP_DESTROY_DOMAIN: _op_destroy_domain,
+        OP_DOMAIN_INFO: _op_domain_info,
+    }
+    _FIXED_SIZES = {
+        OP_HYPERCALL: HYPERCALL.size, OP_MAP_MACHINE_FRAME: MAP_MACHINE_FRAME.size,
+        OP_READCONSOLE: READCONSOLE.size, OP_CREATE_DOMAIN: CREATE_DOMAIN.size,
+        OP_CONNECT_DOMAIN: DOMID_ARG.size, OP_DESTROY_DOMAIN: DOMID_ARG.size,
+        OP_DOMAIN_INFO: DOMID_ARG.size,
+    }
+    _PRIVILEGED = {OP_READCONSOLE, OP_CREATE_DOMAIN, OP_CONNECT_DOMAIN, OP_DESTROY_DOMAIN,
+                   OP_DOMAIN_INFO}
+
+
+class ChannelServer:
+    """Serves the channels of every process domain that lives in another OS process."""
+
+    def __init__(self, hv, on_disconnect: Callable[[Domain, str], None] | None = None):
+        self.hv = hv
+        self.on_disconnect = on_disconnect
+        self._connections: dict[int, Connection] = {}
+        self._lock = threading.Lock()
+        hv.domain_destroy_hooks.append(self._domain_destroyed)
+
+    def attach(self, domain: Domain) -> socket.socket:
+        """Start serving `domain`; returns the client's end of its channel socket."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with self._lock:
+            if domain.domid in self._connections:
+                ours.close()
+                theirs.close()
+                raise ValueError(f"d{domain.domid} already has a channel")
+            conn = Connection(self, domain, ours)
+            self._connections[domain.domid] = conn
+        domain.process = conn
+        conn.thread.start()
+        return theirs
+
+    def connection_of(self, domid: int) -> Connection | None:
+        with self._lock:
+            return self._connections.get(domid)
+
+    def destroy_domain(self, domid: int) -> int:
+        d = self.hv.get_domain(domid)
+        if d is None:
+            return -xen_errno.ESRCH
+        if d.is_privileged:
+            return -xen_errno.EPERM
+        try:
+            self.hv.destroy_domain(domid)
+        except KeyError:
+            return -xen_errno.ESRCH
+        return 0
+
+    def _domain_destroyed(self, domain: Domain) -> None:
+        with self._lock:
+            conn = self._connections.pop(domain.domid, None)
+        if conn is not None:
+            conn.close()
+
+    def _disconnected(self, conn: Connection, reason: str) -> None:
+        with self._lock:
+            if self._connections.get(conn.domain.domid) is conn:
+                del self._connections[conn.domain.domid]
+        d = conn.domain
+        if not d.is_privileged and not d.is_shut_down and not d.is_dying:
+            # The guest's "CPU" is gone: to the rest of the system it crashed.
+            d.shutdown(SHUTDOWN_CRASH)
+        if self.on_disconnect is not None:
+            self.on_disconnect(d, reason)
+
+    def close(self) -> None:
+        with self._lock:
+            conns = list(self._connections.values())
+            self._connections.clear()
+        for conn in conns:
+            conn.close()
