@@ -29,6 +29,7 @@ class Quotas:
     node_size: int = 2048  # stored record size of one node -> ENOSPC
     path_max: int = XENSTORE_REL_PATH_MAX  # path length below the domain's home -> EINVAL
     permissions: int = 5  # entries in one SET_PERMS -> ENOSPC
+    memory: int = 2 * 1024 * 1024 + 512 * 1024  # queued output bytes; events beyond are dropped
 
     DESCRIPTIONS = {
         "nodes": "Nodes per domain",
@@ -39,6 +40,7 @@ class Quotas:
         "node_size": "Max. size of a node",
         "path_max": "Max. length of a node path",
         "permissions": "Max. number of permissions per node",
+        "memory": "Max. bytes of output queued for a domain",
     }
 
     @staticmethod

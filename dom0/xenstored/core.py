@@ -90,6 +90,8 @@ class Connection:
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: collections.deque = field(default_factory=collections.deque)
     out_offset: int = 0  # bytes of outbuf[0] already handed out
+    out_bytes: int = 0  # total queued output, bounded for guests by quotas.memory
+    pending_events: collections.Counter = field(default_factory=collections.Counter)
     outstanding: int = 0
     broken: int | None = None  # XENSTORE_ERROR_* once the peer broke framing
     closed: bool = False
@@ -172,7 +174,8 @@ def _do_transaction_end(engine, conn, view, payload):
         raise XsError("ENOENT")
     del conn.transactions[view.tx_id]  # gone whatever the outcome
     if verdict == b"T":
-        if not conn.privileged and view.owned_count(conn.domid) > engine.quotas.nodes:
+        if (not conn.privileged and view.creates_nodes()
+                and view.owned_count(conn.domid) > engine.quotas.nodes):
             raise XsError("ENOSPC")
         view.commit()
         for path, exact, perms, old_perms in view.pending_watch_events:
@@ -276,7 +279,8 @@ class XenStore:
         conn = self.connections[conn_id]
         self._drop_state(conn)
         conn.outbuf.clear()
-        conn.out_offset = conn.outstanding = 0
+        conn.pending_events.clear()
+        conn.out_offset = conn.outstanding = conn.out_bytes = 0
         conn.broken = None
 
     # -- bytes in, bytes out ---------------------------------------------
@@ -301,10 +305,8 @@ class XenStore:
             budget -= len(piece)
             conn.out_offset += len(piece)
             if conn.out_offset == len(head.data):
-                conn.outbuf.popleft()
                 conn.out_offset = 0
-                if head.is_reply:
-                    conn.outstanding -= 1
+                self._unqueue(conn, 0)
         self._process_input(conn)  # replies drained: input may flow again
         return b"".join(chunks)
 
@@ -347,9 +349,25 @@ class XenStore:
 
     def _queue(self, conn: Connection, item: _Outgoing) -> None:
         conn.outbuf.append(item)
+        conn.out_bytes += len(item.data)
         if item.is_reply:
             conn.outstanding += 1
+        if item.event_key is not None:
+            conn.pending_events[item.event_key] += 1
         self._dirty.add(conn.id)
+
+    @staticmethod
+    def _unqueue(conn: Connection, index: int) -> _Outgoing:
+        item = conn.outbuf[index]
+        del conn.outbuf[index]
+        conn.out_bytes -= len(item.data)
+        if item.is_reply:
+            conn.outstanding -= 1
+        if item.event_key is not None:
+            conn.pending_events[item.event_key] -= 1
+            if not conn.pending_events[item.event_key]:
+                del conn.pending_events[item.event_key]
+        return item
 
     def _handle_message(self, conn, msg_type, req_id, tx_id, payload) -> None:
         self._after_reply = []
@@ -390,11 +408,15 @@ class XenStore:
         payload = path + b"\0" + token + b"\0"
         if len(payload) > wire.XENSTORE_PAYLOAD_MAX or conn.broken is not None:
             return
-        if not path.startswith(b"@") and any(
-                item.event_key == payload for item in conn.outbuf):
+        if not path.startswith(b"@") and payload in conn.pending_events:
             return
-        self._queue(conn, _Outgoing(_message(wire.XS_WATCH_EVENT, 0, 0, payload), False,
-                                    payload))
+        data = _message(wire.XS_WATCH_EVENT, 0, 0, payload)
+        if not conn.privileged and conn.out_bytes + len(data) > self.quotas.memory:
+            # Like cxenstored over its memory quota: the event is lost, the
+            # guest that stopped reading its ring pays for it.
+            log.debug("dropping watch event for connection %d: output quota", conn.id)
+            return
+        self._queue(conn, _Outgoing(data, False, payload))
 
     def fire_watches(self, origin: Connection | None, view, path: str, exact: bool,
                      perms=None, old_perms=None) -> None:
@@ -467,8 +489,6 @@ class XenStore:
         self._handle_message(conn, msg_type, req_id, tx_id, payload)
         # Exactly one reply was queued; watch events may surround it.
         index = next(i for i in range(before, len(conn.outbuf)) if conn.outbuf[i].is_reply)
-        reply = conn.outbuf[index]
-        del conn.outbuf[index]
-        conn.outstanding -= 1
+        reply = self._unqueue(conn, index)
         header = wire.xsd_sockmsg.parse(reply.data[:_HEADER])
         return header.type, reply.data[_HEADER:]

@@ -44,7 +44,8 @@ def canonical_path(engine, conn, raw: bytes | None) -> str:
     """Absolute, validated node name for a request argument, else EINVAL."""
     if raw is None:
         raise XsError("EINVAL")
-    if not raw.startswith(b"/"):
+    # "@..." names are watch-only: they are never resolved as relative paths.
+    if not raw.startswith((b"/", b"@")):
         raw = conn.home_path.encode() + b"/" + raw
     if not is_valid_node_path(raw, engine.quotas.path_max):
         raise XsError("EINVAL")

@@ -150,6 +150,8 @@ class RingServer:
         notify = False
         while True:
             moved = self._pull_requests(ring, conn) + self._push_replies(ring)
+            if conn.closed:  # the request released this very domain
+                break
             if conn.broken is not None:
                 ring.store(wire.XENSTORE_ERROR_OFFSET, conn.broken)
                 notify = True

@@ -123,6 +123,10 @@ class Transaction:
             count += node is not None and node.owner == domid
         return count
 
+    def creates_nodes(self) -> bool:
+        return any(node is not None and self.store.get(path) is None
+                   for path, node in self.overlay.items())
+
     def queue_watch_event(self, path: str, exact: bool, perms, old_perms) -> None:
         self.pending_watch_events.append((path, exact, perms, old_perms))
 

@@ -116,3 +116,8 @@ def test_directory_part_generation_changes_with_children(dom0):
 def test_get_domain_path(dom0):
     assert dom0.ok(wire.XS_GET_DOMAIN_PATH, "5") == b"/local/domain/5\0"
     assert dom0.error(wire.XS_GET_DOMAIN_PATH, b"5\x005") == "EINVAL"
+
+
+def test_special_names_are_not_nodes(dom0):
+    assert dom0.error(wire.XS_GET_PERMS, "@releaseDomain") == "EINVAL"
+    assert dom0.error(wire.XS_READ, "@introduceDomain") == "EINVAL"

@@ -49,3 +49,25 @@ def test_reply_larger_than_payload_max_is_e2big(dom0):
     for i in range(80):
         dom0.write(f"/wide/{'c' * 60}{i:03d}", "")
     assert dom0.error(wire.XS_DIRECTORY, "/wide") == "E2BIG"
+
+
+def test_guest_that_never_reads_loses_events_not_memory(dom0, guest_factory, engine):
+    guest = guest_factory(3)
+    engine.quotas.memory = 2000
+    guest.ok(wire.XS_WATCH, "/local/domain/3", "t")
+    for i in range(200):
+        dom0.write(f"/local/domain/3/k{i}", "")
+    assert engine.connections[guest.conn_id].out_bytes <= 2000
+    assert 0 < len(guest.take_events()) < 200
+
+
+def test_over_quota_domain_may_still_commit_without_creating(dom0, guest_factory, engine):
+    guest = guest_factory(3)
+    engine.quotas.nodes = 2
+    for i in range(4):
+        dom0.write(f"/local/domain/3/k{i}", "")  # dom0 is exempt; owner is 3
+    tx = int(guest.ok(wire.XS_TRANSACTION_START, "").rstrip(b"\0"))
+    guest.write("k0", "changed", tx=tx)
+    assert guest.ok(wire.XS_TRANSACTION_END, "T", tx=tx) == b"OK\0"
+    tx = int(guest.ok(wire.XS_TRANSACTION_START, "").rstrip(b"\0"))
+    assert guest.error(wire.XS_WRITE, "new", value=b"", tx=tx) == "ENOSPC"
