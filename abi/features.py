@@ -17,7 +17,7 @@ XENFEAT_hvm_callback_vector = 8
 XENFEAT_hvm_safe_pvclock = 9
 XENFEAT_hvm_pirqs = 10
 XENFEAT_dom0 = 11  # this is the control domain
-XENFEAT_grant_map_identity = 12  # Arm
+# 12 was grant_map_identity: withdrawn (the header keeps it commented out).
 XENFEAT_memory_op_vnode_supported = 13  # XENMEM_get_vnumainfo is available
 XENFEAT_ARM_SMCCC_supported = 14
 XENFEAT_linux_rsdp_unrestricted = 15

@@ -69,6 +69,11 @@ MODULES: tuple[HeaderModule, ...] = (
     HeaderModule("abi.version", "version.h"),
     HeaderModule("abi.sched", "sched.h"),
     HeaderModule("abi.memory", "memory.h"),
+    HeaderModule(
+        "abi.e820",
+        None,
+        why_no_header="the BIOS INT 15h E820 entry, which memory.h refers to but never defines",
+    ),
     HeaderModule("abi.vcpu", "vcpu.h"),
     HeaderModule("abi.callback", "callback.h"),
     HeaderModule("abi.physdev", "physdev.h"),
@@ -158,6 +163,13 @@ def header_modules() -> list[tuple[HeaderModule, object]]:
             if e.name != spec.module:
                 raise
     return present
+
+
+def module_spec(module: str) -> HeaderModule:
+    for spec in MODULES:
+        if spec.module == module:
+            return spec
+    raise KeyError(module)
 
 
 def unlisted_modules() -> list[str]:

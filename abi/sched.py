@@ -6,7 +6,7 @@ ports, or shut the whole domain down with a reason the toolstack acts on.
 
 from construct import Padding, Struct
 
-from abi import event_channel, xen
+from abi import xen
 from abi.cdefs import XEN_GUEST_HANDLE, int32_t, uint32_t, uint64_t, unsigned_int
 
 SCHEDOP_yield = 0  # arg unused: let other vcpus run
@@ -56,6 +56,3 @@ SHUTDOWN_crash = 3  # it crashed
 SHUTDOWN_watchdog = 4  # its watchdog expired
 SHUTDOWN_soft_reset = 5  # reset its state and restart it in place
 SHUTDOWN_MAX = 5
-
-# The port type sched_poll points at.
-evtchn_port_t = event_channel.evtchn_port_t
