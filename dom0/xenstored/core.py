@@ -110,9 +110,23 @@ class _Domain:
     shutdown: bool = False
 
 
-def _message(msg_type: int, req_id: int, tx_id: int, payload: bytes) -> bytes:
+def encode_message(msg_type: int, req_id: int, tx_id: int, payload: bytes) -> bytes:
     return wire.xsd_sockmsg.build(dict(type=msg_type, req_id=req_id, tx_id=tx_id,
                                        len=len(payload))) + payload
+
+
+def parse_messages(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """(type, req_id, tx_id, payload) of each complete message in ``data``;
+    a trailing partial message is ignored.  For trusted output only."""
+    messages, offset = [], 0
+    while len(data) - offset >= _HEADER:
+        header = wire.xsd_sockmsg.parse(data[offset:offset + _HEADER])
+        end = offset + _HEADER + header.len
+        if end > len(data):
+            break
+        messages.append((header.type, header.req_id, header.tx_id, data[offset + _HEADER:end]))
+        offset = end
+    return messages
 
 
 def _do_watch(engine, conn, view, payload):
@@ -133,8 +147,8 @@ def _do_watch(engine, conn, view, payload):
         raise XsError("E2BIG")
     watch = Watch(path, token, prefix)
     conn.watches.append(watch)
-    # The initial event is queued after the OK reply (see _handle_message).
-    engine._after_reply.append((conn, watch.event_path(path), token))
+    # The first event must follow the OK reply, not precede it.
+    engine.queue_after_reply(conn, watch.event_path(path), token)
     return nodes.OK
 
 
@@ -384,7 +398,7 @@ class XenStore:
             self._after_reply = []
         if self.trace_enabled:
             log.info("conn %d type %d -> %d %r", conn.id, msg_type, reply_type, reply[:64])
-        self._queue(conn, _Outgoing(_message(reply_type, req_id, tx_id, reply), True))
+        self._queue(conn, _Outgoing(encode_message(reply_type, req_id, tx_id, reply), True))
         for target, path, token in self._after_reply:
             self.queue_watch_event(target, path, token)
         self._after_reply = []
@@ -404,13 +418,18 @@ class XenStore:
 
     # -- watches -----------------------------------------------------------
 
+    def queue_after_reply(self, conn: Connection, path: bytes, token: bytes) -> None:
+        """Queue a watch event behind the reply to the request in progress
+        (dropped if that request fails)."""
+        self._after_reply.append((conn, path, token))
+
     def queue_watch_event(self, conn: Connection, path: bytes, token: bytes) -> None:
         payload = path + b"\0" + token + b"\0"
         if len(payload) > wire.XENSTORE_PAYLOAD_MAX or conn.broken is not None:
             return
         if not path.startswith(b"@") and payload in conn.pending_events:
             return
-        data = _message(wire.XS_WATCH_EVENT, 0, 0, payload)
+        data = encode_message(wire.XS_WATCH_EVENT, 0, 0, payload)
         if not conn.privileged and conn.out_bytes + len(data) > self.quotas.memory:
             # Like cxenstored over its memory quota: the event is lost, the
             # guest that stopped reading its ring pays for it.
