@@ -1,0 +1,1 @@
+"""Recipes that build guest images from Debian's own packages."""

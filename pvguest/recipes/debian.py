@@ -1,0 +1,154 @@
+"""`pvhyp image debian`: a Debian-like PV guest image from Debian's own packages.
+
+The stock kernel (linux-image-amd64's dependency, 6.1.0-*-amd64) and
+busybox-static are fetched with `apt-get download`, unpacked here in Python
+(ar + tar, no dpkg), and turned into a kernel file and a gzip'd newc
+initramfs whose /init mounts proc, sys and devtmpfs, prints the marker line
+with `uname -r` and /sys/hypervisor/type, and starts a shell on hvc0.
+The result is cached in DIR; a rebuild with the same packages does nothing.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+from pvguest.recipes import cpio, debfile
+
+KERNEL_META = "linux-image-amd64"
+BUSYBOX = "busybox-static"
+MARKER = "PVHYP-GUEST-UP"
+DEFAULT_DIR = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "pvhyp" / "debian"
+
+INIT_SCRIPT = f"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin
+mkdir -p /proc /sys /dev /tmp /root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t tmpfs tmpfs /tmp
+echo "{MARKER} kernel=$(uname -r) hypervisor=$(cat /sys/hypervisor/type 2>/dev/null || echo none)"
+cd /root
+while true; do
+    setsid cttyhack sh -l
+done
+"""
+PROFILE = 'export PS1="pvhyp-guest# "\n'
+
+
+class ImageError(Exception):
+    """A clear one-line reason the image could not be built."""
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, check=True, text=True, **kw)
+    except FileNotFoundError:
+        raise ImageError(f"{cmd[0]} not found: building the Debian image needs apt (a Debian-like host)")
+    except subprocess.CalledProcessError as e:
+        detail = (e.stderr or e.stdout or "").strip().splitlines()
+        raise ImageError(f"`{' '.join(cmd)}` failed: {detail[-1] if detail else e.returncode}")
+
+
+def resolve_kernel_package() -> str:
+    """The versioned kernel package linux-image-amd64 depends on (e.g. linux-image-6.1.0-56-amd64)."""
+    if shutil.which("apt-cache") is None:
+        raise ImageError("apt-cache not found: building the Debian image needs apt (a Debian-like host)")
+    out = _run(["apt-cache", "depends", KERNEL_META], capture_output=True).stdout
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Depends: linux-image-"):
+            return line.split(":", 1)[1].strip()
+    if os.geteuid() == 0:
+        _run(["apt-get", "update", "-qq"], capture_output=True)
+        return resolve_kernel_package_no_update()
+    raise ImageError(f"apt knows no {KERNEL_META}; run `apt-get update` first")
+
+
+def resolve_kernel_package_no_update() -> str:
+    out = _run(["apt-cache", "depends", KERNEL_META], capture_output=True).stdout
+    for line in out.splitlines():
+        if line.strip().startswith("Depends: linux-image-"):
+            return line.split(":", 1)[1].strip()
+    raise ImageError(f"apt knows no {KERNEL_META} even after apt-get update")
+
+
+def download(package: str, dest: pathlib.Path) -> pathlib.Path:
+    """apt-get download into `dest` (apt shows its progress bar on a terminal)."""
+    existing = sorted(dest.glob(f"{package}_*.deb"))
+    if existing:
+        return existing[-1]
+    print(f"pvhyp image: downloading {package} ...", file=sys.stderr)
+    _run(["apt-get", "download", "-q" if not sys.stderr.isatty() else "-o=quiet=0", package],
+         cwd=dest, stdout=sys.stderr if sys.stderr.isatty() else subprocess.PIPE, stderr=subprocess.PIPE)
+    found = sorted(dest.glob(f"{package}_*.deb"))
+    if not found:
+        raise ImageError(f"apt-get download {package} produced no .deb")
+    return found[-1]
+
+
+def build_initramfs(busybox: bytes) -> bytes:
+    w = cpio.CpioWriter()
+    for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "root", "etc", "usr", "usr/bin"):
+        w.directory(d)
+    w.char_device("dev/console", 5, 1)
+    w.char_device("dev/null", 1, 3, 0o666)
+    w.char_device("dev/hvc0", 229, 0)
+    w.file("bin/busybox", busybox, 0o755)
+    w.symlink("bin/sh", "busybox")
+    w.file("init", INIT_SCRIPT.encode(), 0o755)
+    w.file("etc/profile", PROFILE.encode())
+    return gzip.compress(w.finish(), compresslevel=6, mtime=0)
+
+
+def build(out_dir: pathlib.Path = DEFAULT_DIR) -> dict:
+    """Build (or reuse) the image; returns the manifest with the file paths."""
+    out_dir = pathlib.Path(out_dir)
+    debs = out_dir / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    kernel_pkg = resolve_kernel_package()
+    kernel_deb = download(kernel_pkg, debs)
+    busybox_deb = download(BUSYBOX, debs)
+    sources = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (kernel_deb, busybox_deb)}
+    manifest_path = out_dir / "manifest.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("sources") == sources and all(
+                (out_dir / manifest[k]).exists() for k in ("kernel", "ramdisk")):
+            return _absolute(manifest, out_dir)
+    try:
+        kernel_files = debfile.extract(kernel_deb.read_bytes(),
+                                       lambda p: p.startswith("/boot/vmlinuz-") or p.startswith("/boot/System.map-"))
+        busybox_files = debfile.extract(busybox_deb.read_bytes(), lambda p: p == "/bin/busybox")
+    except debfile.DebError as e:
+        raise ImageError(f"cannot unpack package: {e}")
+    vmlinuz = next((v for k, v in kernel_files.items() if "vmlinuz" in k), None)
+    if vmlinuz is None or "/bin/busybox" not in busybox_files:
+        raise ImageError("the packages lack /boot/vmlinuz-* or /bin/busybox")
+    release = next(k for k in kernel_files if "vmlinuz" in k).split("vmlinuz-", 1)[1]
+    (out_dir / "vmlinuz").write_bytes(vmlinuz)
+    system_map = next((v for k, v in kernel_files.items() if "System.map" in k), None)
+    if system_map and b"The real System.map is in" in system_map[:200]:
+        system_map = None           # Debian ships a placeholder; the real one is in the -dbg package
+    if system_map:
+        (out_dir / "System.map").write_bytes(system_map)
+    (out_dir / "initrd.img").write_bytes(build_initramfs(busybox_files["/bin/busybox"]))
+    manifest = {"release": release, "kernel": "vmlinuz", "ramdisk": "initrd.img",
+                "system_map": "System.map" if system_map else None,
+                "cmdline": "console=hvc0", "marker": MARKER, "sources": sources}
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    return _absolute(manifest, out_dir)
+
+
+def _absolute(manifest: dict, out_dir: pathlib.Path) -> dict:
+    m = dict(manifest)
+    for key in ("kernel", "ramdisk", "system_map"):
+        if m.get(key):
+            m[key] = str(out_dir / m[key])
+    return m

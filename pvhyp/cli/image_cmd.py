@@ -1,0 +1,28 @@
+"""`pvhyp image debian [--dir DIR]`: build the Debian-like guest image."""
+from __future__ import annotations
+
+import pathlib
+
+from pvhyp.cli import UserError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("image", help="build a guest image from Debian packages")
+    p.add_argument("recipe", choices=["debian"], help="which image")
+    p.add_argument("--dir", type=pathlib.Path, default=None,
+                   help="where the image goes (default ~/.cache/pvhyp/debian)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pvguest.recipes import debian
+    try:
+        m = debian.build(args.dir or debian.DEFAULT_DIR)
+    except debian.ImageError as e:
+        raise UserError(str(e))
+    print(f"kernel:  {m['kernel']}  ({m['release']})")
+    print(f"ramdisk: {m['ramdisk']}")
+    if m.get("system_map"):
+        print(f"symbols: {m['system_map']}")
+    print(f"cmdline: {m['cmdline']}")
+    return 0

@@ -1,0 +1,58 @@
+"""The Debian image recipe: cpio writer, .deb reader, and (slow) the real build."""
+from __future__ import annotations
+
+import gzip
+import io
+import stat
+import tarfile
+
+import pytest
+
+from pvguest.recipes import cpio, debfile, debian
+
+
+def make_deb(files: dict[str, bytes]) -> bytes:
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w:xz") as tar:
+        for path, data in files.items():
+            info = tarfile.TarInfo("." + path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    members = [("debian-binary", b"2.0\n"), ("control.tar.xz", b""), ("data.tar.xz", tar_bytes.getvalue())]
+    out = b"!<arch>\n"
+    for name, data in members:
+        out += f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(data):<10}`\n".encode() + data
+        out += b"\n" if len(data) & 1 else b""
+    return out
+
+
+def test_deb_extract():
+    deb = make_deb({"/bin/busybox": b"\x7fELF...", "/usr/share/doc/x": b"doc"})
+    assert debfile.extract(deb, lambda p: p == "/bin/busybox") == {"/bin/busybox": b"\x7fELF..."}
+
+
+@pytest.mark.parametrize("blob", [b"", b"not an ar", b"!<arch>\n" + b"x" * 59, make_deb({})[:70]])
+def test_bad_debs_are_one_line_errors(blob):
+    with pytest.raises(debfile.DebError):
+        debfile.extract(blob, lambda p: True)
+
+
+def test_initramfs_layout():
+    image = gzip.decompress(debian.build_initramfs(b"BUSYBOX"))
+    entries = {name: (mode, data) for name, mode, data in cpio.parse(image)}
+    assert entries["bin/busybox"][1] == b"BUSYBOX"
+    assert stat.S_ISCHR(entries["dev/console"][0])
+    init_mode, init = entries["init"]
+    assert init_mode & 0o111 and debian.MARKER.encode() in init
+    assert b"/sys/hypervisor/type" in init and b"uname -r" in init
+
+
+@pytest.mark.slow
+def test_real_debian_image_builds_and_is_cached(tmp_path):
+    m1 = debian.build(tmp_path)
+    assert m1["release"].endswith("-amd64")
+    kernel = open(m1["kernel"], "rb").read()
+    assert kernel[0x202:0x206] == b"HdrS"         # a bzImage
+    mtime = (tmp_path / "initrd.img").stat().st_mtime_ns
+    m2 = debian.build(tmp_path)
+    assert m2 == m1 and (tmp_path / "initrd.img").stat().st_mtime_ns == mtime
