@@ -78,7 +78,6 @@ MODULES: tuple[HeaderModule, ...] = (
     HeaderModule("abi.callback", "callback.h"),
     HeaderModule("abi.physdev", "physdev.h"),
     HeaderModule("abi.elfnote", "elfnote.h"),
-    HeaderModule("abi.hvm_params", "hvm/params.h"),
     HeaderModule("abi.domctl", "domctl.h"),
     HeaderModule("abi.sysctl", "sysctl.h"),
     HeaderModule("abi.io.ring", "io/ring.h"),
