@@ -253,6 +253,11 @@ class XenStore:
         self._ids = itertools.count(1)
         self._dirty: set[int] = set()
         self._after_reply: list = []
+        # Store generation at which each known domain came into being; see
+        # nodes.live_perms.  dom0 and the privileged domain always exist.
+        self.domain_birth: dict[int, int] = {0: 0}
+        if priv_domid is not None:
+            self.domain_birth[priv_domid] = 0
         for path in ("/tool", "/tool/xenstored"):
             nodes.do_mkdir(self, self._root_view_conn(), self.store, path.encode() + b"\0")
 
@@ -447,9 +452,9 @@ class XenStore:
         if isinstance(view, Transaction):
             view.queue_watch_event(path, exact, perms, old_perms)
             return
-        if perms is None:
-            current = self.store.get(path)
-            perms = current.perms if current is not None else None
+        current = self.store.get(path)
+        if perms is None and current is not None:
+            perms = nodes.live_perms(self, current)
         parent = self.store.get(parent_of(path)) if path != "/" else None
         encoded = path.encode()
         for conn in list(self.connections.values()):
@@ -459,7 +464,8 @@ class XenStore:
                         and not w.path.startswith(b"@")]
             if not matching:
                 continue
-            candidates = [p for p in (old_perms, perms, parent.perms if parent else None) if p]
+            candidates = [p for p in (old_perms, perms,
+                                      nodes.live_perms(self, parent) if parent else None) if p]
             if not any(nodes.access_for(conn, p) & PERM_READ for p in candidates):
                 continue
             for watch in matching:
@@ -482,6 +488,19 @@ class XenStore:
         if nodes.access_for(conn, current) & needed != needed:
             raise XsError("EACCES")
         self.special_perms[name] = perms
+
+    def note_domains(self, perms) -> None:
+        """Domains named in permissions start to exist for ACL purposes."""
+        for entry in perms:
+            self.domain_birth.setdefault(entry.domid, self.store.generation)
+
+    def forget_domain(self, domid: int) -> None:
+        """A domain died: its ACL entries stop counting everywhere."""
+        if self.is_privileged_domid(domid):
+            return
+        self.domain_birth.pop(domid, None)
+        for name, perms in self.special_perms.items():
+            self.special_perms[name] = perms[:1] + tuple(p for p in perms[1:] if p.domid != domid)
 
     def domain_watch_count(self, domid: int) -> int:
         return sum(len(c.watches) for c in self.connections.values() if c.domid == domid)

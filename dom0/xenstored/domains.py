@@ -28,6 +28,7 @@ def introduce_domain(engine, domid: int, gfn: int = 0, port: int = 0) -> int:
         known.port, known.gfn = port, gfn
         engine.reset_connection(known.conn_id)
         return known.conn_id
+    engine.domain_birth.setdefault(domid, engine.store.generation)
     conn_id = engine.open_connection(domid, is_domain=True)
     engine.domains[domid] = _Domain(domid, conn_id, gfn, port)
     if domid != 0:
@@ -43,6 +44,7 @@ def release_domain(engine, domid: int) -> None:
     if domain is None:
         raise XsError("ENOENT")
     engine.close_connection(domain.conn_id)
+    engine.forget_domain(domid)
     for conn in engine.connections.values():
         if conn.target_domid == domid:
             conn.target_domid = None

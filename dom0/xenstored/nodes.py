@@ -52,7 +52,21 @@ def canonical_path(engine, conn, raw: bytes | None) -> str:
     return raw.decode("ascii")
 
 
-def lookup(conn, view, path: str, need: int) -> Node:
+def live_perms(engine, node: Node) -> tuple:
+    """The node's permissions minus ACL entries that must be ignored.
+
+    An entry naming a domain only counts if that domain was known to the
+    store (introduced, or named in a SET_PERMS) before the node was last
+    written.  This stops a new domain that reuses the domid of a dead one
+    from inheriting the dead domain's grants.  perms[0], the owner, is kept
+    as Xen 4.17 does."""
+    births = engine.domain_birth
+    kept = tuple(entry for entry in node.perms[1:]
+                 if births.get(entry.domid, node.generation + 1) <= node.generation)
+    return node.perms if len(kept) == len(node.perms) - 1 else node.perms[:1] + kept
+
+
+def lookup(engine, conn, view, path: str, need: int) -> Node:
     """The node at ``path`` if ``conn`` holds ``need`` on it.
 
     A missing node answers ENOENT only to callers allowed to know about it:
@@ -61,12 +75,18 @@ def lookup(conn, view, path: str, need: int) -> Node:
     """
     node = view.get(path)
     if node is not None:
-        if access_for(conn, node.perms) & need != need:
+        if access_for(conn, live_perms(engine, node)) & need != need:
             raise XsError("EACCES")
         return node
-    if access_for(conn, nearest_existing_ancestor(view, path).perms) & need:
+    if access_for(conn, live_perms(engine, nearest_existing_ancestor(view, path))) & need:
         raise XsError("ENOENT")
     raise XsError("EACCES")
+
+
+def _rewritten(engine, node: Node, **changes) -> Node:
+    """``node`` with ``changes``, dropping its dead ACL entries for good, so
+    that the new generation does not bring them back to life."""
+    return replace(node, perms=live_perms(engine, node), **changes)
 
 
 def _check_node_size(engine, conn, node: Node) -> None:
@@ -86,11 +106,11 @@ def _create(engine, conn, view, path: str, value: bytes) -> None:
         raise XsError("ENOSPC")
 
     writes = []
-    perms = parent.perms
+    perms = live_perms(engine, parent)
     if not conn.privileged:
         # Unprivileged domains own what they create.
         perms = (perms[0]._replace(domid=conn.domid),) + perms[1:]
-    parent = replace(parent, children=parent.children + (basename(missing[-1]),))
+    parent = _rewritten(engine, parent, children=parent.children + (basename(missing[-1]),))
     writes.append((parent_path, parent))
     for depth, name in enumerate(reversed(missing)):
         is_leaf = name == path
@@ -104,7 +124,7 @@ def _create(engine, conn, view, path: str, value: bytes) -> None:
 
 def do_read(engine, conn, view, payload):
     path = canonical_path(engine, conn, exactly_one_string(payload))
-    return lookup(conn, view, path, PERM_READ).value
+    return lookup(engine, conn, view, path, PERM_READ).value
 
 
 def do_write(engine, conn, view, payload):
@@ -113,13 +133,13 @@ def do_write(engine, conn, view, payload):
     raw_path, value = payload.split(b"\0", 1)
     path = canonical_path(engine, conn, raw_path)
     try:
-        node = lookup(conn, view, path, PERM_WRITE)
+        node = lookup(engine, conn, view, path, PERM_WRITE)
     except XsError as error:
         if error.name != "ENOENT":
             raise
         _create(engine, conn, view, path, value)
     else:
-        updated = replace(node, value=value)
+        updated = _rewritten(engine, node, value=value)
         _check_node_size(engine, conn, updated)
         view.put(path, updated)
     engine.fire_watches(conn, view, path, exact=False)
@@ -129,7 +149,7 @@ def do_write(engine, conn, view, payload):
 def do_mkdir(engine, conn, view, payload):
     path = canonical_path(engine, conn, exactly_one_string(payload))
     try:
-        lookup(conn, view, path, PERM_WRITE)
+        lookup(engine, conn, view, path, PERM_WRITE)
     except XsError as error:
         if error.name != "ENOENT":
             raise
@@ -154,7 +174,7 @@ def _subtree_children_first(view, path: str) -> list[tuple[str, Node]]:
 def do_rm(engine, conn, view, payload):
     path = canonical_path(engine, conn, exactly_one_string(payload))
     try:
-        lookup(conn, view, path, PERM_WRITE)
+        lookup(engine, conn, view, path, PERM_WRITE)
     except XsError as error:
         # Removing something already gone is fine as long as its parent exists.
         if error.name == "ENOENT" and path != "/" and view.get(parent_of(path)) is not None:
@@ -167,16 +187,18 @@ def do_rm(engine, conn, view, payload):
     for name, node in _subtree_children_first(view, path):
         # Fire while the node's permissions can still be checked; watchers
         # above the removed root hear about the root only.
-        engine.fire_watches(conn, view, name, exact=(name != path), perms=node.perms)
+        engine.fire_watches(conn, view, name, exact=(name != path),
+                            perms=live_perms(engine, node))
         view.delete(name)
     gone = basename(path)
-    view.put(parent_path, replace(parent, children=tuple(c for c in parent.children if c != gone)))
+    view.put(parent_path, _rewritten(engine, parent,
+                                     children=tuple(c for c in parent.children if c != gone)))
     return OK
 
 
 def do_directory(engine, conn, view, payload):
     path = canonical_path(engine, conn, exactly_one_string(payload))
-    return lookup(conn, view, path, PERM_READ).children_wire()
+    return lookup(engine, conn, view, path, PERM_READ).children_wire()
 
 
 def do_directory_part(engine, conn, view, payload):
@@ -186,7 +208,7 @@ def do_directory_part(engine, conn, view, payload):
     if len(strings) != 2:
         raise XsError("EINVAL")
     path = canonical_path(engine, conn, strings[0])
-    node = lookup(conn, view, path, PERM_READ)
+    node = lookup(engine, conn, view, path, PERM_READ)
     offset = c_atoi(strings[1])
     children = node.children_wire()
     generation = str(node.generation).encode() + b"\0"
@@ -206,7 +228,7 @@ def do_directory_part(engine, conn, view, payload):
 
 def do_get_perms(engine, conn, view, payload):
     path = canonical_path(engine, conn, exactly_one_string(payload))
-    return format_permissions(lookup(conn, view, path, PERM_READ).perms)
+    return format_permissions(lookup(engine, conn, view, path, PERM_READ).perms)
 
 
 def do_set_perms(engine, conn, view, payload):
@@ -216,15 +238,16 @@ def do_set_perms(engine, conn, view, payload):
     if not conn.privileged and len(strings) - 1 > engine.quotas.permissions:
         raise XsError("ENOSPC")
     perms = parse_permissions(strings[1:])
+    engine.note_domains(perms)
     if strings[0].startswith(b"@"):
         engine.set_special_perms(conn, strings[0], perms)
         return OK
     path = canonical_path(engine, conn, strings[0])
-    node = lookup(conn, view, path, PERM_WRITE | PERM_OWNER)
+    node = lookup(engine, conn, view, path, PERM_WRITE | PERM_OWNER)
     if not conn.privileged and perms[0].domid != node.owner:
         raise XsError("EPERM")
     updated = replace(node, perms=perms)
     _check_node_size(engine, conn, updated)
     view.put(path, updated)
-    engine.fire_watches(conn, view, path, exact=False, old_perms=node.perms)
+    engine.fire_watches(conn, view, path, exact=False, old_perms=live_perms(engine, node))
     return OK

@@ -85,3 +85,19 @@ def test_priv_domid_is_privileged(engine):
     driver = Client(store, conn_id=store.introduce_domain(6, port=1))
     driver.write("/anywhere", "ok")
     assert driver.read("/anywhere") == b"ok"
+
+
+def test_grants_to_a_dead_domain_do_not_pass_to_its_domid_successor(dom0, guest_factory, engine):
+    guest_factory(3)
+    dom0.write("/backend/vbd/3", "b")
+    dom0.ok(wire.XS_SET_PERMS, "/backend/vbd/3", "n0", "r3")
+    dom0.ok(wire.XS_SET_PERMS, "@releaseDomain", "n0", "r3")
+    engine.release_domain(3)
+    dom0.ok(wire.XS_RM, "/local/domain/3")
+    reborn = guest_factory(3)
+    assert reborn.error(wire.XS_READ, "/backend/vbd/3") == "EACCES"
+    dom0.write("/backend/vbd/3", "rewritten")  # a new generation must not revive it
+    assert reborn.error(wire.XS_READ, "/backend/vbd/3") == "EACCES"
+    assert engine.special_perms[b"@releaseDomain"] == engine.special_perms[b"@releaseDomain"][:1]
+    dom0.ok(wire.XS_SET_PERMS, "/backend/vbd/3", "n0", "r3")  # the toolstack grants again
+    assert reborn.read("/backend/vbd/3") == b"rewritten"
