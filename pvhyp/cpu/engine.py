@@ -114,6 +114,9 @@ class CpuEngine:
         self._stop_reason: ExitReason | None = None
         self._kick_pending = threading.Event()
         self._deferred: list[Callable[[], None]] = []
+        self._rip_mode = self._RIP_DIRECT
+        self._pending_rip: int | None = None
+        self._hook_rip_seen: int | None = None
         self.error: BaseException | None = None
         self.unmapped_accesses = 0
 
@@ -145,17 +148,62 @@ class CpuEngine:
         self.uc.release_handle()
 
     # --- register access -----------------------------------------------
+    # Inside some hooks a RIP write cannot go straight to unicorn: after the
+    # SYSCALL hook unicorn adds the instruction length to whatever RIP is,
+    # and after CPUID/IN/OUT hooks it overwrites RIP.  So RIP writes made
+    # there are held here and applied when the hook ends (see _finish_hook).
+    _RIP_DIRECT, _RIP_AFTER_SYSCALL, _RIP_AFTER_STOP = 0, 1, 2
+
     def read(self, name: str) -> int:
-        return self.uc.reg_read(REG[name])
+        if name == "rip" and self._pending_rip is not None:
+            return self._pending_rip
+        value = self.uc.reg_read(REG[name])
+        if name == "rip":
+            self._hook_rip_seen = value
+        return value
 
     def write(self, name: str, value: int) -> None:
+        if name == "rip" and self._rip_mode != self._RIP_DIRECT:
+            self._pending_rip = value & 0xFFFF_FFFF_FFFF_FFFF
+            return
         self.uc.reg_write(REG[name], value & 0xFFFF_FFFF_FFFF_FFFF)
 
     def read_many(self, names) -> tuple:
-        return self.uc.reg_read_batch([REG[n] for n in names])
+        values = self.uc.reg_read_batch([REG[n] for n in names])
+        if "rip" in names:
+            index = names.index("rip")
+            if self._pending_rip is not None:
+                values = values[:index] + (self._pending_rip,) + values[index + 1:]
+            else:
+                self._hook_rip_seen = values[index]
+        return values
 
     def write_many(self, values: dict) -> None:
+        if "rip" in values and self._rip_mode != self._RIP_DIRECT:
+            values = dict(values)
+            self._pending_rip = values.pop("rip") & 0xFFFF_FFFF_FFFF_FFFF
         self.uc.reg_write_batch([(REG[n], v & 0xFFFF_FFFF_FFFF_FFFF) for n, v in values.items()])
+
+    @property
+    def rip_moved(self) -> bool:
+        """True inside a SYSCALL/CPUID/IO hook once the host has set a new RIP."""
+        return self._pending_rip is not None
+
+    def _begin_hook(self, rip_mode: int) -> None:
+        self._rip_mode = rip_mode
+        self._pending_rip = None
+        self._hook_rip_seen = None
+
+    def _finish_hook(self) -> None:
+        target, mode = self._pending_rip, self._rip_mode
+        self._rip_mode, self._pending_rip = self._RIP_DIRECT, None
+        if target is None:
+            return
+        if mode == self._RIP_AFTER_SYSCALL:
+            if self._hook_rip_seen is None or target != self._hook_rip_seen + 2:
+                self.uc.reg_write(X.UC_X86_REG_RIP, (target - 2) & 0xFFFF_FFFF_FFFF_FFFF)
+        else:
+            self.defer_after_stop(lambda: self.uc.reg_write(X.UC_X86_REG_RIP, target))
 
     def load_state(self, state: CpuState) -> None:
         """Replace the register state; the next run() enters through the stub."""
@@ -219,6 +267,7 @@ class CpuEngine:
                 rip = self.uc.reg_read(X.UC_X86_REG_RIP)
                 try:
                     self.uc.emu_start(rip, _NEVER_REACHED, timeout_us, max_insns)
+                    self._bookkeeping.rearm()
                 except UcError as err:
                     if not self._recover_from_unicorn_error(err):
                         raise
@@ -251,7 +300,7 @@ class CpuEngine:
             self.write(seg, getattr(state, seg))
         self.write_many({n: v for n, v in state.gprs.items() if n != "rsp"})
         uc.reg_write(X.UC_X86_REG_RSP, frame_va)
-        uc.emu_start(L.ENTRY_STUB_VA, _NEVER_REACHED, 0, 1)     # just the iretq
+        uc.emu_start(L.ENTRY_STUB_VA, state.rip)     # just the iretq
         # Selector loads reset the bases: set them once at CPL3.
         self.write_many({"fs_base": state.fs_base, "gs_base": state.gs_base})
         self._entered = True
@@ -285,18 +334,34 @@ class CpuEngine:
         return 2 if data is not None and data[0] == 0xCD and data[1] == vector else 1
 
     def _hook_syscall(self, uc, _):
-        self.host.on_hypercall(self)
+        self._begin_hook(self._RIP_AFTER_SYSCALL)
+        try:
+            self.host.on_hypercall(self)
+        finally:
+            self._finish_hook()
 
     def _hook_cpuid(self, uc, _):
-        self.host.on_cpuid(self)
+        self._begin_hook(self._RIP_AFTER_STOP)
+        try:
+            self.host.on_cpuid(self)
+        finally:
+            self._finish_hook()
         return 1
 
     def _hook_in(self, uc, port, size, _):
-        value = self.host.on_io(self, port, size, None)
+        self._begin_hook(self._RIP_AFTER_STOP)
+        try:
+            value = self.host.on_io(self, port, size, None)
+        finally:
+            self._finish_hook()
         return 0 if value is None else value & ((1 << (8 * size)) - 1)
 
     def _hook_out(self, uc, port, size, value, _):
-        self.host.on_io(self, port, size, value)
+        self._begin_hook(self._RIP_AFTER_STOP)
+        try:
+            self.host.on_io(self, port, size, value)
+        finally:
+            self._finish_hook()
 
     def _hook_invalid(self, uc, _):
         self.host.on_invalid_opcode(self)

@@ -165,7 +165,7 @@ class PvVcpu:
             self.bouncer.do_iret()
             return
         result = -38 if self.dispatch is None else self.dispatch(self, nr, (rdi, rsi, rdx, r10, r8, r9))
-        if self.engine.read("rip") != rip:
+        if self.engine.rip_moved:
             return             # the handler moved the guest (e.g. a bounce); it owns rax too
         self.engine.write_many({"rax": result, "rip": rip + 2})
 

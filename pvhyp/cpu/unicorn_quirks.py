@@ -77,6 +77,13 @@ class ExceptionBookkeeping:
         self._uc.context_restore(self._ctx)
         return error_code, is_software_int
 
+    def rearm(self) -> None:
+        """Clear `old_exception` between runs: a run stopped by its instruction
+        count leaves it set to #GP, which would turn the next #GP/#DE into #DF."""
+        self._uc.context_update(self._ctx)
+        self._old_exception.value = -1
+        self._uc.context_restore(self._ctx)
+
 
 # --- the probe -------------------------------------------------------------
 
