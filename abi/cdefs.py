@@ -10,7 +10,8 @@ construct so that a module reads like the header beside it.
 * ``CUnion(...)`` is a C union.  Construct's own ``Union`` has no fixed size,
   so unions here follow C instead:
 
-  - size: the largest member (every union in the Xen ABI is fixed-size);
+  - size: the largest member, rounded up to the strictest member alignment
+    (as a C compiler does; every union in the Xen ABI is fixed-size);
   - parse: a dict with *every* member decoded from the same bytes, exactly
     what C code sees through each member;
   - build: each member present in the dict is built, zero-extended to the
@@ -24,7 +25,11 @@ header names are ordinary named fields.
 """
 
 from construct import (
+    Array,
     Construct,
+    FormatField,
+    Padded,
+    Struct,
     Container,
     Int8sl,
     Int8ul,
@@ -93,7 +98,9 @@ class CUnion(Construct):
         for member in self.subcons:
             if not member.name:
                 raise ValueError("CUnion members need names")
-        self.size = max(member.sizeof() for member in self.subcons)
+        largest = max(member.sizeof() for member in self.subcons)
+        align = alignment(self)
+        self.size = -(-largest // align) * align
 
     def _parse(self, stream, context, path):
         data = stream_read(stream, self.size, path)
@@ -119,6 +126,21 @@ class CUnion(Construct):
 
     def __repr__(self):
         return f"<CUnion {[m.name for m in self.subcons]}>"
+
+
+def alignment(subcon) -> int:
+    """C alignment of a construct built from this module's vocabulary."""
+    while isinstance(subcon, Subconstruct) and not isinstance(subcon, Array):
+        if isinstance(subcon, Padded):
+            return 1
+        subcon = subcon.subcon
+    if isinstance(subcon, FormatField):
+        return subcon.sizeof()
+    if isinstance(subcon, Array):
+        return alignment(subcon.subcon)
+    if isinstance(subcon, (Struct, CUnion)):
+        return max((alignment(member) for member in subcon.subcons), default=1)
+    return 1  # bytes, padding
 
 
 def plain(value):

@@ -47,7 +47,7 @@ class HeaderModule:
     header: str | None  # path under xen/include/public, or None
     why_no_header: str = ""
     c_prefix: str = ""  # C spelling = c_prefix + Python name
-    not_in_header: dict = field(default_factory=dict)  # name -> why it has no C twin
+    not_in_header: dict = field(default_factory=dict)  # struct/constant name -> why no C twin
     c_types: dict = field(default_factory=dict)  # struct name -> C type, where not "struct NAME"
 
 
@@ -80,8 +80,29 @@ MODULES: tuple[HeaderModule, ...] = (
     HeaderModule("abi.elfnote", "elfnote.h"),
     HeaderModule("abi.domctl", "domctl.h"),
     HeaderModule("abi.sysctl", "sysctl.h"),
-    HeaderModule("abi.io.ring", "io/ring.h"),
-    HeaderModule("abi.io.console", "io/console.h"),
+    HeaderModule(
+        "abi.io.ring",
+        "io/ring.h",
+        not_in_header={
+            "sring_header": "C repeats the header inside each DEFINE_RING_TYPES struct; "
+            "checked there (blkif_sring, netif_tx_sring, ...)",
+            **{
+                name: "pvhyp's byte offset/size in the ring header, derived from sring_header"
+                for name in ("SRING_HEADER_SIZE", "REQ_PROD_OFFSET", "REQ_EVENT_OFFSET",
+                             "RSP_PROD_OFFSET", "RSP_EVENT_OFFSET")
+            },
+        },
+    ),
+    HeaderModule(
+        "abi.io.console",
+        "io/console.h",
+        not_in_header={
+            name: "pvhyp's ring size / byte offset in the console page, from xencons_interface"
+            for name in ("XENCONS_IN_SIZE", "XENCONS_OUT_SIZE", "XENCONS_IN_OFFSET",
+                         "XENCONS_OUT_OFFSET", "XENCONS_IN_CONS_OFFSET", "XENCONS_IN_PROD_OFFSET",
+                         "XENCONS_OUT_CONS_OFFSET", "XENCONS_OUT_PROD_OFFSET")
+        },
+    ),
     HeaderModule("abi.io.blkif", "io/blkif.h"),
     HeaderModule("abi.io.netif", "io/netif.h"),
     HeaderModule(
@@ -119,6 +140,11 @@ class StructEntry:
     module: str
     header: str | None
     construct: Construct = field(repr=False, compare=False)
+    why_unchecked: str = ""  # set when the header cross-check cannot see it
+
+    @property
+    def checked(self) -> bool:
+        return not self.why_unchecked
 
     @property
     def size(self) -> int:
@@ -200,7 +226,8 @@ def _collect() -> tuple[tuple[StructEntry, ...], tuple[ConstantEntry, ...]]:
                 seen_objects.add(id(value))
                 kind = "union" if isinstance(value, CUnion) else "struct"
                 c_type = spec.c_types.get(name, f"{kind} {name}")
-                structs.append(StructEntry(name, c_type, spec.module, spec.header, value))
+                why = spec.why_no_header if spec.header is None else spec.not_in_header.get(name, "")
+                structs.append(StructEntry(name, c_type, spec.module, spec.header, value, why))
             elif is_constant(name, value):
                 if spec.header is None:
                     c_name, why = None, spec.why_no_header

@@ -41,7 +41,7 @@ def try_install_headers() -> str:
 
 def checked_structs():
     """Structs with a Xen header to check against (not the architectural ones)."""
-    return [e for e in registry.structs() if e.header is not None]
+    return [e for e in registry.structs() if e.checked]
 
 
 def _c_string(text: str) -> str:
