@@ -198,7 +198,8 @@ class SocketChannel:
         reply, _ = self._request(OP_DESTROY_DOMAIN, DOMID_ARG.pack(domid))
         self._check(reply, f"destroy d{domid}")
 
-    def domain_info(self, domid: int | None = None) -> list[dict]:
+    def domain_info(self, domid: int | None = None) -> dict:
+        """{"domains": [one dict per domain], "host": {total_pages, free_pages, nr_domains}}."""
         reply, _ = self._request(OP_DOMAIN_INFO, DOMID_ARG.pack(ALL_DOMAINS if domid is None else domid))
         self._check(reply, "domain_info")
         return json.loads(reply[RESULT.size:])

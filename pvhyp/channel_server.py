@@ -19,7 +19,7 @@ speaks the same numbers; tests/dom0/test_channel_wire.py checks they agree.
   OP_CREATE_DOMAIN         <II nr_pages, max_vcpus>   -> <q domid|-errno>
   OP_CONNECT_DOMAIN        <I domid>                  -> <q status> + fd [a new channel socket]
   OP_DESTROY_DOMAIN        <I domid>                  -> <q status>
-  OP_DOMAIN_INFO           <I domid or 0xFFFFFFFF>    -> <q status> + JSON list of domains
+  OP_DOMAIN_INFO           <I domid or 0xFFFFFFFF>    -> <q status> + JSON {domains: [...], host: {...}}
 The reply op is the request op | OP_REPLY. The last five are privileged
 (privcmd-like, dom0 only); the domain-lifecycle ones stand in for
 XEN_DOMCTL_createdomain/destroydomain/getdomaininfo for process domains.
@@ -278,7 +278,10 @@ class Connection:
             domains = [d for d in domains if d.domid == domid]
             if not domains:
                 return RESULT.pack(-xen_errno.ESRCH), []
-        info = [_domain_info(d) for d in sorted(domains, key=lambda d: d.domid)]
+        info = {"domains": [_domain_info(d) for d in sorted(domains, key=lambda d: d.domid)],
+                "host": {"total_pages": self.hv.frames.nr_frames,
+                         "free_pages": self.hv.frames.free_frames,
+                         "nr_domains": len(self.hv.domains)}}
         return RESULT.pack(0) + json.dumps(info).encode(), []
 
     _HANDLERS = {

@@ -1,0 +1,1 @@
+"""The console backend (xenconsoled's job): guest console rings <-> ptys and log files."""

@@ -1,0 +1,119 @@
+"""Console backend: each guest's xencons_interface ring, served to a pty and an append-only log.
+
+As xenconsoled: the guest's output ring is drained into the log file
+(DIR/console/guest-NAME.log) and the pty; bytes typed on the pty go into the
+input ring. The ring page is the guest's to scribble on: indexes are checked
+on every pass (pvguest.ring), and a ring with impossible indexes is skipped,
+as xenconsoled skips it, without touching any other domain's console. When
+nobody has the pty open its buffer fills and further output only reaches
+the log (dom0 holds the slave end open so the master never reports EIO).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import termios
+import time
+import tty
+
+from pvguest.ring import RingError, console_rings
+
+log = logging.getLogger("dom0.console")
+MAX_PENDING_INPUT = 4096
+
+
+class ConsoleSession:
+    def __init__(self, domid: int, name: str, page: memoryview, notify, log_path: str):
+        self.domid = domid
+        self.name = name
+        self.into_guest, self.from_guest = console_rings(page)
+        self.notify = notify
+        self.log = open(log_path, "ab", buffering=0)
+        self.log_path = log_path
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave, termios.TCSANOW)
+        os.set_blocking(self.master, False)
+        self.tty = os.ttyname(self.slave)
+        self.pending_input = b""
+        self.ring_broken = False
+        self.bytes_out = 0
+
+    def service(self) -> None:
+        """Move output to the log and pty, pending input into the ring."""
+        try:
+            data = self.from_guest.read()
+            moved = bool(data)
+            if self.pending_input:
+                n = self.into_guest.write(self.pending_input)
+                self.pending_input = self.pending_input[n:]
+                moved = moved or n > 0
+        except RingError as e:
+            if not self.ring_broken:
+                self.ring_broken = True
+                log.warning("d%d console ring: %s (skipped until it makes sense again)", self.domid, e)
+                self.log.write(f"\n[pvhyp: console ring of d{self.domid} is corrupt: {e}]\n".encode())
+            return
+        self.ring_broken = False
+        if data:
+            self.bytes_out += len(data)
+            self.log.write(data)
+            try:
+                os.write(self.master, data)
+            except (BlockingIOError, OSError):
+                pass        # nobody reading the pty: the log still has it
+        if moved:
+            self.notify()
+
+    def on_pty_input(self) -> None:
+        try:
+            data = os.read(self.master, 4096)
+        except (BlockingIOError, OSError):
+            return
+        self.pending_input = (self.pending_input + data)[-MAX_PENDING_INPUT:]
+        self.service()
+
+    def close(self) -> None:
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.log.close()
+
+
+class ConsoleBackend:
+    def __init__(self, log_dir: str, add_reader, remove_reader):
+        self.log_dir = log_dir
+        os.makedirs(log_dir, exist_ok=True)
+        self.add_reader = add_reader
+        self.remove_reader = remove_reader
+        self.sessions: dict[int, ConsoleSession] = {}
+
+    def log_path(self, name: str) -> str:
+        return os.path.join(self.log_dir, f"guest-{name}.log")
+
+    def add_domain(self, domid: int, name: str, page: memoryview, notify) -> ConsoleSession:
+        self.remove_domain(domid)
+        session = ConsoleSession(domid, name, page, notify, self.log_path(name))
+        session.log.write(f"[pvhyp: console of {name} (d{domid}) opened "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}]\n".encode())
+        self.sessions[domid] = session
+        self.add_reader(session.master, session.on_pty_input)
+        return session
+
+    def remove_domain(self, domid: int) -> None:
+        session = self.sessions.pop(domid, None)
+        if session is None:
+            return
+        session.service()
+        self.remove_reader(session.master)
+        session.close()
+
+    def kick(self, domid: int) -> None:
+        session = self.sessions.get(domid)
+        if session is not None:
+            session.service()
+
+    def service_all(self) -> None:
+        for session in list(self.sessions.values()):
+            session.service()

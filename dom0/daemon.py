@@ -1,0 +1,109 @@
+"""The dom0 process: xenstored, the console backend and the toolstack API in one event loop.
+
+Everything runs on one thread around xenstored's selector loop
+(dom0.xenstored.unix_socket.SocketServer): the xenstore socket, the
+toolstack socket, the console ptys, and the channel's event socket. Guest
+rings are served when dom0 is kicked and, because a lost or absent event
+must never hang a guest, on a short periodic pass as well.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+from dom0.console.backend import ConsoleBackend
+from dom0.toolstack.api import ApiServer
+from dom0.toolstack.domains import Toolstack, ToolstackError
+from dom0.xenstored import LocalClient, XenStore
+from dom0.xenstored.ring import RingServer
+from dom0.xenstored.unix_socket import SocketServer
+from pvguest.evtchn import EventChannels
+from pvguest.hypercall_channel import ChannelClosed
+
+log = logging.getLogger("dom0")
+POLL_SECONDS = 0.05
+STATE_SECONDS = 0.2
+SCRATCH_ADDR = 0        # dom0's pfn 0: argument buffers of its own hypercalls
+
+
+class Dom0:
+    def __init__(self, channel, run_dir: str):
+        self.channel = channel
+        self.run_dir = run_dir
+        os.makedirs(run_dir, exist_ok=True)
+        self.engine = XenStore()
+        self.rings = RingServer(self.engine)
+        self.xs_server = SocketServer(self.engine, os.path.join(run_dir, "xenstored", "socket"),
+                                      other_transports=[self.rings])
+        self.xs = LocalClient(self.engine)
+        self.evtchn = EventChannels(channel, SCRATCH_ADDR)
+        self.consoles = ConsoleBackend(os.path.join(run_dir, "console"), self.add_reader,
+                                       self.remove_reader)
+        self.toolstack = Toolstack(channel, self.xs, self.rings, self.consoles, self.evtchn, run_dir)
+        self.api = ApiServer(os.path.join(run_dir, "pvhyp.sock"), self.toolstack.commands(),
+                             self.add_reader, self.remove_reader, user_errors=(ToolstackError,))
+        self.add_reader(channel, self._on_event)
+        self.stopping = False
+        self._next_state_check = 0.0
+
+    def add_reader(self, fileobj, callback) -> None:
+        self.xs_server.add_reader(fileobj, callback)
+
+    def remove_reader(self, fileobj) -> None:
+        try:
+            self.xs_server.selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    def _on_event(self) -> None:
+        try:
+            self.channel.drain_events()
+        except ChannelClosed:
+            log.error("the hypervisor closed dom0's channel")
+            self.stopping = True
+            return
+        self.evtchn.take_pending()
+        self._serve_rings()
+
+    def _serve_rings(self) -> None:
+        self.rings.flush()
+        self.consoles.service_all()
+
+    def run(self) -> None:
+        while not self.stopping:
+            self.xs_server.poll(POLL_SECONDS)
+            self._serve_rings()
+            now = time.monotonic()
+            if now >= self._next_state_check:
+                self._next_state_check = now + STATE_SECONDS
+                try:
+                    self.toolstack.periodic()
+                except ChannelClosed:
+                    log.error("the hypervisor closed dom0's channel")
+                    self.stopping = True
+        self.close()
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def close(self) -> None:
+        try:
+            self.toolstack.destroy_all()
+        except Exception:
+            log.exception("destroying guests on the way out")
+        self.api.close()
+        self.xs_server.close()
+
+
+def serve(channel, run_dir: str, ready_file: str | None = None) -> int:
+    dom0 = Dom0(channel, run_dir)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: dom0.stop())
+    if ready_file:
+        with open(ready_file, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    log.info("dom0 ready: toolstack %s, xenstored %s", dom0.api.path, dom0.xs_server.path)
+    dom0.run()
+    return 0

@@ -1,0 +1,370 @@
+"""Domain lifecycle in dom0: what `xl create/destroy/shutdown/...` do, over the hypercall channel.
+
+A Python guest (kernel = "python:MODULE") is prepared the way the PV domain
+builder prepares a kernel (pvguest.kernel describes the page layout): the
+hypervisor creates a process domain, dom0 writes start_info, allocates the
+xenstore and console event channels in the guest (alloc_unbound, remote
+dom0) and binds them, writes libxl's xenstore entries, introduces the domain
+to xenstored, attaches the console backend, and starts the guest's process
+with its own channel socket. An x86 kernel goes to the domain builder.
+When a domain shuts down, its on_poweroff / on_reboot / on_crash action runs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+
+from abi.xen import start_info
+from dom0.toolstack import xenstore_entries as entries
+from dom0.toolstack.config import ConfigError, DomainConfig, parse_config
+from pvguest import kernel as layout
+from pvguest.evtchn import EventChannelError
+from pvguest.hypercall_channel import ChannelError
+
+log = logging.getLogger("dom0.toolstack")
+SHUTDOWN_REASONS = {0: "poweroff", 1: "reboot", 2: "suspend", 3: "crash", 4: "watchdog", 5: "soft_reset"}
+ENOSYS = 38
+
+
+class ToolstackError(Exception):
+    """A one-line answer to a toolstack request that cannot be carried out."""
+
+
+@dataclass
+class Guest:
+    domid: int
+    name: str
+    config: DomainConfig
+    uuid: str
+    created: float
+    process: subprocess.Popen | None = None
+    local_ports: list[int] = field(default_factory=list)    # dom0's ends of its event channels
+    shutdown_seen: str | None = None
+    paused: bool = False
+
+
+class Toolstack:
+    def __init__(self, channel, xs, rings, consoles, evtchn, run_dir: str):
+        self.channel = channel
+        self.xs = xs
+        self.rings = rings
+        self.consoles = consoles
+        self.evtchn = evtchn
+        self.run_dir = run_dir
+        self.guests: dict[int, Guest] = {}
+        self.started = time.time()
+        entries.write_dom0(xs)
+
+    # --- lookups ---
+
+    def resolve(self, dom) -> int:
+        """A domain given by id or name (as xl accepts both)."""
+        text = str(dom)
+        if text.isdigit():
+            domid = int(text)
+            if domid == 0 or domid in self.guests:
+                return domid
+            raise ToolstackError(f"no domain with id {domid}")
+        if text == "Domain-0":
+            return 0
+        for g in self.guests.values():
+            if g.name == text:
+                return g.domid
+        raise ToolstackError(f"no domain named {text!r}")
+
+    def _guest(self, dom) -> Guest:
+        domid = self.resolve(dom)
+        if domid == 0:
+            raise ToolstackError("that is Domain-0")
+        return self.guests[domid]
+
+    # --- create ---
+
+    def create(self, config: str, source: str = "<config>") -> dict:
+        try:
+            cfg = parse_config(config, source)
+        except ConfigError as e:
+            raise ToolstackError(str(e)) from None
+        if any(g.name == cfg.name for g in self.guests.values()):
+            raise ToolstackError(f"domain {cfg.name!r} already exists")
+        if cfg.python_guest is None:
+            return self._create_x86(cfg)
+        guest = self._create_python(cfg)
+        return {"domid": guest.domid, "name": guest.name, "warnings": cfg.warnings,
+                "tty": self.consoles.sessions[guest.domid].tty}
+
+    def _create_x86(self, cfg: DomainConfig) -> dict:
+        try:
+            import dom0.builder as builder
+            build = builder.build_pv_domain
+        except (ImportError, AttributeError) as e:
+            raise ToolstackError(f"cannot boot x86 kernel {cfg.kernel}: the PV domain builder is "
+                                 f"not available yet ({e})") from None
+        raise ToolstackError(f"cannot boot x86 kernel {cfg.kernel}: the toolstack does not drive "
+                             f"the domain builder ({build.__name__}) yet")
+
+    def _create_python(self, cfg: DomainConfig, uuid: str | None = None) -> Guest:
+        nr_pages = cfg.memory * 256
+        if nr_pages < layout.MIN_PAGES:
+            raise ToolstackError(f"memory {cfg.memory} MiB is too small")
+        try:
+            domid = self.channel.create_domain(nr_pages, cfg.vcpus)
+        except ChannelError as e:
+            raise ToolstackError(f"the hypervisor refused to create {cfg.name!r}: error {e.errno}") from None
+        guest = Guest(domid, cfg.name, cfg, uuid or cfg.uuid or str(uuidlib.uuid4()), time.time())
+        self.guests[domid] = guest
+        try:
+            self._prepare_python(guest)
+        except Exception as e:
+            log.exception("creating %s failed", cfg.name)
+            self.destroy(domid)
+            raise ToolstackError(f"creating {cfg.name!r} failed: {e}") from None
+        return guest
+
+    def _bind(self, guest: Guest) -> tuple[int, int]:
+        """An event channel for a ring: (guest's port, dom0's port); (0, 0) without event channels."""
+        try:
+            remote = self.evtchn.alloc_unbound(remote_dom=0, dom=guest.domid)
+            local = self.evtchn.bind_interdomain(guest.domid, remote)
+        except EventChannelError as e:
+            if e.rc == -ENOSYS:
+                return 0, 0     # no event channels in this hypervisor: both ends poll
+            raise
+        guest.local_ports.append(local)
+        return remote, local
+
+    def _notifier(self, local_port: int):
+        if not local_port:
+            return lambda: None
+        return lambda: self._send(local_port)
+
+    def _send(self, port: int) -> None:
+        try:
+            self.evtchn.send(port)
+        except EventChannelError as e:
+            log.warning("notifying port %d failed: %s", port, e)
+
+    def _prepare_python(self, guest: Guest) -> None:
+        cfg, domid = guest.config, guest.domid
+        start_page, store_page, console_page = self.channel.map_foreign(
+            domid, [layout.START_INFO_PFN, layout.XENSTORE_PFN, layout.CONSOLE_PFN])
+        store_port, store_local = self._bind(guest)
+        console_port, console_local = self._bind(guest)
+        info = start_info.build({
+            "magic": b"xen-3.0-x86_64".ljust(32, b"\0"), "nr_pages": cfg.memory * 256,
+            "shared_info": 0, "flags": 0,
+            "store_mfn": layout.XENSTORE_PFN, "store_evtchn": store_port,
+            "console": {"domU": {"mfn": layout.CONSOLE_PFN, "evtchn": console_port}},
+            "pt_base": 0, "nr_pt_frames": 0, "mfn_list": 0, "mod_start": 0, "mod_len": 0,
+            "cmd_line": cfg.cmdline.encode().ljust(1024, b"\0"), "first_p2m_pfn": 0,
+            "nr_p2m_frames": 0,
+        })
+        start_page[:len(info)] = info
+        entries.write_domain(self.xs, entries.DomainEntries(
+            domid=domid, name=cfg.name, uuid=guest.uuid, memory_kb=cfg.memory * 1024,
+            maxmem_kb=cfg.maxmem * 1024, vcpus=cfg.vcpus, maxvcpus=cfg.maxvcpus,
+            kernel=cfg.kernel, cmdline=cfg.cmdline, store_ring_ref=layout.XENSTORE_PFN,
+            store_port=store_port, console_ring_ref=layout.CONSOLE_PFN, console_port=console_port,
+            start_time=guest.created))
+        self.rings.introduce(domid, store_page, self._notifier(store_local),
+                             gfn=layout.XENSTORE_PFN, port=store_port)
+        session = self.consoles.add_domain(domid, cfg.name, console_page, self._notifier(console_local))
+        entries.write_console_tty(self.xs, domid, session.tty)
+        guest.process = self._spawn(guest)
+
+    def _spawn(self, guest: Guest) -> subprocess.Popen:
+        sock = self.channel.connect_domain(guest.domid)
+        env = dict(os.environ, PVHYP_CHANNEL_FD=str(sock.fileno()))
+        stderr = open(os.path.join(self.consoles.log_dir, f"guest-{guest.name}.stderr"), "ab")
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "pvguest.run", guest.config.python_guest],
+                pass_fds=[sock.fileno()], env=env, stdin=subprocess.DEVNULL,
+                stdout=stderr, stderr=stderr, start_new_session=True)
+        finally:
+            sock.close()
+            stderr.close()
+
+    # --- destroy and friends ---
+
+    def destroy(self, dom) -> dict:
+        domid = dom if isinstance(dom, int) else self.resolve(dom)
+        if domid == 0:
+            raise ToolstackError("Domain-0 cannot be destroyed")
+        guest = self.guests.pop(domid, None)
+        if guest is None:
+            raise ToolstackError(f"no domain with id {domid}")
+        if guest.process is not None and guest.process.poll() is None:
+            guest.process.kill()
+            guest.process.wait()
+        self.rings.release(domid)
+        self.consoles.remove_domain(domid)
+        for port in guest.local_ports:
+            try:
+                self.evtchn.close(port)
+            except EventChannelError:
+                pass
+        entries.remove_domain(self.xs, domid, guest.uuid)
+        try:
+            self.channel.destroy_domain(domid)
+        except ChannelError as e:
+            log.warning("destroying d%d: error %d", domid, e.errno)
+        return {"domid": domid, "name": guest.name}
+
+    def destroy_all(self) -> None:
+        for domid in list(self.guests):
+            self.destroy(domid)
+
+    def shutdown(self, dom, reboot: bool = False) -> dict:
+        guest = self._guest(dom)
+        # The PV protocol: the guest's xenbus watcher sees control/shutdown and acts.
+        self.xs.write(f"{entries.domain_path(guest.domid)}/control/shutdown",
+                      "reboot" if reboot else "poweroff")
+        return {"domid": guest.domid, "name": guest.name}
+
+    def reboot(self, dom) -> dict:
+        return self.shutdown(dom, reboot=True)
+
+    def pause(self, dom) -> dict:
+        guest = self._guest(dom)
+        if guest.process is not None and guest.process.poll() is None:
+            os.kill(guest.process.pid, signal.SIGSTOP)
+        guest.paused = True
+        return {"domid": guest.domid}
+
+    def unpause(self, dom) -> dict:
+        guest = self._guest(dom)
+        if guest.process is not None and guest.process.poll() is None:
+            os.kill(guest.process.pid, signal.SIGCONT)
+        guest.paused = False
+        return {"domid": guest.domid}
+
+    def console(self, dom) -> dict:
+        domid = self.resolve(dom)
+        session = self.consoles.sessions.get(domid)
+        if session is None:
+            raise ToolstackError(f"domain {dom} has no PV console")
+        return {"domid": domid, "tty": session.tty, "log": session.log_path}
+
+    # --- reports ---
+
+    def _state(self, info: dict, guest: Guest | None) -> str:
+        # xl list's six columns: running, blocked, paused, shutdown, crashed, dying
+        running = guest is None or (guest.process is not None and guest.process.poll() is None)
+        flags = ["r" if running and not info["blocked"] else "-",
+                 "b" if info["blocked"] else "-",
+                 "p" if info["paused"] or (guest is not None and guest.paused) else "-",
+                 "s" if info["shutdown"] and info["shutdown_reason"] != 3 else "-",
+                 "c" if info["shutdown"] and info["shutdown_reason"] == 3 else "-",
+                 "d" if info["dying"] else "-"]
+        return "".join(flags)
+
+    def list(self) -> dict:
+        rows = []
+        for info in self.channel.domain_info()["domains"]:
+            guest = self.guests.get(info["domid"])
+            if info["domid"] != 0 and guest is None:
+                continue    # not ours (a test's, or being torn down)
+            rows.append({"name": guest.name if guest else "Domain-0", "domid": info["domid"],
+                         "mem": info["tot_pages"] * 4 // 1024, "vcpus": info["online_vcpus"],
+                         "state": self._state(info, guest),
+                         "time": round(time.time() - (guest.created if guest else self.started), 1)})
+        return {"domains": rows}
+
+    def info(self) -> dict:
+        host = self.channel.domain_info()["host"]
+        return {"host": os.uname().nodename, "release": os.uname().release,
+                "xen_major": 4, "xen_minor": 17, "xen_extra": "-pvhyp",
+                "total_memory": host["total_pages"] * 4 // 1024,
+                "free_memory": host["free_pages"] * 4 // 1024,
+                "nr_domains": host["nr_domains"], "xen_caps": "xen-3.0-x86_64",
+                "toolstack": "pvhyp dom0", "uptime": round(time.time() - self.started, 1)}
+
+    def dmesg(self) -> dict:
+        """Every domain's console_io output, as Xen's console ring shows it: (dN) per line."""
+        lines = []
+        for info in self.channel.domain_info()["domains"]:
+            domid = info["domid"]
+            data, _ = self.channel.readconsole(domid, 0)
+            prefix = "" if domid == 0 else f"(d{domid}) "
+            lines += [prefix + line for line in data.decode(errors="replace").splitlines()]
+        return {"text": "\n".join(lines) + ("\n" if lines else "")}
+
+    def vcpu_list(self, dom=None) -> dict:
+        rows = []
+        wanted = None if dom is None else self.resolve(dom)
+        for info in self.channel.domain_info()["domains"]:
+            guest = self.guests.get(info["domid"])
+            if (info["domid"] != 0 and guest is None) or (wanted is not None and info["domid"] != wanted):
+                continue
+            for vcpu in range(info["vcpus"]):
+                rows.append({"name": guest.name if guest else "Domain-0", "domid": info["domid"],
+                             "vcpu": vcpu, "state": "b" if info["blocked"] else "r",
+                             "online": vcpu < info["online_vcpus"]})
+        return {"vcpus": rows}
+
+    def uptime(self) -> dict:
+        now = time.time()
+        rows = [{"name": "Domain-0", "domid": 0, "uptime": round(now - self.started, 1)}]
+        rows += [{"name": g.name, "domid": g.domid, "uptime": round(now - g.created, 1)}
+                 for g in sorted(self.guests.values(), key=lambda g: g.domid)]
+        return {"domains": rows}
+
+    def domid(self, name) -> dict:
+        return {"domid": self.resolve(name)}
+
+    def domname(self, domid) -> dict:
+        domid = self.resolve(domid)
+        return {"name": "Domain-0" if domid == 0 else self.guests[domid].name}
+
+    # --- watching domains (xl's domain-death loop) ---
+
+    def periodic(self) -> None:
+        if not self.guests:
+            return
+        states = {i["domid"]: i for i in self.channel.domain_info()["domains"]}
+        for guest in list(self.guests.values()):
+            info = states.get(guest.domid)
+            exited = guest.process is not None and guest.process.poll() is not None
+            reason = None
+            if info is not None and info["shutdown"]:
+                reason = SHUTDOWN_REASONS.get(info["shutdown_reason"], "crash")
+                if exited and guest.process.returncode == 0 and reason == "crash":
+                    reason = "poweroff"     # the process halted cleanly without SCHEDOP_shutdown
+            elif exited:
+                reason = "poweroff" if guest.process.returncode == 0 else "crash"
+            if reason is None or guest.shutdown_seen == reason:
+                continue
+            guest.shutdown_seen = reason
+            self._on_shutdown(guest, reason)
+
+    def _on_shutdown(self, guest: Guest, reason: str) -> None:
+        cfg = guest.config
+        action = {"poweroff": cfg.on_poweroff, "reboot": cfg.on_reboot}.get(reason, cfg.on_crash)
+        log.info("domain %s (d%d) shut down: %s; action %s", guest.name, guest.domid, reason, action)
+        session = self.consoles.sessions.get(guest.domid)
+        if session is not None:
+            session.service()
+            session.log.write(f"[pvhyp: {guest.name} shut down ({reason}), action {action}]\n".encode())
+        if action in ("destroy", "coredump-destroy"):
+            self.destroy(guest.domid)
+        elif action in ("restart", "rename-restart", "coredump-restart", "soft-reset"):
+            self.destroy(guest.domid)
+            try:
+                self._create_python(cfg, uuid=guest.uuid) if cfg.python_guest else None
+            except ToolstackError as e:
+                log.error("restarting %s failed: %s", guest.name, e)
+        # preserve: leave it for `xl destroy`
+
+    def commands(self) -> dict:
+        return {"create": self.create, "destroy": self.destroy, "shutdown": self.shutdown,
+                "reboot": self.reboot, "pause": self.pause, "unpause": self.unpause,
+                "console": self.console, "list": self.list, "info": self.info,
+                "dmesg": self.dmesg, "vcpu-list": self.vcpu_list, "uptime": self.uptime,
+                "domid": self.domid, "domname": self.domname}
