@@ -79,13 +79,16 @@ class Hypervisor:
     # --- domains ---
 
     def create_domain(self, max_vcpus: int = 1, max_pages: int = 0, domid: int | None = None,
-                      privileged: bool = False, paging: bool = True) -> Domain:
+                      privileged: bool = False, paging: bool = True, config: dict | None = None) -> Domain:
         with self.lock:
             if domid is None:
                 domid = next(i for i in range(1, DOMID_FIRST_RESERVED) if i not in self.domains)
             elif domid in self.domains or not 0 <= domid < DOMID_FIRST_RESERVED:
                 raise ValueError(f"domid {domid} unavailable")
             d = Domain(self, domid, max_vcpus, max_pages, privileged=privileged, paging=paging)
+            # XEN_DOMCTL_createdomain's configuration (grant/maptrack limits, max_evtchn_port,
+            # flags), there before the create hooks run so subsystems can size themselves.
+            d.config = dict(config or {})
             # shared_info: one frame owned by the domain (Xen's is Xen-heap, shared with it).
             d.shared_info_mfn = self.frames.alloc(domid, 1)[0]
             self.domains[domid] = d
