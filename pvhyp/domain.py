@@ -43,6 +43,10 @@ class VCPU:
         # --- timers / time (pvhyp/time) ---
         self.timer: Any = None
 
+        # --- PV-visible vCPU state (pvhyp/pv_vcpu) and scheduling (pvhyp/sched) ---
+        self.pv: Any = None
+        self.sched: Any = None
+
         # --- event channels: ports bound to this vCPU's VIRQs ---
         self.virq_to_evtchn: dict[int, int] = {}
 
@@ -68,6 +72,8 @@ class VCPU:
     def kick(self) -> None:
         """Make the vCPU notice new work (a pending event) soon."""
         self.blocked = False
+        if self.sched is not None:
+            self.domain.hv.sched.wake(self)
         if self.wake_callback is not None:
             self.wake_callback(self)
 

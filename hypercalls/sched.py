@@ -1,0 +1,117 @@
+"""HYPERVISOR_sched_op and the legacy sched_op_compat (Xen: common/sched/core.c)."""
+from __future__ import annotations
+
+import struct
+
+from abi import errno as E
+from abi import sched as S
+from abi.arch_x86_xen import XEN_LEGACY_MAX_VCPUS
+from abi.xen import vcpu_info
+from hypercalls import hypercall
+from hypercalls.c_args import c_int, guest_handle_okay
+from pvhyp import pv_vcpu
+
+MAX_POLL_PORTS = 128            # Xen's "fairly arbitrary limit"
+NR_2L_EVENT_CHANNELS = 64 * 64
+_EVTCHN_PENDING_OFFSET = vcpu_info.sizeof() * XEN_LEGACY_MAX_VCPUS     # in shared_info
+
+
+def domain_shutdown(domain, reason: int) -> int:
+    """A recorded SCHEDOP_shutdown_code wins over the reason given now, as in Xen."""
+    with domain.lock:
+        if domain.shutdown_code is None:
+            domain.shutdown_code = reason & 0xFF
+        reason = domain.shutdown_code
+    domain.shutdown(reason)
+    return 0
+
+
+def vcpu_block_enable_events(ctx) -> None:
+    pv_vcpu.local_event_delivery_enable(ctx.vcpu)
+    ctx.hv.sched.block(ctx.vcpu)
+
+
+def evtchn_port_poll(domain, port: int) -> int:
+    """1 if `port` is pending, 0 if not, -EINVAL if it is not a port of `domain`."""
+    evtchn = domain.evtchn
+    if evtchn is not None and hasattr(evtchn, "port_poll"):
+        return evtchn.port_poll(port)
+    if not 0 <= port < NR_2L_EVENT_CHANNELS or not domain.shared_info_mfn:
+        return -E.EINVAL
+    word = domain.hv.memory.read_u64((domain.shared_info_mfn << 12) + _EVTCHN_PENDING_OFFSET + (port // 64) * 8)
+    return (word >> (port % 64)) & 1
+
+
+def do_poll(ctx, poll) -> int:
+    nr_ports = poll["nr_ports"]
+    if nr_ports > MAX_POLL_PORTS:
+        return -E.EINVAL
+    if not guest_handle_okay(ctx, poll["ports"], nr_ports, 4):
+        return -E.EFAULT
+    vcpu = ctx.vcpu
+    if pv_vcpu.local_events_need_delivery(vcpu):
+        return 0
+    ports = []
+    for i in range(nr_ports):
+        port = struct.unpack("<I", ctx.read(poll["ports"] + 4 * i, 4))[0]
+        rc = evtchn_port_poll(ctx.domain, port)
+        if rc:
+            return 0 if rc > 0 else rc
+        ports.append(port)
+    ctx.hv.sched.poll(vcpu, tuple(ports), poll["timeout"])
+    return 0
+
+
+@hypercall("sched_op")
+def do_sched_op(ctx, cmd, arg):
+    cmd = c_int(cmd)
+    if cmd == S.SCHEDOP_yield:
+        ctx.hv.sched.yield_(ctx.vcpu)
+        return 0
+    if cmd == S.SCHEDOP_block:
+        vcpu_block_enable_events(ctx)
+        return 0
+    if cmd == S.SCHEDOP_shutdown:
+        reason = ctx.read_struct(S.sched_shutdown, arg)["reason"]
+        return domain_shutdown(ctx.domain, reason)
+    if cmd == S.SCHEDOP_shutdown_code:
+        reason = ctx.read_struct(S.sched_shutdown, arg)["reason"]
+        with ctx.domain.lock:
+            if ctx.domain.shutdown_code is None:
+                ctx.domain.shutdown_code = reason & 0xFF
+        return 0
+    if cmd == S.SCHEDOP_poll:
+        return do_poll(ctx, ctx.read_struct(S.sched_poll, arg))
+    if cmd == S.SCHEDOP_remote_shutdown:
+        request = ctx.read_struct(S.sched_remote_shutdown, arg)
+        target = ctx.hv.get_domain(request["domain_id"])
+        if target is None:
+            return -E.ESRCH
+        if not ctx.domain.is_privileged:
+            return -E.EPERM
+        return domain_shutdown(target, request["reason"])
+    if cmd == S.SCHEDOP_watchdog:
+        request = ctx.read_struct(S.sched_watchdog, arg)
+        return ctx.hv.time.domain_watchdog(ctx.domain, request["id"], request["timeout"])
+    if cmd == S.SCHEDOP_pin_override:
+        if not ctx.domain.is_privileged:
+            return -E.EPERM
+        pcpu = ctx.read_struct(S.sched_pin_override, arg)["pcpu"]
+        if pcpu >= ctx.hv.sched.nr_pcpus:
+            return -E.EINVAL
+        return 0                        # threads have no pinning: the override is accepted and moot
+    return -E.ENOSYS
+
+
+@hypercall("sched_op_compat")
+def do_sched_op_compat(ctx, cmd, arg):
+    cmd = c_int(cmd)
+    if cmd == S.SCHEDOP_yield:
+        ctx.hv.sched.yield_(ctx.vcpu)
+        return 0
+    if cmd == S.SCHEDOP_block:
+        vcpu_block_enable_events(ctx)
+        return 0
+    if cmd == S.SCHEDOP_shutdown:
+        return domain_shutdown(ctx.domain, arg & 0xFF)
+    return -E.ENOSYS

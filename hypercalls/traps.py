@@ -1,0 +1,43 @@
+"""HYPERVISOR_set_trap_table and HYPERVISOR_set_callbacks (Xen: pv/callback.c)."""
+from __future__ import annotations
+
+from abi import errno as E
+from abi.arch_x86_xen import trap_info
+from abi.fast import codec
+from hypercalls import hypercall
+from pvhyp import pv_vcpu
+
+_TRAP_INFO = codec(trap_info)
+
+# Xen preempts a long table with a continuation; a table that never ends
+# would keep us here forever, so it is cut off (see the report's divergences).
+MAX_TRAP_TABLE_ENTRIES = 1 << 16
+
+
+@hypercall("set_trap_table")
+def do_set_trap_table(ctx, traps):
+    pv = ctx.vcpu.pv
+    if traps == 0:
+        pv_vcpu.clear_trap_table(pv)
+        return 0
+    for i in range(MAX_TRAP_TABLE_ENTRIES):
+        entry = _TRAP_INFO.parse(ctx.read(traps + i * _TRAP_INFO.size, _TRAP_INFO.size))
+        if entry["address"] == 0:
+            return 0
+        rc = pv_vcpu.set_trap_entry(pv, entry["vector"], entry["flags"], entry["cs"], entry["address"])
+        if rc:
+            return rc
+    return -E.EINVAL
+
+
+@hypercall("set_callbacks")
+def do_set_callbacks(ctx, event_address, failsafe_address, syscall_address):
+    """Register the three callbacks with no flags; a non-canonical one is ignored (always 0)."""
+    pv = ctx.vcpu.pv
+    for callback, address in ((pv.event_callback, event_address),
+                              (pv.failsafe_callback, failsafe_address),
+                              (pv.syscall_callback, syscall_address)):
+        if pv_vcpu.is_canonical_address(address):
+            callback.address = address
+            callback.masks_events = False
+    return 0
