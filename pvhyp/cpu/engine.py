@@ -27,6 +27,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from pvhyp.cpu import unicorn_quirks as quirks
 from pvhyp.cpu import xen_layout as L
+from pvhyp.cpu.fastregs import FastRegisters
 from pvhyp.cpu.guest_memory import read_guest_virtual
 
 VECTOR_GP, VECTOR_PF = 13, 14
@@ -44,10 +45,15 @@ REG = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in
        GPR_NAMES + SEGMENT_NAMES + ("rip", "rflags", "cr0", "cr2", "cr3", "cr4", "fs_base", "gs_base")}
 
 
+_GPR_BLOCK_INDEX = {name: i for i, name in enumerate(quirks.GPR_BLOCK_ORDER)}
+_GPR_BLOCK_NAMES = frozenset(_GPR_BLOCK_INDEX)
+
+
 class ExitReason(enum.Enum):
     BUDGET = "budget"                     # instruction/time budget used up
     KICKED = "kicked"                     # kick() from another thread
-    REQUESTED = "requested"               # the host asked to leave (block, shutdown, crash)
+    REQUESTED = "requested"               # the host asked to leave (block, yield, shutdown)
+    GUEST_CRASH = "guest_crash"           # the guest made itself unrunnable (Xen: domain_crash)
     HYPERVISOR_ERROR = "hypervisor_error"  # a bug in a host callback: crash the domain, not us
 
 
@@ -107,7 +113,11 @@ class CpuEngine:
         uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.host_address)
         self.window = layout.allocate_vcpu_window()
         self._bookkeeping = quirks.ExceptionBookkeeping(uc, self._bookkeeping_layout)
+        self._regs = FastRegisters(uc, REG)
         self._setup_control_state()
+        # Reloading a state later (VCPUOP_initialise, a benchmark rerun) needs
+        # CPL0 again for the stub; only a context restore can lower the CPL.
+        self._cpl0_context = uc.context_save()
         self._add_hooks()
         self._entered = False
         self.cr3 = 0            # kept here too: reading CR3 back from unicorn may truncate it
@@ -157,7 +167,7 @@ class CpuEngine:
     def read(self, name: str) -> int:
         if name == "rip" and self._pending_rip is not None:
             return self._pending_rip
-        value = self.uc.reg_read(REG[name])
+        value = self._regs.read((name,))[0]
         if name == "rip":
             self._hook_rip_seen = value
         return value
@@ -166,10 +176,15 @@ class CpuEngine:
         if name == "rip" and self._rip_mode != self._RIP_DIRECT:
             self._pending_rip = value & 0xFFFF_FFFF_FFFF_FFFF
             return
-        self.uc.reg_write(REG[name], value & 0xFFFF_FFFF_FFFF_FFFF)
+        self._regs.write((name,), (value,))
 
-    def read_many(self, names) -> tuple:
-        values = self.uc.reg_read_batch([REG[n] for n in names])
+    def read_many(self, names: tuple) -> tuple:
+        names = tuple(names)
+        if _GPR_BLOCK_NAMES.issuperset(names):
+            block = self._bookkeeping.snapshot_gprs()
+            values = tuple(block[_GPR_BLOCK_INDEX[n]] for n in names)
+        else:
+            values = self._regs.read(names)
         if "rip" in names:
             index = names.index("rip")
             if self._pending_rip is not None:
@@ -182,7 +197,8 @@ class CpuEngine:
         if "rip" in values and self._rip_mode != self._RIP_DIRECT:
             values = dict(values)
             self._pending_rip = values.pop("rip") & 0xFFFF_FFFF_FFFF_FFFF
-        self.uc.reg_write_batch([(REG[n], v & 0xFFFF_FFFF_FFFF_FFFF) for n, v in values.items()])
+        if values:
+            self._regs.write(tuple(values), tuple(values.values()))
 
     @property
     def rip_moved(self) -> bool:
@@ -200,8 +216,9 @@ class CpuEngine:
         if target is None:
             return
         if mode == self._RIP_AFTER_SYSCALL:
-            if self._hook_rip_seen is None or target != self._hook_rip_seen + 2:
-                self.uc.reg_write(X.UC_X86_REG_RIP, (target - 2) & 0xFFFF_FFFF_FFFF_FFFF)
+            bias = self._bookkeeping_layout.syscall_rip_bias
+            if self._hook_rip_seen is None or target != self._hook_rip_seen + 2 or bias != 2:
+                self.uc.reg_write(X.UC_X86_REG_RIP, (target - bias) & 0xFFFF_FFFF_FFFF_FFFF)
         else:
             self.defer_after_stop(lambda: self.uc.reg_write(X.UC_X86_REG_RIP, target))
 
@@ -294,13 +311,17 @@ class CpuEngine:
         frame_maddr = self.layout.entry_stack_maddr(self.window) + L.PAGE_SIZE - len(frame)
         self.memory.write(frame_maddr, frame)
         uc = self.uc
+        uc.context_restore(self._cpl0_context)
         self.set_cr3(state.cr3)
         uc.reg_write(X.UC_X86_REG_CR2, state.cr2)
         for seg in ("ds", "es", "fs", "gs"):
             self.write(seg, getattr(state, seg))
         self.write_many({n: v for n, v in state.gprs.items() if n != "rsp"})
         uc.reg_write(X.UC_X86_REG_RSP, frame_va)
-        uc.emu_start(L.ENTRY_STUB_VA, state.rip)     # just the iretq
+        # Just the iretq.  (Stopping at `until` = the guest RIP instead makes
+        # unicorn probe the page below it, a spurious #PF if that is unmapped.)
+        uc.emu_start(L.ENTRY_STUB_VA, _NEVER_REACHED, 0, 1)
+        self._bookkeeping.rearm()
         # Selector loads reset the bases: set them once at CPL3.
         self.write_many({"fs_base": state.fs_base, "gs_base": state.gs_base})
         self._entered = True

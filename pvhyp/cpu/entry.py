@@ -31,6 +31,8 @@ CALLBACKF_MASK_EVENTS = 1
 # set_segment_base (public/arch-x86/xen-x86_64.h)
 SEGBASE_FS, SEGBASE_GS_USER, SEGBASE_GS_KERNEL, SEGBASE_GS_USER_SEL = 0, 1, 2, 3
 
+_HYPERCALL_ARGS = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9")
+
 HypercallDispatch = Callable[["PvVcpu", int, tuple], int]
 
 
@@ -94,7 +96,7 @@ class PvVcpu:
         self.crash_reason = reason
         if self.on_crash is not None:
             self.on_crash(self, reason)
-        self.engine.request_exit(ExitReason.REQUESTED)
+        self.engine.request_exit(ExitReason.GUEST_CRASH)
 
     # --- state changes asked for by hypercalls ---------------------------------
     def set_trap_table(self, entries) -> None:
@@ -159,15 +161,18 @@ class PvVcpu:
             self.bouncer.bounce_syscall_from_user()
             return
         self.counts["hypercall"] += 1
-        nr, rdi, rsi, rdx, r10, r8, r9, rip = self.engine.read_many(
-            ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "rip"))
+        nr, rdi, rsi, rdx, r10, r8, r9 = self.engine.read_many(_HYPERCALL_ARGS)
         if nr == HYPERVISOR_IRET:
             self.bouncer.do_iret()
             return
         result = -38 if self.dispatch is None else self.dispatch(self, nr, (rdi, rsi, rdx, r10, r8, r9))
         if self.engine.rip_moved:
             return             # the handler moved the guest (e.g. a bounce); it owns rax too
-        self.engine.write_many({"rax": result, "rip": rip + 2})
+        # RIP stays at the syscall: unicorn steps past it after the hook,
+        # unless an event upcall is about to save it in a frame.
+        self.engine.write("rax", result)
+        if self.bouncer.events_deliverable():
+            self.engine.write("rip", self.engine.read("rip") + 2)
 
     def on_exception(self, engine: CpuEngine, vector: int, error_code: int, cr2: int) -> None:
         self._guarded(self._exception, vector, error_code, cr2)

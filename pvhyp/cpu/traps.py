@@ -163,13 +163,13 @@ class TrapBouncer:
         frame_va = stack - 8 * len(frame)
         if not write_guest_virtual(self.memory, engine.cr3, frame_va, struct.pack(f"<{len(frame)}Q", *frame)):
             raise GuestCrash(f"guest kernel stack {frame_va:#x} not writable for a bounce frame")
-        engine.write_many({
-            "rip": address,
-            "rsp": frame_va,
-            "rflags": regs["rflags"] & ~RFLAGS_CLEARED_ON_TRAP,
-            "cs": L.FLAT_KERNEL_CS,
-            "ss": L.FLAT_KERNEL_SS,
-        })
+        new = {"rip": address, "rsp": frame_va, "rflags": regs["rflags"] & ~RFLAGS_CLEARED_ON_TRAP}
+        # Selector writes are slow and 64-bit PV kernel and user share them.
+        if regs["cs"] != L.FLAT_KERNEL_CS:
+            new["cs"] = L.FLAT_KERNEL_CS
+        if regs["ss"] != L.FLAT_KERNEL_SS:
+            new["ss"] = L.FLAT_KERNEL_SS
+        engine.write_many(new)
 
     def bounce_exception(self, vector: int, error_code: int = 0, cr2: int | None = None, regs=None) -> None:
         trap = self.pv.trap_table.get(vector)
@@ -207,13 +207,16 @@ class TrapBouncer:
         self.bounce(cb.address, TBF_INTERRUPT if cb.masks_events else 0, regs=regs)
         self.engine.write("rflags", self.engine.read("rflags") & ~RFLAGS_DF)
 
-    def deliver_pending_events(self) -> bool:
-        """Upcall if vcpu_info says an event is pending and unmasked (every return to guest)."""
+    def events_deliverable(self) -> bool:
         if not self.pv.vcpu_info_maddr or not self.pv.event_callback.address:
             return False
         buf = self.memory.buf
         base = self.pv.vcpu_info_maddr
-        if buf[base + VCPU_INFO_UPCALL_MASK] or not buf[base + VCPU_INFO_UPCALL_PENDING]:
+        return bool(buf[base + VCPU_INFO_UPCALL_PENDING]) and not buf[base + VCPU_INFO_UPCALL_MASK]
+
+    def deliver_pending_events(self) -> bool:
+        """Upcall if vcpu_info says an event is pending and unmasked (every return to guest)."""
+        if not self.events_deliverable():
             return False
         self.bounce(self.pv.event_callback.address, TBF_INTERRUPT)
         return True

@@ -13,6 +13,7 @@ that mis-reports faults.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import mmap
 import struct
 import threading
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import unicorn
 from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_HOOK_INTR, UC_PROT_ALL
 from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 REQUIRED_UNICORN_VERSION = "2.1.4"
 
@@ -48,6 +50,29 @@ class ContextLayout:
     error_code_offset: int
     is_software_int_offset: int
     old_exception_offset: int
+    # unicorn adds this to any RIP a SYSCALL hook writes (the instruction length)
+    syscall_rip_bias: int = 2
+    # QEMU's regs[16] then eip, contiguous: read all GPRs with one context save
+    gpr_block_offset: int = -1
+
+
+# QEMU's register numbering, the order of env->regs[], followed by eip.
+GPR_BLOCK_ORDER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+                   "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip")
+
+
+def discover_gpr_block() -> int:
+    """Offset in the context blob of the general registers and RIP."""
+    uc, _ = _probe_machine()
+    magic = {name: 0x5EED_0000_0000_0000 | (i + 1) << 8 | 0x11 for i, name in enumerate(GPR_BLOCK_ORDER)}
+    for name, value in magic.items():
+        uc.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), value)
+    blob = bytes(uc.context_save())
+    expected = struct.pack(f"<{len(magic)}Q", *magic.values())
+    offset = blob.find(expected)
+    if offset < 0 or blob.find(expected, offset + 1) >= 0:
+        raise UnicornInternalsChanged("general registers not found as one block in the CPU context")
+    return offset
 
 
 class ExceptionBookkeeping:
@@ -60,6 +85,10 @@ class ExceptionBookkeeping:
         self._error_code = ctypes.c_uint32.from_address(base + layout.error_code_offset)
         self._is_software_int = ctypes.c_int32.from_address(base + layout.is_software_int_offset)
         self._old_exception = ctypes.c_int32.from_address(base + layout.old_exception_offset)
+        self._blob = (ctypes.c_char * layout.context_size).from_address(base)
+        self._handle = uc._uch
+        self._gpr_offset = layout.gpr_block_offset
+        self._gpr_block = struct.Struct(f"<{len(GPR_BLOCK_ORDER)}Q")
 
     def consume(self) -> tuple[int, bool]:
         """Acknowledge the exception being delivered.
@@ -76,6 +105,12 @@ class ExceptionBookkeeping:
         self._old_exception.value = -1
         self._uc.context_restore(self._ctx)
         return error_code, is_software_int
+
+    def snapshot_gprs(self) -> tuple:
+        """All GPRs and RIP (GPR_BLOCK_ORDER) with one context save."""
+        if _uclib.uc_context_save(self._handle, self._ctx.context) != 0:
+            raise UnicornInternalsChanged("context save failed")
+        return self._gpr_block.unpack_from(self._blob, self._gpr_offset)
 
     def rearm(self) -> None:
         """Clear `old_exception` between runs: a run stopped by its instruction
@@ -197,6 +232,22 @@ def self_test(layout: ContextLayout, rounds: int = 50) -> None:
             f"fault #{first_bad} delivered as {got}, expected {expected[first_bad]}")
 
 
+def measure_syscall_rip_bias() -> int:
+    """Where execution resumes, relative to the RIP a SYSCALL hook wrote."""
+    from unicorn import UC_HOOK_INSN, UC_HOOK_CODE
+    uc, mem = _probe_machine()
+    code = bytes.fromhex("0f05" + "90" * 14)
+    mem[_CODE:_CODE + len(code)] = code
+    target = _CODE + 8
+    executed: list[int] = []
+    uc.hook_add(UC_HOOK_INSN, lambda uc, _: uc.reg_write(X.UC_X86_REG_RIP, target), None, 1, 0, X.UC_X86_INS_SYSCALL)
+    uc.hook_add(UC_HOOK_CODE, lambda uc, address, size, _: executed.append(address))
+    uc.emu_start(_CODE, _CODE + len(code), count=2)
+    if len(executed) < 2 or not 0 <= executed[1] - target <= 2:
+        raise UnicornInternalsChanged(f"SYSCALL hook RIP write resumed at {executed[1:2]}, target {target:#x}")
+    return executed[1] - target
+
+
 _cached: ContextLayout | None = None
 _cache_lock = threading.Lock()
 
@@ -212,6 +263,8 @@ def verified_layout() -> ContextLayout:
             try:
                 layout = discover_layout()
                 self_test(layout)
+                layout = dataclasses.replace(layout, syscall_rip_bias=measure_syscall_rip_bias(),
+                                             gpr_block_offset=discover_gpr_block())
             except UcError as err:
                 raise UnicornInternalsChanged(f"unicorn probe failed: {err}") from err
             _cached = layout

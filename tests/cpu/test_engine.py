@@ -280,6 +280,7 @@ def test_event_upcall_on_hypercall_return(machine):
 main:
     movb $0, 0x320001        /* unmask events in vcpu_info */
     HYPERCALL 43             /* test hook: marks an event pending */
+after_hypercall:
     mov $0x5a, %rdi
     HYPERCALL HC_LOG
     HYPERCALL HC_EXIT
@@ -304,8 +305,10 @@ event_callback:              /* rcx, r11, rip, cs, rflags, rsp, ss */
         return recorder(v, nr, args)
     vcpu.dispatch = dispatch
     assert vcpu.run(max_insns=100_000) is ExitReason.REQUESTED, vcpu.crash_reason
+    assert rec.log[0][0] == syms["after_hypercall"]
     assert rec.log[0][1] == 1 and rec.log[0][2] & 0x200
     assert rec.log[1][0] == 0x5A
+    assert len(rec.log) == 2
     assert vcpu.engine.memory.buf[info + 1] == 0       # iret restored the mask from IF
 
 
@@ -326,7 +329,7 @@ main:
     ud2
 """)
     vcpu.pv.trap_table.clear()
-    assert vcpu.run(max_insns=1000) is ExitReason.REQUESTED
+    assert vcpu.run(max_insns=1000) is ExitReason.GUEST_CRASH
     assert "unhandled exception vector 6" in vcpu.crash_reason
 
 

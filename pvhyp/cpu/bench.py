@@ -1,0 +1,85 @@
+"""Micro-benchmarks of the CPU engine (`pvhyp bench hypercall` uses these).
+
+Both run a minimal PV kernel built here from raw machine code, so they need
+no assembler: a loop of hypercalls answered by a no-op dispatcher, and a
+register/memory compute loop with a known instruction count.
+"""
+from __future__ import annotations
+
+import struct
+import time
+
+from pvhyp.cpu import xen_layout as L
+from pvhyp.cpu.engine import ExitReason
+from pvhyp.cpu.entry import PvVcpu, initial_state
+from pvhyp.memory import MachineMemory
+
+_MEMORY = 16 << 20
+_HV_FIRST, _HV_COUNT = 0x10, 0x80
+_TABLES_FIRST = 0x100
+_CODE_MFN, _DATA_MFN, _STACK_MFN = 0x200, 0x201, 0x202
+_CODE_VA, _DATA_VA, _STACK_VA = 0x400000, 0x401000, 0x402000
+_EXIT_HYPERCALL = 63
+
+# rcx = iterations; loop: mov $NR,%eax; syscall; dec %rcx; jnz loop; exit.
+_HYPERCALL_LOOP = bytes.fromhex("b800000000" "0f05" "48ffc9" "75f4")
+# loop: add %rax,%rbx; mov %rbx,(%rdi); xor (%rdi),%rdx; dec %rcx; jnz loop  (5 instructions)
+_COMPUTE_LOOP = bytes.fromhex("4801c3" "48891f" "483317" "48ffc9" "75f2")
+_EXIT = b"\xb8" + struct.pack("<I", _EXIT_HYPERCALL) + bytes.fromhex("0f05" "ebfe")
+
+
+class _Machine:
+    def __init__(self, code: bytes):
+        self.memory = MachineMemory(_MEMORY)
+        frames = iter(range(_TABLES_FIRST, _TABLES_FIRST + 16))
+        layout = L.XenLayout(self.memory, L.frames_from_range(_HV_FIRST, _HV_COUNT), ())
+        l4 = next(frames)
+        layout.install_into_l4(l4)
+        tables = {}
+        for va, mfn in ((_CODE_VA, _CODE_MFN), (_DATA_VA, _DATA_MFN), (_STACK_VA, _STACK_MFN)):
+            table = l4
+            for shift in (39, 30, 21):
+                index = (va >> shift) & 0x1FF
+                key = (table, index)
+                if key not in tables:
+                    tables[key] = next(frames)
+                    self.memory.write_u64((table << 12) + index * 8, (tables[key] << 12) | 0x7)
+                table = tables[key]
+            self.memory.write_u64((table << 12) + ((va >> 12) & 0x1FF) * 8, (mfn << 12) | 0x7)
+        self.memory.write(_CODE_MFN << 12, code + _EXIT)
+        self.vcpu = PvVcpu(self.memory, layout, dispatch=self._dispatch)
+        self.state = initial_state(_CODE_VA, _STACK_VA + 0x1000, 0, l4)
+
+    def _dispatch(self, vcpu, nr, args):
+        if nr == _EXIT_HYPERCALL:
+            vcpu.engine.request_exit()
+        return 0
+
+    def run(self, rcx: int, rdi: int = _DATA_VA) -> float:
+        self.state.gprs.update(rcx=rcx, rdi=rdi)
+        self.vcpu.start(self.state)
+        start = time.perf_counter()
+        reason = self.vcpu.run()
+        elapsed = time.perf_counter() - start
+        if reason is not ExitReason.REQUESTED:
+            raise RuntimeError(f"benchmark kernel stopped with {reason}: {self.vcpu.engine.error or self.vcpu.crash_reason}")
+        return elapsed
+
+
+def null_hypercall_roundtrip_us(iterations: int = 20_000) -> float:
+    """Microseconds per guest `syscall` -> dispatcher -> back to guest."""
+    machine = _Machine(_HYPERCALL_LOOP)
+    machine.run(100)                           # warm the translation cache
+    return machine.run(iterations) / iterations * 1e6
+
+
+def compute_mips(iterations: int = 4_000_000) -> float:
+    """Guest instructions per second (millions) for a register/memory loop."""
+    machine = _Machine(_COMPUTE_LOOP)
+    machine.run(1000)
+    return iterations * 5 / machine.run(iterations) / 1e6
+
+
+if __name__ == "__main__":
+    print(f"null hypercall round trip: {null_hypercall_roundtrip_us():.2f} us")
+    print(f"compute: {compute_mips():.0f} MIPS")
