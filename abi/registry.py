@@ -265,7 +265,8 @@ def constant(name: str) -> ConstantEntry:
 # --- walking a construct definition -----------------------------------------------
 _SCALAR_C_TYPES = {
     "B": "uint8_t", "b": "int8_t", "H": "uint16_t", "h": "int16_t",
-    "I": "uint32_t", "i": "int32_t", "Q": "uint64_t", "q": "int64_t",
+    "I": "uint32_t", "i": "int32_t", "L": "uint32_t", "l": "int32_t",
+    "Q": "uint64_t", "q": "int64_t",
 }
 
 
