@@ -172,9 +172,8 @@ class SocketChannel:
     def readconsole(self, domid: int, offset: int = 0, max_bytes: int = 65536) -> tuple[bytes, int]:
         """console_io output of `domid` from absolute `offset`: (data, next offset)."""
         reply, _ = self._request(OP_READCONSOLE, READCONSOLE.pack(domid, 0, max_bytes, offset))
+        self._check(reply, f"readconsole d{domid}")      # a refusal carries only the status
         length, next_offset = READCONSOLE_RESULT.unpack_from(reply)
-        if length < 0:
-            raise ChannelError(-length, f"readconsole d{domid}: error {-length}")
         return reply[READCONSOLE_RESULT.size:READCONSOLE_RESULT.size + length], next_offset
 
     def create_domain(self, nr_pages: int, max_vcpus: int = 1) -> int:

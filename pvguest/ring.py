@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import struct
 
+from abi.io import console as c
+from abi.io import xs_wire as w
+
 _U32 = struct.Struct("<I")
 MASK32 = 0xFFFF_FFFF
 
@@ -71,7 +74,6 @@ class ByteRing:
 
 def xenstore_rings(page: memoryview) -> tuple[ByteRing, ByteRing]:
     """(requests, responses) of a struct xenstore_domain_interface."""
-    from abi.io import xs_wire as w
     req = ByteRing(page, w.XENSTORE_REQ_OFFSET, w.XENSTORE_RING_SIZE,
                    w.XENSTORE_REQ_CONS_OFFSET, w.XENSTORE_REQ_PROD_OFFSET)
     rsp = ByteRing(page, w.XENSTORE_RSP_OFFSET, w.XENSTORE_RING_SIZE,
@@ -79,14 +81,10 @@ def xenstore_rings(page: memoryview) -> tuple[ByteRing, ByteRing]:
     return req, rsp
 
 
-# struct xencons_interface (io/console.h): in[1024], out[2048], in_cons, in_prod, out_cons, out_prod.
-XENCONS_IN_OFFSET, XENCONS_IN_SIZE = 0, 1024
-XENCONS_OUT_OFFSET, XENCONS_OUT_SIZE = 1024, 2048
-XENCONS_IN_CONS, XENCONS_IN_PROD, XENCONS_OUT_CONS, XENCONS_OUT_PROD = 3072, 3076, 3080, 3084
-
-
 def console_rings(page: memoryview) -> tuple[ByteRing, ByteRing]:
     """(input to the guest, output from the guest) of a struct xencons_interface."""
-    into_guest = ByteRing(page, XENCONS_IN_OFFSET, XENCONS_IN_SIZE, XENCONS_IN_CONS, XENCONS_IN_PROD)
-    from_guest = ByteRing(page, XENCONS_OUT_OFFSET, XENCONS_OUT_SIZE, XENCONS_OUT_CONS, XENCONS_OUT_PROD)
+    into_guest = ByteRing(page, c.XENCONS_IN_OFFSET, c.XENCONS_IN_SIZE,
+                          c.XENCONS_IN_CONS_OFFSET, c.XENCONS_IN_PROD_OFFSET)
+    from_guest = ByteRing(page, c.XENCONS_OUT_OFFSET, c.XENCONS_OUT_SIZE,
+                          c.XENCONS_OUT_CONS_OFFSET, c.XENCONS_OUT_PROD_OFFSET)
     return into_guest, from_guest
