@@ -1,0 +1,179 @@
+"""HYPERVISOR_event_channel_op and its pre-3.2 form event_channel_op_compat.
+
+One dispatcher as Xen's do_event_channel_op: copy the op's struct in, run
+the op in pvhyp.event_channel, copy the OUT fields back on success. Xen
+copies back the very struct it read, so bytes the op does not set
+(padding, other union members) go back as the guest wrote them: results
+are patched into the bytes read, never rebuilt from zeros.
+"""
+from __future__ import annotations
+
+from abi import errno as E
+from abi import event_channel as A
+from hypercalls import hypercall
+from pvhyp import event_channel as ev
+
+try:
+    from abi.fast import codec as _fast_codec
+except ImportError:         # abi.fast not landed yet: construct itself, same layout
+    _fast_codec = None
+
+
+class _ConstructCodec:
+    def __init__(self, struct):
+        self.struct = struct
+        self.size = struct.sizeof()
+
+    def parse(self, buf, offset=0):
+        return self.struct.parse(bytes(buf[offset:offset + self.size]))
+
+
+def codec(struct):
+    return _fast_codec(struct) if _fast_codec is not None else _ConstructCodec(struct)
+
+
+def field_offset(struct, name: str) -> int:
+    return ev._field_offset(struct, name)
+
+
+def patch(struct, raw: bytearray, **fields) -> bytearray:
+    """Write `fields` of `struct` into `raw` at their offsets, leaving every other byte."""
+    for name, value in fields.items():
+        offset = 0
+        for sub in struct.subcons:
+            if sub.name == name:
+                data = sub.build(value)
+                raw[offset:offset + len(data)] = data
+                break
+            offset += sub.sizeof()
+        else:
+            raise KeyError(name)
+    return raw
+
+
+def read_op(ctx, struct, addr: int):
+    c = codec(struct)
+    raw = bytearray(ctx.read(addr, c.size))
+    return raw, dict(c.parse(raw))
+
+
+_STATUS_U = field_offset(A.evtchn_status, "u")
+
+
+def _status_out(raw: bytearray, st: dict) -> bytearray:
+    patch(A.evtchn_status, raw, status=st["status"], vcpu=st["vcpu"])
+    u = st["u"]
+    if "unbound" in u:
+        raw[_STATUS_U:_STATUS_U + 2] = u["unbound"]["dom"].to_bytes(2, "little")
+    elif "interdomain" in u:
+        raw[_STATUS_U:_STATUS_U + 2] = u["interdomain"]["dom"].to_bytes(2, "little")
+        raw[_STATUS_U + 4:_STATUS_U + 8] = u["interdomain"]["port"].to_bytes(4, "little")
+    elif "pirq" in u or "virq" in u:
+        raw[_STATUS_U:_STATUS_U + 4] = next(iter(u.values())).to_bytes(4, "little")
+    return raw
+
+
+# op -> (struct, run(ctx, fields) -> rc, OUT field names copied back on success)
+def _alloc_unbound(ctx, f):
+    return ev.evtchn_alloc_unbound(ctx.domain, f)
+
+
+def _bind_interdomain(ctx, f):
+    return ev.evtchn_bind_interdomain(ctx.domain, f)
+
+
+def _bind_virq(ctx, f):
+    return ev.evtchn_bind_virq(ctx.domain, f)
+
+
+def _bind_ipi(ctx, f):
+    return ev.evtchn_bind_ipi(ctx.domain, f)
+
+
+def _bind_pirq(ctx, f):
+    return ev.evtchn_bind_pirq(ctx.domain, f)
+
+
+def _close(ctx, f):
+    return ev.evtchn_close(ctx.domain, f["port"])
+
+
+def _send(ctx, f):
+    return ev.evtchn_send(ctx.domain, f["port"])
+
+
+def _status(ctx, f):
+    return ev.evtchn_status(ctx.domain, f)
+
+
+def _bind_vcpu(ctx, f):
+    return ev.evtchn_bind_vcpu(ctx.domain, f["port"], f["vcpu"])
+
+
+def _unmask(ctx, f):
+    return ev.evtchn_unmask(ctx.domain, f["port"])
+
+
+def _reset(ctx, f):
+    d = ev.domain_by_any_id(ctx.domain, f["dom"])
+    if d is None:
+        return -E.ESRCH
+    if not ev.xsm_target(ctx.domain, d):
+        return -E.EPERM
+    return ev.evtchn_reset(ctx.domain, d)
+
+
+def _fifo_unavailable(ctx, f):
+    # pvhyp offers the 2-level ABI only; guests fall back to it on any error.
+    return -E.ENOSYS
+
+
+OPS = {
+    A.EVTCHNOP_alloc_unbound: (A.evtchn_alloc_unbound, _alloc_unbound, ("port",)),
+    A.EVTCHNOP_bind_interdomain: (A.evtchn_bind_interdomain, _bind_interdomain, ("local_port",)),
+    A.EVTCHNOP_bind_virq: (A.evtchn_bind_virq, _bind_virq, ("port",)),
+    A.EVTCHNOP_bind_ipi: (A.evtchn_bind_ipi, _bind_ipi, ("port",)),
+    A.EVTCHNOP_bind_pirq: (A.evtchn_bind_pirq, _bind_pirq, ("port",)),
+    A.EVTCHNOP_close: (A.evtchn_close, _close, ()),
+    A.EVTCHNOP_send: (A.evtchn_send, _send, ()),
+    A.EVTCHNOP_status: (A.evtchn_status, _status, None),
+    A.EVTCHNOP_bind_vcpu: (A.evtchn_bind_vcpu, _bind_vcpu, ()),
+    A.EVTCHNOP_unmask: (A.evtchn_unmask, _unmask, ()),
+    A.EVTCHNOP_reset: (A.evtchn_reset, _reset, ()),
+}
+FIFO_OPS = (A.EVTCHNOP_init_control, A.EVTCHNOP_expand_array, A.EVTCHNOP_set_priority)
+
+# The ops the legacy hypercall forwards (Xen's do_event_channel_op_compat).
+COMPAT_OPS = (A.EVTCHNOP_bind_interdomain, A.EVTCHNOP_bind_virq, A.EVTCHNOP_bind_pirq,
+              A.EVTCHNOP_close, A.EVTCHNOP_send, A.EVTCHNOP_status, A.EVTCHNOP_alloc_unbound,
+              A.EVTCHNOP_bind_ipi, A.EVTCHNOP_bind_vcpu, A.EVTCHNOP_unmask)
+_COMPAT_U = field_offset(A.evtchn_op, "u")
+
+
+@hypercall("event_channel_op")
+def do_event_channel_op(ctx, cmd: int, arg: int) -> int:
+    cmd &= 0xFFFF_FFFF          # Xen's `int cmd`
+    if cmd in FIFO_OPS:
+        return _fifo_unavailable(ctx, None)
+    entry = OPS.get(cmd)
+    if entry is None:
+        return -E.ENOSYS
+    struct, run, outs = entry
+    raw, fields = read_op(ctx, struct, arg)
+    rc = run(ctx, fields)
+    if rc == 0 and outs != ():
+        if outs is None:
+            _status_out(raw, fields)
+        else:
+            patch(struct, raw, **{name: fields[name] for name in outs})
+        ctx.write(arg, bytes(raw))
+    return rc
+
+
+@hypercall("event_channel_op_compat")
+def do_event_channel_op_compat(ctx, uop: int) -> int:
+    raw = ctx.read(uop, A.evtchn_op.sizeof())
+    cmd = int.from_bytes(raw[:4], "little")
+    if cmd not in COMPAT_OPS:
+        return -E.ENOSYS
+    return do_event_channel_op(ctx, cmd, uop + _COMPAT_U)

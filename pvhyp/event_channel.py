@@ -1,0 +1,615 @@
+"""Event channels, 2-level ABI: Xen's common/event_channel.c and event_2l.c.
+
+A port is a small state machine per domain (`Evtchn`); notifying it sets
+its bit in shared_info.evtchn_pending, and unless the port is masked, its
+word's bit in the target vCPU's evtchn_pending_sel and then
+evtchn_upcall_pending. Those bitmaps are guest memory that the guest
+updates with locked instructions, so every write to them is handed to the
+target vCPU with `vcpu.post` (see VCPU.post) and followed by `vcpu.kick()`.
+
+Ops take the calling domain (`current`) first and a dict in the shape of
+the abi struct, fill its OUT fields, and return 0 or -errno, like Xen's
+evtchn_* functions, so hypercalls/event_channel.py stays a thin copy
+in / copy out. One lock for the whole hypervisor's port state: a send
+touches two domains and state changes are short.
+"""
+from __future__ import annotations
+
+import threading
+
+from abi import errno as E
+from abi import xen as X
+from abi.event_channel import (EVTCHNSTAT_closed, EVTCHNSTAT_interdomain, EVTCHNSTAT_ipi,
+                               EVTCHNSTAT_pirq, EVTCHNSTAT_unbound, EVTCHNSTAT_virq)
+from pvhyp.memory import PAGE_SHIFT
+
+# Port states (Xen's ECS_*).
+ECS_FREE, ECS_RESERVED, ECS_UNBOUND, ECS_INTERDOMAIN, ECS_PIRQ, ECS_VIRQ, ECS_IPI = range(7)
+_ECS_TO_STAT = {ECS_FREE: EVTCHNSTAT_closed, ECS_RESERVED: EVTCHNSTAT_closed,
+                ECS_UNBOUND: EVTCHNSTAT_unbound, ECS_INTERDOMAIN: EVTCHNSTAT_interdomain,
+                ECS_PIRQ: EVTCHNSTAT_pirq, ECS_VIRQ: EVTCHNSTAT_virq, ECS_IPI: EVTCHNSTAT_ipi}
+
+BITS_PER_EVTCHN_WORD = 64
+MAX_EVTCHNS_2L = BITS_PER_EVTCHN_WORD * BITS_PER_EVTCHN_WORD     # 4096 on 64-bit
+# Xen allocates ports a page of `struct evtchn` (64 bytes each) at a time;
+# a port beyond the allocated buckets is "not valid" (EINVAL), one inside
+# but unused is "closed". Keeping the same bucket size keeps those answers.
+EVTCHNS_PER_BUCKET = 64
+INT_MAX = 0x7FFF_FFFF
+# libxl's default max_event_channels for a guest; the control domain is unlimited.
+DEFAULT_DOMU_MAX_EVTCHN_PORT = 1023
+
+# Physical IRQs: pvhyp has no devices, so no domain may access any pIRQ.
+# nr_pirqs follows Xen's formula with 16 legacy GSIs (no IO-APIC):
+# nr_static_irqs + extra_domU_irqs (32) or + extra_hwdom_irqs (we take 256).
+NR_STATIC_IRQS = 16
+NR_PIRQS_DOMU = NR_STATIC_IRQS + 32
+NR_PIRQS_HWDOM = NR_STATIC_IRQS + 256
+
+
+def _field_offset(struct, name: str) -> int:
+    offset = 0
+    for sub in struct.subcons:
+        if sub.name == name:
+            return offset
+        offset += sub.sizeof()
+    raise KeyError(name)
+
+
+VCPU_INFO_SIZE = X.vcpu_info.sizeof()
+OFF_UPCALL_PENDING = _field_offset(X.vcpu_info, "evtchn_upcall_pending")
+OFF_PENDING_SEL = _field_offset(X.vcpu_info, "evtchn_pending_sel")
+OFF_EVTCHN_PENDING = _field_offset(X.shared_info, "evtchn_pending")
+OFF_EVTCHN_MASK = _field_offset(X.shared_info, "evtchn_mask")
+XEN_LEGACY_MAX_VCPUS = X.shared_info.subcons[0].sizeof() // VCPU_INFO_SIZE
+
+_GLOBAL_EXCEPTIONS = (X.VIRQ_TIMER, X.VIRQ_DEBUG, X.VIRQ_XENOPROF, X.VIRQ_XENPMU)
+
+
+def virq_is_global(virq: int) -> bool:
+    # x86: arch VIRQs (VIRQ_ARCH_0.. e.g. MCA) are global too.
+    return virq not in _GLOBAL_EXCEPTIONS
+
+
+class Evtchn:
+    __slots__ = ("port", "state", "notify_vcpu_id", "remote_domid", "remote_dom",
+                 "remote_port", "virq", "pirq", "xen_consumer")
+
+    def __init__(self, port: int):
+        self.port = port
+        self.free()
+
+    def free(self) -> None:
+        self.state = ECS_FREE
+        self.notify_vcpu_id = 0
+        self.remote_domid = 0       # ECS_UNBOUND: who may bind
+        self.remote_dom = None      # ECS_INTERDOMAIN: the peer Domain and its port
+        self.remote_port = 0
+        self.virq = 0
+        self.pirq = 0
+        self.xen_consumer = None    # a hypervisor-side consumer: the guest may not close/send
+
+
+class DomainEvtchn:
+    """A domain's ports (domain.evtchn)."""
+
+    def __init__(self, domain, max_evtchn_port: int):
+        self.domain = domain
+        self.chans: list[Evtchn] = []
+        self.max_evtchn_port = max_evtchn_port
+        self.nr_pirqs = NR_PIRQS_HWDOM if domain.is_privileged else NR_PIRQS_DOMU
+        self.resetting = 0          # Xen's next_evtchn: a reset in progress
+        self._grow()
+        self.chans[0].state = ECS_RESERVED
+
+    @property
+    def valid_evtchns(self) -> int:
+        return len(self.chans)
+
+    def _grow(self) -> None:
+        base = len(self.chans)
+        self.chans.extend(Evtchn(base + i) for i in range(EVTCHNS_PER_BUCKET))
+
+    def port_is_valid(self, port: int) -> bool:
+        return 0 <= port < len(self.chans)
+
+    def get(self, port: int) -> Evtchn | None:
+        return self.chans[port] if 0 <= port < len(self.chans) else None
+
+    def max_evtchns(self) -> int:
+        return MAX_EVTCHNS_2L
+
+    def get_free_port(self) -> int:
+        """Xen's get_free_port: the lowest free port, growing by a bucket; -errno if none."""
+        if self.domain.is_dying:
+            return -E.EINVAL
+        limit = min(self.max_evtchn_port, self.max_evtchns() - 1)
+        port = 0
+        while port <= limit:
+            if port >= len(self.chans):
+                self._grow()
+            if self.chans[port].state == ECS_FREE:
+                return port
+            port += 1
+        return -E.ENOSPC
+
+
+# --- lock, attach, lookups ------------------------------------------------------------
+
+_lock = threading.RLock()
+
+
+def attach(hv) -> None:
+    hv.evtchn_lock = _lock
+    hv.domain_create_hooks.append(evtchn_init)
+    hv.domain_destroy_hooks.append(evtchn_destroy)
+    for d in list(hv.domains.values()):
+        if d.evtchn is None:
+            evtchn_init(d)
+
+
+def evtchn_init(d) -> None:
+    d.evtchn = DomainEvtchn(d, INT_MAX if d.is_privileged else DEFAULT_DOMU_MAX_EVTCHN_PORT)
+
+
+def evtchn_destroy(d) -> None:
+    """Close every port (peers' interdomain ports fall back to unbound)."""
+    with _lock:
+        if d.evtchn is None:
+            return
+        for port in range(1, d.evtchn.valid_evtchns):
+            evtchn_close(d, port, guest=False)
+
+
+def set_max_evtchn_port(d, max_port: int) -> None:
+    """The toolstack's max_evtchn_port (XEN_DOMCTL_createdomain's config)."""
+    with _lock:
+        d.evtchn.max_evtchn_port = min(max_port, INT_MAX)
+
+
+def domain_by_any_id(current, domid: int):
+    """Xen's rcu_lock_domain_by_any_id: DOMID_SELF is the caller."""
+    if domid == X.DOMID_SELF:
+        return current
+    return current.hv.domains.get(domid)
+
+
+def xsm_target(src, target) -> bool:
+    """The dummy XSM policy's XSM_TARGET: oneself, or the control domain."""
+    return src is target or src.is_privileged
+
+
+def domain_vcpu(d, vcpu_id: int):
+    if 0 <= vcpu_id < len(d.vcpus):
+        return d.vcpus[vcpu_id]
+    return None
+
+
+# --- the 2-level bitmaps in guest memory ---------------------------------------------
+
+def _shared_info_maddr(d) -> int:
+    return d.shared_info_mfn << PAGE_SHIFT
+
+
+def vcpu_info_maddr(v) -> int | None:
+    """Where v's vcpu_info lives, or None (Xen's dummy_vcpu_info: nothing to write)."""
+    if v.vcpu_info_maddr:
+        return v.vcpu_info_maddr
+    if v.vcpu_id < XEN_LEGACY_MAX_VCPUS and v.domain.shared_info_mfn:
+        return _shared_info_maddr(v.domain) + v.vcpu_id * VCPU_INFO_SIZE
+    return None
+
+
+def _test_bit(buf, maddr: int, nr: int) -> bool:
+    return bool(buf[maddr + (nr >> 3)] & (1 << (nr & 7)))
+
+
+def _test_and_set_bit(buf, maddr: int, nr: int) -> bool:
+    i = maddr + (nr >> 3)
+    bit = 1 << (nr & 7)
+    old = buf[i]
+    buf[i] = old | bit
+    return bool(old & bit)
+
+
+def _test_and_clear_bit(buf, maddr: int, nr: int) -> bool:
+    i = maddr + (nr >> 3)
+    bit = 1 << (nr & 7)
+    old = buf[i]
+    buf[i] = old & ~bit & 0xFF
+    return bool(old & bit)
+
+
+def _mark_events_pending(v, buf) -> None:
+    """vcpu_mark_events_pending, the guest-memory half (run on v's thread)."""
+    info = vcpu_info_maddr(v)
+    if info is not None:
+        _test_and_set_bit(buf, info + OFF_UPCALL_PENDING, 0)
+
+
+def _set_pending_bits(v, port: int) -> None:
+    d = v.domain
+    buf = d.hv.memory.buf
+    shared = _shared_info_maddr(d)
+    if _test_and_set_bit(buf, shared + OFF_EVTCHN_PENDING, port):
+        return
+    if _test_bit(buf, shared + OFF_EVTCHN_MASK, port):
+        return
+    info = vcpu_info_maddr(v)
+    if info is None:
+        return
+    if not _test_and_set_bit(buf, info + OFF_PENDING_SEL, port // BITS_PER_EVTCHN_WORD):
+        _mark_events_pending(v, buf)
+
+
+def _unmask_bits(v, port: int) -> None:
+    d = v.domain
+    buf = d.hv.memory.buf
+    shared = _shared_info_maddr(d)
+    if not _test_and_clear_bit(buf, shared + OFF_EVTCHN_MASK, port):
+        return
+    if not _test_bit(buf, shared + OFF_EVTCHN_PENDING, port):
+        return
+    info = vcpu_info_maddr(v)
+    if info is not None and not _test_and_set_bit(buf, info + OFF_PENDING_SEL,
+                                                   port // BITS_PER_EVTCHN_WORD):
+        _mark_events_pending(v, buf)
+
+
+def evtchn_port_is_pending(d, port: int) -> bool:
+    return 0 <= port < MAX_EVTCHNS_2L and _test_bit(d.hv.memory.buf, _shared_info_maddr(d) + OFF_EVTCHN_PENDING, port)
+
+
+def evtchn_port_is_masked(d, port: int) -> bool:
+    return port >= MAX_EVTCHNS_2L or _test_bit(d.hv.memory.buf, _shared_info_maddr(d) + OFF_EVTCHN_MASK, port)
+
+
+def evtchn_set_pending(v, port: int) -> None:
+    """Mark `port` of v's domain pending and notify v (event_2l's set_pending)."""
+    d = v.domain
+    hv = d.hv
+    if hv.trace.enabled:
+        hv.trace.emit("event", d.domid, v.vcpu_id, op="set_pending", port=port)
+    v.post(lambda: _set_pending_bits(v, port))
+    v.kick()
+    evtchn_check_pollers(d, port)
+
+
+def evtchn_check_pollers(d, port: int) -> None:
+    """Wake vCPUs blocked in SCHEDOP_poll on this port (vcpu.poll_evtchn: None = not polling, 0 = any)."""
+    for v in d.vcpus:
+        want = getattr(v, "poll_evtchn", None)
+        if want is not None and (want <= 0 or want == port):
+            v.poll_evtchn = None
+            v.kick()
+
+
+def _port_set_pending(d, vcpu_id: int, chn: Evtchn) -> None:
+    v = domain_vcpu(d, vcpu_id)
+    if v is not None:
+        evtchn_set_pending(v, chn.port)
+
+
+def _clear_pending(d, port: int) -> None:
+    v = d.vcpus[0] if d.vcpus else None
+    buf = d.hv.memory.buf
+    addr = _shared_info_maddr(d) + OFF_EVTCHN_PENDING
+    if v is None:
+        _test_and_clear_bit(buf, addr, port)
+    else:
+        v.post(lambda: _test_and_clear_bit(buf, addr, port))
+
+
+def _free(d, chn: Evtchn) -> None:
+    _clear_pending(d, chn.port)
+    chn.free()
+
+
+# --- the ops --------------------------------------------------------------------------
+
+def evtchn_alloc_unbound(current, alloc: dict) -> int:
+    d = domain_by_any_id(current, alloc["dom"])
+    if d is None:
+        return -E.ESRCH
+    with _lock:
+        port = d.evtchn.get_free_port()
+        if port < 0:
+            return port
+        if not xsm_target(current, d):
+            return -E.EPERM
+        chn = d.evtchn.chans[port]
+        chn.state = ECS_UNBOUND
+        remote = alloc["remote_dom"]
+        chn.remote_domid = current.domid if remote == X.DOMID_SELF else remote
+        alloc["port"] = port
+    return 0
+
+
+def evtchn_bind_interdomain(current, bind: dict) -> int:
+    rd = domain_by_any_id(current, bind["remote_dom"])
+    if rd is None:
+        return -E.ESRCH
+    with _lock:
+        lport = current.evtchn.get_free_port()
+        if lport < 0:
+            return lport
+        rchn = rd.evtchn.get(bind["remote_port"])
+        if rchn is None or rchn.state != ECS_UNBOUND or rchn.remote_domid != current.domid:
+            return -E.EINVAL
+        lchn = current.evtchn.chans[lport]
+        lchn.state = ECS_INTERDOMAIN
+        lchn.remote_dom, lchn.remote_port = rd, rchn.port
+        rchn.state = ECS_INTERDOMAIN
+        rchn.remote_dom, rchn.remote_port = current, lport
+        # Notifications sent to the unbound remote port were dropped: be
+        # conservative, as Xen is, and mark the new local port pending.
+        _port_set_pending(current, lchn.notify_vcpu_id, lchn)
+        bind["local_port"] = lport
+    return 0
+
+
+def evtchn_bind_virq(current, bind: dict) -> int:
+    virq, vcpu = bind["virq"], bind["vcpu"]
+    if not 0 <= virq < X.NR_VIRQS:
+        return -E.EINVAL
+    if virq_is_global(virq) and vcpu != 0:
+        return -E.EINVAL
+    v = domain_vcpu(current, vcpu)
+    if v is None:
+        return -E.ENOENT
+    with _lock:
+        if v.virq_to_evtchn.get(virq):
+            return -E.EEXIST
+        port = current.evtchn.get_free_port()
+        if port < 0:
+            return port
+        chn = current.evtchn.chans[port]
+        chn.state = ECS_VIRQ
+        chn.notify_vcpu_id = vcpu
+        chn.virq = virq
+        v.virq_to_evtchn[virq] = port
+        bind["port"] = port
+    return 0
+
+
+def evtchn_bind_ipi(current, bind: dict) -> int:
+    vcpu = bind["vcpu"]
+    if domain_vcpu(current, vcpu) is None:
+        return -E.ENOENT
+    with _lock:
+        port = current.evtchn.get_free_port()
+        if port < 0:
+            return port
+        chn = current.evtchn.chans[port]
+        chn.state = ECS_IPI
+        chn.notify_vcpu_id = vcpu
+        bind["port"] = port
+    return 0
+
+
+def evtchn_bind_pirq(current, bind: dict) -> int:
+    if bind["pirq"] >= current.evtchn.nr_pirqs:
+        return -E.EINVAL
+    # pirq_access_permitted: no pIRQ is ever mapped to a domain here.
+    return -E.EPERM
+
+
+def evtchn_close(d1, port1: int, guest: bool = True) -> int:
+    with _lock:
+        chn1 = d1.evtchn.get(port1)
+        if chn1 is None:
+            return -E.EINVAL
+        if chn1.xen_consumer is not None and guest:
+            return -E.EINVAL
+        state = chn1.state
+        if state in (ECS_FREE, ECS_RESERVED):
+            return -E.EINVAL
+        if state == ECS_VIRQ:
+            for v in d1.vcpus:
+                if v.virq_to_evtchn.get(chn1.virq) == port1:
+                    del v.virq_to_evtchn[chn1.virq]
+        elif state == ECS_INTERDOMAIN:
+            d2 = chn1.remote_dom
+            chn2 = d2.evtchn.get(chn1.remote_port)
+            if chn2 is None or chn2.state != ECS_INTERDOMAIN or chn2.remote_dom is not d1:
+                raise AssertionError(f"d{d1.domid} port {port1}: peer link broken")
+            _free(d1, chn1)
+            chn2.state = ECS_UNBOUND
+            chn2.remote_dom = None
+            chn2.remote_port = 0
+            chn2.remote_domid = d1.domid
+            return 0
+        _free(d1, chn1)
+    return 0
+
+
+def evtchn_send(ld, lport: int) -> int:
+    """EVTCHNOP_send from `ld`: notify the other end of an interdomain port, or our own vCPU for an IPI."""
+    with _lock:
+        lchn = ld.evtchn.get(lport)
+        if lchn is None:
+            return -E.EINVAL
+        if lchn.xen_consumer is not None:
+            return -E.EINVAL
+        if ld.hv.trace.enabled:
+            ld.hv.trace.emit("event", ld.domid, 0, op="send", port=lport, state=lchn.state)
+        if lchn.state == ECS_INTERDOMAIN:
+            rd, rport = lchn.remote_dom, lchn.remote_port
+            rchn = rd.evtchn.chans[rport]
+            if rchn.xen_consumer is not None:
+                consumer = rchn.xen_consumer
+                vcpu = domain_vcpu(rd, rchn.notify_vcpu_id)
+            else:
+                _port_set_pending(rd, rchn.notify_vcpu_id, rchn)
+                return 0
+        elif lchn.state == ECS_IPI:
+            _port_set_pending(ld, lchn.notify_vcpu_id, lchn)
+            return 0
+        elif lchn.state == ECS_UNBOUND:
+            return 0            # nobody bound yet: dropped silently
+        else:
+            return -E.EINVAL
+    consumer(vcpu, rport)       # outside the lock, as Xen calls xen_notification_fn
+    return 0
+
+
+def evtchn_status(current, status: dict) -> int:
+    d = domain_by_any_id(current, status["dom"])
+    if d is None:
+        return -E.ESRCH
+    with _lock:
+        chn = d.evtchn.get(status["port"])
+        if chn is None:
+            return -E.EINVAL
+        if not xsm_target(current, d):
+            return -E.EPERM
+        status["status"] = _ECS_TO_STAT[chn.state]
+        u = {}
+        if chn.state == ECS_UNBOUND:
+            u = {"unbound": {"dom": chn.remote_domid}}
+        elif chn.state == ECS_INTERDOMAIN:
+            u = {"interdomain": {"dom": chn.remote_dom.domid, "port": chn.remote_port}}
+        elif chn.state == ECS_PIRQ:
+            u = {"pirq": chn.pirq}
+        elif chn.state == ECS_VIRQ:
+            u = {"virq": chn.virq}
+        status["u"] = u
+        status["vcpu"] = chn.notify_vcpu_id
+    return 0
+
+
+def evtchn_bind_vcpu(current, port: int, vcpu_id: int) -> int:
+    v = domain_vcpu(current, vcpu_id)
+    if v is None:
+        return -E.ENOENT
+    with _lock:
+        chn = current.evtchn.get(port)
+        if chn is None:
+            return -E.EINVAL
+        if chn.xen_consumer is not None:
+            return -E.EINVAL
+        if chn.state == ECS_VIRQ:
+            if not virq_is_global(chn.virq):
+                return -E.EINVAL
+            chn.notify_vcpu_id = vcpu_id
+        elif chn.state in (ECS_UNBOUND, ECS_INTERDOMAIN, ECS_PIRQ):
+            chn.notify_vcpu_id = vcpu_id
+        else:
+            return -E.EINVAL
+    return 0
+
+
+def evtchn_unmask(current, port: int) -> int:
+    with _lock:
+        chn = current.evtchn.get(port)
+        if chn is None:
+            return -E.EINVAL
+        v = domain_vcpu(current, chn.notify_vcpu_id)
+    v.post(lambda: _unmask_bits(v, port))
+    v.kick()
+    return 0
+
+
+def evtchn_reset(current, d) -> int:
+    """Close all of d's ports (the caller has checked XSM_TARGET)."""
+    if d is not current and not d.pause_count:
+        return -E.EINVAL
+    with _lock:
+        if d.evtchn.resetting:
+            return -E.EBUSY
+        d.evtchn.resetting = 1
+        try:
+            for port in range(1, d.evtchn.valid_evtchns):
+                evtchn_close(d, port, guest=True)
+        finally:
+            d.evtchn.resetting = 0
+    return 0
+
+
+# --- mechanisms for other subsystems --------------------------------------------------
+
+def send_guest_vcpu_virq(v, virq: int) -> None:
+    """A per-vCPU VIRQ (timer, debug) fired on v."""
+    d = v.domain
+    with _lock:
+        port = v.virq_to_evtchn.get(virq, 0)
+        if not port or d.evtchn is None:
+            return
+        evtchn_set_pending(v, port)
+
+
+def send_guest_global_virq(d, virq: int) -> None:
+    """A global VIRQ (console, dom_exc): bound on vCPU 0, delivered to the port's notify vCPU."""
+    if d is None or not d.vcpus:
+        return
+    with _lock:
+        port = d.vcpus[0].virq_to_evtchn.get(virq, 0)
+        if not port or d.evtchn is None:
+            return
+        chn = d.evtchn.chans[port]
+        _port_set_pending(d, chn.notify_vcpu_id, chn)
+
+
+def alloc_unbound_xen_event_channel(ld, lvcpu: int, remote_domid: int, notification_fn) -> int:
+    """A port whose notifications go to a hypervisor-side consumer; returns the port or -errno."""
+    with _lock:
+        port = ld.evtchn.get_free_port()
+        if port < 0:
+            return port
+        chn = ld.evtchn.chans[port]
+        chn.state = ECS_UNBOUND
+        chn.xen_consumer = notification_fn
+        chn.notify_vcpu_id = lvcpu
+        chn.remote_domid = remote_domid
+        return port
+
+
+def notify_via_xen_event_channel(ld, lport: int) -> None:
+    """The hypervisor-side consumer signals its peer."""
+    with _lock:
+        lchn = ld.evtchn.get(lport)
+        if lchn is None or lchn.state != ECS_INTERDOMAIN:
+            return
+        rd, rchn = lchn.remote_dom, lchn.remote_dom.evtchn.chans[lchn.remote_port]
+        _port_set_pending(rd, rchn.notify_vcpu_id, rchn)
+
+
+# --- consistency (the fuzzer's oracle) -----------------------------------------------
+
+def check_consistency(hv) -> list[str]:
+    """Every port's state agrees with its peer and VIRQ table; [] when all is well."""
+    problems: list[str] = []
+    with _lock:
+        for d in list(hv.domains.values()):
+            ev = d.evtchn
+            if ev is None:
+                continue
+            if ev.valid_evtchns % EVTCHNS_PER_BUCKET or ev.valid_evtchns > MAX_EVTCHNS_2L:
+                problems.append(f"d{d.domid}: valid_evtchns {ev.valid_evtchns}")
+            if ev.chans[0].state != ECS_RESERVED:
+                problems.append(f"d{d.domid}: port 0 not reserved")
+            for chn in ev.chans:
+                where = f"d{d.domid} port {chn.port}"
+                if chn.port > ev.max_evtchn_port and chn.state not in (ECS_FREE, ECS_RESERVED):
+                    problems.append(f"{where}: in use beyond max_evtchn_port")
+                if chn.state not in (ECS_FREE, ECS_RESERVED) and not 0 <= chn.notify_vcpu_id < len(d.vcpus):
+                    problems.append(f"{where}: notify vcpu {chn.notify_vcpu_id} out of range")
+                if chn.state == ECS_INTERDOMAIN:
+                    rd = chn.remote_dom
+                    if rd is None or hv.domains.get(rd.domid) is not rd:
+                        problems.append(f"{where}: peer domain gone")
+                        continue
+                    peer = rd.evtchn.get(chn.remote_port)
+                    if peer is None or peer.state != ECS_INTERDOMAIN or peer.remote_dom is not d \
+                            or peer.remote_port != chn.port:
+                        problems.append(f"{where}: peer d{rd.domid} port {chn.remote_port} does not point back")
+                elif chn.state == ECS_VIRQ:
+                    v = domain_vcpu(d, chn.notify_vcpu_id if not virq_is_global(chn.virq) else 0)
+                    if v is None or v.virq_to_evtchn.get(chn.virq) != chn.port:
+                        problems.append(f"{where}: virq {chn.virq} not in the vcpu's table")
+            for v in d.vcpus:
+                for virq, port in v.virq_to_evtchn.items():
+                    chn = ev.get(port)
+                    if chn is None or chn.state != ECS_VIRQ or chn.virq != virq:
+                        problems.append(f"d{d.domid}v{v.vcpu_id}: virq {virq} -> port {port} not a VIRQ port")
+    return problems
