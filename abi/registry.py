@@ -318,16 +318,21 @@ def members(inner) -> list[tuple[Construct, int]]:
     return placed
 
 
-def fields(construct: Construct, *, array_elements: bool = True) -> list[FieldInfo]:
+def fields(construct: Construct, *, array_elements: bool = True,
+           include_padding: bool = False) -> list[FieldInfo]:
     """Every named member, depth first.  With ``array_elements``, members of
     an array's first element are listed too (as ``name[0].member``), which is
-    what the header cross-check needs; the teaching view leaves them out."""
+    what the header cross-check needs; the teaching view leaves them out and
+    shows the compiler's alignment gaps instead (``include_padding``)."""
     found: list[FieldInfo] = []
 
     def walk(aggregate, base_path, base_offset, depth):
         for sub, offset in members(aggregate):
-            if not sub.name:
-                continue  # explicit padding: no C twin
+            if not sub.name:  # explicit padding: no C twin
+                if include_padding:
+                    found.append(FieldInfo(f"{base_path}(padding)", "(padding)", depth,
+                                           base_offset + offset, sub.sizeof(), "", "alignment gap"))
+                continue
             inner, note, _ = unwrap(sub)
             path = f"{base_path}{sub.name}"
             at = base_offset + offset
