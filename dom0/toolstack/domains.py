@@ -47,6 +47,7 @@ class Guest:
     local_ports: list[int] = field(default_factory=list)    # dom0's ends of its event channels
     shutdown_seen: str | None = None
     paused: bool = False
+    kind: str = "python"        # or "x86": built by dom0.builder, run by the CPU engine
 
 
 class Toolstack:
@@ -59,6 +60,7 @@ class Toolstack:
         self.run_dir = run_dir
         self.guests: dict[int, Guest] = {}
         self.started = time.time()
+        self.xc = None          # dom0.xc.XenCtrl, made on first use (x86 guests)
         entries.write_dom0(xs)
 
     # --- lookups ---
@@ -93,21 +95,54 @@ class Toolstack:
             raise ToolstackError(str(e)) from None
         if any(g.name == cfg.name for g in self.guests.values()):
             raise ToolstackError(f"domain {cfg.name!r} already exists")
-        if cfg.python_guest is None:
-            return self._create_x86(cfg)
-        guest = self._create_python(cfg)
+        guest = self._create_python(cfg) if cfg.python_guest else self._create_x86(cfg)
         return {"domid": guest.domid, "name": guest.name, "warnings": cfg.warnings,
                 "tty": self.consoles.sessions[guest.domid].tty}
 
-    def _create_x86(self, cfg: DomainConfig) -> dict:
+    def _create_x86(self, cfg: DomainConfig, uuid: str | None = None) -> Guest:
+        """xl create of a PV kernel: createdomain, the builder, the rings, unpause."""
         try:
-            import dom0.builder as builder
-            build = builder.build_pv_domain
-        except (ImportError, AttributeError) as e:
-            raise ToolstackError(f"cannot boot x86 kernel {cfg.kernel}: the PV domain builder is "
-                                 f"not available yet ({e})") from None
-        raise ToolstackError(f"cannot boot x86 kernel {cfg.kernel}: the toolstack does not drive "
-                             f"the domain builder ({build.__name__}) yet")
+            from dom0.builder import BuildError, build_pv_domain
+            from dom0.xc import XenCtrl, XenError
+        except ImportError as e:
+            raise ToolstackError(f"cannot boot {cfg.kernel}: the PV domain builder is not available ({e})") from None
+        try:
+            with open(cfg.kernel, "rb") as f:
+                kernel = f.read()
+            ramdisk = b""
+            if cfg.ramdisk:
+                with open(cfg.ramdisk, "rb") as f:
+                    ramdisk = f.read()
+        except OSError as e:
+            raise ToolstackError(f"{e.filename}: cannot read: {e.strerror}") from None
+        if self.xc is None:
+            self.xc = XenCtrl(self.channel)
+        xc = self.xc
+        guest_uuid = uuid or cfg.uuid or str(uuidlib.uuid4())
+        try:
+            domid = xc.domain_create(max_vcpus=cfg.maxvcpus, handle=uuidlib.UUID(guest_uuid).bytes)
+        except XenError as e:
+            raise ToolstackError(f"the hypervisor refused to create {cfg.name!r}: {e}") from None
+        guest = Guest(domid, cfg.name, cfg, guest_uuid, time.time(), kind="x86")
+        self.guests[domid] = guest
+        try:
+            store_port, store_local = self._bind(guest)
+            console_port, console_local = self._bind(guest)
+            built = build_pv_domain(xc, domid, kernel, cfg.memory, ramdisk=ramdisk, cmdline=cfg.cmdline,
+                                    store_evtchn=store_port, console_evtchn=console_port)
+            lay = built.layout
+            store_page, console_page = self.channel.map_foreign(domid, [lay.xenstore_pfn, lay.console_pfn])
+            self._connect(guest, store_page, built.p2m[lay.xenstore_pfn], store_port, store_local,
+                          console_page, built.p2m[lay.console_pfn], console_port, console_local)
+            xc.domain_unpause(domid)
+        except (BuildError, XenError, ChannelError, EventChannelError) as e:
+            self.destroy(domid)
+            raise ToolstackError(f"building {cfg.name!r} from {cfg.kernel} failed: {e}") from None
+        except Exception as e:
+            log.exception("building %s failed", cfg.name)
+            self.destroy(domid)
+            raise ToolstackError(f"building {cfg.name!r} failed: {e}") from None
+        return guest
 
     def _create_python(self, cfg: DomainConfig, uuid: str | None = None) -> Guest:
         nr_pages = cfg.memory * 256
@@ -166,17 +201,23 @@ class Toolstack:
             "nr_p2m_frames": 0,
         })
         start_page[:len(info)] = info
+        self._connect(guest, store_page, layout.XENSTORE_PFN, store_port, store_local,
+                      console_page, layout.CONSOLE_PFN, console_port, console_local)
+        guest.process = self._spawn(guest)
+
+    def _connect(self, guest: Guest, store_page, store_ref: int, store_port: int, store_local: int,
+                 console_page, console_ref: int, console_port: int, console_local: int) -> None:
+        """libxl's entries, xenstored's introduction and the console backend, for any kind of guest."""
+        cfg, domid = guest.config, guest.domid
         entries.write_domain(self.xs, entries.DomainEntries(
             domid=domid, name=cfg.name, uuid=guest.uuid, memory_kb=cfg.memory * 1024,
             maxmem_kb=cfg.maxmem * 1024, vcpus=cfg.vcpus, maxvcpus=cfg.maxvcpus,
-            kernel=cfg.kernel, cmdline=cfg.cmdline, store_ring_ref=layout.XENSTORE_PFN,
-            store_port=store_port, console_ring_ref=layout.CONSOLE_PFN, console_port=console_port,
+            kernel=cfg.kernel, cmdline=cfg.cmdline, store_ring_ref=store_ref,
+            store_port=store_port, console_ring_ref=console_ref, console_port=console_port,
             start_time=guest.created))
-        self.rings.introduce(domid, store_page, self._notifier(store_local),
-                             gfn=layout.XENSTORE_PFN, port=store_port)
+        self.rings.introduce(domid, store_page, self._notifier(store_local), gfn=store_ref, port=store_port)
         session = self.consoles.add_domain(domid, cfg.name, console_page, self._notifier(console_local))
         entries.write_console_tty(self.xs, domid, session.tty)
-        guest.process = self._spawn(guest)
 
     def _spawn(self, guest: Guest) -> subprocess.Popen:
         sock = self.channel.connect_domain(guest.domid)
@@ -212,9 +253,12 @@ class Toolstack:
                 pass
         entries.remove_domain(self.xs, domid, guest.uuid)
         try:
-            self.channel.destroy_domain(domid)
-        except ChannelError as e:
-            log.warning("destroying d%d: error %d", domid, e.errno)
+            if guest.kind == "x86" and self.xc is not None:
+                self.xc.domain_destroy(domid)
+            else:
+                self.channel.destroy_domain(domid)
+        except Exception as e:       # already gone, or refused: nothing left for dom0 to undo
+            log.warning("destroying d%d: %s", domid, e)
         return {"domid": domid, "name": guest.name}
 
     def destroy_all(self) -> None:
@@ -233,17 +277,27 @@ class Toolstack:
 
     def pause(self, dom) -> dict:
         guest = self._guest(dom)
-        if guest.process is not None and guest.process.poll() is None:
+        if guest.kind == "x86":
+            self._xc_call("pause", lambda: self.xc.domain_pause(guest.domid))
+        elif guest.process is not None and guest.process.poll() is None:
             os.kill(guest.process.pid, signal.SIGSTOP)
         guest.paused = True
         return {"domid": guest.domid}
 
     def unpause(self, dom) -> dict:
         guest = self._guest(dom)
-        if guest.process is not None and guest.process.poll() is None:
+        if guest.kind == "x86":
+            self._xc_call("unpause", lambda: self.xc.domain_unpause(guest.domid))
+        elif guest.process is not None and guest.process.poll() is None:
             os.kill(guest.process.pid, signal.SIGCONT)
         guest.paused = False
         return {"domid": guest.domid}
+
+    def _xc_call(self, what: str, fn) -> None:
+        try:
+            fn()
+        except Exception as e:
+            raise ToolstackError(f"{what} failed: {e}") from None
 
     def console(self, dom) -> dict:
         domid = self.resolve(dom)
@@ -256,7 +310,8 @@ class Toolstack:
 
     def _state(self, info: dict, guest: Guest | None) -> str:
         # xl list's six columns: running, blocked, paused, shutdown, crashed, dying
-        running = guest is None or (guest.process is not None and guest.process.poll() is None)
+        running = (guest is None or guest.kind == "x86"
+                   or (guest.process is not None and guest.process.poll() is None))
         flags = ["r" if running and not info["blocked"] else "-",
                  "b" if info["blocked"] else "-",
                  "p" if info["paused"] or (guest is not None and guest.paused) else "-",
@@ -357,7 +412,10 @@ class Toolstack:
         elif action in ("restart", "rename-restart", "coredump-restart", "soft-reset"):
             self.destroy(guest.domid)
             try:
-                self._create_python(cfg, uuid=guest.uuid) if cfg.python_guest else None
+                if cfg.python_guest:
+                    self._create_python(cfg, uuid=guest.uuid)
+                else:
+                    self._create_x86(cfg, uuid=guest.uuid)
             except ToolstackError as e:
                 log.error("restarting %s failed: %s", guest.name, e)
         # preserve: leave it for `xl destroy`
