@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.evtchn.guestcall import Guest
+
+
+@pytest.fixture
+def a(hv):
+    return Guest(hv, vcpus=2)
+
+
+@pytest.fixture
+def b(hv):
+    return Guest(hv, vcpus=2)
+
+
+@pytest.fixture
+def dom0(hv):
+    return Guest(hv, privileged=True)
+
+
+@pytest.fixture(autouse=True)
+def consistent(hv):
+    """Every test leaves event channels and grants consistent."""
+    yield
+    from pvhyp import event_channel, grant_table
+    assert event_channel.check_consistency(hv) == []
+    assert grant_table.check_consistency(hv) == []
