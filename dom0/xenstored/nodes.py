@@ -110,7 +110,9 @@ def _create(engine, conn, view, path: str, value: bytes) -> None:
     if not conn.privileged:
         # Unprivileged domains own what they create.
         perms = (perms[0]._replace(domid=conn.domid),) + perms[1:]
-    parent = _rewritten(engine, parent, children=parent.children + (basename(missing[-1]),))
+    new_child = basename(missing[-1])
+    if new_child not in parent.children:  # a stale transaction view may list it
+        parent = _rewritten(engine, parent, children=parent.children + (new_child,))
     writes.append((parent_path, parent))
     for depth, name in enumerate(reversed(missing)):
         is_leaf = name == path
@@ -184,6 +186,10 @@ def do_rm(engine, conn, view, payload):
         raise XsError("EINVAL")
     parent_path = parent_of(path)
     parent = view.get(parent_path)
+    if parent is None:
+        # Only a transaction whose snapshot went stale gets here; its commit
+        # fails anyway.  cxenstored answers EINVAL.
+        raise XsError("EINVAL")
     for name, node in _subtree_children_first(view, path):
         # Fire while the node's permissions can still be checked; watchers
         # above the removed root hear about the root only.

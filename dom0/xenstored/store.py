@@ -87,45 +87,46 @@ class Transaction:
         self.store = store
         self.tx_id = tx_id
         self.node_limit = node_limit  # None: unlimited (privileged owner)
-        self.overlay: dict[str, Node | None] = {}  # None: deleted here
+        # Every node the transaction touched, as it sees it (None: absent).
+        # A node is frozen at first access, like cxenstored's per-transaction
+        # copies; only paths in ``modified`` are written back on commit.
+        self.overlay: dict[str, Node | None] = {}
+        self.modified: set[str] = set()
         self.seen_generation: dict[str, int | None] = {}
         self.pending_watch_events: list[tuple[str, bool, tuple | None, tuple | None]] = []
 
-    def _touch(self, path: str) -> None:
-        if path in self.seen_generation:
-            return
-        if self.node_limit is not None and len(self.seen_generation) >= self.node_limit:
-            raise XsError("ENOSPC")
-        committed = self.store.get(path)
-        self.seen_generation[path] = committed.generation if committed else None
-
     def get(self, path: str) -> Node | None:
-        if path in self.overlay:
-            return self.overlay[path]
-        self._touch(path)
-        return self.store.get(path)
+        if path not in self.overlay:
+            if self.node_limit is not None and len(self.overlay) >= self.node_limit:
+                raise XsError("ENOSPC")
+            committed = self.store.get(path)
+            self.seen_generation[path] = committed.generation if committed else None
+            self.overlay[path] = committed
+        return self.overlay[path]
 
     def put(self, path: str, node: Node) -> Node:
-        self._touch(path)
+        self.get(path)
         node = replace(node, generation=self.store.next_generation())
         self.overlay[path] = node
+        self.modified.add(path)
         return node
 
     def delete(self, path: str) -> None:
-        self._touch(path)
+        self.get(path)
         self.overlay[path] = None
+        self.modified.add(path)
 
     def owned_count(self, domid: int) -> int:
         count = self.store.owned_count(domid)
-        for path, node in self.overlay.items():
-            before = self.store.get(path)
+        for path in self.modified:
+            before, after = self.store.get(path), self.overlay[path]
             count -= before is not None and before.owner == domid
-            count += node is not None and node.owner == domid
+            count += after is not None and after.owner == domid
         return count
 
     def creates_nodes(self) -> bool:
-        return any(node is not None and self.store.get(path) is None
-                   for path, node in self.overlay.items())
+        return any(self.overlay[path] is not None and self.store.get(path) is None
+                   for path in self.modified)
 
     def queue_watch_event(self, path: str, exact: bool, perms, old_perms) -> None:
         self.pending_watch_events.append((path, exact, perms, old_perms))
@@ -143,11 +144,11 @@ class Transaction:
             raise XsError("EAGAIN")
         # Parents before children on creation, children first on deletion,
         # so the store is never observed with a dangling child entry.
-        for path in sorted(self.overlay, key=lambda p: (p.count("/"), p)):
+        for path in sorted(self.modified, key=lambda p: (p.count("/"), p)):
             node = self.overlay[path]
             if node is not None:
                 self.store.put(path, node)
-        for path in sorted(self.overlay, key=lambda p: -p.count("/")):
+        for path in sorted(self.modified, key=lambda p: -p.count("/")):
             if self.overlay[path] is None:
                 self.store.delete(path)
 
