@@ -12,7 +12,9 @@ import time
 from pvhyp.cpu import xen_layout as L
 from pvhyp.cpu.engine import ExitReason
 from pvhyp.cpu.entry import PvVcpu, initial_state
+from pvhyp.domain import Domain
 from pvhyp.memory import MachineMemory
+from pvhyp.pv_vcpu import PVVcpuState
 
 _MEMORY = 16 << 20
 _HV_FIRST, _HV_COUNT = 0x10, 0x80
@@ -47,7 +49,9 @@ class _Machine:
                 table = tables[key]
             self.memory.write_u64((table << 12) + ((va >> 12) & 0x1FF) * 8, (mfn << 12) | 0x7)
         self.memory.write(_CODE_MFN << 12, code + _EXIT)
-        self.vcpu = PvVcpu(self.memory, layout, dispatch=self._dispatch)
+        vcpu = Domain(None, domid=1, max_vcpus=1, max_pages=0).vcpus[0]
+        vcpu.pv = PVVcpuState(vcpu)
+        self.vcpu = vcpu.arch = PvVcpu(self.memory, layout, vcpu, dispatch=self._dispatch)
         self.state = initial_state(_CODE_VA, _STACK_VA + 0x1000, 0, l4)
 
     def _dispatch(self, vcpu, nr, args):

@@ -80,19 +80,19 @@ def cpuid_policy(leaf: int, subleaf: int, vcpu_id: int = 0) -> tuple[int, int, i
 class PrivilegedOps:
     """Emulation of the privileged instructions of one PV vCPU.
 
-    `pv` is the vCPU's PvState; `bouncer` its TrapBouncer (for mode-dependent
-    GS bases); `on_new_cr3(mfn) -> bool` hands CR3 writes to the PV MMU.
+    `pv` is the vCPU's PV state (pvhyp.pv_vcpu.PVVcpuState); `bouncer` its
+    TrapBouncer (CR2 goes to vcpu_info too); `on_new_cr3(mfn) -> bool`
+    hands CR3 writes to the PV MMU; `debug_registers` reads/writes DRn the
+    way set_debugreg does (None: reads 0, writes refused).
     """
 
-    def __init__(self, engine, pv, bouncer, vcpu_id: int = 0, on_new_cr3=None):
+    def __init__(self, engine, pv, bouncer, vcpu_id: int = 0, on_new_cr3=None, debug_registers=None):
         self.engine = engine
         self.pv = pv
         self.bouncer = bouncer
         self.vcpu_id = vcpu_id
         self.on_new_cr3 = on_new_cr3
-        self.debugregs = [0] * 8
-        if not pv.cr4:
-            pv.cr4 = CR4_FIXED
+        self.debug_registers = debug_registers
 
     # --- cpuid ---------------------------------------------------------
     def cpuid(self) -> None:
@@ -140,11 +140,12 @@ class PrivilegedOps:
             elif op == 0x22:
                 done = self._write_cr(reg, gpr)
             elif op == 0x21:
-                done = reg < 8 and (self.engine.write(gpr, self.debugregs[reg]) or True)
+                done = self._read_dr(reg, gpr)
             else:
-                done = reg < 8 and self._write_dr(reg, self.engine.read(gpr))
+                done = self._write_dr(reg, self.engine.read(gpr))
         elif op == 0x06:                      # clts
             self.pv.cr0_ts = False
+            self.engine.set_cr0_ts(False)
             done, length = True, i + 2
         elif op == 0x09:                      # wbinvd: nothing cached worth flushing
             done, length = True, i + 2
@@ -157,11 +158,11 @@ class PrivilegedOps:
     # --- MSRs ------------------------------------------------------------
     def _msr_read(self, index: int) -> int | None:
         if index == MSR_FS_BASE:
-            return self.engine.read("fs_base")
+            return self.pv.fs_base
         if index == MSR_GS_BASE:
-            return self.engine.read("gs_base") if self.pv.kernel_mode else self.pv.inactive_gs_base
+            return self.pv.gs_base_kernel if self.pv.kernel_mode else self.pv.gs_base_user
         if index == MSR_SHADOW_GS_BASE:
-            return self.pv.inactive_gs_base if self.pv.kernel_mode else self.engine.read("gs_base")
+            return self.pv.gs_base_user if self.pv.kernel_mode else self.pv.gs_base_kernel
         if index == MSR_EFER:
             return EFER_VALUE
         return _CONSTANT_MSRS.get(index)
@@ -181,11 +182,15 @@ class PrivilegedOps:
         if index in (MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE):
             if not _canonical(value):
                 return False
-            kernel_gs = index == MSR_GS_BASE
-            if index == MSR_FS_BASE or kernel_gs == self.pv.kernel_mode:
-                self.engine.write("fs_base" if index == MSR_FS_BASE else "gs_base", value)
-            else:
-                self.pv.inactive_gs_base = value
+            if index == MSR_FS_BASE:
+                self.pv.fs_base = value
+                self.engine.write("fs_base", value)
+                return True
+            # GS_BASE names the base of the running mode, SHADOW_GS_BASE the other one.
+            kernel_base = (index == MSR_GS_BASE) == self.pv.kernel_mode
+            setattr(self.pv, "gs_base_kernel" if kernel_base else "gs_base_user", value)
+            if index == MSR_GS_BASE:
+                self.engine.write("gs_base", value)
             return True
         if index == MSR_EFER:
             return value == EFER_VALUE or (value ^ EFER_VALUE) & ~0x1 == 0
@@ -200,7 +205,7 @@ class PrivilegedOps:
         elif cr == 3:
             value = self.engine.cr3
         elif cr == 4:
-            value = self.pv.cr4
+            value = CR4_FIXED | (self.pv.cr4 & CR4_GUEST_CONTROLLED)
         else:
             return False
         self.engine.write(gpr, value)
@@ -212,6 +217,7 @@ class PrivilegedOps:
             if (value ^ CR0_HOST) & ~CR0_TS & 0xFFFF_FFFF:
                 return False                  # only TS may change
             self.pv.cr0_ts = bool(value & CR0_TS)
+            self.engine.set_cr0_ts(self.pv.cr0_ts)
             return True
         if cr == 2:
             self.bouncer.set_cr2(value)
@@ -219,15 +225,21 @@ class PrivilegedOps:
         if cr == 3:
             return self.on_new_cr3 is not None and bool(self.on_new_cr3(value >> 12))
         if cr == 4:
-            self.pv.cr4 = CR4_FIXED | (value & CR4_GUEST_CONTROLLED)
+            self.pv.cr4 = value & CR4_GUEST_CONTROLLED
             return True
         return False
 
-    def _write_dr(self, reg: int, value: int) -> bool:
-        if reg in (4, 5):
+    def _read_dr(self, reg: int, gpr: str) -> bool:
+        if reg > 7:
             return False
-        self.debugregs[reg] = value
+        value = self.debug_registers.get(reg) if self.debug_registers else 0
+        if value < 0:
+            return False
+        self.engine.write(gpr, value)
         return True
+
+    def _write_dr(self, reg: int, value: int) -> bool:
+        return reg <= 7 and self.debug_registers is not None and self.debug_registers.set(reg, value) == 0
 
 
 def _canonical(value: int) -> bool:

@@ -33,6 +33,7 @@ from pvhyp.cpu.guest_memory import read_guest_virtual
 VECTOR_GP, VECTOR_PF = 13, 14
 RFLAGS_FIXED = 0x2
 RFLAGS_IF = 0x200
+_CR0_TS = 1 << 3
 
 # A RIP no instruction can have: `until` for emu_start, so only our own
 # stops, budgets and errors end a run.
@@ -120,6 +121,7 @@ class CpuEngine:
         self._cpl0_context = uc.context_save()
         self._add_hooks()
         self._entered = False
+        self._cr0_ts = False
         self.cr3 = 0            # kept here too: reading CR3 back from unicorn may truncate it
         self._stop_reason: ExitReason | None = None
         self._kick_pending = threading.Event()
@@ -238,6 +240,28 @@ class CpuEngine:
             setattr(state, name, values[name])
         return state
 
+    @property
+    def entered(self) -> bool:
+        """True once guest code runs from this state (registers live in unicorn)."""
+        return self._entered
+
+    def set_cr0_ts(self, ts: bool) -> None:
+        """The guest's virtual CR0.TS: with it set, FPU/SSE use raises #NM (Xen's lazy FPU)."""
+        self._cr0_ts = ts
+        cr0 = self.uc.reg_read(X.UC_X86_REG_CR0)
+        wanted = (cr0 | _CR0_TS) if ts else (cr0 & ~_CR0_TS)
+        if wanted != cr0:
+            self.uc.reg_write(X.UC_X86_REG_CR0, wanted)
+
+    def load_data_selector(self, seg: str, selector: int) -> bool:
+        """Load DS/ES/FS/GS as the guest would; an unusable selector loads NUL."""
+        try:
+            self.uc.reg_write(REG[seg], selector & 0xFFFF)
+            return True
+        except UcError:
+            self.uc.reg_write(REG[seg], 0)
+            return False
+
     # --- TLB / address space -------------------------------------------
     def flush_tlb(self) -> None:
         """Forget cached translations (after PTE changes the CPU may have cached)."""
@@ -312,6 +336,7 @@ class CpuEngine:
         self.memory.write(frame_maddr, frame)
         uc = self.uc
         uc.context_restore(self._cpl0_context)
+        self.set_cr0_ts(self._cr0_ts)
         self.set_cr3(state.cr3)
         uc.reg_write(X.UC_X86_REG_CR2, state.cr2)
         for seg in ("ds", "es", "fs", "gs"):

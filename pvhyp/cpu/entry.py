@@ -7,29 +7,29 @@ exception and software-interrupt bounces through the trap table, privileged
 instruction and CPUID emulation, port I/O rules, writable page tables, and
 the event upcall on every return to the guest.
 
-Hypercall handlers reach the PV state through `pv_vcpu.pv` and the helpers
-below (set_trap_table, register_callback, stack_switch, ...).
+The PV state itself (trap table, callbacks, kernel stack, segment bases,
+IOPL, ...) is pvhyp.pv_vcpu.PVVcpuState, changed by the hypercall handlers;
+this module reads it and loads into the CPU what they change (pv_changed).
 """
 from __future__ import annotations
 
+import collections
 import struct
+import threading
 from typing import Callable
 
 from pvhyp.cpu import xen_layout as L
 from pvhyp.cpu.emulate import PrivilegedOps
-from pvhyp.cpu.engine import CpuEngine, CpuState, ExitReason
-from pvhyp.cpu.traps import Callback, GuestCrash, PvState, TrapBouncer, TrapInfo
+from pvhyp.cpu.engine import GPR_NAMES, CpuEngine, CpuState, ExitReason
+from pvhyp.cpu.ptwr import emulate_pagetable_write
+from pvhyp.cpu.traps import GuestCrash, TrapBouncer
 
 HYPERVISOR_IRET = 23
 HYPERCALL_SLOT = 32
 VECTOR_UD, VECTOR_GP, VECTOR_PF = 6, 13, 14
 PFEC_PRESENT, PFEC_WRITE = 0x1, 0x2
 
-# callback_op types (public/callback.h)
-CALLBACKTYPE_EVENT, CALLBACKTYPE_FAILSAFE, CALLBACKTYPE_SYSCALL = 0, 1, 2
-CALLBACKF_MASK_EVENTS = 1
-# set_segment_base (public/arch-x86/xen-x86_64.h)
-SEGBASE_FS, SEGBASE_GS_USER, SEGBASE_GS_KERNEL, SEGBASE_GS_USER_SEL = 0, 1, 2, 3
+VMASST_TYPE_WRITABLE_PAGETABLES = 2
 
 _HYPERCALL_ARGS = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9")
 
@@ -52,7 +52,7 @@ def hypercall_page() -> bytes:
 
 
 def initial_state(entry: int, stack: int, start_info_va: int, l4_mfn: int) -> CpuState:
-    """Registers of a PV64 vCPU as Xen starts it: rsi = start_info, events masked."""
+    """Registers of a PV64 vCPU as Xen's domain builder starts it: rsi = start_info."""
     state = CpuState(rip=entry, cr3=l4_mfn << 12)
     state.gprs["rsp"] = stack
     state.gprs["rsi"] = start_info_va
@@ -60,34 +60,65 @@ def initial_state(entry: int, stack: int, start_info_va: int, l4_mfn: int) -> Cp
 
 
 class PvVcpu:
-    def __init__(self, memory, layout: L.XenLayout, vcpu_id: int = 0,
+    """The CPU side of one PV vCPU; the glue installs it as `vcpu.arch`.
+
+    `vcpu` is a pvhyp.domain.VCPU whose `pv` (pvhyp.pv_vcpu.PVVcpuState) holds
+    the PV state; `dispatch(pv_vcpu, nr, args) -> int` runs hypercalls.
+    """
+
+    def __init__(self, memory, layout: L.XenLayout, vcpu,
                  dispatch: HypercallDispatch | None = None,
                  on_crash: Callable[["PvVcpu", str], None] | None = None,
                  ptwr_emulate: Callable | None = None,
                  on_new_cr3: Callable[[int], bool] | None = None,
+                 debug_registers=None,
                  io_handler: Callable | None = None):
-        self.vcpu_id = vcpu_id
+        self.vcpu = vcpu
+        self.vcpu_id = vcpu.vcpu_id
+        self.pv = vcpu.pv
         self.dispatch = dispatch
         self.on_crash = on_crash
         self.ptwr_emulate = ptwr_emulate
         self.io_handler = io_handler
-        self.vcpu = None                 # the Domain's VCPU, set by the glue
         self.crash_reason: str | None = None
-        self.pv = PvState()
         self.engine = CpuEngine(memory, layout, self)
         self.bouncer = TrapBouncer(self.engine, self.pv)
-        self.priv = PrivilegedOps(self.engine, self.pv, self.bouncer, vcpu_id, on_new_cr3)
-        self.counts = {"hypercall": 0, "exception": 0, "emulated": 0, "event": 0}
+        self.priv = PrivilegedOps(self.engine, self.pv, self.bouncer, self.vcpu_id, on_new_cr3, debug_registers)
+        self.counts = {"hypercall": 0, "exception": 0, "emulated": 0}
+        self._running_thread: threading.Thread | None = None
+        self._posted: collections.deque = collections.deque()
+        self._flush_requested = False
 
     # --- starting and running --------------------------------------------
-    def start(self, state: CpuState, vcpu_info_maddr: int = 0) -> None:
+    def start(self, state: CpuState) -> None:
+        """Load a register state (kernel mode, CR3 = the vCPU's kernel table)."""
         self.pv.kernel_mode = True
         self.pv.kernel_table = state.cr3 >> 12
-        self.pv.vcpu_info_maddr = vcpu_info_maddr
+        self.pv.fs_base, self.pv.gs_base_kernel = state.fs_base, state.gs_base
         self.engine.load_state(state)
 
+    def set_user_regs(self, regs: dict) -> None:
+        """A cpu_user_regs (VCPUOP_initialise / the builder) with the PV state already loaded."""
+        state = CpuState(gprs={name: regs.get(name, 0) for name in GPR_NAMES},
+                         rip=regs.get("rip", 0), rflags=regs.get("rflags", 0x202),
+                         cs=regs.get("cs", L.FLAT_KERNEL_CS), ss=regs.get("ss", L.FLAT_KERNEL_SS),
+                         ds=regs.get("ds", 0), es=regs.get("es", 0), fs=regs.get("fs", 0), gs=regs.get("gs", 0))
+        pv = self.pv
+        state.fs_base = pv.fs_base
+        state.gs_base = pv.gs_base_kernel if pv.kernel_mode else pv.gs_base_user
+        table = pv.kernel_table if pv.kernel_mode or not pv.user_table else pv.user_table
+        state.cr3 = table << 12
+        self.engine.load_state(state)
+        self.engine.set_cr0_ts(pv.cr0_ts)
+        self._sync_gdt()
+
     def run(self, max_insns: int = 0, timeout_us: int = 0) -> ExitReason:
-        return self.engine.run(max_insns, timeout_us)
+        self._running_thread = threading.current_thread()
+        try:
+            self._drain_posted()
+            return self.engine.run(max_insns, timeout_us)
+        finally:
+            self._running_thread = None
 
     def kick(self) -> None:
         self.engine.kick()
@@ -98,49 +129,68 @@ class PvVcpu:
             self.on_crash(self, reason)
         self.engine.request_exit(ExitReason.GUEST_CRASH)
 
-    # --- state changes asked for by hypercalls ---------------------------------
-    def set_trap_table(self, entries) -> None:
-        """entries: iterable of (vector, flags, cs, address); address 0 clears."""
-        for vector, flags, cs, address in entries:
-            if address:
-                self.pv.trap_table[vector & 0xFF] = TrapInfo(vector & 0xFF, flags, cs, address)
-            else:
-                self.pv.trap_table.pop(vector & 0xFF, None)
+    # --- requests from other subsystems (any thread) ------------------------
+    def _on_other_thread(self) -> bool:
+        running = self._running_thread
+        return running is not None and running is not threading.current_thread()
 
-    def register_callback(self, kind: int, address: int, flags: int = 0) -> bool:
-        target = {CALLBACKTYPE_EVENT: "event_callback", CALLBACKTYPE_FAILSAFE: "failsafe_callback",
-                  CALLBACKTYPE_SYSCALL: "syscall_callback"}.get(kind)
-        if target is None:
-            return False
-        setattr(self.pv, target, Callback(address, bool(flags & CALLBACKF_MASK_EVENTS)))
-        return True
-
-    def stack_switch(self, ss: int, sp: int) -> None:
-        self.pv.kernel_ss, self.pv.kernel_sp = ss | 3, sp
-
-    def set_segment_base(self, which: int, value: int) -> bool:
-        kernel = self.pv.kernel_mode
-        if which == SEGBASE_FS:
-            self.engine.write("fs_base", value)
-        elif which in (SEGBASE_GS_USER, SEGBASE_GS_KERNEL):
-            if (which == SEGBASE_GS_KERNEL) == kernel:
-                self.engine.write("gs_base", value)
-            else:
-                self.pv.inactive_gs_base = value
-        elif which == SEGBASE_GS_USER_SEL:
-            # Load the user GS selector; its base is the user base again.
-            self.engine.write("gs", value & 0xFFFF)
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on this vCPU's thread (now, if that is us or it is not running)."""
+        if self._on_other_thread():
+            self._posted.append(fn)
+            self.engine.kick()
         else:
-            return False
-        return True
+            fn()
 
-    def set_user_table(self, mfn: int) -> None:
-        self.pv.user_table = mfn
+    def _drain_posted(self) -> None:
+        if self._flush_requested:
+            self._flush_requested = False
+            self._sync_cr3()
+        while self._posted:
+            self._posted.popleft()()
 
-    def set_kernel_table(self, mfn: int) -> None:
-        self.pv.kernel_table = mfn
-        if self.pv.kernel_mode:
-            self.engine.set_cr3(mfn << 12)
+    def flush_tlb(self) -> None:
+        """A translation may have changed (PTE write, new base pointer): reload CR3 and flush."""
+        if self._on_other_thread():
+            self._flush_requested = True
+            self.engine.kick()
+        else:
+            self._sync_cr3()
+
+    def _sync_cr3(self) -> None:
+        pv = self.pv
+        table = pv.kernel_table if pv.kernel_mode or not pv.user_table else pv.user_table
+        self.engine.set_cr3(table << 12)
+
+    def pv_changed(self, what: str) -> None:
+        """pvhyp.pv_vcpu.notify_arch: load a changed value into the CPU."""
+        self.post(lambda: self._load_pv_value(what))
+
+    def _load_pv_value(self, what: str) -> None:
+        pv, engine = self.pv, self.engine
+        if not engine.entered:
+            return              # set_user_regs / start loads everything
+        if what == "fs_base":
+            engine.write("fs_base", pv.fs_base)
+        elif what in ("gs_base_kernel", "gs_base_user"):
+            if (what == "gs_base_kernel") == pv.kernel_mode:
+                engine.write("gs_base", pv.gs_base_kernel if pv.kernel_mode else pv.gs_base_user)
+        elif what == "gs_sel_user":
+            # One GS selector register serves both modes; loading it resets
+            # the base, so the running mode's base goes back afterwards.
+            engine.load_data_selector("gs", pv.gs_sel_user)
+            engine.write("gs_base", pv.gs_base_kernel if pv.kernel_mode else pv.gs_base_user)
+        elif what == "gdt":
+            self._sync_gdt()
+        elif what == "cr0_ts":
+            engine.set_cr0_ts(pv.cr0_ts)
+
+    def _sync_gdt(self) -> None:
+        pv = self.pv
+        frames = getattr(pv, "gdt_frames", [])
+        count = (getattr(pv, "gdt_ents", 0) + 511) // 512
+        self.engine.layout.set_guest_gdt(self.engine.window, frames[:count])
+        self.engine.flush_tlb()
 
     # --- VcpuHost ------------------------------------------------------------
     def _guarded(self, action, *args) -> None:
@@ -173,6 +223,7 @@ class PvVcpu:
         self.engine.write("rax", result)
         if self.bouncer.events_deliverable():
             self.engine.write("rip", self.engine.read("rip") + 2)
+        self._drain_posted()
 
     def on_exception(self, engine: CpuEngine, vector: int, error_code: int, cr2: int) -> None:
         self._guarded(self._exception, vector, error_code, cr2)
@@ -183,13 +234,16 @@ class PvVcpu:
             if self.priv.emulate_privileged(self.engine.read("rip")):
                 self.counts["emulated"] += 1
                 return
-        if (vector == VECTOR_PF and self.ptwr_emulate is not None and self.pv.writable_pagetables
+        if (vector == VECTOR_PF and self.ptwr_emulate is not None and self._writable_pagetables()
                 and error_code & (PFEC_PRESENT | PFEC_WRITE) == PFEC_PRESENT | PFEC_WRITE):
-            from pvhyp.cpu.ptwr import emulate_pagetable_write
             if emulate_pagetable_write(self, cr2):
                 self.counts["emulated"] += 1
                 return
         self.bouncer.bounce_exception(vector, error_code, cr2)
+
+    def _writable_pagetables(self) -> bool:
+        domain = getattr(self.vcpu, "domain", None)
+        return bool(domain is not None and domain.vm_assist >> VMASST_TYPE_WRITABLE_PAGETABLES & 1)
 
     def on_software_interrupt(self, engine: CpuEngine, vector: int, insn_len: int) -> None:
         self._guarded(self.bouncer.bounce_software_interrupt, vector, insn_len)
@@ -207,7 +261,7 @@ class PvVcpu:
         self._guarded(self.priv.cpuid)
 
     def on_io(self, engine: CpuEngine, port: int, size: int, value: int | None):
-        if self.pv.iopl >= (1 if self.pv.kernel_mode else 3):
+        if self.pv.iopl_ok(self.pv.kernel_mode):
             if self.io_handler is not None:
                 return self.io_handler(self, port, size, value)
             return None if value is not None else (1 << (8 * size)) - 1

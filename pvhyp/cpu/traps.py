@@ -15,7 +15,6 @@ create_bounce_frame / do_iret; the code is ours.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
 from pvhyp.cpu import xen_layout as L
 from pvhyp.cpu.guest_memory import read_guest_virtual, write_guest_virtual
@@ -39,57 +38,18 @@ _IRET_CONTEXT = struct.Struct("<9Q")    # rax r11 rcx flags rip cs rflags rsp ss
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 
 
-@dataclass
-class TrapInfo:
-    vector: int
-    flags: int         # bits 0-1: DPL (who may `int N` it), bit 2: mask events on entry
-    cs: int
-    address: int
-
-    @property
-    def dpl(self) -> int:
-        return self.flags & 3
-
-    @property
-    def masks_events(self) -> bool:
-        return bool(self.flags & 4)
-
-
-@dataclass
-class Callback:
-    address: int = 0
-    masks_events: bool = False
-
-
-@dataclass
-class PvState:
-    """Per-vCPU PV state the entry path needs (Xen's arch_vcpu, PV part)."""
-    kernel_mode: bool = True
-    kernel_table: int = 0            # mfn of the kernel L4
-    user_table: int = 0              # mfn of the user L4 (0 = none)
-    kernel_ss: int = L.FLAT_KERNEL_SS
-    kernel_sp: int = 0               # stack_switch
-    trap_table: dict = field(default_factory=dict)     # vector -> TrapInfo
-    event_callback: Callback = field(default_factory=Callback)
-    failsafe_callback: Callback = field(default_factory=Callback)
-    syscall_callback: Callback = field(default_factory=Callback)
-    inactive_gs_base: int = 0        # the GS base of the mode not running
-    iopl: int = 0                    # physdev set_iopl
-    cr2: int = 0
-    cr0_ts: bool = False
-    cr4: int = 0
-    vcpu_info_maddr: int = 0
-    writable_pagetables: bool = False
-
-
 class GuestCrash(Exception):
     """The guest made its own state unrecoverable (Xen: domain_crash)."""
 
 
 class TrapBouncer:
-    """Builds bounce frames and performs mode switches for one vCPU."""
+    """Builds bounce frames and performs mode switches for one vCPU.
 
-    def __init__(self, engine, pv: PvState):
+    `pv` is the vCPU's PV state (pvhyp.pv_vcpu.PVVcpuState: trap table,
+    callbacks, kernel stack, mode, page-table bases, segment bases).
+    """
+
+    def __init__(self, engine, pv):
         self.engine = engine
         self.pv = pv
         self.memory = engine.memory
@@ -117,11 +77,10 @@ class TrapBouncer:
 
     # --- mode switch -----------------------------------------------------
     def toggle_guest_mode(self) -> None:
+        """Kernel <-> user: page tables and GS base follow the mode (Xen's swapgs)."""
         pv, engine = self.pv, self.engine
-        active_gs = engine.read("gs_base")
-        engine.write("gs_base", pv.inactive_gs_base)
-        pv.inactive_gs_base = active_gs
         pv.kernel_mode = not pv.kernel_mode
+        engine.write("gs_base", pv.gs_base_kernel if pv.kernel_mode else pv.gs_base_user)
         table = pv.kernel_table if pv.kernel_mode or not pv.user_table else pv.user_table
         engine.set_cr3(table << 12)
 

@@ -15,8 +15,10 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
+from pvhyp import pv_vcpu
 from pvhyp.cpu import xen_layout as L
 from pvhyp.cpu.entry import PvVcpu, initial_state
+from pvhyp.domain import Domain
 from pvhyp.memory import MachineMemory
 
 PAGE = 4096
@@ -197,13 +199,17 @@ class GuestMachine:
         image, symbols = assemble(source)
         self.memory.write(self.guest_maddr(KERNEL_BASE), image)
         recorder = Recorder()
-        vcpu = PvVcpu(self.memory, self.layout, dispatch=recorder)
-        kernel_l4 = self.guest_address_space()
-        vcpu.start(initial_state(symbols["_start"], KERNEL_STACK_TOP, 0, kernel_l4),
-                   vcpu_info_maddr=self.guest_maddr(VCPU_INFO_VA))
-        self.memory.buf[self.guest_maddr(VCPU_INFO_VA) + 1] = 1        # events masked, as Xen starts a vCPU
-        vcpu.set_trap_table((vec, 0, L.FLAT_KERNEL_CS, symbols[f"trap_{vec}"]) for vec in TRAP_VECTORS)
-        vcpu.stack_switch(L.FLAT_KERNEL_SS, KERNEL_STACK_TOP - 0x8000)
+        domain = Domain(None, domid=1, max_vcpus=1, max_pages=GUEST_PAGES)
+        vcpu = domain.vcpus[0]
+        vcpu.pv = pv = pv_vcpu.PVVcpuState(vcpu)
+        vcpu.vcpu_info_maddr = self.guest_maddr(VCPU_INFO_VA)
+        self.memory.buf[vcpu.vcpu_info_maddr + 1] = 1          # events masked, as Xen starts a vCPU
+        cpu = PvVcpu(self.memory, self.layout, vcpu, dispatch=recorder)
+        vcpu.arch = cpu
+        cpu.start(initial_state(symbols["_start"], KERNEL_STACK_TOP, 0, self.guest_address_space()))
+        for vec in TRAP_VECTORS:
+            pv_vcpu.set_trap_entry(pv, vec, 0, L.FLAT_KERNEL_CS, symbols[f"trap_{vec}"])
+        pv.kernel_sp = KERNEL_STACK_TOP - 0x8000
         if with_user_table:
-            vcpu.set_user_table(self.guest_address_space())
-        return vcpu, recorder, symbols
+            vcpu.guest_table_user = self.guest_address_space()
+        return cpu, recorder, symbols

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from guest_kit import HOLE_VA, KERNEL_STACK_TOP, RO_PAGE_VA, GuestMachine, USER_STACK_TOP
+from pvhyp import pv_vcpu
 from pvhyp.cpu import xen_layout as L
 from pvhyp.cpu.engine import ExitReason
 from pvhyp.cpu.unicorn_quirks import verified_layout
@@ -108,7 +109,8 @@ fault_int33:
     int $33                  /* DPL0 gate: #GP((33<<3)|2) at the instruction */
     HYPERCALL HC_EXIT
 """)
-    vcpu.set_trap_table([(32, 3, L.FLAT_KERNEL_CS, syms["trap_32"]), (33, 0, L.FLAT_KERNEL_CS, syms["trap_33"])])
+    pv_vcpu.set_trap_entry(vcpu.pv, 32, 3, L.FLAT_KERNEL_CS, syms["trap_32"])
+    pv_vcpu.set_trap_entry(vcpu.pv, 33, 0, L.FLAT_KERNEL_CS, syms["trap_33"])
     assert vcpu.run(max_insns=100_000) is ExitReason.REQUESTED
     assert [(v, ec, rip) for v, ec, rip, _, _ in rec.log] == [
         (3, NO_ERROR_CODE, syms["after_int3"]),
@@ -262,9 +264,9 @@ trap32_user:
     HYPERCALL HC_LOG
     HYPERCALL HC_EXIT
 """, with_user_table=True)
-    vcpu.register_callback(2, syms["syscall_entry"])
-    vcpu.set_trap_table([(32, 3, L.FLAT_KERNEL_CS, syms["trap32_user"])])
-    kernel_cr3 = vcpu.engine.cr3 if vcpu.engine._entered else vcpu.pv.kernel_table << 12
+    vcpu.pv.syscall_callback = pv_vcpu.Callback(syms["syscall_entry"])
+    pv_vcpu.set_trap_entry(vcpu.pv, 32, 3, L.FLAT_KERNEL_CS, syms["trap32_user"])
+    kernel_cr3 = vcpu.pv.kernel_table << 12
     assert vcpu.run(max_insns=100_000) is ExitReason.REQUESTED, vcpu.crash_reason
     rcx, rip, cs, cr3, user_rsp = rec.log[0]
     assert rcx == rip == syms["back_in_user"]
@@ -294,7 +296,7 @@ event_callback:              /* rcx, r11, rip, cs, rflags, rsp, ss */
     pop %r11
     XEN_IRET
 """)
-    vcpu.register_callback(0, syms["event_callback"])
+    vcpu.pv.event_callback = pv_vcpu.Callback(syms["event_callback"])
     recorder = vcpu.dispatch
     info = vcpu.pv.vcpu_info_maddr
 

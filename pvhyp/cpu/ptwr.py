@@ -1,0 +1,125 @@
+"""Writable page tables: guest stores to its own (read-only) page tables.
+
+With VMASST_TYPE_writable_pagetables a PV guest writes PTEs with ordinary
+instructions; the page-table page is mapped read-only, so the store faults
+(#PF, present + write).  Here the faulting instruction is decoded, the value
+it would store is computed, and the PV MMU's `ptwr_emulate(vcpu, addr,
+data, width)` validates and performs the write.  Then the instruction's
+register and flag effects are applied and RIP steps past it.  Linux uses
+plain `mov`, `xchg` (ptep_get_and_clear), `cmpxchg`, and locked
+`bts/btr/and/or` (set_bit/clear_bit); anything else is a real #PF.
+"""
+from __future__ import annotations
+
+import capstone
+from capstone import x86_const as CX
+
+from pvhyp.cpu.guest_memory import read_guest_virtual
+
+_md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+_md.detail = True
+
+_FULL_REGISTER = {}
+for _i, _full in enumerate(("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi")):
+    _e = "e" + _full[1:]
+    _FULL_REGISTER[_full] = (_full, 8)
+    _FULL_REGISTER[_e] = (_full, 4)
+for _n in range(8, 16):
+    _FULL_REGISTER[f"r{_n}"] = (f"r{_n}", 8)
+    _FULL_REGISTER[f"r{_n}d"] = (f"r{_n}", 4)
+
+FLAG_CF, FLAG_PF, FLAG_ZF, FLAG_SF, FLAG_OF = 1 << 0, 1 << 2, 1 << 6, 1 << 7, 1 << 11
+
+
+def _parity_flag(value: int) -> int:
+    return FLAG_PF if bin(value & 0xFF).count("1") % 2 == 0 else 0
+
+
+def _logic_flags(value: int, width: int) -> int:
+    flags = _parity_flag(value)
+    if value == 0:
+        flags |= FLAG_ZF
+    if value >> (width * 8 - 1) & 1:
+        flags |= FLAG_SF
+    return flags
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _source_value(engine, insn, operand) -> int:
+    if operand.type == CX.X86_OP_IMM:
+        return operand.imm
+    if operand.type == CX.X86_OP_REG:
+        name, width = _FULL_REGISTER.get(insn.reg_name(operand.reg), (None, 0))
+        if name is None:
+            raise _Unsupported(insn.reg_name(operand.reg))
+        return engine.read(name) & ((1 << (8 * width)) - 1)
+    raise _Unsupported("operand")
+
+
+def emulate_pagetable_write(pv_vcpu, fault_addr: int) -> bool:
+    """Emulate the store at RIP that faulted on `fault_addr`; False: deliver the #PF."""
+    engine = pv_vcpu.engine
+    rip = engine.read("rip")
+    code = read_guest_virtual(engine.memory, engine.cr3, rip, 15) or \
+        read_guest_virtual(engine.memory, engine.cr3, rip, 0x1000 - (rip & 0xFFF))
+    if not code:
+        return False
+    try:
+        insn = next(_md.disasm(code, rip, 1))
+    except StopIteration:
+        return False
+    operands = insn.operands
+    if len(operands) != 2 or operands[0].type != CX.X86_OP_MEM:
+        return False
+    width = operands[0].size
+    if width not in (4, 8) or fault_addr & (width - 1):
+        return False
+    old_raw = read_guest_virtual(engine.memory, engine.cr3, fault_addr, width)
+    if old_raw is None:
+        return False
+    old = int.from_bytes(old_raw, "little")
+    mask = (1 << (8 * width)) - 1
+    try:
+        source = _source_value(engine, insn, operands[1]) & mask
+    except _Unsupported:
+        return False
+    registers: dict[str, int] = {}
+    flags_set, flags_cleared = 0, 0
+    mnemonic = insn.mnemonic
+    if mnemonic == "mov":
+        new = source
+    elif mnemonic == "xchg":
+        new = source
+        registers[_FULL_REGISTER[insn.reg_name(operands[1].reg)][0]] = old
+    elif mnemonic == "cmpxchg":
+        expected = engine.read("rax") & mask
+        if expected == old:
+            new, flags_set = source, FLAG_ZF
+        else:
+            new, flags_cleared = None, FLAG_ZF
+            registers["rax"] = old
+    elif mnemonic in ("bts", "btr"):
+        if operands[1].type != CX.X86_OP_IMM and source >= width * 8:
+            return False                  # a bit offset reaching other memory
+        bit = source % (width * 8)
+        was_set = old >> bit & 1
+        flags_set, flags_cleared = (FLAG_CF, 0) if was_set else (0, FLAG_CF)
+        new = old | (1 << bit) if mnemonic == "bts" else old & ~(1 << bit)
+    elif mnemonic in ("and", "or"):
+        new = old & source if mnemonic == "and" else old | source
+        logic = _logic_flags(new, width)
+        flags_set, flags_cleared = logic, (FLAG_CF | FLAG_PF | FLAG_ZF | FLAG_SF | FLAG_OF) & ~logic
+    else:
+        return False
+    if new is not None:
+        rc = pv_vcpu.ptwr_emulate(pv_vcpu.vcpu, fault_addr, new.to_bytes(width, "little"), width)
+        if rc is False or (rc is not True and rc != 0):
+            return False
+    if flags_set or flags_cleared:
+        registers["rflags"] = (engine.read("rflags") | flags_set) & ~flags_cleared
+    registers["rip"] = rip + insn.size
+    engine.write_many(registers)
+    return True
