@@ -69,3 +69,17 @@ def test_union_parse_shows_every_member_and_builds_from_one():
     assert parsed["console"]["domU"] == {"mfn": 0x1234, "evtchn": 7}
     assert parsed["console"]["dom0"] == {"info_off": 0x1234, "info_size": 0}
     assert start_info.build(value) == codec.build(value)
+
+
+def test_unsupported_constructs_fall_back_to_construct_compile():
+    from construct import Flag, Int32ul, Struct
+    odd = Struct("on" / Flag, "n" / Int32ul)
+    codec = fast.codec(odd)
+    assert isinstance(codec, fast.CompiledCodec) and codec.size == 5
+    assert codec.parse(codec.build({"on": True, "n": 7})) == {"on": True, "n": 7}
+    assert codec.parse_array(b"\x01\x02\0\0\0" * 2, 2) == [{"on": True, "n": 2}] * 2
+
+
+def test_codec_source_is_readable():
+    source = fast.codec(registry.struct("mmu_update").construct).source
+    assert "def from_tuple(t):" in source and "'ptr': t[0]" in source
