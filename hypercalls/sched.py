@@ -5,15 +5,12 @@ import struct
 
 from abi import errno as E
 from abi import sched as S
-from abi.arch_x86_xen import XEN_LEGACY_MAX_VCPUS
-from abi.xen import vcpu_info
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, guest_handle_okay
 from pvhyp import pv_vcpu
+from pvhyp.event_channel import evtchn_port_is_pending
 
 MAX_POLL_PORTS = 128            # Xen's "fairly arbitrary limit"
-NR_2L_EVENT_CHANNELS = 64 * 64
-_EVTCHN_PENDING_OFFSET = vcpu_info.sizeof() * XEN_LEGACY_MAX_VCPUS     # in shared_info
 
 
 def domain_shutdown(domain, reason: int) -> int:
@@ -34,12 +31,9 @@ def vcpu_block_enable_events(ctx) -> None:
 def evtchn_port_poll(domain, port: int) -> int:
     """1 if `port` is pending, 0 if not, -EINVAL if it is not a port of `domain`."""
     evtchn = domain.evtchn
-    if evtchn is not None and hasattr(evtchn, "port_poll"):
-        return evtchn.port_poll(port)
-    if not 0 <= port < NR_2L_EVENT_CHANNELS or not domain.shared_info_mfn:
+    if evtchn is None or not evtchn.port_is_valid(port):
         return -E.EINVAL
-    word = domain.hv.memory.read_u64((domain.shared_info_mfn << 12) + _EVTCHN_PENDING_OFFSET + (port // 64) * 8)
-    return (word >> (port % 64)) & 1
+    return int(evtchn_port_is_pending(domain, port))
 
 
 def do_poll(ctx, poll) -> int:

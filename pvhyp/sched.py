@@ -16,7 +16,8 @@ A waiting vCPU preempts one whose slice is over by calling
 leaves unicorn and asks `slice_expired`. SCHEDOP_yield, SCHEDOP_block and
 SCHEDOP_poll call `yield_`, `block` and `poll` on the vCPU's own thread;
 they return once it may run again. `VCPU.kick()` calls `wake` (an event,
-a timer); a wake that arrives before `block` is kept, so none is lost.
+a timer); a wake that arrives before `block` whose event may still sit in the
+engine's post queue is kept, so none is lost (see _posted_work_applied).
 
 Process domains (dom0, Python guests) run in their own processes: their
 vCPUs never take a pCPU here, but block/poll/wake and the runstate work the
@@ -64,7 +65,6 @@ class SchedUnit:
         self.queued = False
         self.slice_start = 0
         self.wake_pending = False       # a wake arrived that no block has consumed yet
-        self.polling_ports: tuple[int, ...] | None = None
         self.ran_ns = 0                 # total time on a pCPU (fairness checks, benchmarks)
 
 
@@ -210,6 +210,8 @@ class Scheduler:
         """
         unit = vcpu.sched
         with self.cond:
+            if self._posted_work_applied(vcpu):
+                unit.wake_pending = False       # guest memory is current: a wake that mattered shows there
             vcpu.blocked = True
             if unit.wake_pending or pv_vcpu.local_events_need_delivery(vcpu):
                 unit.wake_pending = False
@@ -227,28 +229,43 @@ class Scheduler:
                 return
         self.wait_to_run(vcpu)
 
+    @staticmethod
+    def _posted_work_applied(vcpu: "VCPU") -> bool:
+        """Has every vcpu.post() so far reached guest memory?
+
+        Without an engine post() runs at once; an engine that queues it
+        offers `vcpu.arch.run_posted()`, which we call (we are on the vCPU's
+        thread). Otherwise an event may still sit in the queue, so an earlier
+        wake has to count (a spurious return, never a lost wake-up).
+        """
+        if vcpu.arch is None:
+            return True
+        run_posted = getattr(vcpu.arch, "run_posted", None)
+        if run_posted is None:
+            return False
+        run_posted()
+        return True
+
     def poll(self, vcpu: "VCPU", ports: tuple[int, ...], deadline: int) -> None:
-        """SCHEDOP_poll's wait: block until a polled port fires, any wake, or the deadline."""
-        unit = vcpu.sched
-        unit.polling_ports = ports
+        """SCHEDOP_poll's wait: block until a polled port fires, any wake, or the deadline.
+
+        `vcpu.poll_evtchn` tells the event channels what we wait for (Xen's
+        v->poll_evtchn: the port when there is one, -1 for several); their
+        evtchn_check_pollers clears it and kicks us.
+        """
+        vcpu.poll_evtchn = ports[0] if len(ports) == 1 else -1
         if deadline:
-            self.hv.time.set_poll_timeout(vcpu, deadline)
+            self.hv.time.set_poll_timeout(vcpu, deadline if deadline < 1 << 63 else deadline - (1 << 64))
         try:
             self.block(vcpu)
         finally:
-            unit.polling_ports = None
+            vcpu.poll_evtchn = None
             self.hv.time.timers.stop_timer(vcpu.timer.poll)
 
     def poll_timeout(self, vcpu: "VCPU") -> None:
-        if vcpu.sched.polling_ports is not None:
+        if getattr(vcpu, "poll_evtchn", None) is not None:
+            vcpu.poll_evtchn = None
             self.wake(vcpu)
-
-    def check_pollers(self, domain: "Domain", port: int) -> None:
-        """Event channel send: wake the vCPUs of `domain` polling `port` (evtchn_check_pollers)."""
-        for vcpu in domain.vcpus:
-            ports = vcpu.sched.polling_ports if vcpu.sched is not None else None
-            if ports is not None and (not ports or port in ports):
-                self.wake(vcpu)
 
     def wake(self, vcpu: "VCPU") -> None:
         """An event or timer for `vcpu`: end its block (now, or the next one)."""
@@ -311,6 +328,7 @@ class Scheduler:
         now = self.now()
         for vcpu in domain.vcpus:
             vcpu.sched = SchedUnit(vcpu, now)
+            vcpu.poll_evtchn = None     # SCHEDOP_poll's port (see poll)
             if vcpu.online:
                 vcpu.sched.runstate = RUNSTATE_runnable
 

@@ -68,3 +68,22 @@ def guest(hv, clock):
 def other_guest(hv, clock):
     d = hv.create_domain(max_vcpus=1, max_pages=64)
     return Guest(hv, d)
+
+
+def bind_virq(guest, virq: int, vcpu_id: int = 0) -> int:
+    """EVTCHNOP_bind_virq through the real handler; returns the port."""
+    import struct
+    from abi.event_channel import EVTCHNOP_bind_virq
+    va = guest.write(6, struct.pack("<III", virq, vcpu_id, 0))
+    assert guest.call("event_channel_op", EVTCHNOP_bind_virq, va) == 0
+    return struct.unpack("<I", guest.read(6, 4, 8))[0]
+
+
+def port_pending(guest, port: int) -> bool:
+    from pvhyp.event_channel import evtchn_port_is_pending
+    return evtchn_port_is_pending(guest.domain, port)
+
+
+def clear_port(guest, port: int) -> None:
+    maddr = (guest.domain.shared_info_mfn << 12) + 2048 + port // 8
+    guest.hv.memory.buf[maddr] &= ~(1 << (port % 8)) & 0xFF
