@@ -120,6 +120,62 @@ class Guest:
     def send(self, port: int) -> int:
         return self.evtchn("send", port=port)[0]
 
+    # --- grants, written as a guest writes them into its mapped table ---
+    def table_frames(self, nr: int = 1) -> list[int]:
+        rc, out = self.gnttab("setup_table", dom=X.DOMID_SELF, nr_frames=nr, frame_list=self.arg + 512)
+        assert rc == 0 and out["status"] == GA.GNTST_okay, out
+        return [int.from_bytes(self.get(self.arg + 512 + 8 * i, 8), "little") for i in range(nr)]
+
+    def _entry(self, ref: int) -> memoryview:
+        v2 = self.domain.grant_table.gt_version == 2
+        size = 16 if v2 else 8
+        per = PAGE_SIZE // size
+        frame = self.table_frames(ref // per + 1)[ref // per]
+        return self.ch.map_machine_frame(frame)[(ref % per) * size:(ref % per + 1) * size]
+
+    def grant(self, ref: int, domid: int, pfn: int, flags: int = GA.GTF_permit_access,
+              sub: tuple[int, int] | None = None, trans: tuple[int, int] | None = None) -> None:
+        e = self._entry(ref)
+        e[2:4] = domid.to_bytes(2, "little")
+        if self.domain.grant_table.gt_version == 1:
+            e[4:8] = pfn.to_bytes(4, "little")
+        elif trans is not None:
+            e[4:6] = trans[0].to_bytes(2, "little")
+            e[8:12] = trans[1].to_bytes(4, "little")
+        else:
+            if sub is not None:
+                e[4:6] = sub[0].to_bytes(2, "little")
+                e[6:8] = sub[1].to_bytes(2, "little")
+            e[8:16] = pfn.to_bytes(8, "little")
+        e[0:2] = flags.to_bytes(2, "little")         # flags last, as a guest publishes a grant
+
+    def flags(self, ref: int) -> int:
+        return int.from_bytes(self._entry(ref)[0:2], "little")
+
+    def set_flags(self, ref: int, value: int) -> None:
+        self._entry(ref)[0:2] = value.to_bytes(2, "little")
+
+    def gstatus(self, ref: int) -> int:
+        """GTF_reading/GTF_writing as the granter sees them (v1: in flags; v2: status frame)."""
+        gt = self.domain.grant_table
+        if gt.gt_version == 1:
+            return self.flags(ref) & (GA.GTF_reading | GA.GTF_writing)
+        mfn = gt.status[ref // 2048]
+        off = (ref % 2048) * 2
+        return int.from_bytes(self.ch.map_machine_frame(mfn)[off:off + 2], "little")
+
+    def map_grant(self, dom: int, ref: int, flags: int = GA.GNTMAP_host_map, host_addr: int = 0x10000) -> dict:
+        rc, outs = self.ops(GA.GNTTABOP_map_grant_ref, GA.gnttab_map_grant_ref,
+                            [{"dom": dom, "ref": ref, "flags": flags, "host_addr": host_addr}])
+        assert rc == 0
+        return outs[0]
+
+    def unmap_grant(self, handle: int, host_addr: int = 0x10000, dev_bus_addr: int = 0) -> int:
+        rc, outs = self.ops(GA.GNTTABOP_unmap_grant_ref, GA.gnttab_unmap_grant_ref,
+                            [{"handle": handle, "host_addr": host_addr, "dev_bus_addr": dev_bus_addr}])
+        assert rc == 0
+        return outs[0]["status"]
+
     def page(self, pfn: int) -> memoryview:
         return self.ch.memory[pfn << PAGE_SHIFT:(pfn + 1) << PAGE_SHIFT]
 
