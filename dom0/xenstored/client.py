@@ -26,11 +26,13 @@ from .payload import split_strings
 class LocalClient:
     def __init__(self, engine, domid: int = 0, tx_id: int = 0, conn_id: int | None = None):
         self.engine = engine
-        self.conn_id = engine.open_connection(domid) if conn_id is None else conn_id
+        with engine.lock:
+            self.conn_id = engine.open_connection(domid) if conn_id is None else conn_id
         self.tx_id = tx_id
 
     def _call(self, msg_type: int, payload: bytes) -> bytes:
-        reply_type, reply = self.engine.request(self.conn_id, msg_type, payload, self.tx_id)
+        with self.engine.lock:
+            reply_type, reply = self.engine.request(self.conn_id, msg_type, payload, self.tx_id)
         if reply_type == wire.XS_ERROR:
             raise XsError(reply.rstrip(b"\0").decode("ascii", "replace"))
         return reply
@@ -75,9 +77,10 @@ class LocalClient:
 
     def take_events(self) -> list[tuple[bytes, bytes]]:
         """Watch events queued for this client, as (path, token)."""
+        with self.engine.lock:
+            data = self.engine.data_to_send(self.conn_id)
         return [tuple(split_strings(payload)[:2])
-                for msg_type, _, _, payload in parse_messages(
-                    self.engine.data_to_send(self.conn_id))
+                for msg_type, _, _, payload in parse_messages(data)
                 if msg_type == wire.XS_WATCH_EVENT]
 
     @contextlib.contextmanager
@@ -89,6 +92,7 @@ class LocalClient:
         try:
             yield tx
         except BaseException:
-            self.engine.request(self.conn_id, wire.XS_TRANSACTION_END, b"F\0", tx_id)
+            with self.engine.lock:
+                self.engine.request(self.conn_id, wire.XS_TRANSACTION_END, b"F\0", tx_id)
             raise
         tx._call(wire.XS_TRANSACTION_END, b"T\0")

@@ -32,6 +32,12 @@ Rules of the state machine
 * Closing a connection drops its watches and transactions.  Nothing here
   raises on peer input: hostile bytes produce error replies or a broken
   connection.
+
+The engine itself is single-threaded.  Code that drives it from more than
+one thread holds ``engine.lock`` around each call (the transports and
+LocalClient do); ``engine.wakeup``, if set, is called whenever some
+connection gains output while none had any pending, so an event loop in
+another thread can come and move the bytes.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -246,6 +253,8 @@ class XenStore:
         self.introduce_hook = introduce_hook
         self.release_hook = release_hook
         self.trace_enabled = False
+        self.lock = threading.RLock()
+        self.wakeup: Callable[[], None] | None = None
         self.store = Store((Permission(0, PERM_NONE),))
         self.special_perms = {name: (Permission(0, PERM_NONE),) for name in SPECIAL_WATCHES}
         self.connections: dict[int, Connection] = {}
@@ -373,7 +382,10 @@ class XenStore:
             conn.outstanding += 1
         if item.event_key is not None:
             conn.pending_events[item.event_key] += 1
+        was_idle = not self._dirty
         self._dirty.add(conn.id)
+        if was_idle and self.wakeup is not None:
+            self.wakeup()
 
     @staticmethod
     def _unqueue(conn: Connection, index: int) -> _Outgoing:

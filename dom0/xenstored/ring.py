@@ -80,8 +80,9 @@ class RingServer:
         page = memoryview(page).cast("B")
         if page.readonly or len(page) < wire.XENSTORE_DOMAIN_INTERFACE_SIZE:
             raise ValueError("xenstore ring page must be writable and hold the interface")
-        conn_id = self.engine.introduce_domain(domid, gfn, port)
-        self._attach(domid, conn_id, page, notify)
+        with self.engine.lock:
+            conn_id = self.engine.introduce_domain(domid, gfn, port)
+            self._attach(domid, conn_id, page, notify)
         return conn_id
 
     def _attach(self, domid, conn_id, page, notify) -> None:
@@ -105,7 +106,8 @@ class RingServer:
         self._attach(domid, conn_id, memoryview(page).cast("B"), notify)
 
     def release(self, domid: int) -> None:
-        self.engine.release_domain(domid)  # calls back into _forget
+        with self.engine.lock:
+            self.engine.release_domain(domid)  # calls back into _forget
 
     def _forget(self, domid: int) -> None:
         ring = self.rings.pop(domid, None)
@@ -129,15 +131,17 @@ class RingServer:
 
     def kick(self, domid: int) -> None:
         """The guest signalled its event channel: serve its ring."""
-        ring = self.rings.get(domid)
-        if ring is not None:
-            self._serve(ring)
+        with self.engine.lock:
+            ring = self.rings.get(domid)
+            if ring is not None:
+                self._serve(ring)
 
     def flush(self, conn_ids=None) -> None:
         """Push pending output (e.g. watch events caused by other clients)."""
-        for ring in list(self.rings.values()):
-            if conn_ids is None or ring.conn_id in conn_ids:
-                self._serve(ring)
+        with self.engine.lock:
+            for ring in list(self.rings.values()):
+                if conn_ids is None or ring.conn_id in conn_ids:
+                    self._serve(ring)
 
     def _serve(self, ring: _Ring) -> None:
         if ring.load(wire.XENSTORE_CONNECTION_OFFSET) == wire.XENSTORE_RECONNECT:

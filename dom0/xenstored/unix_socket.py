@@ -41,6 +41,7 @@ class SocketServer:
         self._stopping = threading.Event()
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
+        self._wakeup_w.setblocking(False)
         self.selector.register(self._wakeup_r, selectors.EVENT_READ, None)
 
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -52,6 +53,8 @@ class SocketServer:
         self.listener.listen(64)
         self.listener.setblocking(False)
         self.selector.register(self.listener, selectors.EVENT_READ, "listener")
+        # Output queued by other threads (LocalClient, ring kicks) wakes us.
+        engine.wakeup = self._wake
 
     # -- loop ------------------------------------------------------------------
 
@@ -63,13 +66,22 @@ class SocketServer:
     def stop(self) -> None:
         """Thread-safe: ask serve_forever() to return."""
         self._stopping.set()
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             self._wakeup_w.send(b"x")
-        except OSError:
+        except OSError:  # full (a wake-up is pending anyway) or closed
             pass
 
     def poll(self, timeout: float | None = 0.0) -> None:
-        for key, events in self.selector.select(timeout):
+        ready = self.selector.select(timeout)
+        with self.engine.lock:
+            self._handle(ready)
+            self._flush_dirty()
+
+    def _handle(self, ready) -> None:
+        for key, events in ready:
             if key.data == "listener":
                 self._accept()
             elif key.data is None:
@@ -82,7 +94,6 @@ class SocketServer:
                     self._read(client)
                 if events & selectors.EVENT_WRITE and client.conn_id in self.clients:
                     self._write(client)
-        self._flush_dirty()
 
     def add_reader(self, fileobj, callback) -> None:
         """Run ``callback()`` in this loop whenever ``fileobj`` is readable
@@ -162,6 +173,8 @@ class SocketServer:
             transport.flush(others)
 
     def close(self) -> None:
+        if self.engine.wakeup == self._wake:
+            self.engine.wakeup = None
         for client in list(self.clients.values()):
             self._drop(client)
         for sock in (self.listener, self._wakeup_r, self._wakeup_w):
