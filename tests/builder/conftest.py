@@ -1,0 +1,39 @@
+"""Builder fixtures: a hypervisor with dom0 as an in-process privileged process domain,
+a XenCtrl over its channel, and the XTF kernels."""
+from __future__ import annotations
+
+import pytest
+
+from tests.builder.builder_kit import has_handler, xtf_kernels
+
+
+@pytest.fixture
+def machine():
+    """(hv, dom0, XenCtrl) on a 256 MiB machine."""
+    import hypercalls
+    from dom0.xc import XenCtrl
+    from pvhyp.channel import InProcessChannel, create_process_domain
+    from pvhyp.hypervisor import Hypervisor
+    hv = Hypervisor(memory_mb=256)
+    hypercalls.install(hv.hypercalls)
+    dom0 = create_process_domain(hv, nr_pages=256, privileged=True, domid=0)
+    xc = XenCtrl(InProcessChannel(hv, dom0))
+    yield hv, dom0, xc
+    hv.memory.close()
+
+
+@pytest.fixture
+def builder_machine(machine):
+    """`machine`, skipped while XENMEM_populate_physmap (memory_op) is not installed."""
+    hv = machine[0]
+    if not has_handler(hv, "memory_op"):
+        pytest.skip("memory_op (XENMEM_populate_physmap with a foreign domid) is not installed yet")
+    return machine
+
+
+@pytest.fixture
+def xtf_example() -> bytes:
+    kernels = [k for k in xtf_kernels() if k.name == "test-pv64-example"]
+    if not kernels:
+        pytest.skip("XTF kernels not found (../shared/xtf or $PVHYP_XTF_DIR)")
+    return kernels[0].read_bytes()
