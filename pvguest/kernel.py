@@ -9,11 +9,13 @@ are pseudo-physical frame numbers (a process domain has no use for mfns).
 """
 from __future__ import annotations
 
+import functools
 import struct
 
 from abi.xen import HYPERCALL_NUMBERS, CONSOLEIO_write, start_info
 from pvguest.console import ConsoleFrontend
 from pvguest.evtchn import EventChannels
+from pvguest.gnttab import GrantTable
 from pvguest.xenbus import RingTransport, Xenbus
 
 PAGE_SIZE = 4096
@@ -60,6 +62,18 @@ class Kernel:
         cons = self.start_info.console.domU
         self.console = ConsoleFrontend(page(channel, cons.mfn), lambda: self.notify(cons.evtchn),
                                        self.wait)
+
+    @functools.cached_property
+    def gnttab(self) -> GrantTable:
+        return GrantTable(self.channel, SCRATCH_PFN * PAGE_SIZE)
+
+    @property
+    def params(self) -> dict[str, str]:
+        """key=value words of the command line."""
+        return dict(word.split("=", 1) for word in self.cmdline.split() if "=" in word)
+
+    def page(self, pfn: int) -> memoryview:
+        return page(self.channel, pfn)
 
     def notify(self, port: int) -> None:
         if port:

@@ -1,0 +1,19 @@
+"""Guests that misbehave on purpose, to show (and test) that others are not affected."""
+from __future__ import annotations
+
+import struct
+
+from abi.io.console import XENCONS_OUT_CONS_OFFSET, XENCONS_OUT_PROD_OFFSET
+
+
+def console_scribbler(kernel, *args) -> None:
+    """Says one line, then leaves impossible indexes in its console ring and keeps kicking."""
+    kernel.console.write("scribbler: about to scribble\n")
+    page = kernel.page(kernel.start_info.console.domU.mfn)
+    struct.pack_into("<I", page, XENCONS_OUT_CONS_OFFSET, 0)
+    struct.pack_into("<I", page, XENCONS_OUT_PROD_OFFSET, 0x7FFF_0000)
+    home = kernel.xenbus.get_domain_path(kernel.domid)
+    kernel.xenbus.write(f"{home}/data/scribbled", "1")
+    while True:
+        kernel.notify(kernel.start_info.console.domU.evtchn)
+        kernel.wait(0.05)

@@ -1,0 +1,142 @@
+"""The acceptance path on a fresh machine: pvhyp up, create, list, console, xenstore-ls, destroy, down."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+
+def names(host) -> dict[str, list[str]]:
+    rows = host.pvhyp("list").stdout.splitlines()[1:]
+    return {row.split()[0]: row.split()[1:] for row in rows}
+
+
+def test_up_lists_dom0_and_xenstore_ls_sees_the_tree(host):
+    listing = names(host)
+    assert listing["Domain-0"][0] == "0"
+    tree = host.xenstore("xenstore-ls", "-f")
+    assert '/local/domain/0/name = "Domain-0"' in tree
+    assert host.pvhyp("domid", "Domain-0").stdout.strip() == "0"
+    assert "xen_major" in host.pvhyp("info").stdout
+
+
+def test_create_console_and_destroy_a_python_guest(host):
+    cfg = host.config("hello1", "python:pvguest.examples.hello", extra="quiet")
+    out = host.pvhyp("create", cfg).stdout
+    assert "Started domain hello1 (id=" in out
+    domid = host.pvhyp("domid", "hello1").stdout.strip()
+    assert host.pvhyp("domname", domid).stdout.strip() == "hello1"
+    assert names(host)["hello1"][0] == domid
+    host.wait_for(lambda: "Hello from hello1" in host.console_log("hello1"), what="the guest's greeting")
+    # the guest wrote its home over its xenstore ring; Debian's tools see what libxl would write
+    home = f"/local/domain/{domid}"
+    host.wait_for(lambda: host.xenstore("xenstore-read", f"{home}/data/greeting").strip() == "hello")
+    tree = host.xenstore("xenstore-ls", "-f", home)
+    for entry in ('/name = "hello1"', "/console/tty = ", '/console/type = "xenconsoled"', "/store/port = ",
+                  "/memory/target = \"4096\"", "/control/shutdown = "):
+        assert entry in tree, entry
+    vm = host.xenstore("xenstore-read", f"{home}/vm").strip()
+    assert host.xenstore("xenstore-read", f"{vm}/name").strip() == "hello1"
+    # console: what the user types reaches the guest, what it prints comes back (Ctrl-] detaches)
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from pvhyp.cli import main; sys.exit(main())",
+                             "console", "hello1"], env=host.env, cwd=host.root, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    proc.stdin.write(b"ping\n")
+    proc.stdin.flush()
+    host.wait_for(lambda: "echo: ping" in host.console_log("hello1"), what="the echo")
+    proc.stdin.write(b"\x1d")
+    proc.stdin.flush()
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert b"echo: ping" in out
+    assert f"(d{domid}) hello from hello1 via console_io" in host.pvhyp("dmesg").stdout
+    assert "hello1" in host.pvhyp("uptime").stdout and "hello1" in host.pvhyp("vcpu-list").stdout
+    host.pvhyp("destroy", "hello1")
+    assert "hello1" not in names(host)
+    assert host.pvhyp("destroy", "hello1", check=False).stderr.strip() == "pvhyp: no domain named 'hello1'"
+    assert f"/local/domain/{domid}" not in host.xenstore("xenstore-ls", "-f")
+
+
+def test_shutdown_runs_the_configured_action(host):
+    cfg = host.config("keeper", "python:pvguest.examples.hello", on_poweroff="preserve")
+    host.pvhyp("create", cfg)
+    host.wait_for(lambda: "Hello from keeper" in host.console_log("keeper"))
+    host.pvhyp("shutdown", "keeper")
+    host.wait_for(lambda: names(host)["keeper"][3][3] == "s", what="state s")
+    host.pvhyp("destroy", "keeper")
+    cfg = host.config("goner", "python:pvguest.examples.hello")
+    host.pvhyp("create", cfg)
+    host.wait_for(lambda: "Hello from goner" in host.console_log("goner"))
+    host.pvhyp("shutdown", "goner")
+    host.wait_for(lambda: "goner" not in names(host), what="on_poweroff=destroy")
+    assert "goner: poweroff requested, bye" in host.console_log("goner")
+
+
+def test_create_dash_c_attaches_the_console(host):
+    cfg = host.config("attached", "python:pvguest.examples.hello")
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from pvhyp.cli import main; sys.exit(main())",
+                             "create", "-c", cfg], env=host.env, cwd=host.root, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    host.wait_for(lambda: "Hello from attached" in host.console_log("attached"))
+    time.sleep(0.3)
+    proc.stdin.write(b"\x1d")
+    proc.stdin.flush()
+    out, _ = proc.communicate(timeout=10)
+    assert b"Started domain attached" in out
+    host.pvhyp("destroy", "attached")
+
+
+def test_user_errors_are_one_line(host):
+    bad = os.path.join(host.run_dir, "bad.cfg")
+    with open(bad, "w") as f:
+        f.write('name = "bad"\nmemory = "lots"\nkernel = "k"\n')
+    err = host.pvhyp("create", bad, check=False)
+    assert err.returncode == 2 and err.stderr == f"pvhyp: {bad}:2: memory: expected an integer, got 'lots'\n"
+    missing = host.config("nokernel", "/nonexistent/vmlinuz")
+    err = host.pvhyp("create", missing, check=False)
+    assert err.returncode == 2 and err.stderr.count("\n") == 1 and "cannot read" in err.stderr
+    for args in (("console", "nosuch"), ("destroy", "0"), ("pause", "nosuch"), ("domid", "nosuch")):
+        err = host.pvhyp(*args, check=False)
+        assert err.returncode == 2 and err.stderr.startswith("pvhyp: ") and err.stderr.count("\n") == 1, args
+    assert "Domain-0" in names(host)
+
+
+def test_two_guests_share_a_granted_page_and_an_event_channel(host):
+    host.pvhyp("create", host.config("accepter", "python:pvguest.examples.share:accept"))
+    accepter = host.pvhyp("domid", "accepter").stdout.strip()
+    host.pvhyp("create", host.config("offerer", "python:pvguest.examples.share:offer",
+                                     extra=f"peer={accepter} message=squeamish-ossifrage"))
+    host.wait_for(lambda: "reply 're: squeamish-ossifrage', grant revoked: True" in host.console_log("offerer"),
+                  what="the offerer's report")
+    assert "got 'squeamish-ossifrage'" in host.console_log("accepter")
+    for name in ("offerer", "accepter"):      # both power off when done; on_poweroff destroys them
+        host.wait_for(lambda: name not in names(host), what=f"{name} to finish")
+
+
+def test_a_guest_scribbling_on_its_console_ring_hurts_nobody_else(host):
+    host.pvhyp("create", host.config("scribbler", "python:pvguest.examples.hostile:console_scribbler"))
+    host.wait_for(lambda: "is corrupt" in host.console_log("scribbler"), what="the corrupt-ring report")
+    host.pvhyp("create", host.config("bystander", "python:pvguest.examples.hello"))
+    host.wait_for(lambda: "Hello from bystander" in host.console_log("bystander"))
+    assert "r" in names(host)["scribbler"][3]         # still running: only its console is ignored
+    host.pvhyp("destroy", "scribbler")
+    host.pvhyp("destroy", "bystander")
+
+
+def test_the_guests_survive_dom0_dying(tmp_path_factory, start_host):
+    host = start_host(str(tmp_path_factory.mktemp("dom0death")))
+    try:
+        host.pvhyp("create", host.config("survivor", "python:pvguest.examples.hello"))
+        host.wait_for(lambda: "Hello from survivor" in host.console_log("survivor"))
+        state = host.state()
+        os.kill(state["dom0_pid"], signal.SIGKILL)
+        state = host.wait_for(lambda: (s := host.state()) and not s["dom0_alive"] and s, what="the report")
+        assert state["guests"] == [1] and "dom0 (pid" in state["note"] and "keeps running 1 guest" in state["note"]
+        with open(os.path.join(host.run_dir, "hostd.log")) as f:
+            assert "the hypervisor keeps running 1 guest(s): [1]" in f.read()
+    finally:
+        host.pvhyp("down", check=False)
