@@ -14,7 +14,6 @@ this module reads it and loads into the CPU what they change (pv_changed).
 from __future__ import annotations
 
 import collections
-import struct
 import threading
 from typing import Callable
 
@@ -25,7 +24,6 @@ from pvhyp.cpu.ptwr import emulate_pagetable_write
 from pvhyp.cpu.traps import GuestCrash, TrapBouncer
 
 HYPERVISOR_IRET = 23
-HYPERCALL_SLOT = 32
 VECTOR_UD, VECTOR_GP, VECTOR_PF = 6, 13, 14
 PFEC_PRESENT, PFEC_WRITE = 0x1, 0x2
 
@@ -34,21 +32,6 @@ VMASST_TYPE_WRITABLE_PAGETABLES = 2
 _HYPERCALL_ARGS = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9")
 
 HypercallDispatch = Callable[["PvVcpu", int, tuple], int]
-
-
-def hypercall_page() -> bytes:
-    """Contents of a hypercall page: `mov $nr,%eax; syscall; ret` per 32-byte slot.
-
-    The iret slot saves rcx/r11/rax first (Xen's iret_context) and never returns.
-    """
-    page = bytearray(b"\xcc" * L.PAGE_SIZE)
-    for nr in range(L.PAGE_SIZE // HYPERCALL_SLOT):
-        if nr == HYPERVISOR_IRET:
-            code = b"\x51\x41\x53\x50" + b"\xb8" + struct.pack("<I", nr) + b"\x0f\x05" + b"\x0f\x0b"
-        else:
-            code = b"\xb8" + struct.pack("<I", nr) + b"\x0f\x05\xc3"
-        page[nr * HYPERCALL_SLOT:nr * HYPERCALL_SLOT + len(code)] = code
-    return bytes(page)
 
 
 def initial_state(entry: int, stack: int, start_info_va: int, l4_mfn: int) -> CpuState:

@@ -213,3 +213,35 @@ class GuestMachine:
         if with_user_table:
             vcpu.guest_table_user = self.guest_address_space()
         return cpu, recorder, symbols
+
+
+def load_into_domain(hv, domain, source: str, nr_pages: int = 0x200):
+    """Populate `domain`, map pfn N at VA N<<12 (plus the hypervisor slots) and load
+    the assembled test kernel; vCPU 0 gets its initial registers. Returns the symbols."""
+    image, symbols = assemble(source)
+    p2m = hv.populate(domain, nr_pages)
+    tables = iter(hv.populate(domain, 8))
+    mem = hv.memory
+    l4 = next(tables)
+    for slot, entry in hv.xen_l4_slots.items():
+        mem.write_u64((l4 << 12) + slot * 8, entry)
+    made = {}
+    for pfn, mfn in enumerate(p2m):
+        table = l4
+        for shift in (39, 30, 21):
+            index = (pfn << 12 >> shift) & 0x1FF
+            if (table, index) not in made:
+                made[(table, index)] = next(tables)
+                mem.write_u64((table << 12) + index * 8, (made[(table, index)] << 12) | 0x7)
+            table = made[(table, index)]
+        mem.write_u64((table << 12) + (pfn & 0x1FF) * 8, (mfn << 12) | 0x7)
+    for offset in range(0, len(image), PAGE):
+        chunk = image[offset:offset + PAGE]
+        mem.write(p2m[(KERNEL_BASE + offset) >> 12] << 12, chunk)
+    vcpu = domain.vcpus[0]
+    vcpu.guest_table = l4
+    vcpu.kernel_mode = True
+    vcpu.pv.initial_user_regs = {"rip": symbols["_start"], "rsp": nr_pages << 12, "rflags": 0x202,
+                                 "cs": L.FLAT_KERNEL_CS, "ss": L.FLAT_KERNEL_SS}
+    vcpu.online = True
+    return symbols, p2m

@@ -1,0 +1,157 @@
+"""The glue between the CPU engine and the rest of the hypervisor.
+
+`attach(hv)` builds the hypervisor's address-space layout (hv.xen_l4_slots
+for the PV MMU) and `hv.cpu`, a CpuSubsystem.  `hv.cpu.start_domain(d)`
+gives every vCPU of an x86 PV domain a host thread that runs it under the
+scheduler until the domain dies; a vCPU whose register state is not set yet
+(offline, waiting for VCPUOP_initialise) just waits in the scheduler.
+"""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from pvhyp.cpu.engine import ExitReason
+from pvhyp.cpu.entry import PvVcpu
+from pvhyp.cpu.xen_layout import XenLayout
+from pvhyp.domain import SHUTDOWN_CRASH
+from pvhyp.mm.frametable import DOMID_XEN
+
+if TYPE_CHECKING:
+    from pvhyp.domain import VCPU, Domain
+
+# Instructions per engine run between scheduler checks (a few ms of guest time).
+RUN_BUDGET_INSNS = 1_000_000
+
+
+class CpuSubsystem:
+    def __init__(self, hv):
+        self.hv = hv
+        self.layout = XenLayout(hv.memory, lambda: hv.frames.alloc(DOMID_XEN, 1)[0], hv.m2p_mfns)
+        self.threads: dict[tuple[int, int], threading.Thread] = {}
+
+    # --- per vCPU ----------------------------------------------------------
+    def cpu_for(self, vcpu: "VCPU") -> PvVcpu:
+        """The vCPU's PvVcpu (created on first use and installed as vcpu.arch)."""
+        if isinstance(vcpu.arch, PvVcpu):
+            return vcpu.arch
+        hv = self.hv
+        from pvhyp.hypercall_table import HypercallContext
+        context = HypercallContext(vcpu)
+        mmu = getattr(hv, "mmu", None)
+        ptwr = getattr(mmu, "ptwr_emulate", None)
+        cpu = PvVcpu(
+            hv.memory, self.layout, vcpu,
+            dispatch=lambda _cpu, nr, args: hv.hypercalls.dispatch(context, nr, args),
+            on_crash=self._guest_crashed,
+            ptwr_emulate=ptwr,
+            on_new_cr3=(lambda mfn: mmu.new_guest_cr3(vcpu, mfn) == 0) if mmu is not None else None,
+            debug_registers=_DebugRegisters(vcpu),
+        )
+        vcpu.arch = cpu
+        vcpu.post = cpu.post
+        vcpu.wake_callback = self._wake
+        return cpu
+
+    @staticmethod
+    def _wake(vcpu: "VCPU") -> None:
+        cpu = vcpu.arch
+        # On its own thread the event is delivered when the current hook returns.
+        if isinstance(cpu, PvVcpu) and cpu._on_other_thread():
+            cpu.kick()
+
+    def _guest_crashed(self, cpu: PvVcpu, reason: str) -> None:
+        vcpu = cpu.vcpu
+        self.hv.trace.emit("guest_crash", vcpu.domain.domid, vcpu.vcpu_id, reason=reason)
+
+    # --- threads -------------------------------------------------------------
+    def start_domain(self, domain: "Domain") -> None:
+        for vcpu in domain.vcpus:
+            self.start_vcpu(vcpu)
+
+    def start_vcpu(self, vcpu: "VCPU") -> threading.Thread:
+        key = (vcpu.domain.domid, vcpu.vcpu_id)
+        thread = self.threads.get(key)
+        if thread is not None and thread.is_alive():
+            return thread
+        self.cpu_for(vcpu)
+        thread = threading.Thread(target=self._vcpu_main, args=(vcpu,), daemon=True,
+                                  name=f"d{vcpu.domain.domid}v{vcpu.vcpu_id}")
+        self.threads[key] = thread
+        thread.start()
+        return thread
+
+    def _vcpu_main(self, vcpu: "VCPU") -> None:
+        cpu = self.cpu_for(vcpu)
+        sched = self.hv.sched
+        domain = vcpu.domain
+        try:
+            while sched.wait_to_run(vcpu):
+                if not cpu.engine.entered and not self._load_initial_registers(vcpu, cpu):
+                    sched.deschedule(vcpu)
+                    continue
+                reason = cpu.run(max_insns=RUN_BUDGET_INSNS)
+                if reason is ExitReason.HYPERVISOR_ERROR:
+                    self.hv.trace.emit("hypervisor_error", domain.domid, vcpu.vcpu_id,
+                                       error=repr(cpu.engine.error))
+                    domain.shutdown(SHUTDOWN_CRASH)
+                elif reason is ExitReason.GUEST_CRASH:
+                    domain.shutdown(SHUTDOWN_CRASH)
+                if sched.slice_expired(vcpu):
+                    sched.deschedule(vcpu)
+        finally:
+            self.threads.pop((domain.domid, vcpu.vcpu_id), None)
+
+    @staticmethod
+    def _load_initial_registers(vcpu: "VCPU", cpu: PvVcpu) -> bool:
+        """The register state the builder or VCPUOP_initialise left for the engine."""
+        regs = vcpu.pv.initial_user_regs
+        if regs is None:
+            context = getattr(vcpu, "initial_context", None)
+            regs = context.get("user_regs") if context else None
+        if regs is None:
+            return False
+        vcpu.pv.initial_user_regs = None
+        cpu.set_user_regs(dict(regs))
+        return True
+
+    def stop_domain(self, domain: "Domain", timeout: float = 5.0) -> None:
+        """Wait for the domain's vCPU threads to leave (after shutdown/destroy)."""
+        for vcpu in domain.vcpus:
+            cpu = vcpu.arch
+            if isinstance(cpu, PvVcpu):
+                cpu.kick()
+            thread = self.threads.get((domain.domid, vcpu.vcpu_id))
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout)
+
+
+class _DebugRegisters:
+    """mov to/from %dr as set_debugreg/get_debugreg answer them."""
+
+    def __init__(self, vcpu: "VCPU"):
+        self.vcpu = vcpu
+
+    def get(self, reg: int) -> int:
+        from pvhyp.pv_vcpu import get_debugreg
+        return get_debugreg(self.vcpu, reg)
+
+    def set(self, reg: int, value: int) -> int:
+        from pvhyp.pv_vcpu import set_debugreg
+        return set_debugreg(self.vcpu, reg, value)
+
+
+def attach(hv) -> None:
+    hv.cpu = CpuSubsystem(hv)
+    hv.xen_l4_slots.update(hv.cpu.layout.xen_l4_entries())
+
+    def destroyed(domain: "Domain") -> None:
+        hv.cpu.stop_domain(domain, timeout=1.0)
+        for vcpu in domain.vcpus:
+            thread = hv.cpu.threads.get((domain.domid, vcpu.vcpu_id))
+            # A thread still inside unicorn keeps its engine: freeing it would crash us.
+            if isinstance(vcpu.arch, PvVcpu) and (thread is None or not thread.is_alive()):
+                vcpu.arch.engine.close()
+                vcpu.arch = None
+
+    hv.domain_destroy_hooks.append(destroyed)

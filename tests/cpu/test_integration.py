@@ -1,0 +1,68 @@
+"""The engine inside a real Hypervisor: real hypercall handlers, scheduler, vCPU thread."""
+from __future__ import annotations
+
+import time
+
+from guest_kit import load_into_domain
+from pvhyp.cpu import attach
+from pvhyp.domctl import hypercall_page_bytes
+
+HYPERCALL_PAGE_VA = 0x1F0000
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_guest_prints_and_powers_off(hv):
+    attach(hv)
+    d = hv.create_domain(max_vcpus=1, max_pages=0x300)
+    symbols, p2m = load_into_domain(hv, d, rf"""
+main:
+    /* xen_version(XENVER_version) through the hypercall page */
+    xor %edi, %edi
+    xor %esi, %esi
+    call {HYPERCALL_PAGE_VA} + 17 * 32
+    mov %eax, version(%rip)
+    mov $0, %edi                 /* CONSOLEIO_write */
+    mov $msg_end - msg, %esi
+    lea msg(%rip), %rdx
+    HYPERCALL 18                 /* console_io */
+    mov $2, %edi                 /* SCHEDOP_shutdown */
+    lea reason(%rip), %rsi
+    HYPERCALL 29                 /* sched_op */
+1:  jmp 1b
+msg: .ascii "hello from a PV guest\n"
+msg_end:
+.data
+reason: .long 0                  /* SHUTDOWN_poweroff */
+version: .long 0
+""")
+    hv.memory.write(p2m[HYPERCALL_PAGE_VA >> 12] << 12, hypercall_page_bytes())
+    hv.cpu.start_domain(d)
+    assert wait_for(lambda: d.is_shut_down), hv.trace.history(d.domid)[-5:]
+    assert d.shutdown_reason == 0, (hv.trace.history(d.domid)[-5:], d.vcpus[0].arch.crash_reason, d.vcpus[0].arch.engine.error)
+    data, _ = d.console.read(0, 1000)
+    assert data == b"hello from a PV guest\n"
+    version = hv.memory.read_u64((p2m[(symbols["version"]) >> 12] << 12) + (symbols["version"] & 0xFFF)) & 0xFFFF_FFFF
+    assert version >> 16 >= 4
+    hv.cpu.stop_domain(d)
+    assert not hv.cpu.threads
+
+
+def test_guest_crash_is_contained(hv):
+    attach(hv)
+    d = hv.create_domain(max_vcpus=1, max_pages=0x300)
+    load_into_domain(hv, d, r"""
+main:
+    ud2                          /* no trap table: Xen crashes the domain */
+""")
+    hv.cpu.start_domain(d)
+    assert wait_for(lambda: d.is_shut_down)
+    assert d.shutdown_reason == 3           # SHUTDOWN_crash
+    hv.cpu.stop_domain(d)
