@@ -1,0 +1,56 @@
+"""multicall: several hypercalls in one trap (common/multicall.c).
+
+Each entry's result is written back into its `result` field; the batch stops
+early on a fault writing it back, and after `iret` (which does not return to
+the batch). A multicall inside a multicall is refused with -EINVAL, as Xen
+refuses re-entry.
+"""
+from __future__ import annotations
+
+import struct
+import threading
+
+from abi import errno as E
+from abi import xen as X
+from hypercalls import hypercall
+from pvhyp.guest_access import GuestFault
+from pvhyp.mm.mmu import addr_ok
+
+_ENTRY = struct.Struct("<8Q")            # op, result, args[6]
+_RESULT = struct.Struct("<Q")
+assert _ENTRY.size == X.multicall_entry.sizeof()
+_in_multicall = threading.local()        # per calling thread, i.e. per vCPU
+
+
+@hypercall("multicall")
+def do_multicall(ctx, call_list, nr_calls):
+    nr_calls &= 0xFFFF_FFFF
+    vcpu = ctx.vcpu
+    active = getattr(_in_multicall, "vcpus", None)
+    if active is None:
+        active = _in_multicall.vcpus = set()
+    if id(vcpu) in active:
+        return -E.EINVAL
+    active.add(id(vcpu))
+    try:
+        if not addr_ok(ctx.domain, call_list):
+            return -E.EFAULT
+        table = ctx.hv.hypercalls
+        for i in range(nr_calls):
+            addr = call_list + i * _ENTRY.size
+            try:
+                op, _, *args = _ENTRY.unpack(ctx.read(addr, _ENTRY.size))
+            except GuestFault:
+                return -E.EFAULT
+            # x86-64 hypercalls take five arguments; the sixth slot is not passed on.
+            result = table.dispatch(ctx, op, args[:5] + [0]) if op < 64 else -E.ENOSYS
+            try:
+                ctx.write(addr + 8, _RESULT.pack(result & 0xFFFF_FFFF_FFFF_FFFF))
+            except GuestFault:
+                if op != X.__HYPERVISOR_iret:
+                    return -E.EFAULT
+            if op == X.__HYPERVISOR_iret:
+                return result
+        return 0
+    finally:
+        active.discard(id(vcpu))

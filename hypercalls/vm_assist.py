@@ -1,0 +1,36 @@
+"""vm_assist: switch on the hypervisor's optional help for PV guests (common/domain.c)."""
+from __future__ import annotations
+
+from abi import errno as E
+from abi import xen as X
+from hypercalls import hypercall
+
+# arch_vm_assist_valid_mask for a 64-bit PV domain (PV64_VM_ASSIST_MASK).
+PV64_VM_ASSIST_MASK = (
+    1 << X.VMASST_TYPE_4gb_segments
+    | 1 << X.VMASST_TYPE_4gb_segments_notify
+    | 1 << X.VMASST_TYPE_writable_pagetables
+    | 1 << X.VMASST_TYPE_pae_extended_cr3
+    | 1 << X.VMASST_TYPE_architectural_iopl
+    | 1 << X.VMASST_TYPE_runstate_update_flag
+    | 1 << X.VMASST_TYPE_m2p_strict
+)
+BITS_PER_LONG = 64
+
+
+@hypercall("vm_assist")
+def do_vm_assist(ctx, cmd, type_):
+    cmd &= 0xFFFF_FFFF
+    type_ &= 0xFFFF_FFFF
+    if type_ >= BITS_PER_LONG or not PV64_VM_ASSIST_MASK >> type_ & 1:
+        return -E.EINVAL
+    d = ctx.domain
+    if cmd == X.VMASST_CMD_enable:
+        with d.lock:
+            d.vm_assist |= 1 << type_
+        return 0
+    if cmd == X.VMASST_CMD_disable:
+        with d.lock:
+            d.vm_assist &= ~(1 << type_)
+        return 0
+    return -E.ENOSYS
