@@ -98,8 +98,6 @@ class Scheduler:
         delta = now - unit.state_entry_time
         if delta > 0:
             unit.time[unit.runstate] += delta
-        if unit.runstate == RUNSTATE_running and unit.has_cpu:
-            unit.ran_ns += max(0, now - unit.slice_start)
         unit.runstate = state
         unit.state_entry_time = now
         self.update_runstate_area(unit.vcpu)
@@ -302,6 +300,7 @@ class Scheduler:
     def _release(self, unit: SchedUnit) -> None:
         if unit.has_cpu:
             unit.has_cpu = False
+            unit.ran_ns += max(0, self.now() - unit.slice_start)
             self.running.discard(unit)
             if unit.runstate == RUNSTATE_running:
                 self._set_runstate(unit, RUNSTATE_runnable)

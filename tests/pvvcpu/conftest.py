@@ -32,6 +32,9 @@ class Guest:
         self.l4 = l4
         for v in domain.vcpus:
             v.guest_table = l4
+        # vCPU 0 runs, as after the domain builder.
+        self.vcpu.online = True
+        self.vcpu.pv.is_initialised = True
 
     def va(self, page: int, offset: int = 0) -> int:
         return DATA_VA + page * 4096 + offset
