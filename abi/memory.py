@@ -188,6 +188,7 @@ XENMEM_sharing_op = 22
 XENMEM_claim_pages = 24  # arg: xen_memory_reservation with extent_start 0
 XENMEM_get_vnumainfo = 26
 XENMEM_reserved_device_memory_map = 27
+XENMEM_RDM_ALL = 1  # xen_reserved_device_memory_map.flags: every region, not one device's
 
 xen_reserved_device_memory = Struct(
     "start_pfn" / xen_pfn_t,

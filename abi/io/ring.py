@@ -51,6 +51,9 @@ sring_header = Struct(
 )
 sring_header.docs = "First 64 bytes of every shared ring page."
 
+# Ring protocols count in 4 KiB pages whatever the guest's own page size.
+XEN_PAGE_SHIFT = 12
+
 SRING_HEADER_SIZE = 64
 REQ_PROD_OFFSET = 0
 REQ_EVENT_OFFSET = 4

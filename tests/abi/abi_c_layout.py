@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -22,6 +23,10 @@ XEN_PUBLIC = INCLUDE_ROOT / "xen"
 
 def headers_present() -> bool:
     return (XEN_PUBLIC / "xen.h").is_file() and (XEN_PUBLIC / "domctl.h").is_file()
+
+
+def can_compile() -> bool:
+    return headers_present() and shutil.which("gcc") is not None
 
 
 def try_install_headers() -> str:
@@ -99,6 +104,22 @@ def program() -> str:
                      f"(long long)({c.c_name}));")
     lines += ['  printf("}}\\n");', "  return 0;", "}"]
     return "\n".join(lines) + "\n"
+
+
+_OBJECT_MACRO = re.compile(r"^\s*#\s*define\s+(\w+)(?:\s|$)", re.MULTILINE)
+
+
+def header_macros() -> dict[str, set[str]]:
+    """{header: object-like macros it defines}, as the preprocessor really
+    sees them (a #define inside a comment or a dead #if is not one)."""
+    with tempfile.TemporaryDirectory(prefix="pvhyp-abi-") as tmp:
+        src = Path(tmp, "macros.c")
+        src.write_text("\n".join(program().splitlines()[:program().splitlines().index("int main(void) {")]) + "\n")
+        ran = subprocess.run(["gcc", "-std=gnu11", "-w", "-dM", "-E", "-I", str(INCLUDE_ROOT), str(src)],
+                             capture_output=True, text=True, timeout=120, check=True)
+    live = set(_OBJECT_MACRO.findall(ran.stdout))
+    return {h: set(_OBJECT_MACRO.findall((XEN_PUBLIC / h).read_text())) & live
+            for h in headers_to_include()}
 
 
 def measure() -> dict:
