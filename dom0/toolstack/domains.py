@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from abi.xen import start_info
 from dom0.toolstack import xenstore_entries as entries
 from dom0.toolstack.config import ConfigError, DomainConfig, parse_config
+from dom0.xenstored import XsError
 from pvguest import kernel as layout
 from pvguest.evtchn import EventChannelError
 from pvguest.hypercall_channel import ChannelError
@@ -244,7 +245,10 @@ class Toolstack:
         if guest.process is not None and guest.process.poll() is None:
             guest.process.kill()
             guest.process.wait()
-        self.rings.release(domid)
+        try:
+            self.rings.release(domid)
+        except XsError:
+            pass        # never introduced (creation failed before the rings were up)
         self.consoles.remove_domain(domid)
         for port in guest.local_ports:
             try:
@@ -310,8 +314,9 @@ class Toolstack:
 
     def _state(self, info: dict, guest: Guest | None) -> str:
         # xl list's six columns: running, blocked, paused, shutdown, crashed, dying
-        running = (guest is None or guest.kind == "x86"
-                   or (guest.process is not None and guest.process.poll() is None))
+        alive = (guest is None or guest.kind == "x86"
+                 or (guest.process is not None and guest.process.poll() is None))
+        running = alive and not info["shutdown"] and not info["dying"]
         flags = ["r" if running and not info["blocked"] else "-",
                  "b" if info["blocked"] else "-",
                  "p" if info["paused"] or (guest is not None and guest.paused) else "-",

@@ -32,6 +32,15 @@ def _write_state(run_dir: str, **state) -> None:
     os.replace(tmp, os.path.join(run_dir, "hostd.state"))
 
 
+def _run_x86_vcpus(hv) -> None:
+    """Give every x86 PV domain's vCPUs their threads as it is created; they wait in the
+    scheduler until the builder has set their registers and the toolstack unpauses them."""
+    if getattr(hv, "cpu", None) is None:
+        from pvhyp.cpu import runner
+        runner.attach(hv)
+    hv.domain_create_hooks.append(lambda d: hv.cpu.start_domain(d) if d.paging else None)
+
+
 class Host:
     def __init__(self, run_dir: str, memory_mb: int, dom0_mb: int, verbose: bool = False):
         import hypercalls
@@ -43,6 +52,7 @@ class Host:
         os.makedirs(self.run_dir, exist_ok=True)
         self.hv = Hypervisor(memory_mb=memory_mb)
         hypercalls.install(self.hv.hypercalls)
+        _run_x86_vcpus(self.hv)
         self.channels = ChannelServer(self.hv, on_disconnect=self._on_disconnect)
         self.dom0 = create_process_domain(self.hv, dom0_mb * 256, privileged=True, domid=0)
         self.dom0.name = "Domain-0"
