@@ -62,8 +62,9 @@ def headers_to_include() -> list[str]:
     return [h for h in ordered if not (h in seen or seen.add(h))]
 
 
-def program() -> str:
-    lines = [
+def includes() -> list[str]:
+    """The preprocessor part of the program: every registered header."""
+    return [
         "#define __XEN_TOOLS__ 1",  # domctl.h / sysctl.h are tools-only
         "#include <stddef.h>",
         "#include <stdint.h>",
@@ -77,6 +78,12 @@ def program() -> str:
         "#undef __XEN__",
         "#define __XEN_PUBLIC_ERRNO_H__",
         *(f"#include <xen/{h}>" for h in headers_to_include()),
+    ]
+
+
+def program() -> str:
+    lines = [
+        *includes(),
         "int main(void) {",
         '  printf("{\\"structs\\": {\\n");',
     ]
@@ -114,7 +121,7 @@ def header_macros() -> dict[str, set[str]]:
     sees them (a #define inside a comment or a dead #if is not one)."""
     with tempfile.TemporaryDirectory(prefix="pvhyp-abi-") as tmp:
         src = Path(tmp, "macros.c")
-        src.write_text("\n".join(program().splitlines()[:program().splitlines().index("int main(void) {")]) + "\n")
+        src.write_text("\n".join(includes()) + "\n")
         ran = subprocess.run(["gcc", "-std=gnu11", "-w", "-dM", "-E", "-I", str(INCLUDE_ROOT), str(src)],
                              capture_output=True, text=True, timeout=120, check=True)
     live = set(_OBJECT_MACRO.findall(ran.stdout))
