@@ -3,13 +3,18 @@
 System time (Xen's NOW()) is nanoseconds since the hypervisor started,
 from the host's monotonic clock (or a FakeClock a test drives).
 
-The guest TSC is a pure function of system time: tsc = now_ns * TSC_HZ /
-1e9, the same on every vCPU (so the pvclock record carries
-XEN_PVCLOCK_TSC_STABLE_BIT). The CPU engine answers `rdtsc` with
-`hv.time.guest_tsc()`; the vcpu_time_info it publishes (tsc_timestamp,
-system_time, tsc_to_system_mul, tsc_shift) converts it back exactly, so a
-record written once stays right: it is refreshed when a vCPU is scheduled,
-its vcpu_info moves, or a time area is registered, as Xen does.
+The guest TSC is what `rdtsc` returns on the software CPU. Unicorn's rdtsc
+reads the host's own (invariant) TSC, so with the real clock the guest TSC
+*is* the host TSC: `hv.time.guest_tsc()` reads it the same way, its rate is
+calibrated against the monotonic clock (and refined as time passes), and
+each vcpu_time_info record stamps (tsc, system time) afresh, as Xen's
+calibration does. The records then carry no TSC_STABLE bit, so a guest
+keeps its pvclock monotonic across vCPUs itself (Linux does). With a
+FakeClock the TSC is synthetic: now_ns * TSC_HZ / 1e9, exact, stable. An
+engine that traps rdtsc (CR4.TSD) answers it with `hv.time.guest_tsc()`.
+
+A record is refreshed when a vCPU is scheduled, its vcpu_info moves, or a
+time area is registered, as Xen does.
 
 Timers (Xen's set_timer / stop_timer) live in one queue ordered by
 deadline. With the real clock a thread sleeps until the next deadline and
@@ -38,7 +43,7 @@ if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
 
 NSEC_PER_SEC = 1_000_000_000
-TSC_HZ = 2_000_000_000              # the guest sees a 2 GHz invariant TSC
+TSC_HZ = 2_000_000_000              # the synthetic TSC (FakeClock): 2 GHz
 MILLISECS = 1_000_000
 STIME_DELTA_MAX = (1 << 62) - 1
 NR_DOMAIN_WATCHDOG_TIMERS = 2
@@ -72,6 +77,56 @@ TSC_TO_SYSTEM_MUL, TSC_SHIFT = compute_time_scale(TSC_HZ)
 
 
 # --- clocks ------------------------------------------------------------------
+
+class HostTsc:
+    """The host TSC, read as unicorn's rdtsc reads it, and its calibrated rate."""
+
+    _CALIBRATION_NS = 2_000_000
+
+    def __init__(self):
+        from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+        from unicorn.x86_const import UC_X86_REG_RAX, UC_X86_REG_RDX
+        self._uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self._uc.mem_map(0x1000, 0x1000)
+        self._uc.mem_write(0x1000, b"\x0f\x31")             # rdtsc
+        self._regs = (UC_X86_REG_RAX, UC_X86_REG_RDX)
+        self._lock = threading.Lock()
+        self._base = self._sample()
+        while True:
+            ns, tsc = self._sample()
+            if ns - self._base[0] >= self._CALIBRATION_NS:
+                break
+        self._rate = (ns, tsc)
+
+    def read(self) -> int:
+        with self._lock:
+            self._uc.emu_start(0x1000, 0x1002)
+            rax, rdx = (self._uc.reg_read(r) for r in self._regs)
+        return (rdx & 0xFFFF_FFFF) << 32 | (rax & 0xFFFF_FFFF)
+
+    def _sample(self) -> tuple[int, int]:
+        return host_time.monotonic_ns(), self.read()
+
+    def hz(self) -> int:
+        """Ticks per second over the longest span measured so far."""
+        ns, tsc = self._sample()
+        if ns - self._rate[0] > self._CALIBRATION_NS:
+            self._rate = (ns, tsc)
+        span_ns = self._rate[0] - self._base[0]
+        return (self._rate[1] - self._base[1]) * NSEC_PER_SEC // span_ns
+
+
+_host_tsc: HostTsc | None = None
+_host_tsc_lock = threading.Lock()
+
+
+def host_tsc() -> HostTsc:
+    global _host_tsc
+    with _host_tsc_lock:
+        if _host_tsc is None:
+            _host_tsc = HostTsc()
+        return _host_tsc
+
 
 class MonotonicClock:
     """Host monotonic time, zero at construction; wallclock of that zero."""
@@ -240,10 +295,14 @@ class TimeKeeper:
     def now(self) -> int:
         return self.clock.now_ns()
 
-    def guest_tsc(self, now_ns: int | None = None) -> int:
-        if now_ns is None:
-            now_ns = self.clock.now_ns()
-        return now_ns * TSC_HZ // NSEC_PER_SEC
+    @property
+    def synthetic_tsc(self) -> bool:
+        return isinstance(self.clock, FakeClock)
+
+    def guest_tsc(self) -> int:
+        if self.synthetic_tsc:
+            return self.clock.now_ns() * TSC_HZ // NSEC_PER_SEC
+        return host_tsc().read()
 
     def next_deadline(self) -> int | None:
         return self.timers.next_deadline()
@@ -251,9 +310,14 @@ class TimeKeeper:
     # --- published records -----------------------------------------------
     def time_record(self) -> bytes:
         """The body of vcpu_time_info after `version`, stamped now."""
-        now = self.clock.now_ns()
-        return _TIME_INFO_BODY.pack(0, self.guest_tsc(now), now, TSC_TO_SYSTEM_MUL, TSC_SHIFT,
-                                    XEN_PVCLOCK_TSC_STABLE_BIT)
+        if self.synthetic_tsc:
+            now = self.clock.now_ns()
+            return _TIME_INFO_BODY.pack(0, now * TSC_HZ // NSEC_PER_SEC, now, TSC_TO_SYSTEM_MUL, TSC_SHIFT,
+                                        XEN_PVCLOCK_TSC_STABLE_BIT)
+        tsc_source = host_tsc()
+        mul, shift = compute_time_scale(tsc_source.hz())
+        tsc = tsc_source.read()
+        return _TIME_INFO_BODY.pack(0, tsc, self.clock.now_ns(), mul, shift, 0)
 
     def update_vcpu_system_time(self, vcpu: "VCPU") -> None:
         """Rewrite the vCPU's vcpu_info.time (and its time area) with the version protocol."""
