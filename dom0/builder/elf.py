@@ -188,7 +188,7 @@ class ElfFile:
         return self.data[start:nul].decode("latin-1")
 
     def notes(self, offset: int, size: int):
-        """(name, type, desc bytes) of each note in [offset, offset+size)."""
+        """(name, type, desc bytes, desc offset) of each note in [offset, offset+size)."""
         end = min(offset + size, len(self.data))
         at = offset
         while at + _NHDR.size <= end:
@@ -199,7 +199,7 @@ class ElfFile:
             _check(desc_at + descsz <= end,
                    f"ELF note at {at:#x} (type {ntype}) runs past the end of its note area")
             name = self.data[name_at:name_at + namesz].split(b"\0", 1)[0].decode("latin-1")
-            yield name, ntype, self.data[desc_at:desc_at + descsz]
+            yield name, ntype, self.data[desc_at:desc_at + descsz], desc_at
             at = next_at
 
     def load_into(self, dest, dest_paddr: int) -> None:
@@ -230,16 +230,17 @@ def _numeric(name: str, desc: bytes) -> int:
     return int.from_bytes(desc, "little")
 
 
-def _apply_note(params: XenParams, ntype: int, desc: bytes) -> None:
+def _apply_note(elf: "ElfFile", params: XenParams, ntype: int, desc: bytes, desc_at: int) -> None:
     """elf_xen_parse_note: one "Xen" note into the parameters."""
     name = NOTE_NAMES.get(ntype)
     if name is None:
         return                                  # unknown note types are ignored, as Xen does
     n = elfnote
     if ntype in _STRING_NOTES:
-        nul = desc.find(b"\0")
-        _check(nul >= 0, f"ELF note {name} is not a NUL-terminated string")
-        value: object = desc[:nul].decode("latin-1")
+        # Xen's elf_strval reads up to the first NUL in the image, not the descriptor:
+        # Linux's FEATURES note is an unterminated .ascii that ends in the alignment padding.
+        value: object = elf.c_string(desc_at, len(elf.data))
+        _check(value is not None, f"ELF note {name} is not a NUL-terminated string")
     elif ntype == n.XEN_ELFNOTE_L1_MFN_VALID:
         # (mask, value) pairs of any width; libelf does not interpret it either.
         value = desc.hex()
@@ -289,11 +290,11 @@ def _apply_note(params: XenParams, ntype: int, desc: bytes) -> None:
 
 def _parse_note_area(elf: ElfFile, params: XenParams, offset: int, size: int, counter: list[int]) -> int:
     found = 0
-    for name, ntype, desc in elf.notes(offset, size):
+    for name, ntype, desc, desc_at in elf.notes(offset, size):
         counter[0] += 1
         _check(counter[0] <= ELF_MAX_TOTAL_NOTE_COUNT, "too many ELF notes")
         if name == "Xen":
-            _apply_note(params, ntype, desc)
+            _apply_note(elf, params, ntype, desc, desc_at)
             found += 1
     return found
 

@@ -141,3 +141,34 @@ def test_parse_once_build_twice(builder_machine, xtf_example):
     a = build_pv_domain(xc, xc.domain_create(), image, 16, pin=can_pin(hv))
     b = build_pv_domain(xc, xc.domain_create(), image, 16, pin=can_pin(hv))
     assert a.domid != b.domid and not set(a.p2m) & set(b.p2m)
+
+
+def debian_kernel():
+    """A Debian PV kernel + initramfs as `pvhyp image debian` leaves them ($PVHYP_DEBIAN_DIR or its cache)."""
+    import os
+    import pathlib
+    for directory in (os.environ.get("PVHYP_DEBIAN_DIR"), pathlib.Path.home() / ".cache/pvhyp/debian"):
+        if directory and (pathlib.Path(directory) / "vmlinuz").is_file():
+            return pathlib.Path(directory)
+    return None
+
+
+def test_build_debian_kernel(builder_machine):
+    """bzImage + xz, VIRT_BASE/ENTRY/INIT_P2M/MOD_START_PFN, a segment at vaddr 0: all of libxc's PV paths."""
+    directory = debian_kernel()
+    if directory is None:
+        pytest.skip("no Debian kernel ($PVHYP_DEBIAN_DIR or ~/.cache/pvhyp/debian from `pvhyp image debian`)")
+    hv, _dom0, xc = builder_machine
+    ramdisk = (directory / "initrd.img").read_bytes() if (directory / "initrd.img").exists() else b"\0" * 4096
+    domid = xc.domain_create()
+    result = build_pv_domain(xc, domid, (directory / "vmlinuz").read_bytes(), MEMORY_MB, ramdisk=ramdisk,
+                             cmdline="console=hvc0", pin=can_pin(hv))
+    lay, si, l4 = result.layout, result.start_info, result.l4_mfn
+    assert si["flags"] & SIF_MOD_START_PFN and si["mod_len"] >= len(ramdisk)
+    assert hv.memory.read(result.p2m[si["mod_start"]] * PAGE_SIZE, 64) == ramdisk[:64]
+    assert si["mfn_list"] == lay.p2m_base and (si["first_p2m_pfn"], si["nr_p2m_frames"]) == (lay.p2m.pfn, lay.p2m.pages)
+    mfn_list = guest_read(hv, l4, si["mfn_list"], 8 * len(result.p2m))
+    assert list(struct.unpack(f"<{len(result.p2m)}Q", mfn_list)) == result.p2m
+    entry = result.image.params.virt_entry
+    assert walk(hv.memory, l4, entry, write=False, user=False) == \
+        result.p2m[(entry - lay.virt_base) >> 12] * PAGE_SIZE + (entry & 0xFFF)

@@ -204,3 +204,12 @@ def test_fuzzed_bzimage_setup_header(blob):
         parse_kernel(bytes(data))
     except BuildError as e:
         assert "\n" not in str(e)
+
+
+def test_string_note_ends_in_the_alignment_padding():
+    """Linux's FEATURES note is an unterminated .ascii: Xen reads the string up to the padding's NUL."""
+    features = b"!writable_page_tables|pae_pgdir_above_4gb"          # 41 bytes, padded to 44
+    notes = (note(elfnote.XEN_ELFNOTE_GUEST_OS, b"linux\0") + note(elfnote.XEN_ELFNOTE_XEN_VERSION, b"xen-3.0\0")
+             + note(elfnote.XEN_ELFNOTE_FEATURES, features))
+    params = parse_kernel(make_elf(notes=notes)).params
+    assert params.f_required == 1 and ("FEATURES", features.decode()) in params.notes

@@ -1,0 +1,93 @@
+"""`pvhyp inspect KERNEL [--memory MB] [--ramdisk FILE]`: what the domain builder sees and would do.
+
+Shows how the image is wrapped (bzImage, compression), its PT_LOAD segments,
+the Xen ELF notes as the kernel declares them, and the 64-bit PV layout the
+builder would lay out in a domain of the given size: pseudo-physical frames
+and virtual addresses of the kernel, ramdisk, P2M list, start_info, xenstore
+and console pages, boot page tables and boot stack, and the start_info
+fields and registers derived from them. No hypervisor is needed: it is the
+builder's own parsing and layout code, stopped before the first hypercall.
+"""
+from __future__ import annotations
+
+import pathlib
+
+from pvhyp.cli import UserError
+
+FEATURE_BITS = {0: "writable_page_tables", 1: "writable_descriptor_tables", 2: "auto_translated_physmap",
+                3: "supervisor_mode_kernel", 4: "pae_pgdir_above_4gb", 5: "mmu_pt_update_preserve_ad",
+                7: "gnttab_map_avail_bits", 8: "hvm_callback_vector", 9: "hvm_safe_pvclock",
+                10: "hvm_pirqs", 11: "dom0", 13: "memory_op_vnode_supported", 15: "linux_rsdp_unrestricted"}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("inspect", help="show a PV kernel's Xen ELF notes and the layout the builder would use")
+    p.add_argument("kernel", help="vmlinux/bzImage/XTF kernel file")
+    p.add_argument("--memory", type=int, default=128, metavar="MB", help="domain memory (default 128)")
+    p.add_argument("--ramdisk", metavar="FILE", help="include a ramdisk of this file's size in the layout")
+    p.set_defaults(func=run)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return pathlib.Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
+def _features(mask: int) -> str:
+    names = [FEATURE_BITS.get(bit, f"bit{bit}") for bit in range(32) if mask >> bit & 1]
+    return "|".join(names) or "-"
+
+
+def _note_value(value) -> str:
+    return f"{value:#x}" if isinstance(value, int) else repr(value)
+
+
+def run(args) -> int:
+    from dom0.builder import BuildError, parse_kernel, plan_layout
+    from dom0.builder.layout import PAGE_SIZE
+
+    data = _read(args.kernel, "kernel")
+    ramdisk_size = len(_read(args.ramdisk, "ramdisk")) if args.ramdisk else 0
+    if args.memory <= 0:
+        raise UserError("--memory must be a positive number of MiB")
+    try:
+        image = parse_kernel(data)
+        layout = plan_layout(image, (args.memory << 20) // PAGE_SIZE, ramdisk_size)
+    except BuildError as e:
+        raise UserError(f"{args.kernel}: {e}") from None
+
+    p, elf = image.params, image.elf
+    wrapped = ("bzImage carrying a " if image.container == "bzImage" else "") + (
+        f"{image.compression}-compressed " if image.compression else "")
+    print(f"{args.kernel}: {wrapped}ELF64 x86-64 ({len(elf.data)} bytes), guest type {image.guest_type}")
+    print("\nPT_LOAD segments (loaded by physical address):")
+    for s in elf.segments:
+        print(f"  paddr {s.paddr:#018x}  vaddr {s.vaddr:#018x}  file {s.filesz:#9x}  mem {s.memsz:#9x}")
+    print(f"\nXen ELF notes (from {p.note_source}):")
+    for name, value in p.notes:
+        print(f"  {name:<20} {_note_value(value)}")
+    print(f"  -> features required {_features(p.f_required)}; supported {_features(p.f_supported)}")
+
+    print(f"\nAddresses: virt_base {p.virt_base:#x}, paddr_offset {p.elf_paddr_offset:#x}, "
+          f"kernel {p.virt_kstart:#x}-{p.virt_kend:#x}, entry {p.virt_entry:#x}")
+    print(f"\nLayout in {args.memory} MiB ({layout.total_pages} pages), as xc_dom_x86 builds it:")
+    print(f"  {'segment':<12} {'virtual start':>18} {'virtual end':>18} {'pfn':>8} {'pages':>6}")
+    for s in layout.segments:
+        print(f"  {s.name:<12} {s.vstart:#18x} {s.vend:#18x} {s.pfn:#8x} {s.pages:6}")
+    print(f"  initial mapping: {layout.virt_base:#x}-{layout.virt_pgtab_end - 1:#x} "
+          f"({layout.nr_pt_frames} page-table frames, read-only in the guest; "
+          f"{len(layout.maps)} mapping{'s' if len(layout.maps) > 1 else ''})")
+    if layout.hypercall_pfn is not None:
+        print(f"  hypercall page: {p.virt_hypercall:#x} (pfn {layout.hypercall_pfn:#x}), filled by Xen")
+    print("\nstart_info (at rsi):")
+    print(f"  nr_pages {layout.total_pages}  pt_base {layout.pgtables.vstart:#x}  "
+          f"nr_pt_frames {layout.nr_pt_frames}  mfn_list {layout.p2m.vstart:#x}  flags {layout.flags:#x}")
+    if layout.ramdisk:
+        print(f"  mod_start {layout.initrd_start:#x}  mod_len {layout.initrd_len:#x}")
+    if layout.p2m_base is not None:
+        print(f"  first_p2m_pfn {layout.p2m.pfn:#x}  nr_p2m_frames {layout.p2m.pages}")
+    print(f"\nvCPU 0: rip {layout.virt_entry:#x}  rsp {layout.stack_top:#x}  rsi {layout.start_info_virt:#x}  "
+          f"cs 0xe033 ss 0xe02b  cr3 = L4 at pfn {layout.pgtables.pfn:#x}")
+    return 0
