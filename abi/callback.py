@@ -19,7 +19,9 @@ CALLBACKTYPE_sysenter = 5  # 32-bit SYSENTER (compat user space)
 CALLBACKTYPE_syscall32 = 7  # 32-bit SYSCALL (compat user space)
 
 _CALLBACKF_mask_events = 0
-CALLBACKF_mask_events = 1 << _CALLBACKF_mask_events  # mask event upcalls on entry
+# Mask event upcalls on entry (failsafe/syscall callbacks; the event and NMI
+# callbacks always enter with upcalls masked).
+CALLBACKF_mask_events = 1 << _CALLBACKF_mask_events
 
 CALLBACKOP_register = 0
 callback_register = Struct(
@@ -35,4 +37,4 @@ callback_unregister = Struct(
     "type" / uint16_t * "IN: CALLBACKTYPE_*",
     "_unused" / uint16_t,
 )
-callback_unregister.docs = "CALLBACKOP_unregister: clear one (not allowed for event and failsafe)."
+callback_unregister.docs = "CALLBACKOP_unregister: clear one; on x86 only the NMI callback can be (-EINVAL otherwise)."
