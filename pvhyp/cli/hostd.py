@@ -114,7 +114,10 @@ class Host:
                 self.dom0_proc.wait()
         self.channels.close()
         for domid in sorted(self.hv.domains, reverse=True):
-            self.hv.destroy_domain(domid)
+            try:
+                self.hv.destroy_domain(domid)
+            except Exception:       # a subsystem's teardown bug must not stop the others'
+                log.exception("destroying d%d", domid)
         self.dom0_alive = False
         self._report("stopped")
         return 0

@@ -140,3 +140,16 @@ def test_the_guests_survive_dom0_dying(tmp_path_factory, start_host):
             assert "the hypervisor keeps running 1 guest(s): [1]" in f.read()
     finally:
         host.pvhyp("down", check=False)
+
+
+def test_an_xtf_kernel_is_built_run_and_destroyed(host):
+    import pytest
+    xtf = "/work/shared/xtf/test-pv64-example"
+    if not os.path.exists(xtf):
+        pytest.skip("no XTF kernels here")
+    host.pvhyp("create", host.config("xtf", xtf, memory=8, on_poweroff="preserve", on_crash="preserve"))
+    domid = host.pvhyp("domid", "xtf").stdout.strip()
+    # XTF prints through console_io: whatever the engine makes of it, it shows in dmesg as (dN) lines
+    host.wait_for(lambda: f"(d{domid}) " in host.pvhyp("dmesg").stdout, what="XTF output")
+    host.pvhyp("destroy", "xtf")
+    assert "xtf" not in names(host)
