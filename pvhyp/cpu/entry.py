@@ -204,9 +204,21 @@ class PvVcpu:
         # RIP stays at the syscall: unicorn steps past it after the hook,
         # unless an event upcall is about to save it in a frame.
         self.engine.write("rax", result)
+        if self._must_stop():
+            self.engine.request_exit(ExitReason.REQUESTED)
+            return
         if self.bouncer.events_deliverable():
             self.engine.write("rip", self.engine.read("rip") + 2)
         self._drain_posted()
+
+    def _must_stop(self) -> bool:
+        """After a hypercall: the domain shut down or paused, or this vCPU went down."""
+        vcpu = self.vcpu
+        domain = getattr(vcpu, "domain", None)
+        if domain is None or domain.hv is None:
+            return False
+        return (domain.is_shut_down or domain.is_dying or domain.pause_count > 0
+                or vcpu.pause_count > 0 or not vcpu.online)
 
     def on_exception(self, engine: CpuEngine, vector: int, error_code: int, cr2: int) -> None:
         self._guarded(self._exception, vector, error_code, cr2)

@@ -88,7 +88,7 @@ def emulate_pagetable_write(pv_vcpu, fault_addr: int) -> bool:
         return False
     registers: dict[str, int] = {}
     flags_set, flags_cleared = 0, 0
-    mnemonic = insn.mnemonic
+    mnemonic = insn.mnemonic.split()[-1]          # "lock cmpxchg" -> "cmpxchg"
     if mnemonic == "mov":
         new = source
     elif mnemonic == "xchg":

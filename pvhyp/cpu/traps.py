@@ -180,9 +180,9 @@ class TrapBouncer:
         self.bounce(self.pv.event_callback.address, TBF_INTERRUPT)
         return True
 
-    def failsafe(self) -> None:
+    def failsafe(self, regs: dict | None = None) -> None:
         cb = self.pv.failsafe_callback
-        self.bounce(cb.address, TBF_FAILSAFE | (TBF_INTERRUPT if cb.masks_events else 0))
+        self.bounce(cb.address, TBF_FAILSAFE | (TBF_INTERRUPT if cb.masks_events else 0), regs=regs)
 
     # --- iret hypercall ----------------------------------------------------
     def do_iret(self) -> None:
@@ -199,9 +199,11 @@ class TrapBouncer:
             self.toggle_guest_mode()
         cs |= 3
         if (cs & 0xFFFF) not in (L.FLAT_RING3_CS64, L.FLAT_RING3_CS32):
-            # Xen's own iret to the guest would fault: the failsafe callback gets it.
-            engine.write_many({"rip": rip, "rsp": new_rsp, "rax": rax})
-            self.failsafe()
+            # Xen's own iret to the guest would fault: the failsafe callback
+            # gets the frame it could not load.
+            engine.write("rax", rax)
+            self.failsafe({"rip": rip, "cs": cs & 0xFFFF, "rflags": rflags, "rsp": new_rsp,
+                           "ss": (ss | 3) & 0xFFFF, "rcx": rcx, "r11": r11})
             return
         values = {
             "rax": rax,

@@ -1,0 +1,160 @@
+"""Hypervisor pages as the guest sees them, descriptor tables, writable page tables."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from guest_kit import GUEST_FIRST_MFN, RO_PAGE_VA, GuestMachine
+from pvhyp.cpu import xen_layout as L
+from pvhyp.cpu.engine import ExitReason
+from pvhyp.cpu.ptwr import FLAG_CF, FLAG_ZF
+
+MASK64 = (1 << 64) - 1
+
+
+@pytest.fixture(scope="module")
+def machine():
+    return GuestMachine()
+
+
+def run(vcpu, rec, insns=200_000):
+    reason = vcpu.run(max_insns=insns)
+    assert vcpu.engine.error is None, repr(vcpu.engine.error)
+    assert vcpu.crash_reason is None, vcpu.crash_reason
+    assert reason is ExitReason.REQUESTED and rec.exited, (reason, rec)
+
+
+def test_xen_l4_entries_cover_m2p_and_hypervisor_slots(machine):
+    entries = machine.layout.xen_l4_entries()
+    assert set(entries) <= set(range(L.HYPERVISOR_L4_FIRST, L.HYPERVISOR_L4_LAST + 1))
+    assert entries[256] & L.PTE_US                       # M2P: guest-visible
+    for slot in set(entries) - {256}:
+        assert not entries[slot] & L.PTE_US              # everything else: supervisor-only
+
+
+def test_guest_reads_m2p_and_loads_flat_selectors(machine):
+    vcpu, rec, syms = machine.load_kernel(rf"""
+main:
+    mov ${L.RO_MPT_VIRT_START + GUEST_FIRST_MFN * 8 + 8 * 5:#x}, %rbx
+    mov (%rbx), %rdi             /* M2P entry of the guest's pfn 5 */
+    mov ${L.FLAT_RING3_DS32:#x}, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %ds, %rsi
+    mov ${0x13:#x}, %eax         /* the guest's own GDT entry 2, RPL3 */
+    mov %eax, %fs
+    mov %fs, %rdx
+    HYPERCALL HC_LOG
+    movq $2, skip_len(%rip)
+    mov ${L.RO_MPT_VIRT_START:#x}, %rbx
+m2p_write:
+    movb %al, (%rbx)             /* read-only for the guest */
+    HYPERCALL HC_EXIT
+""")
+    gdt_mfn = machine.new_table()
+    machine.memory.write_u64((gdt_mfn << 12) + 2 * 8, 0x00CFF3000000FFFF)   # flat data, DPL3
+    vcpu.pv.gdt_frames[0], vcpu.pv.gdt_ents = gdt_mfn, 512
+    vcpu._sync_gdt()
+    run(vcpu, rec)
+    assert rec.log[0][:3] == (5, L.FLAT_RING3_DS32, 0x13)
+    assert rec.log[1][:3] == (14, 0x7, syms["m2p_write"])
+
+
+def test_failsafe_callback_on_bad_iret_cs(machine):
+    vcpu, rec, syms = machine.load_kernel(r"""
+main:
+    pushq $0xe02b                /* ss */
+    pushq %rsp                   /* rsp */
+    pushq $0x202
+    pushq $0x1234                /* a CS Xen would fault on */
+    pushq $main
+    XEN_IRET
+failsafe:                        /* rcx, r11, ds, es, fs, gs, rip, cs, rflags, rsp, ss */
+    mov 48(%rsp), %rdi
+    mov 56(%rsp), %rsi
+    HYPERCALL HC_LOG
+    HYPERCALL HC_EXIT
+""")
+    from pvhyp.pv_vcpu import Callback
+    vcpu.pv.failsafe_callback = Callback(syms["failsafe"])
+    run(vcpu, rec)
+    assert rec.log[0][0] == syms["main"]
+    assert rec.log[0][1] & 0xFFFF == 0x1234 & ~3
+
+
+class RecordingPtwr:
+    def __init__(self, memory):
+        self.memory, self.calls = memory, []
+
+    def __call__(self, vcpu, addr, data, width):
+        self.calls.append((addr, data, width))
+        self.memory.write(GUEST_FIRST_MFN * 4096 + addr, data)     # VA == pfn << 12 in the kit
+        return 0
+
+
+def test_writable_pagetable_stores_are_emulated(machine):
+    vcpu, rec, syms = machine.load_kernel(rf"""
+main:
+    mov ${RO_PAGE_VA}, %rbx
+    mov $0x1003, %rax
+    mov %rax, (%rbx)                     /* plain store */
+    mov $0x2003, %rcx
+    xchg %rcx, (%rbx)                    /* rcx <- 0x1003 */
+    mov $0x2003, %rax
+    mov $0x3003, %rdx
+    lock cmpxchg %rdx, (%rbx)            /* equal: stores 0x3003, ZF */
+    pushfq
+    pop %r8
+    lock btsq $9, (%rbx)                 /* sets bit 9, CF = old bit (0) */
+    lock andq $-2, (%rbx)                /* clears the present bit */
+    mov (%rbx), %rdi
+    mov %rcx, %rsi
+    mov %r8, %rdx
+    HYPERCALL HC_LOG
+    HYPERCALL HC_EXIT
+""")
+    ptwr = RecordingPtwr(machine.memory)
+    vcpu.ptwr_emulate = ptwr
+    vcpu.vcpu.domain.vm_assist |= 1 << 2           # VMASST_TYPE_writable_pagetables
+    run(vcpu, rec)
+    final, old_in_rcx, flags, _, _ = rec.log[0]
+    assert final == (0x3003 | 1 << 9) & ~1
+    assert old_in_rcx == 0x1003
+    assert flags & FLAG_ZF
+    assert [c[1] for c in ptwr.calls] == [struct.pack("<Q", v) for v in
+                                          (0x1003, 0x2003, 0x3003, 0x3203, 0x3202)]
+    assert all(c[0] == RO_PAGE_VA and c[2] == 8 for c in ptwr.calls)
+
+
+def test_page_fault_without_writable_pagetables_is_bounced(machine):
+    vcpu, rec, syms = machine.load_kernel(rf"""
+main:
+    movq $3, skip_len(%rip)
+    mov ${RO_PAGE_VA}, %rbx
+store:
+    mov %rax, (%rbx)
+    HYPERCALL HC_EXIT
+""")
+    vcpu.ptwr_emulate = RecordingPtwr(machine.memory)
+    run(vcpu, rec)
+    assert rec.log[0][:3] == (14, 0x7, syms["store"])
+    assert not vcpu.ptwr_emulate.calls
+
+
+def test_mov_to_cr3_goes_to_the_mmu(machine):
+    vcpu, rec, syms = machine.load_kernel(r"""
+main:
+    mov %cr3, %rax
+    mov %rax, %cr3               /* accepted by the MMU hook */
+    movq $3, skip_len(%rip)
+    mov $0x5000, %rax
+refused:
+    mov %rax, %cr3               /* refused: #GP */
+    HYPERCALL HC_EXIT
+""")
+    seen = []
+    vcpu.priv.on_new_cr3 = lambda mfn: seen.append(mfn) or mfn != 5
+    run(vcpu, rec)
+    assert seen == [vcpu.pv.kernel_table, 5]
+    assert rec.log[0][:3] == (13, 0, syms["refused"])
