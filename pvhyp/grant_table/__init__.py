@@ -16,6 +16,7 @@ from __future__ import annotations
 from abi import errno as E
 from abi import grant_table as G
 from abi import xen as X
+from pvhyp.grant_table import refs
 from pvhyp.grant_table.copy import CopyBatch, cache_flush, swap_grant_ref  # noqa: F401 (API)
 from pvhyp.grant_table.mapping import (DOMID_GRANT_ORPHAN, map_grant_ref, release_mappings,  # noqa: F401
                                        unmap_common)
@@ -52,6 +53,9 @@ def grant_table_destroy(d) -> None:
     release_mappings(d)
     with gnttab_lock:
         gt.dying = True
+        refs.release_table_frames(d.hv, gt.shared + gt.status)
+        if refs.mmu_of(d.hv) is not None:
+            return          # the MMU's teardown keeps still-held frames as orphans
         frames = d.hv.frames
         for act in gt.active:
             if act.pin and frames.owned_by(act.mfn, d.domid):
@@ -202,6 +206,8 @@ def _set_version(gt, version: int) -> int:
                     reserved.append((flags | status, domid, gt.frame(i)))
                 else:
                     reserved.append((0, 0, 0))
+            if gt.status_frames_busy():
+                return -E.EBUSY
             gt.unpopulate_status_frames()
         gt.clear_frames()
         gt.gt_version = version

@@ -10,7 +10,8 @@ from __future__ import annotations
 from abi import errno as E
 from abi import grant_table as G
 from abi import xen as X
-from pvhyp.grant_table.mapping import get_paged_frame, page_refs, pin_dropped, reduce_status_for_pin, set_status
+from pvhyp.grant_table import refs
+from pvhyp.grant_table.mapping import get_paged_frame, pin_dropped, reduce_status_for_pin, set_status
 from pvhyp.grant_table.table import (GNTPIN_devw_mask, GNTPIN_hstr_inc, GNTPIN_hstw_inc, GNTPIN_hstw_mask,
                                      gnttab_lock, gntpin_incr2oflow_mask)
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
@@ -37,14 +38,17 @@ def release_grant_for_copy(rgt, gref: int, readonly: bool) -> None:
 
 
 def acquire_grant_for_copy(rd, gref: int, ldom: int, readonly: bool, allow_transitive: bool = True):
-    """Pin a grant for copying: (GNTST_*, mfn, page_off, length); a page reference is held on success."""
+    """Pin a grant for copying: (GNTST_*, mfn, page_off, length, owner of the frame).
+
+    The caller holds the frame (refs.hold) for as long as it copies.
+    """
     rgt = rd.grant_table
     pin_incr = GNTPIN_hstr_inc if readonly else GNTPIN_hstw_inc
     if gref >= rgt.nr_grant_entries():
-        return G.GNTST_bad_gntref, 0, 0, 0
+        return G.GNTST_bad_gntref, 0, 0, 0, None
     act = rgt.active[gref]
     if act.pin and (act.domid != ldom or act.pin & gntpin_incr2oflow_mask(pin_incr)):
-        return G.GNTST_general_error, 0, 0, 0
+        return G.GNTST_general_error, 0, 0, 0, None
     v2 = rgt.gt_version == 2
     flags = rgt.header(gref)[0]
     old_pin = act.pin
@@ -55,11 +59,11 @@ def acquire_grant_for_copy(rd, gref: int, ldom: int, readonly: bool, allow_trans
         if needs_status:
             rc = set_status(rgt, gref, act, readonly, False, ldom)
             if rc != G.GNTST_okay:
-                return rc, 0, 0, 0
+                return rc, 0, 0, 0, None
 
         def clear(rc):
             reduce_status_for_pin(rgt, gref, act, readonly)
-            return rc, 0, 0, 0
+            return rc, 0, 0, 0, None
 
         if not allow_transitive:
             return clear(G.GNTST_general_error)
@@ -69,14 +73,13 @@ def acquire_grant_for_copy(rd, gref: int, ldom: int, readonly: bool, allow_trans
         td = hv.domains.get(trans_domid)
         if td is None or td.grant_table is None:
             return clear(G.GNTST_general_error)
-        rc, mfn, off, length = acquire_grant_for_copy(td, trans_gref, rd.domid, readonly, False)
+        rc, mfn, off, length, owner = acquire_grant_for_copy(td, trans_gref, rd.domid, readonly, False)
         if rc != G.GNTST_okay:
             reduce_status_for_pin(rgt, gref, act, readonly)
-            return rc, 0, 0, 0
+            return rc, 0, 0, 0, None
         if old_pin and (act.domid != ldom or act.mfn != mfn or act.start != off or act.length != length
                         or act.trans_domain is not td or act.trans_gref != trans_gref or not act.is_sub_page):
             release_grant_for_copy(td.grant_table, trans_gref, readonly)
-            page_refs.put(hv, mfn)
             return clear(G.GNTST_general_error)
         if not old_pin:
             act.domid, act.start, act.length = ldom, off, length
@@ -87,32 +90,33 @@ def acquire_grant_for_copy(rd, gref: int, ldom: int, readonly: bool, allow_trans
     elif needs_status:
         rc = set_status(rgt, gref, act, readonly, False, ldom)
         if rc != G.GNTST_okay:
-            return rc, 0, 0, 0
+            return rc, 0, 0, 0, None
         if not v2 or not flags & G.GTF_sub_page:
             gfn, off, length, is_sub_page = rgt.frame(gref), 0, PAGE_SIZE, False
         else:
             gfn, off, length = rgt.sub_page(gref)
             is_sub_page = True
-        rc, mfn = get_paged_frame(rd, gfn, readonly)
+        rc, mfn = get_paged_frame(rd, gfn)
+        owner = rd
         if rc != G.GNTST_okay:
             reduce_status_for_pin(rgt, gref, act, readonly)
-            return rc, 0, 0, 0
+            return rc, 0, 0, 0, None
         if not act.pin:
             act.gfn, act.domid, act.is_sub_page = gfn, ldom, is_sub_page
             act.start, act.length = off, length
             act.trans_domain, act.trans_gref, act.mfn = rd, gref, mfn
         elif act.mfn != mfn or act.trans_domain is not rd or act.trans_gref != gref or \
                 (act.is_sub_page and (not is_sub_page or act.start != off or act.length != length)):
-            page_refs.put(hv, mfn)
             reduce_status_for_pin(rgt, gref, act, readonly)
-            return G.GNTST_general_error, 0, 0, 0
+            return G.GNTST_general_error, 0, 0, 0, None
     else:
-        if rd.is_dying or not page_refs.get(hv, act.mfn, rd):
+        owner = rd
+        if rd.is_dying or not hv.frames.owned_by(act.mfn, rd.domid):
             reduce_status_for_pin(rgt, gref, act, readonly)
-            return G.GNTST_bad_domain, 0, 0, 0
+            return G.GNTST_bad_domain, 0, 0, 0, None
 
     act.pin += pin_incr
-    return G.GNTST_okay, act.mfn, act.start, act.length
+    return G.GNTST_okay, act.mfn, act.start, act.length, owner
 
 
 class CopyBuf:
@@ -127,16 +131,14 @@ class CopyBuf:
         self.ref = self.gmfn = None
         self.offset, self.len = 0, 0
         self.mfn = None             # set while claimed (Xen's buf->virt)
-        self.have_page = self.have_grant = self.have_type = False
+        self.have_grant = self.held = False
         self.read_only = False
 
     def release(self, hv) -> None:
         if self.have_grant:
             release_grant_for_copy(self.domain.grant_table, self.ref, self.read_only)
-        if self.have_type:
-            page_refs.put_type(hv, self.mfn)
-        if self.have_page:
-            page_refs.put(hv, self.mfn)
+        if self.held:
+            refs.release(hv, self.mfn, not self.read_only)
         self.reset()
 
 
@@ -167,21 +169,21 @@ class CopyBatch:
         buf.read_only = read_only
         if is_gref:
             ref = ptr["u"]["ref"]
-            rc, mfn, off, length = acquire_grant_for_copy(buf.domain, ref, self.current.domid, read_only)
+            rc, mfn, off, length, owner = acquire_grant_for_copy(buf.domain, ref, self.current.domid, read_only)
             if rc != G.GNTST_okay:
                 return rc
-            buf.ref, buf.have_grant, buf.have_page = ref, True, True
+            buf.ref, buf.have_grant = ref, True
         else:
             gmfn = ptr["u"]["gmfn"]
-            rc, mfn = get_paged_frame(buf.domain, gmfn, read_only)
+            rc, mfn = get_paged_frame(buf.domain, gmfn)
             if rc != G.GNTST_okay:
                 return rc
-            buf.gmfn, buf.have_page, off, length = gmfn, True, 0, PAGE_SIZE
+            buf.gmfn, owner, off, length = gmfn, buf.domain, 0, PAGE_SIZE
         buf.mfn, buf.offset, buf.len = mfn, off, length
-        if not read_only:
-            if not page_refs.get_writable(self.hv, mfn):
-                return G.GNTST_general_error
-            buf.have_type = True
+        if not refs.hold(self.hv, mfn, owner, not read_only):
+            # Xen: no reference (bad page) for a source; no writable type for a destination.
+            return G.GNTST_bad_page if read_only else G.GNTST_general_error
+        buf.held = True
         return G.GNTST_okay
 
     @staticmethod

@@ -2,9 +2,8 @@
 unmap_common and unmap_common_complete, plus the two kinds of host mapping.
 
 Host mappings:
-  * an x86 PV guest (domain.paging): a PTE in its page tables, made by the
-    PV MMU (`create_grant_pv_mapping` / `replace_grant_pv_mapping` in
-    pvhyp.mm.mmu, called through `pv_mmu()`); without them such a request
+  * an x86 PV guest (domain.paging): a PTE in its page tables
+    (pv_mapping.py, through the PV MMU); without the MMU such a request
     answers GNTST_general_error.
   * a process domain (dom0 process, Python guest): `host_addr` names the
     mapping, like a guest-physical slot; the mapping is recorded and the
@@ -12,105 +11,64 @@ Host mappings:
     allowed by `hv.may_host_map`). The frame's machine address is returned in
     dev_bus_addr, which Xen fills for every successful map.
 
-Page references: Xen holds a reference on the granted page (and a writable
-type reference for writable mappings) while it is mapped. They are taken
-through `page_refs`, which uses the PV MMU's reference counts when it has
-them and otherwise checks ownership only.
+References (refs.py): a device mapping holds the frame (writable type too
+unless read-only) from map to unmap; a host mapping's hold belongs to the
+host mapping itself (the PTE's reference for a PV guest), taken when it is
+created and dropped when it is replaced.
 """
 from __future__ import annotations
 
-import importlib
-
 from abi import grant_table as G
+from pvhyp.grant_table import pv_mapping, refs
 from pvhyp.grant_table.table import (GNTPIN_devr_inc, GNTPIN_devw_inc, GNTPIN_devw_mask,
                                      GNTPIN_hstr_inc, GNTPIN_hstw_inc, GNTPIN_hstw_mask,
                                      INVALID_MAPTRACK_HANDLE, gnttab_lock, gntpin_incr2oflow_mask)
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 
-GNTST = G
-# A destroyed domain's frame that a grantee still maps: owned by nobody that can
-# run, freed when the last grant use of it goes (Xen keeps the zombie domain).
+# Without the PV MMU: a destroyed domain's frame that a grantee still maps is
+# owned by nobody that can run until the last grant use of it goes (Xen keeps
+# the zombie domain; the MMU, when attached, keeps such orphans itself).
 DOMID_GRANT_ORPHAN = 0x7FF4      # DOMID_INVALID
 
 
-def pv_mmu():
-    """The PV MMU module when it offers grant PTE mapping, else None."""
-    try:
-        mmu = importlib.import_module("pvhyp.mm.mmu")
-    except ModuleNotFoundError:
-        return None
-    return mmu if hasattr(mmu, "create_grant_pv_mapping") else None
-
-
-class page_refs:
-    """Xen's get_page/put_page and the PGT_writable_page type count, as far as the MMU keeps them."""
-
-    @staticmethod
-    def _mmu():
-        mmu = pv_mmu()
-        return mmu if mmu is not None and hasattr(mmu, "get_page") else None
-
-    @staticmethod
-    def get(hv, mfn: int, owner) -> bool:
-        if not hv.frames.owned_by(mfn, owner.domid):
-            return False
-        mmu = page_refs._mmu()
-        return mmu.get_page(hv, mfn, owner) if mmu else True
-
-    @staticmethod
-    def put(hv, mfn: int) -> None:
-        mmu = page_refs._mmu()
-        if mmu:
-            mmu.put_page(hv, mfn)
-
-    @staticmethod
-    def get_writable(hv, mfn: int) -> bool:
-        mmu = page_refs._mmu()
-        return mmu.get_page_type(hv, mfn, mmu.PGT_writable_page) if mmu else True
-
-    @staticmethod
-    def put_type(hv, mfn: int) -> None:
-        mmu = page_refs._mmu()
-        if mmu:
-            mmu.put_page_type(hv, mfn)
-
-
-def get_paged_frame(rd, gfn: int, readonly: bool) -> tuple[int, int]:
-    """The frame a grant names, with a reference taken: (GNTST_*, mfn).
+def get_paged_frame(rd, gfn: int) -> tuple[int, int]:
+    """The frame a grant names, if rd owns it: (GNTST_*, mfn).
 
     A PV guest writes machine frame numbers in its grants; a process domain
     (translated, like an HVM guest) writes its own pseudo-physical frames.
     """
     mfn = gfn if rd.paging else rd.pfn_to_mfn(gfn)
-    if not page_refs.get(rd.hv, mfn, rd):
+    if not rd.hv.frames.owned_by(mfn, rd.domid):
         return G.GNTST_bad_page, 0
     return G.GNTST_okay, mfn
 
 
 # --- host mappings -------------------------------------------------------------------
 
-def create_grant_host_mapping(vcpu, addr: int, mfn: int, flags: int, cache_flags: int) -> int:
+def create_grant_host_mapping(vcpu, rd, addr: int, mfn: int, flags: int) -> int:
     d = vcpu.domain
     if d.paging:
-        mmu = pv_mmu()
-        if mmu is None:
-            return G.GNTST_general_error
-        return mmu.create_grant_pv_mapping(vcpu, addr, mfn, flags, cache_flags)
-    d.grant_table.host_maps[addr] = mfn
+        return pv_mapping.create_grant_pv_mapping(vcpu, rd, addr, mfn, flags)
+    if not refs.hold(d.hv, mfn, rd, not flags & G.GNTMAP_readonly):
+        return G.GNTST_general_error
+    old = d.grant_table.host_maps.get(addr)
+    if old is not None:
+        # A new mapping in an occupied slot replaces the old one, as a p2m entry would.
+        refs.release(d.hv, old[0], old[1])
+    d.grant_table.host_maps[addr] = (mfn, not flags & G.GNTMAP_readonly)
     return G.GNTST_okay
 
 
 def replace_grant_host_mapping(vcpu, addr: int, mfn: int, new_addr: int, flags: int) -> int:
     d = vcpu.domain
     if d.paging:
-        mmu = pv_mmu()
-        if mmu is None:
-            return G.GNTST_general_error
-        return mmu.replace_grant_pv_mapping(vcpu, addr, mfn, new_addr, flags)
+        return pv_mapping.replace_grant_pv_mapping(vcpu, addr, mfn, new_addr, flags)
     # As Xen's p2m variant: no replacing, and the slot must hold this frame.
-    if new_addr or d.grant_table.host_maps.get(addr) != mfn:
+    slot = d.grant_table.host_maps.get(addr)
+    if new_addr or slot is None or slot[0] != mfn:
         return G.GNTST_general_error
     del d.grant_table.host_maps[addr]
+    refs.release(d.hv, mfn, slot[1])
     return G.GNTST_okay
 
 
@@ -157,8 +115,8 @@ def reduce_status_for_pin(rgt, ref: int, act, readonly: bool) -> None:
 
 
 def pin_dropped(rgt, act) -> None:
-    """A zombie table's frame goes back to the pool with its last use."""
-    if act.pin or not rgt.dying:
+    """Without the PV MMU, a zombie table's frame goes back to the pool with its last use."""
+    if act.pin or not rgt.dying or refs.mmu_of(rgt.hv) is not None:
         return
     hv = rgt.hv
     mfn = act.mfn
@@ -213,60 +171,34 @@ def _map_locked(vcpu, ld, rd, op, flags, readonly, pin_incr) -> None:
     if act.pin and (act.domid != ld.domid or act.pin & gntpin_incr2oflow_mask(pin_incr) or act.is_sub_page):
         return fail(G.GNTST_general_error)
 
-    got_ref = False
     if not act.pin or (not readonly and not act.pin & (GNTPIN_hstw_mask | GNTPIN_devw_mask)):
         rc = set_status(rgt, ref, act, readonly, True, ld.domid)
         if rc != G.GNTST_okay:
             return fail(rc)
         if not act.pin:
             gfn = rgt.frame(ref)
-            rc, mfn = get_paged_frame(rd, gfn, readonly)
+            rc, mfn = get_paged_frame(rd, gfn)
             if rc != G.GNTST_okay:
                 reduce_status_for_pin(rgt, ref, act, readonly)
                 return fail(rc)
-            got_ref = True
             act.gfn, act.domid, act.mfn = gfn, ld.domid, mfn
             act.start, act.length, act.is_sub_page = 0, PAGE_SIZE, False
             act.trans_domain, act.trans_gref = rd, ref
     act.pin += pin_incr
     mfn = act.mfn
-    cache_flags = rgt.header(ref)[0] & (G.GTF_PAT | G.GTF_PWT | G.GTF_PCD)
 
-    refcnt = typecnt = 0
-    host_map_created = False
-    if got_ref or page_refs.get(hv, mfn, rd):
-        refcnt = 1
+    # A frame that changed hands since it was pinned cannot be held: "could not pin".
     rc = G.GNTST_okay
-    if not refcnt:
-        rc = G.GNTST_general_error          # the frame changed hands: could not pin
-    else:
-        if flags & G.GNTMAP_device_map and not readonly:
-            if page_refs.get_writable(hv, mfn):
-                typecnt += 1
-            else:
-                rc = G.GNTST_general_error
-        if rc == G.GNTST_okay and flags & G.GNTMAP_host_map:
-            if flags & G.GNTMAP_device_map:
-                if page_refs.get(hv, mfn, rd):
-                    refcnt += 1
-                else:
-                    rc = G.GNTST_general_error
-            if rc == G.GNTST_okay and not readonly:
-                if page_refs.get_writable(hv, mfn):
-                    typecnt += 1
-                else:
-                    rc = G.GNTST_general_error
-            if rc == G.GNTST_okay:
-                rc = create_grant_host_mapping(vcpu, op["host_addr"], mfn, flags, 0)
-                host_map_created = rc == G.GNTST_okay
-
+    device_held = False
+    if flags & G.GNTMAP_device_map:
+        device_held = refs.hold(hv, mfn, rd, not readonly)
+        if not device_held:
+            rc = G.GNTST_general_error
+    if rc == G.GNTST_okay and flags & G.GNTMAP_host_map:
+        rc = create_grant_host_mapping(vcpu, rd, op["host_addr"], mfn, flags)
     if rc != G.GNTST_okay:
-        if host_map_created:
-            replace_grant_host_mapping(vcpu, op["host_addr"], mfn, 0, flags)
-        for _ in range(typecnt):
-            page_refs.put_type(hv, mfn)
-        for _ in range(refcnt):
-            page_refs.put(hv, mfn)
+        if device_held:
+            refs.release(hv, mfn, not readonly)
         act.pin -= pin_incr
         reduce_status_for_pin(rgt, ref, act, readonly)
         pin_dropped(rgt, act)
@@ -330,27 +262,26 @@ def unmap_common(vcpu, host_addr: int, dev_bus_addr: int, new_addr: int, handle:
 
 
 def _unmap_complete(ld, rgt, ref: int, act, mfn: int, done: int) -> None:
-    hv = ld.hv
+    """Drop the pins (and the device mapping's hold; a host mapping dropped its own)."""
     readonly = bool(done & G.GNTMAP_readonly)
     if done & G.GNTMAP_device_map:
-        if not readonly:
-            page_refs.put_type(hv, mfn)
-        page_refs.put(hv, mfn)
+        refs.release(ld.hv, mfn, not readonly)
         act.pin -= GNTPIN_devr_inc if readonly else GNTPIN_devw_inc
     if done & G.GNTMAP_host_map:
-        if not readonly:
-            page_refs.put_type(hv, mfn)
-        page_refs.put(hv, mfn)
         act.pin -= GNTPIN_hstr_inc if readonly else GNTPIN_hstw_inc
     reduce_status_for_pin(rgt, ref, act, readonly)
     pin_dropped(rgt, act)
 
 
 def release_mappings(d) -> None:
-    """gnttab_release_mappings: a dying domain's grant mappings of others' pages go."""
+    """gnttab_release_mappings: a dying domain's grant mappings of others' pages go.
+
+    A PV guest's grant PTEs go with its page tables (the MMU's teardown puts
+    their references); a process domain's recorded host mappings go here.
+    """
     lgt = d.grant_table
     with gnttab_lock:
-        for handle, mt in enumerate(lgt.maptrack):
+        for mt in lgt.maptrack:
             if not mt.flags:
                 continue
             rgt, ref, flags = mt.rgt, mt.ref, mt.flags
@@ -359,5 +290,7 @@ def release_mappings(d) -> None:
             _unmap_complete(d, rgt, ref, act, act.mfn, done)
             mt.flags = 0
             mt.rgt = None
+        for mfn, writable in lgt.host_maps.values():
+            refs.release(d.hv, mfn, writable)
         lgt.mapped.clear()
         lgt.host_maps.clear()

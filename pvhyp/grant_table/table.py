@@ -149,11 +149,14 @@ class GrantTable:
 
     # --- growth (frames belong to the domain so that it may map them) ---
     def _alloc_frames(self, count: int) -> list[int] | None:
+        from pvhyp.grant_table import refs
         from pvhyp.mm.frametable import OutOfMemory
         try:
-            return self.hv.frames.alloc(self.domid, count)
+            mfns = self.hv.frames.alloc(self.domid, count)
         except OutOfMemory:
             return None
+        refs.hold_table_frames(self.hv, self.domain, mfns)
+        return mfns
 
     def grow_table(self, req_nr_frames: int) -> bool:
         req_nr_frames = max(req_nr_frames, INITIAL_NR_GRANT_FRAMES)
@@ -162,7 +165,7 @@ class GrantTable:
             return False
         if self.gt_version > 1 and not self.populate_status_frames(req_nr_frames):
             for mfn in new:
-                self.hv.frames.free(mfn)
+                self._free_frame(mfn)
             return False
         self.shared.extend(new)
         need_active = req_nr_frames * SHGNT_PER_PAGE_V1
@@ -177,9 +180,19 @@ class GrantTable:
         self.status.extend(new)
         return True
 
+    def _free_frame(self, mfn: int) -> bool:
+        from pvhyp.grant_table import refs
+        return refs.free_table_frame(self.hv, mfn)
+
+    def status_frames_busy(self) -> bool:
+        """A status frame still referenced beyond the table's own hold (mapped by the guest)."""
+        from pvhyp.grant_table import refs
+        mmu = refs.mmu_of(self.hv)
+        return mmu is not None and any(self.hv.frames.count[mfn] > 1 for mfn in self.status)
+
     def unpopulate_status_frames(self) -> None:
         for mfn in self.status:
-            self.hv.frames.free(mfn)
+            self._free_frame(mfn)
         self.status = []
 
     # --- guest-visible entries ---

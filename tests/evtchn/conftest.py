@@ -27,3 +27,9 @@ def consistent(hv):
     from pvhyp import event_channel, grant_table
     assert event_channel.check_consistency(hv) == []
     assert grant_table.check_consistency(hv) == []
+    try:            # the PV MMU's own books must balance with the grants' holds too
+        from pvhyp.mm.checker import check_invariants
+    except ImportError:
+        return
+    if getattr(hv, "mmu", None) is not None:
+        assert check_invariants(hv) == []
