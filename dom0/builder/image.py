@@ -205,3 +205,36 @@ def parse_kernel(data: bytes) -> KernelImage:
     if params.f_required & (1 << XENFEAT_auto_translated_physmap):
         raise BuildError("PV auto-translated guests are not supported (FEATURES !auto_translated_physmap)")
     return KernelImage(elf=elf, params=params, container=container, compression=compression)
+
+
+# --- modules (the ramdisk) -----------------------------------------------------------------
+
+XC_DOM_DECOMPRESS_MAX = 1 << 30
+
+
+def module_size(blob: bytes) -> tuple[int, int]:
+    """xc_dom_build_module's sizing: (gunzipped size + 16 or 0, segment length).
+
+    A gzip module is handed to the guest decompressed when its trailer's size
+    looks sane; the segment is sized for whichever is larger.
+    """
+    unziplen = 0
+    if len(blob) >= 6 and blob.startswith(b"\x1f\x8b"):
+        claimed = struct.unpack_from("<I", blob, len(blob) - 4)[0]
+        if claimed <= XC_DOM_DECOMPRESS_MAX:
+            unziplen = claimed + 16
+    return unziplen, max(unziplen, len(blob))
+
+
+def module_contents(blob: bytes, unziplen: int) -> bytes:
+    """What goes into the module segment: the gunzipped data, or the blob itself when
+    it is not gzip or does not inflate cleanly (libxc's fallback)."""
+    if unziplen:
+        inflater = zlib.decompressobj(zlib.MAX_WBITS + 32)
+        try:
+            data = inflater.decompress(blob, unziplen)
+            if inflater.eof:
+                return data
+        except zlib.error:
+            pass
+    return blob

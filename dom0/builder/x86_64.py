@@ -18,7 +18,7 @@ from abi.cdefs import plain
 from abi.xen import MAX_GUEST_CMDLINE, start_info
 from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_DS, FLAT_KERNEL_SS
 from dom0.builder.errors import BuildError
-from dom0.builder.image import KernelImage, parse_kernel
+from dom0.builder.image import KernelImage, module_contents, module_size, parse_kernel
 from dom0.builder.layout import PAGE_SHIFT, PAGE_SIZE, Layout, pagetable_entries, plan_layout
 
 X86_DR6_DEFAULT = 0xFFFF0FF0
@@ -114,7 +114,8 @@ def build_pv_domain(xc, domid: int, kernel: bytes | KernelImage, memory_mb: int,
     """
     image = kernel if isinstance(kernel, KernelImage) else parse_kernel(kernel)
     nr_pages = (memory_mb << 20) >> PAGE_SHIFT
-    lay = plan_layout(image, nr_pages, len(ramdisk))
+    unziplen, module_length = module_size(ramdisk) if ramdisk else (0, 0)
+    lay = plan_layout(image, nr_pages, module_length)
     if isinstance(cmdline, str):
         cmdline = cmdline.encode()
 
@@ -126,7 +127,7 @@ def build_pv_domain(xc, domid: int, kernel: bytes | KernelImage, memory_mb: int,
     image.elf.load_into(kernel_bytes, image.elf.pstart)
     _write_pages(xc, domid, lay.kernel.pfn, bytes(kernel_bytes))
     if lay.ramdisk is not None:
-        _write_pages(xc, domid, lay.ramdisk.pfn, ramdisk)
+        _write_pages(xc, domid, lay.ramdisk.pfn, module_contents(ramdisk, unziplen))
 
     # P2M list (setup_pgtables_x86_64 copies it in), its page tables after it with INIT_P2M
     p2m_bytes = b"".join(mfn.to_bytes(8, "little") for mfn in p2m)

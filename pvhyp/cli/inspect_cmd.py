@@ -46,10 +46,11 @@ def _note_value(value) -> str:
 
 def run(args) -> int:
     from dom0.builder import BuildError, parse_kernel, plan_layout
+    from dom0.builder.image import module_size
     from dom0.builder.layout import PAGE_SIZE
 
     data = _read(args.kernel, "kernel")
-    ramdisk_size = len(_read(args.ramdisk, "ramdisk")) if args.ramdisk else 0
+    ramdisk_size = module_size(_read(args.ramdisk, "ramdisk"))[1] if args.ramdisk else 0
     if args.memory <= 0:
         raise UserError("--memory must be a positive number of MiB")
     try:

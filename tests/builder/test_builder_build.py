@@ -165,10 +165,27 @@ def test_build_debian_kernel(builder_machine):
                              cmdline="console=hvc0", pin=can_pin(hv))
     lay, si, l4 = result.layout, result.start_info, result.l4_mfn
     assert si["flags"] & SIF_MOD_START_PFN and si["mod_len"] >= len(ramdisk)
-    assert hv.memory.read(result.p2m[si["mod_start"]] * PAGE_SIZE, 64) == ramdisk[:64]
+    from dom0.builder.image import module_contents, module_size
+    assert hv.memory.read(result.p2m[si["mod_start"]] * PAGE_SIZE, 64) == \
+        module_contents(ramdisk, module_size(ramdisk)[0])[:64]
     assert si["mfn_list"] == lay.p2m_base and (si["first_p2m_pfn"], si["nr_p2m_frames"]) == (lay.p2m.pfn, lay.p2m.pages)
     mfn_list = guest_read(hv, l4, si["mfn_list"], 8 * len(result.p2m))
     assert list(struct.unpack(f"<{len(result.p2m)}Q", mfn_list)) == result.p2m
     entry = result.image.params.virt_entry
     assert walk(hv.memory, l4, entry, write=False, user=False) == \
         result.p2m[(entry - lay.virt_base) >> 12] * PAGE_SIZE + (entry & 0xFFF)
+
+
+def test_gzip_ramdisk_is_handed_over_decompressed(builder_machine, xtf_example):
+    """xc_dom_build_module: a gzip module is gunzipped into a segment of its size + 16."""
+    import gzip
+    hv, _dom0, xc = builder_machine
+    cpio = b"070701" + bytes(range(256)) * 30
+    result = build_pv_domain(xc, xc.domain_create(), xtf_example, 16, ramdisk=gzip.compress(cpio),
+                             pin=can_pin(hv))
+    assert result.start_info["mod_len"] == len(cpio) + 16
+    assert guest_read(hv, result.l4_mfn, result.start_info["mod_start"], len(cpio) + 16) == cpio + bytes(16)
+    broken = bytearray(gzip.compress(cpio))
+    broken[20:40] = bytes(20)
+    result = build_pv_domain(xc, xc.domain_create(), xtf_example, 16, ramdisk=bytes(broken), pin=can_pin(hv))
+    assert guest_read(hv, result.l4_mfn, result.start_info["mod_start"], len(broken)) == bytes(broken)
