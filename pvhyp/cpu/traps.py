@@ -32,6 +32,7 @@ RFLAGS_CLEARED_ON_TRAP = RFLAGS_AC | RFLAGS_VM | RFLAGS_RF | RFLAGS_NT | RFLAGS_
 
 VECTORS_WITH_ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
 VECTOR_PF = 14
+PFEC_USER = 0x4
 VCPU_INFO_UPCALL_PENDING, VCPU_INFO_UPCALL_MASK, VCPU_INFO_CR2 = 0, 1, 16
 _IRET_CONTEXT = struct.Struct("<9Q")    # rax r11 rcx flags rip cs rflags rsp ss
 
@@ -134,8 +135,12 @@ class TrapBouncer:
         trap = self.pv.trap_table.get(vector)
         if trap is None or not trap.address:
             raise GuestCrash(f"unhandled exception vector {vector} (error code {error_code:#x})")
-        if vector == VECTOR_PF and cr2 is not None:
-            self.set_cr2(cr2)
+        if vector == VECTOR_PF:
+            if cr2 is not None:
+                self.set_cr2(cr2)
+            # The CPU saw CPL3 either way; the guest must see its kernel as
+            # supervisor mode, as Xen rewrites the user bit.
+            error_code = (error_code & ~PFEC_USER) | (0 if self.pv.kernel_mode else PFEC_USER)
         flags = TBF_INTERRUPT if trap.masks_events else 0
         if vector in VECTORS_WITH_ERROR_CODE:
             flags |= TBF_EXCEPTION_ERRCODE

@@ -72,11 +72,12 @@ main:
 
 
 @pytest.mark.parametrize("name, code, skip, vector, error_code, cr2", [
-    ("pf_not_present", f"mov ${HOLE_VA}, %rbx\nfault: movb %al, (%rbx)", 2, 14, PF_USER | PF_WRITE, HOLE_VA),
+    # The guest kernel sees supervisor-mode error codes (no U bit), as on Xen.
+    ("pf_not_present", f"mov ${HOLE_VA}, %rbx\nfault: movb %al, (%rbx)", 2, 14, PF_WRITE, HOLE_VA),
     ("pf_read_only", f"mov ${RO_PAGE_VA + 8}, %rbx\nfault: movb %al, (%rbx)", 2, 14,
-     PF_USER | PF_WRITE | PF_PRESENT, RO_PAGE_VA + 8),
+     PF_WRITE | PF_PRESENT, RO_PAGE_VA + 8),
     ("pf_hypervisor_page", f"mov ${L.ENTRY_STUB_VA:#x}, %rbx\nfault: movb (%rbx), %al", 2, 14,
-     PF_USER | PF_PRESENT, L.ENTRY_STUB_VA),
+     PF_PRESENT, L.ENTRY_STUB_VA),
     ("gp_noncanonical", "mov $0x8000000000000000, %rbx\nfault: movb (%rbx), %al", 2, 13, 0, None),
     ("gp_hlt", "fault: hlt", 1, 13, 0, None),
     ("ud_ud2", "fault: ud2", 2, 6, NO_ERROR_CODE, None),
@@ -136,7 +137,7 @@ gp: movb (%r12), %al
 """, insns=2_000_000)
     assert len(rec.log) == 400
     for i in range(200):
-        assert rec.log[2 * i][:4] == (14, PF_USER | PF_WRITE, syms["pf"], HOLE_VA + i * 0x1000)
+        assert rec.log[2 * i][:4] == (14, PF_WRITE, syms["pf"], HOLE_VA + i * 0x1000)
         assert rec.log[2 * i + 1][:3] == (13, 0, syms["gp"])
 
 

@@ -58,7 +58,7 @@ m2p_write:
     vcpu._sync_gdt()
     run(vcpu, rec)
     assert rec.log[0][:3] == (5, L.FLAT_RING3_DS32, 0x13)
-    assert rec.log[1][:3] == (14, 0x7, syms["m2p_write"])
+    assert rec.log[1][:3] == (14, 0x3, syms["m2p_write"])
 
 
 def test_failsafe_callback_on_bad_iret_cs(machine):
@@ -138,7 +138,7 @@ store:
 """)
     vcpu.ptwr_emulate = RecordingPtwr(machine.memory)
     run(vcpu, rec)
-    assert rec.log[0][:3] == (14, 0x7, syms["store"])
+    assert rec.log[0][:3] == (14, 0x3, syms["store"])
     assert not vcpu.ptwr_emulate.calls
 
 
