@@ -122,6 +122,13 @@ class PrivilegedOps:
             i += 1
         rex = code[i] if i < len(code) and 0x40 <= code[i] <= 0x4F else 0
         i += bool(rex)
+        if i < len(code) and code[i] in (0xFA, 0xFB):
+            # cli/sti with enough virtual IOPL: accepted and ignored, as Xen
+            # does (event masking stays the guest's vcpu_info business).
+            if not self.pv.iopl_ok(self.pv.kernel_mode):
+                return False
+            self.engine.write("rip", rip + i + 1)
+            return True
         opcode = code[i:i + 2]
         if len(opcode) < 2 or opcode[0] != 0x0F:
             return False

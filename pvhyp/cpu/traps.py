@@ -114,6 +114,8 @@ class TrapBouncer:
         rflags = regs["rflags"] & ~RFLAGS_IF
         if not saved_mask:
             rflags |= RFLAGS_IF
+        if getattr(pv, "architectural_iopl", False):
+            rflags = (rflags & ~RFLAGS_IOPL) | (pv.iopl << 12)
         frame = [regs["rcx"], regs["r11"]]
         if flags & TBF_FAILSAFE:
             frame += list(engine.read_many(("ds", "es", "fs", "gs")))
@@ -210,6 +212,8 @@ class TrapBouncer:
             self.failsafe({"rip": rip, "cs": cs & 0xFFFF, "rflags": rflags, "rsp": new_rsp,
                            "ss": (ss | 3) & 0xFFFF, "rcx": rcx, "r11": r11})
             return
+        if getattr(pv, "architectural_iopl", False):
+            pv.iopl = (rflags & RFLAGS_IOPL) >> 12
         values = {
             "rax": rax,
             "rip": rip,
