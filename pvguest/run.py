@@ -3,7 +3,8 @@
 The channel socket is inherited as fd $PVHYP_CHANNEL_FD (the toolstack or a
 test made it with connect_domain / ChannelServer.attach). FUNCTION (default
 `main`) is called as FUNCTION(kernel, *ARGS); when it returns, the guest
-powers off (SCHEDOP_shutdown), as a kernel that halts.
+shuts down (SCHEDOP_shutdown) with the SHUTDOWN_* reason it returned
+(default poweroff), as a kernel that halts; an exception is a crash.
 """
 from __future__ import annotations
 
@@ -23,13 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     entry = getattr(importlib.import_module(module_name), function_name or "main")
     kernel = Kernel(SocketChannel.from_env())
     try:
-        entry(kernel, *argv[1:])
+        reason = entry(kernel, *argv[1:])
     except Exception:
         import traceback
         kernel.console.write(traceback.format_exc())
         kernel.shutdown(SHUTDOWN_crash)
         return 1
-    kernel.shutdown(SHUTDOWN_poweroff)
+    kernel.shutdown(SHUTDOWN_poweroff if reason is None else reason)
     return 0
 
 

@@ -43,6 +43,7 @@ from typing import Callable
 from abi import errno as xen_errno
 from pvhyp.channel import create_process_domain
 from pvhyp.domain import SHUTDOWN_CRASH, Domain
+from pvhyp.hypervisor import DOMID_FIRST_RESERVED
 from pvhyp.hypercall_table import HypercallContext
 from pvhyp.memory import PAGE_SHIFT
 from pvhyp.mm.frametable import DOMID_XEN
@@ -245,7 +246,8 @@ class Connection:
         if not 1 <= nr_pages <= self.hv.frames.nr_frames or not 1 <= max_vcpus <= 128:
             return RESULT.pack(-xen_errno.EINVAL), []
         try:
-            d = create_process_domain(self.hv, nr_pages, max_vcpus=max_vcpus)
+            d = create_process_domain(self.hv, nr_pages, max_vcpus=max_vcpus,
+                                      domid=self.server.next_free_domid())
         except Exception as e:     # out of (contiguous) memory
             log.warning("creating a process domain of %d pages failed: %s", nr_pages, e)
             return RESULT.pack(-xen_errno.ENOMEM), []
@@ -312,6 +314,7 @@ class ChannelServer:
         self.on_disconnect = on_disconnect
         self._connections: dict[int, Connection] = {}
         self._lock = threading.Lock()
+        self._rover = 0
         hv.domain_destroy_hooks.append(self._domain_destroyed)
 
     def attach(self, domain: Domain) -> socket.socket:
@@ -327,6 +330,18 @@ class ChannelServer:
         domain.process = conn
         conn.thread.start()
         return theirs
+
+    def next_free_domid(self) -> int:
+        """Xen's createdomain rover: ids go up from the last one handed out, wrapping below
+        DOMID_FIRST_RESERVED, so a restarted guest does not reuse the id it just left."""
+        with self.hv.lock:
+            domid = self._rover
+            for _ in range(DOMID_FIRST_RESERVED):
+                domid = domid + 1 if domid + 1 < DOMID_FIRST_RESERVED else 1
+                if domid not in self.hv.domains:
+                    self._rover = domid
+                    return domid
+        raise ValueError("no free domain id")
 
     def connection_of(self, domid: int) -> Connection | None:
         with self._lock:

@@ -5,8 +5,10 @@ xenbus shutdown watcher does.
 """
 from __future__ import annotations
 
+from pvguest.kernel import SHUTDOWN_poweroff, SHUTDOWN_reboot
 
-def main(kernel, *args) -> None:
+
+def main(kernel, *args) -> int:
     home = kernel.xenbus.get_domain_path(kernel.domid)
     name = kernel.xenbus.read(f"{home}/name").decode()
     kernel.console_io_write(f"hello from {name} via console_io\n")
@@ -26,4 +28,4 @@ def main(kernel, *args) -> None:
             if request in ("poweroff", "reboot", "halt"):
                 kernel.console.write(f"{name}: {request} requested, bye\n")
                 kernel.xenbus.write(f"{home}/control/shutdown", "")
-                return
+                return SHUTDOWN_reboot if request == "reboot" else SHUTDOWN_poweroff

@@ -17,3 +17,9 @@ def console_scribbler(kernel, *args) -> None:
     while True:
         kernel.notify(kernel.start_info.console.domU.evtchn)
         kernel.wait(0.05)
+
+
+def crasher(kernel, *args) -> None:
+    """Prints a line and dies of an exception: the runner reports it and shuts down as a crash."""
+    kernel.console.write("crasher: going down\n")
+    raise RuntimeError("deliberate guest failure")

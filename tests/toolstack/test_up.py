@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 
 def names(host) -> dict[str, list[str]]:
@@ -142,11 +144,34 @@ def test_the_guests_survive_dom0_dying(tmp_path_factory, start_host):
         host.pvhyp("down", check=False)
 
 
-def test_an_xtf_kernel_is_built_run_and_destroyed(host):
-    import pytest
+def test_reboot_restarts_and_a_crash_is_preserved(host):
+    host.pvhyp("create", host.config("phoenix", "python:pvguest.examples.hello"))
+    first = host.pvhyp("domid", "phoenix").stdout.strip()
+    host.wait_for(lambda: host.console_log("phoenix").count("Hello from phoenix") == 1)
+    host.pvhyp("reboot", "phoenix")
+    host.wait_for(lambda: host.console_log("phoenix").count("Hello from phoenix") == 2, what="the restart")
+    assert "phoenix shut down (reboot), action restart" in host.console_log("phoenix")
+    assert host.pvhyp("domid", "phoenix").stdout.strip() != first
+    host.pvhyp("destroy", "phoenix")
+    host.pvhyp("create", host.config("crasher", "python:pvguest.examples.hostile:crasher", on_crash="preserve"))
+    host.wait_for(lambda: "shut down (crash), action preserve" in host.console_log("crasher"))
+    assert "RuntimeError: deliberate guest failure" in host.console_log("crasher")
+    assert names(host)["crasher"][3][4] == "c"
+    host.pvhyp("destroy", "crasher")
+
+
+def test_an_xtf_kernel_is_built_run_and_destroyed(tmp_path_factory, start_host):
     xtf = "/work/shared/xtf/test-pv64-example"
     if not os.path.exists(xtf):
         pytest.skip("no XTF kernels here")
+    host = start_host(str(tmp_path_factory.mktemp("xtf")))
+    try:
+        _boot_xtf(host, xtf)
+    finally:
+        host.pvhyp("down", check=False)
+
+
+def _boot_xtf(host, xtf):
     host.pvhyp("create", host.config("xtf", xtf, memory=8, on_poweroff="preserve", on_crash="preserve"))
     domid = host.pvhyp("domid", "xtf").stdout.strip()
     # XTF prints through console_io: whatever the engine makes of it, it shows in dmesg as (dN) lines
