@@ -13,7 +13,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from abi import errno as E
-from abi.arch_x86_xen import VGCF_in_kernel, VGCF_online
+from abi.arch_x86_xen import VGCF_online
 from abi.domctl import (
     XEN_DOMCTL_CDF_hap, XEN_DOMCTL_CDF_hvm, XEN_DOMCTL_CDF_iommu, XEN_DOMCTL_CDF_nested_virt,
     XEN_DOMCTL_CDF_oos_off, XEN_DOMCTL_CDF_s3_integrity, XEN_DOMCTL_CDF_vpmu,
@@ -22,7 +22,6 @@ from abi.domctl import (
     XEN_DOMINF_xs_domain, XEN_INVALID_MAX_VCPU_ID,
 )
 from abi.xen import DOMID_FIRST_RESERVED, __HYPERVISOR_iret
-from abi.xen_x86_64 import HYPERVISOR_VIRT_END
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 
 if TYPE_CHECKING:
@@ -36,8 +35,6 @@ OPT_GNTTAB_MAX_VERSION = 2
 INITIAL_NR_GRANT_FRAMES = 1
 CONTROLLER_PAUSE_MAX = 255       # Xen caps the toolstack's pause count (-EOVERFLOW beyond)
 SHUTDOWN_CODE_INVALID = 0xFFFF_FFFF
-MAX_LDT_ENTRIES = 8192
-MAX_GDT_FRAMES = 16
 X86_EFLAGS_IF = 1 << 9
 X86_EFLAGS_IOPL = 3 << 12
 MASK32 = 0xFFFF_FFFF
@@ -274,91 +271,24 @@ def max_vcpus(caller: "Domain", d: "Domain", count: int) -> int:
 
 # --- vCPU context ----------------------------------------------------------------------
 
-def _canonical(addr: int) -> bool:
-    top = addr >> 47
-    return top == 0 or top == 0x1FFFF
-
-
-def _addr_ok(addr: int) -> bool:
-    """Xen's __addr_ok: the lower half, or above the hypervisor's reserved range."""
-    return addr < (1 << 47) or addr >= HYPERVISOR_VIRT_END
-
-
 def arch_set_info_guest(v: "VCPU", c: dict) -> int:
-    """Load a vcpu_guest_context (as parsed by abi) into a not-yet-running vCPU.
-
-    Validation follows Xen: non-canonical addresses, a bad LDT or GDT size and an
-    invalid vm_assist are -EINVAL; the L4 in ctrlreg[3] must belong to the domain.
-    The plain parsed context stays in `v.initial_context` for the CPU engine.
+    """XEN_DOMCTL_setvcpucontext's arch_set_info_guest: the one PV implementation
+    (pvhyp.pv_vcpu, shared with VCPUOP_initialise) loads and validates it; the
+    domctl adds what only it does: VGCF_online brings the vCPU up, and the plain
+    parsed context stays in `v.initial_context` for the CPU engine and getvcpucontext.
     """
-    d = v.domain
-    regs = c["user_regs"]
-    addresses = [regs["rip"], regs["rsp"], c["kernel_sp"], c["fs_base"], c["gs_base_kernel"],
-                 c["gs_base_user"], c["event_callback_eip"], c["syscall_callback_eip"],
-                 c["failsafe_callback_eip"]] + [t["address"] for t in c["trap_ctxt"]]
-    if c["ldt_ents"]:
-        addresses.append(c["ldt_base"])
-    if not all(_canonical(a) for a in addresses) or not _addr_ok(c["ldt_base"]):
-        return -E.EINVAL
-    if c["ldt_base"] & (PAGE_SIZE - 1) or c["ldt_ents"] > MAX_LDT_ENTRIES:
-        return -E.EINVAL
-    if (c["gdt_ents"] + 511) // 512 > MAX_GDT_FRAMES:
-        return -E.EINVAL
-    valid_vmasst = getattr(d, "vm_assist_valid_mask", None)
-    if v.vcpu_id == 0 and valid_vmasst is not None and c["vm_assist"] & ~valid_vmasst:
-        return -E.EINVAL
-    flags = c["flags"]
-    if not flags & VGCF_in_kernel and not c["ctrlreg"][1]:
-        return -E.EINVAL
-    cr3_mfn = c["ctrlreg"][3] >> PAGE_SHIFT         # xen_cr3_to_pfn (64-bit)
-    if not d.hv.frames.owned_by(cr3_mfn, d.domid):
-        return -E.EINVAL
-    rc = _take_root_table(v, cr3_mfn)
+    from pvhyp import pv_vcpu
+    if getattr(v, "pv", None) is None:
+        return -E.EOPNOTSUPP            # no PV vCPU state attached to this hypervisor
+    rc = pv_vcpu.arch_set_info_guest(v, c)
     if rc:
         return rc
-
-    pv = getattr(v, "pv", None)
-    if pv is not None:
-        from pvhyp import pv_vcpu
-        pv_vcpu.clear_trap_table(pv)
-        for t in c["trap_ctxt"]:
-            if t["address"]:
-                pv_vcpu.set_trap_entry(pv, t["vector"], t["flags"], t["cs"], t["address"])
-        pv.event_callback = pv_vcpu.Callback(c["event_callback_eip"])
-        pv.failsafe_callback = pv_vcpu.Callback(
-            c["failsafe_callback_eip"], bool(flags & (1 << 3)))   # VGCF_failsafe_disables_events
-        pv.syscall_callback = pv_vcpu.Callback(
-            c["syscall_callback_eip"], bool(flags & (1 << 4)))    # VGCF_syscall_disables_events
-        pv.kernel_ss = pv_vcpu.fixup_guest_selector(c["kernel_ss"] & 0xFFFF)
-        pv.kernel_sp = c["kernel_sp"]
-        pv.fs_base, pv.gs_base_kernel, pv.gs_base_user = c["fs_base"], c["gs_base_kernel"], c["gs_base_user"]
-        pv.ldt_ents = c["ldt_ents"]
-        pv.ldt_base = c["ldt_base"] if c["ldt_ents"] else 0
-        pv.iopl = (regs["rflags"] & X86_EFLAGS_IOPL) >> 12
-        pv.cr0_ts = bool(c["ctrlreg"][0] & 8)
-        if c["gdt_ents"]:
-            rc = pv_vcpu.pv_set_gdt(v, list(c["gdt_frames"]), c["gdt_ents"])
-            if rc:
-                return rc
-        pv.is_initialised = True
-    if v.vcpu_id == 0:
-        d.vm_assist = c["vm_assist"]
+    regs = c["user_regs"]
     context = dict(c)
     context["user_regs"] = dict(regs, rflags=(regs["rflags"] & ~X86_EFLAGS_IOPL) | X86_EFLAGS_IF)
     v.initial_context = context
-    v.kernel_mode = bool(flags & VGCF_in_kernel)
-    v.guest_table = cr3_mfn
-    v.guest_table_user = c["ctrlreg"][1] >> PAGE_SHIFT
-    v.online = bool(flags & VGCF_online)
+    v.online = bool(c["flags"] & VGCF_online)
     return 0
-
-
-def _take_root_table(v: "VCPU", mfn: int) -> int:
-    """Take the type reference that makes `mfn` this vCPU's root table, where the PV MMU
-    offers one (Xen: get_page_type(PGT_root_page_table)); 0 or -errno."""
-    mm_module = getattr(v.domain.hv, "mm", None)
-    take = getattr(mm_module, "vcpu_set_guest_table", None)
-    return take(v, mfn) if take is not None else 0
 
 
 def arch_get_info_guest(v: "VCPU") -> dict | None:
@@ -392,8 +322,17 @@ def init_hypercall_page(d: "Domain", gmfn: int) -> int:
     hv = d.hv
     if not hv.frames.owned_by(gmfn, d.domid):
         return -E.EINVAL
-    page_types = getattr(getattr(d, "mm", None), "is_page_table", None)
-    if page_types is not None and page_types(gmfn):
-        return -E.EPERM            # not a writable page
-    hv.memory.write(gmfn << PAGE_SHIFT, hypercall_page_bytes())
+    mmu = getattr(hv, "mmu", None)
+    if mmu is None:
+        hv.memory.write(gmfn << PAGE_SHIFT, hypercall_page_bytes())
+        return 0
+    from pvhyp.mm.pagetype import PGT_writable_page
+    with mmu.lock:
+        if not mmu.get_page_from_mfn(gmfn, d):
+            return -E.EINVAL
+        if mmu.get_page_type(gmfn, PGT_writable_page):
+            mmu.put_page(gmfn)
+            return -E.EPERM        # a page table (or otherwise typed) frame
+        hv.memory.write(gmfn << PAGE_SHIFT, hypercall_page_bytes())
+        mmu.put_page_and_type(gmfn)
     return 0

@@ -81,6 +81,14 @@ def check_built(hv, result, kernel: bytes, cmdline: bytes = b"") -> None:
         iret = page[__HYPERVISOR_iret * 32:__HYPERVISOR_iret * 32 + 11]
         assert iret == bytes.fromhex("51415350b8170000000f05")
 
+    # pinned and validated by the PV MMU: typed L4, and (adjust_guest_l1e) user-accessible mappings,
+    # so the guest kernel in ring 3 reaches its own pages
+    if can_pin(hv) and getattr(hv, "mmu", None) is not None:
+        from pvhyp.mm.pagetype import PGT_l4_page_table
+        assert hv.frames.pinned[l4] and hv.frames.type[l4] == PGT_l4_page_table
+        entry = result.image.params.virt_entry
+        walk(hv.memory, l4, entry, write=False, user=True)
+
     # vCPU 0 as Xen starts a PV64 guest
     v = d.vcpus[0]
     assert v.online and v.kernel_mode and v.guest_table == l4
