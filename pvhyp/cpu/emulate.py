@@ -18,10 +18,12 @@ FORCED_EMULATION_PREFIX = bytes.fromhex("0f0b") + b"xen"
 MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE = 0xC000_0080, 0xC000_0100, 0xC000_0101, 0xC000_0102
 EFER_VALUE = 0xD01                         # SCE | LME | LMA | NXE
 MSR_PLATFORM_ID, MSR_UCODE_REV, MSR_MISC_ENABLE, MSR_PAT = 0x17, 0x8B, 0x1A0, 0x277
+MSR_DEBUGCTL = 0x1D9
 XEN_PAT = 0x0000_0501_0007_0406            # the PAT Xen runs PV guests with
 MISC_ENABLE_VALUE = (1 << 0) | (1 << 11) | (1 << 12)   # fast strings; BTS and PEBS unavailable
-# MSRs whose reads return a constant and whose writes are accepted and dropped.
-_CONSTANT_MSRS = {MSR_PLATFORM_ID: 0, MSR_UCODE_REV: 0, MSR_MISC_ENABLE: MISC_ENABLE_VALUE, MSR_PAT: XEN_PAT}
+# MSRs that read as a constant; writing that same value is accepted, anything else #GPs.
+_CONSTANT_MSRS = {MSR_PLATFORM_ID: 0, MSR_UCODE_REV: 0, MSR_MISC_ENABLE: MISC_ENABLE_VALUE, MSR_PAT: XEN_PAT,
+                  MSR_DEBUGCTL: 0}
 
 CR0_HOST = 0x8005_003B                     # PE MP ET NE WP AM PG (+TS from the guest)
 CR0_TS = 1 << 3
@@ -201,7 +203,7 @@ class PrivilegedOps:
             return True
         if index == MSR_EFER:
             return value == EFER_VALUE or (value ^ EFER_VALUE) & ~0x1 == 0
-        return index in _CONSTANT_MSRS
+        return index == MSR_UCODE_REV or _CONSTANT_MSRS.get(index) == value
 
     # --- control and debug registers ----------------------------------------
     def _read_cr(self, cr: int, gpr: str) -> bool:
