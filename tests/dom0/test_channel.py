@@ -156,3 +156,44 @@ def test_a_hypervisor_bug_crashes_the_calling_domain_not_the_hypervisor(hv, serv
     other = SocketChannel(server.attach(create_process_domain(hv, 8)))
     assert other.hypercall(63) == -E.ENOSYS
     other.close()
+
+
+FRAME_OPS = [wire.OP_MAP_FOREIGN, wire.OP_MAP_MACHINE_FRAME, wire.OP_READCONSOLE, wire.OP_CREATE_DOMAIN,
+             wire.OP_CONNECT_DOMAIN, wire.OP_DOMAIN_INFO, wire.OP_HELLO, wire.OP_REPLY, 0xFFFF]
+
+
+def test_random_frames_never_reach_a_hypervisor_bug(hv, server):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    bystander = SocketChannel(server.attach(create_process_domain(hv, 8)))
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(privileged=st.booleans(),
+           frames=st.lists(st.tuples(st.sampled_from(FRAME_OPS), st.binary(max_size=64),
+                                     st.integers(0, 3)), min_size=1, max_size=4))
+    def send(privileged, frames):
+        d = create_process_domain(hv, 4, privileged=privileged)
+        raw = server.attach(d)
+        _, ancdata, _, _ = raw.recvmsg(64, socket.CMSG_SPACE(8))
+        for fd in struct.unpack("<2i", ancdata[0][2]):
+            os.close(fd)
+        raw.settimeout(5)
+        try:
+            for op, payload, lie in frames:
+                raw.sendall(struct.pack("<HHI", op, 0, len(payload) + lie) + payload)
+            raw.shutdown(socket.SHUT_WR)
+            while raw.recv(65536):
+                pass
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        raw.close()
+        wait_until(lambda: server.connection_of(d.domid) is None)
+        for created in [x for x in hv.domains if x not in (0, d.domid, bystander.domid)]:
+            hv.destroy_domain(created)       # domains the random frames managed to create
+        hv.destroy_domain(d.domid)
+
+    send()
+    assert not [r for _, r in server.disconnects if "bug" in r]
+    assert bystander.hypercall(63) == -E.ENOSYS
+    bystander.close()

@@ -57,6 +57,10 @@ def test_create_console_and_destroy_a_python_guest(host):
     assert b"echo: ping" in out
     assert f"(d{domid}) hello from hello1 via console_io" in host.pvhyp("dmesg").stdout
     assert "hello1" in host.pvhyp("uptime").stdout and "hello1" in host.pvhyp("vcpu-list").stdout
+    host.pvhyp("pause", "hello1")
+    assert names(host)["hello1"][3][2] == "p"
+    host.pvhyp("unpause", "hello1")
+    assert names(host)["hello1"][3][2] == "-"
     host.pvhyp("destroy", "hello1")
     assert "hello1" not in names(host)
     assert host.pvhyp("destroy", "hello1", check=False).stderr.strip() == "pvhyp: no domain named 'hello1'"
