@@ -253,6 +253,14 @@ class CpuEngine:
         if wanted != cr0:
             self.uc.reg_write(X.UC_X86_REG_CR0, wanted)
 
+    def set_stack_and_code_selectors(self, cs: int, ss: int) -> None:
+        """CS/SS selectors (already validated: unicorn loads any value, and keeps 64-bit mode)."""
+        old_cs, old_ss = self._regs.read(("cs", "ss"))
+        if ss != old_ss:
+            self.uc.reg_write(X.UC_X86_REG_SS, ss & 0xFFFF)
+        if cs != old_cs:
+            self.uc.reg_write(X.UC_X86_REG_CS, cs & 0xFFFF)
+
     def load_data_selector(self, seg: str, selector: int) -> bool:
         """Load DS/ES/FS/GS as the guest would; an unusable selector loads NUL."""
         try:

@@ -39,6 +39,11 @@ _IRET_CONTEXT = struct.Struct("<9Q")    # rax r11 rcx flags rip cs rflags rsp ss
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 
 
+def _canonical(va: int) -> bool:
+    top = va >> 47
+    return top == 0 or top == 0x1FFFF
+
+
 class GuestCrash(Exception):
     """The guest made its own state unrecoverable (Xen: domain_crash)."""
 
@@ -187,6 +192,39 @@ class TrapBouncer:
         self.bounce(self.pv.event_callback.address, TBF_INTERRUPT)
         return True
 
+    # --- descriptors -----------------------------------------------------
+    def _descriptor(self, selector: int) -> int | None:
+        """The GDT descriptor `selector` names (guest frames or Xen's reserved page)."""
+        if selector & 4:
+            return None                  # LDT selectors: no LDT support
+        index = selector >> 3
+        if index >= L.FIRST_RESERVED_GDT_ENTRY:
+            offset = (index - L.FIRST_RESERVED_GDT_ENTRY) * 8
+            if offset >= L.PAGE_SIZE:
+                return None
+            return self.memory.read_u64((self.engine.layout.reserved_gdt_mfn << 12) + offset)
+        if index == 0 or index >= getattr(self.pv, "gdt_ents", 0):
+            return None
+        frame = self.pv.gdt_frames[index // 512]
+        return self.memory.read_u64((frame << 12) + (index % 512) * 8) if frame else None
+
+    def _usable_code_selector(self, selector: int) -> bool:
+        """A present, DPL3, 64-bit code segment (unicorn cannot run compat mode)."""
+        desc = self._descriptor(selector)
+        if desc is None:
+            return False
+        present, dpl, s_bit, code = desc >> 47 & 1, desc >> 45 & 3, desc >> 44 & 1, desc >> 43 & 1
+        long_mode, default_32 = desc >> 53 & 1, desc >> 54 & 1
+        return bool(present and s_bit and code and dpl == 3 and long_mode and not default_32)
+
+    def _usable_stack_selector(self, selector: int) -> bool:
+        desc = self._descriptor(selector)
+        if desc is None:
+            return False
+        present, dpl, s_bit, code, writable = (desc >> 47 & 1, desc >> 45 & 3, desc >> 44 & 1,
+                                                desc >> 43 & 1, desc >> 41 & 1)
+        return bool(present and s_bit and not code and writable and dpl == 3)
+
     def failsafe(self, regs: dict | None = None) -> None:
         cb = self.pv.failsafe_callback
         self.bounce(cb.address, TBF_FAILSAFE | (TBF_INTERRUPT if cb.masks_events else 0), regs=regs)
@@ -200,17 +238,21 @@ class TrapBouncer:
         if raw is None:
             raise GuestCrash(f"iret frame at {rsp:#x} unreadable")
         rax, r11, rcx, flags, rip, cs, rflags, new_rsp, ss = _IRET_CONTEXT.unpack(raw)
+        if not (_canonical(rip) and _canonical(new_rsp)):
+            raise GuestCrash(f"iret to a non-canonical rip {rip:#x} / rsp {new_rsp:#x}")
         if (cs & 3) == 3 and pv.kernel_mode:
             if not pv.user_table:
                 raise GuestCrash("iret to user mode without a user page table")
             self.toggle_guest_mode()
-        cs |= 3
-        if (cs & 0xFFFF) not in (L.FLAT_RING3_CS64, L.FLAT_RING3_CS32):
+        cs, ss = (cs | 3) & 0xFFFF, (ss | 3) & 0xFFFF
+        if self._usable_code_selector(cs) and self._usable_stack_selector(ss):
+            engine.set_stack_and_code_selectors(cs, ss)
+        else:
             # Xen's own iret to the guest would fault: the failsafe callback
             # gets the frame it could not load.
             engine.write("rax", rax)
-            self.failsafe({"rip": rip, "cs": cs & 0xFFFF, "rflags": rflags, "rsp": new_rsp,
-                           "ss": (ss | 3) & 0xFFFF, "rcx": rcx, "r11": r11})
+            self.failsafe({"rip": rip, "cs": cs, "rflags": rflags, "rsp": new_rsp,
+                           "ss": ss, "rcx": rcx, "r11": r11})
             return
         if getattr(pv, "architectural_iopl", False):
             pv.iopl = (rflags & RFLAGS_IOPL) >> 12
@@ -219,7 +261,6 @@ class TrapBouncer:
             "rip": rip,
             "rflags": (rflags & ~(RFLAGS_IOPL | RFLAGS_VM)) | RFLAGS_IF | 0x2,
             "rsp": new_rsp,
-            "ss": (ss | 3) & 0xFFFF,
         }
         if not flags & VGCF_IN_SYSCALL:
             values["r11"] = r11
