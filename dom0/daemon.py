@@ -13,7 +13,7 @@ import os
 import signal
 import time
 
-from dom0.console.backend import ConsoleBackend
+from dom0.console.backend import ConsoleBackend, HypervisorLog
 from dom0.toolstack.api import ApiServer
 from dom0.toolstack.domains import Toolstack, ToolstackError
 from dom0.xenstored import LocalClient, XenStore
@@ -41,6 +41,7 @@ class Dom0:
         self.evtchn = EventChannels(channel, SCRATCH_ADDR)
         self.consoles = ConsoleBackend(os.path.join(run_dir, "console"), self.add_reader,
                                        self.remove_reader)
+        self.hypervisor_log = HypervisorLog(os.path.join(run_dir, "console"))
         self.toolstack = Toolstack(channel, self.xs, self.rings, self.consoles, self.evtchn, run_dir)
         self.api = ApiServer(os.path.join(run_dir, "pvhyp.sock"), self.toolstack.commands(),
                              self.add_reader, self.remove_reader, user_errors=(ToolstackError,))
@@ -80,6 +81,8 @@ class Dom0:
                 self._next_state_check = now + STATE_SECONDS
                 try:
                     self.toolstack.periodic()
+                    domids = [d["domid"] for d in self.channel.domain_info()["domains"]]
+                    self.hypervisor_log.poll(self.channel, domids)
                 except ChannelClosed:
                     log.error("the hypervisor closed dom0's channel")
                     self.stopping = True
@@ -95,6 +98,7 @@ class Dom0:
             log.exception("destroying guests on the way out")
         self.api.close()
         self.xs_server.close()
+        self.hypervisor_log.close()
 
 
 def serve(channel, run_dir: str, ready_file: str | None = None) -> int:

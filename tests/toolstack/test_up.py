@@ -56,6 +56,8 @@ def test_create_console_and_destroy_a_python_guest(host):
     assert proc.returncode == 0, err
     assert b"echo: ping" in out
     assert f"(d{domid}) hello from hello1 via console_io" in host.pvhyp("dmesg").stdout
+    hv_log = os.path.join(host.run_dir, "console", "hypervisor.log")
+    host.wait_for(lambda: f"(d{domid}) hello from hello1 via console_io\n" in open(hv_log).read())
     assert "hello1" in host.pvhyp("uptime").stdout and "hello1" in host.pvhyp("vcpu-list").stdout
     host.pvhyp("pause", "hello1")
     assert names(host)["hello1"][3][2] == "p"
