@@ -76,6 +76,9 @@ def create(args) -> int:
             text = f.read()
     except OSError as e:
         raise UserError(f"{args.config}: cannot read: {e.strerror}") from None
+    if args.overrides:
+        # xl create's trailing KEY=VALUE arguments: extra config lines, later ones win
+        text = text.rstrip("\n") + "\n" + "\n".join(args.overrides) + "\n"
     reply = _request(args, "create", config=text, source=args.config)
     for warning in reply.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
@@ -139,6 +142,8 @@ def add_parser(sub) -> None:
     add_run_dir(p)
     p.add_argument("-c", dest="console", action="store_true", help="attach to its console")
     p.add_argument("config", help="xl.cfg file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help='extra config lines, e.g. memory=64 \'extra="quiet"\'')
     p.set_defaults(func=create)
     p = sub.add_parser("list", help="list domains (xl list)")
     add_run_dir(p)

@@ -187,3 +187,26 @@ def _boot_xtf(host, xtf):
     host.wait_for(lambda: f"(d{domid}) " in host.pvhyp("dmesg").stdout, what="XTF output")
     host.pvhyp("destroy", "xtf")
     assert "xtf" not in names(host)
+
+
+def test_create_overrides_and_a_hostile_api_client(host):
+    import json
+    import socket
+    cfg = host.config("override", "python:pvguest.examples.hello")
+    host.pvhyp("create", cfg, "memory=8", 'extra="from the command line"')
+    assert names(host)["override"][1] == "8"
+    host.wait_for(lambda: "cmdline 'from the command line'" in host.console_log("override"))
+    host.pvhyp("destroy", "override")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(os.path.join(host.run_dir, "pvhyp.sock"))
+        s.settimeout(10)
+        f = s.makefile("rwb")
+        for line in (b"not json", b'{"cmd": 3}', b'{"cmd": "reboot-the-host"}', b'{"cmd": "destroy", "args": {"x": 1}}',
+                     b'{"cmd": "create", "args": {"config": "name=\"x\"\nkernel=\"python:no.such.module\"\nmemory=99999"}}',
+                     b'{"cmd": "list", "args": []}'):
+            f.write(line + b"\n")
+            f.flush()
+            reply = json.loads(f.readline())
+            assert reply["ok"] is False and "\n" not in reply["error"], reply
+    assert "Domain-0" in names(host)
+
