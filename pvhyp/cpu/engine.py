@@ -46,7 +46,7 @@ REG = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in
        GPR_NAMES + SEGMENT_NAMES + ("rip", "rflags", "cr0", "cr2", "cr3", "cr4", "fs_base", "gs_base")}
 
 
-_GPR_BLOCK_INDEX = {name: i for i, name in enumerate(quirks.GPR_BLOCK_ORDER)}
+_GPR_BLOCK_INDEX = {name: i for i, name in enumerate(quirks.SNAPSHOT_ORDER)}
 _GPR_BLOCK_NAMES = frozenset(_GPR_BLOCK_INDEX)
 
 

@@ -29,7 +29,7 @@ PFEC_PRESENT, PFEC_WRITE = 0x1, 0x2
 
 VMASST_TYPE_WRITABLE_PAGETABLES = 2
 
-_HYPERCALL_ARGS = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9")
+_HYPERCALL_ARGS = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "cs")
 
 HypercallDispatch = Callable[["PvVcpu", int, tuple], int]
 
@@ -194,7 +194,11 @@ class PvVcpu:
             self.bouncer.bounce_syscall_from_user()
             return
         self.counts["hypercall"] += 1
-        nr, rdi, rsi, rdx, r10, r8, r9 = self.engine.read_many(_HYPERCALL_ARGS)
+        nr, rdi, rsi, rdx, r10, r8, r9, cs = self.engine.read_many(_HYPERCALL_ARGS)
+        if cs != L.FLAT_KERNEL_CS:
+            # SYSCALL loads Xen's flat selectors and Xen returns with SYSRET:
+            # whatever CS the guest had, it comes back with the flat one.
+            self.engine.set_stack_and_code_selectors(L.FLAT_KERNEL_CS, L.FLAT_KERNEL_SS)
         if nr == HYPERVISOR_IRET:
             self.bouncer.do_iret()
             return

@@ -172,9 +172,11 @@ class TrapBouncer:
         the frame carries those, as on Xen.
         """
         cb = self.pv.syscall_callback
-        rip, rsp, rflags, cs, ss = self.engine.read_many(("rip", "rsp", "rflags", "cs", "ss"))
+        rip, rsp, rflags = self.engine.read_many(("rip", "rsp", "rflags"))
         next_rip = rip + 2
-        regs = {"rip": next_rip, "rsp": rsp, "rflags": rflags, "cs": cs, "ss": ss, "rcx": next_rip, "r11": rflags}
+        # Xen's SYSCALL entry records its own flat selectors, not the user's.
+        regs = {"rip": next_rip, "rsp": rsp, "rflags": rflags, "cs": L.FLAT_USER_CS, "ss": L.FLAT_USER_SS,
+                "rcx": next_rip, "r11": rflags}
         self.bounce(cb.address, TBF_INTERRUPT if cb.masks_events else 0, regs=regs)
         self.engine.write("rflags", self.engine.read("rflags") & ~RFLAGS_DF)
 

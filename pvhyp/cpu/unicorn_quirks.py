@@ -54,11 +54,27 @@ class ContextLayout:
     syscall_rip_bias: int = 2
     # QEMU's regs[16] then eip, contiguous: read all GPRs with one context save
     gpr_block_offset: int = -1
+    cs_selector_offset: int = -1
 
 
 # QEMU's register numbering, the order of env->regs[], followed by eip.
 GPR_BLOCK_ORDER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip")
+SNAPSHOT_ORDER = GPR_BLOCK_ORDER + ("cs",)
+
+
+def discover_cs_selector() -> int:
+    """Offset of the CS selector (read with the GPRs: a hypercall must see it)."""
+    uc, _ = _probe_machine()
+    blobs = []
+    for selector in (0x1233, 0x2453):
+        uc.reg_write(X.UC_X86_REG_CS, selector)
+        blobs.append((bytes(uc.context_save()), selector))
+    (first, sel1), (second, sel2) = blobs
+    found = _u32_offsets(first, sel1) & _u32_offsets(second, sel2)
+    if len(found) != 1:
+        raise UnicornInternalsChanged(f"CS selector not found in the CPU context (candidates {sorted(found)})")
+    return found.pop()
 
 
 def discover_gpr_block() -> int:
@@ -89,6 +105,8 @@ class ExceptionBookkeeping:
         self._handle = uc._uch
         self._gpr_offset = layout.gpr_block_offset
         self._gpr_block = struct.Struct(f"<{len(GPR_BLOCK_ORDER)}Q")
+        self._cs_offset = layout.cs_selector_offset
+        self._cs_selector = struct.Struct("<I")
 
     def consume(self) -> tuple[int, bool]:
         """Acknowledge the exception being delivered.
@@ -107,10 +125,11 @@ class ExceptionBookkeeping:
         return error_code, is_software_int
 
     def snapshot_gprs(self) -> tuple:
-        """All GPRs and RIP (GPR_BLOCK_ORDER) with one context save."""
+        """All GPRs, RIP and the CS selector (SNAPSHOT_ORDER) with one context save."""
         if _uclib.uc_context_save(self._handle, self._ctx.context) != 0:
             raise UnicornInternalsChanged("context save failed")
-        return self._gpr_block.unpack_from(self._blob, self._gpr_offset)
+        return self._gpr_block.unpack_from(self._blob, self._gpr_offset) + \
+            (self._cs_selector.unpack_from(self._blob, self._cs_offset)[0] & 0xFFFF,)
 
     def rearm(self) -> None:
         """Clear `old_exception` between runs: a run stopped by its instruction
@@ -264,7 +283,8 @@ def verified_layout() -> ContextLayout:
                 layout = discover_layout()
                 self_test(layout)
                 layout = dataclasses.replace(layout, syscall_rip_bias=measure_syscall_rip_bias(),
-                                             gpr_block_offset=discover_gpr_block())
+                                             gpr_block_offset=discover_gpr_block(),
+                                             cs_selector_offset=discover_cs_selector())
             except UcError as err:
                 raise UnicornInternalsChanged(f"unicorn probe failed: {err}") from err
             _cached = layout
