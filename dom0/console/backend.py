@@ -20,6 +20,9 @@ from pvguest.ring import RingError, console_rings
 
 log = logging.getLogger("dom0.console")
 MAX_PENDING_INPUT = 4096
+# A guest may print forever; its log may not fill dom0's disk. Past this the ring is
+# still drained (the guest never stalls) but only the pty sees the output.
+MAX_LOG_BYTES = 16 << 20
 
 
 class ConsoleSession:
@@ -55,8 +58,12 @@ class ConsoleSession:
             return
         self.ring_broken = False
         if data:
+            if self.bytes_out < MAX_LOG_BYTES <= self.bytes_out + len(data):
+                self.log.write(f"\n[pvhyp: log of {self.name} reached {MAX_LOG_BYTES} bytes; "
+                               f"further output goes to the pty only]\n".encode())
+            elif self.bytes_out < MAX_LOG_BYTES:
+                self.log.write(data)
             self.bytes_out += len(data)
-            self.log.write(data)
             try:
                 os.write(self.master, data)
             except (BlockingIOError, OSError):
