@@ -19,6 +19,9 @@ MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE = 0xC000_0080, 0xC000_010
 EFER_VALUE = 0xD01                         # SCE | LME | LMA | NXE
 MSR_PLATFORM_ID, MSR_UCODE_REV, MSR_MISC_ENABLE, MSR_PAT = 0x17, 0x8B, 0x1A0, 0x277
 MSR_DEBUGCTL = 0x1D9
+MSR_PLATFORM_INFO, MSR_MISC_FEATURES_ENABLES = 0xCE, 0x140
+PLATFORM_INFO_CPUID_FAULTING = 1 << 31
+MISC_FEATURES_CPUID_FAULTING = 1 << 0
 XEN_PAT = 0x0000_0501_0007_0406            # the PAT Xen runs PV guests with
 MISC_ENABLE_VALUE = (1 << 0) | (1 << 11) | (1 << 12)   # fast strings; BTS and PEBS unavailable
 # MSRs that read as a constant; writing that same value is accepted, anything else #GPs.
@@ -95,22 +98,28 @@ class PrivilegedOps:
         self.vcpu_id = vcpu_id
         self.on_new_cr3 = on_new_cr3
         self.debug_registers = debug_registers
+        self.cpuid_faulting = False         # MISC_FEATURES_ENABLES bit 0
 
     # --- cpuid ---------------------------------------------------------
+    def cpuid_faults(self) -> bool:
+        """With CPUID faulting on, a plain cpuid from guest user mode is #GP."""
+        return self.cpuid_faulting and not self.pv.kernel_mode
+
     def cpuid(self) -> None:
         """Answer cpuid from rax/rcx into rax/rbx/rcx/rdx (RIP untouched)."""
         eax, ecx = self.engine.read_many(("rax", "rcx"))
         a, b, c, d = cpuid_policy(eax & 0xFFFF_FFFF, ecx & 0xFFFF_FFFF, self.vcpu_id)
         self.engine.write_many({"rax": a, "rbx": b, "rcx": c, "rdx": d})
 
-    def forced_emulation(self, rip: int) -> bool:
-        """`ud2; "xen"; cpuid` at RIP: emulate cpuid and step past all 7 bytes."""
+    def is_forced_cpuid(self, rip: int) -> bool:
+        """`ud2; "xen"; cpuid` at RIP (Xen's forced-emulation prefix)."""
         code = read_guest_virtual(self.engine.memory, self.engine.cr3, rip, 7)
-        if code is None or code[:5] != FORCED_EMULATION_PREFIX or code[5:7] != b"\x0f\xa2":
-            return False
+        return code is not None and code[:5] == FORCED_EMULATION_PREFIX and code[5:7] == b"\x0f\xa2"
+
+    def forced_cpuid(self, rip: int) -> None:
+        """Emulate the cpuid and step past all 7 bytes."""
         self.cpuid()
         self.engine.write("rip", rip + 7)
-        return True
 
     # --- #GP(0) at CPL3 --------------------------------------------------
     def emulate_privileged(self, rip: int) -> bool:
@@ -174,6 +183,10 @@ class PrivilegedOps:
             return self.pv.gs_base_user if self.pv.kernel_mode else self.pv.gs_base_kernel
         if index == MSR_EFER:
             return EFER_VALUE
+        if index == MSR_PLATFORM_INFO:
+            return PLATFORM_INFO_CPUID_FAULTING     # every cpuid is intercepted: faulting is free
+        if index == MSR_MISC_FEATURES_ENABLES:
+            return MISC_FEATURES_CPUID_FAULTING if self.cpuid_faulting else 0
         return _CONSTANT_MSRS.get(index)
 
     def _rdmsr(self) -> bool:
@@ -203,6 +216,11 @@ class PrivilegedOps:
             return True
         if index == MSR_EFER:
             return value == EFER_VALUE or (value ^ EFER_VALUE) & ~0x1 == 0
+        if index == MSR_MISC_FEATURES_ENABLES:
+            if value & ~MISC_FEATURES_CPUID_FAULTING:
+                return False
+            self.cpuid_faulting = bool(value)
+            return True
         return index == MSR_UCODE_REV or _CONSTANT_MSRS.get(index) == value
 
     # --- control and debug registers ----------------------------------------

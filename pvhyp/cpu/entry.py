@@ -18,7 +18,7 @@ import threading
 from typing import Callable
 
 from pvhyp.cpu import xen_layout as L
-from pvhyp.cpu.emulate import PrivilegedOps
+from pvhyp.cpu.emulate import FORCED_EMULATION_PREFIX, PrivilegedOps
 from pvhyp.cpu.engine import GPR_NAMES, CpuEngine, CpuState, ExitReason
 from pvhyp.cpu.ptwr import emulate_pagetable_write
 from pvhyp.cpu.traps import GuestCrash, TrapBouncer
@@ -251,25 +251,39 @@ class PvVcpu:
         self._guarded(self._invalid_opcode)
 
     def _invalid_opcode(self) -> None:
-        if self.priv.forced_emulation(self.engine.read("rip")):
+        rip = self.engine.read("rip")
+        if not self.priv.is_forced_cpuid(rip):
+            self.bouncer.bounce_exception(VECTOR_UD)
+        elif self.priv.cpuid_faults():
+            # Xen steps over the prefix first: the #GP names the cpuid itself.
+            self.engine.write("rip", rip + len(FORCED_EMULATION_PREFIX))
+            self.bouncer.bounce_exception(VECTOR_GP, 0)
+        else:
+            self.priv.forced_cpuid(rip)
             self.counts["emulated"] += 1
-            return
-        self.bouncer.bounce_exception(VECTOR_UD)
 
     def on_cpuid(self, engine: CpuEngine) -> None:
+        if self.priv.cpuid_faults():
+            self._fault_after_instruction(engine, VECTOR_GP)
+            return
         self._guarded(self.priv.cpuid)
+
+    def _fault_after_instruction(self, engine: CpuEngine, vector: int, preserve_rax: bool = False):
+        """#GP at an instruction whose hook cannot move RIP (cpuid, in, out):
+        raised once unicorn has finished with it.  Returns RAX as read now."""
+        rax, rip = engine.read_many(("rax", "rip"))
+
+        def fault() -> None:
+            engine.write_many({"rax": rax, "rip": rip} if preserve_rax else {"rip": rip})
+            self._guarded(self.bouncer.bounce_exception, vector, 0)
+        engine.defer_after_stop(fault)
+        return rax
 
     def on_io(self, engine: CpuEngine, port: int, size: int, value: int | None):
         if self.pv.iopl_ok(self.pv.kernel_mode):
             if self.io_handler is not None:
                 return self.io_handler(self, port, size, value)
             return None if value is not None else (1 << (8 * size)) - 1
-        # Denied: #GP at the instruction, once unicorn has finished with it
-        # (it would otherwise write the port value into RAX after us).
-        rax, rip = engine.read_many(("rax", "rip"))
-
-        def fault() -> None:
-            engine.write_many({"rax": rax, "rip": rip})
-            self._guarded(self.bouncer.bounce_exception, VECTOR_GP, 0)
-        engine.defer_after_stop(fault)
+        # Denied: unicorn writes the port value into RAX after us, so RAX is restored too.
+        rax = self._fault_after_instruction(engine, VECTOR_GP, preserve_rax=True)
         return None if value is not None else rax
