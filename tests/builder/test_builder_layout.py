@@ -111,3 +111,45 @@ def test_hypercall_page_outside_kernel():
     image = parse_kernel(make_elf(notes=xtf_like_notes(hypercall_page=0x200000)))
     with pytest.raises(BuildError, match="HYPERCALL_PAGE"):
         plan_layout(image, 8192)
+
+
+def _notes(virt_base: int, entry: int, p2m_base: int | None, paddr_offset: int) -> bytes:
+    notes = (note(elfnote.XEN_ELFNOTE_GUEST_OS, b"linux\0") + note(elfnote.XEN_ELFNOTE_XEN_VERSION, b"xen-3.0\0")
+             + note(elfnote.XEN_ELFNOTE_VIRT_BASE, struct.pack("<Q", virt_base))
+             + note(elfnote.XEN_ELFNOTE_PADDR_OFFSET, struct.pack("<Q", paddr_offset))
+             + note(elfnote.XEN_ELFNOTE_ENTRY, struct.pack("<Q", entry)))
+    if p2m_base is not None:
+        notes += note(elfnote.XEN_ELFNOTE_INIT_P2M, struct.pack("<Q", p2m_base))
+    return notes
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ADDRESSES = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from(
+    [0, 0x1000, 0x100000, 0x8000000000, 0xFFFF800000000000, 0xFFFFFFFF80000000, 0xFFFFFFFF7FFFF000,
+     0xFFFFFFFFFFFFF000, 2**47 - 0x1000, 2**47]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(virt_base=_ADDRESSES, paddr=st.integers(0, 1 << 26), p2m_base=st.one_of(st.none(), _ADDRESSES),
+       paddr_offset=st.integers(0, 1 << 26), pages=st.integers(0, 1 << 15), ramdisk=st.integers(0, 1 << 22))
+def test_hostile_addresses_give_build_error_or_consistent_layout(virt_base, paddr, p2m_base, paddr_offset,
+                                                                 pages, ramdisk):
+    """Whatever the notes say, the layout is refused with a BuildError or is self-consistent:
+    every table entry points at a frame of the domain, from a boot page-table frame."""
+    entry = (virt_base + paddr - paddr_offset) & (2**64 - 1)
+    try:
+        image = parse_kernel(make_elf(segments=((entry, paddr, b"\x90" * 0x1000, 0x1000),),
+                                      notes=_notes(virt_base, entry, p2m_base, paddr_offset), entry=entry))
+        lay = plan_layout(image, pages, ramdisk)
+    except BuildError as e:
+        assert "\n" not in str(e)
+        return
+    assert lay.pfn_alloc_end <= pages
+    tables = set(lay.all_pagetable_pfns())
+    assert all(pfn < pages for pfn in tables)
+    p2m = list(range(100, 100 + pages))
+    for table_pfn, index, entry_value in pagetable_entries(lay, p2m):
+        assert table_pfn in tables and 0 <= index < 512
+        assert 100 <= entry_value >> 12 < 100 + pages
