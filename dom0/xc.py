@@ -81,13 +81,12 @@ class XenCtrl:
     # --- domctl ---------------------------------------------------------------------------
 
     def domctl(self, cmd: int, domid: int, struct=None, value: dict | None = None,
-               extra: bytes | None = None, op: str = "domctl"):
+               extra: bytes | None = None, handle_field: str | None = None, op: str = "domctl"):
         """One XEN_DOMCTL_*: (returned domid, union payload parsed as `struct`, extra buffer after).
 
-        `extra` is a second buffer whose address is patched into the payload field
-        named by value["__extra__"] (a guest handle)."""
+        `extra` is a second buffer whose address goes into the payload's guest
+        handle `handle_field`."""
         value = dict(value or {})
-        handle_field = value.pop("__extra__", None)
         header = {"cmd": cmd, "interface_version": D.XEN_DOMCTL_INTERFACE_VERSION, "domain": domid}
 
         def build(extra_addr: int | None) -> bytes:
@@ -152,14 +151,33 @@ class XenCtrl:
 
     def vcpu_setcontext(self, domid: int, vcpu: int, context: dict) -> None:
         self.domctl(D.XEN_DOMCTL_setvcpucontext, domid, D.xen_domctl_vcpucontext,
-                    {"vcpu": vcpu, "__extra__": "ctxt"}, extra=vcpu_guest_context.build(context),
+                    {"vcpu": vcpu}, extra=vcpu_guest_context.build(context), handle_field="ctxt",
                     op="XEN_DOMCTL_setvcpucontext")
 
     def vcpu_getcontext(self, domid: int, vcpu: int) -> dict:
         _, _, out = self.domctl(D.XEN_DOMCTL_getvcpucontext, domid, D.xen_domctl_vcpucontext,
-                                {"vcpu": vcpu, "__extra__": "ctxt"}, extra=bytes(vcpu_guest_context.sizeof()),
-                                op="XEN_DOMCTL_getvcpucontext")
+                                {"vcpu": vcpu}, extra=bytes(vcpu_guest_context.sizeof()),
+                                handle_field="ctxt", op="XEN_DOMCTL_getvcpucontext")
         return plain(vcpu_guest_context.parse(out))
+
+    def vcpu_getinfo(self, domid: int, vcpu: int) -> dict:
+        _, info, _ = self.domctl(D.XEN_DOMCTL_getvcpuinfo, domid, D.xen_domctl_getvcpuinfo,
+                                 dict(_zeroed(D.xen_domctl_getvcpuinfo), vcpu=vcpu), op="XEN_DOMCTL_getvcpuinfo")
+        return info
+
+    def domain_sethandle(self, domid: int, handle: bytes) -> None:
+        self.domctl(D.XEN_DOMCTL_setdomainhandle, domid, D.xen_domctl_setdomainhandle, {"handle": handle},
+                    op="XEN_DOMCTL_setdomainhandle")
+
+    def domain_get_guest_width(self, domid: int) -> int:
+        """xc_domain_get_guest_width: bytes per guest word (8 for 64-bit PV)."""
+        _, op, _ = self.domctl(D.XEN_DOMCTL_get_address_size, domid, D.xen_domctl_address_size, {"size": 0},
+                               op="XEN_DOMCTL_get_address_size")
+        return op["size"] // 8
+
+    def domain_set_address_size(self, domid: int, size: int) -> None:
+        self.domctl(D.XEN_DOMCTL_set_address_size, domid, D.xen_domctl_address_size, {"size": size},
+                    op="XEN_DOMCTL_set_address_size")
 
     def hypercall_init(self, domid: int, gmfn: int) -> None:
         self.domctl(D.XEN_DOMCTL_hypercall_init, domid, D.xen_domctl_hypercall_init, {"gmfn": gmfn},
@@ -227,10 +245,8 @@ class XenCtrl:
         """HYPERVISOR_mmuext_op on `domid`'s behalf (foreigndom)."""
         size = X.mmuext_op.sizeof()
         data = b"".join(X.mmuext_op.build(o) for o in ops)
-        with self._lock:
-            done_addr = (self._base + len(data) + 15) & ~15
-            self._call("mmuext_op", _NR["mmuext_op"], [data, bytes(8)],
-                       lambda a: [a[0], len(data) // size, a[1], domid])
+        self._call("mmuext_op", _NR["mmuext_op"], [data, bytes(8)],
+                   lambda a: [a[0], len(data) // size, a[1], domid])
 
     def pin_table(self, level: int, mfn: int, domid: int) -> None:
         """libxc's pin_table: MMUEXT_PIN_L<level>_TABLE of `mfn` for `domid`."""

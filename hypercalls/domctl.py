@@ -133,6 +133,29 @@ def _getvcpucontext(ctx, u_domctl, raw, d) -> int:
     return 0
 
 
+def _getvcpuinfo(ctx, u_domctl, raw, d) -> int:
+    op = _parse(D.xen_domctl_getvcpuinfo, raw)
+    if op["vcpu"] >= len(d.vcpus):
+        return -E.EINVAL
+    op.update(mech.getvcpuinfo(d.vcpus[op["vcpu"]]))
+    ctx.write(u_domctl, _with_payload(raw, D.xen_domctl_getvcpuinfo, op))
+    return 0
+
+
+def _setdomainhandle(_ctx, _u, raw, d) -> int:
+    d.handle = bytes(_parse(D.xen_domctl_setdomainhandle, raw)["handle"])
+    return 0
+
+
+def _set_address_size(_ctx, _u, raw, _d) -> int:
+    return mech.set_address_size(_parse(D.xen_domctl_address_size, raw)["size"])
+
+
+def _get_address_size(ctx, u_domctl, raw, _d) -> int:
+    ctx.write(u_domctl, _with_payload(raw, D.xen_domctl_address_size, {"size": mech.PV64_ADDRESS_SIZE}))
+    return 0
+
+
 def _hypercall_init(_ctx, _u, raw, d) -> int:
     return mech.init_hypercall_page(d, _parse(D.xen_domctl_hypercall_init, raw)["gmfn"])
 
@@ -147,4 +170,8 @@ _OPS = {
     D.XEN_DOMCTL_setvcpucontext: _setvcpucontext,
     D.XEN_DOMCTL_getvcpucontext: _getvcpucontext,
     D.XEN_DOMCTL_hypercall_init: _hypercall_init,
+    D.XEN_DOMCTL_getvcpuinfo: _getvcpuinfo,
+    D.XEN_DOMCTL_setdomainhandle: _setdomainhandle,
+    D.XEN_DOMCTL_set_address_size: _set_address_size,
+    D.XEN_DOMCTL_get_address_size: _get_address_size,
 }

@@ -269,6 +269,24 @@ def max_vcpus(caller: "Domain", d: "Domain", count: int) -> int:
     return 0
 
 
+def getvcpuinfo(v: "VCPU") -> dict:
+    """XEN_DOMCTL_getvcpuinfo's OUT fields."""
+    return {"online": int(v.online), "blocked": int(v.blocked),
+            "running": int(bool(getattr(v, "is_running", False))),
+            "cpu_time": getattr(v, "cpu_time", 0), "cpu": 0}
+
+
+PV64_ADDRESS_SIZE = 64
+
+
+def set_address_size(size: int) -> int:
+    """XEN_DOMCTL_set_address_size: every domain here is 64-bit PV; 32-bit PV (switch_compat)
+    is not built in, as in a Xen without CONFIG_PV32."""
+    if size == PV64_ADDRESS_SIZE:
+        return 0
+    return -E.EOPNOTSUPP if size == 32 else -E.EINVAL
+
+
 # --- vCPU context ----------------------------------------------------------------------
 
 def arch_set_info_guest(v: "VCPU", c: dict) -> int:

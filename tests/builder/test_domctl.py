@@ -181,3 +181,17 @@ def test_hypercall_init_needs_the_domains_frame(machine):
     own = hv.frames.alloc(domid, 1)[0]
     xc.hypercall_init(domid, own)
     assert bytes(hv.memory.frame(own)) == hypercall_page_bytes()
+
+
+def test_vcpuinfo_handle_and_address_size(machine):
+    hv, _dom0, xc = machine
+    domid = xc.domain_create(max_vcpus=2)
+    info = xc.vcpu_getinfo(domid, 1)
+    assert (info["vcpu"], info["online"], info["blocked"]) == (1, 0, 0)
+    assert errno_of(xc.vcpu_getinfo, domid, 2) == E.EINVAL
+    xc.domain_sethandle(domid, b"\x42" * 16)
+    assert xc.domain_getinfo(domid)["handle"] == b"\x42" * 16
+    assert xc.domain_get_guest_width(domid) == 8
+    xc.domain_set_address_size(domid, 64)
+    assert errno_of(xc.domain_set_address_size, domid, 32) == E.EOPNOTSUPP
+    assert errno_of(xc.domain_set_address_size, domid, 48) == E.EINVAL
