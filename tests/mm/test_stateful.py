@@ -14,6 +14,8 @@ import struct
 
 import functools
 
+import pytest
+
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
@@ -196,3 +198,10 @@ def test_hostile_guest_cannot_break_the_mmu():
         phases=[Phase.explicit, Phase.reuse, Phase.generate],
         suppress_health_check=list(HealthCheck)))
     assert STEPS["count"] >= 2000, STEPS
+
+
+@pytest.mark.slow
+def test_hostile_guest_soak():
+    run_state_machine_as_test(HostileGuest, settings=settings(
+        max_examples=400, stateful_step_count=200, deadline=None,
+        suppress_health_check=list(HealthCheck)))
