@@ -195,3 +195,64 @@ def test_vcpuinfo_handle_and_address_size(machine):
     xc.domain_set_address_size(domid, 64)
     assert errno_of(xc.domain_set_address_size, domid, 32) == E.EOPNOTSUPP
     assert errno_of(xc.domain_set_address_size, domid, 48) == E.EINVAL
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_CMDS = [D.XEN_DOMCTL_createdomain, D.XEN_DOMCTL_destroydomain, D.XEN_DOMCTL_pausedomain,
+         D.XEN_DOMCTL_unpausedomain, D.XEN_DOMCTL_getdomaininfo, D.XEN_DOMCTL_max_mem,
+         D.XEN_DOMCTL_setvcpucontext, D.XEN_DOMCTL_getvcpucontext, D.XEN_DOMCTL_max_vcpus,
+         D.XEN_DOMCTL_hypercall_init, D.XEN_DOMCTL_getvcpuinfo, D.XEN_DOMCTL_setdomainhandle,
+         D.XEN_DOMCTL_get_address_size, D.XEN_DOMCTL_set_address_size]
+
+
+_FRAME_CHANGING = {D.XEN_DOMCTL_createdomain, D.XEN_DOMCTL_destroydomain, D.XEN_DOMCTL_setvcpucontext,
+                   D.XEN_DOMCTL_hypercall_init}
+
+
+def _createdomain_payload(max_vcpus: int, grant_frames: int) -> bytes:
+    from dom0.xc import _zeroed
+    config = _zeroed(D.xen_domctl_createdomain)
+    config.update(max_vcpus=max_vcpus, max_grant_frames=grant_frames, max_maptrack_frames=-1, grant_opts=2)
+    return D.xen_domctl_createdomain.build(config)
+
+
+_PAYLOADS = st.one_of(st.binary(min_size=0, max_size=128),
+                      st.builds(_createdomain_payload, st.integers(0, 4), st.integers(-1, 70)))
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.tuples(st.sampled_from(_CMDS), st.sampled_from([0, 1, 2, 3, 0x7FF0, 0xFFFF]),
+                              _PAYLOADS, st.booleans()), min_size=1, max_size=8))
+def test_fuzzed_domctls_from_dom0_answer_with_errnos(machine, ops):
+    """Hostile payloads (dom0 is trusted with the privilege, not with well-formed arguments): every
+    call returns 0, a domid or -errno, and the MMU's frame accounting stays consistent."""
+    hv, _dom0, xc = machine
+    chan = xc.channel
+    changed_frames = False
+    for cmd, domid, payload, point_ctxt_at_memory in ops:
+        if point_ctxt_at_memory and cmd in (D.XEN_DOMCTL_setvcpucontext, D.XEN_DOMCTL_getvcpucontext):
+            payload = bytearray(payload.ljust(16, b"\0"))
+            struct.pack_into("<Q", payload, 8, 0x4000)        # a real buffer of random context bytes
+            chan.memory[0x4000:0x4000 + 5168] = bytes(range(256)) * 20 + bytes(48)
+        rc = raw_domctl(chan, cmd, domid, payload=bytes(payload))
+        assert isinstance(rc, int) and -200 < rc < 0x10000
+        changed_frames |= rc == 0 and cmd in _FRAME_CHANGING
+    assert 0 in hv.domains
+    if changed_frames:
+        from pvhyp.mm.checker import check_invariants
+        assert check_invariants(hv) == []
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cmd=st.integers(0, 40), payload=st.binary(max_size=128))
+def test_fuzzed_sysctls(machine, cmd, payload):
+    hv, _dom0, xc = machine
+    chan = xc.channel
+    raw = bytearray(S.xen_sysctl.sizeof())
+    struct.pack_into("<II", raw, 0, cmd, S.XEN_SYSCTL_INTERFACE_VERSION)
+    raw[8:8 + len(payload)] = payload
+    chan.memory[0x2000:0x2000 + len(raw)] = raw
+    rc = chan.hypercall(SYSCTL, 0x2000)
+    assert rc in (0, -E.ENOSYS, -E.EFAULT)
