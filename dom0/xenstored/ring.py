@@ -35,6 +35,10 @@ _SIZE = wire.XENSTORE_RING_SIZE
 # Never buffer more than one maximal message per guest: beyond that, the
 # bytes stay in the guest's ring, which is the guest's problem.
 _MAX_BUFFERED = wire.XSD_SOCKMSG_SIZE + wire.XENSTORE_PAYLOAD_MAX
+# A guest runs concurrently and could keep its ring busy forever; one kick
+# moves at most this many ring-fulls each way, the next kick or the
+# daemon's periodic pass does the rest.
+_MAX_ROUNDS_PER_KICK = 16
 
 
 def _ring_indexes_valid(cons: int, prod: int) -> bool:
@@ -152,7 +156,7 @@ class RingServer:
         if conn is None or conn.broken is not None:
             return
         notify = False
-        while True:
+        for _ in range(_MAX_ROUNDS_PER_KICK):
             moved = self._pull_requests(ring, conn) + self._push_replies(ring)
             if conn.closed:  # the request released this very domain
                 break
