@@ -107,11 +107,8 @@ class Layout:
     def start_info_virt(self) -> int:
         return self.pfn_to_virt(self.start_info_pfn)
 
-    def pagetable_pfns(self) -> range:
-        """Every frame holding a boot page table (all mappings), for pinning and RO mapping."""
-        return range(self.pgtables.pfn, self.pgtables.pfn + self.pgtables.pages) if self.pgtables else range(0)
-
     def all_pagetable_pfns(self) -> list[int]:
+        """Every frame holding a boot page table, of every mapping (read-only in the guest)."""
         pfns = []
         for m in self.maps:
             first = m.lvls[PGTBL_LEVELS_X86_64 - 1].pfn
