@@ -3,8 +3,6 @@ CONTROL."""
 
 from abi.io import xs_wire as wire
 
-from .helpers import Client
-
 
 def test_introduce_and_release_fire_special_watches(dom0, engine):
     dom0.ok(wire.XS_WATCH, "@introduceDomain", "in")
