@@ -8,6 +8,9 @@ and memory_op, plus domain set-up and teardown (Xen's relinquish_memory).
         a frame the hypervisor itself keeps (and writes, if writable): a
         frame held writable can never become a page table
     hv.mmu.new_guest_cr3(vcpu, mfn) -> 0 | -errno      (the only way to set vcpu.guest_table)
+    hv.mmu.new_user_baseptr(vcpu, mfn) -> 0 | -errno   (... and vcpu.guest_table_user)
+    hv.mmu.ptwr_emulate(vcpu, addr, data, width, old=None) -> 0 (written) | 1 (cmpxchg
+        mismatch) | 2 (refused: bounce the #PF); see pvhyp/mm/ptwr.py
     hv.mmu.lock                                         (hold it around any of these)
 Every -errno is the one Xen 4.17 gives in the same situation.
 """
@@ -233,6 +236,15 @@ class PVMMU(FrameRefs):
         self.put_page_and_type(dst)
         self.put_page(src)
         return 0
+
+    def ptwr_emulate(self, vcpu, addr: int, data, width: int, old=None, cr2=None) -> int:
+        """The CPU engine's entry for a store to a page table (data: bytes or int)."""
+        from pvhyp.mm.ptwr import ptwr_emulate
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = int.from_bytes(bytes(data), "little")
+        if isinstance(old, (bytes, bytearray, memoryview)):
+            old = int.from_bytes(bytes(old), "little")
+        return ptwr_emulate(vcpu, addr, data, width, old=old, cr2=cr2).status
 
     # --------------------------------------------------- update_va_mapping
     def map_guest_l1e(self, v, va: int):

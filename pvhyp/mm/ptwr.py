@@ -6,7 +6,9 @@ faults; the CPU engine decodes the faulting instruction and calls here, and
 the write is validated exactly as an mmu_update of that entry would be
 (Xen's ptwr_emulated_update in arch/x86/pv/ro-page-fault.c).
 
-API for the CPU engine (all under hv.mmu.lock, taken here):
+API for the CPU engine (all under hv.mmu.lock, taken here). The short form
+`hv.mmu.ptwr_emulate(vcpu, addr, data, width, old=None) -> status` takes the
+stored bytes (or an int) and returns just the status below.
 
     ptwr_emulate(vcpu, addr, value, width, old=None, cr2=None) -> PtwrResult
         A store of `width` bytes (1, 2, 4 or 8; naturally aligned) of `value`

@@ -58,3 +58,11 @@ def test_cmpxchg_and_rmw(hv, guest):
     low = hv.memory.read_u64(t << 12) & 0xFFFF_FFFF
     assert ptwr_emulate(guest.vcpu, va + 4, 0x8000_0000, 4).status == PTWR_OKAY
     assert hv.memory.read_u64(t << 12) == (1 << 63) | low | 0x100
+
+
+def test_engine_entry_point(hv, guest):
+    t, va = _setup(hv, guest)
+    new = (guest.mfn(10) << 12 | P | RW).to_bytes(8, "little")
+    assert hv.mmu.ptwr_emulate(guest.vcpu, va + 24, new, 8) == PTWR_OKAY
+    assert hv.mmu.ptwr_emulate(guest.vcpu, va + 24, (t << 12 | P | RW).to_bytes(8, "little"), 8) == PTWR_UNHANDLEABLE
+    assert hv.mmu.ptwr_emulate(guest.vcpu, va + 24, b"\0" * 8, 8, old=b"\1" * 8) == PTWR_CMPXCHG_FAILED
