@@ -22,6 +22,9 @@ import threading
 log = logging.getLogger("dom0.xenstored.socket")
 
 _RECV_BYTES = 65536
+# A tool that sends requests without reading replies is not read from
+# while this much output is waiting for it.
+_MAX_UNREAD_OUTPUT = 1 << 20
 
 
 class _Client:
@@ -149,8 +152,10 @@ class SocketServer:
         if conn is not None and conn.broken is not None and not client.pending:
             self._drop(client)  # protocol violation: nothing more to say
             return
-        wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.pending else 0)
-        self.selector.modify(client.sock, wanted, client)
+        backlog = len(client.pending) + (conn.out_bytes if conn is not None else 0)
+        wanted = ((selectors.EVENT_READ if backlog < _MAX_UNREAD_OUTPUT else 0)
+                  | (selectors.EVENT_WRITE if client.pending else 0))
+        self.selector.modify(client.sock, wanted or selectors.EVENT_READ, client)
 
     def _drop(self, client: _Client) -> None:
         self.clients.pop(client.conn_id, None)
