@@ -44,6 +44,25 @@ def _note_value(value) -> str:
     return f"{value:#x}" if isinstance(value, int) else repr(value)
 
 
+def _print_hypercall_stubs(page_va: int) -> None:
+    """Two of the 32-byte stubs Xen writes (XEN_DOMCTL_hypercall_init): an ordinary one and iret's."""
+    from abi.xen import HYPERCALL_NAMES, __HYPERVISOR_iret
+    from pvhyp.domctl import hypercall_page_bytes
+    page = hypercall_page_bytes()
+    try:
+        import capstone
+        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    except ImportError:
+        md = None
+    for slot in (0, __HYPERVISOR_iret):
+        stub = page[slot * 32:slot * 32 + 32].rstrip(b"\xcc")
+        if md is None:
+            text = stub.hex(" ")
+        else:
+            text = "; ".join(f"{i.mnemonic} {i.op_str}".strip() for i in md.disasm(stub, page_va + slot * 32))
+        print(f"    {page_va + slot * 32:#x} {HYPERCALL_NAMES.get(slot, slot)}: {text}")
+
+
 def run(args) -> int:
     from dom0.builder import BuildError, parse_kernel, plan_layout
     from dom0.builder.image import module_size
@@ -82,6 +101,7 @@ def run(args) -> int:
           f"{len(layout.maps)} mapping{'s' if len(layout.maps) > 1 else ''})")
     if layout.hypercall_pfn is not None:
         print(f"  hypercall page: {p.virt_hypercall:#x} (pfn {layout.hypercall_pfn:#x}), filled by Xen")
+        _print_hypercall_stubs(p.virt_hypercall)
     print("\nstart_info (at rsi):")
     print(f"  nr_pages {layout.total_pages}  pt_base {layout.pgtables.vstart:#x}  "
           f"nr_pt_frames {layout.nr_pt_frames}  mfn_list {layout.p2m.vstart:#x}  flags {layout.flags:#x}")

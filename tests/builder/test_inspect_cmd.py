@@ -27,6 +27,7 @@ def test_inspect_xtf(xtf_example, tmp_path, capsys):
     assert main(["inspect", str(kernel)]) == 0
     out = capsys.readouterr().out
     assert "GUEST_OS             'XTF'" in out and "pt_base 0x" in out
+    assert "iret: push rcx; push r11; push rax; mov eax, 0x17; syscall" in out
 
 
 @pytest.mark.parametrize("content, words", [(b"", "empty kernel image"), (b"\x7fELF\x02", "truncated ELF header"),
