@@ -1,0 +1,67 @@
+"""The checker sees each kind of corruption (written behind the MMU's back)."""
+import pytest
+
+from pvhyp.mm.checker import check_invariants
+
+from .helpers import Guest, make_hv
+
+P, RW = 0x1, 0x2
+
+
+@pytest.fixture
+def world():
+    hv = make_hv()
+    g = Guest(hv, 64, read_only_pfns=range(40, 56))
+    v = Guest(hv, 32)
+    assert check_invariants(hv) == []
+    yield hv, g, v
+    hv.memory.close()
+
+
+def _expect(hv, fragment):
+    problems = check_invariants(hv)
+    assert any(fragment in p for p in problems), problems
+
+
+def test_page_table_mapped_writable(world):
+    hv, g, v = world
+    hv.memory.write_u64(g.l1_slot_maddr(20), g.layout.l1s[0] << 12 | P | RW)
+    _expect(hv, "writable")
+
+
+def test_foreign_frame_in_a_table(world):
+    hv, g, v = world
+    hv.memory.write_u64(g.l1_slot_maddr(20), v.mfn(5) << 12 | P)
+    _expect(hv, "foreign")
+
+
+def test_reference_counts(world):
+    hv, g, v = world
+    hv.frames.count[g.mfn(9)] += 1
+    _expect(hv, "count")
+    hv.frames.count[g.mfn(9)] -= 1
+    hv.frames.type_count[g.layout.l2] += 1
+    _expect(hv, "type count")
+
+
+def test_disallowed_flags_and_hypervisor_slots(world):
+    hv, g, v = world
+    hv.memory.write_u64((g.layout.l2 << 12) + 8 * 100, 0)
+    hv.memory.write_u64((g.layout.l3 << 12), hv.memory.read_u64(g.layout.l3 << 12) | 0x80)
+    _expect(hv, "disallowed")
+    hv.memory.write_u64((g.layout.l4 << 12) + 8 * 260, 0x1007)
+    _expect(hv, "hypervisor slot")
+
+
+def test_p2m_and_m2p(world):
+    hv, g, v = world
+    hv.set_m2p(g.mfn(9), 10)
+    _expect(hv, "m2p")
+    g.domain.p2m[9] = v.mfn(9)
+    _expect(hv, "not its frame")
+
+
+def test_base_pointer_without_a_reference(world):
+    hv, g, v = world
+    g.vcpu.guest_table_user = g.mfn(9)
+    _expect(hv, "guest_table_user")
