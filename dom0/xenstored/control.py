@@ -1,6 +1,6 @@
 """Quota settings and the XS_CONTROL request (privileged only).
 
-Supported commands: "print <text>", "log on|off", "quota" (show),
+Supported commands: "check" (tree consistency), "print <text>", "log on|off", "quota" (show),
 "quota set <name> <value>", "quota <domid>" (usage) and "help".  Anything
 else is EINVAL, as in cxenstored.
 """
@@ -110,9 +110,19 @@ def _quota(engine, args):
     return _reply_text(engine.domain_usage(c_atoi(args[0])))
 
 
+def _check(engine, args):
+    problems = engine.store.inconsistencies()
+    for problem in problems:
+        engine.log(f"store check: {problem}")
+    if problems:
+        raise XsError("EIO")
+    return b"OK\0"
+
+
 def _help(engine, args):
     return _reply_text("Available commands:\n" + "\n".join(
         name.decode() for name in _COMMANDS) + "\n")
 
 
-_COMMANDS = {b"print": _print, b"log": _log, b"quota": _quota, b"help": _help}
+_COMMANDS = {b"check": _check, b"print": _print, b"log": _log, b"quota": _quota,
+             b"help": _help}

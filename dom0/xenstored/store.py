@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from .errors import XsError
-from .paths import Permission, parent_of
+from .paths import Permission, basename, child_path, parent_of
 
 # Sizes of cxenstored's on-disk record, used so the node-size quota bites at
 # the same point: a header (u64 generation + 3 x u32) and 8 bytes per perm.
@@ -78,6 +78,26 @@ class Store:
 
     def owned_count(self, domid: int) -> int:
         return self.owner_counts[domid]
+
+    def inconsistencies(self) -> list[str]:
+        """Broken tree invariants (empty when healthy): every node is listed
+        by its parent exactly once, every listed child exists, and the
+        per-owner counts match the nodes."""
+        problems = []
+        for path, node in self.nodes.items():
+            if len(set(node.children)) != len(node.children):
+                problems.append(f"{path}: duplicate children")
+            for child in node.children:
+                if child_path(path, child) not in self.nodes:
+                    problems.append(f"{path}: lists missing child {child}")
+            if path != "/":
+                parent = self.nodes.get(parent_of(path))
+                if parent is None or basename(path) not in parent.children:
+                    problems.append(f"{path}: not listed by its parent")
+        counts = Counter(node.owner for node in self.nodes.values())
+        if +counts != +self.owner_counts:
+            problems.append("owner counts out of step")
+        return problems
 
 
 class Transaction:

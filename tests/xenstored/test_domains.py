@@ -89,6 +89,9 @@ def test_control(dom0, guest_factory, engine):
     assert dom0.error(wire.XS_CONTROL, "no-such-command") == "EINVAL"
     assert dom0.error(wire.XS_CONTROL) == "EINVAL"
     assert b"print" in dom0.ok(wire.XS_CONTROL, "help")
+    assert dom0.ok(wire.XS_CONTROL, "check") == b"OK\0"
+    engine.store.nodes["/orphan/child"] = engine.store.get("/tool")
+    assert dom0.error(wire.XS_CONTROL, "check") == "EIO"
 
 
 def test_wire_introduce_uses_transport_hook(dom0, engine):

@@ -86,6 +86,7 @@ def test_random_request_streams_never_raise(stream):
         for m_type, *_ in parse_messages(engine.data_to_send(conn)):
             answered += m_type != wire.XS_WATCH_EVENT
     assert answered == sent  # one reply per request, always
+    assert engine.store.inconsistencies() == []
 
 
 @settings(max_examples=150, deadline=None)

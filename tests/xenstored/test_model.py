@@ -114,6 +114,7 @@ class StoreMachine(RuleBasedStateMachine):
             actual[path] = value
             stack += [f"{path}/{child}" for child in self.direct.directory(path)]
         assert actual == self.model
+        assert self.engine.store.inconsistencies() == []
 
 
 StoreMachine.TestCase.settings = settings(max_examples=EXAMPLES, stateful_step_count=40, deadline=None)
