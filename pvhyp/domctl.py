@@ -23,6 +23,7 @@ from abi.domctl import (
 )
 from abi.xen import DOMID_FIRST_RESERVED, __HYPERVISOR_iret
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
+from pvhyp.mm.frametable import OutOfMemory
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
@@ -140,7 +141,10 @@ def domain_create(hv: "Hypervisor", requested_domid: int, config: dict) -> int:
         domid = _pick_domid(hv, requested_domid)
         if domid < 0:
             return domid
-        d = hv.create_domain(max_vcpus=config["max_vcpus"], max_pages=0, domid=domid, config=config)
+        try:
+            d = hv.create_domain(max_vcpus=config["max_vcpus"], max_pages=0, domid=domid, config=config)
+        except OutOfMemory:
+            return -E.ENOMEM        # not even a frame for its shared_info
     d.handle = bytes(config.get("handle", bytes(16)))
     d.controller_pause_count = 1
     d.pause_count += 1

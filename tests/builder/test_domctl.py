@@ -256,3 +256,9 @@ def test_fuzzed_sysctls(machine, cmd, payload):
     chan.memory[0x2000:0x2000 + len(raw)] = raw
     rc = chan.hypercall(SYSCTL, 0x2000)
     assert rc in (0, -E.ENOSYS, -E.EFAULT)
+
+
+def test_createdomain_with_no_memory_left_is_enomem(machine):
+    hv, _dom0, xc = machine
+    hv.frames.alloc(0x7FF2, hv.frames.free_frames)        # the hypervisor takes every free frame
+    assert errno_of(xc.domain_create) == E.ENOMEM
