@@ -515,21 +515,26 @@ class FrameRefs:
         self.write_entry(maddr, new)
 
     # ------------------------------------------- references held by subsystems
-    def hold_page(self, mfn: int, d, writable: bool = False) -> int:
-        """A subsystem keeps a frame of `d` (and, if `writable`, its writable type):
-        0 or -EINVAL. Balanced by release_page. The checker counts these holds."""
+    def hold_page(self, mfn: int, d, writable: bool = False, type_: int | None = None) -> int:
+        """A subsystem keeps a frame of `d` and, if `writable` (or `type_`, e.g.
+        PGT_seg_desc_page for a GDT frame), a type reference on it: 0 or -EINVAL.
+        A frame held writable (the hypervisor writes it) never becomes a page
+        table. Balanced by release_page; the checker counts these holds."""
+        if writable:
+            type_ = PGT_writable_page
         with self.lock:
             if not self.get_page_from_mfn(mfn, d):
                 return -E.EINVAL
-            if writable and self.get_page_type(mfn, PGT_writable_page):
+            if type_ is not None and self.get_page_type(mfn, type_):
                 self.put_page(mfn)
                 return -E.EINVAL
             self.held_refs[mfn] += 1
-            if writable:
+            if type_ is not None:
                 self.held_type_refs[mfn] += 1
             return 0
 
-    def release_page(self, mfn: int, writable: bool = False) -> None:
+    def release_page(self, mfn: int, writable: bool = False, type_: int | None = None) -> None:
+        typed = writable or type_ is not None
         with self.lock:
             if not self.held_refs[mfn]:
                 self.held_refs.pop(mfn, None)
@@ -537,7 +542,7 @@ class FrameRefs:
             self.held_refs[mfn] -= 1
             if not self.held_refs[mfn]:
                 del self.held_refs[mfn]
-            if writable:
+            if typed:
                 self.held_type_refs[mfn] -= 1
                 if not self.held_type_refs[mfn]:
                     del self.held_type_refs[mfn]

@@ -65,3 +65,16 @@ def test_base_pointer_without_a_reference(world):
     hv, g, v = world
     g.vcpu.guest_table_user = g.mfn(9)
     _expect(hv, "guest_table_user")
+
+
+def test_declared_holds_are_counted(world):
+    from pvhyp.mm.pagetype import PGT_seg_desc_page
+    hv, g, v = world
+    mmu = hv.mmu
+    assert mmu.hold_page(g.mfn(41), g.domain, type_=PGT_seg_desc_page) == 0
+    assert mmu.hold_page(g.mfn(9), g.domain, type_=PGT_seg_desc_page) == -22     # mapped writable
+    assert check_invariants(hv) == []
+    assert g.pin(1, g.mfn(41)) == -22
+    mmu.release_page(g.mfn(41), type_=PGT_seg_desc_page)
+    assert hv.frames.type_count[g.mfn(41)] == 0
+    assert check_invariants(hv) == []
