@@ -284,10 +284,12 @@ def evtchn_check_pollers(d, port: int) -> None:
             v.kick()
 
 
-def _port_set_pending(d, vcpu_id: int, chn: Evtchn) -> None:
+def _notify(d, vcpu_id: int, port: int) -> None:
+    """Deliver a notification decided under the lock (called after releasing it: a kick
+    may wait on the CPU engine, which must never wait on the event lock's holder)."""
     v = domain_vcpu(d, vcpu_id)
     if v is not None:
-        evtchn_set_pending(v, chn.port)
+        evtchn_set_pending(v, port)
 
 
 def _clear_pending(d, port: int) -> None:
@@ -341,10 +343,11 @@ def evtchn_bind_interdomain(current, bind: dict) -> int:
         lchn.remote_dom, lchn.remote_port = rd, rchn.port
         rchn.state = ECS_INTERDOMAIN
         rchn.remote_dom, rchn.remote_port = current, lport
-        # Notifications sent to the unbound remote port were dropped: be
-        # conservative, as Xen is, and mark the new local port pending.
-        _port_set_pending(current, lchn.notify_vcpu_id, lchn)
         bind["local_port"] = lport
+        notify_vcpu = lchn.notify_vcpu_id
+    # Notifications sent to the unbound remote port were dropped: be
+    # conservative, as Xen is, and mark the new local port pending.
+    _notify(current, notify_vcpu, lport)
     return 0
 
 
@@ -433,23 +436,23 @@ def evtchn_send(ld, lport: int) -> int:
             return -E.EINVAL
         if ld.hv.trace.enabled:
             ld.hv.trace.emit("event", ld.domid, 0, op="send", port=lport, state=lchn.state)
+        consumer = None
         if lchn.state == ECS_INTERDOMAIN:
             rd, rport = lchn.remote_dom, lchn.remote_port
             rchn = rd.evtchn.chans[rport]
-            if rchn.xen_consumer is not None:
-                consumer = rchn.xen_consumer
-                vcpu = domain_vcpu(rd, rchn.notify_vcpu_id)
-            else:
-                _port_set_pending(rd, rchn.notify_vcpu_id, rchn)
-                return 0
+            target = (rd, rchn.notify_vcpu_id, rport)
+            consumer = rchn.xen_consumer
         elif lchn.state == ECS_IPI:
-            _port_set_pending(ld, lchn.notify_vcpu_id, lchn)
-            return 0
+            target = (ld, lchn.notify_vcpu_id, lport)
         elif lchn.state == ECS_UNBOUND:
             return 0            # nobody bound yet: dropped silently
         else:
             return -E.EINVAL
-    consumer(vcpu, rport)       # outside the lock, as Xen calls xen_notification_fn
+    d, vcpu_id, port = target
+    if consumer is not None:
+        consumer(domain_vcpu(d, vcpu_id), port)     # as Xen's xen_notification_fn
+    else:
+        _notify(d, vcpu_id, port)
     return 0
 
 
@@ -530,12 +533,11 @@ def evtchn_reset(current, d) -> int:
 
 def send_guest_vcpu_virq(v, virq: int) -> None:
     """A per-vCPU VIRQ (timer, debug) fired on v."""
-    d = v.domain
     with _lock:
         port = v.virq_to_evtchn.get(virq, 0)
-        if not port or d.evtchn is None:
+        if not port or v.domain.evtchn is None:
             return
-        evtchn_set_pending(v, port)
+    evtchn_set_pending(v, port)
 
 
 def send_guest_global_virq(d, virq: int) -> None:
@@ -546,8 +548,8 @@ def send_guest_global_virq(d, virq: int) -> None:
         port = d.vcpus[0].virq_to_evtchn.get(virq, 0)
         if not port or d.evtchn is None:
             return
-        chn = d.evtchn.chans[port]
-        _port_set_pending(d, chn.notify_vcpu_id, chn)
+        vcpu_id = d.evtchn.chans[port].notify_vcpu_id
+    _notify(d, vcpu_id, port)
 
 
 def alloc_unbound_xen_event_channel(ld, lvcpu: int, remote_domid: int, notification_fn) -> int:
@@ -570,8 +572,9 @@ def notify_via_xen_event_channel(ld, lport: int) -> None:
         lchn = ld.evtchn.get(lport)
         if lchn is None or lchn.state != ECS_INTERDOMAIN:
             return
-        rd, rchn = lchn.remote_dom, lchn.remote_dom.evtchn.chans[lchn.remote_port]
-        _port_set_pending(rd, rchn.notify_vcpu_id, rchn)
+        rd, rport = lchn.remote_dom, lchn.remote_port
+        vcpu_id = rd.evtchn.chans[rport].notify_vcpu_id
+    _notify(rd, vcpu_id, rport)
 
 
 # --- consistency (the fuzzer's oracle) -----------------------------------------------
