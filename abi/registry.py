@@ -190,13 +190,6 @@ def header_modules() -> list[tuple[HeaderModule, object]]:
     return present
 
 
-def module_spec(module: str) -> HeaderModule:
-    for spec in MODULES:
-        if spec.module == module:
-            return spec
-    raise KeyError(module)
-
-
 def unlisted_modules() -> list[str]:
     """Modules under abi/ that are neither in MODULES nor helpers."""
     import abi
