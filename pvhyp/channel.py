@@ -44,7 +44,11 @@ def create_process_domain(hv, nr_pages: int, privileged: bool = False, domid: in
     """A domain whose "CPU" is an OS process: contiguous memory, pseudo-physical addressing."""
     d = hv.create_domain(max_vcpus=max_vcpus, max_pages=nr_pages + 64, domid=domid,
                          privileged=privileged, paging=False)
-    first = hv.frames.alloc_contiguous(d.domid, nr_pages)
+    try:
+        first = hv.frames.alloc_contiguous(d.domid, nr_pages)
+    except Exception:
+        hv.destroy_domain(d.domid)      # no half-made domain left behind
+        raise
     with d.lock:
         d.p2m = list(range(first, first + nr_pages))
         for pfn, mfn in enumerate(d.p2m):

@@ -46,7 +46,7 @@ from pvhyp.domain import SHUTDOWN_CRASH, Domain
 from pvhyp.hypervisor import DOMID_FIRST_RESERVED
 from pvhyp.hypercall_table import HypercallContext
 from pvhyp.memory import PAGE_SHIFT
-from pvhyp.mm.frametable import DOMID_XEN
+from pvhyp.mm.frametable import DOMID_XEN, OutOfMemory
 
 log = logging.getLogger("pvhyp.channel")
 
@@ -248,7 +248,7 @@ class Connection:
         try:
             d = create_process_domain(self.hv, nr_pages, max_vcpus=max_vcpus,
                                       domid=self.server.next_free_domid())
-        except Exception as e:     # out of (contiguous) memory
+        except (OutOfMemory, ValueError) as e:     # no (contiguous) memory or no free domain id
             log.warning("creating a process domain of %d pages failed: %s", nr_pages, e)
             return RESULT.pack(-xen_errno.ENOMEM), []
         return RESULT.pack(d.domid), []

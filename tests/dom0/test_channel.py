@@ -197,3 +197,20 @@ def test_random_frames_never_reach_a_hypervisor_bug(hv, server):
     assert not [r for _, r in server.disconnects if "bug" in r]
     assert bystander.hypercall(63) == -E.ENOSYS
     bystander.close()
+
+
+def test_create_domain_beyond_memory_is_enomem_and_leaves_nothing(hv, server):
+    ch0 = SocketChannel(server.attach(create_process_domain(hv, 16, privileged=True, domid=0)))
+    before = (set(hv.domains), hv.frames.free_frames)
+    for pages in (hv.frames.nr_frames, hv.frames.free_frames):
+        with pytest.raises(ChannelError) as e:
+            ch0.create_domain(pages)
+        assert e.value.errno == E.ENOMEM
+    with pytest.raises(ChannelError) as e:
+        ch0.create_domain(0)
+    assert e.value.errno == E.EINVAL
+    assert (set(hv.domains), hv.frames.free_frames) == before
+    first, second = ch0.create_domain(4), ch0.create_domain(4)
+    ch0.destroy_domain(first)
+    assert ch0.create_domain(4) > second          # ids move on, as Xen's rover does
+    ch0.close()
