@@ -40,28 +40,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from abi import errno as E
-from abi.arch_x86_xen import FIRST_RESERVED_GDT_ENTRY, FIRST_RESERVED_GDT_PAGE
+from abi.arch_x86_xen import FIRST_RESERVED_GDT_PAGE
 from abi.xen import VMASST_TYPE_architectural_iopl, vcpu_info
 from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS, HYPERVISOR_VIRT_END
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
+from pvhyp.pv_descriptors import GDT_ENTRIES_PER_FRAME, fixup_guest_selector, pv_destroy_gdt, pv_set_gdt
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
 
 NR_VECTORS = 256
 TRAP_nmi = 2
-GDT_ENTRIES_PER_FRAME = PAGE_SIZE // 8
 MAX_LDT_ENTRIES = 8192
 INVALID_MFN = 0xFFFF_FFFF_FFFF_FFFF
 VCPU_INFO_SIZE = vcpu_info.sizeof()
 VCPU_INFO_ALIGN = 8                 # alignof(vcpu_info_t): its widest member is 64-bit
-
-# Segment descriptor bits (high word), as Xen's _SEGMENT_*.
-_SEGMENT_TYPE = 15 << 8
-_SEGMENT_S = 1 << 12
-_SEGMENT_DPL = 3 << 13
-_SEGMENT_P = 1 << 15
-_CALL_GATE_64 = 0xC00
 
 # Debug registers (Xen's asm/debugreg.h values).
 DR_STATUS_RESERVED_ZERO = ~0xFFFF_EFFF & 0xFFFF_FFFF_FFFF_FFFF
@@ -76,7 +69,6 @@ X86_CR4_DE = 1 << 3
 X86_DR6_DEFAULT = 0xFFFF_0FF0
 X86_DR7_DEFAULT = 0x400
 
-GUEST_KERNEL_RPL = 3                # a 64-bit PV kernel runs in ring 3
 
 
 class TrapInfo:
@@ -203,11 +195,6 @@ def addr_ok(addr: int) -> bool:
     return addr < (1 << 47) or addr >= HYPERVISOR_VIRT_END
 
 
-def fixup_guest_selector(sel: int) -> int:
-    """Force a guest selector's RPL up to the guest kernel's ring."""
-    return sel if (sel & 3) >= GUEST_KERNEL_RPL else (sel & ~3) | GUEST_KERNEL_RPL
-
-
 def notify_arch(vcpu: "VCPU", what: str) -> None:
     hook = getattr(vcpu.arch, "pv_changed", None)
     if hook is not None:
@@ -237,124 +224,6 @@ def register_guest_nmi_callback(vcpu: "VCPU", address: int) -> int:
 
 def unregister_guest_nmi_callback(vcpu: "VCPU") -> None:
     vcpu.pv.trap_table.pop(TRAP_nmi, None)
-
-
-# --- descriptor tables (Xen: pv/descriptor-tables.c) ----------------------------
-
-def check_descriptor(raw: int) -> int | None:
-    """Validate one GDT/LDT descriptor for a 64-bit PV guest.
-
-    Returns the descriptor as it must be stored (DPL raised to the guest
-    kernel's ring; a call gate gets DPL 0 and its original DPL kept in the
-    target selector's RPL, so that using it traps for emulation), or None
-    when the descriptor is refused. The PV MMU calls this for every entry of
-    a frame it types as a descriptor page.
-    """
-    a, b = raw & 0xFFFF_FFFF, (raw >> 32) & 0xFFFF_FFFF
-    if not b & _SEGMENT_P:
-        return raw
-    dpl = fixup_guest_selector((b >> 13) & 3)
-    b = (b & ~_SEGMENT_DPL) | (dpl << 13)
-    if b & _SEGMENT_S:
-        return (b << 32) | a
-    if b & _SEGMENT_TYPE == 0:
-        return raw                      # the upper half of a 64-bit gate
-    if b & _SEGMENT_TYPE != _CALL_GATE_64:
-        return None
-    cs = a >> 16
-    if not ((cs >> 3) < FIRST_RESERVED_GDT_ENTRY or cs == FLAT_KERNEL_CS or cs & 4):
-        return None
-    b &= ~_SEGMENT_DPL
-    cs = (cs & ~3) | dpl
-    a = (a & 0xFFFF) | (cs << 16)
-    if b & 0xFF:
-        return None
-    return (b << 32) | a
-
-
-def _page_types(domain: "Domain"):
-    """The PV MMU's page-type operations, when the MMU is loaded.
-
-    Without it a descriptor frame only has to be owned by the domain; with
-    it the frame must also take the seg_desc type (so it is not writably
-    mapped, and every entry passed check_descriptor).
-    """
-    mm = domain.mm
-    if mm is not None and hasattr(mm, "get_page_and_type") and hasattr(mm, "put_page_and_type"):
-        return mm
-    return None
-
-
-def get_seg_desc_frame(domain: "Domain", mfn: int) -> bool:
-    frames = domain.hv.frames
-    if not frames.owned_by(mfn, domain.domid):
-        return False
-    mm = _page_types(domain)
-    return mm is None or bool(mm.get_page_and_type(mfn, "seg_desc"))
-
-
-def put_seg_desc_frame(domain: "Domain", mfn: int) -> None:
-    mm = _page_types(domain)
-    if mm is not None:
-        mm.put_page_and_type(mfn, "seg_desc")
-
-
-def pv_destroy_gdt(vcpu: "VCPU") -> None:
-    pv = vcpu.pv
-    for i in range((pv.gdt_ents + GDT_ENTRIES_PER_FRAME - 1) // GDT_ENTRIES_PER_FRAME):
-        if pv.gdt_frames[i]:
-            put_seg_desc_frame(vcpu.domain, pv.gdt_frames[i])
-        pv.gdt_frames[i] = 0
-    pv.gdt_ents = 0
-
-
-def pv_set_gdt(vcpu: "VCPU", frames: list[int], entries: int) -> int:
-    """Install a guest GDT of `entries` descriptors in `frames` (machine frames)."""
-    if entries > FIRST_RESERVED_GDT_ENTRY:
-        return -E.EINVAL
-    nr_frames = (entries + GDT_ENTRIES_PER_FRAME - 1) // GDT_ENTRIES_PER_FRAME
-    domain = vcpu.domain
-    taken = []
-    for mfn in frames[:nr_frames]:
-        if not get_seg_desc_frame(domain, mfn):
-            for got in taken:
-                put_seg_desc_frame(domain, got)
-            return -E.EINVAL
-        taken.append(mfn)
-    pv_destroy_gdt(vcpu)
-    pv = vcpu.pv
-    pv.gdt_ents = entries
-    for i, mfn in enumerate(taken):
-        pv.gdt_frames[i] = mfn
-    notify_arch(vcpu, "gdt")
-    return 0
-
-
-def update_descriptor(vcpu: "VCPU", maddr: int, desc: int) -> int:
-    """Write one descriptor at machine address `maddr` (a frame the caller owns)."""
-    if maddr % 8:
-        return -E.EINVAL
-    fixed = check_descriptor(desc)
-    if fixed is None:
-        return -E.EINVAL
-    domain = vcpu.domain
-    mfn = maddr >> PAGE_SHIFT
-    if not domain.hv.frames.owned_by(mfn, domain.domid):
-        return -E.EINVAL
-    mm = _page_types(domain)
-    if mm is not None and hasattr(mm, "update_descriptor_allowed"):
-        if not mm.update_descriptor_allowed(mfn):
-            return -E.EINVAL
-    domain.hv.memory.write_u64(maddr, fixed)
-    return 0
-
-
-def set_ldt(vcpu: "VCPU", base: int, entries: int) -> int:
-    """MMUEXT_SET_LDT's PV-state half (the MMU checks the base and count first)."""
-    pv = vcpu.pv
-    pv.ldt_base, pv.ldt_ents = base, entries
-    notify_arch(vcpu, "ldt")
-    return 0
 
 
 # --- segment bases, FPU, debug registers, IOPL (Xen: pv/misc-hypercalls.c) -----
@@ -457,8 +326,8 @@ def map_vcpu_info(vcpu: "VCPU", caller: "VCPU", mfn: int, offset: int) -> int:
     hv = domain.hv
     if not hv.frames.owned_by(mfn, domain.domid):
         return -E.EINVAL
-    mm = _page_types(domain)
-    if mm is not None and not mm.get_page_and_type(mfn, "writable"):
+    mmu = getattr(hv, "mmu", None)
+    if mmu is not None and mmu.hold_page(mfn, domain, writable=True):
         return -E.EINVAL
     new_maddr = (mfn << PAGE_SHIFT) + offset
     memory = hv.memory
@@ -485,9 +354,9 @@ def unmap_vcpu_info(vcpu: "VCPU") -> None:
     pv = vcpu.pv
     if pv.vcpu_info_mfn == INVALID_MFN:
         return
-    mm = _page_types(vcpu.domain)
-    if mm is not None:
-        mm.put_page_and_type(pv.vcpu_info_mfn, "writable")
+    mmu = getattr(vcpu.domain.hv, "mmu", None)
+    if mmu is not None:
+        mmu.release_page(pv.vcpu_info_mfn, writable=True)
     pv.vcpu_info_mfn = INVALID_MFN
     vcpu.vcpu_info_maddr = legacy_vcpu_info_maddr(vcpu)
 
@@ -535,6 +404,23 @@ CR4_GUEST_CONTROLLED = (1 << 2) | X86_CR4_DE | (1 << 9) | (1 << 10)   # TSD, DE,
 VM_ASSIST_VALID = sum(1 << t for t in (0, 1, 2, 3, 4, 5, 32))    # NATIVE_VM_ASSIST_VALID
 
 
+def _set_guest_tables(vcpu: "VCPU", kernel_mfn: int, user_mfn: int) -> int:
+    """CR3 and the user CR3 of a new context, typed as L4s by the MMU when it is loaded."""
+    domain = vcpu.domain
+    mmu = getattr(domain.hv, "mmu", None)
+    if mmu is None:
+        frames = domain.hv.frames
+        if not frames.owned_by(kernel_mfn, domain.domid) or (user_mfn and not frames.owned_by(user_mfn, domain.domid)):
+            return -E.EINVAL
+        vcpu.guest_table, vcpu.guest_table_user = kernel_mfn, user_mfn
+        return 0
+    with mmu.lock:
+        rc = mmu.new_guest_cr3(vcpu, kernel_mfn)
+        if rc == 0 and user_mfn:
+            rc = mmu.new_user_baseptr(vcpu, user_mfn)
+        return rc
+
+
 def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
     """Load a vcpu_guest_context (parsed with abi) into a not yet initialised vCPU.
 
@@ -566,15 +452,7 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
     rc = pv_set_gdt(vcpu, list(ctxt["gdt_frames"]), gdt_ents)
     if rc:
         return rc
-    kernel_mfn, user_mfn = ctxt["ctrlreg"][3] >> 12, ctxt["ctrlreg"][1] >> 12
-    set_tables = getattr(domain.mm, "set_guest_tables", None)
-    if set_tables is not None:
-        rc = set_tables(vcpu, kernel_mfn, user_mfn)
-    elif not domain.hv.frames.owned_by(kernel_mfn, domain.domid) or (
-            user_mfn and not domain.hv.frames.owned_by(user_mfn, domain.domid)):
-        rc = -E.EINVAL
-    else:
-        vcpu.guest_table, vcpu.guest_table_user = kernel_mfn, user_mfn
+    rc = _set_guest_tables(vcpu, ctxt["ctrlreg"][3] >> 12, ctxt["ctrlreg"][1] >> 12)
     if rc:
         pv_destroy_gdt(vcpu)
         return rc
@@ -583,6 +461,9 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
     pv.trap_table = {i: TrapInfo(i, t["flags"], fixup_guest_selector(t["cs"]), t["address"])
                      for i, t in enumerate(ctxt["trap_ctxt"]) if t["address"]}
     pv.ldt_base, pv.ldt_ents = (ldt_base, ldt_ents) if ldt_ents else (0, 0)
+    mmu = getattr(domain.hv, "mmu", None)
+    if mmu is not None:
+        mmu.set_ldt(vcpu, pv.ldt_base, pv.ldt_ents)
     pv.kernel_ss = fixup_guest_selector(ctxt["kernel_ss"])
     pv.kernel_sp = ctxt["kernel_sp"]
     pv.event_callback = Callback(ctxt["event_callback_eip"])
@@ -613,6 +494,9 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
 # --- lifetime -------------------------------------------------------------------
 
 def attach(hv) -> None:
+    from pvhyp import pv_descriptors
+    pv_descriptors.attach(hv)
+
     def create(domain: "Domain") -> None:
         for vcpu in domain.vcpus:
             vcpu.pv = PVVcpuState(vcpu)

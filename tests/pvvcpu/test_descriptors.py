@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 
 from abi import errno as E
-from pvhyp.pv_vcpu import check_descriptor
+from pvhyp.pv_descriptors import check_descriptor
 
 CODE64_DPL0 = 0x00AF9A000000FFFF          # present, S, code, DPL 0
 DATA_DPL3 = 0x00CFF2000000FFFF
@@ -90,3 +90,29 @@ def test_update_descriptor_errors(guest, other_guest):
     assert guest.call("update_descriptor", other_guest.maddr(0), DATA_DPL3) == -E.EINVAL
     assert guest.call("update_descriptor", 1 << 62, DATA_DPL3) == -E.EINVAL
     assert other_guest.read(0, 8) == bytes(8)
+
+
+def test_gdt_frame_with_a_bad_descriptor_is_refused_by_the_mmu_typing(guest):
+    guest.write(2, struct.pack("<Q", 0x0000_8900_0000_0067), offset=8 * 7)     # a TSS in slot 7
+    va = guest.write(0, struct.pack("<Q", guest.data_mfns[2]))
+    assert guest.call("set_gdt", va, 16) == -E.EINVAL
+
+
+def test_gdt_frame_fixups_applied_in_place(guest):
+    guest.write(2, struct.pack("<Q", CODE64_DPL0), offset=8)
+    assert guest.call("set_gdt", guest.write(0, struct.pack("<Q", guest.data_mfns[2])), 16) == 0
+    assert struct.unpack("<Q", guest.read(2, 8, 8))[0] == check_descriptor(CODE64_DPL0)
+
+
+def test_a_frame_the_hypervisor_writes_cannot_become_a_gdt(guest):
+    from abi import vcpu as V
+    arg = guest.write(0, struct.pack("<QII", guest.data_mfns[4], 0, 0))
+    assert guest.call("vcpu_op", V.VCPUOP_register_vcpu_info, 0, arg) == 0
+    assert guest.call("set_gdt", guest.write(0, struct.pack("<Q", guest.data_mfns[4])), 16) == -E.EINVAL
+
+
+def test_update_descriptor_on_an_installed_gdt_frame(guest):
+    assert guest.call("set_gdt", guest.write(0, struct.pack("<Q", guest.data_mfns[2])), 512) == 0
+    assert guest.call("update_descriptor", guest.maddr(2, 64), CODE64_DPL0) == 0
+    assert guest.call("update_descriptor", guest.maddr(2, 72), 0x0000_8900_0000_0067) == -E.EINVAL
+    assert guest.read(2, 8, 72) == bytes(8)
