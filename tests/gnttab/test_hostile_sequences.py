@@ -1,0 +1,138 @@
+"""Random op sequences from hostile guests: only Xen's answers, consistent state, bystanders untouched."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from abi import errno as E
+from abi import grant_table as GA
+from abi import xen as X
+from pvhyp import event_channel as ev
+from pvhyp import grant_table as gnt
+from tests.evtchn.guestcall import DATA_PAGE, Guest
+
+u16 = st.integers(0, 0xFFFF)
+u32 = st.one_of(st.integers(0, 40), st.integers(0, 0xFFFF_FFFF))
+port = st.one_of(st.integers(0, 8), u32)
+actor = st.integers(0, 2)
+domref = st.one_of(st.integers(0, 2), st.just(-1), u16)          # index of a player, -1 = DOMID_SELF
+gflags = st.sampled_from([0, GA.GNTMAP_host_map, GA.GNTMAP_host_map | GA.GNTMAP_readonly,
+                          GA.GNTMAP_device_map, GA.GNTMAP_device_map | GA.GNTMAP_host_map,
+                          GA.GNTMAP_host_map | GA.GNTMAP_contains_pte]) | u32
+gtf = st.sampled_from([GA.GTF_permit_access, GA.GTF_permit_access | GA.GTF_readonly,
+                       GA.GTF_permit_access | GA.GTF_sub_page, GA.GTF_transitive, GA.GTF_accept_transfer, 0]) | u16
+addr = st.sampled_from([0, 0x1000, 0x2000, 0x10000]) | st.integers(0, 1 << 64 - 1)
+
+OPS = st.one_of(
+    st.tuples(st.just("alloc_unbound"), actor, domref, domref),
+    st.tuples(st.just("bind_interdomain"), actor, domref, port),
+    st.tuples(st.just("send"), actor, port),
+    st.tuples(st.just("close"), actor, port),
+    st.tuples(st.just("unmask"), actor, port),
+    st.tuples(st.just("bind_virq"), actor, st.integers(0, 30), st.integers(0, 3)),
+    st.tuples(st.just("bind_ipi"), actor, st.integers(0, 3)),
+    st.tuples(st.just("bind_vcpu"), actor, port, st.integers(0, 3)),
+    st.tuples(st.just("grant"), actor, st.integers(0, 40), domref, st.integers(0, 80), gtf),
+    st.tuples(st.just("map"), actor, domref, st.integers(0, 600), gflags, addr),
+    st.tuples(st.just("unmap"), actor, st.integers(0, 300), addr, addr),
+    st.tuples(st.just("copy"), actor, domref, st.integers(0, 40), domref, st.integers(0, 80),
+              st.integers(0, 4096), st.integers(0, 4096), st.integers(0, 5000), st.integers(0, 3)),
+    st.tuples(st.just("set_version"), actor, st.integers(0, 3)),
+    st.tuples(st.just("swap"), actor, st.integers(0, 600), st.integers(0, 600)),
+    st.tuples(st.just("setup"), actor, domref, st.integers(0, 70)),
+)
+
+
+def _digest(guest: Guest) -> str:
+    h = hashlib.sha256(bytes(guest.ch.memory))
+    h.update(bytes(guest.ch.map_machine_frame(guest.domain.shared_info_mfn)))
+    return h.hexdigest()
+
+
+def run_sequence(hv, players, ops) -> None:
+    def domid(i):
+        return X.DOMID_SELF if i == -1 else players[i].domid if i < len(players) else i
+
+    for op in ops:
+        kind, g = op[0], players[op[1]]
+        if kind == "alloc_unbound":
+            rc = g.evtchn("alloc_unbound", dom=domid(op[2]), remote_dom=domid(op[3]))[0]
+        elif kind == "bind_interdomain":
+            rc = g.evtchn("bind_interdomain", remote_dom=domid(op[2]), remote_port=op[3])[0]
+        elif kind in ("send", "close", "unmask"):
+            rc = g.evtchn(kind, port=op[2])[0]
+        elif kind == "bind_virq":
+            rc = g.evtchn("bind_virq", virq=op[2], vcpu=op[3])[0]
+        elif kind == "bind_ipi":
+            rc = g.evtchn("bind_ipi", vcpu=op[2])[0]
+        elif kind == "bind_vcpu":
+            rc = g.evtchn("bind_vcpu", port=op[2], vcpu=op[3])[0]
+        elif kind == "grant":
+            gt = g.domain.grant_table
+            per = 512 if gt.gt_version == 1 else 256
+            if op[2] < gt.nr_grant_entries() or op[2] < per:
+                g.grant(op[2], domid(op[3]) & 0xFFFF, DATA_PAGE + op[4], op[5])
+            rc = 0
+        elif kind == "map":
+            rc, _ = g.ops(GA.GNTTABOP_map_grant_ref, GA.gnttab_map_grant_ref,
+                          [{"dom": domid(op[2]) & 0xFFFF, "ref": op[3], "flags": op[4], "host_addr": op[5]}])
+        elif kind == "unmap":
+            rc, _ = g.ops(GA.GNTTABOP_unmap_grant_ref, GA.gnttab_unmap_grant_ref,
+                          [{"handle": op[2], "host_addr": op[3], "dev_bus_addr": op[4]}])
+        elif kind == "copy":
+            _, sdom, sref, ddom, dpfn, soff, doff, length, flags = op[1:]
+            src = {"u": {"ref": sref}, "domid": domid(sdom) & 0xFFFF, "offset": soff & 0xFFFF}
+            dst = {"u": {"gmfn": DATA_PAGE + dpfn} if not flags & 2 else {"ref": dpfn},
+                   "domid": domid(ddom) & 0xFFFF, "offset": doff & 0xFFFF}
+            rc, _ = g.ops(GA.GNTTABOP_copy, GA.gnttab_copy,
+                          [{"source": src, "dest": dst, "len": length & 0xFFFF, "flags": flags}])
+        elif kind == "set_version":
+            rc = g.gnttab("set_version", version=op[2])[0]
+        elif kind == "swap":
+            rc, _ = g.ops(GA.GNTTABOP_swap_grant_ref, GA.gnttab_swap_grant_ref,
+                          [{"ref_a": op[2], "ref_b": op[3]}])
+        elif kind == "setup":
+            rc = g.gnttab("setup_table", dom=domid(op[2]) & 0xFFFF, nr_frames=op[3], frame_list=g.arg + 512)[0]
+        assert isinstance(rc, int) and -200 < rc <= 0xFFFF_FFFF, (op, rc)
+        assert ev.check_consistency(hv) == [], op
+        assert gnt.check_consistency(hv) == [], op
+
+
+@settings(max_examples=int(os.environ.get("PVHYP_HOSTILE_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(OPS, min_size=1, max_size=25))
+def test_hostile_sequences_keep_state_consistent(ops):
+    import hypercalls
+    from pvhyp.hypervisor import Hypervisor
+    hv = Hypervisor(memory_mb=32)
+    try:
+        hypercalls.install(hv.hypercalls)
+        players = [Guest(hv, nr_pages=128, vcpus=2) for _ in range(2)] + [Guest(hv, nr_pages=128, privileged=True)]
+        bystander = Guest(hv, nr_pages=16)
+        before = _digest(bystander)
+        run_sequence(hv, players, ops)
+        assert _digest(bystander) == before
+        for p in players:                   # tearing down in any state leaves nothing behind
+            hv.destroy_domain(p.domid)
+        assert ev.check_consistency(hv) == [] and gnt.check_consistency(hv) == []
+        mmu = getattr(hv, "mmu", None)
+        if mmu is not None:
+            from pvhyp.mm.checker import check_invariants
+            assert check_invariants(hv) == []
+        # Every frame the players or their grants held is back (orphans freed or none left).
+        assert all(o in (-1, bystander.domid) or o == 0x7FF2 for o in hv.frames.owner), \
+            sorted({o for o in hv.frames.owner})
+    finally:
+        hv.memory.close()
+
+
+def test_huge_counts_stop_at_the_end_of_guest_memory(a, b):
+    size = GA.gnttab_map_grant_ref.sizeof()
+    end = len(b.ch.memory) - size * 3
+    b.put(end, bytes(size * 3))
+    assert b.call("grant_table_op", GA.GNTTABOP_map_grant_ref, end, 0x7FFF_FFFF) == -E.EFAULT
+    assert b.call("grant_table_op", GA.GNTTABOP_copy, end, 0x7FFF_FFFF) == -E.EFAULT
+    assert b.call("grant_table_op", GA.GNTTABOP_swap_grant_ref, end, 0x7FFF_FFFF) == -E.EFAULT
+
