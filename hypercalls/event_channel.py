@@ -32,22 +32,36 @@ def codec(struct):
     return _fast_codec(struct) if _fast_codec is not None else _ConstructCodec(struct)
 
 
+_LAYOUTS: dict[int, dict] = {}
+
+
+def layout(struct) -> dict:
+    """name -> (offset, subcon, size) of a struct's fields, computed once."""
+    lay = _LAYOUTS.get(id(struct))
+    if lay is None:
+        lay, offset = {}, 0
+        for sub in struct.subcons:
+            size = sub.sizeof()
+            if sub.name:
+                lay[sub.name] = (offset, sub, size)
+            offset += size
+        _LAYOUTS[id(struct)] = lay
+    return lay
+
+
 def field_offset(struct, name: str) -> int:
-    return ev._field_offset(struct, name)
+    return layout(struct)[name][0]
 
 
 def patch(struct, raw: bytearray, **fields) -> bytearray:
     """Write `fields` of `struct` into `raw` at their offsets, leaving every other byte."""
+    lay = layout(struct)
     for name, value in fields.items():
-        offset = 0
-        for sub in struct.subcons:
-            if sub.name == name:
-                data = sub.build(value)
-                raw[offset:offset + len(data)] = data
-                break
-            offset += sub.sizeof()
+        offset, sub, size = lay[name]
+        if isinstance(value, int):
+            raw[offset:offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         else:
-            raise KeyError(name)
+            raw[offset:offset + size] = sub.build(value)
     return raw
 
 

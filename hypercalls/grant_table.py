@@ -11,7 +11,7 @@ from __future__ import annotations
 from abi import errno as E
 from abi import grant_table as G
 from hypercalls import hypercall
-from hypercalls.event_channel import codec, field_offset, patch, read_op
+from hypercalls.event_channel import codec, layout, patch, read_op
 from pvhyp import grant_table as gnt
 from pvhyp.guest_access import HYPERVISOR_VIRT_END
 
@@ -29,8 +29,8 @@ def guest_handle_okay(ctx, addr: int) -> bool:
 
 def _write_field(ctx, struct, addr: int, name: str, value: int) -> None:
     """__copy_field_to_guest: only that field's bytes."""
-    sub = next(s for s in struct.subcons if s.name == name)
-    ctx.write(addr + field_offset(struct, name), sub.build(value))
+    offset, _, size = layout(struct)[name]
+    ctx.write(addr + offset, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
 
 
 def _batch(ctx, struct, uop: int, count: int, run, status_only: bool = True) -> int:
