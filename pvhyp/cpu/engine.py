@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+import capstone
 from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
                      UC_HOOK_MEM_UNMAPPED, UC_MODE_64, UC_PROT_ALL, Uc, UcError)
 from unicorn import x86_const as X
@@ -45,6 +46,9 @@ SEGMENT_NAMES = ("cs", "ss", "ds", "es", "fs", "gs")
 REG = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in
        GPR_NAMES + SEGMENT_NAMES + ("rip", "rflags", "cr0", "cr2", "cr3", "cr4", "fs_base", "gs_base")}
 
+
+_DISASSEMBLER = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+_DISASSEMBLER.detail = True
 
 _GPR_BLOCK_INDEX = {name: i for i, name in enumerate(quirks.SNAPSHOT_ORDER)}
 _GPR_BLOCK_NAMES = frozenset(_GPR_BLOCK_INDEX)
@@ -121,6 +125,7 @@ class CpuEngine:
         self._cpl0_context = uc.context_save()
         self._add_hooks()
         self._entered = False
+        self._counted: bool | None = None
         self._cr0_ts = False
         self.cr3 = 0            # kept here too: reading CR3 back from unicorn may truncate it
         self._stop_reason: ExitReason | None = None
@@ -291,6 +296,42 @@ class CpuEngine:
         self._stop_reason = reason
         self.uc.emu_stop()
 
+    def rewind_after_stop(self, rip: int, action: Callable[[], None]) -> None:
+        """Undo the rest of this instruction's translation block, then `action`.
+
+        Without an instruction budget unicorn finishes the whole block after an
+        IN/OUT hook; the CPU state captured here (the registers at the
+        instruction) comes back once it stops, with RIP = `rip`.  Memory the
+        rest of the block wrote stays written: refused port I/O is rare enough.
+        """
+        snapshot = self.uc.context_save()
+
+        def rewind() -> None:
+            self.uc.context_restore(snapshot)
+            self.uc.reg_write(X.UC_X86_REG_RIP, rip)
+            action()
+        self.defer_after_stop(rewind)
+
+    def current_instruction(self, matches: Callable) -> int:
+        """RIP of the instruction whose hook is running.
+
+        Counted runs keep RIP exact; otherwise unicorn only knows where the
+        translation block (or the last synchronised point) was, so the
+        instructions from there are decoded until `matches(insn)` says which
+        one it is.
+        """
+        rip = self.read("rip")
+        if self._counted:
+            return rip
+        code = read_guest_virtual(self.memory, self.cr3, rip, 256) or \
+            read_guest_virtual(self.memory, self.cr3, rip, 0x1000 - (rip & 0xFFF)) or b""
+        for insn in _DISASSEMBLER.disasm(code, rip):
+            if matches(insn):
+                return insn.address
+            if insn.group(capstone.CS_GRP_JUMP) or insn.group(capstone.CS_GRP_CALL) or insn.group(capstone.CS_GRP_RET):
+                break
+        return rip
+
     def defer_after_stop(self, action: Callable[[], None]) -> None:
         """Run `action` after the current instruction retires, outside unicorn.
 
@@ -301,7 +342,18 @@ class CpuEngine:
         self.uc.emu_stop()
 
     def run(self, max_insns: int = 0, timeout_us: int = 0) -> ExitReason:
-        """Run guest code until the budget is used, a kick, or a host request."""
+        """Run guest code until the budget is used, a kick, or a host request.
+
+        An engine either always counts instructions (max_insns) or never:
+        counting halves guest speed, and switching modes makes unicorn drop
+        its translations and touch the previous start address, a hidden
+        fault that can turn the guest's next #GP into #DF.
+        """
+        counted = bool(max_insns)
+        if self._counted is None:
+            self._counted = counted
+        elif self._counted != counted:
+            raise ValueError("an engine runs either always or never with an instruction budget")
         self._stop_reason = None
         if self._kick_pending.is_set():
             self._kick_pending.clear()
@@ -348,15 +400,16 @@ class CpuEngine:
         self.set_cr3(state.cr3)
         uc.reg_write(X.UC_X86_REG_CR2, state.cr2)
         for seg in ("ds", "es", "fs", "gs"):
-            self.write(seg, getattr(state, seg))
+            self.load_data_selector(seg, getattr(state, seg))
+        # After the selectors (loading one resets its base); the iretq keeps them.
         self.write_many({n: v for n, v in state.gprs.items() if n != "rsp"})
-        uc.reg_write(X.UC_X86_REG_RSP, frame_va)
-        # Just the iretq.  (Stopping at `until` = the guest RIP instead makes
-        # unicorn probe the page below it, a spurious #PF if that is unmapped.)
-        uc.emu_start(L.ENTRY_STUB_VA, _NEVER_REACHED, 0, 1)
-        self._bookkeeping.rearm()
-        # Selector loads reset the bases: set them once at CPL3.
         self.write_many({"fs_base": state.fs_base, "gs_base": state.gs_base})
+        uc.reg_write(X.UC_X86_REG_RSP, frame_va)
+        # The run loop starts at the stub and the iretq drops straight into the
+        # guest.  A separate emu_start just for the iretq is worse: unicorn then
+        # touches the stub page again at the next emu_start, now at CPL3, and
+        # the hidden #PF it takes turns the guest's next #GP into #DF.
+        uc.reg_write(X.UC_X86_REG_RIP, L.ENTRY_STUB_VA)
         self._entered = True
 
     def _recover_from_unicorn_error(self, err: UcError) -> bool:

@@ -29,7 +29,9 @@ PFEC_PRESENT, PFEC_WRITE = 0x1, 0x2
 
 VMASST_TYPE_WRITABLE_PAGETABLES = 2
 
-_HYPERCALL_ARGS = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "cs")
+_IN_MNEMONICS = ("in", "insb", "insw", "insd", "rep insb", "rep insw", "rep insd")
+_OUT_MNEMONICS = ("out", "outsb", "outsw", "outsd", "rep outsb", "rep outsw", "rep outsd")
+_HYPERCALL_ARGS = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "cs", "rip")
 
 HypercallDispatch = Callable[["PvVcpu", int, tuple], int]
 
@@ -194,7 +196,7 @@ class PvVcpu:
             self.bouncer.bounce_syscall_from_user()
             return
         self.counts["hypercall"] += 1
-        nr, rdi, rsi, rdx, r10, r8, r9, cs = self.engine.read_many(_HYPERCALL_ARGS)
+        nr, rdi, rsi, rdx, r10, r8, r9, cs, rip = self.engine.read_many(_HYPERCALL_ARGS)
         if cs != L.FLAT_KERNEL_CS:
             # SYSCALL loads Xen's flat selectors and Xen returns with SYSRET:
             # whatever CS the guest had, it comes back with the flat one.
@@ -205,14 +207,12 @@ class PvVcpu:
         result = -38 if self.dispatch is None else self.dispatch(self, nr, (rdi, rsi, rdx, r10, r8, r9))
         if self.engine.rip_moved:
             return             # the handler moved the guest (e.g. a bounce); it owns rax too
-        # RIP stays at the syscall: unicorn steps past it after the hook,
-        # unless an event upcall is about to save it in a frame.
-        self.engine.write("rax", result)
+        # Past the syscall, so that an event upcall saves the right return
+        # address (the engine does not touch unicorn's RIP for this one).
+        self.engine.write_many({"rax": result, "rip": rip + 2})
         if self._must_stop():
             self.engine.request_exit(ExitReason.REQUESTED)
             return
-        if self.bouncer.events_deliverable():
-            self.engine.write("rip", self.engine.read("rip") + 2)
         self._drain_posted()
 
     def _must_stop(self) -> bool:
@@ -264,26 +264,20 @@ class PvVcpu:
 
     def on_cpuid(self, engine: CpuEngine) -> None:
         if self.priv.cpuid_faults():
-            self._fault_after_instruction(engine, VECTOR_GP)
+            self._fault_at_instruction(engine, VECTOR_GP, ("cpuid",))
             return
         self._guarded(self.priv.cpuid)
 
-    def _fault_after_instruction(self, engine: CpuEngine, vector: int, preserve_rax: bool = False):
-        """#GP at an instruction whose hook cannot move RIP (cpuid, in, out):
-        raised once unicorn has finished with it.  Returns RAX as read now."""
-        rax, rip = engine.read_many(("rax", "rip"))
-
-        def fault() -> None:
-            engine.write_many({"rax": rax, "rip": rip} if preserve_rax else {"rip": rip})
-            self._guarded(self.bouncer.bounce_exception, vector, 0)
-        engine.defer_after_stop(fault)
-        return rax
+    def _fault_at_instruction(self, engine: CpuEngine, vector: int, mnemonics: tuple[str, ...]) -> None:
+        """Raise `vector` at the instruction whose hook cannot move RIP (cpuid, in,
+        out): the instruction's effects are undone once unicorn has stopped."""
+        rip = engine.current_instruction(lambda insn: insn.mnemonic in mnemonics)
+        engine.rewind_after_stop(rip, lambda: self._guarded(self.bouncer.bounce_exception, vector, 0))
 
     def on_io(self, engine: CpuEngine, port: int, size: int, value: int | None):
         if self.pv.iopl_ok(self.pv.kernel_mode):
             if self.io_handler is not None:
                 return self.io_handler(self, port, size, value)
             return None if value is not None else (1 << (8 * size)) - 1
-        # Denied: unicorn writes the port value into RAX after us, so RAX is restored too.
-        rax = self._fault_after_instruction(engine, VECTOR_GP, preserve_rax=True)
-        return None if value is not None else rax
+        self._fault_at_instruction(engine, VECTOR_GP, _IN_MNEMONICS if value is None else _OUT_MNEMONICS)
+        return None if value is not None else 0

@@ -20,8 +20,9 @@ from pvhyp.mm.frametable import DOMID_XEN
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
 
-# Instructions per engine run between scheduler checks (a few ms of guest time).
-RUN_BUDGET_INSNS = 1_000_000
+# Guest time per engine run between scheduler checks.  A time budget: with an
+# instruction budget unicorn counts every instruction, which halves guest speed.
+RUN_BUDGET_US = 10_000
 
 
 class CpuSubsystem:
@@ -90,7 +91,7 @@ class CpuSubsystem:
                 if not cpu.engine.entered and not self._load_initial_registers(vcpu, cpu):
                     sched.deschedule(vcpu)
                     continue
-                reason = cpu.run(max_insns=RUN_BUDGET_INSNS)
+                reason = cpu.run(timeout_us=RUN_BUDGET_US)
                 if reason is ExitReason.HYPERVISOR_ERROR:
                     self.hv.trace.emit("hypervisor_error", domain.domid, vcpu.vcpu_id,
                                        error=repr(cpu.engine.error))
