@@ -82,8 +82,9 @@ def _copy(ctx, uop, count):
 
 
 def _transfer(ctx, uop, count):
-    # pvhyp runs as Xen booted with gnttab=no-transfer: page flipping is not offered.
-    return -E.EOPNOTSUPP
+    def run(op):
+        op["status"] = gnt.gnttab_transfer_one(ctx.domain, op)
+    return _batch(ctx, G.gnttab_transfer, uop, count, run)
 
 
 def _frame_list_op(ctx, struct, uop, count, run) -> int:

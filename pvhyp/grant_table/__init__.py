@@ -20,6 +20,7 @@ from pvhyp.grant_table import refs
 from pvhyp.grant_table.copy import CopyBatch, cache_flush, swap_grant_ref  # noqa: F401 (API)
 from pvhyp.grant_table.mapping import (DOMID_GRANT_ORPHAN, map_grant_ref, release_mappings,  # noqa: F401
                                        unmap_common)
+from pvhyp.grant_table.transfer import gnttab_transfer_one  # noqa: F401 (API)
 from pvhyp.grant_table.table import GNTPIN_devw_mask, GNTPIN_hstw_mask, GrantTable, gnttab_lock
 
 GNTTAB_NR_RESERVED_ENTRIES = G.GNTTAB_NR_RESERVED_ENTRIES

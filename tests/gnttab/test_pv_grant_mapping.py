@@ -114,3 +114,48 @@ def test_pv_granter_grants_by_mfn(hv, b, pv):
     assert out["status"] == GA.GNTST_okay and out["dev_bus_addr"] == mfn << 12
     assert bytes(b.ch.map_machine_frame(mfn)[:7]) == b"pv data"
     assert b.unmap_grant(out["handle"]) == GA.GNTST_okay
+
+
+# --- GNTTABOP_transfer (page flipping) -----------------------------------------------------
+
+def _unmap_own_page(pv, pfn):
+    """The guest drops its own mapping of pfn (mmu_update on its boot L1), as it must before giving it away."""
+    maddr = pv.layout.l1s[pfn // 512] * 4096 + (pfn % 512) * 8
+    pv.ctx.write(ARGS_VA, struct.pack("<QQ", maddr, 0))
+    assert pv.hv.hypercalls.dispatch(pv.ctx, X.HYPERCALL_NUMBERS["mmu_update"],
+                                     [ARGS_VA, 1, 0, X.DOMID_SELF, 0, 0]) == 0
+
+
+def transfer(pv, items):
+    rc, outs = pv.ops(GA.GNTTABOP_transfer, GA.gnttab_transfer, items)
+    assert rc == 0
+    return [o["status"] for o in outs]
+
+
+def test_transfer_gives_the_page_to_the_receiver(hv, b, pv):
+    mfn = pv.layout.mfn(30)
+    hv.memory.write(mfn << 12, b"flipped page")
+    b.grant(9, pv.domid, 77, GA.GTF_accept_transfer)
+    assert transfer(pv, [{"mfn": mfn, "domid": b.domid, "ref": 9}]) == [GA.GNTST_bad_page]   # still mapped
+    _unmap_own_page(pv, 30)
+    pages = pv.domain.tot_pages, b.domain.tot_pages
+    assert transfer(pv, [{"mfn": mfn, "domid": b.domid, "ref": 9}]) == [GA.GNTST_okay]
+    assert hv.frames.owner[mfn] == b.domid
+    assert (pv.domain.tot_pages, b.domain.tot_pages) == (pages[0] - 1, pages[1] + 1)
+    assert b.flags(9) == GA.GTF_accept_transfer | GA.GTF_transfer_committed | GA.GTF_transfer_completed
+    assert int.from_bytes(b._entry(9)[4:8], "little") == mfn
+    assert hv.get_m2p(mfn) == 77
+    assert bytes(b.ch.map_machine_frame(mfn)[:12]) == b"flipped page"
+
+
+def test_transfer_refusals_lose_the_stolen_page(hv, b, pv):
+    _unmap_own_page(pv, 31)
+    _unmap_own_page(pv, 32)
+    m31, m32 = pv.layout.mfn(31), pv.layout.mfn(32)
+    b.grant(9, pv.domid, 0, GA.GTF_permit_access)               # not an accept_transfer entry
+    assert transfer(pv, [{"mfn": m31, "domid": b.domid, "ref": 9},
+                         {"mfn": m32, "domid": 0x7000, "ref": 9},
+                         {"mfn": b.domain.pfn_to_mfn(DATA_PAGE), "domid": b.domid, "ref": 9},
+                         {"mfn": pv.layout.l4, "domid": b.domid, "ref": 9}]) == \
+        [GA.GNTST_general_error, GA.GNTST_bad_domain, GA.GNTST_bad_page, GA.GNTST_bad_page]
+    assert hv.frames.owner[m31] == -1 and hv.frames.owner[m32] == -1    # gone, as in Xen
