@@ -46,6 +46,33 @@ def grant_table_init(d, max_grant_frames: int | None = None, max_maptrack_frames
     d.grant_table = GrantTable(d, **kwargs)
 
 
+def gnttab_set_limits(d, max_grant_frames: int, max_maptrack_frames: int,
+                      max_version: int = 2) -> int:
+    """The toolstack's limits (XEN_DOMCTL_createdomain's max_grant_frames,
+    max_maptrack_frames, grant_opts version), checked as Xen's grant_table_init: 0 or -EINVAL."""
+    from pvhyp.grant_table.table import (DEFAULT_MAX_GRANT_FRAMES, DEFAULT_MAX_MAPTRACK_FRAMES,
+                                         INITIAL_NR_GRANT_FRAMES, MAPTRACK_PER_PAGE)
+    gt = d.grant_table
+    if not 1 <= max_version <= 2:
+        return -E.EINVAL
+    if max_grant_frames < 0:
+        max_grant_frames = DEFAULT_MAX_GRANT_FRAMES
+    if max_maptrack_frames < 0:
+        max_maptrack_frames = DEFAULT_MAX_MAPTRACK_FRAMES
+    if not INITIAL_NR_GRANT_FRAMES <= max_grant_frames <= DEFAULT_MAX_GRANT_FRAMES or \
+            max_maptrack_frames > DEFAULT_MAX_MAPTRACK_FRAMES:
+        return -E.EINVAL
+    with gnttab_lock:
+        # Set at creation in Xen; here also later, never below what is in use.
+        if max_grant_frames < gt.nr_grant_frames or max_maptrack_frames < gt.maptrack_limit // MAPTRACK_PER_PAGE \
+                or (max_version == 1 and gt.gt_version == 2):
+            return -E.EINVAL
+        gt.max_grant_frames = max_grant_frames
+        gt.max_maptrack_frames = max_maptrack_frames
+        gt.max_version = max_version
+    return 0
+
+
 def grant_table_destroy(d) -> None:
     """Drop d's mappings of others' grants; keep frames others still use from d's grants."""
     gt = d.grant_table

@@ -54,6 +54,14 @@ def test_setup_table_frame_list_outside_memory(a):
     assert rc == 0 and out["status"] == GA.GNTST_bad_virt_addr
 
 
+def test_max_version_one_answers_enosys(a):
+    assert gnt.gnttab_set_limits(a.domain, 4, 16, max_version=1) == 0
+    assert a.gnttab("set_version", version=2)[0] == -E.ENOSYS
+    assert a.gnttab("query_size", dom=SELF)[1]["max_nr_frames"] == 4
+    rc, out = a.gnttab("setup_table", dom=SELF, nr_frames=5, frame_list=a.arg + 512)
+    assert out["status"] == GA.GNTST_general_error
+
+
 def test_versions(a, b):
     assert a.gnttab("get_version", dom=SELF)[1]["version"] == 1
     assert b.gnttab("get_version", dom=a.domid)[0] == -E.EPERM
@@ -231,7 +239,9 @@ def test_batch_running_off_guest_memory_faults(a, b):
 
 
 def test_maptrack_limit(hv, a, b):
-    gnt.grant_table_init(b.domain, max_maptrack_frames=1)
+    assert gnt.gnttab_set_limits(b.domain, 64, 1025) == -E.EINVAL
+    assert gnt.gnttab_set_limits(b.domain, 0, 1) == -E.EINVAL
+    assert gnt.gnttab_set_limits(b.domain, 64, 1) == 0
     for i in range(4):
         granted(a, b, ref=10 + i, pfn=DATA_PAGE + i)
     statuses = []
