@@ -149,7 +149,13 @@ def attach(hv) -> None:
 
 
 def evtchn_init(d) -> None:
-    d.evtchn = DomainEvtchn(d, INT_MAX if d.is_privileged else DEFAULT_DOMU_MAX_EVTCHN_PORT)
+    """Ports for a new domain, limited by XEN_DOMCTL_createdomain's max_evtchn_port when given."""
+    config = getattr(d, "config", None) or {}
+    if "max_evtchn_port" in config:
+        max_port = min(config["max_evtchn_port"] & 0xFFFF_FFFF, INT_MAX)
+    else:
+        max_port = INT_MAX if d.is_privileged else DEFAULT_DOMU_MAX_EVTCHN_PORT
+    d.evtchn = DomainEvtchn(d, max_port)
 
 
 def evtchn_destroy(d) -> None:

@@ -37,13 +37,14 @@ def attach(hv) -> None:
             grant_table_init(d)
 
 
-def grant_table_init(d, max_grant_frames: int | None = None, max_maptrack_frames: int | None = None) -> None:
-    kwargs = {}
-    if max_grant_frames is not None:
-        kwargs["max_grant_frames"] = max_grant_frames
-    if max_maptrack_frames is not None:
-        kwargs["max_maptrack_frames"] = max_maptrack_frames
-    d.grant_table = GrantTable(d, **kwargs)
+def grant_table_init(d) -> None:
+    """A new domain's table, sized by XEN_DOMCTL_createdomain's limits when given (-1: Xen's defaults)."""
+    config = getattr(d, "config", None) or {}
+    d.grant_table = GrantTable(d)
+    if any(k in config for k in ("max_grant_frames", "max_maptrack_frames", "grant_opts")):
+        version = config.get("grant_opts", 2) & 0xF        # XEN_DOMCTL_GRANT_version_mask
+        gnttab_set_limits(d, config.get("max_grant_frames", -1), config.get("max_maptrack_frames", -1),
+                          version or 2)
 
 
 def gnttab_set_limits(d, max_grant_frames: int, max_maptrack_frames: int,

@@ -438,3 +438,12 @@ def test_checker_reports_pin_without_mapping(hv, a, b):
     a.domain.grant_table.active[ref].pin = 1
     assert any("pin" in p for p in gnt.check_consistency(hv))
     a.domain.grant_table.active[ref].pin = 0
+
+
+def test_limits_from_the_domain_config(hv):
+    d = hv.create_domain(config={"max_grant_frames": 8, "max_maptrack_frames": 4, "grant_opts": 1,
+                                 "max_evtchn_port": 31})
+    assert (d.grant_table.max_grant_frames, d.grant_table.max_maptrack_frames, d.grant_table.max_version) == (8, 4, 1)
+    assert d.evtchn.max_evtchn_port == 31
+    d = hv.create_domain(config={"max_grant_frames": -1, "max_maptrack_frames": -1, "grant_opts": 2})
+    assert (d.grant_table.max_grant_frames, d.grant_table.max_maptrack_frames) == (64, 1024)
