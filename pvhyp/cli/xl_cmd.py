@@ -90,9 +90,15 @@ def create(args) -> int:
 
 
 def list_(args) -> int:
-    reply = _request(args, "list")
+    domains = _request(args, "list")["domains"]
+    if args.doms:
+        wanted = set(args.doms)
+        missing = wanted - {d["name"] for d in domains} - {str(d["domid"]) for d in domains}
+        if missing:
+            raise UserError(f"no domain {sorted(missing)[0]!r}")
+        domains = [d for d in domains if d["name"] in wanted or str(d["domid"]) in wanted]
     print(f"{'Name':<40}{'ID':>5}{'Mem':>7}{'VCPUs':>6}{'State':>11}{'Time(s)':>10}")
-    for d in reply["domains"]:
+    for d in domains:
         print(f"{d['name']:<40}{d['domid']:>5}{d['mem']:>7}{d['vcpus']:>6}{d['state']:>11}{d['time']:>10.1f}")
     return 0
 
@@ -137,6 +143,29 @@ def _simple(cmd: str, key: str | None = None):
     return run
 
 
+def _shutdown(args) -> int:
+    """xl shutdown/reboot [-a] [-w] [DOM]: ask, then optionally wait until each is gone or shut down."""
+    cmd = args.command
+    if args.all == (args.dom is not None):
+        raise UserError(f"{cmd}: give a domain or -a, not both or neither")
+    targets = ([d["domid"] for d in _request(args, "list")["domains"] if d["domid"] != 0]
+               if args.all else [_request(args, "domid", name=args.dom)["domid"]])
+    for domid in targets:
+        _request(args, cmd, dom=domid)
+    if args.wait:
+        import time
+        deadline = time.monotonic() + args.timeout
+        pending = set(targets)
+        while pending:
+            states = {d["domid"]: d["state"] for d in _request(args, "list")["domains"]}
+            # gone (destroyed), or shut down and preserved; a restarted guest has a new id
+            pending = {d for d in pending if d in states and states[d][3] != "s"}
+            if pending and time.monotonic() > deadline:
+                raise UserError(f"{cmd}: domain(s) {sorted(pending)} still running after {args.timeout:.0f}s")
+            time.sleep(0.1)
+    return 0
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("create", help="create a domain from an xl.cfg file (xl create)")
     add_run_dir(p)
@@ -147,15 +176,23 @@ def add_parser(sub) -> None:
     p.set_defaults(func=create)
     p = sub.add_parser("list", help="list domains (xl list)")
     add_run_dir(p)
+    p.add_argument("doms", nargs="*", metavar="DOM", help="only these domains")
     p.set_defaults(func=list_)
     p = sub.add_parser("console", help="attach to a domain's console; Ctrl-] detaches")
     add_run_dir(p)
     p.add_argument("dom")
     p.set_defaults(func=lambda args: _console(args, args.dom))
+    for name, help_text in (("shutdown", "ask a domain to power off (control/shutdown)"),
+                            ("reboot", "ask a domain to reboot (control/shutdown)")):
+        p = sub.add_parser(name, help=help_text)
+        add_run_dir(p)
+        p.add_argument("-a", dest="all", action="store_true", help="every guest")
+        p.add_argument("-w", dest="wait", action="store_true", help="wait until it has shut down")
+        p.add_argument("--timeout", type=float, default=60.0, help="how long -w waits (seconds)")
+        p.add_argument("dom", nargs="?")
+        p.set_defaults(func=_shutdown)
     for name, help_text, key in (
             ("destroy", "destroy a domain at once", None),
-            ("shutdown", "ask a domain to power off (control/shutdown)", None),
-            ("reboot", "ask a domain to reboot", None),
             ("pause", "pause a domain", None),
             ("unpause", "unpause a domain", None),
             ("domid", "a domain's id from its name", "domid"),

@@ -76,12 +76,15 @@ def test_shutdown_runs_the_configured_action(host):
     host.pvhyp("shutdown", "keeper")
     host.wait_for(lambda: names(host)["keeper"][3][3] == "s", what="state s")
     host.pvhyp("destroy", "keeper")
-    cfg = host.config("goner", "python:pvguest.examples.hello")
-    host.pvhyp("create", cfg)
-    host.wait_for(lambda: "Hello from goner" in host.console_log("goner"))
-    host.pvhyp("shutdown", "goner")
-    host.wait_for(lambda: "goner" not in names(host), what="on_poweroff=destroy")
+    for name in ("goner", "goner2"):
+        host.pvhyp("create", host.config(name, "python:pvguest.examples.hello"))
+        host.wait_for(lambda: f"Hello from {name}" in host.console_log(name))
+    assert set(names(host)) >= {"goner", "goner2"}
+    assert list(host.pvhyp("list", "goner2").stdout.splitlines()[1].split())[0] == "goner2"
+    host.pvhyp("shutdown", "-a", "-w")          # every guest, waiting until they are gone
+    assert set(names(host)) == {"Domain-0"}
     assert "goner: poweroff requested, bye" in host.console_log("goner")
+    assert host.pvhyp("shutdown", check=False).returncode == 2
 
 
 def test_create_dash_c_attaches_the_console(host):
