@@ -101,8 +101,17 @@ def send_frame(sock: socket.socket, op: int, payload: bytes = b"", fds=()) -> No
         sock.sendall(data)
 
 
+def _cpu_time_ns(d: Domain) -> int | None:
+    """Time the domain's vCPUs spent running (runstate), for x86 domains; None for processes."""
+    sched = getattr(d.hv, "sched", None)
+    if sched is None or not d.paging:
+        return None
+    return sum(sched.runstate_info(v)["time"][0] for v in d.vcpus if getattr(v, "sched", None) is not None)
+
+
 def _domain_info(d: Domain) -> dict:
     return {
+        "cpu_time_ns": _cpu_time_ns(d),
         "domid": d.domid, "name": d.name, "privileged": d.is_privileged,
         "process": not d.paging, "tot_pages": d.tot_pages, "max_pages": d.max_pages,
         "vcpus": len(d.vcpus), "online_vcpus": sum(1 for v in d.vcpus if v.online),

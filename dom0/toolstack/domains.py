@@ -325,6 +325,13 @@ class Toolstack:
                  "d" if info["dying"] else "-"]
         return "".join(flags)
 
+    def _time(self, info: dict, guest: Guest | None) -> float:
+        # xl shows CPU time; an x86 domain has it (runstate), a process domain's "CPU" is an
+        # OS process, so its time alive stands in
+        if info.get("cpu_time_ns") is not None:
+            return round(info["cpu_time_ns"] / 1e9, 1)
+        return round(time.time() - (guest.created if guest else self.started), 1)
+
     def list(self) -> dict:
         rows = []
         for info in self.channel.domain_info()["domains"]:
@@ -334,7 +341,7 @@ class Toolstack:
             rows.append({"name": guest.name if guest else "Domain-0", "domid": info["domid"],
                          "mem": info["tot_pages"] * 4 // 1024, "vcpus": info["online_vcpus"],
                          "state": self._state(info, guest),
-                         "time": round(time.time() - (guest.created if guest else self.started), 1)})
+                         "time": self._time(info, guest)})
         return {"domains": rows}
 
     def info(self) -> dict:
