@@ -366,6 +366,7 @@ class PVMMU(FrameRefs):
                     f.owner[mfn] = DOMID_ORPHAN
             if d.mm is not None:
                 d.mm.foreign_maps.clear()
+                d.mm.granted.clear()
                 d.mm.ldt.clear()
 
     def external_refs(self, d) -> tuple[dict, dict]:
