@@ -197,3 +197,28 @@ def test_an_xtf_domain_is_destroyed(xtf_host):
     xtf_host.wait_for(lambda: "Test result" in xtf_host.pvhyp("dmesg").stdout, what="XTF's verdict")
     xtf_host.pvhyp("destroy", "xtf")
     assert "xtf" not in names(xtf_host)
+
+
+def test_console_on_a_real_terminal_restores_it_on_ctrl_close_bracket(host):
+    import pty
+    import termios
+    host.pvhyp("create", host.config("termguest", "python:pvguest.examples.hello"))
+    host.wait_for(lambda: "Hello from termguest" in host.console_log("termguest"))
+    master, slave = pty.openpty()
+    before = termios.tcgetattr(slave)
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from pvhyp.cli import main; sys.exit(main())",
+                             "console", "termguest"], env=host.env, cwd=host.root,
+                            stdin=slave, stdout=slave, stderr=subprocess.PIPE)
+    try:
+        host.wait_for(lambda: termios.tcgetattr(slave)[3] & termios.ICANON == 0, what="raw mode")
+        os.write(master, b"tty-ping\r")
+        host.wait_for(lambda: "echo: tty-ping" in host.console_log("termguest"), what="the echo")
+        os.write(master, b"\x1d")
+        assert proc.wait(timeout=10) == 0
+        assert termios.tcgetattr(slave) == before          # the user's terminal is given back as it was
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+        os.close(slave)
+    host.pvhyp("destroy", "termguest")
