@@ -6,6 +6,7 @@ process is woken through its channel instead of an upcall.
 """
 from __future__ import annotations
 
+import ctypes
 import struct
 
 from abi import event_channel as ev
@@ -16,6 +17,26 @@ _EVTCHN_PENDING = 32 * 64           # after vcpu_info[XEN_LEGACY_MAX_VCPUS]
 _EVTCHN_MASK = _EVTCHN_PENDING + 64 * 8
 _PENDING_SEL = 8                    # vcpu_info.evtchn_pending_sel
 _U64 = struct.Struct("<Q")
+
+
+def _atomic_fetch_and_u8():
+    """GCC's out-of-line atomic byte AND (libatomic), or None where it is missing.
+
+    The hypervisor sets pending bits with plain byte writes; clearing ours
+    atomically means it can at worst resurrect a bit we cleared (a spurious
+    event), never lose one it set.
+    """
+    try:
+        fn = getattr(ctypes.CDLL("libatomic.so.1"), "__atomic_fetch_and_1")
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_uint8, ctypes.c_int]
+    fn.restype = ctypes.c_uint8
+    return fn
+
+
+_ATOMIC_AND_U8 = _atomic_fetch_and_u8()
+_SEQ_CST = 5
 
 
 class EventChannelError(Exception):
@@ -30,6 +51,7 @@ class EventChannels:
         self.channel = channel
         self.scratch = scratch_addr
         self.shared_info = channel.shared_info
+        self._si_address = ctypes.addressof(ctypes.c_char.from_buffer(self.shared_info))
 
     def _op(self, name: str, struct_, args: dict, out: str | None = None) -> int:
         data = struct_.build(args)
@@ -61,7 +83,7 @@ class EventChannels:
         self._op("unmask", ev.evtchn_unmask, {"port": port})
 
     def take_pending(self) -> list[int]:
-        """Pending, unmasked ports; their bits are cleared (one byte at a time, as little as we can)."""
+        """Pending, unmasked ports; their pending bits are cleared."""
         si = self.shared_info
         si[0] = 0       # vcpu_info[0].evtchn_upcall_pending
         sel = _U64.unpack_from(si, _PENDING_SEL)[0]
@@ -76,7 +98,13 @@ class EventChannels:
             for bit in range(64):
                 if ready >> bit & 1:
                     port = word * 64 + bit
-                    byte = _EVTCHN_PENDING + port // 8
-                    si[byte] = si[byte] & ~(1 << (port % 8)) & 0xFF
+                    self._clear_pending(port)
                     ports.append(port)
         return ports
+
+    def _clear_pending(self, port: int) -> None:
+        byte, keep = _EVTCHN_PENDING + port // 8, ~(1 << (port % 8)) & 0xFF
+        if _ATOMIC_AND_U8 is not None:
+            _ATOMIC_AND_U8(self._si_address + byte, keep, _SEQ_CST)
+        else:
+            self.shared_info[byte] &= keep
