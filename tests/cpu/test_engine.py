@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from guest_kit import HOLE_VA, KERNEL_STACK_TOP, RO_PAGE_VA, GuestMachine, USER_STACK_TOP
+from guest_kit import HOLE_VA, RO_PAGE_VA, GuestMachine, USER_STACK_TOP
 from pvhyp import pv_vcpu
 from pvhyp.cpu import xen_layout as L
 from pvhyp.cpu.engine import ExitReason
@@ -348,3 +348,20 @@ fault2: movq %rax, (%rbx)
     HYPERCALL HC_EXIT
 """)
     assert [entry[0] for entry in rec.log] == [14, 14]
+
+
+def test_page_table_naming_missing_machine_memory_gives_gp(machine):
+    """A PTE the PV MMU would refuse, beyond machine memory: #GP to the guest, no host error."""
+    vcpu, rec, syms = machine.load_kernel(r"""
+main:
+    movq $3, skip_len(%rip)
+    mov $0x3f0000, %rbx
+fault:
+    movq (%rbx), %rax
+    HYPERCALL HC_EXIT
+""")
+    l4 = vcpu.pv.kernel_table
+    machine.map(l4, 0x3F0000, (machine.memory.size >> 12) + 0x1000, 0x7)
+    assert vcpu.run(max_insns=100_000) is ExitReason.REQUESTED, (vcpu.crash_reason, vcpu.engine.error)
+    assert rec.log[0][:3] == (13, 0, syms["fault"])
+    assert vcpu.engine.unmapped_accesses == 1

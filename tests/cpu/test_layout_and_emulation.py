@@ -8,7 +8,7 @@ import pytest
 from guest_kit import GUEST_FIRST_MFN, RO_PAGE_VA, GuestMachine
 from pvhyp.cpu import xen_layout as L
 from pvhyp.cpu.engine import ExitReason
-from pvhyp.cpu.ptwr import FLAG_CF, FLAG_ZF
+from pvhyp.cpu.ptwr import FLAG_ZF
 
 MASK64 = (1 << 64) - 1
 
