@@ -1,4 +1,4 @@
-"""Event channels, 2-level ABI: Xen's common/event_channel.c and event_2l.c.
+"""Event channels: Xen's common/event_channel.c, over the 2-level ABI (two_level.py, event_2l.c).
 
 A port is a small state machine per domain (`Evtchn`); notifying it sets
 its bit in shared_info.evtchn_pending, and unless the port is masked, its
@@ -21,7 +21,10 @@ from abi import errno as E
 from abi import xen as X
 from abi.event_channel import (EVTCHNSTAT_closed, EVTCHNSTAT_interdomain, EVTCHNSTAT_ipi,
                                EVTCHNSTAT_pirq, EVTCHNSTAT_unbound, EVTCHNSTAT_virq)
-from pvhyp.memory import PAGE_SHIFT
+from pvhyp.event_channel import two_level
+from pvhyp.event_channel.two_level import (  # noqa: F401 (the 2-level ABI's layout, for callers)
+    MAX_EVTCHNS_2L, OFF_EVTCHN_MASK, OFF_EVTCHN_PENDING, OFF_PENDING_SEL, OFF_UPCALL_PENDING, VCPU_INFO_SIZE,
+    evtchn_port_is_masked, evtchn_port_is_pending, vcpu_info_maddr)
 
 # Port states (Xen's ECS_*).
 ECS_FREE, ECS_RESERVED, ECS_UNBOUND, ECS_INTERDOMAIN, ECS_PIRQ, ECS_VIRQ, ECS_IPI = range(7)
@@ -29,8 +32,6 @@ _ECS_TO_STAT = {ECS_FREE: EVTCHNSTAT_closed, ECS_RESERVED: EVTCHNSTAT_closed,
                 ECS_UNBOUND: EVTCHNSTAT_unbound, ECS_INTERDOMAIN: EVTCHNSTAT_interdomain,
                 ECS_PIRQ: EVTCHNSTAT_pirq, ECS_VIRQ: EVTCHNSTAT_virq, ECS_IPI: EVTCHNSTAT_ipi}
 
-BITS_PER_EVTCHN_WORD = 64
-MAX_EVTCHNS_2L = BITS_PER_EVTCHN_WORD * BITS_PER_EVTCHN_WORD     # 4096 on 64-bit
 # Xen allocates ports a page of `struct evtchn` (64 bytes each) at a time;
 # a port beyond the allocated buckets is "not valid" (EINVAL), one inside
 # but unused is "closed". Keeping the same bucket size keeps those answers.
@@ -46,22 +47,6 @@ NR_STATIC_IRQS = 16
 NR_PIRQS_DOMU = NR_STATIC_IRQS + 32
 NR_PIRQS_HWDOM = NR_STATIC_IRQS + 256
 
-
-def _field_offset(struct, name: str) -> int:
-    offset = 0
-    for sub in struct.subcons:
-        if sub.name == name:
-            return offset
-        offset += sub.sizeof()
-    raise KeyError(name)
-
-
-VCPU_INFO_SIZE = X.vcpu_info.sizeof()
-OFF_UPCALL_PENDING = _field_offset(X.vcpu_info, "evtchn_upcall_pending")
-OFF_PENDING_SEL = _field_offset(X.vcpu_info, "evtchn_pending_sel")
-OFF_EVTCHN_PENDING = _field_offset(X.shared_info, "evtchn_pending")
-OFF_EVTCHN_MASK = _field_offset(X.shared_info, "evtchn_mask")
-XEN_LEGACY_MAX_VCPUS = X.shared_info.subcons[0].sizeof() // VCPU_INFO_SIZE
 
 _GLOBAL_EXCEPTIONS = (X.VIRQ_TIMER, X.VIRQ_DEBUG, X.VIRQ_XENOPROF, X.VIRQ_XENPMU)
 
@@ -191,92 +176,13 @@ def domain_vcpu(d, vcpu_id: int):
     return None
 
 
-# --- the 2-level bitmaps in guest memory ---------------------------------------------
-
-def _shared_info_maddr(d) -> int:
-    return d.shared_info_mfn << PAGE_SHIFT
-
-
-def vcpu_info_maddr(v) -> int | None:
-    """Where v's vcpu_info lives, or None (Xen's dummy_vcpu_info: nothing to write)."""
-    if v.vcpu_info_maddr:
-        return v.vcpu_info_maddr
-    if v.vcpu_id < XEN_LEGACY_MAX_VCPUS and v.domain.shared_info_mfn:
-        return _shared_info_maddr(v.domain) + v.vcpu_id * VCPU_INFO_SIZE
-    return None
-
-
-def _test_bit(buf, maddr: int, nr: int) -> bool:
-    return bool(buf[maddr + (nr >> 3)] & (1 << (nr & 7)))
-
-
-def _test_and_set_bit(buf, maddr: int, nr: int) -> bool:
-    i = maddr + (nr >> 3)
-    bit = 1 << (nr & 7)
-    old = buf[i]
-    buf[i] = old | bit
-    return bool(old & bit)
-
-
-def _test_and_clear_bit(buf, maddr: int, nr: int) -> bool:
-    i = maddr + (nr >> 3)
-    bit = 1 << (nr & 7)
-    old = buf[i]
-    buf[i] = old & ~bit & 0xFF
-    return bool(old & bit)
-
-
-def _mark_events_pending(v, buf) -> None:
-    """vcpu_mark_events_pending, the guest-memory half (run on v's thread)."""
-    info = vcpu_info_maddr(v)
-    if info is not None:
-        _test_and_set_bit(buf, info + OFF_UPCALL_PENDING, 0)
-
-
-def _set_pending_bits(v, port: int) -> None:
-    d = v.domain
-    buf = d.hv.memory.buf
-    shared = _shared_info_maddr(d)
-    if _test_and_set_bit(buf, shared + OFF_EVTCHN_PENDING, port):
-        return
-    if _test_bit(buf, shared + OFF_EVTCHN_MASK, port):
-        return
-    info = vcpu_info_maddr(v)
-    if info is None:
-        return
-    if not _test_and_set_bit(buf, info + OFF_PENDING_SEL, port // BITS_PER_EVTCHN_WORD):
-        _mark_events_pending(v, buf)
-
-
-def _unmask_bits(v, port: int) -> None:
-    d = v.domain
-    buf = d.hv.memory.buf
-    shared = _shared_info_maddr(d)
-    if not _test_and_clear_bit(buf, shared + OFF_EVTCHN_MASK, port):
-        return
-    if not _test_bit(buf, shared + OFF_EVTCHN_PENDING, port):
-        return
-    info = vcpu_info_maddr(v)
-    if info is not None and not _test_and_set_bit(buf, info + OFF_PENDING_SEL,
-                                                   port // BITS_PER_EVTCHN_WORD):
-        _mark_events_pending(v, buf)
-
-
-def evtchn_port_is_pending(d, port: int) -> bool:
-    return 0 <= port < MAX_EVTCHNS_2L and _test_bit(d.hv.memory.buf, _shared_info_maddr(d) + OFF_EVTCHN_PENDING, port)
-
-
-def evtchn_port_is_masked(d, port: int) -> bool:
-    return port >= MAX_EVTCHNS_2L or _test_bit(d.hv.memory.buf, _shared_info_maddr(d) + OFF_EVTCHN_MASK, port)
-
-
 def evtchn_set_pending(v, port: int) -> None:
     """Mark `port` of v's domain pending and notify v (event_2l's set_pending)."""
     d = v.domain
     hv = d.hv
     if hv.trace.enabled:
         hv.trace.emit("event", d.domid, v.vcpu_id, op="set_pending", port=port)
-    v.post(lambda: _set_pending_bits(v, port))
+    v.post(lambda: two_level.set_pending_bits(v, port))
     v.kick()
     evtchn_check_pollers(d, port)
 
@@ -299,13 +205,10 @@ def _notify(d, vcpu_id: int, port: int) -> None:
 
 
 def _clear_pending(d, port: int) -> None:
-    v = d.vcpus[0] if d.vcpus else None
-    buf = d.hv.memory.buf
-    addr = _shared_info_maddr(d) + OFF_EVTCHN_PENDING
-    if v is None:
-        _test_and_clear_bit(buf, addr, port)
+    if d.vcpus:
+        d.vcpus[0].post(lambda: two_level.clear_pending_bit(d, port))
     else:
-        v.post(lambda: _test_and_clear_bit(buf, addr, port))
+        two_level.clear_pending_bit(d, port)
 
 
 def _free(d, chn: Evtchn) -> None:
@@ -514,7 +417,7 @@ def evtchn_unmask(current, port: int) -> int:
         if chn is None:
             return -E.EINVAL
         v = domain_vcpu(current, chn.notify_vcpu_id)
-    v.post(lambda: _unmask_bits(v, port))
+    v.post(lambda: two_level.unmask_bits(v, port))
     v.kick()
     return 0
 
