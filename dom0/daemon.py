@@ -13,13 +13,14 @@ import os
 import signal
 import time
 
+from abi.xen import VIRQ_DOM_EXC
 from dom0.console.backend import ConsoleBackend, HypervisorLog
 from dom0.toolstack.api import ApiServer
 from dom0.toolstack.domains import Toolstack, ToolstackError
 from dom0.xenstored import LocalClient, XenStore
 from dom0.xenstored.ring import RingServer
 from dom0.xenstored.unix_socket import SocketServer
-from pvguest.evtchn import EventChannels
+from pvguest.evtchn import EventChannelError, EventChannels
 from pvguest.hypercall_channel import ChannelClosed
 
 log = logging.getLogger("dom0")
@@ -48,6 +49,13 @@ class Dom0:
         self.add_reader(channel, self._on_event)
         self.stopping = False
         self._next_state_check = 0.0
+        # Xen raises VIRQ_DOM_EXC in dom0 when a domain shuts down or dies: react at once
+        # rather than at the next periodic check (which stays, for hypervisors that do not).
+        try:
+            self.dom_exc_port = self.evtchn.bind_virq(VIRQ_DOM_EXC)
+        except EventChannelError as e:
+            log.info("no VIRQ_DOM_EXC (%s): domain state is polled only", e)
+            self.dom_exc_port = None
 
     def add_reader(self, fileobj, callback) -> None:
         self.xs_server.add_reader(fileobj, callback)
@@ -65,7 +73,8 @@ class Dom0:
             log.error("the hypervisor closed dom0's channel")
             self.stopping = True
             return
-        self.evtchn.take_pending()
+        if self.dom_exc_port in self.evtchn.take_pending():
+            self._next_state_check = 0.0        # look at the domains on this loop turn
         self._serve_rings()
 
     def _serve_rings(self) -> None:

@@ -73,6 +73,9 @@ class EventChannels:
                         {"remote_dom": remote_dom, "remote_port": remote_port, "local_port": 0},
                         "local_port")
 
+    def bind_virq(self, virq: int, vcpu: int = 0) -> int:
+        return self._op("bind_virq", ev.evtchn_bind_virq, {"virq": virq, "vcpu": vcpu, "port": 0}, "port")
+
     def send(self, port: int) -> None:
         self._op("send", ev.evtchn_send, {"port": port})
 
