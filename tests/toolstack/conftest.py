@@ -32,6 +32,10 @@ class Host:
             return json.load(f)
 
     def xenstore(self, tool: str, *args: str) -> str:
+        """Debian's xenstore-utils against our xenstored (skips where they are not installed)."""
+        import shutil
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} (Debian's xenstore-utils) is not installed")
         out = subprocess.run([tool, *args], env=dict(self.env, XENSTORED_PATH=self.xenstored_socket),
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
