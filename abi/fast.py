@@ -4,8 +4,12 @@
 ``struct.Struct`` format plus two small Python functions (source kept in
 ``codec.source`` for reading) that turn the unpacked tuple into nested dicts
 and lists, and back.  The construct definition stays the only description of
-a layout; the codec is a compiled view of it, and tests/abi/test_fast.py
+a layout; the codec is a compiled view of it, and tests/abi/test_roundtrip.py
 checks that both agree on every registered struct.
+
+A codec has ``size``, ``parse(buf, offset=0)``, ``parse_array(buf, count,
+offset=0)``, ``build(value) -> bytes`` and ``build_into(buf, offset, value)``
+(writes in place, e.g. OUT fields back into a guest page).
 
 Values look like construct's, as plain types: nested structs are dicts,
 arrays lists, ``Bytes`` bytes, padding absent, and a ``CUnion`` a dict of
@@ -137,12 +141,14 @@ class Codec:
             raise AssertionError(f"fast codec size {self.size} != construct size {construct.sizeof()}")
         self.source = (
             f"def from_tuple(t):\n    return {parse_expr}\n\n"
-            f"def build(o):\n    return pack({', '.join(build_args)})\n"
+            f"def build(o):\n    return pack({', '.join(build_args)})\n\n"
+            f"def build_into(buf, offset, o):\n    pack_into(buf, offset, {', '.join(build_args)})\n"
         )
-        namespace = dict(gen.namespace, pack=self.format.pack)
+        namespace = dict(gen.namespace, pack=self.format.pack, pack_into=self.format.pack_into)
         exec(compile(self.source, f"<abi.fast codec, {self.size} bytes>", "exec"), namespace)
         self._from_tuple = namespace["from_tuple"]
         self.build = namespace["build"]
+        self.build_into = namespace["build_into"]  # (writable buffer, offset, value): in place
         self._unpack_from = self.format.unpack_from
         self._iter_unpack = self.format.iter_unpack
 
@@ -172,6 +178,9 @@ class CompiledCodec:
 
     def build(self, obj) -> bytes:
         return self.compiled.build(obj)
+
+    def build_into(self, buf, offset: int, obj) -> None:
+        buf[offset:offset + self.size] = self.build(obj)
 
     def parse_array(self, buf, count: int, offset: int = 0) -> list:
         return [self.parse(buf, offset + i * self.size) for i in range(count)]

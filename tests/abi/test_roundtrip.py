@@ -34,6 +34,9 @@ def test_fast_codec_agrees_with_construct(entry, data):
     built = entry.construct.build(value)
     assert codec.build(value) == built
     assert codec.parse(built) == value
+    page = bytearray(entry.size + 3)
+    codec.build_into(page, 3, value)
+    assert bytes(page[3:]) == built
     memory = data.draw(raw_bytes_for(entry.construct))
     assert codec.parse(memory) == plain(entry.construct.parse(memory))
 
