@@ -19,7 +19,9 @@ import pvhyp):
     shared_info                 writable view of the domain's shared_info frame
 This module holds the in-process channel; the socket channel for processes of
 their own (pvhyp/channel_server.py, pvguest/hypercall_channel.py) speaks the
-same interface.
+same interface, plus `fileno()`/`drain_events()` for select loops and, for
+dom0, create_domain / connect_domain / destroy_domain / domain_info /
+readconsole (process domains' lifecycle and every domain's console_io text).
 """
 from __future__ import annotations
 
