@@ -33,10 +33,9 @@ def _rate(fn, seconds: float) -> float:
 
 def run(args) -> int:
     import hypercalls
-    from abi import sched as S
     from abi import vcpu as V
     from abi import version as VER
-    from abi.xen import HYPERCALL_NUMBERS, VIRQ_TIMER
+    from abi.xen import HYPERCALL_NUMBERS
     from pvhyp.hypercall_table import HypercallContext
     from pvhyp.hypervisor import Hypervisor
 
@@ -78,7 +77,6 @@ def run(args) -> int:
     late.sort()
     results += [("timer_lateness_median", statistics.median(late) / 1000, "us"),
                 ("timer_lateness_p99", late[98] / 1000, "us")]
-    del VIRQ_TIMER
 
     # Scheduler: two vCPUs on one pCPU yielding to each other.
     hv.sched.nr_pcpus = 1
@@ -104,5 +102,4 @@ def run(args) -> int:
     hv.time.timers.close()
     for name, value, unit in results:
         print(f"{name}: {value:.1f} {unit}")
-    del S
     return 0
