@@ -64,3 +64,13 @@ NOT_OURS = {"abi.io.xs_wire"}
 def test_every_struct_says_what_it_is_for():
     undocumented = [e.name for e in registry.structs() if e.module not in NOT_OURS and not e.docs]
     assert undocumented == []
+
+
+def test_abi_needs_only_stdlib_and_construct():
+    # hypothesis belongs to abi.strategies alone: the hypervisor must not need it.
+    import subprocess
+    import sys
+    code = ("import sys, abi.registry, abi.fast\n"
+            "abi.registry.structs()\n"
+            "assert 'hypothesis' not in sys.modules, 'hypothesis imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
