@@ -9,6 +9,23 @@ discovered here by provoking faults with known error codes and diffing the
 context, then proven by a burst of back-to-back faults.  Anything unexpected
 stops the hypervisor with one line rather than letting guests run on a CPU
 that mis-reports faults.
+
+Other unicorn 2.1.4 behaviour the engine is built around (measured here):
+- After a SYSCALL hook unicorn adds 2 to whatever RIP is; CPUID/IN/OUT hooks
+  cannot move RIP at all (unicorn overwrites it); INTR and invalid-opcode
+  hooks can.  The engine holds RIP writes made in those hooks (engine.py).
+- A run stopped by its instruction count leaves old_exception = #GP; every
+  run is followed by `rearm()`.
+- Switching a unicorn between counted and uncounted runs flushes its
+  translations and touches the previous start address; from CPL3 on a
+  supervisor page that is a hidden #PF that turns the next #GP into #DF.
+  An engine therefore sticks to one mode, and the CPL0 stub runs as the
+  first instructions of the first run rather than as a run of its own.
+- Without an instruction count, IN/OUT hooks see the RIP of the start of the
+  translation block, not of the instruction.
+- reg_write(CS/SS) loads any selector without checks and never leaves 64-bit
+  mode: iret validates descriptors itself, and compat-mode code cannot run.
+- Writes to DR0-DR7 have no effect: no hardware breakpoints or watchpoints.
 """
 from __future__ import annotations
 
