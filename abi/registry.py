@@ -23,6 +23,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 
 from construct import (
     Array,
@@ -192,10 +193,11 @@ def header_modules() -> list[tuple[HeaderModule, object]]:
 
 def unlisted_modules() -> list[str]:
     """Modules under abi/ that are neither in MODULES nor helpers."""
-    import abi
-
+    # Walk the directory this file is in, not abi.__path__: under pytest,
+    # tests/abi can join the package's path as a namespace portion.
+    package_dir = str(Path(__file__).resolve().parent)
     listed = {spec.module for spec in MODULES} | HELPER_MODULES
-    found = [m.name for m in pkgutil.walk_packages(abi.__path__, "abi.")]
+    found = [m.name for m in pkgutil.walk_packages([package_dir], "abi.")]
     return sorted(name for name in found if name not in listed)
 
 

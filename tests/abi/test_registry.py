@@ -1,6 +1,7 @@
 """Nothing under abi/ escapes the registry."""
 
 import importlib
+from pathlib import Path
 
 from construct import Construct
 
@@ -74,3 +75,8 @@ def test_abi_needs_only_stdlib_and_construct():
             "abi.registry.structs()\n"
             "assert 'hypothesis' not in sys.modules, 'hypothesis imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_abi_is_the_package_not_the_tests_directory():
+    import abi
+    assert abi.__file__ and Path(abi.__file__).parent == Path(registry.__file__).parent
