@@ -1,6 +1,5 @@
 """Nothing under abi/ escapes the registry."""
 
-import importlib
 from pathlib import Path
 
 from construct import Construct
