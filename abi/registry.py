@@ -48,7 +48,9 @@ class HeaderModule:
     header: str | None  # path under xen/include/public, or None
     why_no_header: str = ""
     c_prefix: str = ""  # C spelling = c_prefix + Python name
-    not_in_header: dict = field(default_factory=dict)  # struct/constant name -> why no C twin
+    # struct/constant name -> why it has no C twin; a module may also say so
+    # itself in a module-level NOT_IN_HEADER dict (merged with this one)
+    not_in_header: dict = field(default_factory=dict)
     c_types: dict = field(default_factory=dict)  # struct name -> C type, where not "struct NAME"
 
 
@@ -81,34 +83,15 @@ MODULES: tuple[HeaderModule, ...] = (
     HeaderModule("abi.elfnote", "elfnote.h"),
     HeaderModule("abi.domctl", "domctl.h"),
     HeaderModule("abi.sysctl", "sysctl.h"),
-    HeaderModule(
-        "abi.io.ring",
-        "io/ring.h",
-        not_in_header={
-            "sring_header": "C repeats the header inside each DEFINE_RING_TYPES struct; "
-            "checked there (blkif_sring, netif_tx_sring, ...)",
-            **{
-                name: "pvhyp's byte offset/size in the ring header, derived from sring_header"
-                for name in ("SRING_HEADER_SIZE", "REQ_PROD_OFFSET", "REQ_EVENT_OFFSET",
-                             "RSP_PROD_OFFSET", "RSP_EVENT_OFFSET")
-            },
-        },
-    ),
-    HeaderModule(
-        "abi.io.console",
-        "io/console.h",
-        not_in_header={
-            name: "pvhyp's ring size / byte offset in the console page, from xencons_interface"
-            for name in ("XENCONS_IN_SIZE", "XENCONS_OUT_SIZE", "XENCONS_IN_OFFSET",
-                         "XENCONS_OUT_OFFSET", "XENCONS_IN_CONS_OFFSET", "XENCONS_IN_PROD_OFFSET",
-                         "XENCONS_OUT_CONS_OFFSET", "XENCONS_OUT_PROD_OFFSET")
-        },
-    ),
+    HeaderModule("abi.io.ring", "io/ring.h"),
+    HeaderModule("abi.io.console", "io/console.h"),
     HeaderModule("abi.io.blkif", "io/blkif.h"),
     HeaderModule("abi.io.netif", "io/netif.h"),
     HeaderModule(
         "abi.io.xs_wire",
         "io/xs_wire.h",
+        # Kept here because xenstored's engineer owns that module; it can move
+        # into the module as NOT_IN_HEADER like abi.io.ring's.
         not_in_header={
             name: "pvhyp's byte offset/size of a ring-page field, derived from the struct"
             for name in (
@@ -216,18 +199,19 @@ def _collect() -> tuple[tuple[StructEntry, ...], tuple[ConstantEntry, ...]]:
     constants: list[ConstantEntry] = []
     seen_objects: set[int] = set()
     for spec, module in header_modules():
+        not_in_header = {**spec.not_in_header, **getattr(module, "NOT_IN_HEADER", {})}
         for name, value in vars(module).items():
             if is_struct_object(value) and id(value) not in seen_objects:
                 seen_objects.add(id(value))
                 kind = "union" if isinstance(value, CUnion) else "struct"
                 c_type = spec.c_types.get(name, f"{kind} {name}")
-                why = spec.why_no_header if spec.header is None else spec.not_in_header.get(name, "")
+                why = spec.why_no_header if spec.header is None else not_in_header.get(name, "")
                 structs.append(StructEntry(name, c_type, spec.module, spec.header, value, why))
             elif is_constant(name, value):
                 if spec.header is None:
                     c_name, why = None, spec.why_no_header
-                elif name in spec.not_in_header:
-                    c_name, why = None, spec.not_in_header[name]
+                elif name in not_in_header:
+                    c_name, why = None, not_in_header[name]
                 else:
                     c_name, why = spec.c_prefix + name, ""
                 constants.append(ConstantEntry(name, value, spec.module, spec.header, c_name, why))

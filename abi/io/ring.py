@@ -60,6 +60,15 @@ REQ_EVENT_OFFSET = 4
 RSP_PROD_OFFSET = 8
 RSP_EVENT_OFFSET = 12
 
+# For the registry: what here has no twin in ring.h, and why.
+NOT_IN_HEADER = {
+    "sring_header": "C repeats the header inside each DEFINE_RING_TYPES struct; "
+    "checked there (blkif_sring, netif_tx_sring, ...)",
+    **{name: "pvhyp's byte offset/size in the ring header, from sring_header"
+       for name in ("SRING_HEADER_SIZE", "REQ_PROD_OFFSET", "REQ_EVENT_OFFSET",
+                    "RSP_PROD_OFFSET", "RSP_EVENT_OFFSET")},
+}
+
 
 def DEFINE_RING_TYPES(request: Struct, response: Struct) -> tuple[CUnion, Struct]:
     """(<name>_sring_entry union, <name>_sring struct) for one protocol."""
