@@ -12,6 +12,10 @@ What counts:
 * a *constant* is a module-level ``int`` (dunder names aside), named as the
   C macro or enumerator it mirrors.
 
+Every constant and struct is checked against its header unless the module
+has no header (``x86_pte``, ``e820``) or names it in ``NOT_IN_HEADER`` with
+the reason (pvhyp's own derived offsets, for instance).
+
 A module refers to another module's definitions through that module
 (``xen.domid_t``); an object bound in two modules is credited to the first
 in ``MODULES`` order, which is include order.
