@@ -12,6 +12,7 @@ import time
 from pvhyp.cpu import xen_layout as L
 from pvhyp.cpu.engine import ExitReason
 from pvhyp.cpu.entry import PvVcpu, initial_state
+from pvhyp.cpu.runner import COUNT_BUDGET
 from pvhyp.domain import Domain
 from pvhyp.memory import MachineMemory
 from pvhyp.pv_vcpu import PVVcpuState
@@ -25,13 +26,16 @@ _EXIT_HYPERCALL = 63
 
 # rcx = iterations; loop: mov $NR,%eax; syscall; dec %rcx; jnz loop; exit.
 _HYPERCALL_LOOP = bytes.fromhex("b800000000" "0f05" "48ffc9" "75f4")
+# rcx = iterations; loop: push %rcx; mov $0xc0000100,%ecx; rdmsr; pop %rcx; dec %rcx; jnz loop; exit.
+_RDMSR_LOOP = bytes.fromhex("51" "b9000100c0" "0f32" "59" "48ffc9" "75f2")
 # loop: add %rax,%rbx; mov %rbx,(%rdi); xor (%rdi),%rdx; dec %rcx; jnz loop  (5 instructions)
 _COMPUTE_LOOP = bytes.fromhex("4801c3" "48891f" "483317" "48ffc9" "75f2")
 _EXIT = b"\xb8" + struct.pack("<I", _EXIT_HYPERCALL) + bytes.fromhex("0f05" "ebfe")
 
 
 class _Machine:
-    def __init__(self, code: bytes):
+    def __init__(self, code: bytes, counted: bool = True):
+        self.counted = counted
         self.memory = MachineMemory(_MEMORY)
         frames = iter(range(_TABLES_FIRST, _TABLES_FIRST + 16))
         layout = L.XenLayout(self.memory, L.frames_from_range(_HV_FIRST, _HV_COUNT), ())
@@ -63,27 +67,40 @@ class _Machine:
         self.state.gprs.update(rcx=rcx, rdi=rdi)
         self.vcpu.start(self.state)
         start = time.perf_counter()
-        reason = self.vcpu.run()
+        reason = self.vcpu.run(max_insns=COUNT_BUDGET if self.counted else 0)
         elapsed = time.perf_counter() - start
         if reason is not ExitReason.REQUESTED:
             raise RuntimeError(f"benchmark kernel stopped with {reason}: {self.vcpu.engine.error or self.vcpu.crash_reason}")
         return elapsed
 
 
-def null_hypercall_roundtrip_us(iterations: int = 20_000) -> float:
-    """Microseconds per guest `syscall` -> dispatcher -> back to guest."""
-    machine = _Machine(_HYPERCALL_LOOP)
+def null_hypercall_roundtrip_us(iterations: int = 20_000, counted: bool = True) -> float:
+    """Microseconds per guest `syscall` -> dispatcher -> back to guest.
+
+    `counted` runs as the vCPU threads do (instruction counting on, see runner).
+    """
+    machine = _Machine(_HYPERCALL_LOOP, counted)
     machine.run(100)                           # warm the translation cache
     return machine.run(iterations) / iterations * 1e6
 
 
-def compute_mips(iterations: int = 4_000_000) -> float:
+def emulated_rdmsr_roundtrip_us(iterations: int = 5_000, counted: bool = True) -> float:
+    """Microseconds per #GP -> privileged-instruction emulation -> back to guest."""
+    machine = _Machine(_RDMSR_LOOP, counted)
+    machine.run(100)
+    return machine.run(iterations) / iterations * 1e6
+
+
+def compute_mips(iterations: int = 4_000_000, counted: bool = True) -> float:
     """Guest instructions per second (millions) for a register/memory loop."""
-    machine = _Machine(_COMPUTE_LOOP)
+    machine = _Machine(_COMPUTE_LOOP, counted)
     machine.run(1000)
     return iterations * 5 / machine.run(iterations) / 1e6
 
 
 if __name__ == "__main__":
-    print(f"null hypercall round trip: {null_hypercall_roundtrip_us():.2f} us")
-    print(f"compute: {compute_mips():.0f} MIPS")
+    for counted in (True, False):
+        mode = "counted (as vCPU threads run)" if counted else "uncounted"
+        print(f"{mode}: null hypercall {null_hypercall_roundtrip_us(counted=counted):.2f} us, "
+              f"emulated rdmsr {emulated_rdmsr_roundtrip_us(counted=counted):.2f} us, "
+              f"compute {compute_mips(counted=counted):.0f} MIPS")

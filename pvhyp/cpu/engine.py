@@ -125,6 +125,7 @@ class CpuEngine:
         self._cpl0_context = uc.context_save()
         self._add_hooks()
         self._entered = False
+        self._pending_state: CpuState | None = None
         self._counted: bool | None = None
         self._cr0_ts = False
         self.cr3 = 0            # kept here too: reading CR3 back from unicorn may truncate it
@@ -174,7 +175,12 @@ class CpuEngine:
     def read(self, name: str) -> int:
         if name == "rip" and self._pending_rip is not None:
             return self._pending_rip
-        value = self._regs.read((name,))[0]
+        # One context save (all GPRs) is cheaper than one register read call.
+        index = _GPR_BLOCK_INDEX.get(name)
+        if index is not None:
+            value = self._bookkeeping.snapshot_gprs()[index]
+        else:
+            value = self._regs.read((name,))[0]
         if name == "rip":
             self._hook_rip_seen = value
         return value
@@ -244,6 +250,11 @@ class CpuEngine:
         for name in names[len(GPR_NAMES):]:
             setattr(state, name, values[name])
         return state
+
+    @property
+    def has_state(self) -> bool:
+        """A register state was loaded (it may not have run yet)."""
+        return self._entered or self._pending_state is not None
 
     @property
     def entered(self) -> bool:

@@ -92,7 +92,7 @@ class CpuSubsystem:
         domain = vcpu.domain
         try:
             while sched.wait_to_run(vcpu):
-                if not cpu.engine.entered and not self._load_initial_registers(vcpu, cpu):
+                if not cpu.engine.has_state and not self._load_initial_registers(vcpu, cpu):
                     sched.deschedule(vcpu)
                     continue
                 reason = cpu.run(max_insns=COUNT_BUDGET, timeout_us=RUN_BUDGET_US)
