@@ -41,12 +41,17 @@ Provides (attach(hv), from pvhyp.cpu.runner):
                                vCPU's current table, queued if another thread
                                runs it), pv_changed(what), set_user_regs(regs),
                                post(fn) (also installed as vcpu.post)
+  attach(hv) must run before any guest L4 is validated (it fills
+  hv.xen_l4_slots): put "pvhyp.cpu" in Hypervisor.SUBSYSTEMS.
 Starting a vCPU: the builder/VCPUOP_initialise leaves cpu_user_regs in
 vcpu.pv.initial_user_regs (or vcpu.initial_context["user_regs"]) with the
-PV state set; the vCPU thread loads them on its first run.  Without the
-runner: `cpu = PvVcpu(memory, layout, vcpu, dispatch)`;
-`cpu.start(entry.initial_state(rip, rsp, start_info_va, l4_mfn))`;
-`cpu.run(max_insns=...)` -> ExitReason.
+PV state set, or calls vcpu.arch.set_user_regs(); the vCPU thread loads them
+on its first run.  Without the runner: `cpu = PvVcpu(memory, layout, vcpu,
+dispatch)`; `cpu.start(entry.initial_state(rip, rsp, start_info_va, l4_mfn))`;
+`cpu.run(max_insns=..., timeout_us=...)` -> ExitReason (BUDGET, KICKED,
+REQUESTED, GUEST_CRASH, HYPERVISOR_ERROR with cpu.engine.error).  An engine
+runs either always with an instruction budget or never (unicorn_quirks);
+the vCPU threads count, with a 10 ms time slice.
 """
 
 
