@@ -207,6 +207,13 @@ class Scheduler:
         wake came since the last block.
         """
         unit = vcpu.sched
+        if not vcpu.domain.paging:
+            # A process domain's "CPU" is an OS process that waits on its own
+            # channel; parking the thread that dispatched for it would stall
+            # that channel (or an in-process caller such as the fuzzer).
+            vcpu.blocked = not (unit.wake_pending or pv_vcpu.local_events_need_delivery(vcpu))
+            unit.wake_pending = False
+            return
         with self.cond:
             if self._posted_work_applied(vcpu):
                 unit.wake_pending = False       # guest memory is current: a wake that mattered shows there
@@ -251,6 +258,8 @@ class Scheduler:
         v->poll_evtchn: the port when there is one, -1 for several); their
         evtchn_check_pollers clears it and kicks us.
         """
+        if not vcpu.domain.paging:
+            return          # see block(): a process waits on its channel, not here
         vcpu.poll_evtchn = ports[0] if len(ports) == 1 else -1
         if deadline:
             self.hv.time.set_poll_timeout(vcpu, deadline if deadline < 1 << 63 else deadline - (1 << 64))
