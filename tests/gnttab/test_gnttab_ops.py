@@ -447,3 +447,15 @@ def test_limits_from_the_domain_config(hv):
     assert d.evtchn.max_evtchn_port == 31
     d = hv.create_domain(config={"max_grant_frames": -1, "max_maptrack_frames": -1, "grant_opts": 2})
     assert (d.grant_table.max_grant_frames, d.grant_table.max_maptrack_frames) == (64, 1024)
+
+
+def test_unmap_and_replace_in_a_process_domain(a, b):
+    ref = granted(a, b)
+    out = b.map_grant(a.domid, ref, host_addr=0x5000)
+    op = GA.GNTTABOP_unmap_and_replace
+    rc, outs = b.ops(op, GA.gnttab_unmap_and_replace, [{"host_addr": 0x5000, "new_addr": 0x6000,
+                                                        "handle": out["handle"]}])
+    assert outs[0]["status"] == GA.GNTST_general_error          # nothing to move in a p2m-like slot
+    rc, outs = b.ops(op, GA.gnttab_unmap_and_replace, [{"host_addr": 0x5000, "new_addr": 0,
+                                                        "handle": out["handle"]}])
+    assert outs[0]["status"] == GA.GNTST_okay and a.gstatus(ref) == 0

@@ -159,3 +159,16 @@ def test_transfer_refusals_lose_the_stolen_page(hv, b, pv):
                          {"mfn": pv.layout.l4, "domid": b.domid, "ref": 9}]) == \
         [GA.GNTST_general_error, GA.GNTST_bad_domain, GA.GNTST_bad_page, GA.GNTST_bad_page]
     assert hv.frames.owner[m31] == -1 and hv.frames.owner[m32] == -1    # gone, as in Xen
+
+
+def test_unmap_and_replace_moves_the_other_pte_in(hv, a, pv):
+    a.page(DATA_PAGE)[:4] = b"gntd"
+    a.grant(14, pv.domid, DATA_PAGE)
+    out = pv.map(a.domid, 14)
+    pte22 = pv.pte(22)
+    rc, outs = pv.ops(GA.GNTTABOP_unmap_and_replace, GA.gnttab_unmap_and_replace,
+                      [{"host_addr": MAP_VA, "new_addr": 22 << 12, "handle": out["handle"]}])
+    assert rc == 0 and outs[0]["status"] == GA.GNTST_okay
+    assert pv.pte(20) == pte22 and pv.pte(22) == 0
+    assert pv.read(MAP_VA, 4) == hv.memory.read(pv.layout.mfn(22) << 12, 4)
+    assert a.gstatus(14) == 0
