@@ -210,7 +210,7 @@ def _special(hypercall: str, entry: bytes, world: World, rng: random.Random) -> 
 
 def _scalar_op(hypercall: str, arg_makers):
     def generate(world: World, rng: random.Random, nr: int) -> Step:
-        return Step(hypercall, nr, [make(world, rng) for make in arg_makers])
+        return Step(hypercall, nr, [make(world, rng) & MASK64 for make in arg_makers])
     return Op(hypercall, hypercall, generate)
 
 

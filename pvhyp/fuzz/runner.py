@@ -93,7 +93,7 @@ class Fuzzer:
             if self.rng.random() < 0.05:
                 sub.nr = HYPERCALL_NUMBERS["multicall"]          # nesting must be refused
             writes += sub.writes
-            args = (sub.args + [0] * 6)[:6]
+            args = [a & 0xFFFF_FFFF_FFFF_FFFF for a in (sub.args + [0] * 6)[:6]]
             entries.append(multicall_entry.build({"op": sub.nr, "result": 0, "args": args}))
         addr = self.world.buffer_address(self.rng, len(entries) * multicall_entry.sizeof())
         writes.append((addr, b"".join(entries)))
@@ -139,7 +139,7 @@ class Fuzzer:
                            "".join(traceback.format_exception(exc)), list(self.history))
         if result is not None and result >= 0:
             self.stats.ops_succeeded.add(step.op)
-        problem = oracle.check_result(name, result)
+        problem = oracle.check_result(name, result, (list(step.args) + [0] * 6)[:6])
         if problem:
             return Failure(f"result {name}", problem, list(self.history))
         self.harvest(step, result)

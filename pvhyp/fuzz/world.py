@@ -35,6 +35,9 @@ class World:
         rng = random.Random(seed)
         victim_mem = InProcessChannel(hv, self.victim).memory
         victim_mem[:] = rng.randbytes(len(victim_mem))
+        # dom0 may legitimately rewrite any guest's memory; an unprivileged attacker never.
+        self.privileged = privileged
+        self.victim_frames = tuple(self.victim.p2m)
         self.victim_digest = self.victim_memory_digest()
 
         a, v = self.attacker, self.victim
@@ -80,7 +83,7 @@ class World:
     def victim_memory_digest(self) -> bytes:
         h = hashlib.blake2b(digest_size=16)
         view = self.hv.memory.view
-        for mfn in self.victim.p2m:
+        for mfn in self.victim_frames:
             h.update(view[mfn << PAGE_SHIFT:(mfn + 1) << PAGE_SHIFT])
         return h.digest()
 
