@@ -15,6 +15,7 @@ from pvhyp import grant_table as gnt
 from tests.evtchn.guestcall import DATA_PAGE, Guest
 
 u16 = st.integers(0, 0xFFFF)
+gref = st.one_of(st.integers(0, 7), st.integers(0, 600), st.just(0xFFFF_FFFF))
 u32 = st.one_of(st.integers(0, 40), st.integers(0, 0xFFFF_FFFF))
 port = st.one_of(st.integers(0, 8), u32)
 actor = st.integers(0, 2)
@@ -24,7 +25,7 @@ gflags = st.sampled_from([0, GA.GNTMAP_host_map, GA.GNTMAP_host_map | GA.GNTMAP_
                           GA.GNTMAP_host_map | GA.GNTMAP_contains_pte]) | u32
 gtf = st.sampled_from([GA.GTF_permit_access, GA.GTF_permit_access | GA.GTF_readonly,
                        GA.GTF_permit_access | GA.GTF_sub_page, GA.GTF_transitive, GA.GTF_accept_transfer, 0]) | u16
-addr = st.sampled_from([0, 0x1000, 0x2000, 0x10000]) | st.integers(0, 1 << 64 - 1)
+addr = st.sampled_from([0, 0x1000, 0x2000, 0x10000]) | st.integers(0, (1 << 64) - 1)
 
 OPS = st.one_of(
     st.tuples(st.just("alloc_unbound"), actor, domref, domref),
@@ -35,14 +36,20 @@ OPS = st.one_of(
     st.tuples(st.just("bind_virq"), actor, st.integers(0, 30), st.integers(0, 3)),
     st.tuples(st.just("bind_ipi"), actor, st.integers(0, 3)),
     st.tuples(st.just("bind_vcpu"), actor, port, st.integers(0, 3)),
-    st.tuples(st.just("grant"), actor, st.integers(0, 40), domref, st.integers(0, 80), gtf),
-    st.tuples(st.just("map"), actor, domref, st.integers(0, 600), gflags, addr),
-    st.tuples(st.just("unmap"), actor, st.integers(0, 300), addr, addr),
-    st.tuples(st.just("copy"), actor, domref, st.integers(0, 40), domref, st.integers(0, 80),
+    st.tuples(st.just("grant"), actor, st.integers(0, 7) | st.integers(0, 600), domref, st.integers(0, 80), gtf),
+    st.tuples(st.just("map"), actor, domref, gref, gflags, addr),
+    st.tuples(st.just("unmap"), actor, st.integers(0, 4) | st.integers(0, 300), addr, addr),
+    st.tuples(st.just("copy"), actor, domref, gref, domref, st.integers(0, 80),
               st.integers(0, 4096), st.integers(0, 4096), st.integers(0, 5000), st.integers(0, 3)),
     st.tuples(st.just("set_version"), actor, st.integers(0, 3)),
-    st.tuples(st.just("swap"), actor, st.integers(0, 600), st.integers(0, 600)),
+    st.tuples(st.just("swap"), actor, gref, gref),
     st.tuples(st.just("setup"), actor, domref, st.integers(0, 70)),
+    # A well-formed grant and its mapping, so that later hostile ops meet grants in use.
+    st.tuples(st.just("share"), actor, actor, st.integers(0, 7), st.integers(0, 80),
+              st.sampled_from([GA.GTF_permit_access, GA.GTF_permit_access | GA.GTF_readonly]),
+              st.sampled_from([GA.GNTMAP_host_map, GA.GNTMAP_host_map | GA.GNTMAP_readonly,
+                               GA.GNTMAP_device_map, GA.GNTMAP_device_map | GA.GNTMAP_host_map]),
+              st.sampled_from([0x1000, 0x2000, 0x3000])),
 )
 
 
@@ -56,6 +63,7 @@ def run_sequence(hv, players, ops) -> None:
     def domid(i):
         return X.DOMID_SELF if i == -1 else players[i].domid if i < len(players) else i
 
+    tampered = False        # a guest rewrote an entry in use: its GTF bits are its own business
     for op in ops:
         kind, g = op[0], players[op[1]]
         if kind == "alloc_unbound":
@@ -74,6 +82,7 @@ def run_sequence(hv, players, ops) -> None:
             gt = g.domain.grant_table
             per = 512 if gt.gt_version == 1 else 256
             if op[2] < gt.nr_grant_entries() or op[2] < per:
+                tampered |= op[2] < len(gt.active) and gt.active[op[2]].pin != 0
                 g.grant(op[2], domid(op[3]) & 0xFFFF, DATA_PAGE + op[4], op[5])
             rc = 0
         elif kind == "map":
@@ -94,11 +103,19 @@ def run_sequence(hv, players, ops) -> None:
         elif kind == "swap":
             rc, _ = g.ops(GA.GNTTABOP_swap_grant_ref, GA.gnttab_swap_grant_ref,
                           [{"ref_a": op[2], "ref_b": op[3]}])
+        elif kind == "share":
+            _, granter, grantee, ref, pfn, gflags_, mflags, host = op
+            src, dst = players[granter], players[grantee]
+            if ref < src.domain.grant_table.nr_grant_entries():
+                tampered |= src.domain.grant_table.active[ref].pin != 0
+                src.grant(ref, dst.domid, DATA_PAGE + pfn, gflags_)
+            rc, _ = dst.ops(GA.GNTTABOP_map_grant_ref, GA.gnttab_map_grant_ref,
+                            [{"dom": src.domid, "ref": ref, "flags": mflags, "host_addr": host}])
         elif kind == "setup":
             rc = g.gnttab("setup_table", dom=domid(op[2]) & 0xFFFF, nr_frames=op[3], frame_list=g.arg + 512)[0]
         assert isinstance(rc, int) and -200 < rc <= 0xFFFF_FFFF, (op, rc)
         assert ev.check_consistency(hv) == [], op
-        assert gnt.check_consistency(hv) == [], op
+        assert gnt.check_consistency(hv, check_flags=not tampered) == [], op
 
 
 @settings(max_examples=int(os.environ.get("PVHYP_HOSTILE_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
