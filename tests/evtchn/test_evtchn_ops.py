@@ -331,3 +331,35 @@ def test_trace_records_sends(hv, a, b):
 @pytest.mark.parametrize("virq", [X.VIRQ_TIMER, X.VIRQ_DEBUG, X.VIRQ_XENOPROF, X.VIRQ_XENPMU])
 def test_per_vcpu_virqs(virq):
     assert not ev.virq_is_global(virq)
+
+
+# --- hypervisor-side consumers and vcpu_info placement ----------------------------------
+
+def test_xen_attached_channel(a, b):
+    seen = []
+    xport = ev.alloc_unbound_xen_event_channel(a.domain, 0, b.domid, lambda v, port: seen.append(port))
+    pb = b.bind_interdomain(a.domid, xport)
+    assert a.evtchn("close", port=xport)[0] == -E.EINVAL      # the guest cannot close it
+    assert a.send(xport) == -E.EINVAL                         # nor send through it
+    assert a.evtchn("bind_vcpu", port=xport, vcpu=1)[0] == -E.EINVAL
+    assert b.send(pb) == 0 and seen == [xport]                # b's notification reaches the consumer
+    b.clear_pending(pb)
+    ev.notify_via_xen_event_channel(a.domain, xport)
+    assert b.pending(pb)
+    assert a.evtchn("reset", dom=SELF)[0] == 0
+    assert status(a, xport)[1]["status"] == EA.EVTCHNSTAT_interdomain   # reset leaves it
+
+
+def test_registered_vcpu_info_and_vcpus_beyond_the_legacy_array(hv):
+    from tests.evtchn.guestcall import Guest
+    g = Guest(hv, vcpus=33)
+    info_pfn = 20
+    g.domain.vcpus[1].vcpu_info_maddr = g.domain.pfn_to_mfn(info_pfn) << 12   # VCPUOP_register_vcpu_info
+    p1 = g.evtchn("bind_ipi", vcpu=1)[1]["port"]
+    p32 = g.evtchn("bind_ipi", vcpu=32)[1]["port"]
+    woken = []
+    g.domain.vcpus[32].wake_callback = lambda v: woken.append(v.vcpu_id)
+    g.send(p1)
+    assert g.page(info_pfn)[ev.OFF_UPCALL_PENDING] == 1 and not g.upcall_pending(1)
+    g.send(p32)                                # no vcpu_info yet: pending bit and a kick only
+    assert g.pending(p32) and woken == [32]
