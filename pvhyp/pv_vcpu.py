@@ -20,9 +20,9 @@ Contract with the CPU engine (pvhyp/cpu)
   of the VCPU's own fields, so the engine reads everything from one object.
 * Registers the CPU holds are loaded through `vcpu.arch`: after a change of
   the FS base, kernel or user GS base, GS user selector, debug registers,
-  GDT or LDT, `notify_arch(vcpu, what)` calls `vcpu.arch.pv_changed(what)`
+  GDT or CR0.TS, `notify_arch(vcpu, what)` calls `vcpu.arch.pv_changed(what)`
   when the engine defines it (`what` is one of "fs_base", "gs_base_kernel",
-  "gs_base_user", "gs_sel_user", "debugreg", "gdt", "ldt", "cr0_ts"). The
+  "gs_base_user", "gs_sel_user", "debugreg", "gdt", "cr0_ts"). The
   engine then loads the value from this object (it stays the stored copy
   while the vCPU is not running). When the guest itself changes one of
   them (wrmsr/wrfsbase, mov to %dr), the engine writes the value back here.
@@ -34,6 +34,10 @@ Contract with the CPU engine (pvhyp/cpu)
   #NM (vector 7) to the guest on FPU use while it is set, and clears it on
   clts.
 * `dr[0..3]`, `dr6`, `dr7` (+ `dr7_emul`, the I/O breakpoints Xen emulates).
+* The GDT (`gdt_frames`, `gdt_ents`) is managed in pvhyp/pv_descriptors.py;
+  the LDT by the PV MMU (MMUEXT_SET_LDT), mirrored here by VCPUOP_initialise.
+* `initial_user_regs`: the cpu_user_regs of VCPUOP_initialise when the
+  engine has no `set_user_regs` yet; it loads them on the vCPU's first run.
 """
 from __future__ import annotations
 
