@@ -6,6 +6,8 @@ exactly as a process guest would. Shared by tests/evtchn and tests/gnttab.
 """
 from __future__ import annotations
 
+import pathlib
+
 from abi import event_channel as EA
 from abi import grant_table as GA
 from abi import xen as X
@@ -14,6 +16,7 @@ from pvhyp import event_channel as ev
 from pvhyp.channel import InProcessChannel, create_process_domain
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 
+ROOT_DIR = pathlib.Path(__file__).resolve().parents[2]     # the repository
 ARG_PAGE = 1            # pfn of the argument buffer
 DATA_PAGE = 8           # first pfn tests use as data
 
