@@ -113,7 +113,10 @@ def fill(struct, world: World, rng: random.Random, overrides: dict | None = None
 class Op:
     name: str
     hypercall: str
-    generate: object          # (world, rng) -> Step
+    generate: object          # (world, rng, nr) -> Step
+    cmd: int | None = None    # the sub-op, for command families
+    struct: object = None     # the argument buffer's abi struct, when known
+    shape: str = ""           # how the arguments are laid out ("cmd_ptr", ...)
 
 
 def _module_structs(module) -> dict[str, cs.Construct]:
@@ -162,7 +165,8 @@ def _family_ops(hypercall: str) -> list[Op]:
             continue
         suffix = name[len(prefix):]
         struct = _struct_for(structs, candidates(suffix))
-        ops.append(Op(f"{hypercall}/{suffix}", hypercall, _cmd_generator(hypercall, cmd, struct, shape)))
+        ops.append(Op(f"{hypercall}/{suffix}", hypercall, _cmd_generator(hypercall, cmd, struct, shape),
+                      cmd=cmd, struct=struct, shape=shape))
     return ops
 
 
