@@ -10,27 +10,9 @@ from __future__ import annotations
 
 from abi import errno as E
 from abi import event_channel as A
+from abi.fast import codec
 from hypercalls import hypercall
 from pvhyp import event_channel as ev
-
-try:
-    from abi.fast import codec as _fast_codec
-except ImportError:         # abi.fast not landed yet: construct itself, same layout
-    _fast_codec = None
-
-
-class _ConstructCodec:
-    def __init__(self, struct):
-        self.struct = struct
-        self.size = struct.sizeof()
-
-    def parse(self, buf, offset=0):
-        return self.struct.parse(bytes(buf[offset:offset + self.size]))
-
-
-def codec(struct):
-    return _fast_codec(struct) if _fast_codec is not None else _ConstructCodec(struct)
-
 
 _LAYOUTS: dict[int, dict] = {}
 
