@@ -20,8 +20,9 @@ a timer); a wake that arrives before `block` whose event may still sit in the
 engine's post queue is kept, so none is lost (see _posted_work_applied).
 
 Process domains (dom0, Python guests) run in their own processes: their
-vCPUs never take a pCPU here, but block/poll/wake and the runstate work the
-same for them.
+vCPUs never take a pCPU here, and block/poll never park the thread that
+dispatched for them (the process waits on its own channel for the kick);
+wake and the runstate work the same for them.
 
 The runstate (running/runnable/blocked/offline, time in each) is kept per
 vCPU in `vcpu.sched` and copied to the guest's runstate area on every
