@@ -184,6 +184,7 @@ class TimerQueue:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self.errors: list[str] = []
         if isinstance(clock, FakeClock):
             clock.on_advance.append(self.run_due)
 
@@ -225,15 +226,25 @@ class TimerQueue:
         return due
 
     def run_due(self) -> int:
-        """Fire every timer whose deadline has passed; returns how many fired."""
+        """Fire every timer whose deadline has passed; returns how many fired.
+
+        A callback that raises is reported to `on_error` and the others still
+        run: one broken timer must not stop every domain's clock.
+        """
         fired = 0
         while True:
             due = self._pop_due(self.clock.now_ns())
             if not due:
                 return fired
             for timer in due:
-                timer.callback()
+                try:
+                    timer.callback()
+                except Exception as error:      # noqa: BLE001 - reported, never lost
+                    self.on_error(timer, error)
                 fired += 1
+
+    def on_error(self, timer: Timer, error: Exception) -> None:
+        self.errors.append(repr(error))
 
     def _ensure_thread(self) -> None:
         if self._thread is None and not self._closed:
