@@ -160,6 +160,47 @@ def update_descriptor(vcpu: "VCPU", maddr: int, desc: int) -> int:
         return -E.EINVAL if rc else 0
 
 
+# Xen's own flat ring-3 descriptors in the reserved GDT page: all based at 0.
+_RESERVED_FLAT_SELECTORS = frozenset({0xE023, 0xE02B, 0xE033})
+
+
+def read_descriptor(vcpu: "VCPU", sel: int) -> int | None:
+    """The guest's descriptor for selector `sel` (GDT or LDT), or None if out of its table."""
+    from pvhyp.guest_access import GuestFault, copy_from_guest
+    pv = vcpu.pv
+    index = sel >> 3
+    if sel & 4:
+        if index >= pv.ldt_ents:
+            return None
+        try:
+            return int.from_bytes(copy_from_guest(vcpu, pv.ldt_base + index * 8, 8), "little")
+        except GuestFault:
+            return None
+    if index >= pv.gdt_ents:
+        return None
+    mfn = pv.gdt_frames[index // GDT_ENTRIES_PER_FRAME]
+    return vcpu.domain.hv.memory.read_u64((mfn << PAGE_SHIFT) + (index % GDT_ENTRIES_PER_FRAME) * 8)
+
+
+def data_selector_base(vcpu: "VCPU", sel: int) -> int | None:
+    """The base a ring-3 load of `sel` into a data segment register gives, or None if it faults."""
+    if sel <= 3:
+        return 0
+    if sel | 3 in _RESERVED_FLAT_SELECTORS and not sel & 4:
+        return 0
+    raw = read_descriptor(vcpu, sel)
+    if raw is None:
+        return None
+    b = raw >> 32
+    is_code, readable = b & (1 << 11), b & (1 << 9)
+    if not b & _SEGMENT_P or not b & _SEGMENT_S or (is_code and not readable):
+        return None
+    conforming_code = is_code and b & (1 << 10)
+    if not conforming_code and (b >> 13) & 3 < 3:
+        return None
+    return ((b >> 24) & 0xFF) << 24 | (b & 0xFF) << 16 | (raw >> 16) & 0xFFFF
+
+
 def attach(hv) -> None:
     mmu = getattr(hv, "mmu", None)
     if mmu is not None:

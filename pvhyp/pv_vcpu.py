@@ -245,11 +245,21 @@ def set_segment_base(vcpu: "VCPU", field: str, value: int) -> int:
 
 
 def set_gs_user_selector(vcpu: "VCPU", sel: int) -> int:
-    """SEGBASE_GS_USER_SEL: load the user %gs selector (RPL forced to 3 if not NUL)."""
+    """SEGBASE_GS_USER_SEL: load the user %gs selector (RPL forced to 3 if not NUL).
+
+    The user GS base becomes the descriptor's base; a selector whose load
+    would fault is replaced by NUL (base 0), and the call still succeeds,
+    as Xen does (Linux cannot handle a failure here).
+    """
+    from pvhyp.pv_descriptors import data_selector_base
     sel &= 0xFFFF
     if sel > 3:
         sel |= 3
-    vcpu.pv.gs_sel_user = sel
+    base = data_selector_base(vcpu, sel)
+    if base is None:
+        sel, base = 0, 0
+    pv = vcpu.pv
+    pv.gs_sel_user, pv.gs_base_user = sel, base
     notify_arch(vcpu, "gs_sel_user")
     return 0
 

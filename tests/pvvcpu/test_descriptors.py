@@ -116,3 +116,23 @@ def test_update_descriptor_on_an_installed_gdt_frame(guest):
     assert guest.call("update_descriptor", guest.maddr(2, 64), CODE64_DPL0) == 0
     assert guest.call("update_descriptor", guest.maddr(2, 72), 0x0000_8900_0000_0067) == -E.EINVAL
     assert guest.read(2, 8, 72) == bytes(8)
+
+
+def test_gs_user_selector_takes_the_descriptor_base_or_becomes_nul(guest):
+    from abi.xen_x86_64 import SEGBASE_GS_USER_SEL
+    pv = guest.vcpu.pv
+    tls = 0x00CF_F200_0000_FFFF | 0x12 << 56 | 0x34 << 32 | 0x5678 << 16      # data, DPL3, base 0x12345678
+    kernel_only = 0x00CF_9200_0000_FFFF                                         # DPL 0: typing raises it to 3
+    guest.write(2, struct.pack("<QQQ", 0, tls, kernel_only))
+    assert guest.call("set_gdt", guest.write(0, struct.pack("<Q", guest.data_mfns[2])), 3) == 0
+    pv.gs_base_user = 0xDEAD
+    assert guest.call("set_segment_base", SEGBASE_GS_USER_SEL, 0x8) == 0
+    assert (pv.gs_sel_user, pv.gs_base_user) == (0xB, 0x12345678)
+    assert guest.call("set_segment_base", SEGBASE_GS_USER_SEL, 0x10) == 0        # DPL raised to 3 by the typing
+    assert (pv.gs_sel_user, pv.gs_base_user) == (0x13, 0)
+    assert guest.call("set_segment_base", SEGBASE_GS_USER_SEL, 0x18) == 0        # beyond gdt_ents: would fault
+    assert (pv.gs_sel_user, pv.gs_base_user) == (0, 0)
+    assert guest.call("set_segment_base", SEGBASE_GS_USER_SEL, 0xE02B) == 0      # Xen's flat data selector
+    assert (pv.gs_sel_user, pv.gs_base_user) == (0xE02B, 0)
+    assert guest.call("set_segment_base", SEGBASE_GS_USER_SEL, 0x7) == 0         # LDT, none loaded
+    assert (pv.gs_sel_user, pv.gs_base_user) == (0, 0)

@@ -27,9 +27,10 @@ def test_segment_bases(guest):
     assert guest.call("set_segment_base", SEGBASE_GS_KERNEL, 0x1234) == 0
     assert (pv.fs_base, pv.gs_base_user, pv.gs_base_kernel) == (0x7000_0000, 0xFFFF_FFFF_8000_0000, 0x1234)
     assert arch.changes == ["fs_base", "gs_base_user", "gs_base_kernel"]
-    assert guest.call("set_segment_base", SEGBASE_GS_USER_SEL, 0x2B) == 0 and pv.gs_sel_user == 0x2B
-    assert guest.call("set_segment_base", SEGBASE_GS_USER_SEL, 0x28) == 0 and pv.gs_sel_user == 0x2B
+    assert guest.call("set_segment_base", SEGBASE_GS_USER_SEL, 0xE028) == 0 and pv.gs_sel_user == 0xE02B
+    assert pv.gs_base_user == 0 and arch.changes[-1] == "gs_sel_user"
     assert guest.call("set_segment_base", SEGBASE_GS_USER_SEL, 0x2) == 0 and pv.gs_sel_user == 0x2
+    assert guest.call("set_segment_base", SEGBASE_GS_USER_SEL, 0x2B) == 0 and pv.gs_sel_user == 0   # no GDT: NUL
 
 
 def test_segment_base_errors(guest):
