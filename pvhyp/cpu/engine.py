@@ -163,7 +163,11 @@ class CpuEngine:
 
     def close(self) -> None:
         self.layout.release_vcpu_window(self.window)
-        self.uc.release_handle()
+        # Uc.release_handle is a static method over the raw handle; Uc's own finalizer
+        # (idempotent) closes it once and keeps Uc.__del__ from closing it again.
+        finalizer = getattr(self.uc, "_Uc__finalizer", None)
+        if finalizer is not None:
+            finalizer()
 
     # --- register access -----------------------------------------------
     # Inside some hooks a RIP write cannot go straight to unicorn: after the
