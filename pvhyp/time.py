@@ -13,8 +13,8 @@ keeps its pvclock monotonic across vCPUs itself (Linux does). With a
 FakeClock the TSC is synthetic: now_ns * TSC_HZ / 1e9, exact, stable. An
 engine that traps rdtsc (CR4.TSD) answers it with `hv.time.guest_tsc()`.
 
-A record is refreshed when a vCPU is scheduled, its vcpu_info moves, or a
-time area is registered, as Xen does.
+A record is refreshed when a vCPU is scheduled, its vcpu_info moves, a
+time area is registered, and once a second (Xen's calibration), as Xen does.
 
 Timers (Xen's set_timer / stop_timer) live in one queue ordered by
 deadline. With the real clock a thread sleeps until the next deadline and
@@ -47,6 +47,7 @@ TSC_HZ = 2_000_000_000              # the synthetic TSC (FakeClock): 2 GHz
 MILLISECS = 1_000_000
 STIME_DELTA_MAX = (1 << 62) - 1
 NR_DOMAIN_WATCHDOG_TIMERS = 2
+CALIBRATION_PERIOD_NS = 1_000_000_000
 
 VCPU_INFO_TIME_OFFSET = vcpu_info.sizeof() - vcpu_time_info.sizeof()
 _TIME_INFO_BODY = struct.Struct("<IQQIbB2x")     # pad0 .. pad1, after the version word
@@ -296,6 +297,7 @@ class TimeKeeper:
         self.timers = TimerQueue(self.clock)
         self.watchdogs: dict[int, list[Timer | None]] = {}
         self.timer_events_sent = 0
+        self._calibration = Timer(self._calibrate)
 
     def use_clock(self, clock) -> None:
         """Replace the clock (tests: a FakeClock) before any timer is armed."""
@@ -480,6 +482,17 @@ class TimeKeeper:
             return
         domain.shutdown(reason)
 
+    # --- calibration (Xen: time_calibration, once a second) ----------------------
+    def _calibrate(self) -> None:
+        """Restamp every vCPU's record, so TSC rate estimates never drift far."""
+        domains = [d for d in list(self.hv.domains.values()) if not d.is_dying]
+        for domain in domains:
+            for vcpu in domain.vcpus:
+                if vcpu.online and vcpu.timer is not None:
+                    self.update_vcpu_system_time(vcpu)
+        if domains:
+            self.timers.set_timer(self._calibration, self.now() + CALIBRATION_PERIOD_NS)
+
     # --- lifetime -------------------------------------------------------------------
     def domain_created(self, domain: "Domain") -> None:
         for vcpu in domain.vcpus:
@@ -487,6 +500,8 @@ class TimeKeeper:
         self.update_domain_wallclock_time(domain)
         for vcpu in domain.vcpus:
             self._write_time(vcpu)
+        if not self.synthetic_tsc and not self._calibration.active:
+            self.timers.set_timer(self._calibration, self.now() + CALIBRATION_PERIOD_NS)
 
     def domain_destroyed(self, domain: "Domain") -> None:
         for vcpu in domain.vcpus:

@@ -193,3 +193,17 @@ def test_host_tsc_pvclock_tracks_the_monotonic_clock(hv):
         after = hv.time.now()
         errors.append(max(before - computed, computed - after, 0))
     assert min(errors) < 1_000_000          # within 1 ms after 50 ms (calibration error + jitter)
+
+
+def test_records_are_restamped_periodically_with_the_real_clock(hv, monkeypatch):
+    import time
+    import pvhyp.time
+    from pvvcpu_kit import Guest
+    monkeypatch.setattr(pvhyp.time, "CALIBRATION_PERIOD_NS", 20_000_000)
+    guest = Guest(hv, hv.create_domain(max_pages=64))
+    first = time_info(guest)[0]
+    deadline = time.monotonic() + 2
+    while time_info(guest)[0] < first + 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert time_info(guest)[0] >= first + 4 and time_info(guest)[0] % 2 == 0
+    hv.destroy_domain(guest.domain.domid)
