@@ -60,6 +60,13 @@ class TrapBouncer:
         self.pv = pv
         self.memory = engine.memory
 
+    def _trace(self, kind: str, **fields) -> None:
+        # `pvhyp run --trace`: records only while someone listens
+        vcpu = getattr(self.pv, "vcpu", None)
+        hv = getattr(getattr(vcpu, "domain", None), "hv", None)
+        if hv is not None and hv.trace.enabled:
+            hv.trace.emit(kind, vcpu.domain.domid, vcpu.vcpu_id, rip=self.engine.read("rip"), **fields)
+
     # --- vcpu_info -----------------------------------------------------
     def _vcpu_info_byte(self, offset: int) -> int:
         if not self.pv.vcpu_info_maddr:
@@ -148,6 +155,7 @@ class TrapBouncer:
             # The CPU saw CPL3 either way; the guest must see its kernel as
             # supervisor mode, as Xen rewrites the user bit.
             error_code = (error_code & ~PFEC_USER) | (0 if self.pv.kernel_mode else PFEC_USER)
+        self._trace("trap", vector=vector, error_code=error_code, cr2=cr2, handler=trap.address)
         flags = TBF_INTERRUPT if trap.masks_events else 0
         if vector in VECTORS_WITH_ERROR_CODE:
             flags |= TBF_EXCEPTION_ERRCODE
@@ -191,6 +199,7 @@ class TrapBouncer:
         """Upcall if vcpu_info says an event is pending and unmasked (every return to guest)."""
         if not self.events_deliverable():
             return False
+        self._trace("event_upcall", handler=self.pv.event_callback.address)
         self.bounce(self.pv.event_callback.address, TBF_INTERRUPT)
         return True
 
