@@ -44,3 +44,18 @@ def test_bad_list(guest):
     assert guest.call("multicall", 0xFFFF_8000_0000_0000, 1) == -E.EFAULT
     assert guest.call("multicall", 0x7F_0000_0000, 1) == -E.EFAULT
     assert guest.call("multicall", 0x7F_0000_0000, 0) == 0
+
+
+def test_linux_style_batch(hv, guest):
+    """mmu_update + update_va_mapping + mmuext_op in one multicall, each result in its entry."""
+    l1_slot = guest.l1_slot_maddr(20)
+    guest.ctx.write(BUF_VA + 1024, struct.pack("<QQ", l1_slot, guest.mfn(21) << 12 | 0x7))
+    guest.ctx.write(BUF_VA + 1056, struct.pack("<I4xQQ", X.MMUEXT_TLB_FLUSH_LOCAL, 0, 0))
+    guest.ctx.write(BUF_VA, _entries(
+        (NR["mmu_update"], BUF_VA + 1024, 1, BUF_VA + 1040, X.DOMID_SELF),
+        (NR["update_va_mapping"], 22 << 12, guest.layout.l1s[0] << 12 | 0x7, X.UVMF_INVLPG),
+        (NR["mmuext_op"], BUF_VA + 1056, 1, 0, X.DOMID_SELF),
+    ))
+    assert guest.call("multicall", BUF_VA, 3) == 0
+    assert _results(guest, 3) == [0, -E.EBUSY, 0]
+    assert struct.unpack("<I", guest.ctx.read(BUF_VA + 1040, 4))[0] == 1
