@@ -25,3 +25,26 @@ def hv():
     hypercalls.install(h.hypercalls)
     yield h
     h.memory.close()
+
+
+# A child process that shares pytest's stdout pipe can switch the pipe's file
+# description to O_NONBLOCK; pytest's later writes then fail with EAGAIN and
+# the end of the report (the closing "N passed" line CI reads) is lost.
+# Restore blocking mode after every test, and name the test that changed it.
+_NONBLOCKING_AFTER: list[str] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item):
+    for fd in (1, 2):
+        try:
+            if not os.get_blocking(fd):
+                _NONBLOCKING_AFTER.append(f"{item.nodeid} (fd {fd})")
+                os.set_blocking(fd, True)
+        except OSError:
+            pass
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _NONBLOCKING_AFTER:
+        terminalreporter.write_line("stdout/stderr left non-blocking by: " + ", ".join(_NONBLOCKING_AFTER))
