@@ -1,8 +1,8 @@
 """`pvhyp xtf DIR`: run XTF's PV64 test kernels, each in a fresh hypervisor, as xtf-runner would.
 
 Every kernel runs under the xl.cfg XTF's runner gives PV tests (type pv,
-vcpus 1, memory 128), pv-iopl once per variation (cmdline "hypercall" and
-"vmassist"). The verdict is the last `Test result:` console line; a run
+vcpus 1, memory 128, plus what the test's own build adds: xsa-296 has two
+vCPUs), pv-iopl once per variation (cmdline "hypercall" and "vmassist"). The verdict is the last `Test result:` console line; a run
 without one (crash, timeout, start-up failure) is CRASH. The exit status is
 xtf-runner's for the worst verdict: 0 SUCCESS, 3 SKIP, 4 ERROR, 5 FAILURE,
 6 CRASH.
@@ -20,6 +20,8 @@ from pvhyp.cli import UserError
 
 KERNEL_PREFIX = "test-pv64-"
 VARIATIONS = {"pv-iopl": ("hypercall", "vmassist")}
+# What XTF's build adds to a test's xl.cfg (its Makefile's VCPUS, its extra.cfg.in).
+EXTRA_CONFIG = {"xsa-296": ("vcpus = 2",), "xsa-317": ("max_event_channels = 4096",)}
 # xtf-runner's exit status per verdict; the worst verdict wins.
 EXIT_STATUS = {"SUCCESS": 0, "SKIP": 3, "ERROR": 4, "FAILURE": 5, "CRASH": 6}
 _RESULT = re.compile(rb"Test result: (SUCCESS with warnings|SUCCESS|SKIP|ERROR|FAILURE)")
@@ -36,6 +38,7 @@ class Case:
                  "vcpus = 1", "memory = 128"]
         if self.cmdline:
             lines.append(f'cmdline = "{self.cmdline}"')
+        lines.extend(EXTRA_CONFIG.get(self.name.split("~")[0], ()))
         return "\n".join(lines) + "\n"
 
 
@@ -53,6 +56,15 @@ class Outcome:
 
 def verdict_class(verdict: str) -> str:
     return "SUCCESS" if verdict.startswith("SUCCESS") else verdict
+
+
+def default_xtf_dir() -> str | None:
+    """$PVHYP_XTF_DIR, else ../shared/xtf beside the project (where the README says they are)."""
+    project = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for candidate in (os.environ.get("PVHYP_XTF_DIR"), os.path.join(os.path.dirname(project), "shared", "xtf")):
+        if candidate and os.path.isdir(candidate):
+            return candidate
+    return None
 
 
 def find_cases(directory: str, only: list[str] | None = None) -> list[Case]:
@@ -132,7 +144,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("xtf", help="run XTF's test-pv64-* kernels, each in a fresh hypervisor",
                        description=__doc__.split("\n\n", 1)[1],
                        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("dir", help="directory of test-pv64-* kernels")
+    p.add_argument("dir", nargs="?", help="directory of test-pv64-* kernels (default $PVHYP_XTF_DIR or ../shared/xtf)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these tests (e.g. example xsa-188)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per test (default 120)")
     p.add_argument("--jobs", type=int, default=2, help="tests run in parallel (default 2)")
@@ -141,7 +153,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    cases = find_cases(args.dir, args.only)
+    directory = args.dir or default_xtf_dir()
+    if directory is None:
+        raise UserError("no XTF directory given (and no $PVHYP_XTF_DIR or ../shared/xtf)")
+    cases = find_cases(directory, args.only)
     width = max(len(c.name) for c in cases)
 
     def show(o: Outcome) -> None:
