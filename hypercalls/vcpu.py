@@ -24,7 +24,7 @@ def vcpu_initialise(ctx, v, arg) -> int:
     if not v.vcpu_info_maddr:
         return -E.EINVAL            # no vcpu_info yet (beyond the legacy 32): Xen's dummy_vcpu_info
     ctxt = ctx.read_struct(vcpu_guest_context, arg)
-    with ctx.domain.lock:
+    with pv_vcpu.domain_lock(ctx.domain):
         if _is_initialised(v):
             return -E.EEXIST
         return pv_vcpu.arch_set_info_guest(v, ctxt)
@@ -61,7 +61,7 @@ def do_vcpu_op(ctx, cmd, vcpuid, arg):
     if cmd == V.VCPUOP_initialise:
         return vcpu_initialise(ctx, v, arg)
     if cmd == V.VCPUOP_up:
-        with domain.lock:
+        with pv_vcpu.domain_lock(domain):
             if not _is_initialised(v):
                 return -E.EINVAL
         hv.sched.vcpu_up(v)
@@ -96,7 +96,7 @@ def do_vcpu_op(ctx, cmd, vcpuid, arg):
         return 0
     if cmd == V.VCPUOP_register_vcpu_info:
         info = ctx.read_struct(V.vcpu_register_vcpu_info, arg)
-        with domain.lock:
+        with pv_vcpu.domain_lock(domain):
             rc = pv_vcpu.map_vcpu_info(v, ctx.vcpu, info["mfn"], info["offset"])
         hv.time.update_vcpu_system_time(v)
         return rc

@@ -41,6 +41,7 @@ Contract with the CPU engine (pvhyp/cpu)
 """
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from abi import errno as E
@@ -197,6 +198,18 @@ def is_canonical_address(addr: int) -> bool:
 def addr_ok(addr: int) -> bool:
     """Xen's __addr_ok: lower half, or above the hypervisor's reserved range."""
     return addr < (1 << 47) or addr >= HYPERVISOR_VIRT_END
+
+
+@contextlib.contextmanager
+def domain_lock(domain: "Domain"):
+    """Xen's domain_lock for our handlers, ordered after the PV MMU's lock.
+
+    The MMU may reach a domain's lock while holding its own (a crash from
+    inside it), so whoever needs both takes the MMU's first.
+    """
+    mmu = getattr(domain.hv, "mmu", None)
+    with mmu.lock if mmu is not None else contextlib.nullcontext(), domain.lock:
+        yield
 
 
 def notify_arch(vcpu: "VCPU", what: str) -> None:
