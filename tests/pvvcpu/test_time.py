@@ -186,13 +186,15 @@ def test_host_tsc_pvclock_tracks_the_monotonic_clock(hv):
     version, _, _, _, mul, shift, flags = time_info(guest)
     assert version % 2 == 0 and not flags & XEN_PVCLOCK_TSC_STABLE_BIT
     time.sleep(0.05)
+    hv.time.update_vcpu_system_time(guest.vcpu)       # as the scheduler or the calibration would
+    time.sleep(0.02)
     errors = []
     for _ in range(3):
         before = hv.time.now()
         computed = guest_now(guest, hv.time.guest_tsc())
         after = hv.time.now()
         errors.append(max(before - computed, computed - after, 0))
-    assert min(errors) < 1_000_000          # within 1 ms after 50 ms (calibration error + jitter)
+    assert min(errors) < 1_000_000          # within 1 ms, 20 ms after a stamp
 
 
 def test_records_are_restamped_periodically_with_the_real_clock(hv, monkeypatch):
