@@ -124,6 +124,28 @@ def _fifo_unavailable(ctx, f):
     return -E.ENOSYS
 
 
+def _init_control(ctx, f):
+    """Xen's evtchn_fifo_init_control checks, in its order, so bad requests get Xen's errors
+    (XSA-188's test); a good one still gets -ENOSYS: the FIFO ABI is not offered."""
+    from pvhyp.mm.pagetype import PGT_writable_page
+    d = ctx.domain
+    if f["vcpu"] >= len(d.vcpus):
+        return -E.ENOENT
+    if f["offset"] > 4096 - A.evtchn_fifo_control_block.sizeof() or f["offset"] & 7:
+        return -E.EINVAL
+    mmu = getattr(ctx.hv, "mmu", None)
+    if mmu is None:
+        return -E.ENOSYS
+    # map_guest_page: an x86 PV guest's gfn is its mfn (a process domain's goes through
+    # its p2m); the page must be its own and writable
+    gfn = f["control_gfn"]
+    mfn = gfn if d.paging else d.pfn_to_mfn(gfn)
+    if mfn >= mmu.frames.nr_frames or mmu.get_page_and_type_from_mfn(mfn, PGT_writable_page, d):
+        return -E.EINVAL
+    mmu.put_page_and_type(mfn)
+    return _fifo_unavailable(ctx, f)
+
+
 OPS = {
     A.EVTCHNOP_alloc_unbound: (A.evtchn_alloc_unbound, _alloc_unbound, ("port",)),
     A.EVTCHNOP_bind_interdomain: (A.evtchn_bind_interdomain, _bind_interdomain, ("local_port",)),
@@ -149,6 +171,9 @@ _COMPAT_U = field_offset(A.evtchn_op, "u")
 @hypercall("event_channel_op")
 def do_event_channel_op(ctx, cmd: int, arg: int) -> int:
     cmd &= 0xFFFF_FFFF          # Xen's `int cmd`
+    if cmd == A.EVTCHNOP_init_control:
+        _, fields = read_op(ctx, A.evtchn_init_control, arg)
+        return _init_control(ctx, fields)
     if cmd in FIFO_OPS:
         return _fifo_unavailable(ctx, None)
     entry = OPS.get(cmd)

@@ -240,9 +240,20 @@ def test_reset(a, b, dom0):
 # --- dispatcher ----------------------------------------------------------------------------
 
 def test_fifo_and_unknown_ops(a):
-    for cmd in (EA.EVTCHNOP_init_control, EA.EVTCHNOP_expand_array, EA.EVTCHNOP_set_priority, 14, 99,
-                0xFFFF_FFFF):
+    for cmd in (EA.EVTCHNOP_expand_array, EA.EVTCHNOP_set_priority, 14, 99, 0xFFFF_FFFF):
         assert a.call("event_channel_op", cmd, a.arg) == -E.ENOSYS
+
+
+def test_init_control_checks_as_xen_then_refuses_fifo(a):
+    """Xen's errors for bad requests (XSA-188's PoC checks them); pvhyp offers 2-level only."""
+    def init(**fields):
+        args = dict(control_gfn=2, offset=0, vcpu=0, link_bits=0, _pad=[0] * 7) | fields
+        return a.op("event_channel_op", EA.EVTCHNOP_init_control, EA.evtchn_init_control, args)[0]
+    assert init(vcpu=5) == -E.ENOENT
+    assert init(offset=4) == -E.EINVAL
+    assert init(offset=4096 - 8) == -E.EINVAL
+    assert init(control_gfn=(1 << 64) - 2) == -E.EINVAL
+    assert init() == -E.ENOSYS
 
 
 def test_bad_argument_pointer_is_efault(a):
