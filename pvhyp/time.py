@@ -106,7 +106,15 @@ class HostTsc:
         return (rdx & 0xFFFF_FFFF) << 32 | (rax & 0xFFFF_FFFF)
 
     def _sample(self) -> tuple[int, int]:
-        return host_time.monotonic_ns(), self.read()
+        """(monotonic ns, TSC) read as close together as we can: the tightest of a few tries."""
+        best = None
+        for _ in range(3):
+            before = host_time.monotonic_ns()
+            tsc = self.read()
+            after = host_time.monotonic_ns()
+            if best is None or after - before < best[0]:
+                best = (after - before, (before + after) // 2, tsc)
+        return best[1], best[2]
 
     def hz(self) -> int:
         """Ticks per second over the longest span measured so far."""
