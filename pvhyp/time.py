@@ -83,6 +83,7 @@ class HostTsc:
     """The host TSC, read as unicorn's rdtsc reads it, and its calibrated rate."""
 
     _CALIBRATION_NS = 2_000_000
+    _REFINE_NS = 100_000_000
 
     def __init__(self):
         from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
@@ -117,10 +118,9 @@ class HostTsc:
         return best[1], best[2]
 
     def hz(self) -> int:
-        """Ticks per second over the longest span measured so far."""
-        ns, tsc = self._sample()
-        if ns - self._rate[0] > self._CALIBRATION_NS:
-            self._rate = (ns, tsc)
+        """Ticks per second over the longest span measured so far (re-measured every 100 ms at most)."""
+        if host_time.monotonic_ns() - self._rate[0] > self._REFINE_NS:
+            self._rate = self._sample()
         span_ns = self._rate[0] - self._base[0]
         return (self._rate[1] - self._base[1]) * NSEC_PER_SEC // span_ns
 
