@@ -19,14 +19,13 @@ from pvhyp.cpu.guest_memory import read_guest_virtual
 _md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 _md.detail = True
 
-_FULL_REGISTER = {}
-for _i, _full in enumerate(("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi")):
-    _e = "e" + _full[1:]
-    _FULL_REGISTER[_full] = (_full, 8)
-    _FULL_REGISTER[_e] = (_full, 4)
+_FULL_REGISTER = {}     # register name as capstone prints it -> (64-bit register, width)
+for _full, _low8, _low16 in (("rax", "al", "ax"), ("rcx", "cl", "cx"), ("rdx", "dl", "dx"), ("rbx", "bl", "bx"),
+                             ("rsp", "spl", "sp"), ("rbp", "bpl", "bp"), ("rsi", "sil", "si"), ("rdi", "dil", "di")):
+    _FULL_REGISTER.update({_full: (_full, 8), "e" + _full[1:]: (_full, 4), _low16: (_full, 2), _low8: (_full, 1)})
 for _n in range(8, 16):
-    _FULL_REGISTER[f"r{_n}"] = (f"r{_n}", 8)
-    _FULL_REGISTER[f"r{_n}d"] = (f"r{_n}", 4)
+    _FULL_REGISTER.update({f"r{_n}": (f"r{_n}", 8), f"r{_n}d": (f"r{_n}", 4),
+                           f"r{_n}w": (f"r{_n}", 2), f"r{_n}b": (f"r{_n}", 1)})
 
 FLAG_CF, FLAG_PF, FLAG_ZF, FLAG_SF, FLAG_OF = 1 << 0, 1 << 2, 1 << 6, 1 << 7, 1 << 11
 
@@ -42,6 +41,17 @@ def _logic_flags(value: int, width: int) -> int:
     if value >> (width * 8 - 1) & 1:
         flags |= FLAG_SF
     return flags
+
+
+PTWR_CMPXCHG_FAILED = 1     # pvhyp.mm.ptwr: not written, memory held another value
+
+
+def _register_with(engine, name: str, value: int, width: int) -> int:
+    """The 64-bit register after writing `value` to its low `width` bytes (x86 rules)."""
+    if width >= 4:
+        return value          # 32-bit writes zero-extend
+    mask = (1 << (8 * width)) - 1
+    return (engine.read(name) & ~mask) | (value & mask)
 
 
 class _Unsupported(Exception):
@@ -75,7 +85,7 @@ def emulate_pagetable_write(pv_vcpu, fault_addr: int) -> bool:
     if len(operands) != 2 or operands[0].type != CX.X86_OP_MEM:
         return False
     width = operands[0].size
-    if width not in (4, 8) or fault_addr & (width - 1):
+    if width not in (1, 2, 4, 8) or fault_addr & (width - 1):
         return False
     old_raw = read_guest_virtual(engine.memory, engine.cr3, fault_addr, width)
     if old_raw is None:
@@ -93,14 +103,15 @@ def emulate_pagetable_write(pv_vcpu, fault_addr: int) -> bool:
         new = source
     elif mnemonic == "xchg":
         new = source
-        registers[_FULL_REGISTER[insn.reg_name(operands[1].reg)][0]] = old
+        name = _FULL_REGISTER[insn.reg_name(operands[1].reg)][0]
+        registers[name] = _register_with(engine, name, old, width)
     elif mnemonic == "cmpxchg":
         expected = engine.read("rax") & mask
         if expected == old:
             new, flags_set = source, FLAG_ZF
         else:
             new, flags_cleared = None, FLAG_ZF
-            registers["rax"] = old
+            registers["rax"] = _register_with(engine, "rax", old, width)
     elif mnemonic in ("bts", "btr"):
         if operands[1].type != CX.X86_OP_IMM and source >= width * 8:
             return False                  # a bit offset reaching other memory
@@ -115,8 +126,18 @@ def emulate_pagetable_write(pv_vcpu, fault_addr: int) -> bool:
     else:
         return False
     if new is not None:
-        rc = pv_vcpu.ptwr_emulate(pv_vcpu.vcpu, fault_addr, new.to_bytes(width, "little"), width)
-        if rc is False or (rc is not True and rc != 0):
+        # cmpxchg passes the value it compared with, so the MMU stores only if
+        # memory still holds it (another vCPU may have changed the entry).
+        expected_old = old if mnemonic == "cmpxchg" else None
+        rc = pv_vcpu.ptwr_emulate(pv_vcpu.vcpu, fault_addr, new.to_bytes(width, "little"), width,
+                                  old=expected_old)
+        if rc == PTWR_CMPXCHG_FAILED and mnemonic == "cmpxchg":
+            current = read_guest_virtual(engine.memory, engine.cr3, fault_addr, width)
+            if current is None:
+                return False
+            registers["rax"] = _register_with(engine, "rax", int.from_bytes(current, "little"), width)
+            flags_set, flags_cleared = 0, FLAG_ZF
+        elif rc is False or (rc is not True and rc != 0):
             return False
     if flags_set or flags_cleared:
         registers["rflags"] = (engine.read("rflags") | flags_set) & ~flags_cleared

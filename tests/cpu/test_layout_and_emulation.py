@@ -84,12 +84,17 @@ failsafe:                        /* rcx, r11, ds, es, fs, gs, rip, cs, rflags, r
 
 
 class RecordingPtwr:
+    """Stands in for hv.mmu.ptwr_emulate: records and performs the store."""
+
     def __init__(self, memory):
         self.memory, self.calls = memory, []
 
-    def __call__(self, vcpu, addr, data, width):
+    def __call__(self, vcpu, addr, data, width, old=None):
+        maddr = GUEST_FIRST_MFN * 4096 + addr                       # VA == pfn << 12 in the kit
+        if old is not None and int.from_bytes(self.memory.read(maddr, width), "little") != old:
+            return 1
         self.calls.append((addr, data, width))
-        self.memory.write(GUEST_FIRST_MFN * 4096 + addr, data)     # VA == pfn << 12 in the kit
+        self.memory.write(maddr, data)
         return 0
 
 
@@ -108,6 +113,7 @@ main:
     pop %r8
     lock btsq $9, (%rbx)                 /* sets bit 9, CF = old bit (0) */
     lock andq $-2, (%rbx)                /* clears the present bit */
+    lock andb $0xfd, (%rbx)              /* clear_bit(_PAGE_BIT_RW): a byte-wide store */
     mov (%rbx), %rdi
     mov %rcx, %rsi
     mov %r8, %rdx
@@ -119,12 +125,13 @@ main:
     vcpu.vcpu.domain.vm_assist |= 1 << 2           # VMASST_TYPE_writable_pagetables
     run(vcpu, rec)
     final, old_in_rcx, flags, _, _ = rec.log[0]
-    assert final == (0x3003 | 1 << 9) & ~1
+    assert final == (0x3003 | 1 << 9) & ~1 & ~2
     assert old_in_rcx == 0x1003
     assert flags & FLAG_ZF
     assert [c[1] for c in ptwr.calls] == [struct.pack("<Q", v) for v in
-                                          (0x1003, 0x2003, 0x3003, 0x3203, 0x3202)]
-    assert all(c[0] == RO_PAGE_VA and c[2] == 8 for c in ptwr.calls)
+                                          (0x1003, 0x2003, 0x3003, 0x3203, 0x3202)] + [b"\x00"]
+    assert all(c[0] == RO_PAGE_VA and c[2] == 8 for c in ptwr.calls[:-1])
+    assert ptwr.calls[-1][2] == 1
 
 
 def test_page_fault_without_writable_pagetables_is_bounced(machine):
