@@ -41,3 +41,16 @@ def do_set_callbacks(ctx, event_address, failsafe_address, syscall_address):
             callback.address = address
             callback.masks_events = False
     return 0
+
+
+@hypercall("iret")
+def do_iret(ctx):
+    """HYPERVISOR_iret reached through a multicall (the CPU engine takes a direct one itself,
+    Xen: pv/iret.c): the frame at the guest's stack pointer is restored, the batch ends there
+    and its result is the restored %rax (XSA-213)."""
+    cpu = ctx.vcpu.arch
+    bouncer = getattr(cpu, "bouncer", None)
+    if bouncer is None:
+        return -E.ENOSYS        # a process domain has no frame to return to
+    bouncer.do_iret()
+    return cpu.engine.read("rax")
