@@ -25,12 +25,13 @@ EXPECTED = {
     "cpuid-faulting": "SUCCESS",    # Xen under QEMU: SKIP (no CPUID faulting on that host CPU)
     "xsa-167": "SKIP",              # no PV superpages, as on Xen
     "xsa-444": "SKIP",              # no DBEXT, as on Xen
-    "debug-regs": "FAILURE",        # known: see the triage in the report; Xen under QEMU: CRASH
-    "xsa-188": "FAILURE",           # known: FIFO event channels (EVTCHNOP_init_control) missing
-    "xsa-213": "CRASH",             # known
-    "xsa-260": "ERROR",             # known: no #DB after mov ss; Xen under QEMU: CRASH
-    **{f"xsa-{n}": "SUCCESS" for n in (122, 182, 193, 221, 224, 231, 232, 234, 255, 265, 279, 286,
-                                       296, 298, 316, 317, 333, 339, 7)},
+    # No hardware data breakpoints (%dr0-3 watchpoints) in the CPU engine yet; Xen under QEMU: CRASH.
+    "debug-regs": "FAILURE",
+    "xsa-260": "ERROR",
+    # Xen under QEMU: FAILURE ("emulator?"); pvhyp gives what Xen on hardware gives.
+    "xsa-298": "SUCCESS",
+    **{f"xsa-{n}": "SUCCESS" for n in (122, 182, 188, 193, 213, 221, 224, 231, 232, 234, 255, 265, 279,
+                                       286, 296, 316, 317, 333, 339, 7)},
 }
 FAST = ["example", "selftest", "pv-iopl", "xsa-122", "xsa-182", "xsa-7"]
 
@@ -65,7 +66,8 @@ def test_every_kernel():
     assert len(kernels) == 33, report
     assert verdict_class(outcomes["example"].verdict) == "SUCCESS", report
     assert verdict_class(outcomes["selftest"].verdict) == "SUCCESS", report
-    failures = [o.name for o in outcomes.values() if o.verdict == "FAILURE" and EXPECTED.get(o.name) != "FAILURE"]
+    # The acceptance bar: never FAILURE (debug-regs still fails it: see EXPECTED)
+    failures = [o.name for o in outcomes.values() if o.verdict == "FAILURE"]
     assert not failures, report
     passing = [k for k in kernels if _kernel_passes(outcomes, k)]
     assert len(passing) >= 25, report
