@@ -219,6 +219,7 @@ def _scalar_op(hypercall: str, arg_makers):
 
 
 def _domid(w, r): return r.choice(w.pools["domid"])
+def _foreigndom(w, r): return 0x7FF0 if r.random() < 0.7 else _domid(w, r)   # mostly DOMID_SELF
 def _ptr(w, r): return w.pointer(r, 64)
 def _small(w, r): return r.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 31, 32, 0xFFFF_FFFF, MASK64])
 def _va(w, r): return r.choice([0, 0x1000, 0x40_0000, 0x7FFF_FFFF_F000, 0xFFFF_8000_0000_0000,
@@ -242,9 +243,9 @@ def all_ops() -> list[Op]:
     for hypercall in _FAMILIES:
         ops += _family_ops(hypercall)
     ops.append(_array_op("mmu_update", ("abi.xen", "mmu_update"),
-                         lambda w, r, a, c: [a, c, w.pointer(r, 4), _domid(w, r)]))
+                         lambda w, r, a, c: [a, c, w.pointer(r, 4), _foreigndom(w, r)]))
     ops.append(_array_op("mmuext_op", ("abi.xen", "mmuext_op"),
-                         lambda w, r, a, c: [a, c, w.pointer(r, 4), _domid(w, r)]))
+                         lambda w, r, a, c: [a, c, w.pointer(r, 4), _foreigndom(w, r)]))
     try:
         ops.append(_array_op("set_trap_table", ("abi.arch_x86_xen", "trap_info"),
                              lambda w, r, a, c: [a]))

@@ -15,6 +15,7 @@ from pvhyp.fuzz.world import World
 from pvhyp.hypercall_table import HypercallContext
 
 RESET_EVERY = 2000          # a fresh world every so many steps keeps reproducers short
+SAMPLE_PERIOD, SAMPLED = 1000, 100   # coverage traces 100 steps in every 1,000 (tracing costs ~10x)
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Failure:
     detail: str
     steps: list[Step]
     path: str | None = None
+    world: str = "process"  # the attacker kind the steps ran against
 
 
 @dataclass
@@ -60,6 +62,7 @@ class Fuzzer:
         self.ops: list[Op] = ops
         self.stats = Stats()
         self.checkers = oracle.available_checkers()
+        self.kinds = ("x86", "x86", "process")      # x86 attackers reach the page-table paths
         self._new_world()
 
     # --- the world ---
@@ -67,8 +70,9 @@ class Fuzzer:
     def _new_world(self) -> None:
         old = getattr(self, "world", None)
         if old is not None:
-            old.hv.memory.close()
-        self.world = World(self.make_hv(), privileged=self.privileged, seed=self.rng.getrandbits(32))
+            old.close()
+        kind = self.rng.choice(self.kinds)
+        self.world = World(self.make_hv(), privileged=self.privileged, seed=self.rng.getrandbits(32), kind=kind)
         self.ctx = HypercallContext(self.world.attacker.vcpus[0])
         self.history: list[Step] = []
 
@@ -102,7 +106,7 @@ class Fuzzer:
     def execute(self, step: Step):
         """Run a step; returns (result, exception-or-None)."""
         for addr, data in step.writes:
-            if 0 <= addr and addr + len(data) <= len(self.world.channel.memory):
+            if 0 <= addr and addr + len(data) <= self.world.memory_size:
                 self.world.write(addr, data)
         args = (list(step.args) + [0] * 6)[:6]
         try:
@@ -152,9 +156,18 @@ class Fuzzer:
 
     # --- the loop ---
 
-    def run(self, steps: int | None = None, seconds: float | None = None, progress=None) -> Stats:
+    def run(self, steps: int | None = None, seconds: float | None = None, progress=None,
+            sampler=None) -> Stats:
+        """Fuzz until `steps` or `seconds`. A `sampler` (start()/stop(), e.g. coverage.py) is
+        on for the first SAMPLED steps of every SAMPLE_PERIOD."""
         last_report = 0.0
         while True:
+            if sampler is not None:
+                phase = self.stats.execs % SAMPLE_PERIOD
+                if phase == 0:
+                    sampler.start()
+                elif phase == SAMPLED:
+                    sampler.stop()
             if steps is not None and self.stats.execs >= steps:
                 break
             if seconds is not None and self.stats.elapsed >= seconds:
@@ -170,6 +183,8 @@ class Fuzzer:
             if progress and self.stats.elapsed - last_report >= 0.5:
                 last_report = self.stats.elapsed
                 progress(self)
+        if sampler is not None and self.stats.execs % SAMPLE_PERIOD < SAMPLED:
+            sampler.stop()
         failure = self._final_check()
         if failure is not None:
             self._record(failure)
@@ -182,6 +197,7 @@ class Fuzzer:
         return None
 
     def _record(self, failure: Failure) -> None:
+        failure.world = self.world.kind
         failure.steps = minimize(self.make_hv, failure, self.privileged, self.checkers)
         self.stats.failures.append(failure)
         if self.out_dir:
@@ -195,15 +211,16 @@ class Fuzzer:
 def save_reproducer(failure: Failure, path: str, privileged: bool) -> None:
     with open(path, "w") as f:
         json.dump({"kind": failure.kind, "detail": failure.detail, "privileged": privileged,
-                   "steps": [s.to_json() for s in failure.steps]}, f, indent=1)
+                   "world": failure.world, "steps": [s.to_json() for s in failure.steps]}, f, indent=1)
 
 
-def replay(make_hv, steps: list[Step], privileged: bool = False, checkers=None) -> Failure | None:
-    """Run `steps` on a fresh world (world seed 0); the first failure, or None."""
+def replay(make_hv, steps: list[Step], privileged: bool = False, checkers=None,
+           world: str = "process") -> Failure | None:
+    """Run `steps` on a fresh world of attacker kind `world` (seed 0); the first failure, or None."""
     fz = Fuzzer.__new__(Fuzzer)
     fz.make_hv, fz.privileged, fz.rng = make_hv, privileged, random.Random(0)
     fz.stats, fz.checkers = Stats(), (checkers if checkers is not None else oracle.available_checkers())
-    fz.world = World(make_hv(), privileged=privileged, seed=0)
+    fz.world = World(make_hv(), privileged=privileged, seed=0, kind=world)
     fz.ctx = HypercallContext(fz.world.attacker.vcpus[0])
     fz.history = []
     try:
@@ -216,13 +233,15 @@ def replay(make_hv, steps: list[Step], privileged: bool = False, checkers=None) 
             return Failure(f"invariant {problems[0].split(':')[0]}", "\n".join(problems), list(steps))
         return None
     finally:
-        fz.world.hv.memory.close()
+        fz.world.close()
 
 
-def load_reproducer(path: str) -> tuple[list[Step], bool, str]:
+def load_reproducer(path: str) -> tuple[list[Step], bool, str, str]:
+    """(steps, privileged, failure kind, attacker world kind) of a saved reproducer."""
     with open(path) as f:
         data = json.load(f)
-    return [Step.from_json(s) for s in data["steps"]], bool(data.get("privileged")), data.get("kind", "")
+    return ([Step.from_json(s) for s in data["steps"]], bool(data.get("privileged")), data.get("kind", ""),
+            data.get("world", "process"))
 
 
 def minimize(make_hv, failure: Failure, privileged: bool, checkers, budget_s: float = 30.0) -> list[Step]:
@@ -231,7 +250,7 @@ def minimize(make_hv, failure: Failure, privileged: bool, checkers, budget_s: fl
     deadline = time.monotonic() + budget_s
 
     def still_fails(candidate: list[Step]) -> bool:
-        f = replay(make_hv, candidate, privileged, checkers)
+        f = replay(make_hv, candidate, privileged, checkers, failure.world)
         return f is not None and f.kind == failure.kind
 
     if not still_fails(steps):

@@ -1,37 +1,52 @@
 """The world a fuzz run attacks: a hostile domain, a victim, and pools of values.
 
-Both are process domains (pseudo-physical addressing), so the attacker's
-argument buffers stay reachable whatever it does to its own page tables.
-The attacker is unprivileged unless asked otherwise; the victim is passive,
-and nothing the attacker does may change the victim's memory.
+The attacker is either an x86 PV domain (kind "x86": real page tables, pinned
+and validated, pfn N mapped at virtual N << 12, so it can pin, update and
+unpin tables, and its argument pointers go through its page tables), or a
+process domain (kind "process": pseudo-physical pointers, frames that can
+never become page tables). Either way an argument at address A lives in pfn
+A >> 12. The attacker is unprivileged unless asked otherwise; the victim is a
+passive process domain, and nothing an unprivileged attacker does may change
+its memory.
 """
 from __future__ import annotations
 
 import hashlib
 import random
+import threading
 
-from pvhyp.channel import InProcessChannel, create_process_domain
+from pvhyp.channel import InProcessChannel, create_process_domain  # noqa: F401
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 
 DOMID_SELF, DOMID_IO, DOMID_XEN, DOMID_COW, DOMID_INVALID = 0x7FF0, 0x7FF1, 0x7FF2, 0x7FF3, 0x7FF4
 ATTACKER_PAGES = 96
 BUFFER_PAGES = 8            # pfns 0..7 hold argument buffers; the rest are frames to play with
 VICTIM_PAGES = 32
+WAKE_AFTER_S = 0.005        # how long a blocked attacker vCPU waits for its "event"
 PTE_FLAG_CHOICES = (0x0, 0x1, 0x3, 0x5, 0x7, 0x27, 0x67, 0x87, 0x107, 0x1E7,
                     0x8000_0000_0000_0007, 0x800, 0xFFF, 0x7FF0_0000_0000_0007)
 
 
 class World:
-    def __init__(self, hv, privileged: bool = False, seed: int = 0):
+    def __init__(self, hv, privileged: bool = False, seed: int = 0, kind: str = "process"):
         self.hv = hv
         self.dom0 = None
-        if privileged:
-            self.attacker = create_process_domain(hv, ATTACKER_PAGES, privileged=True, domid=0)
-        else:
+        self.kind = kind
+        attacker_domid = 0 if privileged else 1
+        if not privileged:
             self.dom0 = create_process_domain(hv, 16, privileged=True, domid=0)
-            self.attacker = create_process_domain(hv, ATTACKER_PAGES, domid=1)
+        table_pfns: list[int] = []
+        if kind == "x86":
+            from pvhyp.mm.testbed import build_pv_domain
+            layout = build_pv_domain(hv, ATTACKER_PAGES, privileged=privileged, domid=attacker_domid)
+            self.attacker = layout.domain
+            table_pfns = list(layout.table_pfns)
+        elif kind == "process":
+            self.attacker = create_process_domain(hv, ATTACKER_PAGES, privileged=privileged,
+                                                  domid=attacker_domid)
+        else:
+            raise ValueError(f"unknown attacker kind {kind!r}")
         self.victim = create_process_domain(hv, VICTIM_PAGES, domid=2)
-        self.channel = InProcessChannel(hv, self.attacker)
         rng = random.Random(seed)
         victim_mem = InProcessChannel(hv, self.victim).memory
         victim_mem[:] = rng.randbytes(len(victim_mem))
@@ -40,11 +55,17 @@ class World:
         self.victim_frames = tuple(self.victim.p2m)
         self.victim_digest = self.victim_memory_digest()
 
+        # The fuzzer plays the attacker's vCPU: when a step blocks it (SCHEDOP_block,
+        # SCHEDOP_poll), something must wake it as an event or timer would.
+        self._closing = threading.Event()
+        self._waker = threading.Thread(target=self._wake_blocked, name="fuzz-waker", daemon=True)
+        self._waker.start()
+
         a, v = self.attacker, self.victim
         self.pools: dict[str, list[int]] = {
             "own_pfn": list(range(len(a.p2m))),
             "own_mfn": list(a.p2m),
-            "own_pt_mfn": list(a.p2m[BUFFER_PAGES:]),
+            "own_pt_mfn": [a.p2m[p] for p in table_pfns] + list(a.p2m[BUFFER_PAGES:]),
             "foreign_mfn": list(v.p2m) + [v.shared_info_mfn],
             "xen_mfn": [0, hv.m2p_first_mfn, hv.m2p_first_mfn + hv.m2p_nr_frames - 1],
             "bad_mfn": [hv.memory.nr_frames, hv.memory.nr_frames + 1, (1 << 40) - 1, (1 << 52) - 1, 1 << 63],
@@ -55,6 +76,19 @@ class World:
             "handle": [0, 1, 2, 0xFFFF_FFFF],
             "vcpu": [0, 1, 31, 0xFFFF_FFFF],
         }
+
+    def _wake_blocked(self) -> None:
+        while not self._closing.wait(WAKE_AFTER_S):
+            for vcpu in self.attacker.vcpus:
+                if vcpu.blocked and getattr(self.hv, "sched", None) is not None:
+                    self.hv.sched.wake(vcpu)
+
+    def close(self) -> None:
+        self._closing.set()
+        for vcpu in self.attacker.vcpus:
+            vcpu.kick()
+        self._waker.join(1.0)
+        self.hv.memory.close()
 
     # --- attacker memory (argument buffers) ---
 
@@ -72,11 +106,41 @@ class World:
         return rng.choice([0, end - 4, end, end + PAGE_SIZE, 1 << 47, 0xFFFF_8000_0000_0000,
                            0xFFFF_FFFF_FFFF_FFF8, (1 << 64) - 1])
 
+    @property
+    def memory_size(self) -> int:
+        return len(self.attacker.p2m) << PAGE_SHIFT
+
     def write(self, addr: int, data: bytes) -> None:
-        self.channel.memory[addr:addr + len(data)] = data
+        """Put argument bytes at attacker address `addr` (pfn addr >> 12), as the guest would."""
+        buf = self.hv.memory.buf
+        pos = 0
+        while pos < len(data):
+            a = addr + pos
+            n = min(len(data) - pos, PAGE_SIZE - (a & (PAGE_SIZE - 1)))
+            mfn = self._mfn(a)
+            if mfn is not None:     # a page the attacker gave away takes no argument bytes
+                ma = (mfn << PAGE_SHIFT) | (a & (PAGE_SIZE - 1))
+                buf[ma:ma + n] = data[pos:pos + n]
+            pos += n
+
+    def _mfn(self, addr: int) -> int | None:
+        """The attacker's frame behind argument address `addr`, if it still has one."""
+        mfn = self.attacker.pfn_to_mfn(addr >> PAGE_SHIFT)
+        return mfn if self.hv.frames.owned_by(mfn, self.attacker.domid) else None
 
     def read(self, addr: int, size: int) -> bytes:
-        return bytes(self.channel.memory[addr:addr + size])
+        out = bytearray()
+        buf = self.hv.memory.buf
+        while len(out) < size:
+            a = addr + len(out)
+            n = min(size - len(out), PAGE_SIZE - (a & (PAGE_SIZE - 1)))
+            mfn = self._mfn(a)
+            if mfn is None:
+                out += bytes(n)
+                continue
+            ma = (mfn << PAGE_SHIFT) | (a & (PAGE_SIZE - 1))
+            out += buf[ma:ma + n]
+        return bytes(out)
 
     # --- invariants that belong to the world ---
 

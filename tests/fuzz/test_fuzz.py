@@ -27,8 +27,8 @@ def test_privileged_attacker_short_run():
 
 @pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
 def test_regression_corpus(path):
-    steps, privileged, kind = runner.load_reproducer(str(path))
-    failure = runner.replay(make_hv, steps, privileged)
+    steps, privileged, kind, world = runner.load_reproducer(str(path))
+    failure = runner.replay(make_hv, steps, privileged, world=world)
     assert failure is None, f"{path.name} ({kind}) fails again: {failure.kind}\n{failure.detail}"
 
 
@@ -49,5 +49,5 @@ def test_an_escaping_exception_is_caught_minimized_and_replayable(tmp_path):
     failure.steps = noise + failure.steps
     fz._record(failure)
     assert len(fz.stats.failures[0].steps) == 1
-    steps, privileged, _ = runner.load_reproducer(fz.stats.failures[0].path)
-    assert runner.replay(make_buggy_hv, steps, privileged).kind == failure.kind
+    steps, privileged, _, world = runner.load_reproducer(fz.stats.failures[0].path)
+    assert runner.replay(make_buggy_hv, steps, privileged, world=world).kind == failure.kind
