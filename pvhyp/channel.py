@@ -41,6 +41,39 @@ class ChannelError(Exception):
         self.errno = errno
 
 
+# Page types a frame may hold while nobody may write it directly (pvhyp/mm/pagetype.py:
+# L1-L4 tables and descriptor pages); a writable mapping would bypass validation.
+_TYPES_NEVER_WRITABLE = frozenset({1, 2, 3, 4, 5})
+
+
+def foreign_frames(hv, caller: Domain, domid: int, pfns, writable: bool) -> list[int]:
+    """privcmd's mmap-batch check: the machine frames of `domid`'s `pfns` that `caller` may map.
+
+    The one rule set for every channel (in-process and socket). Only a
+    privileged caller maps foreign frames, only populated ones, never the
+    hypervisor's, and never writable while the frame is typed as a page table
+    or descriptor page: Xen refuses that writable reference (get_page_type
+    PGT_writable_page fails), or dom0 could rewrite a validated table.
+    """
+    if not caller.is_privileged:
+        raise ChannelError(1, "foreign mapping needs a privileged domain")            # EPERM
+    target = hv.get_domain(domid)
+    if target is None or target.is_dying:
+        raise ChannelError(3, f"no domain {domid}")                                  # ESRCH
+    frames = hv.frames
+    types = getattr(frames, "type", None)
+    mfns = []
+    for pfn in pfns:
+        mfn = target.pfn_to_mfn(pfn)
+        if not frames.owned_by(mfn, domid):
+            raise ChannelError(22, f"d{domid} pfn {pfn:#x} is not populated")        # EINVAL
+        if writable and types is not None and types[mfn] in _TYPES_NEVER_WRITABLE \
+                and frames.type_count[mfn] > 0:
+            raise ChannelError(22, f"d{domid} pfn {pfn:#x} is a page table; map it read-only")
+        mfns.append(mfn)
+    return mfns
+
+
 def create_process_domain(hv, nr_pages: int, privileged: bool = False, domid: int | None = None,
                           max_vcpus: int = 1) -> Domain:
     """A domain whose "CPU" is an OS process: contiguous memory, pseudo-physical addressing."""
@@ -82,18 +115,8 @@ class InProcessChannel:
         return self.hv.hypercalls.dispatch(self._ctx, nr, (list(args) + [0] * 6)[:6])
 
     def map_foreign(self, domid: int, pfns, writable: bool = True) -> list[memoryview]:
-        if not self.domain.is_privileged:
-            raise ChannelError(1, "foreign mapping needs a privileged domain")       # EPERM
-        target = self.hv.get_domain(domid)
-        if target is None:
-            raise ChannelError(3, f"no domain {domid}")                             # ESRCH
-        views = []
-        for pfn in pfns:
-            mfn = target.pfn_to_mfn(pfn)
-            if not self.hv.frames.owned_by(mfn, domid):
-                raise ChannelError(22, f"d{domid} pfn {pfn:#x} is not populated")   # EINVAL
-            views.append(self._frame_view(mfn, writable))
-        return views
+        return [self._frame_view(mfn, writable)
+                for mfn in foreign_frames(self.hv, self.domain, domid, pfns, writable)]
 
     def map_machine_frame(self, mfn: int, writable: bool = True) -> memoryview:
         may_map = getattr(self.hv, "may_host_map", None)

@@ -41,7 +41,7 @@ import traceback
 from typing import Callable
 
 from abi import errno as xen_errno
-from pvhyp.channel import create_process_domain
+from pvhyp.channel import ChannelError, create_process_domain, foreign_frames
 from pvhyp.domain import SHUTDOWN_CRASH, Domain
 from pvhyp.hypervisor import DOMID_FIRST_RESERVED
 from pvhyp.hypercall_table import HypercallContext
@@ -220,17 +220,10 @@ class Connection:
         if len(payload) != MAP_FOREIGN.size + 8 * count:
             raise BadFrame("map_foreign count does not match its payload")
         pfns = struct.unpack_from(f"<{count}Q", payload, MAP_FOREIGN.size)
-        if not self.domain.is_privileged:
-            return RESULT.pack(-xen_errno.EPERM), []
-        target = self.hv.get_domain(domid)
-        if target is None or target.is_dying:
-            return RESULT.pack(-xen_errno.ESRCH), []
-        mfns = []
-        for pfn in pfns:
-            mfn = target.pfn_to_mfn(pfn)
-            if not self.hv.frames.owned_by(mfn, domid):
-                return RESULT.pack(-xen_errno.EINVAL), []
-            mfns.append(mfn)
+        try:
+            mfns = foreign_frames(self.hv, self.domain, domid, pfns, bool(writable))
+        except ChannelError as e:
+            return RESULT.pack(-e.errno), []
         return RESULT.pack(0) + struct.pack(f"<{count}Q", *mfns), []
 
     def _op_map_machine_frame(self, payload: bytes):

@@ -90,3 +90,19 @@ def test_destroy_scrubs_and_frees_every_frame(hv):
     assert hv.frames.free_frames == free_before
     assert all(hv.memory.read(m << 12, 6) == bytes(6) for m in mfns)
     assert all(hv.get_m2p(m) == 0xFFFF_FFFF_FFFF_FFFF for m in mfns)
+
+
+def test_dom0_cannot_map_a_validated_page_table_writable(hv):
+    """privcmd's rule: a frame typed as a page table maps read-only only, else dom0 bypasses validation."""
+    from pvhyp.channel import ChannelError, InProcessChannel, create_process_domain
+    from pvhyp.mm.testbed import build_pv_domain
+    dom0 = create_process_domain(hv, nr_pages=8, privileged=True, domid=0)
+    chan = InProcessChannel(hv, dom0)
+    layout = build_pv_domain(hv, 64)
+    l4_pfn = layout.domain.p2m.index(layout.l4)
+    with pytest.raises(ChannelError):
+        chan.map_foreign(layout.domain.domid, [l4_pfn], writable=True)
+    (view,) = chan.map_foreign(layout.domain.domid, [l4_pfn], writable=False)
+    assert view.readonly
+    (data,) = chan.map_foreign(layout.domain.domid, [0], writable=True)   # an ordinary page: fine
+    assert not data.readonly
