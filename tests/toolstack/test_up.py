@@ -190,9 +190,6 @@ def test_an_xtf_kernel_boots_under_pvhyp_up(xtf_host):
     assert f"(d{domid}) Hello World" in xtf_host.pvhyp("dmesg").stdout
 
 
-@pytest.mark.xfail(reason="pvhyp/cpu/engine.py close() calls Uc.release_handle() without its handle: "
-                          "destroying an x86 domain raises in the destroy hook, which crashes dom0 (the caller)",
-                   strict=False)
 def test_an_xtf_domain_is_destroyed(xtf_host):
     xtf_host.wait_for(lambda: "Test result" in xtf_host.pvhyp("dmesg").stdout, what="XTF's verdict")
     xtf_host.pvhyp("destroy", "xtf")
