@@ -22,6 +22,9 @@ from pvhyp.cpu.emulate import FORCED_EMULATION_PREFIX, PrivilegedOps
 from pvhyp.cpu.engine import GPR_NAMES, CpuEngine, CpuState, ExitReason
 from pvhyp.cpu.ptwr import emulate_pagetable_write
 from pvhyp.cpu.traps import GuestCrash, TrapBouncer
+from pvhyp.cpu.watchpoints import Watchpoints
+
+VECTOR_DB = 1
 
 HYPERVISOR_IRET = 23
 VECTOR_UD, VECTOR_GP, VECTOR_PF = 6, 13, 14
@@ -69,6 +72,8 @@ class PvVcpu:
         self.engine = CpuEngine(memory, layout, self)
         self.bouncer = TrapBouncer(self.engine, self.pv)
         self.priv = PrivilegedOps(self.engine, self.pv, self.bouncer, self.vcpu_id, on_new_cr3, debug_registers)
+        self.watchpoints = Watchpoints(self.engine, self.pv,
+                                       lambda: self._guarded(self.bouncer.bounce_exception, VECTOR_DB))
         self.counts = {"hypercall": 0, "exception": 0, "emulated": 0}
         self._running_thread: threading.Thread | None = None
         self._posted: collections.deque = collections.deque()
@@ -169,6 +174,8 @@ class PvVcpu:
             self._sync_gdt()
         elif what == "cr0_ts":
             engine.set_cr0_ts(pv.cr0_ts)
+        elif what == "debugreg":
+            self.watchpoints.reload()
 
     def _sync_gdt(self) -> None:
         pv = self.pv

@@ -1,0 +1,99 @@
+"""Data breakpoints (%dr0-3 with %dr7 R/W = write or read/write): the hardware's, for PV guests.
+
+Xen leaves a PV guest's breakpoints in the real debug registers; unicorn has
+none, so each enabled data breakpoint becomes a unicorn memory hook over its
+bytes. A hit sets its B bit in %dr6 and, once the instruction has retired,
+raises #DB (a trap: the frame's RIP is the next instruction). After `mov ss`
+/ `pop ss` the CPU holds the #DB until one more instruction has retired; when
+that instruction enters the hypervisor (syscall, int), Xen takes the #DB in
+its own context and only keeps the %dr6 bits (XSA-260), so none is raised.
+"""
+from __future__ import annotations
+
+import capstone
+from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+
+from pvhyp.cpu.guest_memory import read_guest_virtual
+from pvhyp.guest_access import GuestFault, walk
+
+_LENGTHS = {0: 1, 1: 2, 2: 8, 3: 4}        # %dr7 LEN field -> bytes
+_RW_WRITE, _RW_READWRITE = 1, 3
+_DISASSEMBLER = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+
+
+class Watchpoints:
+    def __init__(self, engine, pv, raise_debug_exception):
+        self.engine = engine
+        self.pv = pv
+        self.raise_debug_exception = raise_debug_exception
+        self._hooks: list = []
+        self._hit_bits = 0
+        self._hit_rip = 0
+        self._stepping = False
+
+    def reload(self) -> None:
+        """%dr0-3 or %dr7 changed: hooks for exactly the enabled data breakpoints."""
+        uc = self.engine.uc
+        for hook in self._hooks:
+            uc.hook_del(hook)
+        self._hooks = []
+        dr7 = self.pv.dr7
+        for index in range(4):
+            if not (dr7 >> (2 * index)) & 3:
+                continue
+            rw = (dr7 >> (16 + 4 * index)) & 3
+            if rw not in (_RW_WRITE, _RW_READWRITE):
+                continue        # instruction and I/O breakpoints are not modelled
+            length = _LENGTHS[(dr7 >> (18 + 4 * index)) & 3]
+            start = self.pv.dr[index] & ~(length - 1)
+            kinds = UC_HOOK_MEM_WRITE | (UC_HOOK_MEM_READ if rw == _RW_READWRITE else 0)
+            maddr = self._machine_address(start)
+            if maddr is None:
+                continue        # not mapped now: the breakpoint arms when %dr7 is next written
+            self._hooks.append(uc.hook_add(kinds, self._hit, 1 << index, maddr, maddr + length - 1))
+        # Hooks take effect in code translated after this: stop at this instruction's end.
+        uc.ctl_flush_tb()
+        self.engine.defer_after_stop(lambda: None)
+
+    def _machine_address(self, va: int) -> int | None:
+        # unicorn reports data accesses by physical address: the hook covers the frame the
+        # breakpoint's address maps to when it is set (an alias of that frame hits it too)
+        try:
+            return walk(self.engine.memory, self.engine.cr3 >> 12, va, write=False, user=False)
+        except GuestFault:
+            return None
+
+    def _hit(self, uc, access, address, size, value, bit) -> None:
+        if self._stepping:
+            return
+        if not self._hit_bits:
+            self._hit_rip = self.engine.read("rip")
+            self.engine.defer_after_stop(self._raise)
+        self._hit_bits |= bit
+
+    def _instruction(self, rip: int):
+        code = read_guest_virtual(self.engine.memory, self.engine.cr3, rip, 16) or b""
+        return next(_DISASSEMBLER.disasm(code, rip, 1), None)
+
+    def _step(self, rip: int, insn) -> None:
+        """Retire one instruction outside the main run (its own breakpoint hits ignored)."""
+        self._stepping = True
+        try:
+            self.engine.uc.emu_start(rip, rip + insn.size, 0, 1)
+        finally:
+            self._stepping = False
+
+    def _raise(self) -> None:
+        bits, self._hit_bits = self._hit_bits, 0
+        self.pv.dr6 |= bits
+        done = self._instruction(self._hit_rip)
+        if done is not None and self.engine.read("rip") == self._hit_rip:
+            # unicorn stopped inside the access, before the instruction retired
+            self._step(self._hit_rip, done)
+        if done is not None and done.mnemonic in ("mov", "pop") and done.op_str.startswith("ss"):
+            following = self.engine.read("rip")
+            nxt = self._instruction(following)
+            if nxt is None or nxt.mnemonic in ("syscall", "sysenter", "int", "int3", "into", "int1"):
+                return          # the #DB lands in the hypervisor, which keeps only %dr6
+            self._step(following, nxt)
+        self.raise_debug_exception()
