@@ -179,11 +179,16 @@ class TrapBouncer:
         The hardware would have loaded rcx/r11 with the return RIP and RFLAGS;
         the frame carries those, as on Xen.
         """
-        cb = self.pv.syscall_callback
-        rip, rsp, rflags = self.engine.read_many(("rip", "rsp", "rflags"))
+        rip, rsp, rflags, cs = self.engine.read_many(("rip", "rsp", "rflags", "cs"))
         next_rip = rip + 2
-        # Xen's SYSCALL entry records its own flat selectors, not the user's.
-        regs = {"rip": next_rip, "rsp": rsp, "rflags": rflags, "cs": L.FLAT_USER_CS, "ss": L.FLAT_USER_SS,
+        # Xen's SYSCALL entries record their own flat selectors, not the user's: LSTAR's
+        # (64-bit code) or CSTAR's (compat code), which goes to the syscall32 callback
+        # when there is one (switch_to_kernel).
+        descriptor = self._descriptor(cs)
+        compat = descriptor is not None and not (descriptor >> 53) & 1
+        frame_cs = L.FLAT_RING3_CS32 if compat else L.FLAT_USER_CS
+        cb = self.pv.syscall32_callback if compat and self.pv.syscall32_callback.address else self.pv.syscall_callback
+        regs = {"rip": next_rip, "rsp": rsp, "rflags": rflags, "cs": frame_cs, "ss": L.FLAT_USER_SS,
                 "rcx": next_rip, "r11": rflags}
         self.bounce(cb.address, TBF_INTERRUPT if cb.masks_events else 0, regs=regs)
         self.engine.write("rflags", self.engine.read("rflags") & ~RFLAGS_DF)
