@@ -87,6 +87,11 @@ MODULES: tuple[HeaderModule, ...] = (
     HeaderModule("abi.elfnote", "elfnote.h"),
     HeaderModule("abi.domctl", "domctl.h"),
     HeaderModule("abi.sysctl", "sysctl.h"),
+    HeaderModule(
+        "abi.pvhyp_channel",
+        None,
+        why_no_header="pvhyp's own socket channel for process domains (privcmd's part); not Xen's ABI",
+    ),
     HeaderModule("abi.io.ring", "io/ring.h"),
     HeaderModule("abi.io.console", "io/console.h"),
     HeaderModule("abi.io.blkif", "io/blkif.h"),

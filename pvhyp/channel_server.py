@@ -7,8 +7,8 @@ machine memfd travels with the greeting (SCM_RIGHTS): the client maps its own
 contiguous frames and, after a check here, the frames it is allowed to map.
 
 Wire format (little-endian), both directions: a header `<HHI` (op, flags=0,
-payload length) then the payload. The client (pvguest/hypercall_channel.py)
-speaks the same numbers; tests/dom0/test_channel_wire.py checks they agree.
+payload length) then the payload. Both ends take every number and layout from
+abi/pvhyp_channel.py (the client is pvguest/hypercall_channel.py).
 
   server -> client, once:  OP_HELLO  <HHIQQQQ domid, privileged, nr_pages, first_mfn,
                            machine_bytes, shared_info_mfn, reserved>  + fds [memfd, event socket]
@@ -47,34 +47,11 @@ from pvhyp.hypervisor import DOMID_FIRST_RESERVED
 from pvhyp.hypercall_table import HypercallContext
 from pvhyp.memory import PAGE_SHIFT
 from pvhyp.mm.frametable import DOMID_XEN, OutOfMemory
+from abi.pvhyp_channel import (  # the wire format both ends share
+    HEADER, MAX_PAYLOAD, OP_HELLO, OP_HYPERCALL, OP_MAP_FOREIGN, OP_MAP_MACHINE_FRAME, OP_READCONSOLE, OP_CREATE_DOMAIN, OP_CONNECT_DOMAIN, OP_DESTROY_DOMAIN, OP_DOMAIN_INFO, OP_REPLY, HELLO, HYPERCALL, MAP_FOREIGN, MAP_MACHINE_FRAME, READCONSOLE, CREATE_DOMAIN, DOMID_ARG, RESULT, READCONSOLE_RESULT, ALL_DOMAINS, MAX_READCONSOLE,
+)
 
 log = logging.getLogger("pvhyp.channel")
-
-HEADER = struct.Struct("<HHI")
-MAX_PAYLOAD = 1 << 20
-
-OP_HELLO = 0x01
-OP_HYPERCALL = 0x02
-OP_MAP_FOREIGN = 0x03
-OP_MAP_MACHINE_FRAME = 0x04
-OP_READCONSOLE = 0x05
-OP_CREATE_DOMAIN = 0x06
-OP_CONNECT_DOMAIN = 0x07
-OP_DESTROY_DOMAIN = 0x08
-OP_DOMAIN_INFO = 0x09
-OP_REPLY = 0x80
-
-HELLO = struct.Struct("<HHIQQQQ")
-HYPERCALL = struct.Struct("<7Q")
-MAP_FOREIGN = struct.Struct("<HHI")
-MAP_MACHINE_FRAME = struct.Struct("<QI")
-READCONSOLE = struct.Struct("<HHIQ")
-CREATE_DOMAIN = struct.Struct("<II")
-DOMID_ARG = struct.Struct("<I")
-RESULT = struct.Struct("<q")
-READCONSOLE_RESULT = struct.Struct("<qQ")
-ALL_DOMAINS = 0xFFFF_FFFF
-MAX_READCONSOLE = 64 << 10
 
 
 class BadFrame(Exception):
