@@ -14,6 +14,8 @@ from pvhyp.cpu.guest_memory import read_guest_virtual
 
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 FORCED_EMULATION_PREFIX = bytes.fromhex("0f0b") + b"xen"
+# SERIALIZE (CPUID.7.0:EDX[14]); TCG does not know it, so its #UD is completed here.
+SERIALIZE_INSN = bytes.fromhex("0f01e8")
 
 MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE = 0xC000_0080, 0xC000_0100, 0xC000_0101, 0xC000_0102
 EFER_VALUE = 0xD01                         # SCE | LME | LMA | NXE
@@ -68,6 +70,12 @@ def cpuid_policy(leaf: int, subleaf: int, vcpu_id: int = 0) -> tuple[int, int, i
         return (XEN_VERSION_MAJOR << 16) | XEN_VERSION_MINOR, 0, 0, 0
     if leaf == 0x4000_0002:
         return 1, 0x4000_0000, 0, 0          # one hypercall page, via MSR 0x40000000
+    if leaf == 7:
+        # Xen hands SERIALIZE to PV guests. Linux then serialises after text
+        # patching with it instead of an `iretq` to itself, which misbehaves
+        # now and then on unicorn at CPL3 (the guest lands on a stack or data
+        # address right after patching kernel text).
+        return (0, 0, 0, 1 << 14) if subleaf == 0 else (0, 0, 0, 0)
     if 0x4000_0003 <= leaf <= 0x4000_0005:
         return 0, 0, 0, 0
     if leaf == 0x8000_0000:
@@ -115,6 +123,13 @@ class PrivilegedOps:
         """`ud2; "xen"; cpuid` at RIP (Xen's forced-emulation prefix)."""
         code = read_guest_virtual(self.engine.memory, self.engine.cr3, rip, 7)
         return code is not None and code[:5] == FORCED_EMULATION_PREFIX and code[5:7] == b"\x0f\xa2"
+
+    def serialize(self, rip: int) -> bool:
+        """Complete a SERIALIZE that TCG refused with #UD (nothing to order in an emulator)."""
+        if read_guest_virtual(self.engine.memory, self.engine.cr3, rip, len(SERIALIZE_INSN)) != SERIALIZE_INSN:
+            return False
+        self.engine.write("rip", rip + len(SERIALIZE_INSN))
+        return True
 
     def forced_cpuid(self, rip: int) -> None:
         """Emulate the cpuid and step past all 7 bytes."""

@@ -259,7 +259,9 @@ class PvVcpu:
 
     def _invalid_opcode(self) -> None:
         rip = self.engine.read("rip")
-        if not self.priv.is_forced_cpuid(rip):
+        if self.priv.serialize(rip):
+            self.counts["emulated"] += 1
+        elif not self.priv.is_forced_cpuid(rip):
             self.bouncer.bounce_exception(VECTOR_UD)
         elif self.priv.cpuid_faults():
             # Xen steps over the prefix first: the #GP names the cpuid itself.
