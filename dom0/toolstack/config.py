@@ -9,6 +9,7 @@ pvhyp extension: `kernel = "python:MODULE[:FUNCTION]"` boots a Python guest.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -343,6 +344,10 @@ def parse_config(text: str, source: str = "<config>") -> DomainConfig:
     if not cfg.kernel:
         raise ConfigError(f"{source}: no kernel (pvhyp boots PV kernels directly: set `kernel = \"...\"`)")
     cfg.ramdisk = get("ramdisk", str, "")
+    # `~` names the user's image cache (pvhyp image debian) in shipped examples.
+    if not cfg.kernel.startswith("python:"):
+        cfg.kernel = os.path.expanduser(cfg.kernel)
+    cfg.ramdisk = os.path.expanduser(cfg.ramdisk) if cfg.ramdisk else ""
     cmdline = get("cmdline", str)
     if cmdline is None:
         # xl builds it from root= and extra= when cmdline is absent
