@@ -24,10 +24,8 @@ from pvhyp.cpu.ptwr import emulate_pagetable_write
 from pvhyp.cpu.traps import GuestCrash, TrapBouncer
 from pvhyp.cpu.watchpoints import Watchpoints
 
-VECTOR_DB = 1
-
 HYPERVISOR_IRET = 23
-VECTOR_UD, VECTOR_GP, VECTOR_PF = 6, 13, 14
+VECTOR_DB, VECTOR_UD, VECTOR_GP, VECTOR_PF = 1, 6, 13, 14
 PFEC_PRESENT, PFEC_WRITE = 0x1, 0x2
 
 VMASST_TYPE_WRITABLE_PAGETABLES = 2
