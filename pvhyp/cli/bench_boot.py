@@ -1,0 +1,212 @@
+"""`pvhyp bench boot`: Debian 12's kernel to its shell, pvhyp against QEMU TCG, side by side.
+
+Both boot the same bzImage + busybox initramfs (`pvhyp image debian`); the
+clock runs from the start of the guest (pvhyp: domain creation through
+dom0's toolstack; QEMU: process start) to the initramfs's marker line
+(`PVHYP-GUEST-UP ...`). pvhyp's half also reports the hypercalls, traps and
+emulated instructions (privileged ops and page-table writes) of the boot.
+If pvhyp does not reach the marker, it says how far the guest got (its last
+console line, the time) and prints the crash diagnosis (pvhyp.diagnose).
+
+`PvhypBoot` is the programmatic form (tests/debian drive the shell with it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import select
+import shutil
+import subprocess
+import sys
+import time
+
+from pvhyp.cli import UserError
+
+DESCRIPTION = "boot Debian 12's kernel to its shell marker: pvhyp vs qemu-system-x86_64 -accel tcg (s)"
+MARKER = b"PVHYP-GUEST-UP"
+PVHYP_CMDLINE = "console=hvc0"
+QEMU_CMDLINE = "console=ttyS0"
+DEFAULT_TIMEOUT = 900.0
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--dir", help="image directory (default: pvhyp image debian's cache; built if missing)")
+    parser.add_argument("--memory", type=int, default=256, metavar="MB", help="guest memory (default 256)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per boot (default 900)")
+    parser.add_argument("--no-qemu", action="store_true", help="skip the QEMU half")
+    parser.add_argument("--cmdline", default="", help="extra kernel command line for pvhyp (e.g. loglevel=8)")
+
+
+def find_image(directory: str | None = None) -> dict:
+    """The image manifest (absolute paths): an existing image in `directory`, else a fresh build."""
+    from pvguest.recipes import debian
+    out_dir = pathlib.Path(directory) if directory else debian.DEFAULT_DIR
+    manifest_path = out_dir / "manifest.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if all((out_dir / manifest[k]).exists() for k in ("kernel", "ramdisk")):
+            return debian._absolute(manifest, out_dir)
+    try:
+        return debian.build(out_dir)
+    except Exception as e:      # no network, no apt: one line for the user
+        raise UserError(f"no Debian image in {out_dir} and building one failed: {e}") from None
+
+
+def guest_config(image: dict, memory: int = 256, name: str = "debian", extra: str = "") -> str:
+    cmdline = " ".join(filter(None, (PVHYP_CMDLINE, extra)))
+    return (f'name = "{name}"\nkernel = "{image["kernel"]}"\nramdisk = "{image["ramdisk"]}"\n'
+            f'memory = {memory}\nvcpus = 1\nextra = "{cmdline}"\n')
+
+
+class PvhypBoot:
+    """One Debian guest under a fresh pvhyp (hypervisor here, dom0 as a process), console in hand."""
+
+    def __init__(self, image: dict, memory: int = 256, extra: str = ""):
+        from pvhyp.cli.run_cmd import OneShot
+        self.run = OneShot(guest_config(image, memory, extra=extra), "<bench boot>", memory)
+        self.hv = self.run.hv
+        self.started = 0.0
+        self.domid: int | None = None
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.domid = self.run.start()
+
+    @property
+    def domain(self):
+        return self.hv.domains.get(self.domid)
+
+    def output(self) -> bytes:
+        """The hvc0 ring so far (dom0's console log of it), then console_io (early printk)."""
+        return self.run.ring_text() + bytes(self.run.console_io)
+
+    def wait_for(self, needle: bytes, timeout: float, after: int = 0) -> bool:
+        """Pump the console until `needle` appears past ring offset `after`, the guest stops, or timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.run.pump(0.1)
+            if needle in self.run.ring_text()[after:]:
+                return True
+            if self.run.done.is_set():
+                return needle in self.run.ring_text()[after:]
+        return False
+
+    def send(self, line: str) -> None:
+        fd = self.run._ring_fd
+        if fd is None:
+            raise RuntimeError("the guest's console pty is not open")
+        os.write(fd, line.encode() + b"\r")
+
+    def command(self, line: str, timeout: float = 120.0) -> str:
+        """Run a shell command on hvc0; its output (between our sentinels), or raise on timeout."""
+        tag = f"__pvhyp_{time.monotonic_ns()}"
+        start = len(self.run.ring_text())
+        self.send(f"echo {tag}-begin; {line}; echo {tag}-end $?")
+        if not self.wait_for(f"{tag}-end ".encode(), timeout, start):
+            raise TimeoutError(f"{line!r}: no answer in {timeout:.0f}s; console tail: "
+                               f"{self.run.ring_text()[-600:].decode(errors='replace')}")
+        text = self.run.ring_text()[start:].decode(errors="replace").replace("\r", "")
+        body = text.rsplit(f"\n{tag}-begin\n", 1)[-1]
+        return body.split(f"{tag}-end", 1)[0]
+
+    def wait_shutdown(self, timeout: float) -> str:
+        return self.run.wait(timeout)
+
+    def last_line(self) -> str:
+        from pvhyp.diagnose import guest_lines
+        lines = guest_lines(self.run.ring_text()) or guest_lines(bytes(self.run.console_io))
+        return lines[-1] if lines else "<nothing printed>"
+
+    def diagnosis(self) -> str:
+        from pvhyp.diagnose import report
+        domain = self.domain
+        if domain is None:
+            return "the domain is gone"
+        return report(self.hv, domain, bytes(self.run.console_io) + self.run.ring_text())
+
+    def counters(self) -> dict[str, int]:
+        from pvhyp.diagnose import counters
+        domain = self.domain
+        return counters(domain) if domain is not None else {}
+
+    def close(self) -> None:
+        self.run.close()
+
+
+def boot_pvhyp(image: dict, memory: int, timeout: float, extra: str = "") -> dict:
+    boot = PvhypBoot(image, memory, extra)
+    try:
+        boot.start()
+        reached = boot.wait_for(MARKER, timeout)
+        result = {"reached": reached, "seconds": time.monotonic() - boot.started,
+                  "last_line": boot.last_line(), "counters": boot.counters()}
+        if not reached:
+            result["diagnosis"] = boot.diagnosis()
+        return result
+    finally:
+        boot.close()
+
+
+def qemu_binary() -> str | None:
+    found = shutil.which("qemu-system-x86_64")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "qemu-system-x86"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
+    return shutil.which("qemu-system-x86_64")
+
+
+def boot_qemu(binary: str, image: dict, timeout: float) -> dict:
+    cmd = [binary, "-accel", "tcg", "-m", "512", "-kernel", image["kernel"], "-initrd", image["ramdisk"],
+           "-append", QEMU_CMDLINE, "-nographic", "-no-reboot", "-monitor", "none"]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen = b""
+    try:
+        while time.monotonic() - started < timeout:
+            readable, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if readable:
+                data = os.read(proc.stdout.fileno(), 65536)
+                if not data:
+                    break
+                seen += data
+                if MARKER in seen:
+                    return {"reached": True, "seconds": time.monotonic() - started}
+        tail = seen.decode(errors="replace").strip().splitlines()
+        return {"reached": False, "seconds": time.monotonic() - started, "last_line": tail[-1] if tail else ""}
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def run(args) -> int:
+    image = find_image(args.dir)
+    print(f"kernel: {image.get('release', image['kernel'])}", flush=True)
+    pv = boot_pvhyp(image, args.memory, args.timeout, args.cmdline)
+    if pv["reached"]:
+        print(f"pvhyp_boot_to_marker: {pv['seconds']:.2f} s", flush=True)
+    else:
+        print(f"pvhyp_boot_to_marker: not reached (stopped after {pv['seconds']:.2f} s)", flush=True)
+        print(f"pvhyp_last_console_line: {pv['last_line']}")
+        print(pv["diagnosis"], file=sys.stderr)
+    counts = pv["counters"]
+    print(f"pvhyp_hypercalls: {counts.get('hypercall', 0)} calls")
+    print(f"pvhyp_traps: {counts.get('exception', 0)} traps")
+    print(f"pvhyp_emulated: {counts.get('emulated', 0)} instructions (privileged ops + page-table writes)")
+    if args.no_qemu:
+        print("qemu_boot_to_marker: skipped (--no-qemu)")
+        return 0 if pv["reached"] else 1
+    binary = qemu_binary()
+    if binary is None:
+        print("qemu_boot_to_marker: skipped (qemu-system-x86_64 not installed and apt-get failed)")
+        return 0 if pv["reached"] else 1
+    qemu = boot_qemu(binary, image, min(args.timeout, 300.0))
+    if qemu["reached"]:
+        print(f"qemu_tcg_boot_to_marker: {qemu['seconds']:.2f} s")
+        if pv["reached"]:
+            print(f"pvhyp_over_qemu: {pv['seconds'] / qemu['seconds']:.2f} x")
+    else:
+        print(f"qemu_tcg_boot_to_marker: not reached in {qemu['seconds']:.0f} s (last line: {qemu['last_line']})")
+    return 0 if pv["reached"] else 1

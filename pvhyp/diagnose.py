@@ -1,0 +1,88 @@
+"""Crash and hang diagnostics for x86 PV guests: what to look at when a kernel stops.
+
+`report(hv, domain, console=b"")` gathers, as plain text lines:
+- the guest's own words: the first Linux oops/BUG/WARNING/panic block in its
+  printk output (console_io and the hvc0 ring, whichever the caller has) and
+  the last lines it printed; Linux already names functions there (RIP:
+  func+off/len, Call Trace), which is the cheapest symbol source we have:
+  Debian's package ships no System.map and decoding the kernel's compressed
+  kallsyms tables is not done here;
+- each vCPU's RIP, CS and RSP with the instruction at RIP (capstone);
+- the CPU engine's counters (hypercalls, traps, emulated instructions and
+  page-table writes) and the last hypercalls from hv.trace.history(domid).
+Reading a running vCPU's registers from another thread is a snapshot, good
+enough for a hang; after a shutdown they are exact.
+"""
+from __future__ import annotations
+
+import re
+
+OOPS_START = re.compile(r"(BUG: |Oops: |WARNING: |Kernel panic - |general protection fault|"
+                        r"kernel BUG at |invalid opcode: |double fault)")
+OOPS_BLOCK_LINES = 40
+TAIL_LINES = 15
+HYPERCALLS_SHOWN = 12
+
+
+def guest_lines(console: bytes) -> list[str]:
+    text = console.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+    return [line for line in text.split("\n") if line.strip()]
+
+
+def first_oops(lines: list[str]) -> list[str]:
+    """The first oops-like block of a Linux console log (its RIP line and call trace included)."""
+    for i, line in enumerate(lines):
+        if OOPS_START.search(line):
+            return lines[i:i + OOPS_BLOCK_LINES]
+    return []
+
+
+def vcpu_lines(vcpu) -> list[str]:
+    from pvhyp.cli.run_cmd import disassemble_at
+    cpu = getattr(vcpu, "arch", None)
+    engine = getattr(cpu, "engine", None)
+    if engine is None:
+        return [f"vcpu{vcpu.vcpu_id}: never ran"]
+    try:
+        rip, cs, rsp = engine.read_many(("rip", "cs", "rsp"))
+    except Exception as e:          # a closed engine: say so rather than fail the report
+        return [f"vcpu{vcpu.vcpu_id}: registers unavailable ({e!r})"]
+    mode = "kernel" if getattr(vcpu.pv, "kernel_mode", True) else "user"
+    line = f"vcpu{vcpu.vcpu_id}: {mode} rip {rip:#x} cs {cs:#x} rsp {rsp:#x}: {disassemble_at(vcpu, rip)}"
+    reason = getattr(cpu, "crash_reason", None)
+    return [line] + ([f"vcpu{vcpu.vcpu_id}: crashed by the hypervisor: {reason}"] if reason else [])
+
+
+def counters(domain) -> dict[str, int]:
+    """Hypercalls, exceptions seen by the engine and instructions it emulated, summed over vCPUs."""
+    total = {"hypercall": 0, "exception": 0, "emulated": 0}
+    for vcpu in domain.vcpus:
+        counts = getattr(getattr(vcpu, "arch", None), "counts", None) or {}
+        for key in total:
+            total[key] += counts.get(key, 0)
+    return total
+
+
+def last_hypercalls(hv, domid: int, count: int = HYPERCALLS_SHOWN) -> list[str]:
+    calls = [r for r in hv.trace.history(domid) if r.get("kind") == "hypercall"][-count:]
+    return [f"{r['name']}({', '.join(hex(a) for a in r['args'][:4])}) = {r['result']}" for r in calls]
+
+
+def report(hv, domain, console: bytes = b"") -> str:
+    lines = guest_lines(console)
+    out = [f"d{domain.domid}: shut down {domain.is_shut_down}, reason {getattr(domain, 'shutdown_reason', None)}"]
+    oops = first_oops(lines)
+    if oops:
+        out.append("guest oops (first):")
+        out += ["  " + line for line in oops]
+    out.append(f"guest console, last {min(TAIL_LINES, len(lines))} lines:")
+    out += ["  " + line for line in lines[-TAIL_LINES:]]
+    for vcpu in domain.vcpus:
+        out += vcpu_lines(vcpu)
+    out.append("counters: " + ", ".join(f"{k} {v}" for k, v in counters(domain).items()))
+    out.append("last hypercalls:")
+    out += ["  " + call for call in last_hypercalls(hv, domain.domid)]
+    for record in hv.trace.history(domain.domid):
+        if record.get("kind") in ("guest_crash", "hypervisor_error"):
+            out.append(f"{record['kind']}: {record.get('reason') or record.get('error')}")
+    return "\n".join(out)
