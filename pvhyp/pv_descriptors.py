@@ -89,15 +89,14 @@ def get_seg_desc_frame(domain: "Domain", mfn: int) -> bool:
     mmu = _mmu(domain)
     if mmu is None:
         return domain.hv.frames.owned_by(mfn, domain.domid)
-    with mmu.lock:
-        return mmu.get_page_and_type_from_mfn(mfn, PGT_seg_desc_page, domain) == 0
+    # A declared hold, so the MMU's audit counts the GDT's reference (and teardown drops it).
+    return mmu.hold_page(mfn, domain, type_=PGT_seg_desc_page) == 0
 
 
 def put_seg_desc_frame(domain: "Domain", mfn: int) -> None:
     mmu = _mmu(domain)
     if mmu is not None:
-        with mmu.lock:
-            mmu.put_page_and_type(mfn)
+        mmu.release_page(mfn, type_=PGT_seg_desc_page)
 
 
 def pv_destroy_gdt(vcpu: "VCPU") -> None:

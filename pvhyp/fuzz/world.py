@@ -46,6 +46,7 @@ class World:
                                                   domid=attacker_domid)
         else:
             raise ValueError(f"unknown attacker kind {kind!r}")
+        self.attacker_frames = tuple(self.attacker.p2m)
         self.victim = create_process_domain(hv, VICTIM_PAGES, domid=2)
         rng = random.Random(seed)
         victim_mem = InProcessChannel(hv, self.victim).memory
@@ -111,22 +112,16 @@ class World:
         return len(self.attacker.p2m) << PAGE_SHIFT
 
     def write(self, addr: int, data: bytes) -> None:
-        """Put argument bytes at attacker address `addr` (pfn addr >> 12), as the guest would."""
+        """Put argument bytes at attacker address `addr` exactly as the attacker could."""
         buf = self.hv.memory.buf
         pos = 0
         while pos < len(data):
             a = addr + pos
             n = min(len(data) - pos, PAGE_SIZE - (a & (PAGE_SIZE - 1)))
-            mfn = self._mfn(a)
-            if mfn is not None:     # a page the attacker gave away takes no argument bytes
-                ma = (mfn << PAGE_SHIFT) | (a & (PAGE_SIZE - 1))
+            ma = self._machine_address(a, write=True)
+            if ma is not None:      # where the attacker could not store, no argument bytes land
                 buf[ma:ma + n] = data[pos:pos + n]
             pos += n
-
-    def _mfn(self, addr: int) -> int | None:
-        """The attacker's frame behind argument address `addr`, if it still has one."""
-        mfn = self.attacker.pfn_to_mfn(addr >> PAGE_SHIFT)
-        return mfn if self.hv.frames.owned_by(mfn, self.attacker.domid) else None
 
     def read(self, addr: int, size: int) -> bytes:
         out = bytearray()
@@ -134,13 +129,31 @@ class World:
         while len(out) < size:
             a = addr + len(out)
             n = min(size - len(out), PAGE_SIZE - (a & (PAGE_SIZE - 1)))
-            mfn = self._mfn(a)
-            if mfn is None:
-                out += bytes(n)
-                continue
-            ma = (mfn << PAGE_SHIFT) | (a & (PAGE_SIZE - 1))
-            out += buf[ma:ma + n]
+            ma = self._machine_address(a, write=False)
+            out += bytes(n) if ma is None else buf[ma:ma + n]
         return bytes(out)
+
+    def _machine_address(self, addr: int, write: bool) -> int | None:
+        """Where a store/load of the attacker at `addr` lands, or None if it would fault.
+
+        An x86 attacker's stores go through its own page tables (never the P2M:
+        MMU_MACHPHYS_UPDATE may point a pfn at one of its page tables, which its
+        PTEs still do not map writable). A process attacker stores through the
+        mapping of its original frames, while it still owns them.
+        """
+        if self.kind == "x86":
+            from pvhyp.guest_access import GuestFault, translate
+            try:
+                return translate(self.attacker.vcpus[0], addr, write)
+            except GuestFault:
+                return None
+        pfn = addr >> PAGE_SHIFT
+        if not 0 <= pfn < len(self.attacker_frames):
+            return None
+        mfn = self.attacker_frames[pfn]
+        if not self.hv.frames.owned_by(mfn, self.attacker.domid):
+            return None
+        return (mfn << PAGE_SHIFT) | (addr & (PAGE_SIZE - 1))
 
     # --- invariants that belong to the world ---
 
