@@ -102,7 +102,8 @@ class PvhypBoot:
         """Run a shell command on hvc0; its output (between our sentinels), or raise on timeout."""
         tag = f"__pvhyp_{time.monotonic_ns()}"
         start = len(self.run.ring_text())
-        self.send(f"echo {tag}-begin; {line}; echo {tag}-end $?")
+        # The quotes keep the tty's echo of this line from matching the markers.
+        self.send(f'echo {tag}"-"begin; {line}; echo {tag}"-"end $?')
         if not self.wait_for(f"{tag}-end ".encode(), timeout, start):
             raise TimeoutError(f"{line!r}: no answer in {timeout:.0f}s; console tail: "
                                f"{self.run.ring_text()[-600:].decode(errors='replace')}")
