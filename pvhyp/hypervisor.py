@@ -42,6 +42,7 @@ class Hypervisor:
         self.lock = threading.RLock()
         self.domain_create_hooks: list[Callable[[Domain], None]] = []
         self.domain_destroy_hooks: list[Callable[[Domain], None]] = []
+        self.close_hooks: list[Callable[[], None]] = []     # stop a subsystem's threads
 
         # The machine-to-phys table: 8 bytes per machine frame, in the
         # hypervisor's own contiguous frames; guests see it read-only at
@@ -63,6 +64,17 @@ class Hypervisor:
                     raise
                 continue
             module.attach(self)
+
+    def close(self) -> None:
+        """Stop every subsystem's threads, then release machine memory.
+
+        A thread left running would go on touching memory that is gone (and
+        a process making many hypervisors, like the fuzzer, would pile them up).
+        """
+        for hook in reversed(self.close_hooks):
+            hook()
+        self.close_hooks.clear()
+        self.memory.close()
 
     # --- machine-to-phys ---
 

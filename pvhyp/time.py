@@ -525,5 +525,6 @@ class TimeKeeper:
 def attach(hv) -> None:
     pv_vcpu.attach(hv)
     hv.time = TimeKeeper(hv)
+    hv.close_hooks.append(lambda: hv.time.timers.close())     # the timer thread
     hv.domain_create_hooks.append(hv.time.domain_created)
     hv.domain_destroy_hooks.append(hv.time.domain_destroyed)

@@ -24,7 +24,7 @@ def hv():
     h = Hypervisor(memory_mb=64)
     hypercalls.install(h.hypercalls)
     yield h
-    h.memory.close()
+    h.close()
 
 
 # A child process that shares pytest's stdout pipe can switch the pipe's file

@@ -64,7 +64,7 @@ def run(args) -> int:
         build_pv_domain(xc, domid, image, args.memory)
         times.append((time.perf_counter() - start) * 1000)
         xc.domain_destroy(domid)
-    hv.memory.close()
+    hv.close()
     print(f"kernel: {path.name} ({image.container}{', ' + image.compression if image.compression else ''})")
     print(f"parse: {parse_ms:.1f} ms")
     print(f"plan_layout: {plan_ms:.2f} ms")

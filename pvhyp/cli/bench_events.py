@@ -81,5 +81,5 @@ def run(args) -> int:
         b.hypercall(gt, GA.GNTTABOP_copy, arg_b, args.batch)
     dt = time.perf_counter() - t
     print(f"grant_copy: {n * args.batch * 4096 / dt / 2**20:.1f} MiB/s")
-    hv.memory.close()
+    hv.close()
     return 0

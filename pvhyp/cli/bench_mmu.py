@@ -92,5 +92,5 @@ def run(args) -> int:
     print(f"pin_l4_table_64mib: {best * 1000:.1f} ms")
     print(f"pin_l4_table_64mib_entries: {(len(l1s) * 512 + len(l1s) + 2) / best:.0f} entries/s")
     hv.destroy_domain(d.domid)
-    hv.memory.close()
+    hv.close()
     return 0

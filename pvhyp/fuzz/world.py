@@ -89,7 +89,7 @@ class World:
         for vcpu in self.attacker.vcpus:
             vcpu.kick()
         self._waker.join(1.0)
-        self.hv.memory.close()
+        self.hv.close()
 
     # --- attacker memory (argument buffers) ---
 

@@ -19,7 +19,7 @@ def machine():
     dom0 = create_process_domain(hv, nr_pages=256, privileged=True, domid=0)
     xc = XenCtrl(InProcessChannel(hv, dom0))
     yield hv, dom0, xc
-    hv.memory.close()
+    hv.close()
 
 
 @pytest.fixture

@@ -51,4 +51,4 @@ def test_dom0_process_builds_a_kernel_over_the_socket(tmp_path, xtf_example):
             assert hv.frames.pinned[out["l4"]]
     finally:
         server.close()
-        hv.memory.close()
+        hv.close()

@@ -78,7 +78,7 @@ def run_xtf(name: str, cmdline: str = "", vcpus: int = 1, timeout: float = 20.0)
         assert d.is_shut_down, f"{name} did not finish: {text}"
         return text
     finally:
-        hv.memory.close()
+        hv.close()
 
 
 @pytest.mark.skipif(XTF is None, reason="XTF kernels not found")

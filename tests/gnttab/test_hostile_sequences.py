@@ -142,7 +142,7 @@ def test_hostile_sequences_keep_state_consistent(ops):
         assert all(o in (-1, bystander.domid) or o == 0x7FF2 for o in hv.frames.owner), \
             sorted({o for o in hv.frames.owner})
     finally:
-        hv.memory.close()
+        hv.close()
 
 
 def test_huge_counts_stop_at_the_end_of_guest_memory(a, b):

@@ -10,7 +10,7 @@ def hv():
     hv = make_hv()
     yield hv
     assert check_invariants(hv) == []
-    hv.memory.close()
+    hv.close()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ def world():
     v = Guest(hv, 32)
     assert check_invariants(hv) == []
     yield hv, g, v
-    hv.memory.close()
+    hv.close()
 
 
 def _expect(hv, fragment):

@@ -188,7 +188,7 @@ class HostileGuest(RuleBasedStateMachine):
             self.hv.destroy_domain(self.v.domid)
             assert check_invariants(self.hv) == []
             assert self.hv.frames.free_frames == self.hv.frames.nr_frames - 1 - self.hv.m2p_nr_frames
-            self.hv.memory.close()
+            self.hv.close()
 
 
 def test_hostile_guest_cannot_break_the_mmu():
