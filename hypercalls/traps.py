@@ -52,5 +52,10 @@ def do_iret(ctx):
     bouncer = getattr(cpu, "bouncer", None)
     if bouncer is None:
         return -E.ENOSYS        # a process domain has no frame to return to
-    bouncer.do_iret()
+    from pvhyp.cpu.traps import GuestCrash
+    try:
+        bouncer.do_iret()
+    except GuestCrash as err:
+        cpu.crash(str(err))     # Xen: an unreadable or bad frame is domain_crash(), result 0
+        return 0
     return cpu.engine.read("rax")
