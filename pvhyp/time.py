@@ -26,11 +26,13 @@ SCHEDOP_poll; the domain watchdogs shut the domain down.
 """
 from __future__ import annotations
 
+import atexit
 import heapq
 import itertools
 import struct
 import threading
 import time as host_time
+import weakref
 from typing import TYPE_CHECKING, Callable
 
 from abi.arch_x86_xen import XEN_LEGACY_MAX_VCPUS
@@ -93,6 +95,7 @@ class HostTsc:
         self._uc.mem_write(0x1000, b"\x0f\x31")             # rdtsc
         self._regs = (UC_X86_REG_RAX, UC_X86_REG_RDX)
         self._lock = threading.Lock()
+        self._last = 0
         self._base = self._sample()
         while True:
             ns, tsc = self._sample()
@@ -102,9 +105,18 @@ class HostTsc:
 
     def read(self) -> int:
         with self._lock:
+            if self._uc is None:            # retired at exit: no more emulation
+                return self._last
             self._uc.emu_start(0x1000, 0x1002)
             rax, rdx = (self._uc.reg_read(r) for r in self._regs)
-        return (rdx & 0xFFFF_FFFF) << 32 | (rax & 0xFFFF_FFFF)
+            self._last = (rdx & 0xFFFF_FFFF) << 32 | (rax & 0xFFFF_FFFF)
+        return self._last
+
+    def retire(self) -> None:
+        """Stop using unicorn (interpreter exit): a thread inside emu_start with the GIL
+        released must not outlive the Uc that finalization frees."""
+        with self._lock:
+            self._uc = None
 
     def _sample(self) -> tuple[int, int]:
         """(monotonic ns, TSC) read as close together as we can: the tightest of a few tries."""
@@ -185,6 +197,22 @@ class Timer:
         return self.deadline is not None
 
 
+_live_queues: "weakref.WeakSet[TimerQueue]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_timer_threads() -> None:
+    """At interpreter exit, before modules are torn down: stop every timer thread and
+    retire the TSC reader, so no daemon thread is left inside unicorn."""
+    for queue in list(_live_queues):
+        queue.close()
+        thread = queue._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(0.5)
+    if _host_tsc is not None:
+        _host_tsc.retire()
+
+
 class TimerQueue:
     def __init__(self, clock):
         self.clock = clock
@@ -194,6 +222,7 @@ class TimerQueue:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.errors: list[str] = []
+        _live_queues.add(self)
         if isinstance(clock, FakeClock):
             clock.on_advance.append(self.run_due)
 
