@@ -8,7 +8,9 @@ scheduler until the domain dies; a vCPU whose register state is not set yet
 """
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from typing import TYPE_CHECKING
 
 from pvhyp.cpu.engine import ExitReason
@@ -31,11 +33,24 @@ RUN_COUNTED = True
 COUNT_BUDGET = 1 << 40
 
 
+_live_subsystems: "weakref.WeakSet[CpuSubsystem]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_vcpus() -> None:
+    """At interpreter exit: get every vCPU thread out of unicorn before finalization
+    frees what it runs on (a daemon thread in emu_start holds no GIL to stop it)."""
+    for subsystem in list(_live_subsystems):
+        subsystem.stop_all(timeout=0.5)
+
+
 class CpuSubsystem:
     def __init__(self, hv):
         self.hv = hv
         self.layout = XenLayout(hv.memory, lambda: hv.frames.alloc(DOMID_XEN, 1)[0], hv.m2p_mfns)
         self.threads: dict[tuple[int, int], threading.Thread] = {}
+        self.stopping = False
+        _live_subsystems.add(self)
 
     # --- per vCPU ----------------------------------------------------------
     def cpu_for(self, vcpu: "VCPU") -> PvVcpu:
@@ -93,7 +108,9 @@ class CpuSubsystem:
         sched = self.hv.sched
         domain = vcpu.domain
         try:
-            while sched.wait_to_run(vcpu):
+            while not self.stopping and sched.wait_to_run(vcpu):
+                if self.stopping:
+                    break
                 if not cpu.engine.has_state and not self._load_initial_registers(vcpu, cpu):
                     sched.deschedule(vcpu)
                     continue
@@ -121,6 +138,18 @@ class CpuSubsystem:
         vcpu.pv.initial_user_regs = None
         cpu.set_user_regs(dict(regs))
         return True
+
+    def stop_all(self, timeout: float = 1.0) -> None:
+        """Stop every vCPU thread (hypervisor close, interpreter exit)."""
+        self.stopping = True
+        for domain in list(self.hv.domains.values()):
+            for vcpu in domain.vcpus:
+                if isinstance(vcpu.arch, PvVcpu):
+                    vcpu.arch.kick()
+                self.hv.sched.wake(vcpu)
+        for thread in list(self.threads.values()):
+            if thread is not threading.current_thread():
+                thread.join(timeout)
 
     def stop_domain(self, domain: "Domain", timeout: float = 5.0) -> None:
         """Wait for the domain's vCPU threads to leave (after shutdown/destroy)."""
@@ -150,6 +179,7 @@ class _DebugRegisters:
 
 def attach(hv) -> None:
     hv.cpu = CpuSubsystem(hv)
+    hv.close_hooks.append(hv.cpu.stop_all)
     hv.xen_l4_slots.update(hv.cpu.layout.xen_l4_entries())
 
     def destroyed(domain: "Domain") -> None:
