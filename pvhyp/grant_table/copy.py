@@ -174,6 +174,12 @@ class CopyBatch:
                 return rc
             buf.ref, buf.have_grant = ref, True
         else:
+            # Only DOMID_SELF may name a frame. Checked here, at every claim, and not only
+            # when the domain is (re)locked: a batch that locked domain D for a grant ref
+            # keeps D for the next op with the same domid, which could then name one of
+            # D's frames directly and write into it (found by pvhyp fuzz).
+            if buf.ptr_domid != X.DOMID_SELF:
+                return G.GNTST_permission_denied
             gmfn = ptr["u"]["gmfn"]
             rc, mfn = get_paged_frame(buf.domain, gmfn)
             if rc != G.GNTST_okay:

@@ -153,3 +153,36 @@ def test_huge_counts_stop_at_the_end_of_guest_memory(a, b):
     assert b.call("grant_table_op", GA.GNTTABOP_copy, end, 0x7FFF_FFFF) == -E.EFAULT
     assert b.call("grant_table_op", GA.GNTTABOP_swap_grant_ref, end, 0x7FFF_FFFF) == -E.EFAULT
 
+
+
+def test_copy_batch_cannot_name_a_foreign_frame_after_a_grant_ref_op():
+    """One GNTTABOP_copy batch: op 1 names domain V by grant ref (fails: V granted nothing),
+    op 2 names the same domid by frame number. Only DOMID_SELF may name frames: op 2 must be
+    refused, and V's memory must not change (a pvhyp fuzz finding)."""
+    import hypercalls
+    from abi import grant_table as G
+    from abi import xen as X
+    from pvhyp.channel import InProcessChannel, create_process_domain
+    from pvhyp.hypervisor import Hypervisor
+    hv = Hypervisor(memory_mb=32)
+    hypercalls.install(hv.hypercalls)
+    try:
+        attacker = create_process_domain(hv, 16, domid=1)
+        victim = create_process_domain(hv, 16, domid=2)
+        vmem = InProcessChannel(hv, victim).memory
+        vmem[:] = b"\xAA" * len(vmem)
+        chan = InProcessChannel(hv, attacker)
+        chan.memory[0x2000:0x3000] = b"\x55" * 0x1000
+        def op(src_gmfn, dest, flags):
+            return G.gnttab_copy.build({"source": {"u": {"gmfn": src_gmfn}, "domid": X.DOMID_SELF, "offset": 0},
+                                        "dest": {"u": {"gmfn": dest}, "domid": 2, "offset": 0},
+                                        "len": 64, "flags": flags, "status": 0})
+        batch = op(2, 5, G.GNTCOPY_dest_gref) + op(2, 5, 0)
+        chan.memory[0x100:0x100 + len(batch)] = batch
+        assert chan.hypercall(X.HYPERCALL_NUMBERS["grant_table_op"], G.GNTTABOP_copy, 0x100, 2) == 0
+        size = G.gnttab_copy.sizeof()
+        second = G.gnttab_copy.parse(bytes(chan.memory[0x100 + size:0x100 + 2 * size]))
+        assert second.status == G.GNTST_permission_denied
+        assert bytes(vmem) == b"\xAA" * len(vmem)
+    finally:
+        hv.close()
