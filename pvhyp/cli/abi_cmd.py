@@ -53,7 +53,7 @@ def _header_label(spec_or_entry) -> str:
     from abi import registry
 
     header = spec_or_entry.header
-    return f"{registry.PUBLIC}{header}" if header else "(architectural: no Xen header)"
+    return f"{registry.PUBLIC}{header}" if header else "(no Xen header: pvhyp or x86)"
 
 
 def _by_module(registry):
