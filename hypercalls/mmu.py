@@ -51,6 +51,20 @@ def _begin(ctx, count: int, pdone: int) -> tuple[int, int]:
     return count, done
 
 
+def _prologue(ctx, handle: int, count: int, pdone: int, foreigndom: int):
+    """What mmu_update and mmuext_op do before their loops (as in Xen):
+    (early result or None, count, done so far, foreigndom)."""
+    count &= 0xFFFF_FFFF
+    foreigndom &= 0xFFFF_FFFF
+    if count == MMU_UPDATE_PREEMPTED and not handle:
+        # The continuation that only finishes dropping an old_guest_table.
+        return _signed32(foreigndom), 0, 0, foreigndom
+    count, done = _begin(ctx, count, pdone)
+    if not addr_ok(ctx.domain, handle):
+        return -E.EFAULT, 0, 0, foreigndom
+    return None, count, done, foreigndom
+
+
 def _report_done(ctx, pdone: int, done: int) -> None:
     if pdone:
         try:
@@ -82,14 +96,10 @@ def vcpumask_to_vcpus(ctx, d, bmap: int):
 
 @hypercall("mmu_update")
 def do_mmu_update(ctx, ureqs, count, pdone, foreigndom):
-    count &= 0xFFFF_FFFF
-    foreigndom &= 0xFFFF_FFFF
-    if count == MMU_UPDATE_PREEMPTED and not ureqs:
-        return _signed32(foreigndom)
-    count, done = _begin(ctx, count, pdone)
+    early, count, done, foreigndom = _prologue(ctx, ureqs, count, pdone, foreigndom)
+    if early is not None:
+        return early
     d, v = ctx.domain, ctx.vcpu
-    if not addr_ok(d, ureqs):
-        return -E.EFAULT
     mmu = ctx.hv.mmu
     with mmu.lock:
         pt_owner = d
@@ -151,14 +161,10 @@ def xsm_mmu_update(mmu, d, pt_owner, pg_owner) -> int:
 
 @hypercall("mmuext_op")
 def do_mmuext_op(ctx, uops, count, pdone, foreigndom):
-    count &= 0xFFFF_FFFF
-    foreigndom &= 0xFFFF_FFFF
-    if count == MMU_UPDATE_PREEMPTED and not uops:
-        return _signed32(foreigndom)
-    count, done = _begin(ctx, count, pdone)
+    early, count, done, foreigndom = _prologue(ctx, uops, count, pdone, foreigndom)
+    if early is not None:
+        return early
     currd, curr = ctx.domain, ctx.vcpu
-    if not addr_ok(currd, uops):
-        return -E.EFAULT
     mmu = ctx.hv.mmu
     with mmu.lock:
         pg_owner = mmu.get_pg_owner(currd, foreigndom)
