@@ -43,14 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        from pvhyp.cli.main_job import run as main_job
-        func = main_job
-    else:
-        func = args.func
+    # Ctrl-C means exit status 130 at any moment, even while the command modules
+    # (unicorn, capstone, ...) are still importing.
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            from pvhyp.cli.main_job import run as main_job
+            func = main_job
+        else:
+            func = args.func
         return func(args) or 0
     except UserError as e:
         print(f"pvhyp: {e}", file=sys.stderr)
