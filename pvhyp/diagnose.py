@@ -38,7 +38,6 @@ def first_oops(lines: list[str]) -> list[str]:
 
 
 def vcpu_lines(vcpu) -> list[str]:
-    from pvhyp.cli.run_cmd import disassemble_at
     cpu = getattr(vcpu, "arch", None)
     engine = getattr(cpu, "engine", None)
     if engine is None:
@@ -86,3 +85,22 @@ def report(hv, domain, console: bytes = b"") -> str:
         if record.get("kind") in ("guest_crash", "hypervisor_error"):
             out.append(f"{record['kind']}: {record.get('reason') or record.get('error')}")
     return "\n".join(out)
+
+
+def disassemble_at(vcpu, rip: int) -> str:
+    """The instruction at guest `rip` as `vcpu` sees it (capstone), or why it cannot be read."""
+    import capstone
+    from pvhyp.guest_access import GuestFault, copy_from_guest
+    code = b""
+    for length in (15, 8, 4, 1):       # the instruction may end just before an unmapped page
+        try:
+            code = copy_from_guest(vcpu, rip, length)
+            break
+        except GuestFault:
+            continue
+    if not code:
+        return "<not mapped>"
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    for insn in md.disasm(code, rip):
+        return f"{insn.mnemonic} {insn.op_str}".strip() + f" ({insn.bytes.hex()})"
+    return f"<undecodable {code.hex()}>"

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from pvhyp.cli import UserError
+from pvhyp.diagnose import disassemble_at
 
 SHUTDOWN_NAMES = {0: "poweroff", 1: "reboot", 2: "suspend", 3: "crash", 4: "watchdog", 5: "soft_reset"}
 # Exit status by shutdown reason (documented in --help).
@@ -279,24 +280,6 @@ def crash_line(hv, domain) -> str:
         parts.append("last hypercalls: " + ", ".join(
             f"{r['name']}({', '.join(hex(a) for a in r['args'][:3])})={r['result']}" for r in calls))
     return "; ".join(parts)
-
-
-def disassemble_at(vcpu, rip: int) -> str:
-    import capstone
-    from pvhyp.guest_access import GuestFault, copy_from_guest
-    code = b""
-    for length in (15, 8, 4, 1):       # the instruction may end just before an unmapped page
-        try:
-            code = copy_from_guest(vcpu, rip, length)
-            break
-        except GuestFault:
-            continue
-    if not code:
-        return "<not mapped>"
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    for insn in md.disasm(code, rip):
-        return f"{insn.mnemonic} {insn.op_str}".strip() + f" ({insn.bytes.hex()})"
-    return f"<undecodable {code.hex()}>"
 
 
 def run_guest(config_text: str, source: str = "<config>", timeout: float | None = None,
