@@ -51,3 +51,14 @@ def test_pvhyp_reaches_handlers_only_through_its_table():
 
 def test_hypercalls_do_not_import_dom0_or_guests():
     assert violations("hypercalls", {"dom0", "pvguest"}) == []
+
+
+def test_the_hypervisor_core_does_not_reach_into_its_cli():
+    offenders = []
+    for path in sources("pvhyp", exclude="cli"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "pvhyp.cli" or n.startswith("pvhyp.cli.") for n in names):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
