@@ -82,18 +82,29 @@ TSC_TO_SYSTEM_MUL, TSC_SHIFT = compute_time_scale(TSC_HZ)
 # --- clocks ------------------------------------------------------------------
 
 class HostTsc:
-    """The host TSC, read as unicorn's rdtsc reads it, and its calibrated rate."""
+    """The host TSC (what unicorn's rdtsc returns to guests) and its calibrated rate."""
 
     _CALIBRATION_NS = 2_000_000
     _REFINE_NS = 100_000_000
 
+    # rdtsc; shl $32,%rdx; or %rdx,%rax; ret: the host TSC as one 64-bit value.
+    _RDTSC_CODE = b"\x0f\x31\x48\xc1\xe2\x20\x48\x09\xd0\xc3"
+
     def __init__(self):
-        from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
-        from unicorn.x86_const import UC_X86_REG_RAX, UC_X86_REG_RDX
-        self._uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        self._uc.mem_map(0x1000, 0x1000)
-        self._uc.mem_write(0x1000, b"\x0f\x31")             # rdtsc
-        self._regs = (UC_X86_REG_RAX, UC_X86_REG_RDX)
+        # unicorn's rdtsc returns the host TSC (QEMU's cpu_get_host_ticks), so a native
+        # rdtsc gives the same values without driving a shared Uc from several threads,
+        # which crashed inside emu_start. The emulated read stays as the fallback for a
+        # host that refuses an executable mapping.
+        self._native = self._native_rdtsc()
+        self._uc = None
+        if self._native is None:
+            from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+            from unicorn.x86_const import UC_X86_REG_RAX, UC_X86_REG_RDX
+            self._uc = Uc(UC_ARCH_X86, UC_MODE_64)
+            self._uc.mem_map(0x1000, 0x1000)
+            self._uc.mem_write(0x1000, b"\x0f\x31")             # rdtsc
+            self._regs = (UC_X86_REG_RAX, UC_X86_REG_RDX)
+        self._retired = False
         self._lock = threading.Lock()
         self._last = 0
         self._base = self._sample()
@@ -103,9 +114,24 @@ class HostTsc:
                 break
         self._rate = (ns, tsc)
 
+    def _native_rdtsc(self):
+        import ctypes
+        import mmap
+        try:
+            self._code_page = mmap.mmap(-1, mmap.PAGESIZE,
+                                        prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        except (OSError, ValueError):
+            return None
+        self._code_page.write(self._RDTSC_CODE)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(self._code_page))
+        return ctypes.CFUNCTYPE(ctypes.c_uint64)(address)
+
     def read(self) -> int:
         with self._lock:
-            if self._uc is None:            # retired at exit: no more emulation
+            if self._retired:               # interpreter exit: touch nothing native any more
+                return self._last
+            if self._native is not None:
+                self._last = self._native()
                 return self._last
             self._uc.emu_start(0x1000, 0x1002)
             rax, rdx = (self._uc.reg_read(r) for r in self._regs)
@@ -116,6 +142,7 @@ class HostTsc:
         """Stop using unicorn (interpreter exit): a thread inside emu_start with the GIL
         released must not outlive the Uc that finalization frees."""
         with self._lock:
+            self._retired = True
             self._uc = None
 
     def _sample(self) -> tuple[int, int]:
