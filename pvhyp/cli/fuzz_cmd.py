@@ -60,7 +60,10 @@ def run(args) -> int:
     except ValueError as e:
         raise UserError(str(e))
     live = sys.stderr.isatty()
-    fz.run(steps=args.steps, seconds=seconds, progress=_progress if live else None, sampler=cov)
+    try:
+        fz.run(steps=args.steps, seconds=seconds, progress=_progress if live else None, sampler=cov)
+    finally:
+        fz.close()
     if live:
         sys.stderr.write("\n")
     percent = None

@@ -46,7 +46,8 @@ class Stats:
 
 class Fuzzer:
     def __init__(self, make_hv, seed: int = 0, hypercalls: list[str] | None = None,
-                 privileged: bool = False, full_every: int = 1000, out_dir: str | None = None):
+                 privileged: bool = False, full_every: int = 1000, out_dir: str | None = None,
+                 kinds: tuple[str, ...] = ("x86", "x86", "process"), checkers=None):
         self.make_hv = make_hv
         self.rng = random.Random(seed)
         self.seed = seed
@@ -61,9 +62,13 @@ class Fuzzer:
             ops = [op for op in ops if op.hypercall in hypercalls]
         self.ops: list[Op] = ops
         self.stats = Stats()
-        self.checkers = oracle.available_checkers()
-        self.kinds = ("x86", "x86", "process")      # x86 attackers reach the page-table paths
+        self.checkers = checkers if checkers is not None else oracle.available_checkers()
+        self.kinds = kinds          # attacker kinds drawn per world; x86 ones reach the page-table paths
         self._new_world()
+
+    def close(self) -> None:
+        """Stop the current world's threads and release its hypervisor."""
+        self.world.close()
 
     # --- the world ---
 
@@ -216,24 +221,19 @@ def save_reproducer(failure: Failure, path: str, privileged: bool) -> None:
 
 def replay(make_hv, steps: list[Step], privileged: bool = False, checkers=None,
            world: str = "process") -> Failure | None:
-    """Run `steps` on a fresh world of attacker kind `world` (seed 0); the first failure, or None."""
-    fz = Fuzzer.__new__(Fuzzer)
-    fz.make_hv, fz.privileged, fz.rng = make_hv, privileged, random.Random(0)
-    fz.stats, fz.checkers = Stats(), (checkers if checkers is not None else oracle.available_checkers())
-    fz.world = World(make_hv(), privileged=privileged, seed=0, kind=world)
-    fz.ctx = HypercallContext(fz.world.attacker.vcpus[0])
-    fz.history = []
+    """Run `steps` on a fresh world of attacker kind `world`; the first failure, or None."""
+    fz = Fuzzer(make_hv, privileged=privileged, kinds=(world,), checkers=checkers)
     try:
         for step in steps:
             failure = fz.step_once(step)
             if failure is not None:
                 return failure
-        problems = oracle.full_check(fz.world, fz.checkers)
-        if problems:
-            return Failure(f"invariant {problems[0].split(':')[0]}", "\n".join(problems), list(steps))
-        return None
+        failure = fz._final_check()
+        if failure is not None:
+            failure.steps = list(steps)
+        return failure
     finally:
-        fz.world.close()
+        fz.close()
 
 
 def load_reproducer(path: str) -> tuple[list[Step], bool, str, str]:

@@ -15,6 +15,7 @@ CORPUS = sorted((pathlib.Path(__file__).parent / "corpus").glob("*.json"))
 def test_short_seeded_run_has_no_oracle_violation():
     fz = runner.Fuzzer(make_hv, seed=1234, full_every=200)
     stats = fz.run(steps=3000)
+    fz.close()
     assert stats.execs == 3000
     assert [f"{f.kind}: {f.detail}" for f in stats.failures] == []
 
@@ -22,6 +23,7 @@ def test_short_seeded_run_has_no_oracle_violation():
 def test_privileged_attacker_short_run():
     fz = runner.Fuzzer(make_hv, seed=99, privileged=True, full_every=200)
     stats = fz.run(steps=1000)
+    fz.close()
     assert [f"{f.kind}: {f.detail}" for f in stats.failures] == []
 
 
@@ -51,3 +53,4 @@ def test_an_escaping_exception_is_caught_minimized_and_replayable(tmp_path):
     assert len(fz.stats.failures[0].steps) == 1
     steps, privileged, _, world = runner.load_reproducer(fz.stats.failures[0].path)
     assert runner.replay(make_buggy_hv, steps, privileged, world=world).kind == failure.kind
+    fz.close()

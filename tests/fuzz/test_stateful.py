@@ -151,7 +151,7 @@ class HostileGuest(RuleBasedStateMachine):
 
     def teardown(self):
         if hasattr(self, "fz"):
-            self.w.close()
+            self.fz.close()
 
 
 HostileGuest.TestCase.settings = settings(max_examples=25, stateful_step_count=40, deadline=None,
