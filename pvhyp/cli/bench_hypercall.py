@@ -9,18 +9,15 @@ DESCRIPTION = "null hypercall round trip (guest -> Python -> guest) and guest in
 def add_arguments(parser) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="measurements; the median is shown (default 5)")
     parser.add_argument("--iterations", type=int, default=20000, help="hypercalls per measurement")
-    parser.add_argument("--uncounted", action="store_true",
-                        help="run without instruction counting (the vCPU threads count; see pvhyp.cpu.runner)")
 
 
 def run(args) -> int:
     from pvhyp.cpu import bench
-    counted = not args.uncounted
     repeat = max(1, args.repeat)
-    null = statistics.median(bench.null_hypercall_roundtrip_us(args.iterations, counted) for _ in range(repeat))
-    rdmsr = statistics.median(bench.emulated_rdmsr_roundtrip_us(max(1, args.iterations // 4), counted)
+    null = statistics.median(bench.null_hypercall_roundtrip_us(args.iterations) for _ in range(repeat))
+    rdmsr = statistics.median(bench.emulated_rdmsr_roundtrip_us(max(1, args.iterations // 4))
                               for _ in range(repeat))
-    mips = statistics.median(bench.compute_mips(counted=counted) for _ in range(repeat))
+    mips = statistics.median(bench.compute_mips() for _ in range(repeat))
     print(f"null_hypercall_roundtrip: {null:.2f} us")
     print(f"emulated_rdmsr_roundtrip: {rdmsr:.2f} us")
     print(f"guest_compute_loop: {mips:.1f} MIPS")

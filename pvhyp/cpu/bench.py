@@ -22,7 +22,6 @@ _TABLES_FIRST = 0x100
 _CODE_MFN, _DATA_MFN, _STACK_MFN = 0x200, 0x201, 0x202
 _CODE_VA, _DATA_VA, _STACK_VA = 0x400000, 0x401000, 0x402000
 _EXIT_HYPERCALL = 63
-_COUNT_BUDGET = 1 << 40
 
 # rcx = iterations; loop: mov $NR,%eax; syscall; dec %rcx; jnz loop; exit.
 _HYPERCALL_LOOP = bytes.fromhex("b800000000" "0f05" "48ffc9" "75f4")
@@ -34,8 +33,7 @@ _EXIT = b"\xb8" + struct.pack("<I", _EXIT_HYPERCALL) + bytes.fromhex("0f05" "ebf
 
 
 class _Machine:
-    def __init__(self, code: bytes, counted: bool = False):
-        self.counted = counted
+    def __init__(self, code: bytes):
         self.memory = MachineMemory(_MEMORY)
         frames = iter(range(_TABLES_FIRST, _TABLES_FIRST + 16))
         layout = L.XenLayout(self.memory, L.frames_from_range(_HV_FIRST, _HV_COUNT), ())
@@ -67,41 +65,34 @@ class _Machine:
         self.state.gprs.update(rcx=rcx, rdi=rdi)
         self.vcpu.start(self.state)
         start = time.perf_counter()
-        reason = self.vcpu.run(max_insns=_COUNT_BUDGET if self.counted else 0)
+        reason = self.vcpu.run()
         elapsed = time.perf_counter() - start
         if reason is not ExitReason.REQUESTED:
             raise RuntimeError(f"benchmark kernel stopped with {reason}: {self.vcpu.engine.error or self.vcpu.crash_reason}")
         return elapsed
 
 
-def null_hypercall_roundtrip_us(iterations: int = 20_000, counted: bool = False) -> float:
-    """Microseconds per guest `syscall` -> dispatcher -> back to guest.
-
-    `counted`: with instruction counting (what the test kernels use); the vCPU
-    threads run uncounted.
-    """
-    machine = _Machine(_HYPERCALL_LOOP, counted)
+def null_hypercall_roundtrip_us(iterations: int = 20_000) -> float:
+    """Microseconds per guest `syscall` -> dispatcher -> back to guest."""
+    machine = _Machine(_HYPERCALL_LOOP)
     machine.run(100)                           # warm the translation cache
     return machine.run(iterations) / iterations * 1e6
 
 
-def emulated_rdmsr_roundtrip_us(iterations: int = 5_000, counted: bool = False) -> float:
+def emulated_rdmsr_roundtrip_us(iterations: int = 5_000) -> float:
     """Microseconds per #GP -> privileged-instruction emulation -> back to guest."""
-    machine = _Machine(_RDMSR_LOOP, counted)
+    machine = _Machine(_RDMSR_LOOP)
     machine.run(100)
     return machine.run(iterations) / iterations * 1e6
 
 
-def compute_mips(iterations: int = 4_000_000, counted: bool = False) -> float:
+def compute_mips(iterations: int = 4_000_000) -> float:
     """Guest instructions per second (millions) for a register/memory loop."""
-    machine = _Machine(_COMPUTE_LOOP, counted)
+    machine = _Machine(_COMPUTE_LOOP)
     machine.run(1000)
     return iterations * 5 / machine.run(iterations) / 1e6
 
 
 if __name__ == "__main__":
-    for counted in (True, False):
-        mode = "counted" if counted else "uncounted (as vCPU threads run)"
-        print(f"{mode}: null hypercall {null_hypercall_roundtrip_us(counted=counted):.2f} us, "
-              f"emulated rdmsr {emulated_rdmsr_roundtrip_us(counted=counted):.2f} us, "
-              f"compute {compute_mips(counted=counted):.0f} MIPS")
+    print(f"null hypercall {null_hypercall_roundtrip_us():.2f} us, "
+          f"emulated rdmsr {emulated_rdmsr_roundtrip_us():.2f} us, compute {compute_mips():.0f} MIPS")

@@ -17,10 +17,10 @@ from __future__ import annotations
 import enum
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-import capstone
 from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
                      UC_HOOK_MEM_UNMAPPED, UC_MODE_64, UC_PROT_ALL, Uc, UcError)
 from unicorn import x86_const as X
@@ -36,6 +36,9 @@ RFLAGS_FIXED = 0x2
 RFLAGS_IF = 0x200
 _CR0_TS = 1 << 3
 
+# Instructions per emu_start: the longest a kick waits (about 1 ms of guest code).
+SLICE_INSNS = 50_000
+
 # A RIP no instruction can have: `until` for emu_start, so only our own
 # stops, budgets and errors end a run.
 _NEVER_REACHED = 0x8000_0000_0000_0000
@@ -47,8 +50,6 @@ REG = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in
        GPR_NAMES + SEGMENT_NAMES + ("rip", "rflags", "cr0", "cr2", "cr3", "cr4", "fs_base", "gs_base")}
 
 
-_DISASSEMBLER = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-_DISASSEMBLER.detail = True
 
 _GPR_BLOCK_INDEX = {name: i for i, name in enumerate(quirks.SNAPSHOT_ORDER)}
 _GPR_BLOCK_NAMES = frozenset(_GPR_BLOCK_INDEX)
@@ -126,7 +127,6 @@ class CpuEngine:
         self._add_hooks()
         self._entered = False
         self._pending_state: CpuState | None = None
-        self._counted: bool | None = None
         self._cr0_ts = False
         self.cr3 = 0            # kept here too: reading CR3 back from unicorn may truncate it
         self._stop_reason: ExitReason | None = None
@@ -302,9 +302,9 @@ class CpuEngine:
 
     # --- running -----------------------------------------------------------
     def kick(self) -> None:
-        """From any thread: make run() return soon with KICKED."""
+        """From any thread: make run() return with KICKED at the end of the
+        current slice (never an emu_stop from here: see run())."""
         self._kick_pending.set()
-        self.uc.emu_stop()
 
     def request_exit(self, reason: ExitReason = ExitReason.REQUESTED) -> None:
         """From a host callback: leave run() once the current hook returns."""
@@ -327,26 +327,6 @@ class CpuEngine:
             action()
         self.defer_after_stop(rewind)
 
-    def current_instruction(self, matches: Callable) -> int:
-        """RIP of the instruction whose hook is running.
-
-        Counted runs keep RIP exact; otherwise unicorn only knows where the
-        translation block (or the last synchronised point) was, so the
-        instructions from there are decoded until `matches(insn)` says which
-        one it is.
-        """
-        rip = self.read("rip")
-        if self._counted:
-            return rip
-        code = read_guest_virtual(self.memory, self.cr3, rip, 256) or \
-            read_guest_virtual(self.memory, self.cr3, rip, 0x1000 - (rip & 0xFFF)) or b""
-        for insn in _DISASSEMBLER.disasm(code, rip):
-            if matches(insn):
-                return insn.address
-            if insn.group(capstone.CS_GRP_JUMP) or insn.group(capstone.CS_GRP_CALL) or insn.group(capstone.CS_GRP_RET):
-                break
-        return rip
-
     def defer_after_stop(self, action: Callable[[], None]) -> None:
         """Run `action` after the current instruction retires, outside unicorn.
 
@@ -357,22 +337,26 @@ class CpuEngine:
         self.uc.emu_stop()
 
     def run(self, max_insns: int = 0, timeout_us: int = 0) -> ExitReason:
-        """Run guest code until the budget is used, a kick, or a host request.
+        """Run guest code until a budget is used, a kick, or a host request.
 
-        An engine either always counts instructions (max_insns) or never:
-        counting halves guest speed, and switching modes makes unicorn drop
-        its translations and touch the previous start address, a hidden
-        fault that can turn the guest's next #GP into #DF.
+        `max_insns` caps the instructions (0: no cap), `timeout_us` the wall
+        time (0: none); either ends the run with BUDGET.
+
+        Guest code always runs in slices of SLICE_INSNS counted instructions,
+        and nothing but the slice's own count or a hook on this thread ever
+        stops unicorn.  A stop from another thread (`emu_stop`, or
+        `emu_start`'s timeout, which is a timer thread calling it) lands right
+        after the guest's next memory access, and unicorn then resumes at the
+        start of that instruction: an `incl mem` or `lock cmpxchg` that had
+        already stored runs twice (measured: about one in every stop).  Kicks
+        therefore only raise a flag, looked at between slices.
         """
-        counted = bool(max_insns)
-        if self._counted is None:
-            self._counted = counted
-        elif self._counted != counted:
-            raise ValueError("an engine runs either always or never with an instruction budget")
         self._stop_reason = None
         if self._kick_pending.is_set():
             self._kick_pending.clear()
             return ExitReason.KICKED
+        deadline = time.monotonic_ns() + timeout_us * 1000 if timeout_us else None
+        remaining = max_insns or None
         try:
             if not self._entered:
                 self._enter_through_stub()
@@ -380,9 +364,19 @@ class CpuEngine:
             while True:
                 if self._stop_reason is not None:
                     return self._stop_reason
+                if self._kick_pending.is_set():
+                    self._kick_pending.clear()
+                    return ExitReason.KICKED
+                if remaining is not None and remaining <= 0:
+                    return ExitReason.BUDGET
+                if deadline is not None and time.monotonic_ns() >= deadline:
+                    return ExitReason.BUDGET
+                budget = SLICE_INSNS if remaining is None else min(SLICE_INSNS, remaining)
+                if remaining is not None:
+                    remaining -= budget
                 rip = self.uc.reg_read(X.UC_X86_REG_RIP)
                 try:
-                    self.uc.emu_start(rip, _NEVER_REACHED, timeout_us, max_insns)
+                    self.uc.emu_start(rip, _NEVER_REACHED, 0, budget)
                     self._bookkeeping.rearm()
                 except UcError as err:
                     if not self._recover_from_unicorn_error(err):
@@ -392,13 +386,6 @@ class CpuEngine:
                     actions, self._deferred = self._deferred, []
                     for action in actions:
                         action()
-                    continue
-                if self._stop_reason is not None:
-                    return self._stop_reason
-                if self._kick_pending.is_set():
-                    self._kick_pending.clear()
-                    return ExitReason.KICKED
-                return ExitReason.BUDGET
         except Exception as err:   # a hypervisor bug must crash the domain, not the process
             self.error = err
             return ExitReason.HYPERVISOR_ERROR

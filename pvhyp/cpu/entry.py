@@ -30,8 +30,6 @@ PFEC_PRESENT, PFEC_WRITE = 0x1, 0x2
 
 VMASST_TYPE_WRITABLE_PAGETABLES = 2
 
-_IN_MNEMONICS = ("in", "insb", "insw", "insd", "rep insb", "rep insw", "rep insd")
-_OUT_MNEMONICS = ("out", "outsb", "outsw", "outsd", "rep outsb", "rep outsw", "rep outsd")
 _HYPERCALL_ARGS = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "cs", "rip")
 
 HypercallDispatch = Callable[["PvVcpu", int, tuple], int]
@@ -271,7 +269,7 @@ class PvVcpu:
 
     def on_cpuid(self, engine: CpuEngine) -> None:
         if self.priv.cpuid_faults():
-            self._fault_at_instruction(engine, VECTOR_GP, ("cpuid",))
+            self._fault_at_instruction(engine, VECTOR_GP)
             return
         # No event delivery here: a plain cpuid does not enter Xen, and this
         # hook cannot move RIP anyway.
@@ -280,10 +278,10 @@ class PvVcpu:
         except GuestCrash as err:
             self.crash(str(err))
 
-    def _fault_at_instruction(self, engine: CpuEngine, vector: int, mnemonics: tuple[str, ...]) -> None:
+    def _fault_at_instruction(self, engine: CpuEngine, vector: int) -> None:
         """Raise `vector` at the instruction whose hook cannot move RIP (cpuid, in,
         out): the instruction's effects are undone once unicorn has stopped."""
-        rip = engine.current_instruction(lambda insn: insn.mnemonic in mnemonics)
+        rip = engine.read("rip")      # exact: runs are counted
         engine.rewind_after_stop(rip, lambda: self._guarded(self.bouncer.bounce_exception, vector, 0))
 
     def on_io(self, engine: CpuEngine, port: int, size: int, value: int | None):
@@ -291,5 +289,5 @@ class PvVcpu:
             if self.io_handler is not None:
                 return self.io_handler(self, port, size, value)
             return None if value is not None else (1 << (8 * size)) - 1
-        self._fault_at_instruction(engine, VECTOR_GP, _IN_MNEMONICS if value is None else _OUT_MNEMONICS)
+        self._fault_at_instruction(engine, VECTOR_GP)
         return None if value is not None else 0

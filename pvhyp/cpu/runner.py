@@ -24,13 +24,6 @@ if TYPE_CHECKING:
 
 # Guest time per engine run between scheduler checks.
 RUN_BUDGET_US = 10_000
-# Count instructions (with a budget never reached)?  Counting makes unicorn
-# call back on every instruction: guest code runs about 3x slower, but RIP and
-# flags are exact at every hook and no XTF kernel has failed that way.
-# Uncounted, about one XTF run in a few dozen still goes wrong (a wild jump
-# after a time-slice stop; not understood yet).  Flip for speed.
-RUN_COUNTED = True
-COUNT_BUDGET = 1 << 40
 
 
 _live_subsystems: "weakref.WeakSet[CpuSubsystem]" = weakref.WeakSet()
@@ -114,7 +107,7 @@ class CpuSubsystem:
                 if not cpu.engine.has_state and not self._load_initial_registers(vcpu, cpu):
                     sched.deschedule(vcpu)
                     continue
-                reason = cpu.run(max_insns=COUNT_BUDGET if RUN_COUNTED else 0, timeout_us=RUN_BUDGET_US)
+                reason = cpu.run(timeout_us=RUN_BUDGET_US)
                 if reason is ExitReason.HYPERVISOR_ERROR:
                     self.hv.trace.emit("hypervisor_error", domain.domid, vcpu.vcpu_id,
                                        error=repr(cpu.engine.error))

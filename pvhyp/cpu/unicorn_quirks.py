@@ -16,13 +16,18 @@ Other unicorn 2.1.4 behaviour the engine is built around (measured here):
   hooks can.  The engine holds RIP writes made in those hooks (engine.py).
 - A run stopped by its instruction count leaves old_exception = #GP; every
   run is followed by `rearm()`.
+- Unicorn checks for a stop request after every guest memory access and
+  then restarts at the start of that instruction.  A stop from another
+  thread (emu_stop, or emu_start's timeout thread) therefore re-executes an
+  instruction that already stored: `incl mem` counts twice, a won `lock
+  cmpxchg` is retried and fails.  Only the instruction count (checked before
+  each instruction) and hooks on the vCPU thread stop a run cleanly; the
+  engine runs counted slices and other threads only raise a flag.
 - Switching a unicorn between counted and uncounted runs flushes its
   translations and touches the previous start address; from CPL3 on a
   supervisor page that is a hidden #PF that turns the next #GP into #DF.
-  An engine therefore sticks to one mode, and the CPL0 stub runs as the
-  first instructions of the first run rather than as a run of its own.
-- Without an instruction count, IN/OUT hooks see the RIP of the start of the
-  translation block, not of the instruction.
+  The engine always counts, and the CPL0 stub runs as the first
+  instructions of the first run rather than as a run of its own.
 - reg_write(CS/SS) loads any selector without checks and never leaves 64-bit
   mode: iret validates descriptors itself, and compat-mode code cannot run.
 - Writes to DR0-DR7 have no effect: no hardware breakpoints or watchpoints.

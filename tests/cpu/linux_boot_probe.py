@@ -1,6 +1,6 @@
 """Boot a Linux PV kernel on the engine and print its console (a probe, not a test).
 
-    .venv/bin/python tests/cpu/linux_boot_probe.py VMLINUZ [INITRD] [--seconds N] [--uncounted]
+    .venv/bin/python tests/cpu/linux_boot_probe.py VMLINUZ [INITRD] [--seconds N]
 
 Builds the domain with dom0's builder, runs vCPU 0 under the real hypervisor,
 prints every console_io write, and at the end the vCPU's exit state and the
@@ -24,17 +24,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--memory-mb", type=int, default=256)
     parser.add_argument("--cmdline", default="console=hvc0 earlyprintk=xen loglevel=8")
-    parser.add_argument("--uncounted", action="store_true", help="run guest code without instruction counting")
     args = parser.parse_args()
 
     import hypercalls
     from dom0.builder import build_pv_domain
     from dom0.xc import XenCtrl
     from pvhyp.channel import InProcessChannel, create_process_domain
-    from pvhyp.cpu import attach, runner
+    from pvhyp.cpu import attach
     from pvhyp.hypervisor import Hypervisor
 
-    runner.RUN_COUNTED = not args.uncounted
     hv = Hypervisor(memory_mb=args.memory_mb + 512)
     hypercalls.install(hv.hypercalls)
     attach(hv)
