@@ -3,11 +3,10 @@
 `report(hv, domain, console=b"")` gathers, as plain text lines:
 - the guest's own words: the first Linux oops/BUG/WARNING/panic block in its
   printk output (console_io and the hvc0 ring, whichever the caller has) and
-  the last lines it printed; Linux already names functions there (RIP:
-  func+off/len, Call Trace), which is the cheapest symbol source we have:
-  Debian's package ships no System.map and decoding the kernel's compressed
-  kallsyms tables is not done here;
-- each vCPU's RIP, CS and RSP with the instruction at RIP (capstone);
+  the last lines it printed (Linux names functions there itself);
+- each vCPU's RIP, CS and RSP with the instruction at RIP (capstone) and,
+  given a System.map (`SymbolMap.beside(kernel)`: `pvhyp image` writes one
+  decoded from the kernel's own kallsyms), the function it is in;
 - the CPU engine's counters (hypercalls, traps, emulated instructions and
   page-table writes) and the last hypercalls from hv.trace.history(domid).
 Reading a running vCPU's registers from another thread is a snapshot, good
@@ -15,6 +14,8 @@ enough for a hang; after a shutdown they are exact.
 """
 from __future__ import annotations
 
+import bisect
+import pathlib
 import re
 
 OOPS_START = re.compile(r"(BUG: |Oops: |WARNING: |Kernel panic - |general protection fault|"
@@ -37,7 +38,47 @@ def first_oops(lines: list[str]) -> list[str]:
     return []
 
 
-def vcpu_lines(vcpu) -> list[str]:
+class SymbolMap:
+    """A System.map (`address type name` lines): which function holds an address."""
+
+    def __init__(self, text: str):
+        entries = []
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] in "tTwW":
+                try:
+                    entries.append((int(parts[0], 16), parts[2]))
+                except ValueError:
+                    continue
+        entries.sort()
+        self._addresses = [a for a, _ in entries]
+        self._names = [n for _, n in entries]
+
+    @classmethod
+    def beside(cls, kernel_path) -> "SymbolMap | None":
+        """The System.map next to a kernel file (as `pvhyp image` leaves it), if any."""
+        if not kernel_path:
+            return None
+        folder = pathlib.Path(kernel_path).expanduser().parent
+        for candidate in sorted(folder.glob("System.map*")):
+            try:
+                symbols = cls(candidate.read_text(errors="replace"))
+            except OSError:
+                continue
+            if symbols._addresses:
+                return symbols
+        return None
+
+    def describe(self, address: int) -> str | None:
+        """`name+0xoff/0xsize` as Linux prints it, or None outside the table."""
+        i = bisect.bisect_right(self._addresses, address) - 1
+        if i < 0 or i + 1 >= len(self._addresses):
+            return None
+        start, end = self._addresses[i], self._addresses[i + 1]
+        return f"{self._names[i]}+{address - start:#x}/{end - start:#x}"
+
+
+def vcpu_lines(vcpu, symbols: SymbolMap | None = None) -> list[str]:
     cpu = getattr(vcpu, "arch", None)
     engine = getattr(cpu, "engine", None)
     if engine is None:
@@ -47,7 +88,9 @@ def vcpu_lines(vcpu) -> list[str]:
     except Exception as e:          # a closed engine: say so rather than fail the report
         return [f"vcpu{vcpu.vcpu_id}: registers unavailable ({e!r})"]
     mode = "kernel" if getattr(vcpu.pv, "kernel_mode", True) else "user"
-    line = f"vcpu{vcpu.vcpu_id}: {mode} rip {rip:#x} cs {cs:#x} rsp {rsp:#x}: {disassemble_at(vcpu, rip)}"
+    where = symbols.describe(rip) if symbols is not None else None
+    at = f" ({where})" if where else ""
+    line = f"vcpu{vcpu.vcpu_id}: {mode} rip {rip:#x}{at} cs {cs:#x} rsp {rsp:#x}: {disassemble_at(vcpu, rip)}"
     reason = getattr(cpu, "crash_reason", None)
     return [line] + ([f"vcpu{vcpu.vcpu_id}: crashed by the hypervisor: {reason}"] if reason else [])
 
@@ -67,7 +110,7 @@ def last_hypercalls(hv, domid: int, count: int = HYPERCALLS_SHOWN) -> list[str]:
     return [f"{r['name']}({', '.join(hex(a) for a in r['args'][:4])}) = {r['result']}" for r in calls]
 
 
-def report(hv, domain, console: bytes = b"") -> str:
+def report(hv, domain, console: bytes = b"", symbols: SymbolMap | None = None) -> str:
     lines = guest_lines(console)
     out = [f"d{domain.domid}: shut down {domain.is_shut_down}, reason {getattr(domain, 'shutdown_reason', None)}"]
     oops = first_oops(lines)
@@ -77,7 +120,7 @@ def report(hv, domain, console: bytes = b"") -> str:
     out.append(f"guest console, last {min(TAIL_LINES, len(lines))} lines:")
     out += ["  " + line for line in lines[-TAIL_LINES:]]
     for vcpu in domain.vcpus:
-        out += vcpu_lines(vcpu)
+        out += vcpu_lines(vcpu, symbols)
     out.append("counters: " + ", ".join(f"{k} {v}" for k, v in counters(domain).items()))
     out.append("last hypercalls:")
     out += ["  " + call for call in last_hypercalls(hv, domain.domid)]

@@ -18,11 +18,13 @@ import shutil
 import subprocess
 import sys
 
-from pvguest.recipes import cpio, debfile
+from pvguest.recipes import cpio, debfile, kernel_symbols
 
 KERNEL_META = "linux-image-amd64"
 BUSYBOX = "busybox-static"
 MARKER = "PVHYP-GUEST-UP"
+# Bumped when what build() makes from the same packages changes (2: System.map from kallsyms).
+RECIPE_VERSION = 2
 DEFAULT_DIR = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "pvhyp" / "debian"
 
 INIT_SCRIPT = f"""#!/bin/busybox sh
@@ -119,7 +121,7 @@ def build(out_dir: pathlib.Path = DEFAULT_DIR) -> dict:
     manifest_path = out_dir / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("sources") == sources and all(
+        if manifest.get("sources") == sources and manifest.get("recipe") == RECIPE_VERSION and all(
                 (out_dir / manifest[k]).exists() for k in ("kernel", "ramdisk")):
             return _absolute(manifest, out_dir)
     try:
@@ -136,12 +138,17 @@ def build(out_dir: pathlib.Path = DEFAULT_DIR) -> dict:
     system_map = next((v for k, v in kernel_files.items() if "System.map" in k), None)
     if system_map and b"The real System.map is in" in system_map[:200]:
         system_map = None           # Debian ships a placeholder; the real one is in the -dbg package
+    if system_map is None:
+        try:
+            system_map = kernel_symbols.system_map_from_kernel(vmlinuz)
+        except kernel_symbols.SymbolsUnavailable as e:
+            print(f"pvhyp image: no kernel symbols for diagnostics: {e}", file=sys.stderr)
     if system_map:
         (out_dir / "System.map").write_bytes(system_map)
     (out_dir / "initrd.img").write_bytes(build_initramfs(busybox_files["/bin/busybox"]))
     manifest = {"release": release, "kernel": "vmlinuz", "ramdisk": "initrd.img",
                 "system_map": "System.map" if system_map else None,
-                "cmdline": "console=hvc0", "marker": MARKER, "sources": sources}
+                "cmdline": "console=hvc0", "marker": MARKER, "sources": sources, "recipe": RECIPE_VERSION}
     manifest_path.write_text(json.dumps(manifest, indent=1))
     return _absolute(manifest, out_dir)
 

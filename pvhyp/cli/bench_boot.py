@@ -65,6 +65,7 @@ class PvhypBoot:
     def __init__(self, image: dict, memory: int = 256, extra: str = ""):
         from pvhyp.cli.run_cmd import OneShot
         self.run = OneShot(guest_config(image, memory, extra=extra), "<bench boot>", memory)
+        self.kernel_path = image["kernel"]
         self.hv = self.run.hv
         self.started = 0.0
         self.domid: int | None = None
@@ -120,11 +121,12 @@ class PvhypBoot:
         return lines[-1] if lines else "<nothing printed>"
 
     def diagnosis(self) -> str:
-        from pvhyp.diagnose import report
+        from pvhyp.diagnose import SymbolMap, report
         domain = self.domain
         if domain is None:
             return "the domain is gone"
-        return report(self.hv, domain, bytes(self.run.console_io) + self.run.ring_text())
+        return report(self.hv, domain, bytes(self.run.console_io) + self.run.ring_text(),
+                      SymbolMap.beside(self.kernel_path))
 
     def counters(self) -> dict[str, int]:
         from pvhyp.diagnose import counters

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from pvhyp.cli import UserError
-from pvhyp.diagnose import disassemble_at
+from pvhyp.diagnose import SymbolMap, disassemble_at
 
 SHUTDOWN_NAMES = {0: "poweroff", 1: "reboot", 2: "suspend", 3: "crash", 4: "watchdog", 5: "soft_reset"}
 # Exit status by shutdown reason (documented in --help).
@@ -126,6 +126,7 @@ class OneShot:
         self._ring_fd: int | None = None
         self._ring = bytearray()
         self._closed = False
+        self.stdin_closed = False
         self.hv.console_sinks.append(self._on_console_io)
         self.hv.domain_create_hooks.append(self._watch)
         if trace_path:
@@ -150,7 +151,7 @@ class OneShot:
         self.shutdown_reason = reason
         if reason == 3:
             try:
-                self.crash_line = crash_line(self.hv, domain)
+                self.crash_line = crash_line(self.hv, domain, SymbolMap.beside(self._kernel_path()))
             except Exception as e:      # a diagnostic must never hide the crash itself
                 self.crash_line = f"d{domain.domid} crashed (no details: {e!r})"
         self.done.set()
@@ -190,7 +191,9 @@ class OneShot:
             self._read_ring()
         if stdin_fd is not None and stdin_fd in readable:
             data = os.read(stdin_fd, 4096)
-            if data and self._ring_fd is not None:
+            if not data:
+                self.stdin_closed = True         # end of a piped script: keep running without input
+            elif self._ring_fd is not None:
                 try:
                     os.write(self._ring_fd, data.replace(b"\n", b"\r"))
                 except OSError:
@@ -219,7 +222,7 @@ class OneShot:
                 return "timeout"
             if not self.host.dom0_alive or self.host.dom0_proc.poll() is not None:
                 return "error"
-            self.pump(0.05, stdin_fd)
+            self.pump(0.05, None if self.stdin_closed else stdin_fd)
         self._drain_ring()
         return SHUTDOWN_NAMES.get(self.shutdown_reason, "crash")
 
@@ -240,6 +243,10 @@ class OneShot:
     def _name(self) -> str:
         from dom0.toolstack.config import parse_config
         return parse_config(self.config_text, self.source).name
+
+    def _kernel_path(self) -> str:
+        from dom0.toolstack.config import parse_config
+        return parse_config(self.config_text, self.source).kernel
 
     def ring_text(self) -> bytes:
         """Everything the guest wrote on its console ring (the pty may have dropped some; the log has it)."""
@@ -264,15 +271,17 @@ class OneShot:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def crash_line(hv, domain) -> str:
-    """reason, faulting RIP, the instruction there, the last hypercalls: one line."""
+def crash_line(hv, domain, symbols: SymbolMap | None = None) -> str:
+    """reason, faulting RIP (and its function, given symbols), the instruction there,
+    the last hypercalls: one line."""
     vcpu = domain.vcpus[0]
     cpu = vcpu.arch
     reason = getattr(cpu, "crash_reason", None) or "the guest asked for it (SCHEDOP_shutdown crash)"
     parts = [f"d{domain.domid} crashed: {reason}"]
     try:
         rip = cpu.engine.read("rip")
-        parts.append(f"rip {rip:#x}: {disassemble_at(vcpu, rip)}")
+        where = symbols.describe(rip) if symbols is not None else None
+        parts.append(f"rip {rip:#x}{f' ({where})' if where else ''}: {disassemble_at(vcpu, rip)}")
     except Exception:
         pass
     calls = [r for r in hv.trace.history(domain.domid) if r["kind"] == "hypercall"][-HISTORY_SHOWN:]
@@ -344,9 +353,8 @@ def run(args) -> int:
             err.write(f"(d{domid}) {line.decode(errors='replace')}\n")
         err.flush()
 
-    stdin_fd = None
-    if not sys.stdin.closed and sys.stdin.isatty():
-        stdin_fd = sys.stdin.fileno()
+    # A terminal or a pipe: lines typed (or piped) go to the guest's console.
+    stdin_fd = None if sys.stdin is None or sys.stdin.closed else sys.stdin.fileno()
     result = run_guest(text, source, args.timeout, args.trace, console_io_out, ring_out, stdin_fd)
     if result.reason == "crash" and result.crash_line:
         print(f"pvhyp: {result.crash_line}", file=sys.stderr)
