@@ -1,9 +1,26 @@
-"""The main job `pvhyp` runs with no arguments (README's first Quick start command)."""
+"""The main job `pvhyp` runs with no arguments (README's first Quick start command).
+
+Debian 12's stock kernel as a PV guest, on the software CPU: the image is
+built from Debian's packages on first use (`pvhyp image debian`), then it
+boots as `pvhyp run` would boot examples/debian.cfg, console in the
+foreground.  On a terminal the busybox shell is yours (`poweroff -f` ends
+it).  Otherwise the lines on stdin are typed into the shell once it is up,
+then `poweroff -f`: `bin/pvhyp < /dev/null` boots, shows the shell and ends.
+"""
 from __future__ import annotations
+
+import sys
+
+GUEST_MEMORY_MB = 256
 
 
 def run(args) -> int:
-    # Until x86 guests boot, the main job is the ABI tour.
-    from pvhyp.cli import abi_cmd
-    print("pvhyp: Xen 4.17 public ABI, as pvhyp declares it (try `pvhyp abi start_info`)\n")
-    return abi_cmd.tour()
+    from pvhyp.cli.bench_boot import MARKER, find_image, guest_config
+    from pvhyp.cli.run_cmd import run_in_foreground
+    image = find_image()            # builds it when missing; a UserError says why it cannot
+    interactive = sys.stdin is not None and not sys.stdin.closed and sys.stdin.isatty()
+    print(f"pvhyp: booting Debian's {image.get('release', 'kernel')} as a PV guest on the software CPU "
+          f"(about a minute){'; `poweroff -f` in its shell ends it' if interactive else ''}",
+          file=sys.stderr, flush=True)
+    return run_in_foreground(guest_config(image, GUEST_MEMORY_MB), "<main job>",
+                             input_after=MARKER, input_at_end=b"" if interactive else b"poweroff -f\n")

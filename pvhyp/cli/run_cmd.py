@@ -127,6 +127,10 @@ class OneShot:
         self._ring = bytearray()
         self._closed = False
         self.stdin_closed = False
+        # Input waits until the guest printed this (a shell may drop what came before it)...
+        self.input_after: bytes | None = None
+        # ...and this line goes to the guest when piped input ends.
+        self.input_at_end = b""
         self.hv.console_sinks.append(self._on_console_io)
         self.hv.domain_create_hooks.append(self._watch)
         if trace_path:
@@ -192,12 +196,22 @@ class OneShot:
         if stdin_fd is not None and stdin_fd in readable:
             data = os.read(stdin_fd, 4096)
             if not data:
-                self.stdin_closed = True         # end of a piped script: keep running without input
-            elif self._ring_fd is not None:
+                # End of a piped script: keep running, with the closing line if there is one.
+                self.stdin_closed = True
+                data = self.input_at_end
+            if data and self._ring_fd is not None:
                 try:
                     os.write(self._ring_fd, data.replace(b"\n", b"\r"))
                 except OSError:
                     pass
+
+    def _input_open(self) -> bool:
+        if self.input_after is None:
+            return True
+        if self.input_after in self._ring:
+            self.input_after = None
+            return True
+        return False
 
     def _read_ring(self) -> None:
         while self._ring_fd is not None:
@@ -222,7 +236,7 @@ class OneShot:
                 return "timeout"
             if not self.host.dom0_alive or self.host.dom0_proc.poll() is not None:
                 return "error"
-            self.pump(0.05, None if self.stdin_closed else stdin_fd)
+            self.pump(0.05, None if self.stdin_closed or not self._input_open() else stdin_fd)
         self._drain_ring()
         return SHUTDOWN_NAMES.get(self.shutdown_reason, "crash")
 
@@ -293,11 +307,17 @@ def crash_line(hv, domain, symbols: SymbolMap | None = None) -> str:
 
 def run_guest(config_text: str, source: str = "<config>", timeout: float | None = None,
               trace_path: str | None = None, console_io_sink=None, ring_sink=None,
-              stdin_fd: int | None = None) -> RunResult:
-    """Boot one guest in a fresh hypervisor, wait for its shutdown (or the timeout), tear down."""
+              stdin_fd: int | None = None, input_after: bytes | None = None,
+              input_at_end: bytes = b"") -> RunResult:
+    """Boot one guest in a fresh hypervisor, wait for its shutdown (or the timeout), tear down.
+
+    Lines read from `stdin_fd` go to the guest's console, once it printed
+    `input_after` (if given); `input_at_end` follows when that input ends.
+    """
     cfg = check_config(config_text, source)
     started = time.monotonic()
     run = OneShot(config_text, source, cfg.memory, trace_path, console_io_sink, ring_sink)
+    run.input_after, run.input_at_end = input_after, input_at_end
     try:
         try:
             domid = run.start()
@@ -337,6 +357,12 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     text, source = build_config(args)
+    return run_in_foreground(text, source, args.timeout, args.trace)
+
+
+def run_in_foreground(text: str, source: str, timeout: float | None = None, trace: str | None = None,
+                      input_after: bytes | None = None, input_at_end: bytes = b"") -> int:
+    """`pvhyp run`'s console and exit status: ring on stdout, console_io on stderr, stdin to the guest."""
     out, err = sys.stdout.buffer, sys.stderr
 
     def ring_out(data: bytes) -> None:
@@ -355,7 +381,8 @@ def run(args) -> int:
 
     # A terminal or a pipe: lines typed (or piped) go to the guest's console.
     stdin_fd = None if sys.stdin is None or sys.stdin.closed else sys.stdin.fileno()
-    result = run_guest(text, source, args.timeout, args.trace, console_io_out, ring_out, stdin_fd)
+    result = run_guest(text, source, timeout, trace, console_io_out, ring_out, stdin_fd,
+                       input_after, input_at_end)
     if result.reason == "crash" and result.crash_line:
         print(f"pvhyp: {result.crash_line}", file=sys.stderr)
     elif result.reason == "error":
