@@ -96,8 +96,9 @@ def vcpu_lines(vcpu, symbols: SymbolMap | None = None) -> list[str]:
 
 
 def counters(domain) -> dict[str, int]:
-    """Hypercalls, exceptions seen by the engine and instructions it emulated, summed over vCPUs."""
-    total = {"hypercall": 0, "exception": 0, "emulated": 0}
+    """Hypercalls, exceptions seen by the engine, privileged instructions it emulated and
+    page-table writes it emulated (writable page tables), summed over vCPUs."""
+    total = {"hypercall": 0, "exception": 0, "emulated": 0, "ptwr": 0}
     for vcpu in domain.vcpus:
         counts = getattr(getattr(vcpu, "arch", None), "counts", None) or {}
         for key in total:

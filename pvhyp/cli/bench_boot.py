@@ -197,7 +197,8 @@ def run(args) -> int:
     counts = pv["counters"]
     print(f"pvhyp_hypercalls: {counts.get('hypercall', 0)} calls")
     print(f"pvhyp_traps: {counts.get('exception', 0)} traps")
-    print(f"pvhyp_emulated: {counts.get('emulated', 0)} instructions (privileged ops + page-table writes)")
+    print(f"pvhyp_emulated: {counts.get('emulated', 0)} privileged instructions")
+    print(f"pvhyp_pagetable_writes: {counts.get('ptwr', 0)} emulated page-table writes")
     if args.no_qemu:
         print("qemu_boot_to_marker: skipped (--no-qemu)")
         return 0 if pv["reached"] else 1

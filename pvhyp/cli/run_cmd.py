@@ -12,6 +12,7 @@ conformance tests): it returns a RunResult with both consoles captured.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from pvhyp.cli import UserError
+from pvhyp.cli.xl_cmd import DETACH
 from pvhyp.diagnose import SymbolMap, disassemble_at
 
 SHUTDOWN_NAMES = {0: "poweroff", 1: "reboot", 2: "suspend", 3: "crash", 4: "watchdog", 5: "soft_reset"}
@@ -31,7 +33,7 @@ EXIT_STATUS = {"poweroff": 0, "crash": 1, "reboot": 3, "watchdog": 4, "suspend":
                "timeout": 7, "error": 70, "interrupted": 130}
 EXIT_HELP = ("exit status: 0 poweroff, 1 crash, 2 bad config/kernel, 3 reboot, 4 watchdog, "
              "5 suspend, 6 soft_reset, 7 --timeout reached, 70 hypervisor/dom0 failure, "
-             "130 interrupted (Ctrl-C destroys the guest)")
+             "130 interrupted (Ctrl-C, or Ctrl-] on a terminal, destroys the guest)")
 DOM0_MB = 16
 HISTORY_SHOWN = 6
 CONSOLE_DRAIN_SECONDS = 2.0
@@ -127,6 +129,8 @@ class OneShot:
         self._ring = bytearray()
         self._closed = False
         self.stdin_closed = False
+        # stdin is a terminal in keystroke mode (see terminal_keystrokes): bytes go as typed
+        self.keystrokes = False
         # Input waits until the guest printed this (a shell may drop what came before it)...
         self.input_after: bytes | None = None
         # ...and this line goes to the guest when piped input ends.
@@ -199,9 +203,11 @@ class OneShot:
                 # End of a piped script: keep running, with the closing line if there is one.
                 self.stdin_closed = True
                 data = self.input_at_end
+            if self.keystrokes and DETACH in data:
+                raise KeyboardInterrupt          # Ctrl-] on the terminal: as Ctrl-C was
             if data and self._ring_fd is not None:
                 try:
-                    os.write(self._ring_fd, data.replace(b"\n", b"\r"))
+                    os.write(self._ring_fd, data if self.keystrokes else data.replace(b"\n", b"\r"))
                 except OSError:
                     pass
 
@@ -318,6 +324,7 @@ def run_guest(config_text: str, source: str = "<config>", timeout: float | None 
     started = time.monotonic()
     run = OneShot(config_text, source, cfg.memory, trace_path, console_io_sink, ring_sink)
     run.input_after, run.input_at_end = input_after, input_at_end
+    run.keystrokes = stdin_fd is not None and os.isatty(stdin_fd)
     try:
         try:
             domid = run.start()
@@ -355,6 +362,26 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+@contextlib.contextmanager
+def terminal_keystrokes(fd: int | None):
+    """On a terminal: every key goes to the guest as typed (Ctrl-C, Tab, arrows; the guest
+    echoes), output keeps its newline handling, and Ctrl-] ends the run (as it detaches
+    `pvhyp console`). Anything else: untouched."""
+    if fd is None or not os.isatty(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    mode = termios.tcgetattr(fd)
+    mode[0] &= ~(termios.ICRNL | termios.IXON)                                   # iflag
+    mode[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG | termios.IEXTEN)  # lflag
+    mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
+    termios.tcsetattr(fd, termios.TCSANOW, mode)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
 def run(args) -> int:
     text, source = build_config(args)
     return run_in_foreground(text, source, args.timeout, args.trace)
@@ -381,8 +408,9 @@ def run_in_foreground(text: str, source: str, timeout: float | None = None, trac
 
     # A terminal or a pipe: lines typed (or piped) go to the guest's console.
     stdin_fd = None if sys.stdin is None or sys.stdin.closed else sys.stdin.fileno()
-    result = run_guest(text, source, timeout, trace, console_io_out, ring_out, stdin_fd,
-                       input_after, input_at_end)
+    with terminal_keystrokes(stdin_fd):
+        result = run_guest(text, source, timeout, trace, console_io_out, ring_out, stdin_fd,
+                           input_after, input_at_end)
     if result.reason == "crash" and result.crash_line:
         print(f"pvhyp: {result.crash_line}", file=sys.stderr)
     elif result.reason == "error":

@@ -70,7 +70,8 @@ class PvVcpu:
         self.priv = PrivilegedOps(self.engine, self.pv, self.bouncer, self.vcpu_id, on_new_cr3, debug_registers)
         self.watchpoints = Watchpoints(self.engine, self.pv,
                                        lambda: self._guarded(self.bouncer.bounce_exception, VECTOR_DB))
-        self.counts = {"hypercall": 0, "exception": 0, "emulated": 0}
+        # emulated: privileged instructions and cpuid; ptwr: guest writes to its page tables
+        self.counts = {"hypercall": 0, "exception": 0, "emulated": 0, "ptwr": 0}
         self._running_thread: threading.Thread | None = None
         self._posted: collections.deque = collections.deque()
         self._flush_requested = False
@@ -239,7 +240,7 @@ class PvVcpu:
         if (vector == VECTOR_PF and self.ptwr_emulate is not None and self._writable_pagetables()
                 and error_code & (PFEC_PRESENT | PFEC_WRITE) == PFEC_PRESENT | PFEC_WRITE):
             if emulate_pagetable_write(self, cr2):
-                self.counts["emulated"] += 1
+                self.counts["ptwr"] += 1
                 return
         self.bouncer.bounce_exception(vector, error_code, cr2)
 

@@ -33,7 +33,7 @@ def test_report_on_a_domain_that_never_ran():
         text = diagnose.report(hv, domain, CONSOLE)
         assert text.index("guest oops (first):") < text.index("guest console, last")
         assert "vcpu0: never ran" in text and "vcpu1: never ran" in text
-        assert "counters: hypercall 0, exception 0, emulated 0" in text
+        assert "counters: hypercall 0, exception 0, emulated 0, ptwr 0" in text
         assert "xen_version(0x0, 0x0, 0x0) = 262161" in text
     finally:
         hv.memory.close()

@@ -70,9 +70,9 @@ class Host:
             time.sleep(0.05)
 
 
-def start_host(run_dir: str) -> Host:
+def start_host(run_dir: str, memory_mb: int = 192) -> Host:
     host = Host(run_dir)
-    host.pvhyp("up", "--memory", "192")
+    host.pvhyp("up", "--memory", str(memory_mb))
     return host
 
 
