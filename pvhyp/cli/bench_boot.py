@@ -43,13 +43,18 @@ def find_image(directory: str | None = None) -> dict:
     from pvguest.recipes import debian
     out_dir = pathlib.Path(directory) if directory else debian.DEFAULT_DIR
     manifest_path = out_dir / "manifest.json"
+    existing = None
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if all((out_dir / manifest[k]).exists() for k in ("kernel", "ramdisk")):
-            return debian._absolute(manifest, out_dir)
+            existing = debian._absolute(manifest, out_dir)
+            if manifest.get("recipe") == debian.RECIPE_VERSION:
+                return existing
     try:
-        return debian.build(out_dir)
+        return debian.build(out_dir)      # new, or made by an older recipe (cached packages are reused)
     except Exception as e:      # no network, no apt: one line for the user
+        if existing is not None:
+            return existing
         raise UserError(f"no Debian image in {out_dir} and building one failed: {e}") from None
 
 
