@@ -314,10 +314,9 @@ class CpuEngine:
     def rewind_after_stop(self, rip: int, action: Callable[[], None]) -> None:
         """Undo the rest of this instruction's translation block, then `action`.
 
-        Without an instruction budget unicorn finishes the whole block after an
-        IN/OUT hook; the CPU state captured here (the registers at the
-        instruction) comes back once it stops, with RIP = `rip`.  Memory the
-        rest of the block wrote stays written: refused port I/O is rare enough.
+        Unicorn completes the hooked instruction (an IN writes RAX) and stops
+        before the next one; the CPU state captured here (the registers at
+        the instruction) then comes back, with RIP = `rip`.
         """
         snapshot = self.uc.context_save()
 
