@@ -118,12 +118,9 @@ def build(out_dir: pathlib.Path = DEFAULT_DIR) -> dict:
     kernel_deb = download(kernel_pkg, debs)
     busybox_deb = download(BUSYBOX, debs)
     sources = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (kernel_deb, busybox_deb)}
-    manifest_path = out_dir / "manifest.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("sources") == sources and manifest.get("recipe") == RECIPE_VERSION and all(
-                (out_dir / manifest[k]).exists() for k in ("kernel", "ramdisk")):
-            return _absolute(manifest, out_dir)
+    manifest = cached(out_dir)
+    if manifest is not None and manifest.get("sources") == sources and manifest.get("recipe") == RECIPE_VERSION:
+        return _absolute(manifest, out_dir)
     try:
         kernel_files = debfile.extract(kernel_deb.read_bytes(),
                                        lambda p: p.startswith("/boot/vmlinuz-") or p.startswith("/boot/System.map-"))
@@ -149,8 +146,19 @@ def build(out_dir: pathlib.Path = DEFAULT_DIR) -> dict:
     manifest = {"release": release, "kernel": "vmlinuz", "ramdisk": "initrd.img",
                 "system_map": "System.map" if system_map else None,
                 "cmdline": "console=hvc0", "marker": MARKER, "sources": sources, "recipe": RECIPE_VERSION}
-    manifest_path.write_text(json.dumps(manifest, indent=1))
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return _absolute(manifest, out_dir)
+
+
+def cached(out_dir: pathlib.Path) -> dict | None:
+    """The manifest of the image already built in `out_dir` (paths relative), if its files are there."""
+    manifest_path = pathlib.Path(out_dir) / "manifest.json"
+    if not manifest_path.exists():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    if not all((pathlib.Path(out_dir) / manifest[k]).exists() for k in ("kernel", "ramdisk")):
+        return None
+    return manifest
 
 
 def _absolute(manifest: dict, out_dir: pathlib.Path) -> dict:

@@ -12,7 +12,6 @@ console line, the time) and prints the crash diagnosis (pvhyp.diagnose).
 """
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import select
@@ -42,19 +41,14 @@ def find_image(directory: str | None = None) -> dict:
     """The image manifest (absolute paths): an existing image in `directory`, else a fresh build."""
     from pvguest.recipes import debian
     out_dir = pathlib.Path(directory) if directory else debian.DEFAULT_DIR
-    manifest_path = out_dir / "manifest.json"
-    existing = None
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if all((out_dir / manifest[k]).exists() for k in ("kernel", "ramdisk")):
-            existing = debian._absolute(manifest, out_dir)
-            if manifest.get("recipe") == debian.RECIPE_VERSION:
-                return existing
+    manifest = debian.cached(out_dir)
+    if manifest is not None and manifest.get("recipe") == debian.RECIPE_VERSION:
+        return debian._absolute(manifest, out_dir)
     try:
         return debian.build(out_dir)      # new, or made by an older recipe (cached packages are reused)
     except Exception as e:      # no network, no apt: one line for the user
-        if existing is not None:
-            return existing
+        if manifest is not None:
+            return debian._absolute(manifest, out_dir)
         raise UserError(f"no Debian image in {out_dir} and building one failed: {e}") from None
 
 

@@ -4,8 +4,9 @@ Debian 12's stock kernel as a PV guest, on the software CPU: the image is
 built from Debian's packages on first use (`pvhyp image debian`), then it
 boots as `pvhyp run` would boot examples/debian.cfg, console in the
 foreground.  On a terminal the busybox shell is yours (`poweroff -f` ends
-it; Ctrl-] destroys it from outside).  Otherwise the lines on stdin are typed into the shell once it is up,
-then `poweroff -f`: `bin/pvhyp < /dev/null` boots, shows the shell and ends.
+it; Ctrl-] destroys it from outside).  Otherwise the lines on stdin are
+typed into the shell once it is up, then `poweroff -f`: `bin/pvhyp <
+/dev/null` boots, shows the shell and ends.
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ def run(args) -> int:
     print(f"pvhyp: booting Debian's {image.get('release', 'kernel')} as a PV guest on the software CPU "
           f"(about a minute){'; `poweroff -f` in its shell ends it' if interactive else ''}",
           file=sys.stderr, flush=True)
-    if interactive:            # keys go to the guest as typed; Ctrl-] ends it from the host side
-        return run_in_foreground(guest_config(image, GUEST_MEMORY_MB), "<main job>")
-    return run_in_foreground(guest_config(image, GUEST_MEMORY_MB), "<main job>",
-                             input_after=MARKER, input_at_end=b"poweroff -f\n")
+    # On a terminal keys go to the guest as typed; otherwise stdin waits for the shell, then poweroff.
+    piped = {} if interactive else {"input_after": MARKER, "input_at_end": b"poweroff -f\n"}
+    return run_in_foreground(guest_config(image, GUEST_MEMORY_MB), "<main job>", **piped)

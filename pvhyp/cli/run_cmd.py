@@ -13,6 +13,7 @@ conformance tests): it returns a RunResult with both consoles captured.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import shutil
@@ -159,7 +160,7 @@ class OneShot:
         self.shutdown_reason = reason
         if reason == 3:
             try:
-                self.crash_line = crash_line(self.hv, domain, SymbolMap.beside(self._kernel_path()))
+                self.crash_line = crash_line(self.hv, domain, SymbolMap.beside(self._config.kernel))
             except Exception as e:      # a diagnostic must never hide the crash itself
                 self.crash_line = f"d{domain.domid} crashed (no details: {e!r})"
         self.done.set()
@@ -248,7 +249,7 @@ class OneShot:
 
     def _drain_ring(self) -> None:
         """dom0 drains the ring once more when it sees the shutdown, then marks the log."""
-        log_path = os.path.join(self.run_dir, "console", f"guest-{self._name()}.log")
+        log_path = os.path.join(self.run_dir, "console", f"guest-{self._config.name}.log")
         deadline = time.monotonic() + CONSOLE_DRAIN_SECONDS
         while time.monotonic() < deadline:
             self.pump(0.05)
@@ -260,17 +261,14 @@ class OneShot:
                 break
         self.pump(0.05)
 
-    def _name(self) -> str:
+    @functools.cached_property
+    def _config(self):
         from dom0.toolstack.config import parse_config
-        return parse_config(self.config_text, self.source).name
-
-    def _kernel_path(self) -> str:
-        from dom0.toolstack.config import parse_config
-        return parse_config(self.config_text, self.source).kernel
+        return parse_config(self.config_text, self.source)
 
     def ring_text(self) -> bytes:
         """Everything the guest wrote on its console ring (the pty may have dropped some; the log has it)."""
-        log_path = os.path.join(self.run_dir, "console", f"guest-{self._name()}.log")
+        log_path = os.path.join(self.run_dir, "console", f"guest-{self._config.name}.log")
         try:
             with open(log_path, "rb") as f:
                 return f.read()

@@ -49,8 +49,6 @@ SEGMENT_NAMES = ("cs", "ss", "ds", "es", "fs", "gs")
 REG = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in
        GPR_NAMES + SEGMENT_NAMES + ("rip", "rflags", "cr0", "cr2", "cr3", "cr4", "fs_base", "gs_base")}
 
-
-
 _GPR_BLOCK_INDEX = {name: i for i, name in enumerate(quirks.SNAPSHOT_ORDER)}
 _GPR_BLOCK_NAMES = frozenset(_GPR_BLOCK_INDEX)
 
@@ -312,7 +310,7 @@ class CpuEngine:
         self.uc.emu_stop()
 
     def rewind_after_stop(self, rip: int, action: Callable[[], None]) -> None:
-        """Undo the rest of this instruction's translation block, then `action`.
+        """Undo the hooked instruction's effect on the registers, then `action`.
 
         Unicorn completes the hooked instruction (an IN writes RAX) and stops
         before the next one; the CPU state captured here (the registers at
