@@ -5,7 +5,7 @@ some parameters `int` or `unsigned int`, which keep only the low 32 bits.
 """
 from __future__ import annotations
 
-from pvhyp.pv_vcpu import addr_ok
+from pvhyp.pv.state import addr_ok
 
 
 def c_int(value: int) -> int:

@@ -5,7 +5,7 @@ from abi import callback as C
 from abi import errno as E
 from hypercalls import hypercall
 from hypercalls.c_args import c_int
-from pvhyp import pv_vcpu
+from pvhyp.pv import state as pv_vcpu
 
 _CALLBACK_FIELD = {
     C.CALLBACKTYPE_event: "event_callback",

@@ -7,7 +7,8 @@ from abi import errno as E
 from abi.arch_x86_xen import FIRST_RESERVED_GDT_ENTRY
 from hypercalls import hypercall
 from hypercalls.c_args import c_uint
-from pvhyp import pv_descriptors, pv_vcpu
+from pvhyp.pv import descriptors as pv_descriptors
+from pvhyp.pv import state as pv_vcpu
 
 
 @hypercall("set_gdt")

@@ -11,7 +11,8 @@ from __future__ import annotations
 from abi import errno as E
 from abi import grant_table as G
 from hypercalls import hypercall
-from hypercalls.event_channel import codec, layout, patch, read_op
+from abi.fast import codec
+from hypercalls.fields import layout, patch, read_op
 from pvhyp import grant_table as gnt
 from pvhyp.guest_access import HYPERVISOR_VIRT_END
 

@@ -13,7 +13,7 @@ from abi import errno as E
 from abi import physdev as P
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, guest_handle_okay
-from pvhyp import pv_vcpu
+from pvhyp.pv import state as pv_vcpu
 
 # Without the event-channel subsystem's count: Xen's nr_static_irqs (24 GSIs) + extra_domU_pirqs (32).
 NR_PIRQS = 24 + 32

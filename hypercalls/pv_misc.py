@@ -5,7 +5,7 @@ from abi import errno as E
 from abi.xen_x86_64 import SEGBASE_FS, SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBASE_GS_USER_SEL
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, c_uint
-from pvhyp import pv_vcpu
+from pvhyp.pv import state as pv_vcpu
 
 _SEGBASE_FIELD = {SEGBASE_FS: "fs_base", SEGBASE_GS_USER: "gs_base_user", SEGBASE_GS_KERNEL: "gs_base_kernel"}
 

@@ -7,7 +7,7 @@ from abi import errno as E
 from abi import sched as S
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, guest_handle_okay
-from pvhyp import pv_vcpu
+from pvhyp.pv import state as pv_vcpu
 from pvhyp.event_channel import evtchn_port_is_pending
 
 MAX_POLL_PORTS = 128            # Xen's "fairly arbitrary limit"

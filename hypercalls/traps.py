@@ -5,7 +5,7 @@ from abi import errno as E
 from abi.arch_x86_xen import trap_info
 from abi.fast import codec
 from hypercalls import hypercall
-from pvhyp import pv_vcpu
+from pvhyp.pv import state as pv_vcpu
 
 _TRAP_INFO = codec(trap_info)
 
@@ -52,7 +52,7 @@ def do_iret(ctx):
     bouncer = getattr(cpu, "bouncer", None)
     if bouncer is None:
         return -E.ENOSYS        # a process domain has no frame to return to
-    from pvhyp.cpu.traps import GuestCrash
+    from pvhyp.pv.traps import GuestCrash
     try:
         bouncer.do_iret()
     except GuestCrash as err:

@@ -8,7 +8,7 @@ from abi.sched import SHUTDOWN_poweroff
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, c_uint, guest_handle_okay
 from hypercalls.sched import domain_shutdown
-from pvhyp import pv_vcpu
+from pvhyp.pv import state as pv_vcpu
 from pvhyp.time import STIME_DELTA_MAX, MILLISECS
 
 

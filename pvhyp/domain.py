@@ -43,7 +43,7 @@ class VCPU:
         # --- timers / time (pvhyp/time) ---
         self.timer: Any = None
 
-        # --- PV-visible vCPU state (pvhyp/pv_vcpu) and scheduling (pvhyp/sched) ---
+        # --- PV-visible vCPU state (pvhyp/pv/state) and scheduling (pvhyp/sched) ---
         self.pv: Any = None
         self.sched: Any = None
 

@@ -295,11 +295,11 @@ def set_address_size(size: int) -> int:
 
 def arch_set_info_guest(v: "VCPU", c: dict) -> int:
     """XEN_DOMCTL_setvcpucontext's arch_set_info_guest: the one PV implementation
-    (pvhyp.pv_vcpu, shared with VCPUOP_initialise) loads and validates it; the
+    (pvhyp.pv.state, shared with VCPUOP_initialise) loads and validates it; the
     domctl adds what only it does: VGCF_online brings the vCPU up, and the plain
     parsed context stays in `v.initial_context` for the CPU engine and getvcpucontext.
     """
-    from pvhyp import pv_vcpu
+    from pvhyp.pv import state as pv_vcpu
     if getattr(v, "pv", None) is None:
         return -E.EOPNOTSUPP            # no PV vCPU state attached to this hypervisor
     rc = pv_vcpu.arch_set_info_guest(v, c)

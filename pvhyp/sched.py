@@ -38,7 +38,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from abi.xen import VMASST_TYPE_runstate_update_flag
-from pvhyp import pv_vcpu
+from pvhyp.pv import state as pv_vcpu
 from pvhyp.guest_access import GuestFault, copy_to_guest
 
 if TYPE_CHECKING:

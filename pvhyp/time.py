@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Callable
 
 from abi.arch_x86_xen import XEN_LEGACY_MAX_VCPUS
 from abi.xen import VIRQ_TIMER, XEN_PVCLOCK_TSC_STABLE_BIT, vcpu_info, vcpu_time_info
-from pvhyp import pv_vcpu
+from pvhyp.pv import state as pv_vcpu
 from pvhyp.guest_access import GuestFault, copy_to_guest
 from pvhyp.memory import PAGE_SHIFT
 

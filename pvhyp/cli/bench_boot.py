@@ -39,7 +39,7 @@ def add_arguments(parser) -> None:
 
 def find_image(directory: str | None = None) -> dict:
     """The image manifest (absolute paths): an existing image in `directory`, else a fresh build."""
-    from pvguest.recipes import debian
+    from dom0.images import debian
     out_dir = pathlib.Path(directory) if directory else debian.DEFAULT_DIR
     manifest = debian.cached(out_dir)
     if manifest is not None and manifest.get("recipe") == debian.RECIPE_VERSION:

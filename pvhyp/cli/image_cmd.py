@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pvguest.recipes import debian
+    from dom0.images import debian
     try:
         m = debian.build(args.dir or debian.DEFAULT_DIR)
     except debian.ImageError as e:

@@ -1,5 +1,9 @@
 """The CPU engine: x86-64 PV guests on a software CPU (unicorn 2.1.4).
 
+The PV behaviour the engine calls into (entry path, trap bouncing,
+emulation, writable page tables, the hypervisor's address-space layout) is
+engine-independent and lives in pvhyp/pv.
+
 Layers, bottom up
 -----------------
 unicorn_quirks  start-up probe of unicorn's private CPU-context fields (the
@@ -26,7 +30,7 @@ Uses:
   pvhyp.memory.MachineMemory   .size, .nr_frames, .buf, .host_address,
                                read/write/read_u64/write_u64
   hv.frames.alloc(DOMID_XEN)   hypervisor frames; hv.m2p_mfns
-  vcpu.pv (pvhyp.pv_vcpu.PVVcpuState)  trap table, callbacks, kernel_sp,
+  vcpu.pv (pvhyp.pv.state.PVVcpuState)  trap table, callbacks, kernel_sp,
                                mode and tables, segment bases, iopl, cr0_ts,
                                cr2/cr4, vcpu_info_maddr, GDT frames
   hv.hypercalls.dispatch(HypercallContext(vcpu), nr, args) -> int

@@ -9,12 +9,12 @@ from __future__ import annotations
 import struct
 import time
 
-from pvhyp.cpu import xen_layout as L
+from pvhyp.pv import xen_layout as L
 from pvhyp.cpu.engine import ExitReason
-from pvhyp.cpu.entry import PvVcpu, initial_state
+from pvhyp.pv.entry import PvVcpu, initial_state
 from pvhyp.domain import Domain
 from pvhyp.memory import MachineMemory
-from pvhyp.pv_vcpu import PVVcpuState
+from pvhyp.pv.state import PVVcpuState
 
 _MEMORY = 16 << 20
 _HV_FIRST, _HV_COUNT = 0x10, 0x80

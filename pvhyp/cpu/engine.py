@@ -8,7 +8,7 @@ that every transition (trap bounce, iret hypercall, mode switch) is a
 register rewrite done inside a hook, which keeps CPL3.
 
 Everything a guest can do that needs the hypervisor ends up as one call on the
-`VcpuHost` (see below); the PV logic lives there (pvhyp/cpu/entry.py), not
+`VcpuHost` (see below); the PV logic lives there (pvhyp/pv/entry.py), not
 here.  A Python exception escaping a host callback stops the run and is
 reported as ExitReason.HYPERVISOR_ERROR; it never propagates into unicorn.
 """
@@ -27,7 +27,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from pvhyp.cpu import unicorn_quirks as quirks
-from pvhyp.cpu import xen_layout as L
+from pvhyp.pv import xen_layout as L
 from pvhyp.cpu.fastregs import FastRegisters
 from pvhyp.cpu.guest_memory import read_guest_virtual
 

@@ -14,8 +14,8 @@ import weakref
 from typing import TYPE_CHECKING
 
 from pvhyp.cpu.engine import ExitReason
-from pvhyp.cpu.entry import PvVcpu
-from pvhyp.cpu.xen_layout import XenLayout
+from pvhyp.pv.entry import PvVcpu
+from pvhyp.pv.xen_layout import XenLayout
 from pvhyp.domain import SHUTDOWN_CRASH
 from pvhyp.mm.frametable import DOMID_XEN
 
@@ -162,11 +162,11 @@ class _DebugRegisters:
         self.vcpu = vcpu
 
     def get(self, reg: int) -> int:
-        from pvhyp.pv_vcpu import get_debugreg
+        from pvhyp.pv.state import get_debugreg
         return get_debugreg(self.vcpu, reg)
 
     def set(self, reg: int, value: int) -> int:
-        from pvhyp.pv_vcpu import set_debugreg
+        from pvhyp.pv.state import set_debugreg
         return set_debugreg(self.vcpu, reg, value)
 
 

@@ -15,9 +15,9 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
-from pvhyp import pv_vcpu
-from pvhyp.cpu import xen_layout as L
-from pvhyp.cpu.entry import PvVcpu, initial_state
+from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import xen_layout as L
+from pvhyp.pv.entry import PvVcpu, initial_state
 from pvhyp.domain import Domain
 from pvhyp.memory import MachineMemory
 

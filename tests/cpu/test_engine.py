@@ -7,8 +7,8 @@ import time
 import pytest
 
 from guest_kit import HOLE_VA, RO_PAGE_VA, GuestMachine, USER_STACK_TOP
-from pvhyp import pv_vcpu
-from pvhyp.cpu import xen_layout as L
+from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import xen_layout as L
 from pvhyp.cpu.engine import ExitReason
 from pvhyp.cpu.unicorn_quirks import verified_layout
 

@@ -6,9 +6,9 @@ import struct
 import pytest
 
 from guest_kit import GUEST_FIRST_MFN, RO_PAGE_VA, GuestMachine
-from pvhyp.cpu import xen_layout as L
+from pvhyp.pv import xen_layout as L
 from pvhyp.cpu.engine import ExitReason
-from pvhyp.cpu.ptwr import FLAG_ZF
+from pvhyp.pv.ro_page_fault import FLAG_ZF
 
 MASK64 = (1 << 64) - 1
 
@@ -76,7 +76,7 @@ failsafe:                        /* rcx, r11, ds, es, fs, gs, rip, cs, rflags, r
     HYPERCALL HC_LOG
     HYPERCALL HC_EXIT
 """)
-    from pvhyp.pv_vcpu import Callback
+    from pvhyp.pv.state import Callback
     vcpu.pv.failsafe_callback = Callback(syms["failsafe"])
     run(vcpu, rec)
     assert rec.log[0][0] == syms["main"]

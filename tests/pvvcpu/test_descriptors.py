@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 
 from abi import errno as E
-from pvhyp.pv_descriptors import check_descriptor
+from pvhyp.pv.descriptors import check_descriptor
 
 CODE64_DPL0 = 0x00AF9A000000FFFF          # present, S, code, DPL 0
 DATA_DPL3 = 0x00CFF2000000FFFF

@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from pvguest.recipes import cpio, debfile, debian
+from dom0.images import cpio, debfile, debian
 
 
 def make_deb(files: dict[str, bytes]) -> bytes:

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 
-from pvguest.recipes import cpio, debfile, kernel_symbols
+from dom0.images import cpio, debfile, kernel_symbols
 
 KERNEL_META = "linux-image-amd64"
 BUSYBOX = "busybox-static"

@@ -34,7 +34,7 @@ Contract with the CPU engine (pvhyp/cpu)
   #NM (vector 7) to the guest on FPU use while it is set, and clears it on
   clts.
 * `dr[0..3]`, `dr6`, `dr7` (+ `dr7_emul`, the I/O breakpoints Xen emulates).
-* The GDT (`gdt_frames`, `gdt_ents`) is managed in pvhyp/pv_descriptors.py;
+* The GDT (`gdt_frames`, `gdt_ents`) is managed in pvhyp/pv/descriptors.py;
   the LDT by the PV MMU (MMUEXT_SET_LDT), mirrored here by VCPUOP_initialise.
 * `initial_user_regs`: the cpu_user_regs of VCPUOP_initialise when the
   engine has no `set_user_regs` yet; it loads them on the vCPU's first run.
@@ -49,7 +49,7 @@ from abi.arch_x86_xen import FIRST_RESERVED_GDT_PAGE
 from abi.xen import VMASST_TYPE_architectural_iopl, vcpu_info
 from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS, HYPERVISOR_VIRT_END
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
-from pvhyp.pv_descriptors import GDT_ENTRIES_PER_FRAME, fixup_guest_selector, pv_destroy_gdt, pv_set_gdt
+from pvhyp.pv.descriptors import GDT_ENTRIES_PER_FRAME, fixup_guest_selector, pv_destroy_gdt, pv_set_gdt
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
@@ -264,7 +264,7 @@ def set_gs_user_selector(vcpu: "VCPU", sel: int) -> int:
     would fault is replaced by NUL (base 0), and the call still succeeds,
     as Xen does (Linux cannot handle a failure here).
     """
-    from pvhyp.pv_descriptors import data_selector_base
+    from pvhyp.pv.descriptors import data_selector_base
     sel &= 0xFFFF
     if sel > 3:
         sel |= 3
@@ -521,7 +521,7 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
 # --- lifetime -------------------------------------------------------------------
 
 def attach(hv) -> None:
-    from pvhyp import pv_descriptors
+    from pvhyp.pv import descriptors as pv_descriptors
     pv_descriptors.attach(hv)
 
     def create(domain: "Domain") -> None:

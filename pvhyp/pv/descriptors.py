@@ -110,7 +110,7 @@ def pv_destroy_gdt(vcpu: "VCPU") -> None:
 
 def pv_set_gdt(vcpu: "VCPU", frames: list[int], entries: int) -> int:
     """Install a guest GDT of `entries` descriptors in `frames` (machine frames)."""
-    from pvhyp.pv_vcpu import notify_arch
+    from pvhyp.pv.state import notify_arch
     if entries > FIRST_RESERVED_GDT_ENTRY:
         return -E.EINVAL
     nr_frames = (entries + GDT_ENTRIES_PER_FRAME - 1) // GDT_ENTRIES_PER_FRAME

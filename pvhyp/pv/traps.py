@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 
-from pvhyp.cpu import xen_layout as L
+from pvhyp.pv import xen_layout as L
 from pvhyp.cpu.guest_memory import read_guest_virtual, write_guest_virtual
 
 # Trap bounce flags
@@ -51,7 +51,7 @@ class GuestCrash(Exception):
 class TrapBouncer:
     """Builds bounce frames and performs mode switches for one vCPU.
 
-    `pv` is the vCPU's PV state (pvhyp.pv_vcpu.PVVcpuState: trap table,
+    `pv` is the vCPU's PV state (pvhyp.pv.state.PVVcpuState: trap table,
     callbacks, kernel stack, mode, page-table bases, segment bases).
     """
 

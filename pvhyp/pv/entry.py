@@ -8,7 +8,7 @@ instruction and CPUID emulation, port I/O rules, writable page tables, and
 the event upcall on every return to the guest.
 
 The PV state itself (trap table, callbacks, kernel stack, segment bases,
-IOPL, ...) is pvhyp.pv_vcpu.PVVcpuState, changed by the hypercall handlers;
+IOPL, ...) is pvhyp.pv.state.PVVcpuState, changed by the hypercall handlers;
 this module reads it and loads into the CPU what they change (pv_changed).
 """
 from __future__ import annotations
@@ -17,11 +17,11 @@ import collections
 import threading
 from typing import Callable
 
-from pvhyp.cpu import xen_layout as L
-from pvhyp.cpu.emulate import FORCED_EMULATION_PREFIX, PrivilegedOps
+from pvhyp.pv import xen_layout as L
+from pvhyp.pv.emulate import FORCED_EMULATION_PREFIX, PrivilegedOps
 from pvhyp.cpu.engine import GPR_NAMES, CpuEngine, CpuState, ExitReason
-from pvhyp.cpu.ptwr import emulate_pagetable_write
-from pvhyp.cpu.traps import GuestCrash, TrapBouncer
+from pvhyp.pv.ro_page_fault import emulate_pagetable_write
+from pvhyp.pv.traps import GuestCrash, TrapBouncer
 from pvhyp.cpu.watchpoints import Watchpoints
 
 HYPERVISOR_IRET = 23
@@ -46,7 +46,7 @@ def initial_state(entry: int, stack: int, start_info_va: int, l4_mfn: int) -> Cp
 class PvVcpu:
     """The CPU side of one PV vCPU; the glue installs it as `vcpu.arch`.
 
-    `vcpu` is a pvhyp.domain.VCPU whose `pv` (pvhyp.pv_vcpu.PVVcpuState) holds
+    `vcpu` is a pvhyp.domain.VCPU whose `pv` (pvhyp.pv.state.PVVcpuState) holds
     the PV state; `dispatch(pv_vcpu, nr, args) -> int` runs hypercalls.
     """
 
@@ -150,7 +150,7 @@ class PvVcpu:
         self.engine.set_cr3(table << 12)
 
     def pv_changed(self, what: str) -> None:
-        """pvhyp.pv_vcpu.notify_arch: load a changed value into the CPU."""
+        """pvhyp.pv.state.notify_arch: load a changed value into the CPU."""
         self.post(lambda: self._load_pv_value(what))
 
     def _load_pv_value(self, what: str) -> None:

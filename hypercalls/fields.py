@@ -1,0 +1,47 @@
+"""Reading an op's struct from a guest and patching results into the same bytes.
+
+Shared by the hypercall families whose ops Xen copies back whole (event
+channels, grant tables): results are patched into the bytes the guest wrote,
+never rebuilt from zeros, so padding and other union members go back as read.
+"""
+from __future__ import annotations
+
+from abi.fast import codec
+
+_LAYOUTS: dict[int, dict] = {}
+
+
+def layout(struct) -> dict:
+    """name -> (offset, subcon, size) of a struct's fields, computed once."""
+    lay = _LAYOUTS.get(id(struct))
+    if lay is None:
+        lay, offset = {}, 0
+        for sub in struct.subcons:
+            size = sub.sizeof()
+            if sub.name:
+                lay[sub.name] = (offset, sub, size)
+            offset += size
+        _LAYOUTS[id(struct)] = lay
+    return lay
+
+
+def field_offset(struct, name: str) -> int:
+    return layout(struct)[name][0]
+
+
+def patch(struct, raw: bytearray, **fields) -> bytearray:
+    """Write `fields` of `struct` into `raw` at their offsets, leaving every other byte."""
+    lay = layout(struct)
+    for name, value in fields.items():
+        offset, sub, size = lay[name]
+        if isinstance(value, int):
+            raw[offset:offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        else:
+            raw[offset:offset + size] = sub.build(value)
+    return raw
+
+
+def read_op(ctx, struct, addr: int):
+    c = codec(struct)
+    raw = bytearray(ctx.read(addr, c.size))
+    return raw, dict(c.parse(raw))

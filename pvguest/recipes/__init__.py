@@ -1,1 +1,0 @@
-"""Recipes that build guest images from Debian's own packages."""
