@@ -24,6 +24,8 @@ compiler inserts are written as explicit ``Padding(n)``; pad fields the
 header names are ordinary named fields.
 """
 
+from typing import Any
+
 from construct import (
     Array,
     Construct,
@@ -61,20 +63,20 @@ unsigned_long = Int64ul
 signed_long = Int64sl
 
 
-class Typedef(Subconstruct):
+class Typedef(Subconstruct):  # type: ignore[misc]  # construct is untyped
     """A C typedef: the same bytes as ``subcon``, shown under ``c_name``."""
 
-    def __init__(self, c_name, subcon):
+    def __init__(self, c_name: str, subcon: Construct) -> None:
         super().__init__(subcon)
         self.c_name = c_name
 
-    def _emitparse(self, code):
+    def _emitparse(self, code: Any) -> Any:
         return self.subcon._compileparse(code)
 
-    def _emitbuild(self, code):
+    def _emitbuild(self, code: Any) -> Any:
         return self.subcon._compilebuild(code)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Typedef {self.c_name}>"
 
 
@@ -89,10 +91,10 @@ def XEN_GUEST_HANDLE_64(target: str) -> Typedef:
     return Typedef(f"XEN_GUEST_HANDLE_64({target})", Int64ul)
 
 
-class CUnion(Construct):
+class CUnion(Construct):  # type: ignore[misc]  # construct is untyped
     """A C union of named members (``"name" / subcon``); see the module note."""
 
-    def __init__(self, *members):
+    def __init__(self, *members: Construct) -> None:
         super().__init__()
         self.subcons = list(members)
         for member in self.subcons:
@@ -100,17 +102,17 @@ class CUnion(Construct):
                 raise ValueError("CUnion members need names")
         largest = max(member.sizeof() for member in self.subcons)
         align = alignment(self)
-        self.size = -(-largest // align) * align
+        self.size: int = -(-largest // align) * align
 
-    def _parse(self, stream, context, path):
+    def _parse(self, stream: Any, context: Any, path: str) -> Container:
         data = stream_read(stream, self.size, path)
         return Container({m.name: m.parse(data) for m in self.subcons})
 
-    def _build(self, obj, stream, context, path):
+    def _build(self, obj: Any, stream: Any, context: Any, path: str) -> Any:
         stream_write(stream, self.build_bytes(obj), self.size, path)
         return obj
 
-    def build_bytes(self, obj) -> bytes:
+    def build_bytes(self, obj: Any) -> bytes:
         merged = bytearray(self.size)
         for member in self.subcons:
             if member.name in obj:
@@ -119,23 +121,24 @@ class CUnion(Construct):
                     merged[i] |= byte
         return bytes(merged)
 
-    def _sizeof(self, context, path):
+    def _sizeof(self, context: Any, path: str) -> int:
         if self.size is None:  # pragma: no cover - set in __init__
             raise SizeofError(path=path)
         return self.size
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<CUnion {[m.name for m in self.subcons]}>"
 
 
-def alignment(subcon) -> int:
+def alignment(subcon: Construct) -> int:
     """C alignment of a construct built from this module's vocabulary."""
     while isinstance(subcon, Subconstruct) and not isinstance(subcon, Array):
         if isinstance(subcon, Padded):
             return 1
         subcon = subcon.subcon
     if isinstance(subcon, FormatField):
-        return subcon.sizeof()
+        size: int = subcon.sizeof()
+        return size
     if isinstance(subcon, Array):
         return alignment(subcon.subcon)
     if isinstance(subcon, (Struct, CUnion)):
@@ -143,7 +146,7 @@ def alignment(subcon) -> int:
     return 1  # bytes, padding
 
 
-def plain(value):
+def plain(value: Any) -> Any:
     """Construct's parse result as plain dicts/lists, without its ``_io`` keys."""
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items() if k != "_io"}

@@ -21,18 +21,23 @@ Anything the generator does not know falls back to construct's own
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from functools import reduce
+from typing import TYPE_CHECKING, Any
 
-from construct import Array, Bytes, FormatField, Padded, Pass, Renamed, Struct
+from construct import Array, Bytes, Construct, FormatField, Padded, Pass, Renamed, Struct
 
 from abi.cdefs import CUnion, Typedef, plain
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 
 class _Unsupported(Exception):
     pass
 
 
-def _strip(node):
+def _strip(node: Construct) -> Construct:
     while isinstance(node, (Renamed, Typedef)):
         node = node.subcon
     return node
@@ -42,13 +47,13 @@ class _Generator:
     """Emits, for one construct, a struct format, a parse expression over the
     unpacked tuple ``t`` and the argument list for ``pack``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.fmt: list[str] = []
         self.count = 0  # tuple items so far
-        self.namespace: dict = {}
+        self.namespace: dict[str, Any] = {}  # helpers the generated source calls
         self.depth = 0
 
-    def helper(self, obj, prefix: str) -> str:
+    def helper(self, obj: object, prefix: str) -> str:
         name = f"{prefix}{len(self.namespace)}"
         self.namespace[name] = obj
         return name
@@ -57,7 +62,7 @@ class _Generator:
     def _item(base: str, i: int) -> str:
         return f"t[{i}]" if base == "0" else f"t[{base}+{i}]"
 
-    def parse_expr(self, node, base: str, start: int) -> tuple[str, int]:
+    def parse_expr(self, node: Construct, base: str, start: int) -> tuple[str, int]:
         """(expression, items consumed) for ``node`` whose first item is t[base+start]."""
         node = _strip(node)
         if isinstance(node, FormatField):
@@ -100,7 +105,7 @@ class _Generator:
                     per * node.count)
         raise _Unsupported(type(node).__name__)
 
-    def build_args(self, node, acc: str) -> list[str]:
+    def build_args(self, node: Construct, acc: str) -> list[str]:
         """Arguments for ``pack`` (starred where they expand) taken from ``acc``."""
         node = _strip(node)
         if isinstance(node, (FormatField, Bytes)):
@@ -130,7 +135,7 @@ class _Generator:
 class Codec:
     """parse/build for one construct, generated from its definition."""
 
-    def __init__(self, construct):
+    def __init__(self, construct: Construct) -> None:
         self.construct = construct
         gen = _Generator()
         parse_expr, _ = gen.parse_expr(construct, "0", 0)
@@ -146,16 +151,17 @@ class Codec:
         )
         namespace = dict(gen.namespace, pack=self.format.pack, pack_into=self.format.pack_into)
         exec(compile(self.source, f"<abi.fast codec, {self.size} bytes>", "exec"), namespace)
-        self._from_tuple = namespace["from_tuple"]
-        self.build = namespace["build"]
-        self.build_into = namespace["build_into"]  # (writable buffer, offset, value): in place
+        self._from_tuple: Callable[[tuple[Any, ...]], Any] = namespace["from_tuple"]
+        self.build: Callable[[Any], bytes] = namespace["build"]
+        # (writable buffer, offset, value): in place
+        self.build_into: Callable[[WriteableBuffer, int, Any], None] = namespace["build_into"]
         self._unpack_from = self.format.unpack_from
         self._iter_unpack = self.format.iter_unpack
 
-    def parse(self, buf, offset: int = 0):
+    def parse(self, buf: ReadableBuffer, offset: int = 0) -> Any:
         return self._from_tuple(self._unpack_from(buf, offset))
 
-    def parse_array(self, buf, count: int, offset: int = 0) -> list:
+    def parse_array(self, buf: ReadableBuffer, count: int, offset: int = 0) -> list[Any]:
         """``count`` consecutive structs starting at ``offset``."""
         view = memoryview(buf)[offset:offset + count * self.size]
         if len(view) != count * self.size:
@@ -167,32 +173,35 @@ class Codec:
 class CompiledCodec:
     """Fallback for constructs the generator cannot express: construct's compile()."""
 
-    def __init__(self, construct):
+    def __init__(self, construct: Construct) -> None:
         self.construct = construct
         self.compiled = construct.compile()
-        self.size = construct.sizeof()
+        self.size: int = construct.sizeof()
         self.source = "(construct compile() fallback)"
 
-    def parse(self, buf, offset: int = 0):
+    # buf: anything that slices to bytes (as a Codec's buffer does)
+    def parse(self, buf: Any, offset: int = 0) -> Any:
         return plain(self.compiled.parse(bytes(buf[offset:offset + self.size])))
 
-    def build(self, obj) -> bytes:
-        return self.compiled.build(obj)
+    def build(self, obj: Any) -> bytes:
+        built: bytes = self.compiled.build(obj)
+        return built
 
-    def build_into(self, buf, offset: int, obj) -> None:
+    def build_into(self, buf: Any, offset: int, obj: Any) -> None:
         buf[offset:offset + self.size] = self.build(obj)
 
-    def parse_array(self, buf, count: int, offset: int = 0) -> list:
+    def parse_array(self, buf: Any, count: int, offset: int = 0) -> list[Any]:
         return [self.parse(buf, offset + i * self.size) for i in range(count)]
 
 
 _codecs: dict[int, tuple[object, Codec | CompiledCodec]] = {}
 
 
-def codec(construct) -> Codec | CompiledCodec:
+def codec(construct: Construct) -> Codec | CompiledCodec:
     """The (cached) fast codec of a construct definition."""
     cached = _codecs.get(id(construct))
     if cached is None:
+        made: Codec | CompiledCodec
         try:
             made = Codec(construct)
         except _Unsupported:
@@ -201,19 +210,19 @@ def codec(construct) -> Codec | CompiledCodec:
     return cached[1]
 
 
-def _union_parser(union: CUnion):
+def _union_parser(union: CUnion) -> Callable[[bytes], dict[str, Any]]:
     members = [(m.name, codec(_strip(m))) for m in union.subcons]
 
-    def parse_union(data):
+    def parse_union(data: bytes) -> dict[str, Any]:
         return {name: member.parse(data) for name, member in members}
     return parse_union
 
 
-def _union_builder(union: CUnion):
+def _union_builder(union: CUnion) -> Callable[[dict[str, Any]], bytes]:
     members = [(m.name, codec(_strip(m))) for m in union.subcons]
     size = union.size
 
-    def build_union(obj):
+    def build_union(obj: dict[str, Any]) -> bytes:
         built = [member.build(obj[name]) for name, member in members if name in obj]
         if len(built) == 1:
             return built[0]  # pack's "Ns" zero-fills the rest

@@ -28,6 +28,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 from construct import (
     Array,
@@ -54,8 +55,8 @@ class HeaderModule:
     c_prefix: str = ""  # C spelling = c_prefix + Python name
     # struct/constant name -> why it has no C twin; a module may also say so
     # itself in a module-level NOT_IN_HEADER dict (merged with this one)
-    not_in_header: dict = field(default_factory=dict)
-    c_types: dict = field(default_factory=dict)  # struct name -> C type, where not "struct NAME"
+    not_in_header: dict[str, str] = field(default_factory=dict)
+    c_types: dict[str, str] = field(default_factory=dict)  # struct name -> C type, where not "struct NAME"
 
 
 # Include order: a header's dependencies come first.
@@ -141,7 +142,8 @@ class StructEntry:
 
     @property
     def size(self) -> int:
-        return self.construct.sizeof()
+        size: int = self.construct.sizeof()
+        return size
 
     @property
     def docs(self) -> str:
@@ -171,7 +173,7 @@ class FieldInfo:
     note: str
 
 
-def header_modules() -> list[tuple[HeaderModule, object]]:
+def header_modules() -> list[tuple[HeaderModule, ModuleType]]:
     """(spec, imported module) for every listed module that exists yet."""
     present = []
     for spec in MODULES:
@@ -193,11 +195,11 @@ def unlisted_modules() -> list[str]:
     return sorted(name for name in found if name not in listed)
 
 
-def is_struct_object(value) -> bool:
+def is_struct_object(value: object) -> bool:
     return isinstance(value, (Struct, CUnion))
 
 
-def is_constant(name: str, value) -> bool:
+def is_constant(name: str, value: object) -> bool:
     dunder = name.startswith("__") and name.endswith("__")
     return isinstance(value, int) and not isinstance(value, bool) and not dunder
 
@@ -258,7 +260,7 @@ _SCALAR_C_TYPES = {
 }
 
 
-def unwrap(subcon) -> tuple[Construct, str, str | None]:
+def unwrap(subcon: Construct) -> tuple[Construct, str, str | None]:
     """Strip name/doc wrappers: (inner construct, merged docs, typedef name)."""
     docs: list[str] = []
     typedef = None
@@ -274,13 +276,14 @@ def unwrap(subcon) -> tuple[Construct, str, str | None]:
             return subcon, "; ".join(docs), typedef
 
 
-def type_name(subcon) -> str:
+def type_name(subcon: Construct) -> str:
     """A C-like spelling of a construct: uint32_t, domid_t, struct vcpu_info[32]."""
     inner, _, typedef = unwrap(subcon)
     if typedef:
         return typedef
     if isinstance(inner, FormatField):
-        return _SCALAR_C_TYPES.get(inner.fmtstr[-1], inner.fmtstr)
+        fmtstr: str = inner.fmtstr
+        return _SCALAR_C_TYPES.get(fmtstr[-1], fmtstr)
     if isinstance(inner, Bytes) and isinstance(inner.length, int):
         return f"uint8_t[{inner.length}]"
     if isinstance(inner, Array) and isinstance(inner.count, int):
@@ -295,7 +298,7 @@ def type_name(subcon) -> str:
     return type(inner).__name__
 
 
-def members(inner) -> list[tuple[Construct, int]]:
+def members(inner: Construct) -> list[tuple[Construct, int]]:
     """(member, offset relative to the aggregate) of a Struct or CUnion."""
     if isinstance(inner, CUnion):
         return [(m, 0) for m in inner.subcons]
@@ -314,7 +317,7 @@ def fields(construct: Construct, *, array_elements: bool = True,
     shows the compiler's alignment gaps instead (``include_padding``)."""
     found: list[FieldInfo] = []
 
-    def walk(aggregate, base_path, base_offset, depth):
+    def walk(aggregate: Construct, base_path: str, base_offset: int, depth: int) -> None:
         for sub, offset in members(aggregate):
             if not sub.name:  # explicit padding: no C twin
                 if include_padding:
@@ -327,7 +330,7 @@ def fields(construct: Construct, *, array_elements: bool = True,
             found.append(FieldInfo(path, sub.name, depth, at, sub.sizeof(), type_name(sub), note))
             descend(inner, path, at, depth + 1)
 
-    def descend(inner, path, at, depth):
+    def descend(inner: Construct, path: str, at: int, depth: int) -> None:
         if isinstance(inner, (Struct, CUnion)):
             walk(inner, f"{path}.", at, depth)
         elif array_elements and isinstance(inner, Array):

@@ -15,8 +15,11 @@ a short varied head and repeat one drawn value for the rest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from hypothesis import strategies as st
-from construct import Array, Bytes, FormatField, Padded, Renamed, Struct
+from construct import Array, Bytes, Construct, FormatField, Padded, Renamed, Struct
 
 from abi.cdefs import CUnion, Typedef, plain
 
@@ -31,8 +34,8 @@ def boundary_integers(bits: int, signed: bool = False) -> st.SearchStrategy[int]
         low, high = 0, (1 << bits) - 1
     edges = {low, low + 1, high, high - 1, 0, 1, -1, 2}
     edges |= {1 << n for n in range(bits - 1)} | {(1 << n) - 1 for n in range(1, bits)}
-    edges = sorted(e for e in edges if low <= e <= high)
-    return st.one_of(st.sampled_from(edges), st.integers(low, high))
+    in_range = sorted(e for e in edges if low <= e <= high)
+    return st.one_of(st.sampled_from(in_range), st.integers(low, high))
 
 
 # Beyond these lengths, draw a head and repeat a filler (see the module note).
@@ -40,7 +43,11 @@ LONG_BYTES = 64
 LONG_ARRAY = 8
 
 
-def _head_then_fill(head: st.SearchStrategy, fill: st.SearchStrategy, length: int):
+_Seq = TypeVar("_Seq", bytes, list[Any])
+
+
+def _head_then_fill(head: st.SearchStrategy[_Seq], fill: st.SearchStrategy[_Seq], length: int
+                    ) -> st.SearchStrategy[_Seq]:
     return st.builds(lambda h, f: (h + f * length)[:length], head, fill)
 
 
@@ -51,20 +58,25 @@ def sized_bytes(length: int) -> st.SearchStrategy[bytes]:
                            length)
 
 
-def sized_list(element: st.SearchStrategy, length: int) -> st.SearchStrategy[list]:
+def sized_list(element: st.SearchStrategy[Any], length: int) -> st.SearchStrategy[list[Any]]:
     if length <= LONG_ARRAY:
         return st.lists(element, min_size=length, max_size=length)
     return _head_then_fill(st.lists(element, max_size=LONG_ARRAY), element.map(lambda e: [e]),
                            length)
 
 
-def _strip(node):
+def _strip(node: Construct) -> Construct:
     while isinstance(node, (Renamed, Typedef)):
         node = node.subcon
     return node
 
 
-def strategy_for(construct) -> st.SearchStrategy:
+def _as_member(name: str) -> Callable[[Any], dict[str, Any]]:
+    """A union member's value as a union value: {name: value}."""
+    return lambda value: {name: value}
+
+
+def strategy_for(construct: Construct) -> st.SearchStrategy[Any]:
     """Values of ``construct`` (a registered struct or any part of one)."""
     node = _strip(construct)
     if isinstance(node, FormatField):
@@ -76,7 +88,7 @@ def strategy_for(construct) -> st.SearchStrategy:
         return sized_list(strategy_for(node.subcon), node.count)
     if isinstance(node, CUnion):
         one_member = st.one_of(*(
-            strategy_for(member).map(lambda value, name=member.name: {name: value})
+            strategy_for(member).map(_as_member(member.name))
             for member in node.subcons))
         return one_member.map(lambda value: plain(node.parse(node.build(value))))
     if isinstance(node, Struct):
@@ -87,6 +99,6 @@ def strategy_for(construct) -> st.SearchStrategy:
     raise TypeError(f"no strategy for {type(node).__name__}")
 
 
-def raw_bytes_for(construct) -> st.SearchStrategy[bytes]:
+def raw_bytes_for(construct: Construct) -> st.SearchStrategy[bytes]:
     """Arbitrary memory of the construct's size (what a hostile guest may hold)."""
     return sized_bytes(construct.sizeof())

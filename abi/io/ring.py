@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from construct import Struct
 
 from abi.cdefs import CUnion, Typedef, uint8_t, uint32_t
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 RING_IDX = Typedef("RING_IDX", uint32_t)
 
@@ -138,12 +142,13 @@ class SharedRing:
 
     _u32 = struct.Struct("<I")
 
-    def __init__(self, page, layout: RingLayout):
+    def __init__(self, page: WriteableBuffer, layout: RingLayout) -> None:
         self.page = memoryview(page).cast("B")
         self.layout = layout
 
     def _get(self, offset: int) -> int:
-        return self._u32.unpack_from(self.page, offset)[0]
+        value: int = self._u32.unpack_from(self.page, offset)[0]
+        return value
 
     def _set(self, offset: int, value: int) -> None:
         self._u32.pack_into(self.page, offset, _wrap(value))

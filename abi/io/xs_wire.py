@@ -9,7 +9,7 @@ errno *name* ("ENOENT\\0"), looked up in ``xsd_errors``.
 Numbers verified against Debian 12's /usr/include/xen/io/xs_wire.h (Xen 4.17).
 """
 
-from construct import Array, Bytes, Int32ul, Struct
+from construct import Bytes, Int32ul, Struct
 
 # --- enum xsd_sockmsg_type -------------------------------------------------
 # Request payload -> reply payload, as xenstored implements them
