@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-_HANDLERS: dict[str, Callable] = {}
+if TYPE_CHECKING:
+    from pvhyp.hypercall_table import HypercallTable
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])
+_HANDLERS: dict[str, Callable[..., Any]] = {}
 
 
-def hypercall(name: str):
-    def register(fn: Callable) -> Callable:
+def hypercall(name: str) -> Callable[[_Handler], _Handler]:
+    def register(fn: _Handler) -> _Handler:
         if name in _HANDLERS and _HANDLERS[name] is not fn:
             raise RuntimeError(f"two handlers for hypercall {name}")
         _HANDLERS[name] = fn
@@ -24,7 +28,7 @@ def hypercall(name: str):
     return register
 
 
-def install(table) -> None:
+def install(table: HypercallTable) -> None:
     from abi.xen import HYPERCALL_NUMBERS
     for mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{mod.name}")

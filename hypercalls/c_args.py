@@ -5,7 +5,12 @@ some parameters `int` or `unsigned int`, which keep only the low 32 bits.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pvhyp.pv.state import addr_ok
+
+if TYPE_CHECKING:
+    from pvhyp.hypercall_table import HypercallContext
 
 
 def c_int(value: int) -> int:
@@ -22,7 +27,7 @@ def c_long(value: int) -> int:
     return value - (1 << 64) if value >> 63 else value
 
 
-def guest_handle_okay(ctx, addr: int, count: int, size: int) -> bool:
+def guest_handle_okay(ctx: HypercallContext, addr: int, count: int, size: int) -> bool:
     """Xen's guest_handle_okay: the range may be accessed at all (not that it is mapped)."""
     if count and count >= ((1 << 64) - 1) // size:
         return False

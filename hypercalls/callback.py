@@ -1,11 +1,17 @@
 """HYPERVISOR_callback_op (Xen: pv/callback.c do_callback_op)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from abi import callback as C
 from abi import errno as E
 from hypercalls import hypercall
 from hypercalls.c_args import c_int
 from pvhyp.pv import state as pv_vcpu
+
+if TYPE_CHECKING:
+    from pvhyp.domain import VCPU
+    from pvhyp.hypercall_table import HypercallContext
 
 _CALLBACK_FIELD = {
     C.CALLBACKTYPE_event: "event_callback",
@@ -16,7 +22,7 @@ _CALLBACK_FIELD = {
 }
 
 
-def register_guest_callback(vcpu, cb_type: int, flags: int, address: int) -> int:
+def register_guest_callback(vcpu: VCPU, cb_type: int, flags: int, address: int) -> int:
     if not pv_vcpu.is_canonical_address(address):
         return -E.EINVAL
     if cb_type == C.CALLBACKTYPE_nmi:
@@ -31,7 +37,7 @@ def register_guest_callback(vcpu, cb_type: int, flags: int, address: int) -> int
     return 0
 
 
-def unregister_guest_callback(vcpu, cb_type: int) -> int:
+def unregister_guest_callback(vcpu: VCPU, cb_type: int) -> int:
     if cb_type == C.CALLBACKTYPE_nmi:
         pv_vcpu.unregister_guest_nmi_callback(vcpu)
         return 0
@@ -39,7 +45,7 @@ def unregister_guest_callback(vcpu, cb_type: int) -> int:
 
 
 @hypercall("callback_op")
-def do_callback_op(ctx, cmd, arg):
+def do_callback_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
     cmd = c_int(cmd)
     if cmd == C.CALLBACKOP_register:
         reg = ctx.read_struct(C.callback_register, arg)

@@ -7,10 +7,15 @@ filtered as Xen filters it (printable characters and newlines only).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from abi import errno as xen_errno
 from abi.xen import CONSOLEIO_read, CONSOLEIO_write
 from hypercalls import hypercall
 from pvhyp.console import console_write
+
+if TYPE_CHECKING:
+    from pvhyp.hypercall_table import HypercallContext
 
 CHUNK = 127         # Xen copies through a 128-byte kernel buffer, one byte kept for the NUL
 INT_MAX = 0x7FFF_FFFF
@@ -22,7 +27,7 @@ def _printable(data: bytes) -> bytes:
 
 
 @hypercall("console_io")
-def do_console_io(ctx, cmd: int, count: int, buffer: int) -> int:
+def do_console_io(ctx: HypercallContext, cmd: int, count: int, buffer: int) -> int:
     cmd &= 0xFFFF_FFFF
     count &= 0xFFFF_FFFF
     if cmd != CONSOLEIO_write and not ctx.domain.is_privileged:
@@ -36,7 +41,7 @@ def do_console_io(ctx, cmd: int, count: int, buffer: int) -> int:
     return -xen_errno.ENOSYS
 
 
-def _guest_console_write(ctx, count: int, buffer: int) -> int:
+def _guest_console_write(ctx: HypercallContext, count: int, buffer: int) -> int:
     # Chunk by chunk as Xen copies: a fault part-way keeps what was already written.
     while count > 0:
         n = min(count, CHUNK)

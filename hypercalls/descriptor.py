@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 from abi import errno as E
 from abi.arch_x86_xen import FIRST_RESERVED_GDT_ENTRY
@@ -10,9 +11,12 @@ from hypercalls.c_args import c_uint
 from pvhyp.pv import descriptors as pv_descriptors
 from pvhyp.pv import state as pv_vcpu
 
+if TYPE_CHECKING:
+    from pvhyp.hypercall_table import HypercallContext
+
 
 @hypercall("set_gdt")
-def do_set_gdt(ctx, frame_list, entries):
+def do_set_gdt(ctx: HypercallContext, frame_list: int, entries: int) -> int:
     entries = c_uint(entries)
     if entries > FIRST_RESERVED_GDT_ENTRY:
         return -E.EINVAL
@@ -23,6 +27,6 @@ def do_set_gdt(ctx, frame_list, entries):
 
 
 @hypercall("update_descriptor")
-def do_update_descriptor(ctx, maddr, desc):
+def do_update_descriptor(ctx: HypercallContext, maddr: int, desc: int) -> int:
     with pv_vcpu.domain_lock(ctx.domain):
         return pv_descriptors.update_descriptor(ctx.vcpu, maddr, desc)

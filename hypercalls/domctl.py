@@ -7,6 +7,8 @@ the operation. Results are copied back as the whole xen_domctl, as Xen does.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from abi import domctl as D
 from abi import errno as E
 from abi.arch_x86_xen import vcpu_guest_context
@@ -14,6 +16,12 @@ from abi.cdefs import plain
 from abi.xen import DOMID_FIRST_RESERVED
 from hypercalls import hypercall
 from pvhyp import domctl as mech
+
+if TYPE_CHECKING:
+    from construct import Construct
+
+    from pvhyp.domain import Domain
+    from pvhyp.hypercall_table import HypercallContext
 
 DOMCTL_SIZE = D.xen_domctl.sizeof()
 U_OFFSET = DOMCTL_SIZE - 128          # the op union follows cmd, interface_version, domain, pad
@@ -25,11 +33,12 @@ def _field(raw: bytes, name: str, size: int) -> int:
     return int.from_bytes(raw[at:at + size], "little")
 
 
-def _parse(struct, raw: bytes, offset: int = U_OFFSET) -> dict:
-    return plain(struct.parse(raw[offset:offset + struct.sizeof()]))
+def _parse(struct: Construct, raw: bytes, offset: int = U_OFFSET) -> dict[str, Any]:
+    parsed: dict[str, Any] = plain(struct.parse(raw[offset:offset + struct.sizeof()]))
+    return parsed
 
 
-def _with_payload(raw: bytes, struct, value: dict, domain: int | None = None) -> bytes:
+def _with_payload(raw: bytes, struct: Construct, value: dict[str, Any], domain: int | None = None) -> bytes:
     out = bytearray(raw)
     payload = struct.build(value)
     out[U_OFFSET:U_OFFSET + len(payload)] = payload
@@ -39,7 +48,7 @@ def _with_payload(raw: bytes, struct, value: dict, domain: int | None = None) ->
 
 
 @hypercall("domctl")
-def do_domctl(ctx, u_domctl: int) -> int:
+def do_domctl(ctx: HypercallContext, u_domctl: int) -> int:
     raw = ctx.read(u_domctl, DOMCTL_SIZE)
     if _field(raw, "interface_version", 4) != D.XEN_DOMCTL_INTERFACE_VERSION:
         return -E.EACCES
@@ -73,10 +82,10 @@ def do_domctl(ctx, u_domctl: int) -> int:
     handler = _OPS.get(cmd)
     if handler is None:
         return -E.ENOSYS
-    return handler(ctx, u_domctl, raw, d)
+    return handler(ctx, u_domctl, raw, d)  # type: ignore[arg-type]  # None only for createdomain, which ignores it
 
 
-def _createdomain(ctx, u_domctl, raw, _d) -> int:
+def _createdomain(ctx: HypercallContext, u_domctl: int, raw: bytes, _d: Domain | None) -> int:
     config = _parse(D.xen_domctl_createdomain, raw)
     domid = mech.domain_create(ctx.hv, _field(raw, "domain", 2), config)
     if domid < 0:
@@ -87,27 +96,27 @@ def _createdomain(ctx, u_domctl, raw, _d) -> int:
     return 0
 
 
-def _destroydomain(ctx, _u, _raw, d) -> int:
+def _destroydomain(ctx: HypercallContext, _u: int, _raw: bytes, d: Domain) -> int:
     return mech.domain_kill(ctx.hv, ctx.domain, d)
 
 
-def _pausedomain(ctx, _u, _raw, d) -> int:
+def _pausedomain(ctx: HypercallContext, _u: int, _raw: bytes, d: Domain) -> int:
     return mech.domain_pause_by_systemcontroller(ctx.domain, d)
 
 
-def _unpausedomain(_ctx, _u, _raw, d) -> int:
+def _unpausedomain(_ctx: HypercallContext, _u: int, _raw: bytes, d: Domain) -> int:
     return mech.domain_unpause_by_systemcontroller(d)
 
 
-def _max_mem(_ctx, _u, raw, d) -> int:
+def _max_mem(_ctx: HypercallContext, _u: int, raw: bytes, d: Domain) -> int:
     return mech.set_max_mem(d, _parse(D.xen_domctl_max_mem, raw)["max_memkb"])
 
 
-def _max_vcpus(ctx, _u, raw, d) -> int:
+def _max_vcpus(ctx: HypercallContext, _u: int, raw: bytes, d: Domain) -> int:
     return mech.max_vcpus(ctx.domain, d, _parse(D.xen_domctl_max_vcpus, raw)["max"])
 
 
-def _setvcpucontext(ctx, _u, raw, d) -> int:
+def _setvcpucontext(ctx: HypercallContext, _u: int, raw: bytes, d: Domain) -> int:
     op = _parse(D.xen_domctl_vcpucontext, raw)
     vcpu_id = op["vcpu"]
     if d is ctx.domain or vcpu_id >= len(d.vcpus):
@@ -120,7 +129,7 @@ def _setvcpucontext(ctx, _u, raw, d) -> int:
         return mech.arch_set_info_guest(v, context)
 
 
-def _getvcpucontext(ctx, u_domctl, raw, d) -> int:
+def _getvcpucontext(ctx: HypercallContext, u_domctl: int, raw: bytes, d: Domain) -> int:
     op = _parse(D.xen_domctl_vcpucontext, raw)
     vcpu_id = op["vcpu"]
     if vcpu_id >= len(d.vcpus) or d.vcpus[vcpu_id] is ctx.vcpu:
@@ -133,7 +142,7 @@ def _getvcpucontext(ctx, u_domctl, raw, d) -> int:
     return 0
 
 
-def _getvcpuinfo(ctx, u_domctl, raw, d) -> int:
+def _getvcpuinfo(ctx: HypercallContext, u_domctl: int, raw: bytes, d: Domain) -> int:
     op = _parse(D.xen_domctl_getvcpuinfo, raw)
     if op["vcpu"] >= len(d.vcpus):
         return -E.EINVAL
@@ -142,21 +151,21 @@ def _getvcpuinfo(ctx, u_domctl, raw, d) -> int:
     return 0
 
 
-def _setdomainhandle(_ctx, _u, raw, d) -> int:
+def _setdomainhandle(_ctx: HypercallContext, _u: int, raw: bytes, d: Domain) -> int:
     d.handle = bytes(_parse(D.xen_domctl_setdomainhandle, raw)["handle"])
     return 0
 
 
-def _set_address_size(_ctx, _u, raw, _d) -> int:
+def _set_address_size(_ctx: HypercallContext, _u: int, raw: bytes, _d: Domain | None) -> int:
     return mech.set_address_size(_parse(D.xen_domctl_address_size, raw)["size"])
 
 
-def _get_address_size(ctx, u_domctl, raw, _d) -> int:
+def _get_address_size(ctx: HypercallContext, u_domctl: int, raw: bytes, _d: Domain | None) -> int:
     ctx.write(u_domctl, _with_payload(raw, D.xen_domctl_address_size, {"size": mech.PV64_ADDRESS_SIZE}))
     return 0
 
 
-def _hypercall_init(_ctx, _u, raw, d) -> int:
+def _hypercall_init(_ctx: HypercallContext, _u: int, raw: bytes, d: Domain) -> int:
     return mech.init_hypercall_page(d, _parse(D.xen_domctl_hypercall_init, raw)["gmfn"])
 
 

@@ -8,16 +8,21 @@ are patched into the bytes read, never rebuilt from zeros.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from abi import errno as E
 from abi import event_channel as A
 from hypercalls import hypercall
 from hypercalls.fields import field_offset, patch, read_op
 from pvhyp import event_channel as ev
 
+if TYPE_CHECKING:
+    from pvhyp.hypercall_table import HypercallContext
+
 _STATUS_U = field_offset(A.evtchn_status, "u")
 
 
-def _status_out(raw: bytearray, st: dict) -> bytearray:
+def _status_out(raw: bytearray, st: dict[str, Any]) -> bytearray:
     patch(A.evtchn_status, raw, status=st["status"], vcpu=st["vcpu"])
     u = st["u"]
     if "unbound" in u:
@@ -31,47 +36,47 @@ def _status_out(raw: bytearray, st: dict) -> bytearray:
 
 
 # op -> (struct, run(ctx, fields) -> rc, OUT field names copied back on success)
-def _alloc_unbound(ctx, f):
+def _alloc_unbound(ctx: HypercallContext, f: dict[str, Any]) -> int:
     return ev.evtchn_alloc_unbound(ctx.domain, f)
 
 
-def _bind_interdomain(ctx, f):
+def _bind_interdomain(ctx: HypercallContext, f: dict[str, Any]) -> int:
     return ev.evtchn_bind_interdomain(ctx.domain, f)
 
 
-def _bind_virq(ctx, f):
+def _bind_virq(ctx: HypercallContext, f: dict[str, Any]) -> int:
     return ev.evtchn_bind_virq(ctx.domain, f)
 
 
-def _bind_ipi(ctx, f):
+def _bind_ipi(ctx: HypercallContext, f: dict[str, Any]) -> int:
     return ev.evtchn_bind_ipi(ctx.domain, f)
 
 
-def _bind_pirq(ctx, f):
+def _bind_pirq(ctx: HypercallContext, f: dict[str, Any]) -> int:
     return ev.evtchn_bind_pirq(ctx.domain, f)
 
 
-def _close(ctx, f):
+def _close(ctx: HypercallContext, f: dict[str, Any]) -> int:
     return ev.evtchn_close(ctx.domain, f["port"])
 
 
-def _send(ctx, f):
+def _send(ctx: HypercallContext, f: dict[str, Any]) -> int:
     return ev.evtchn_send(ctx.domain, f["port"])
 
 
-def _status(ctx, f):
+def _status(ctx: HypercallContext, f: dict[str, Any]) -> int:
     return ev.evtchn_status(ctx.domain, f)
 
 
-def _bind_vcpu(ctx, f):
+def _bind_vcpu(ctx: HypercallContext, f: dict[str, Any]) -> int:
     return ev.evtchn_bind_vcpu(ctx.domain, f["port"], f["vcpu"])
 
 
-def _unmask(ctx, f):
+def _unmask(ctx: HypercallContext, f: dict[str, Any]) -> int:
     return ev.evtchn_unmask(ctx.domain, f["port"])
 
 
-def _reset(ctx, f):
+def _reset(ctx: HypercallContext, f: dict[str, Any]) -> int:
     d = ev.domain_by_any_id(ctx.domain, f["dom"])
     if d is None:
         return -E.ESRCH
@@ -80,12 +85,12 @@ def _reset(ctx, f):
     return ev.evtchn_reset(ctx.domain, d)
 
 
-def _fifo_unavailable(ctx, f):
+def _fifo_unavailable(ctx: HypercallContext, f: dict[str, Any] | None) -> int:
     # pvhyp offers the 2-level ABI only; guests fall back to it on any error.
     return -E.ENOSYS
 
 
-def _init_control(ctx, f):
+def _init_control(ctx: HypercallContext, f: dict[str, Any]) -> int:
     """Xen's evtchn_fifo_init_control checks, in its order, so bad requests get Xen's errors
     (XSA-188's test); a good one still gets -ENOSYS: the FIFO ABI is not offered."""
     from pvhyp.mm.pagetype import PGT_writable_page
@@ -130,7 +135,7 @@ _COMPAT_U = field_offset(A.evtchn_op, "u")
 
 
 @hypercall("event_channel_op")
-def do_event_channel_op(ctx, cmd: int, arg: int) -> int:
+def do_event_channel_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
     cmd &= 0xFFFF_FFFF          # Xen's `int cmd`
     if cmd == A.EVTCHNOP_init_control:
         _, fields = read_op(ctx, A.evtchn_init_control, arg)
@@ -153,7 +158,7 @@ def do_event_channel_op(ctx, cmd: int, arg: int) -> int:
 
 
 @hypercall("event_channel_op_compat")
-def do_event_channel_op_compat(ctx, uop: int) -> int:
+def do_event_channel_op_compat(ctx: HypercallContext, uop: int) -> int:
     raw = ctx.read(uop, A.evtchn_op.sizeof())
     cmd = int.from_bytes(raw[:4], "little")
     if cmd not in COMPAT_OPS:

@@ -6,12 +6,19 @@ never rebuilt from zeros, so padding and other union members go back as read.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from abi.fast import codec
 
-_LAYOUTS: dict[int, dict] = {}
+if TYPE_CHECKING:
+    from construct import Construct
+
+    from pvhyp.hypercall_table import HypercallContext
+
+_LAYOUTS: dict[int, dict[str, tuple[int, Construct, int]]] = {}
 
 
-def layout(struct) -> dict:
+def layout(struct: Construct) -> dict[str, tuple[int, Construct, int]]:
     """name -> (offset, subcon, size) of a struct's fields, computed once."""
     lay = _LAYOUTS.get(id(struct))
     if lay is None:
@@ -25,11 +32,11 @@ def layout(struct) -> dict:
     return lay
 
 
-def field_offset(struct, name: str) -> int:
+def field_offset(struct: Construct, name: str) -> int:
     return layout(struct)[name][0]
 
 
-def patch(struct, raw: bytearray, **fields) -> bytearray:
+def patch(struct: Construct, raw: bytearray, **fields: Any) -> bytearray:
     """Write `fields` of `struct` into `raw` at their offsets, leaving every other byte."""
     lay = layout(struct)
     for name, value in fields.items():
@@ -41,7 +48,7 @@ def patch(struct, raw: bytearray, **fields) -> bytearray:
     return raw
 
 
-def read_op(ctx, struct, addr: int):
+def read_op(ctx: HypercallContext, struct: Construct, addr: int) -> tuple[bytearray, dict[str, Any]]:
     c = codec(struct)
     raw = bytearray(ctx.read(addr, c.size))
     return raw, dict(c.parse(raw))

@@ -8,6 +8,8 @@ the element that faulted, as in Xen).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Callable
+
 from abi import errno as E
 from abi import grant_table as G
 from hypercalls import hypercall
@@ -16,25 +18,31 @@ from hypercalls.fields import layout, patch, read_op
 from pvhyp import grant_table as gnt
 from pvhyp.guest_access import HYPERVISOR_VIRT_END
 
+if TYPE_CHECKING:
+    from construct import Construct
+
+    from pvhyp.hypercall_table import HypercallContext
+
 GNTTABOP_CONTINUATION_ARG_SHIFT = 12
 GNTTABOP_CMD_MASK = (1 << GNTTABOP_CONTINUATION_ARG_SHIFT) - 1
 U64 = 8
 
 
-def guest_handle_okay(ctx, addr: int) -> bool:
+def guest_handle_okay(ctx: HypercallContext, addr: int) -> bool:
     """Xen's __addr_ok for a 64-bit PV guest: not in the hypervisor's hole."""
     if not ctx.domain.paging:
         return True
     return addr < 1 << 47 or addr >= HYPERVISOR_VIRT_END
 
 
-def _write_field(ctx, struct, addr: int, name: str, value: int) -> None:
+def _write_field(ctx: HypercallContext, struct: Construct, addr: int, name: str, value: int) -> None:
     """__copy_field_to_guest: only that field's bytes."""
     offset, _, size = layout(struct)[name]
     ctx.write(addr + offset, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
 
 
-def _batch(ctx, struct, uop: int, count: int, run, status_only: bool = True) -> int:
+def _batch(ctx: HypercallContext, struct: Construct, uop: int, count: int,
+           run: Callable[[dict[str, Any]], Any], status_only: bool = True) -> int:
     size = codec(struct).size
     for i in range(count):
         addr = uop + i * size
@@ -47,48 +55,49 @@ def _batch(ctx, struct, uop: int, count: int, run, status_only: bool = True) -> 
     return 0
 
 
-def _map(ctx, uop, count):
-    def run(op):
+def _map(ctx: HypercallContext, uop: int, count: int) -> int:
+    def run(op: dict[str, Any]) -> tuple[str, ...]:
         gnt.map_grant_ref(ctx.vcpu, op)
         return ("status", "handle", "dev_bus_addr") if op["status"] == G.GNTST_okay else ("status",)
     return _batch(ctx, G.gnttab_map_grant_ref, uop, count, run, status_only=False)
 
 
-def _unmap(ctx, uop, count):
-    def run(op):
+def _unmap(ctx: HypercallContext, uop: int, count: int) -> int:
+    def run(op: dict[str, Any]) -> None:
         op["status"] = gnt.unmap_common(ctx.vcpu, op["host_addr"], op["dev_bus_addr"], 0, op["handle"])
     return _batch(ctx, G.gnttab_unmap_grant_ref, uop, count, run)
 
 
-def _unmap_and_replace(ctx, uop, count):
-    def run(op):
+def _unmap_and_replace(ctx: HypercallContext, uop: int, count: int) -> int:
+    def run(op: dict[str, Any]) -> None:
         op["status"] = gnt.unmap_common(ctx.vcpu, op["host_addr"], 0, op["new_addr"], op["handle"])
     return _batch(ctx, G.gnttab_unmap_and_replace, uop, count, run)
 
 
-def _swap(ctx, uop, count):
-    def run(op):
+def _swap(ctx: HypercallContext, uop: int, count: int) -> int:
+    def run(op: dict[str, Any]) -> None:
         op["status"] = gnt.swap_grant_ref(ctx.domain, op["ref_a"], op["ref_b"])
     return _batch(ctx, G.gnttab_swap_grant_ref, uop, count, run)
 
 
-def _copy(ctx, uop, count):
+def _copy(ctx: HypercallContext, uop: int, count: int) -> int:
     batch = gnt.CopyBatch(ctx.domain)
     try:
-        def run(op):
+        def run(op: dict[str, Any]) -> None:
             op["status"] = batch.one(op)
         return _batch(ctx, G.gnttab_copy, uop, count, run)
     finally:
         batch.finish()
 
 
-def _transfer(ctx, uop, count):
-    def run(op):
+def _transfer(ctx: HypercallContext, uop: int, count: int) -> int:
+    def run(op: dict[str, Any]) -> None:
         op["status"] = gnt.gnttab_transfer_one(ctx.domain, op)
     return _batch(ctx, G.gnttab_transfer, uop, count, run)
 
 
-def _frame_list_op(ctx, struct, uop, count, run) -> int:
+def _frame_list_op(ctx: HypercallContext, struct: Construct, uop: int, count: int,
+                   run: Callable[[dict[str, Any]], list[int]]) -> int:
     """setup_table / get_status_frames: one struct, a list of frames written to frame_list."""
     if count != 1:
         return -E.EINVAL
@@ -106,17 +115,17 @@ def _frame_list_op(ctx, struct, uop, count, run) -> int:
     return 0
 
 
-def _setup_table(ctx, uop, count):
+def _setup_table(ctx: HypercallContext, uop: int, count: int) -> int:
     return _frame_list_op(ctx, G.gnttab_setup_table, uop, count,
                           lambda op: gnt.gnttab_setup_table(ctx.domain, op))
 
 
-def _get_status_frames(ctx, uop, count):
+def _get_status_frames(ctx: HypercallContext, uop: int, count: int) -> int:
     return _frame_list_op(ctx, G.gnttab_get_status_frames, uop, count,
                           lambda op: gnt.gnttab_get_status_frames(ctx.domain, op))
 
 
-def _query_size(ctx, uop, count):
+def _query_size(ctx: HypercallContext, uop: int, count: int) -> int:
     if count != 1:
         return -E.EINVAL
     raw, op = read_op(ctx, G.gnttab_query_size, uop)
@@ -126,14 +135,14 @@ def _query_size(ctx, uop, count):
     return 0
 
 
-def _set_version(ctx, uop, count):
+def _set_version(ctx: HypercallContext, uop: int, count: int) -> int:
     raw, op = read_op(ctx, G.gnttab_set_version, uop)
     rc = gnt.gnttab_set_version(ctx.domain, op)
     ctx.write(uop, bytes(patch(G.gnttab_set_version, raw, version=op["version"])))
     return rc
 
 
-def _get_version(ctx, uop, count):
+def _get_version(ctx: HypercallContext, uop: int, count: int) -> int:
     raw, op = read_op(ctx, G.gnttab_get_version, uop)
     rc = gnt.gnttab_get_version(ctx.domain, op)
     if rc == 0:
@@ -141,7 +150,7 @@ def _get_version(ctx, uop, count):
     return rc
 
 
-def _cache_flush(ctx, uop, count, cur_ref):
+def _cache_flush(ctx: HypercallContext, uop: int, count: int, cur_ref: int) -> int:
     size = codec(G.gnttab_cache_flush).size
     for i in range(count):
         raw, op = read_op(ctx, G.gnttab_cache_flush, uop + i * size)
@@ -173,7 +182,7 @@ SINGLE = {
 
 
 @hypercall("grant_table_op")
-def do_grant_table_op(ctx, cmd: int, uop: int, count: int) -> int:
+def do_grant_table_op(ctx: HypercallContext, cmd: int, uop: int, count: int) -> int:
     cmd &= 0xFFFF_FFFF
     count &= 0xFFFF_FFFF
     if count >= 1 << 31:                # Xen: (int)count < 0

@@ -9,6 +9,7 @@ extents done (Xen's continuation encoding: cmd bits 6+ are the start extent).
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING, Callable
 
 from abi import errno as E
 from abi import memory as M
@@ -16,6 +17,12 @@ from abi import xen_x86_64 as X64
 from hypercalls import hypercall
 from pvhyp.guest_access import GuestFault
 from pvhyp.mm.mmu import addr_ok
+
+if TYPE_CHECKING:
+    from construct import Construct
+
+    from pvhyp.domain import Domain
+    from pvhyp.hypercall_table import HypercallContext
 
 MEMOP_EXTENT_SHIFT = 6
 MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1
@@ -39,21 +46,21 @@ assert _MEMORY_MAP.size == M.xen_memory_map.sizeof()
 assert _FOREIGN_MEMORY_MAP.size == M.xen_foreign_memory_map.sizeof()
 
 
-def _by_any_id(ctx, domid: int):
+def _by_any_id(ctx: HypercallContext, domid: int) -> Domain | None:
     domid &= 0xFFFF
     return ctx.domain if domid == DOMID_SELF else ctx.hv.domains.get(domid)
 
 
-def _xsm_target(src, target) -> int:
+def _xsm_target(src: Domain, target: Domain) -> int:
     return 0 if src is target or src.is_privileged else -E.EPERM
 
 
-def max_order(d) -> int:
+def max_order(d: Domain) -> int:
     return CTLDOM_MAX_ORDER if d.is_privileged else DOMU_MAX_ORDER
 
 
 @hypercall("memory_op")
-def do_memory_op(ctx, cmd, arg):
+def do_memory_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
     start_extent = cmd >> MEMOP_EXTENT_SHIFT
     op = cmd & MEMOP_CMD_MASK
     if op in (M.XENMEM_increase_reservation, M.XENMEM_decrease_reservation, M.XENMEM_populate_physmap):
@@ -71,7 +78,7 @@ def do_memory_op(ctx, cmd, arg):
     return handler(ctx, arg) if handler is not None else -E.ENOSYS
 
 
-def _reservation_op(ctx, op, start_extent, arg) -> int:
+def _reservation_op(ctx: HypercallContext, op: int, start_extent: int, arg: int) -> int:
     try:
         extent_list, nr_extents, order, mem_flags, domid = _RESERVATION.unpack(ctx.read(arg, _RESERVATION.size))
     except GuestFault:
@@ -143,12 +150,12 @@ def _reservation_op(ctx, op, start_extent, arg) -> int:
         return i
 
 
-def _maximum_ram_page(ctx, arg) -> int:
+def _maximum_ram_page(ctx: HypercallContext, arg: int) -> int:
     return ctx.hv.frames.nr_frames
 
 
-def _reservation_query(op):
-    def query(ctx, arg) -> int:
+def _reservation_query(op: int) -> Callable[[HypercallContext, int], int]:
+    def query(ctx: HypercallContext, arg: int) -> int:
         (domid,) = _MEMORY_DOMAIN.unpack(ctx.read(arg, 2))
         d = _by_any_id(ctx, domid)
         if d is None:
@@ -166,7 +173,7 @@ def _reservation_query(op):
     return query
 
 
-def _machphys_mapping(ctx, arg) -> int:
+def _machphys_mapping(ctx: HypercallContext, arg: int) -> int:
     max_mfn = X64.MACH2PHYS_NR_ENTRIES - 1
     if ctx.domain.is_privileged:
         max_mfn = ctx.hv.frames.nr_frames - 1
@@ -174,7 +181,7 @@ def _machphys_mapping(ctx, arg) -> int:
     return 0
 
 
-def _machphys_mfn_list(ctx, arg) -> int:
+def _machphys_mfn_list(ctx: HypercallContext, arg: int) -> int:
     """One mfn per 2 MiB of the M2P (ours is contiguous)."""
     hv = ctx.hv
     max_extents, extent_start, _ = _MFN_LIST.unpack(ctx.read(arg, _MFN_LIST.size))
@@ -187,7 +194,7 @@ def _machphys_mfn_list(ctx, arg) -> int:
     return 0
 
 
-def _set_memory_map(ctx, arg) -> int:
+def _set_memory_map(ctx: HypercallContext, arg: int) -> int:
     domid, nr_entries, buffer = _FOREIGN_MEMORY_MAP.unpack(ctx.read(arg, _FOREIGN_MEMORY_MAP.size))
     if nr_entries > E820MAX:
         return -E.EINVAL
@@ -202,7 +209,7 @@ def _set_memory_map(ctx, arg) -> int:
     return 0
 
 
-def _memory_map(ctx, arg) -> int:
+def _memory_map(ctx: HypercallContext, arg: int) -> int:
     nr_entries, buffer = _MEMORY_MAP.unpack(ctx.read(arg, _MEMORY_MAP.size))
     e820 = getattr(ctx.domain.mm, "e820", b"")
     if not e820:
@@ -213,7 +220,7 @@ def _memory_map(ctx, arg) -> int:
     return 0
 
 
-def _machine_memory_map(ctx, arg) -> int:
+def _machine_memory_map(ctx: HypercallContext, arg: int) -> int:
     if not ctx.domain.is_privileged:
         return -E.EPERM
     nr_entries, buffer = _MEMORY_MAP.unpack(ctx.read(arg, _MEMORY_MAP.size))
@@ -225,11 +232,12 @@ def _machine_memory_map(ctx, arg) -> int:
     return 0
 
 
-def _physmap_of_pv(struct_, space_check):
+def _physmap_of_pv(struct_: Construct, space_check: Callable[[bytes], int] | None
+                   ) -> Callable[[HypercallContext, int], int]:
     """add/remove_from_physmap: only translated guests have a physmap to change."""
     size = struct_.sizeof()
 
-    def op(ctx, arg) -> int:
+    def op(ctx: HypercallContext, arg: int) -> int:
         head = ctx.read(arg, size)
         domid = struct.unpack_from("<H", head)[0]
         if space_check is not None:
@@ -243,15 +251,15 @@ def _physmap_of_pv(struct_, space_check):
     return op
 
 
-def _add_to_physmap_space(head) -> int:
+def _add_to_physmap_space(head: bytes) -> int:
     return -E.ENOSYS if struct.unpack_from("<I", head, 4)[0] == M.XENMAPSPACE_gmfn_foreign else 0
 
 
-def _add_to_physmap_batch_space(head) -> int:
+def _add_to_physmap_batch_space(head: bytes) -> int:
     return -E.EOPNOTSUPP if struct.unpack_from("<H", head, 2)[0] == M.XENMAPSPACE_gmfn_range else 0
 
 
-def _claim_pages(ctx, arg) -> int:
+def _claim_pages(ctx: HypercallContext, arg: int) -> int:
     extent_start, nr_extents, order, mem_flags, domid = _RESERVATION.unpack(ctx.read(arg, _RESERVATION.size))
     if extent_start or order or mem_flags:
         return -E.EINVAL
@@ -261,7 +269,7 @@ def _claim_pages(ctx, arg) -> int:
     return 0 if ctx.domain.is_privileged else -E.EPERM
 
 
-def _exchange(ctx, arg) -> int:
+def _exchange(ctx: HypercallContext, arg: int) -> int:
     return -E.ENOSYS
 
 

@@ -7,6 +7,7 @@ were done through the guest's `pdone` pointer.
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 from abi import errno as E
 from abi import xen as X
@@ -15,8 +16,16 @@ from pvhyp.guest_access import GuestFault
 from pvhyp.mm.flush import flush_tlb
 from pvhyp.mm.mmu import addr_ok
 from pvhyp.mm.pagetype import (
-    PGT_l1_page_table, PGT_l2_page_table, PGT_l3_page_table, PGT_l4_page_table,
+    PGT_l1_page_table,
+    PGT_l2_page_table,
+    PGT_l3_page_table,
+    PGT_l4_page_table,
 )
+
+if TYPE_CHECKING:
+    from pvhyp.domain import VCPU, Domain
+    from pvhyp.hypercall_table import HypercallContext
+    from pvhyp.mm.mmu import PVMMU
 
 MMU_UPDATE_PREEMPTED = 1 << 31
 _MMU_UPDATE = struct.Struct("<QQ")          # mmu_update: ptr, val
@@ -38,7 +47,7 @@ def _signed32(x: int) -> int:
     return x - (1 << 32) if x & (1 << 31) else x
 
 
-def _begin(ctx, count: int, pdone: int) -> tuple[int, int]:
+def _begin(ctx: HypercallContext, count: int, pdone: int) -> tuple[int, int]:
     """The MMU_UPDATE_PREEMPTED convention: a continued batch carries `done` in *pdone."""
     done = 0
     if count & MMU_UPDATE_PREEMPTED:
@@ -51,7 +60,8 @@ def _begin(ctx, count: int, pdone: int) -> tuple[int, int]:
     return count, done
 
 
-def _prologue(ctx, handle: int, count: int, pdone: int, foreigndom: int):
+def _prologue(ctx: HypercallContext, handle: int, count: int, pdone: int, foreigndom: int
+              ) -> tuple[int | None, int, int, int]:
     """What mmu_update and mmuext_op do before their loops (as in Xen):
     (early result or None, count, done so far, foreigndom)."""
     count &= 0xFFFF_FFFF
@@ -65,7 +75,7 @@ def _prologue(ctx, handle: int, count: int, pdone: int, foreigndom: int):
     return None, count, done, foreigndom
 
 
-def _report_done(ctx, pdone: int, done: int) -> None:
+def _report_done(ctx: HypercallContext, pdone: int, done: int) -> None:
     if pdone:
         try:
             ctx.write(pdone, _U32.pack(done & 0xFFFF_FFFF))
@@ -73,9 +83,9 @@ def _report_done(ctx, pdone: int, done: int) -> None:
             pass
 
 
-def vcpumask_to_vcpus(ctx, d, bmap: int):
+def vcpumask_to_vcpus(ctx: HypercallContext, d: Domain, bmap: int) -> list[VCPU] | None:
     """The vCPUs named by a guest bitmap (Xen's vcpumask_to_pcpumask); None on a fault."""
-    vcpus = []
+    vcpus: list[VCPU] = []
     nr = len(d.vcpus)
     offs = 0
     while offs * 64 < nr:
@@ -95,14 +105,14 @@ def vcpumask_to_vcpus(ctx, d, bmap: int):
 
 
 @hypercall("mmu_update")
-def do_mmu_update(ctx, ureqs, count, pdone, foreigndom):
+def do_mmu_update(ctx: HypercallContext, ureqs: int, count: int, pdone: int, foreigndom: int) -> int:
     early, count, done, foreigndom = _prologue(ctx, ureqs, count, pdone, foreigndom)
     if early is not None:
         return early
     d, v = ctx.domain, ctx.vcpu
     mmu = ctx.hv.mmu
     with mmu.lock:
-        pt_owner = d
+        pt_owner: Domain | None = d
         pt_dom = foreigndom >> 16
         if pt_dom:
             pt_owner = ctx.hv.domains.get(pt_dom - 1)
@@ -149,7 +159,7 @@ def do_mmu_update(ctx, ureqs, count, pdone, foreigndom):
     return rc
 
 
-def xsm_mmu_update(mmu, d, pt_owner, pg_owner) -> int:
+def xsm_mmu_update(mmu: PVMMU, d: Domain, pt_owner: Domain | None, pg_owner: Domain) -> int:
     """Dummy XSM's mmu_update rule: DOMID_IO is anyone's; otherwise self or privileged."""
     rc = 0
     if pg_owner is not mmu.dom_io:
@@ -160,7 +170,7 @@ def xsm_mmu_update(mmu, d, pt_owner, pg_owner) -> int:
 
 
 @hypercall("mmuext_op")
-def do_mmuext_op(ctx, uops, count, pdone, foreigndom):
+def do_mmuext_op(ctx: HypercallContext, uops: int, count: int, pdone: int, foreigndom: int) -> int:
     early, count, done, foreigndom = _prologue(ctx, uops, count, pdone, foreigndom)
     if early is not None:
         return early
@@ -188,7 +198,8 @@ def do_mmuext_op(ctx, uops, count, pdone, foreigndom):
     return rc
 
 
-def _mmuext_one(ctx, mmu, curr, currd, pg_owner, cmd, arg1, arg2) -> int:
+def _mmuext_one(ctx: HypercallContext, mmu: PVMMU, curr: VCPU, currd: Domain, pg_owner: Domain,
+                cmd: int, arg1: int, arg2: int) -> int:
     foreign = currd is not pg_owner
     if cmd in _PIN_TYPES:
         return mmu.pin_table(currd, pg_owner, arg1, _PIN_TYPES[cmd])
@@ -243,7 +254,7 @@ def _mmuext_one(ctx, mmu, curr, currd, pg_owner, cmd, arg1, arg2) -> int:
     return -E.ENOSYS
 
 
-def _update_va_mapping(ctx, va, val, flags, pg_owner) -> int:
+def _update_va_mapping(ctx: HypercallContext, va: int, val: int, flags: int, pg_owner: Domain) -> int:
     d, v = ctx.domain, ctx.vcpu
     mmu = ctx.hv.mmu
     with mmu.lock:
@@ -271,12 +282,12 @@ def _update_va_mapping(ctx, va, val, flags, pg_owner) -> int:
 
 
 @hypercall("update_va_mapping")
-def do_update_va_mapping(ctx, va, val, flags):
+def do_update_va_mapping(ctx: HypercallContext, va: int, val: int, flags: int) -> int:
     return _update_va_mapping(ctx, va, val, flags, ctx.domain)
 
 
 @hypercall("update_va_mapping_otherdomain")
-def do_update_va_mapping_otherdomain(ctx, va, val, flags, domid):
+def do_update_va_mapping_otherdomain(ctx: HypercallContext, va: int, val: int, flags: int, domid: int) -> int:
     mmu = ctx.hv.mmu
     with mmu.lock:
         pg_owner = mmu.get_pg_owner(ctx.domain, domid)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import struct
 import threading
+from typing import TYPE_CHECKING
 
 from abi import errno as E
 from abi import xen as X
 from hypercalls import hypercall
 from pvhyp.guest_access import GuestFault
 from pvhyp.mm.mmu import addr_ok
+
+if TYPE_CHECKING:
+    from pvhyp.hypercall_table import HypercallContext
 
 _ENTRY = struct.Struct("<8Q")            # op, result, args[6]
 _RESULT = struct.Struct("<Q")
@@ -23,7 +27,7 @@ _in_multicall = threading.local()        # per calling thread, i.e. per vCPU
 
 
 @hypercall("multicall")
-def do_multicall(ctx, call_list, nr_calls):
+def do_multicall(ctx: HypercallContext, call_list: int, nr_calls: int) -> int:
     nr_calls &= 0xFFFF_FFFF
     vcpu = ctx.vcpu
     active = getattr(_in_multicall, "vcpus", None)

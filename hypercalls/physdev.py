@@ -8,12 +8,17 @@ as the XSM default) and unsupported for the privileged one (-ENOSYS).
 from __future__ import annotations
 
 import weakref
+from typing import TYPE_CHECKING
 
 from abi import errno as E
 from abi import physdev as P
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, guest_handle_okay
 from pvhyp.pv import state as pv_vcpu
+
+if TYPE_CHECKING:
+    from pvhyp.domain import Domain
+    from pvhyp.hypercall_table import HypercallContext
 
 # Without the event-channel subsystem's count: Xen's nr_static_irqs (24 GSIs) + extra_domU_pirqs (32).
 NR_PIRQS = 24 + 32
@@ -30,10 +35,10 @@ _PRIVILEGED_OPS = frozenset({
 })
 
 # The frame a domain registered with PHYSDEVOP_pirq_eoi_gmfn (Xen: d->arch.pirq_eoi_map_mfn).
-_pirq_eoi_map_mfn: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_pirq_eoi_map_mfn: weakref.WeakKeyDictionary[Domain, int] = weakref.WeakKeyDictionary()
 
 
-def pirq_eoi_gmfn(ctx, arg) -> int:
+def pirq_eoi_gmfn(ctx: HypercallContext, arg: int) -> int:
     mfn = ctx.read_struct(P.physdev_pirq_eoi_gmfn, arg)["gmfn"]
     domain = ctx.domain
     if not ctx.hv.frames.owned_by(mfn, domain.domid):
@@ -46,7 +51,7 @@ def pirq_eoi_gmfn(ctx, arg) -> int:
 
 
 @hypercall("physdev_op")
-def do_physdev_op(ctx, cmd, arg):
+def do_physdev_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
     cmd = c_int(cmd)
     if cmd == P.PHYSDEVOP_set_iopl:
         iopl = ctx.read_struct(P.physdev_set_iopl, arg)["iopl"]

@@ -1,17 +1,22 @@
 """stack_switch, fpu_taskswitch, set/get_debugreg, set_segment_base (Xen: pv/misc-hypercalls.c)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from abi import errno as E
 from abi.xen_x86_64 import SEGBASE_FS, SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBASE_GS_USER_SEL
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, c_uint
 from pvhyp.pv import state as pv_vcpu
 
+if TYPE_CHECKING:
+    from pvhyp.hypercall_table import HypercallContext
+
 _SEGBASE_FIELD = {SEGBASE_FS: "fs_base", SEGBASE_GS_USER: "gs_base_user", SEGBASE_GS_KERNEL: "gs_base_kernel"}
 
 
 @hypercall("stack_switch")
-def do_stack_switch(ctx, ss, esp):
+def do_stack_switch(ctx: HypercallContext, ss: int, esp: int) -> int:
     pv = ctx.vcpu.pv
     pv.kernel_ss = pv_vcpu.fixup_guest_selector(ss) & 0xFFFF_FFFF_FFFF_FFFF
     pv.kernel_sp = esp
@@ -19,24 +24,24 @@ def do_stack_switch(ctx, ss, esp):
 
 
 @hypercall("fpu_taskswitch")
-def do_fpu_taskswitch(ctx, set_ts):
+def do_fpu_taskswitch(ctx: HypercallContext, set_ts: int) -> int:
     return pv_vcpu.fpu_taskswitch(ctx.vcpu, c_int(set_ts) != 0)
 
 
 @hypercall("set_debugreg")
-def do_set_debugreg(ctx, reg, value):
+def do_set_debugreg(ctx: HypercallContext, reg: int, value: int) -> int:
     reg = c_int(reg)
     # Xen's set_debugreg takes the register as unsigned int.
     return pv_vcpu.set_debugreg(ctx.vcpu, reg & 0xFFFF_FFFF, value)
 
 
 @hypercall("get_debugreg")
-def do_get_debugreg(ctx, reg):
+def do_get_debugreg(ctx: HypercallContext, reg: int) -> int:
     return pv_vcpu.get_debugreg(ctx.vcpu, c_uint(reg))
 
 
 @hypercall("set_segment_base")
-def do_set_segment_base(ctx, which, base):
+def do_set_segment_base(ctx: HypercallContext, which: int, base: int) -> int:
     which = c_uint(which)
     if which in _SEGBASE_FIELD:
         return pv_vcpu.set_segment_base(ctx.vcpu, _SEGBASE_FIELD[which], base)

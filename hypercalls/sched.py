@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING, Any
 
 from abi import errno as E
 from abi import sched as S
@@ -10,10 +11,14 @@ from hypercalls.c_args import c_int, guest_handle_okay
 from pvhyp.pv import state as pv_vcpu
 from pvhyp.event_channel import evtchn_port_is_pending
 
+if TYPE_CHECKING:
+    from pvhyp.domain import Domain
+    from pvhyp.hypercall_table import HypercallContext
+
 MAX_POLL_PORTS = 128            # Xen's "fairly arbitrary limit"
 
 
-def domain_shutdown(domain, reason: int) -> int:
+def domain_shutdown(domain: Domain, reason: int) -> int:
     """A recorded SCHEDOP_shutdown_code wins over the reason given now, as in Xen."""
     with domain.lock:
         if domain.shutdown_code is None:
@@ -23,12 +28,12 @@ def domain_shutdown(domain, reason: int) -> int:
     return 0
 
 
-def vcpu_block_enable_events(ctx) -> None:
+def vcpu_block_enable_events(ctx: HypercallContext) -> None:
     pv_vcpu.local_event_delivery_enable(ctx.vcpu)
     ctx.hv.sched.block(ctx.vcpu)
 
 
-def evtchn_port_poll(domain, port: int) -> int:
+def evtchn_port_poll(domain: Domain, port: int) -> int:
     """1 if `port` is pending, 0 if not, -EINVAL if it is not a port of `domain`."""
     evtchn = domain.evtchn
     if evtchn is None or not evtchn.port_is_valid(port):
@@ -36,7 +41,7 @@ def evtchn_port_poll(domain, port: int) -> int:
     return int(evtchn_port_is_pending(domain, port))
 
 
-def do_poll(ctx, poll) -> int:
+def do_poll(ctx: HypercallContext, poll: dict[str, Any]) -> int:
     nr_ports = poll["nr_ports"]
     if nr_ports > MAX_POLL_PORTS:
         return -E.EINVAL
@@ -45,7 +50,7 @@ def do_poll(ctx, poll) -> int:
     vcpu = ctx.vcpu
     if pv_vcpu.local_events_need_delivery(vcpu):
         return 0
-    ports = []
+    ports: list[int] = []
     for i in range(nr_ports):
         port = struct.unpack("<I", ctx.read(poll["ports"] + 4 * i, 4))[0]
         rc = evtchn_port_poll(ctx.domain, port)
@@ -57,7 +62,7 @@ def do_poll(ctx, poll) -> int:
 
 
 @hypercall("sched_op")
-def do_sched_op(ctx, cmd, arg):
+def do_sched_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
     cmd = c_int(cmd)
     if cmd == S.SCHEDOP_yield:
         ctx.hv.sched.yield_(ctx.vcpu)
@@ -98,7 +103,7 @@ def do_sched_op(ctx, cmd, arg):
 
 
 @hypercall("sched_op_compat")
-def do_sched_op_compat(ctx, cmd, arg):
+def do_sched_op_compat(ctx: HypercallContext, cmd: int, arg: int) -> int:
     cmd = c_int(cmd)
     if cmd == S.SCHEDOP_yield:
         ctx.hv.sched.yield_(ctx.vcpu)

@@ -6,6 +6,8 @@ copied back.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from abi import errno as E
 from abi import sysctl as S
 from abi.domctl import xen_domctl_getdomaininfo
@@ -13,12 +15,17 @@ from hypercalls import hypercall
 from hypercalls.domctl import _parse
 from pvhyp import domctl as mech
 
+if TYPE_CHECKING:
+    from construct import Construct
+
+    from pvhyp.hypercall_table import HypercallContext
+
 SYSCTL_SIZE = S.xen_sysctl.sizeof()
 U_OFFSET = SYSCTL_SIZE - 128
 INFO_SIZE = xen_domctl_getdomaininfo.sizeof()
 
 
-def _with_payload(raw: bytes, struct, value: dict) -> bytes:
+def _with_payload(raw: bytes, struct: Construct, value: dict[str, Any]) -> bytes:
     out = bytearray(raw)
     payload = struct.build(value)
     out[U_OFFSET:U_OFFSET + len(payload)] = payload
@@ -26,7 +33,7 @@ def _with_payload(raw: bytes, struct, value: dict) -> bytes:
 
 
 @hypercall("sysctl")
-def do_sysctl(ctx, u_sysctl: int) -> int:
+def do_sysctl(ctx: HypercallContext, u_sysctl: int) -> int:
     raw = ctx.read(u_sysctl, SYSCTL_SIZE)
     if int.from_bytes(raw[4:8], "little") != S.XEN_SYSCTL_INTERFACE_VERSION:
         return -E.EACCES

@@ -1,11 +1,16 @@
 """HYPERVISOR_set_trap_table and HYPERVISOR_set_callbacks (Xen: pv/callback.c)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from abi import errno as E
 from abi.arch_x86_xen import trap_info
 from abi.fast import codec
 from hypercalls import hypercall
 from pvhyp.pv import state as pv_vcpu
+
+if TYPE_CHECKING:
+    from pvhyp.hypercall_table import HypercallContext
 
 _TRAP_INFO = codec(trap_info)
 
@@ -15,7 +20,7 @@ MAX_TRAP_TABLE_ENTRIES = 1 << 16
 
 
 @hypercall("set_trap_table")
-def do_set_trap_table(ctx, traps):
+def do_set_trap_table(ctx: HypercallContext, traps: int) -> int:
     pv = ctx.vcpu.pv
     if traps == 0:
         pv_vcpu.clear_trap_table(pv)
@@ -31,7 +36,8 @@ def do_set_trap_table(ctx, traps):
 
 
 @hypercall("set_callbacks")
-def do_set_callbacks(ctx, event_address, failsafe_address, syscall_address):
+def do_set_callbacks(ctx: HypercallContext, event_address: int, failsafe_address: int,
+                     syscall_address: int) -> int:
     """Register the three callbacks with no flags; a non-canonical one is ignored (always 0)."""
     pv = ctx.vcpu.pv
     for callback, address in ((pv.event_callback, event_address),
@@ -44,7 +50,7 @@ def do_set_callbacks(ctx, event_address, failsafe_address, syscall_address):
 
 
 @hypercall("iret")
-def do_iret(ctx):
+def do_iret(ctx: HypercallContext) -> int:
     """HYPERVISOR_iret reached through a multicall (the CPU engine takes a direct one itself,
     Xen: pv/iret.c): the frame at the guest's stack pointer is restored, the batch ends there
     and its result is the restored %rax (XSA-213)."""

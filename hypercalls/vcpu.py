@@ -1,6 +1,8 @@
 """HYPERVISOR_vcpu_op (Xen: arch/x86/domain.c do_vcpu_op, common/domain.c common_vcpu_op)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from abi import errno as E
 from abi import vcpu as V
 from abi.arch_x86_xen import vcpu_guest_context
@@ -11,16 +13,23 @@ from hypercalls.sched import domain_shutdown
 from pvhyp.pv import state as pv_vcpu
 from pvhyp.time import STIME_DELTA_MAX, MILLISECS
 
+if TYPE_CHECKING:
+    from construct import Construct
 
-def _is_initialised(vcpu) -> bool:
+    from pvhyp.domain import VCPU
+    from pvhyp.hypercall_table import HypercallContext
+
+
+def _is_initialised(vcpu: VCPU) -> bool:
     return vcpu.pv.is_initialised or vcpu.online
 
 
-def _guest_pointer(area: dict) -> int:
-    return area["addr"]["p"] if isinstance(area["addr"], dict) else area["addr"]
+def _guest_pointer(area: dict[str, Any]) -> int:
+    pointer: int = area["addr"]["p"] if isinstance(area["addr"], dict) else area["addr"]
+    return pointer
 
 
-def vcpu_initialise(ctx, v, arg) -> int:
+def vcpu_initialise(ctx: HypercallContext, v: VCPU, arg: int) -> int:
     if not v.vcpu_info_maddr:
         return -E.EINVAL            # no vcpu_info yet (beyond the legacy 32): Xen's dummy_vcpu_info
     ctxt = ctx.read_struct(vcpu_guest_context, arg)
@@ -30,7 +39,7 @@ def vcpu_initialise(ctx, v, arg) -> int:
         return pv_vcpu.arch_set_info_guest(v, ctxt)
 
 
-def vcpu_down(ctx, v) -> int:
+def vcpu_down(ctx: HypercallContext, v: VCPU) -> int:
     domain = ctx.domain
     if not any(other.online for other in domain.vcpus if other is not v):
         return domain_shutdown(domain, SHUTDOWN_poweroff)
@@ -39,7 +48,7 @@ def vcpu_down(ctx, v) -> int:
     return 0
 
 
-def register_area(ctx, v, struct, field: str, arg) -> int:
+def register_area(ctx: HypercallContext, v: VCPU, struct: Construct, field: str, arg: int) -> int:
     """register_runstate_memory_area / register_vcpu_time_memory_area: remember a guest address."""
     va = _guest_pointer(ctx.read_struct(struct, arg))
     if not guest_handle_okay(ctx, va, 1, 48):
@@ -49,7 +58,7 @@ def register_area(ctx, v, struct, field: str, arg) -> int:
 
 
 @hypercall("vcpu_op")
-def do_vcpu_op(ctx, cmd, vcpuid, arg):
+def do_vcpu_op(ctx: HypercallContext, cmd: int, vcpuid: int, arg: int) -> int:
     cmd, vcpuid = c_int(cmd), c_uint(vcpuid)
     domain = ctx.domain
     if vcpuid >= len(domain.vcpus):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+from typing import TYPE_CHECKING
 
 from abi import errno as E
 from abi import features as F
@@ -9,6 +10,10 @@ from abi import version as V
 from abi.xen_x86_64 import HYPERVISOR_VIRT_START
 from hypercalls import hypercall
 from hypercalls.c_args import c_int
+
+if TYPE_CHECKING:
+    from pvhyp.domain import Domain
+    from pvhyp.hypercall_table import HypercallContext
 
 XEN_MAJOR, XEN_MINOR = 4, 17
 XEN_EXTRAVERSION = b".0"
@@ -23,7 +28,7 @@ _ALWAYS_ALLOWED = {V.XENVER_extraversion, V.XENVER_compile_info, V.XENVER_capabi
                    V.XENVER_changeset, V.XENVER_pagesize, V.XENVER_guest_handle}
 
 
-def _denied(domain, cmd: int) -> bool:
+def _denied(domain: Domain, cmd: int) -> bool:
     if cmd in _ALWAYS_DATA or cmd in _ALWAYS_ALLOWED:
         return False
     return not domain.is_privileged
@@ -33,7 +38,7 @@ def _fixed(text: bytes, size: int) -> bytes:
     return text[:size - 1].ljust(size, b"\0")
 
 
-def feature_submap(domain, idx: int) -> int | None:
+def feature_submap(domain: Domain, idx: int) -> int | None:
     """The XENFEAT_* bits of submap `idx` for a 64-bit PV domain; None past the last."""
     if idx != 0:
         return None
@@ -51,7 +56,7 @@ def feature_submap(domain, idx: int) -> int | None:
 
 
 @hypercall("xen_version")
-def do_xen_version(ctx, cmd, arg):
+def do_xen_version(ctx: HypercallContext, cmd: int, arg: int) -> int:
     cmd = c_int(cmd)
     deny = _denied(ctx.domain, cmd)
     if cmd == V.XENVER_version:

@@ -1,9 +1,14 @@
 """vm_assist: switch on the hypervisor's optional help for PV guests (common/domain.c)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from abi import errno as E
 from abi import xen as X
 from hypercalls import hypercall
+
+if TYPE_CHECKING:
+    from pvhyp.hypercall_table import HypercallContext
 
 # arch_vm_assist_valid_mask for a 64-bit PV domain (PV64_VM_ASSIST_MASK).
 PV64_VM_ASSIST_MASK = (
@@ -19,7 +24,7 @@ BITS_PER_LONG = 64
 
 
 @hypercall("vm_assist")
-def do_vm_assist(ctx, cmd, type_):
+def do_vm_assist(ctx: HypercallContext, cmd: int, type_: int) -> int:
     cmd &= 0xFFFF_FFFF
     type_ &= 0xFFFF_FFFF
     if type_ >= BITS_PER_LONG or not PV64_VM_ASSIST_MASK >> type_ & 1:
