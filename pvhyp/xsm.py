@@ -1,15 +1,16 @@
 """The access-control policy: Xen's XSM hooks with the default (dummy) module, xsm/dummy.h.
 
-Every privileged operation asks the hypervisor's policy, `hv.xsm`, through
-one hook named as Xen's (`evtchn_unbound`, `grant_setup`, `mmu_update`,
+Every check Xen makes through XSM asks the hypervisor's policy, `hv.xsm`,
+through one hook named as Xen's (`evtchn_unbound`, `grant_setup`, `mmu_update`,
 `domctl`, ...). A hook takes the calling domain first, then what the check
 is about, and returns 0 (allowed) or -EPERM, Xen's convention; the caller
 turns a refusal into what Xen reports at that place (-EPERM, a grant op's
 GNTST_permission_denied, a reservation op's "no extent done", -EBUSY for a
-PTE). Nothing else in pvhyp looks at `is_privileged` to decide who may do
-what; mechanisms that size or shape things for the hardware domain (its pIRQ
-count, its allocation order, the M2P it sees) are not policy and keep
-asking the domain.
+PTE). No other module decides them. What Xen decides without XSM keeps asking the domain, as Xen does: hardware-domain
+rules (SCHEDOP_pin_override, the M2P size, pIRQ and event-channel limits, the
+allocation order, XENFEAT_dom0, unfiltered console text, I/O and cache-flush
+rights) and the socket channel's privcmd-like ops (pvhyp/channel.py,
+pvhyp/channel_server.py).
 
 `DummyPolicy` is the default of every Hypervisor; it is stateless, so one
 instance serves them all. Another policy is installed on one hypervisor by
