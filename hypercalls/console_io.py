@@ -2,8 +2,9 @@
 
 Xen's default policy (hv.xsm.console_io) lets only a privileged domain use
 console_io, except CONSOLEIO_write on a debug (CONFIG_VERBOSE_DEBUG) build,
-which XTF and early kernels rely on; pvhyp behaves like that debug build. A domU's text is
-filtered as Xen filters it (printable characters and newlines only).
+which XTF and early kernels rely on; pvhyp behaves like that debug build.
+A domU's text is filtered as Xen filters it (printable characters and
+newlines only).
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 The order of checks is Xen's: copy in (-EFAULT), interface version (-EACCES),
 target lookup (-ESRCH), then the one policy check (hv.xsm.domctl; the dummy
 policy: only the control domain, -EPERM; getdomaininfo also lets a xenstore
-domain in), then the operation. Results are copied back as the whole xen_domctl, as Xen does.
+domain in), then the operation. Results are copied back as the whole
+xen_domctl, as Xen does.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """HYPERVISOR_sysctl: host-wide queries for the toolstack (Xen's do_sysctl).
 
 Copy in (-EFAULT), interface version (-EACCES), the policy's check
-(hv.xsm.sysctl: -EPERM unless the control domain), then the operation; on success the whole xen_sysctl is
-copied back.
+(hv.xsm.sysctl: -EPERM unless the control domain), then the operation; on
+success the whole xen_sysctl is copied back.
 """
 from __future__ import annotations
 
