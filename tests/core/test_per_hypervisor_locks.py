@@ -9,7 +9,6 @@ import ast
 import pathlib
 import threading
 
-import hypercalls
 from pvhyp import event_channel as ev
 from pvhyp.channel import create_process_domain
 from pvhyp.hypervisor import Hypervisor
@@ -48,7 +47,6 @@ def test_each_hypervisor_has_its_own_locks():
 
 def test_a_held_event_lock_does_not_stop_another_hypervisor():
     a, b = Hypervisor(memory_mb=16), Hypervisor(memory_mb=16)
-    hypercalls.install(b.hypercalls)
     held, release = threading.Event(), threading.Event()
 
     def hold_a() -> None:
