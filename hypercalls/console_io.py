@@ -1,9 +1,10 @@
 """HYPERVISOR_console_io: CONSOLEIO_write (text to the hypervisor's console) and CONSOLEIO_read.
 
-Xen's default policy lets only a privileged domain use console_io, except
-CONSOLEIO_write on a debug (CONFIG_VERBOSE_DEBUG) build, which XTF and early
-kernels rely on; pvhyp behaves like that debug build. A domU's text is
-filtered as Xen filters it (printable characters and newlines only).
+Xen's default policy (hv.xsm.console_io) lets only a privileged domain use
+console_io, except CONSOLEIO_write on a debug (CONFIG_VERBOSE_DEBUG) build,
+which XTF and early kernels rely on; pvhyp behaves like that debug build.
+A domU's text is filtered as Xen filters it (printable characters and
+newlines only).
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def _printable(data: bytes) -> bytes:
 def do_console_io(ctx: HypercallContext, cmd: int, count: int, buffer: int) -> int:
     cmd &= 0xFFFF_FFFF
     count &= 0xFFFF_FFFF
-    if cmd != CONSOLEIO_write and not ctx.domain.is_privileged:
-        return -xen_errno.EPERM
+    rc = ctx.hv.xsm.console_io(ctx.domain, cmd)
+    if rc:
+        return rc
     if cmd == CONSOLEIO_write:
         return _guest_console_write(ctx, count, buffer)
     if cmd == CONSOLEIO_read:

@@ -1,9 +1,10 @@
 """HYPERVISOR_domctl: the toolstack's per-domain operations (Xen's do_domctl).
 
 The order of checks is Xen's: copy in (-EFAULT), interface version (-EACCES),
-target lookup (-ESRCH), then the one privilege check (dummy XSM: only the
-control domain, -EPERM; getdomaininfo also lets a xenstore domain in), then
-the operation. Results are copied back as the whole xen_domctl, as Xen does.
+target lookup (-ESRCH), then the one policy check (hv.xsm.domctl; the dummy
+policy: only the control domain, -EPERM; getdomaininfo also lets a xenstore
+domain in), then the operation. Results are copied back as the whole
+xen_domctl, as Xen does.
 """
 from __future__ import annotations
 
@@ -69,14 +70,14 @@ def do_domctl(ctx: HypercallContext, u_domctl: int) -> int:
             d = mech.first_domain_from(hv, domid)
             if d is None:
                 return -E.ESRCH
-        rc = mech.xsm_getdomaininfo(caller)
+        rc = hv.xsm.domctl(caller, d, cmd)
         if rc:
             return rc
         info = mech.getdomaininfo(d)
         ctx.write(u_domctl, _with_payload(raw, D.xen_domctl_getdomaininfo, info, domain=info["domain"]))
         return 0
 
-    rc = mech.xsm_default_action_priv(caller)
+    rc = hv.xsm.domctl(caller, d, cmd)
     if rc:
         return rc
     handler = _OPS.get(cmd)

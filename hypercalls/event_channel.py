@@ -77,11 +77,12 @@ def _unmask(ctx: HypercallContext, f: dict[str, Any]) -> int:
 
 
 def _reset(ctx: HypercallContext, f: dict[str, Any]) -> int:
-    d = ev.domain_by_any_id(ctx.domain, f["dom"])
+    d = ctx.hv.domain_by_any_id(ctx.domain, f["dom"])
     if d is None:
         return -E.ESRCH
-    if not ev.xsm_target(ctx.domain, d):
-        return -E.EPERM
+    rc = ctx.hv.xsm.evtchn_reset(ctx.domain, d)
+    if rc:
+        return rc
     return ev.evtchn_reset(ctx.domain, d)
 
 

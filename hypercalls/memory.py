@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 MEMOP_EXTENT_SHIFT = 6
 MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1
 UINT_MAX = 0xFFFF_FFFF
-DOMID_SELF = 0x7FF0
 E820MAX = 1024
 E820_RAM = 1
 DOMU_MAX_ORDER, CTLDOM_MAX_ORDER = 9, 12          # CONFIG_DOMU_MAX_ORDER / CONFIG_CTLDOM_MAX_ORDER
@@ -44,15 +43,6 @@ assert _RESERVATION.size == M.xen_memory_reservation.sizeof()
 assert _MFN_LIST.size == M.xen_machphys_mfn_list.sizeof()
 assert _MEMORY_MAP.size == M.xen_memory_map.sizeof()
 assert _FOREIGN_MEMORY_MAP.size == M.xen_foreign_memory_map.sizeof()
-
-
-def _by_any_id(ctx: HypercallContext, domid: int) -> Domain | None:
-    domid &= 0xFFFF
-    return ctx.domain if domid == DOMID_SELF else ctx.hv.domains.get(domid)
-
-
-def _xsm_target(src: Domain, target: Domain) -> int:
-    return 0 if src is target or src.is_privileged else -E.EPERM
 
 
 def max_order(d: Domain) -> int:
@@ -85,14 +75,14 @@ def _reservation_op(ctx: HypercallContext, op: int, start_extent: int, arg: int)
         return start_extent
     if nr_extents > UINT_MAX >> MEMOP_EXTENT_SHIFT or start_extent >= nr_extents:
         return start_extent
-    d = _by_any_id(ctx, domid)
+    d = ctx.hv.domain_by_any_id(ctx.domain, domid)
     if d is None:
         return start_extent
     address_bits = M.XENMEMF_get_address_bits(mem_flags)
     max_page_order = max(ctx.hv.frames.nr_frames - 1, 1).bit_length()
     if address_bits and address_bits < max_page_order + 12 and address_bits <= 12:
         return start_extent
-    if _xsm_target(ctx.domain, d):
+    if ctx.hv.xsm.memory_adjust_reservation(ctx.domain, d):
         return start_extent
     mmu = ctx.hv.mmu
     i = start_extent
@@ -157,10 +147,10 @@ def _maximum_ram_page(ctx: HypercallContext, arg: int) -> int:
 def _reservation_query(op: int) -> Callable[[HypercallContext, int], int]:
     def query(ctx: HypercallContext, arg: int) -> int:
         (domid,) = _MEMORY_DOMAIN.unpack(ctx.read(arg, 2))
-        d = _by_any_id(ctx, domid)
+        d = ctx.hv.domain_by_any_id(ctx.domain, domid)
         if d is None:
             return -E.ESRCH
-        rc = _xsm_target(ctx.domain, d)
+        rc = ctx.hv.xsm.memory_stat_reservation(ctx.domain, d)
         if rc:
             return rc
         if op == M.XENMEM_current_reservation:
@@ -198,10 +188,10 @@ def _set_memory_map(ctx: HypercallContext, arg: int) -> int:
     domid, nr_entries, buffer = _FOREIGN_MEMORY_MAP.unpack(ctx.read(arg, _FOREIGN_MEMORY_MAP.size))
     if nr_entries > E820MAX:
         return -E.EINVAL
-    d = _by_any_id(ctx, domid)
+    d = ctx.hv.domain_by_any_id(ctx.domain, domid)
     if d is None:
         return -E.ESRCH
-    rc = _xsm_target(ctx.domain, d)
+    rc = ctx.hv.xsm.domain_memory_map(ctx.domain, d)
     if rc:
         return rc
     entries = ctx.read(buffer, nr_entries * _E820.size)
@@ -221,8 +211,9 @@ def _memory_map(ctx: HypercallContext, arg: int) -> int:
 
 
 def _machine_memory_map(ctx: HypercallContext, arg: int) -> int:
-    if not ctx.domain.is_privileged:
-        return -E.EPERM
+    rc = ctx.hv.xsm.machine_memory_map(ctx.domain)
+    if rc:
+        return rc
     nr_entries, buffer = _MEMORY_MAP.unpack(ctx.read(arg, _MEMORY_MAP.size))
     if buffer:
         if nr_entries < 2:
@@ -244,7 +235,7 @@ def _physmap_of_pv(struct_: Construct, space_check: Callable[[bytes], int] | Non
             rc = space_check(head)
             if rc:
                 return rc
-        d = _by_any_id(ctx, domid)
+        d = ctx.hv.domain_by_any_id(ctx.domain, domid)
         if d is None:
             return -E.ESRCH
         return -E.EACCES
@@ -266,7 +257,7 @@ def _claim_pages(ctx: HypercallContext, arg: int) -> int:
     d = ctx.hv.domains.get(domid)
     if d is None:
         return -E.EINVAL
-    return 0 if ctx.domain.is_privileged else -E.EPERM
+    return ctx.hv.xsm.claim_pages(ctx.domain, d)
 
 
 def _exchange(ctx: HypercallContext, arg: int) -> int:

@@ -139,12 +139,12 @@ def do_mmu_update(ctx: HypercallContext, ureqs: int, count: int, pdone: int, for
                     break
                 cmd = ptr & 7
                 if cmd in (X.MMU_NORMAL_PT_UPDATE, X.MMU_PT_UPDATE_PRESERVE_AD, X.MMU_PT_UPDATE_NO_TRANSLATE):
-                    rc = xsm_mmu_update(mmu, d, pt_owner, pg_owner)
+                    rc = ctx.hv.xsm.mmu_update(d, pt_owner, pg_owner)
                     if not rc:
                         rc, _ = mmu.mmu_normal_update(v, pt_owner, pg_owner, ptr - cmd, val, cmd)
                         changed = changed or not rc
                 elif cmd == X.MMU_MACHPHYS_UPDATE:
-                    rc = xsm_mmu_update(mmu, d, None, pg_owner)
+                    rc = ctx.hv.xsm.mmu_update(d, None, pg_owner)
                     if not rc:
                         rc = mmu.machphys_update(d, pt_owner, pg_owner, ptr >> 12, val)
                 else:
@@ -159,16 +159,6 @@ def do_mmu_update(ctx: HypercallContext, ureqs: int, count: int, pdone: int, for
     return rc
 
 
-def xsm_mmu_update(mmu: PVMMU, d: Domain, pt_owner: Domain | None, pg_owner: Domain) -> int:
-    """Dummy XSM's mmu_update rule: DOMID_IO is anyone's; otherwise self or privileged."""
-    rc = 0
-    if pg_owner is not mmu.dom_io:
-        rc = mmu.xsm_target(d, pg_owner)
-    if pt_owner is not None and not rc:
-        rc = mmu.xsm_target(d, pt_owner)
-    return rc
-
-
 @hypercall("mmuext_op")
 def do_mmuext_op(ctx: HypercallContext, uops: int, count: int, pdone: int, foreigndom: int) -> int:
     early, count, done, foreigndom = _prologue(ctx, uops, count, pdone, foreigndom)
@@ -180,7 +170,7 @@ def do_mmuext_op(ctx: HypercallContext, uops: int, count: int, pdone: int, forei
         pg_owner = mmu.get_pg_owner(currd, foreigndom)
         if pg_owner is None:
             return -E.ESRCH
-        rc = mmu.xsm_target(currd, pg_owner)
+        rc = ctx.hv.xsm.mmuext_op(currd, pg_owner)
         if rc:
             return rc
         i = 0

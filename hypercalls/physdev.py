@@ -3,7 +3,7 @@
 pvhyp passes no physical devices or interrupts through, so no domain has a
 PIRQ: the per-domain ops answer as Xen does for a PIRQ that is not bound,
 and the device-management ops are refused to unprivileged domains (-EPERM,
-as the XSM default) and unsupported for the privileged one (-ENOSYS).
+hv.xsm.physdev_resource) and unsupported for the privileged one (-ENOSYS).
 """
 from __future__ import annotations
 
@@ -77,5 +77,5 @@ def do_physdev_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
         ctx.write_struct(P.physdev_irq_status_query, arg, {"irq": query["irq"], "flags": P.XENIRQSTAT_needs_eoi})
         return 0
     if cmd in _PRIVILEGED_OPS:
-        return -E.ENOSYS if ctx.domain.is_privileged else -E.EPERM
+        return ctx.hv.xsm.physdev_resource(ctx.domain, cmd) or -E.ENOSYS
     return -E.ENOSYS

@@ -86,8 +86,9 @@ def do_sched_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
         target = ctx.hv.get_domain(request["domain_id"])
         if target is None:
             return -E.ESRCH
-        if not ctx.domain.is_privileged:
-            return -E.EPERM
+        rc = ctx.hv.xsm.schedop_shutdown(ctx.domain, target)
+        if rc:
+            return rc
         return domain_shutdown(target, request["reason"])
     if cmd == S.SCHEDOP_watchdog:
         request = ctx.read_struct(S.sched_watchdog, arg)

@@ -1,8 +1,8 @@
 """HYPERVISOR_sysctl: host-wide queries for the toolstack (Xen's do_sysctl).
 
-Copy in (-EFAULT), interface version (-EACCES), privilege (-EPERM unless the
-control domain), then the operation; on success the whole xen_sysctl is
-copied back.
+Copy in (-EFAULT), interface version (-EACCES), the policy's check
+(hv.xsm.sysctl: -EPERM unless the control domain), then the operation; on
+success the whole xen_sysctl is copied back.
 """
 from __future__ import annotations
 
@@ -37,10 +37,10 @@ def do_sysctl(ctx: HypercallContext, u_sysctl: int) -> int:
     raw = ctx.read(u_sysctl, SYSCTL_SIZE)
     if int.from_bytes(raw[4:8], "little") != S.XEN_SYSCTL_INTERFACE_VERSION:
         return -E.EACCES
-    rc = mech.xsm_default_action_priv(ctx.domain)
+    cmd = int.from_bytes(raw[0:4], "little")
+    rc = ctx.hv.xsm.sysctl(ctx.domain, cmd)
     if rc:
         return rc
-    cmd = int.from_bytes(raw[0:4], "little")
     if cmd == S.XEN_SYSCTL_getdomaininfolist:
         op = _parse(S.xen_sysctl_getdomaininfolist, raw, U_OFFSET)
         infos = mech.getdomaininfolist(ctx.hv, ctx.domain, op["first_domain"], op["max_domains"])

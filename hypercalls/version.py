@@ -22,16 +22,9 @@ XEN_CHANGESET = b"pvhyp"
 XEN_DENY = b"<denied>"
 PAGE_SIZE = 4096
 
-# What the XSM default lets any domain see; everything else is for the privileged.
-_ALWAYS_DATA = {V.XENVER_version, V.XENVER_platform_parameters, V.XENVER_get_features}
-_ALWAYS_ALLOWED = {V.XENVER_extraversion, V.XENVER_compile_info, V.XENVER_capabilities,
-                   V.XENVER_changeset, V.XENVER_pagesize, V.XENVER_guest_handle}
-
-
 def _denied(domain: Domain, cmd: int) -> bool:
-    if cmd in _ALWAYS_DATA or cmd in _ALWAYS_ALLOWED:
-        return False
-    return not domain.is_privileged
+    """What the policy (hv.xsm.xen_version) keeps from this domain."""
+    return domain.hv.xsm.xen_version(domain, cmd) != 0
 
 
 def _fixed(text: bytes, size: int) -> bytes:

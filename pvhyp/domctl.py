@@ -47,22 +47,8 @@ _CDF_KNOWN = (XEN_DOMCTL_CDF_hvm | XEN_DOMCTL_CDF_hap | XEN_DOMCTL_CDF_s3_integr
 _domid_rover: "weakref.WeakKeyDictionary[Hypervisor, int]" = weakref.WeakKeyDictionary()
 
 
-def is_control_domain(d: "Domain") -> bool:
-    return d.is_privileged
-
-
 def is_xenstore_domain(d: "Domain") -> bool:
     return bool(getattr(d, "config", {}).get("flags", 0) & XEN_DOMCTL_CDF_xs_domain)
-
-
-def xsm_default_action_priv(caller: "Domain") -> int:
-    """The dummy XSM policy's XSM_PRIV: only the control domain (dom0)."""
-    return 0 if is_control_domain(caller) else -E.EPERM
-
-
-def xsm_getdomaininfo(caller: "Domain") -> int:
-    """XSM_XS_PRIV: dom0, or a xenstore domain."""
-    return 0 if is_control_domain(caller) or is_xenstore_domain(caller) else -E.EPERM
 
 
 # --- creation and destruction ----------------------------------------------------------
@@ -242,7 +228,7 @@ def getdomaininfolist(hv: "Hypervisor", caller: "Domain", first: int, max_domain
         if len(infos) == max_domains:
             break
         d = hv.domains.get(domid)
-        if d is None or xsm_getdomaininfo(caller):
+        if d is None or hv.xsm.getdomaininfo(caller, d):
             continue
         infos.append(getdomaininfo(d))
     return infos

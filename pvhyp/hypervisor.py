@@ -10,11 +10,13 @@ import importlib
 import threading
 from typing import Callable
 
+from abi.xen import DOMID_SELF
 from pvhyp.domain import Domain
 from pvhyp.hypercall_table import HypercallTable
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
 from pvhyp.mm.frametable import DOMID_XEN, FrameTable
 from pvhyp.trace import Trace
+from pvhyp.xsm import DUMMY_POLICY, DummyPolicy
 
 DEFAULT_MEMORY_MB = 1024
 INVALID_M2P_ENTRY = 0xFFFF_FFFF_FFFF_FFFF
@@ -143,3 +145,13 @@ class Hypervisor:
                 self.set_m2p(mfn, base + i)
             d.tot_pages += nr_pages
             return mfns
+
+    def domain_by_any_id(self, current: Domain, domid: int) -> Domain | None:
+        """Xen's rcu_lock_domain_by_any_id: DOMID_SELF names the caller; None (-ESRCH) if no such domain."""
+        return current if domid == DOMID_SELF else self.domains.get(domid)
+
+    # --- policy ---
+
+    # What every privileged op asks (pvhyp/xsm.py). The dummy policy is stateless, so
+    # the class-wide default is shared safely; `hv.xsm = ...` installs another on one hypervisor.
+    xsm: DummyPolicy = DUMMY_POLICY

@@ -164,6 +164,8 @@ class HostTsc:
         return (self._rate[1] - self._base[1]) * NSEC_PER_SEC // span_ns
 
 
+# One host TSC reader per process, shared by every Hypervisor in it (the host's TSC is
+# one clock): this lock guards that process-wide reader, no hypervisor's state.
 _host_tsc: HostTsc | None = None
 _host_tsc_lock = threading.Lock()
 

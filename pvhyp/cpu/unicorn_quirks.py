@@ -289,6 +289,8 @@ def measure_syscall_rip_bias() -> int:
     return executed[1] - target
 
 
+# unicorn's internals are the same for every Hypervisor in the process: the probe's
+# result is process-wide, and so is the lock that guards it.
 _cached: ContextLayout | None = None
 _cache_lock = threading.Lock()
 

@@ -10,8 +10,9 @@ target vCPU with `vcpu.post` (see VCPU.post) and followed by `vcpu.kick()`.
 Ops take the calling domain (`current`) first and a dict in the shape of
 the abi struct, fill its OUT fields, and return 0 or -errno, like Xen's
 evtchn_* functions, so hypercalls/event_channel.py stays a thin copy
-in / copy out. One lock for the whole hypervisor's port state: a send
-touches two domains and state changes are short.
+in / copy out. One lock for a hypervisor's port state (`hv.evtchn_lock`,
+set by attach): a send touches two domains and state changes are short.
+Who may act on another domain's ports is the policy's (`hv.xsm`).
 """
 from __future__ import annotations
 
@@ -121,11 +122,8 @@ class DomainEvtchn:
 
 # --- lock, attach, lookups ------------------------------------------------------------
 
-_lock = threading.RLock()
-
-
 def attach(hv) -> None:
-    hv.evtchn_lock = _lock
+    hv.evtchn_lock = threading.RLock()      # this hypervisor's port state (see the module docstring)
     hv.domain_create_hooks.append(evtchn_init)
     hv.domain_destroy_hooks.append(evtchn_destroy)
     for d in list(hv.domains.values()):
@@ -145,7 +143,7 @@ def evtchn_init(d) -> None:
 
 def evtchn_destroy(d) -> None:
     """Close every port (peers' interdomain ports fall back to unbound)."""
-    with _lock:
+    with d.hv.evtchn_lock:
         if d.evtchn is None:
             return
         for port in range(1, d.evtchn.valid_evtchns):
@@ -154,20 +152,8 @@ def evtchn_destroy(d) -> None:
 
 def set_max_evtchn_port(d, max_port: int) -> None:
     """The toolstack's max_evtchn_port (XEN_DOMCTL_createdomain's config)."""
-    with _lock:
+    with d.hv.evtchn_lock:
         d.evtchn.max_evtchn_port = min(max_port, INT_MAX)
-
-
-def domain_by_any_id(current, domid: int):
-    """Xen's rcu_lock_domain_by_any_id: DOMID_SELF is the caller."""
-    if domid == X.DOMID_SELF:
-        return current
-    return current.hv.domains.get(domid)
-
-
-def xsm_target(src, target) -> bool:
-    """The dummy XSM policy's XSM_TARGET: oneself, or the control domain."""
-    return src is target or src.is_privileged
 
 
 def domain_vcpu(d, vcpu_id: int):
@@ -219,15 +205,16 @@ def _free(d, chn: Evtchn) -> None:
 # --- the ops --------------------------------------------------------------------------
 
 def evtchn_alloc_unbound(current, alloc: dict) -> int:
-    d = domain_by_any_id(current, alloc["dom"])
+    d = current.hv.domain_by_any_id(current, alloc["dom"])
     if d is None:
         return -E.ESRCH
-    with _lock:
+    with current.hv.evtchn_lock:
         port = d.evtchn.get_free_port()
         if port < 0:
             return port
-        if not xsm_target(current, d):
-            return -E.EPERM
+        rc = current.hv.xsm.evtchn_unbound(current, d)
+        if rc:
+            return rc
         chn = d.evtchn.chans[port]
         chn.state = ECS_UNBOUND
         remote = alloc["remote_dom"]
@@ -237,10 +224,10 @@ def evtchn_alloc_unbound(current, alloc: dict) -> int:
 
 
 def evtchn_bind_interdomain(current, bind: dict) -> int:
-    rd = domain_by_any_id(current, bind["remote_dom"])
+    rd = current.hv.domain_by_any_id(current, bind["remote_dom"])
     if rd is None:
         return -E.ESRCH
-    with _lock:
+    with current.hv.evtchn_lock:
         lport = current.evtchn.get_free_port()
         if lport < 0:
             return lport
@@ -269,7 +256,7 @@ def evtchn_bind_virq(current, bind: dict) -> int:
     v = domain_vcpu(current, vcpu)
     if v is None:
         return -E.ENOENT
-    with _lock:
+    with current.hv.evtchn_lock:
         if v.virq_to_evtchn.get(virq):
             return -E.EEXIST
         port = current.evtchn.get_free_port()
@@ -288,7 +275,7 @@ def evtchn_bind_ipi(current, bind: dict) -> int:
     vcpu = bind["vcpu"]
     if domain_vcpu(current, vcpu) is None:
         return -E.ENOENT
-    with _lock:
+    with current.hv.evtchn_lock:
         port = current.evtchn.get_free_port()
         if port < 0:
             return port
@@ -307,7 +294,7 @@ def evtchn_bind_pirq(current, bind: dict) -> int:
 
 
 def evtchn_close(d1, port1: int, guest: bool = True) -> int:
-    with _lock:
+    with d1.hv.evtchn_lock:
         chn1 = d1.evtchn.get(port1)
         if chn1 is None:
             return -E.EINVAL
@@ -337,7 +324,7 @@ def evtchn_close(d1, port1: int, guest: bool = True) -> int:
 
 def evtchn_send(ld, lport: int) -> int:
     """EVTCHNOP_send from `ld`: notify the other end of an interdomain port, or our own vCPU for an IPI."""
-    with _lock:
+    with ld.hv.evtchn_lock:
         lchn = ld.evtchn.get(lport)
         if lchn is None:
             return -E.EINVAL
@@ -366,15 +353,16 @@ def evtchn_send(ld, lport: int) -> int:
 
 
 def evtchn_status(current, status: dict) -> int:
-    d = domain_by_any_id(current, status["dom"])
+    d = current.hv.domain_by_any_id(current, status["dom"])
     if d is None:
         return -E.ESRCH
-    with _lock:
+    with current.hv.evtchn_lock:
         chn = d.evtchn.get(status["port"])
         if chn is None:
             return -E.EINVAL
-        if not xsm_target(current, d):
-            return -E.EPERM
+        rc = current.hv.xsm.evtchn_status(current, d)
+        if rc:
+            return rc
         status["status"] = _ECS_TO_STAT[chn.state]
         u = {}
         if chn.state == ECS_UNBOUND:
@@ -394,7 +382,7 @@ def evtchn_bind_vcpu(current, port: int, vcpu_id: int) -> int:
     v = domain_vcpu(current, vcpu_id)
     if v is None:
         return -E.ENOENT
-    with _lock:
+    with current.hv.evtchn_lock:
         chn = current.evtchn.get(port)
         if chn is None:
             return -E.EINVAL
@@ -412,7 +400,7 @@ def evtchn_bind_vcpu(current, port: int, vcpu_id: int) -> int:
 
 
 def evtchn_unmask(current, port: int) -> int:
-    with _lock:
+    with current.hv.evtchn_lock:
         chn = current.evtchn.get(port)
         if chn is None:
             return -E.EINVAL
@@ -423,10 +411,10 @@ def evtchn_unmask(current, port: int) -> int:
 
 
 def evtchn_reset(current, d) -> int:
-    """Close all of d's ports (the caller has checked XSM_TARGET)."""
+    """Close all of d's ports (the caller has asked the policy's evtchn_reset)."""
     if d is not current and not d.pause_count:
         return -E.EINVAL
-    with _lock:
+    with d.hv.evtchn_lock:
         if d.evtchn.resetting:
             return -E.EBUSY
         d.evtchn.resetting = 1
@@ -442,7 +430,7 @@ def evtchn_reset(current, d) -> int:
 
 def send_guest_vcpu_virq(v, virq: int) -> None:
     """A per-vCPU VIRQ (timer, debug) fired on v."""
-    with _lock:
+    with v.domain.hv.evtchn_lock:
         port = v.virq_to_evtchn.get(virq, 0)
         if not port or v.domain.evtchn is None:
             return
@@ -453,7 +441,7 @@ def send_guest_global_virq(d, virq: int) -> None:
     """A global VIRQ (console, dom_exc): bound on vCPU 0, delivered to the port's notify vCPU."""
     if d is None or not d.vcpus:
         return
-    with _lock:
+    with d.hv.evtchn_lock:
         port = d.vcpus[0].virq_to_evtchn.get(virq, 0)
         if not port or d.evtchn is None:
             return
@@ -463,7 +451,7 @@ def send_guest_global_virq(d, virq: int) -> None:
 
 def alloc_unbound_xen_event_channel(ld, lvcpu: int, remote_domid: int, notification_fn) -> int:
     """A port whose notifications go to a hypervisor-side consumer; returns the port or -errno."""
-    with _lock:
+    with ld.hv.evtchn_lock:
         port = ld.evtchn.get_free_port()
         if port < 0:
             return port
@@ -477,7 +465,7 @@ def alloc_unbound_xen_event_channel(ld, lvcpu: int, remote_domid: int, notificat
 
 def notify_via_xen_event_channel(ld, lport: int) -> None:
     """The hypervisor-side consumer signals its peer."""
-    with _lock:
+    with ld.hv.evtchn_lock:
         lchn = ld.evtchn.get(lport)
         if lchn is None or lchn.state != ECS_INTERDOMAIN:
             return
@@ -491,7 +479,7 @@ def notify_via_xen_event_channel(ld, lport: int) -> None:
 def check_consistency(hv) -> list[str]:
     """Every port's state agrees with its peer and VIRQ table; [] when all is well."""
     problems: list[str] = []
-    with _lock:
+    with hv.evtchn_lock:
         for d in list(hv.domains.values()):
             ev = d.evtchn
             if ev is None:

@@ -9,19 +9,23 @@ set_version, get_status_frames, get_version), the lifecycle hooks,
 
 Ops take the calling domain first and a dict in the abi struct's shape,
 fill its OUT fields and return what Xen's function returns, so that
-hypercalls/grant_table.py only copies in and out.
+hypercalls/grant_table.py only copies in and out. One lock for a
+hypervisor's grant state (`hv.gnttab_lock`, set by attach): map, unmap and
+copy touch two domains' tables. Who may look at another domain's table is
+the policy's (`hv.xsm`).
 """
 from __future__ import annotations
 
+import threading
+
 from abi import errno as E
 from abi import grant_table as G
-from abi import xen as X
 from pvhyp.grant_table import refs
 from pvhyp.grant_table.copy import CopyBatch, cache_flush, swap_grant_ref  # noqa: F401 (API)
 from pvhyp.grant_table.mapping import (DOMID_GRANT_ORPHAN, map_grant_ref, release_mappings,  # noqa: F401
                                        unmap_common)
 from pvhyp.grant_table.transfer import gnttab_transfer_one  # noqa: F401 (API)
-from pvhyp.grant_table.table import GNTPIN_devw_mask, GNTPIN_hstw_mask, GrantTable, gnttab_lock
+from pvhyp.grant_table.table import GNTPIN_devw_mask, GNTPIN_hstw_mask, GrantTable
 
 GNTTAB_NR_RESERVED_ENTRIES = G.GNTTAB_NR_RESERVED_ENTRIES
 
@@ -29,6 +33,7 @@ UINT_MAX = 0xFFFF_FFFF
 
 
 def attach(hv) -> None:
+    hv.gnttab_lock = threading.RLock()      # this hypervisor's grant state (see the module docstring)
     hv.domain_create_hooks.append(grant_table_init)
     hv.domain_destroy_hooks.append(grant_table_destroy)
     hv.may_host_map = may_host_map
@@ -63,7 +68,7 @@ def gnttab_set_limits(d, max_grant_frames: int, max_maptrack_frames: int,
     if not INITIAL_NR_GRANT_FRAMES <= max_grant_frames <= DEFAULT_MAX_GRANT_FRAMES or \
             max_maptrack_frames > DEFAULT_MAX_MAPTRACK_FRAMES:
         return -E.EINVAL
-    with gnttab_lock:
+    with d.hv.gnttab_lock:
         # Set at creation in Xen; here also later, never below what is in use.
         if max_grant_frames < gt.nr_grant_frames or max_maptrack_frames < gt.maptrack_limit // MAPTRACK_PER_PAGE \
                 or (max_version == 1 and gt.gt_version == 2):
@@ -80,7 +85,7 @@ def grant_table_destroy(d) -> None:
     if gt is None:
         return
     release_mappings(d)
-    with gnttab_lock:
+    with d.hv.gnttab_lock:
         gt.dying = True
         refs.release_table_frames(d.hv, gt.shared + gt.status)
         if refs.mmu_of(d.hv) is not None:
@@ -104,19 +109,11 @@ def may_host_map(domain, mfn: int, writable: bool) -> bool:
     gt = domain.grant_table
     if gt is None:
         return False
-    with gnttab_lock:
+    with hv.gnttab_lock:
         counts = gt.mapped.get(mfn)
         if not counts:
             return False
         return counts[1] > 0 if writable else True
-
-
-def _xsm_target(current, d) -> bool:
-    return current is d or current.is_privileged
-
-
-def _by_any_id(current, domid: int):
-    return current if domid == X.DOMID_SELF else current.hv.domains.get(domid)
 
 
 def _gfn_of(d, mfn: int) -> int:
@@ -128,16 +125,16 @@ def _gfn_of(d, mfn: int) -> int:
 
 def gnttab_setup_table(current, op: dict, limit_max: int = UINT_MAX) -> list[int]:
     """Sets op["status"]; returns the frame numbers to copy to frame_list (may be fewer on error)."""
-    d = _by_any_id(current, op["dom"])
+    d = current.hv.domain_by_any_id(current, op["dom"])
     if d is None:
         op["status"] = G.GNTST_bad_domain
         return []
-    if not _xsm_target(current, d):
+    if current.hv.xsm.grant_setup(current, d):
         op["status"] = G.GNTST_permission_denied
         return []
     gt = d.grant_table
     nr = op["nr_frames"]
-    with gnttab_lock:
+    with current.hv.gnttab_lock:
         if nr > gt.max_grant_frames or limit_max < nr:
             op["status"] = G.GNTST_general_error
             return []
@@ -156,10 +153,10 @@ def _status_frames_for(nr: int) -> int:
 
 
 def gnttab_query_size(current, op: dict) -> None:
-    d = _by_any_id(current, op["dom"])
+    d = current.hv.domain_by_any_id(current, op["dom"])
     if d is None:
         op["status"] = G.GNTST_bad_domain
-    elif not _xsm_target(current, d):
+    elif current.hv.xsm.grant_query_size(current, d):
         op["status"] = G.GNTST_permission_denied
     else:
         gt = d.grant_table
@@ -169,15 +166,15 @@ def gnttab_query_size(current, op: dict) -> None:
 
 
 def gnttab_get_status_frames(current, op: dict, limit_max: int = UINT_MAX) -> list[int]:
-    d = _by_any_id(current, op["dom"])
+    d = current.hv.domain_by_any_id(current, op["dom"])
     if d is None:
         op["status"] = G.GNTST_bad_domain
         return []
-    if not _xsm_target(current, d):
+    if current.hv.xsm.grant_setup(current, d):
         op["status"] = G.GNTST_permission_denied
         return []
     gt = d.grant_table
-    with gnttab_lock:
+    with current.hv.gnttab_lock:
         nr = op["nr_frames"]
         if nr > gt.nr_status_frames or limit_max < nr:
             op["status"] = G.GNTST_general_error
@@ -187,11 +184,12 @@ def gnttab_get_status_frames(current, op: dict, limit_max: int = UINT_MAX) -> li
 
 
 def gnttab_get_version(current, op: dict) -> int:
-    d = _by_any_id(current, op["dom"])
+    d = current.hv.domain_by_any_id(current, op["dom"])
     if d is None:
         return -E.ESRCH
-    if not _xsm_target(current, d):
-        return -E.EPERM
+    rc = current.hv.xsm.grant_query_size(current, d)
+    if rc:
+        return rc
     op["version"] = d.grant_table.gt_version
     return 0
 
@@ -211,7 +209,7 @@ def _set_version(gt, version: int) -> int:
         return -E.ENOSYS
     if gt.gt_version == version:
         return 0
-    with gnttab_lock:
+    with gt.hv.gnttab_lock:
         # Only the toolstack's reserved entries (console, xenstore) may be in use.
         if any(gt.active[i].pin for i in range(GNTTAB_NR_RESERVED_ENTRIES, gt.nr_grant_entries())):
             return -E.EBUSY
@@ -262,7 +260,7 @@ def check_consistency(hv, check_flags: bool = True) -> list[str]:
     let guests do so pass check_flags=False.
     """
     problems: list[str] = []
-    with gnttab_lock:
+    with hv.gnttab_lock:
         tables = {d.domid: d.grant_table for d in hv.domains.values() if d.grant_table is not None}
         # Pins owed to grant mappings, per (granting table, ref): [hstw, hstr, devw, devr].
         expected: dict[tuple[int, int], list[int]] = {}

@@ -13,14 +13,10 @@ from abi import xen as X
 from pvhyp.grant_table import refs
 from pvhyp.grant_table.mapping import get_paged_frame, pin_dropped, reduce_status_for_pin, set_status
 from pvhyp.grant_table.table import (GNTPIN_devw_mask, GNTPIN_hstr_inc, GNTPIN_hstw_inc, GNTPIN_hstw_mask,
-                                     gnttab_lock, gntpin_incr2oflow_mask)
+                                     gntpin_incr2oflow_mask)
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 
 ERESTART = 1        # positive: "retry", never seen by a guest here
-
-
-def domain_by_any_id(current, domid: int):
-    return current if domid == X.DOMID_SELF else current.hv.domains.get(domid)
 
 
 def release_grant_for_copy(rgt, gref: int, readonly: bool) -> None:
@@ -154,7 +150,7 @@ class CopyBatch:
     def _lock_domain(self, buf: CopyBuf, domid: int, is_gref: bool) -> int:
         if domid != X.DOMID_SELF and not is_gref:
             return G.GNTST_permission_denied     # only DOMID_SELF may name a frame directly
-        buf.domain = domain_by_any_id(self.current, domid)
+        buf.domain = self.hv.domain_by_any_id(self.current, domid)
         if buf.domain is None:
             return G.GNTST_bad_domain
         buf.ptr_domid = domid
@@ -201,7 +197,7 @@ class CopyBatch:
         return ptr["u"]["gmfn"] == buf.gmfn
 
     def one(self, op: dict) -> int:
-        with gnttab_lock:
+        with self.hv.gnttab_lock:
             rc = self._one(op)
             if rc != G.GNTST_okay:
                 self.src.release(self.hv)
@@ -248,7 +244,7 @@ class CopyBatch:
         return G.GNTST_okay
 
     def finish(self) -> None:
-        with gnttab_lock:
+        with self.hv.gnttab_lock:
             self.src.release(self.hv)
             self.dest.release(self.hv)
             self._unlock_domains()
@@ -258,7 +254,7 @@ class CopyBatch:
 
 def swap_grant_ref(current, ref_a: int, ref_b: int) -> int:
     gt = current.grant_table
-    with gnttab_lock:
+    with current.hv.gnttab_lock:
         n = gt.nr_grant_entries()
         if ref_a >= n or ref_b >= n:
             return G.GNTST_bad_gntref
@@ -294,7 +290,7 @@ def cache_flush(current, op: dict, cur_ref: int) -> tuple[int, int]:
     if owner is None or owner.grant_table is None:
         return -E.EPERM, cur_ref
     if owner is not current:
-        with gnttab_lock:
+        with hv.gnttab_lock:
             rgt = owner.grant_table
             n = rgt.nr_grant_entries()
             end = min(cur_ref + (1 << 12), n)

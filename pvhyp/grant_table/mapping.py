@@ -22,7 +22,7 @@ from abi import grant_table as G
 from pvhyp.grant_table import pv_mapping, refs
 from pvhyp.grant_table.table import (GNTPIN_devr_inc, GNTPIN_devw_inc, GNTPIN_devw_mask,
                                      GNTPIN_hstr_inc, GNTPIN_hstw_inc, GNTPIN_hstw_mask,
-                                     INVALID_MAPTRACK_HANDLE, gnttab_lock, gntpin_incr2oflow_mask)
+                                     INVALID_MAPTRACK_HANDLE, gntpin_incr2oflow_mask)
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 
 # Without the PV MMU: a destroyed domain's frame that a grantee still maps is
@@ -148,7 +148,7 @@ def map_grant_ref(vcpu, op: dict) -> None:
     if rd is None or rd.grant_table is None:
         op["status"] = G.GNTST_bad_domain
         return
-    with gnttab_lock:
+    with hv.gnttab_lock:
         _map_locked(vcpu, ld, rd, op, flags, readonly, pin_incr)
 
 
@@ -223,7 +223,7 @@ def unmap_common(vcpu, host_addr: int, dev_bus_addr: int, new_addr: int, handle:
     """unmap_common + unmap_common_complete for one handle; returns GNTST_*."""
     ld = vcpu.domain
     lgt = ld.grant_table
-    with gnttab_lock:
+    with ld.hv.gnttab_lock:
         if handle >= lgt.maptrack_limit:
             return G.GNTST_bad_handle
         mt = lgt.maptrack[handle]
@@ -280,7 +280,7 @@ def release_mappings(d) -> None:
     their references); a process domain's recorded host mappings go here.
     """
     lgt = d.grant_table
-    with gnttab_lock:
+    with d.hv.gnttab_lock:
         for mt in lgt.maptrack:
             if not mt.flags:
                 continue

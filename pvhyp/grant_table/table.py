@@ -10,7 +10,6 @@ guest; pvhyp writes the 16-bit word in one store, which is as narrow.
 from __future__ import annotations
 
 import struct
-import threading
 
 from abi import grant_table as G
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
@@ -63,9 +62,6 @@ STGNT_PER_PAGE = PAGE_SIZE // STATUS_SIZE
 MAPTRACK_PER_PAGE = PAGE_SIZE // 16
 MAPTRACK_TAIL = 0xFFFF_FFFF
 INVALID_MAPTRACK_HANDLE = 0xFFFF_FFFF
-
-# One lock for all grant state: map, unmap and copy touch two domains' tables.
-gnttab_lock = threading.RLock()
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")

@@ -18,7 +18,6 @@ from abi import errno as E
 from abi import grant_table as G
 from pvhyp.domain import INVALID_MFN
 from pvhyp.grant_table import refs
-from pvhyp.grant_table.table import gnttab_lock
 
 INVALID_M2P_ENTRY = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -77,7 +76,7 @@ def prepare_for_transfer(rd, ld, ref: int) -> int:
 def gnttab_transfer_one(d, gop: dict) -> int:
     """One gnttab_transfer element from `d`: GNTST_*."""
     hv = d.hv
-    with gnttab_lock:
+    with hv.gnttab_lock:
         mfn = gop["mfn"] if d.paging else d.pfn_to_mfn(gop["mfn"])
         if not 0 < mfn < hv.frames.nr_frames:
             return G.GNTST_bad_page

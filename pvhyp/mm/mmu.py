@@ -63,7 +63,7 @@ class PVMMU(FrameRefs):
         self.hold_page(d.shared_info_mfn, d, writable=True)
 
     def get_pg_owner(self, curr, domid: int):
-        """Xen's get_pg_owner (+ the XSM_TARGET check callers do): domain, or None (-ESRCH)."""
+        """Xen's get_pg_owner: domain, or None (-ESRCH); callers then ask the policy (hv.xsm)."""
         domid &= 0xFFFF
         if domid == DOMID_SELF:
             return curr
@@ -74,10 +74,6 @@ class PVMMU(FrameRefs):
         if domid == DOMID_XEN:
             return self.dom_xen
         return self.hv.domains.get(domid)
-
-    @staticmethod
-    def xsm_target(src, target) -> int:
-        return 0 if src is target or src.is_privileged else -E.EPERM
 
     # --------------------------------------------------------- mmu_update
     def mmu_normal_update(self, v, pt_owner, pg_owner, ptr: int, val: int, cmd: int) -> tuple[int, bool]:
@@ -268,7 +264,7 @@ class PVMMU(FrameRefs):
         """__do_update_va_mapping up to (not including) the flush."""
         d = v.domain
         if val & _PAGE_PRESENT:
-            rc = self.xsm_target(d, pg_owner)
+            rc = self.hv.xsm.update_va_mapping(d, pg_owner)
             if rc:
                 return rc
         pl1e = self.map_guest_l1e(v, va)

@@ -392,7 +392,7 @@ class FrameRefs:
         if real != pg_owner.domid:
             real_d = self.domain_of(real)
             if (real_d is None or pg_owner is l1e_owner
-                    or not (pg_owner.is_privileged or pg_owner.domid == real)):
+                    or self.hv.xsm.priv_mapping(pg_owner, real_d)):
                 self.put_page(mfn)
                 return -E.EBUSY
             pg_owner = real_d
