@@ -200,7 +200,7 @@ def _do_transaction_end(engine, conn, view, payload):
             raise XsError("ENOSPC")
         view.commit()
         for path, exact, perms, old_perms in view.pending_watch_events:
-            engine.fire_watches(conn, engine.store, path, exact, perms, old_perms)
+            engine.fire_watches(engine.store, path, exact, perms, old_perms)
     return nodes.OK
 
 
@@ -288,9 +288,6 @@ class XenStore:
         conn.closed = True
         self._drop_state(conn)
         self._dirty.discard(conn_id)
-
-    def connection(self, conn_id: int) -> Connection:
-        return self.connections[conn_id]
 
     def _root_view_conn(self) -> Connection:
         return Connection(0, 0, True, False)
@@ -454,7 +451,7 @@ class XenStore:
             return
         self._queue(conn, _Outgoing(data, False, payload))
 
-    def fire_watches(self, origin: Connection | None, view, path: str, exact: bool,
+    def fire_watches(self, view, path: str, exact: bool,
                      perms=None, old_perms=None) -> None:
         """Queue events for every watch covering a change to ``path``.
 

@@ -144,7 +144,7 @@ def do_write(engine, conn, view, payload):
         updated = _rewritten(engine, node, value=value)
         _check_node_size(engine, conn, updated)
         view.put(path, updated)
-    engine.fire_watches(conn, view, path, exact=False)
+    engine.fire_watches(view, path, exact=False)
     return OK
 
 
@@ -156,7 +156,7 @@ def do_mkdir(engine, conn, view, payload):
         if error.name != "ENOENT":
             raise
         _create(engine, conn, view, path, b"")
-        engine.fire_watches(conn, view, path, exact=False)
+        engine.fire_watches(view, path, exact=False)
     return OK
 
 
@@ -193,7 +193,7 @@ def do_rm(engine, conn, view, payload):
     for name, node in _subtree_children_first(view, path):
         # Fire while the node's permissions can still be checked; watchers
         # above the removed root hear about the root only.
-        engine.fire_watches(conn, view, name, exact=(name != path),
+        engine.fire_watches(view, name, exact=(name != path),
                             perms=live_perms(engine, node))
         view.delete(name)
     gone = basename(path)
@@ -255,5 +255,5 @@ def do_set_perms(engine, conn, view, payload):
     updated = replace(node, perms=perms)
     _check_node_size(engine, conn, updated)
     view.put(path, updated)
-    engine.fire_watches(conn, view, path, exact=False, old_perms=live_perms(engine, node))
+    engine.fire_watches(view, path, exact=False, old_perms=live_perms(engine, node))
     return OK

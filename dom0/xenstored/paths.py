@@ -18,7 +18,6 @@ PERM_NONE = 0
 PERM_READ = 1
 PERM_WRITE = 2
 PERM_OWNER = 4
-PERM_ALL = PERM_READ | PERM_WRITE | PERM_OWNER
 
 _LETTER_TO_ACCESS = {ord("n"): PERM_NONE, ord("r"): PERM_READ,
                      ord("w"): PERM_WRITE, ord("b"): PERM_READ | PERM_WRITE}

@@ -70,7 +70,6 @@ class RingServer:
         self.engine = engine
         self.page_mapper = page_mapper
         self.rings: dict[int, _Ring] = {}  # by domid
-        self._by_conn: dict[int, _Ring] = {}
         engine.introduce_hook = self._introduce_from_wire
         engine.release_hook = self._forget
 
@@ -91,9 +90,7 @@ class RingServer:
 
     def _attach(self, domid, conn_id, page, notify) -> None:
         ring = _Ring(domid, conn_id, page, notify)
-        self._forget(domid)
         self.rings[domid] = ring
-        self._by_conn[conn_id] = ring
         self._reset_page(ring)
 
     def _introduce_from_wire(self, domid: int, gfn: int, port: int) -> None:
@@ -114,9 +111,7 @@ class RingServer:
             self.engine.release_domain(domid)  # calls back into _forget
 
     def _forget(self, domid: int) -> None:
-        ring = self.rings.pop(domid, None)
-        if ring is not None:
-            self._by_conn.pop(ring.conn_id, None)
+        self.rings.pop(domid, None)
 
     def _reset_page(self, ring: _Ring) -> None:
         for offset in (wire.XENSTORE_REQ_CONS_OFFSET, wire.XENSTORE_REQ_PROD_OFFSET,
@@ -129,9 +124,6 @@ class RingServer:
         ring.notify()
 
     # -- data movement ---------------------------------------------------------
-
-    def owns(self, conn_id: int) -> bool:
-        return conn_id in self._by_conn
 
     def kick(self, domid: int) -> None:
         """The guest signalled its event channel: serve its ring."""
