@@ -109,7 +109,9 @@ class Connection:
 
 
 @dataclass
-class _Domain:
+class IntroducedDomain:
+    """A guest introduced with XS_INTRODUCE: its ring's one connection, where the ring is."""
+
     domid: int
     conn_id: int
     gfn: int
@@ -258,7 +260,7 @@ class XenStore:
         self.store = Store((Permission(0, PERM_NONE),))
         self.special_perms = {name: (Permission(0, PERM_NONE),) for name in SPECIAL_WATCHES}
         self.connections: dict[int, Connection] = {}
-        self.domains: dict[int, _Domain] = {}
+        self.domains: dict[int, IntroducedDomain] = {}
         self._ids = itertools.count(1)
         self._dirty: set[int] = set()
         self._after_reply: list = []
@@ -514,12 +516,60 @@ class XenStore:
     def domain_watch_count(self, domid: int) -> int:
         return sum(len(c.watches) for c in self.connections.values() if c.domid == domid)
 
-    # -- domains (toolstack API; the wire handlers live in domains.py) --------
+    # -- domains (the toolstack's calls; the wire requests are in domains.py) ----
 
-    introduce_domain = domains.introduce_domain
-    release_domain = domains.release_domain
-    mark_domain_shutdown = domains.mark_domain_shutdown
-    domain_usage = domains.domain_usage
+    def introduce_domain(self, domid: int, gfn: int = 0, port: int = 0) -> int:
+        """Register a guest's ring connection; return its connection id.
+
+        Re-introducing a known domain keeps its connection but forgets its
+        watches, transactions and buffered bytes (the guest reconnects).
+        Introducing a domain other than dom0 fires @introduceDomain."""
+        known = self.domains.get(domid)
+        if known is not None:
+            known.port, known.gfn = port, gfn
+            self.reset_connection(known.conn_id)
+            return known.conn_id
+        self.domain_birth.setdefault(domid, self.store.generation)
+        conn_id = self.open_connection(domid, is_domain=True)
+        self.domains[domid] = IntroducedDomain(domid, conn_id, gfn, port)
+        if domid != 0:
+            self.fire_special(b"@introduceDomain")
+        return conn_id
+
+    def release_domain(self, domid: int) -> None:
+        """Forget a domain and its connection, then tell @releaseDomain watchers.
+
+        Its nodes stay: removing /local/domain/<domid> is the toolstack's job."""
+        domain = self.domains.pop(domid, None)
+        if domain is None:
+            raise XsError("ENOENT")
+        self.close_connection(domain.conn_id)
+        self.forget_domain(domid)
+        for conn in self.connections.values():
+            if conn.target_domid == domid:
+                conn.target_domid = None
+        self.fire_special(b"@releaseDomain")
+        if self.release_hook is not None:
+            self.release_hook(domid)
+
+    def mark_domain_shutdown(self, domid: int) -> None:
+        """The hypervisor reported the domain shut down or crashed."""
+        domain = self.domains.get(domid)
+        if domain is not None and not domain.shutdown:
+            domain.shutdown = True
+            self.fire_special(b"@releaseDomain")
+
+    def domain_usage(self, domid: int) -> str:
+        """What an introduced domain holds against its quotas (XS_CONTROL "quota <domid>")."""
+        domain = self.domains.get(domid)
+        if domain is None:
+            raise XsError("ENOENT")
+        conn = self.connections[domain.conn_id]
+        rows = (("nodes", self.store.owned_count(domid)),
+                ("watches", len(conn.watches)),
+                ("transactions", len(conn.transactions)),
+                ("outstanding", conn.outstanding))
+        return f"Domain {domid}:\n" + "".join(f"{name:<16}: {value:8d}\n" for name, value in rows)
 
     def log(self, message: str) -> None:
         log.info("%s", message)
