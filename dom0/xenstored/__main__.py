@@ -11,7 +11,7 @@ from .core import XenStore
 from .unix_socket import SocketServer
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dom0.xenstored", description=__doc__)
     parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
     parser.add_argument("--priv-domid", type=int, default=None,

@@ -8,12 +8,17 @@ else is EINVAL, as in cxenstored.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Callable
 
 from abi.io.xs_wire import XENSTORE_REL_PATH_MAX
 
 from .errors import XsError
 from .paths import c_atoi
-from .payload import split_strings
+from .payload import OK, split_strings
+from .store import View
+
+if TYPE_CHECKING:  # the engine calls do_control; it only names the engine's types
+    from .core import Connection, XenStore
 
 
 @dataclass
@@ -68,7 +73,7 @@ def _reply_text(text: str) -> bytes:
     return text.encode() + b"\0"
 
 
-def do_control(engine, conn, view, payload):
+def do_control(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     strings = split_strings(payload)
     if not strings:
         raise XsError("EINVAL")
@@ -80,21 +85,21 @@ def do_control(engine, conn, view, payload):
     return handler(engine, args)
 
 
-def _print(engine, args):
+def _print(engine: XenStore, args: list[bytes]) -> bytes:
     if len(args) != 1:
         raise XsError("EINVAL")
     engine.log(f"control: {args[0].decode('utf-8', 'replace')}")
-    return b"OK\0"
+    return OK
 
 
-def _log(engine, args):
+def _log(engine: XenStore, args: list[bytes]) -> bytes:
     if args not in ([b"on"], [b"off"]):
         raise XsError("EINVAL")
     engine.trace_enabled = args[0] == b"on"
-    return b"OK\0"
+    return OK
 
 
-def _quota(engine, args):
+def _quota(engine: XenStore, args: list[bytes]) -> bytes:
     if not args:
         return _reply_text(engine.quotas.show())
     if args[0] == b"set":
@@ -104,25 +109,26 @@ def _quota(engine, args):
         if value < 1 or value >= 1 << 31:
             raise XsError("EINVAL")
         engine.quotas.set(args[1].decode("ascii", "replace"), value)
-        return b"OK\0"
+        return OK
     if len(args) != 1:
         raise XsError("EINVAL")
     return _reply_text(engine.domain_usage(c_atoi(args[0])))
 
 
-def _check(engine, args):
+def _check(engine: XenStore, args: list[bytes]) -> bytes:
     problems = engine.store.inconsistencies()
     for problem in problems:
         engine.log(f"store check: {problem}")
     if problems:
         raise XsError("EIO")
-    return b"OK\0"
+    return OK
 
 
-def _help(engine, args):
+def _help(engine: XenStore, args: list[bytes]) -> bytes:
     return _reply_text("Available commands:\n" + "\n".join(
         name.decode() for name in _COMMANDS) + "\n")
 
 
-_COMMANDS = {b"check": _check, b"print": _print, b"log": _log, b"quota": _quota,
-             b"help": _help}
+_COMMANDS: dict[bytes, Callable[[XenStore, list[bytes]], bytes]] = {
+    b"check": _check, b"print": _print, b"log": _log, b"quota": _quota,
+    b"help": _help}

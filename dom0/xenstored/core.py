@@ -54,9 +54,10 @@ from abi.io import xs_wire as wire
 from . import domains, nodes
 from .control import Quotas, do_control
 from .errors import ProtocolViolation, XsError
-from .paths import PERM_READ, PERM_NONE, Permission, domain_path, is_same_or_below, parent_of
-from .payload import exactly_one_string, split_strings
-from .store import Store, Transaction
+from .paths import (PERM_NONE, PERM_OWNER, PERM_READ, PERM_WRITE, Permission, Perms, domain_path,
+                    is_same_or_below, parent_of)
+from .payload import OK, exactly_one_string, split_strings
+from .store import Store, Transaction, View
 
 _HEADER = wire.XSD_SOCKMSG_SIZE
 SPECIAL_WATCHES = (b"@introduceDomain", b"@releaseDomain")
@@ -95,10 +96,10 @@ class Connection:
     transactions: dict[int, Transaction] = field(default_factory=dict)
     next_tx_id: int = 1
     inbuf: bytearray = field(default_factory=bytearray)
-    outbuf: collections.deque = field(default_factory=collections.deque)
+    outbuf: collections.deque[_Outgoing] = field(default_factory=collections.deque)
     out_offset: int = 0  # bytes of outbuf[0] already handed out
     out_bytes: int = 0  # total queued output, bounded for guests by quotas.memory
-    pending_events: collections.Counter = field(default_factory=collections.Counter)
+    pending_events: collections.Counter[bytes] = field(default_factory=collections.Counter)
     outstanding: int = 0
     broken: int | None = None  # XENSTORE_ERROR_* once the peer broke framing
     closed: bool = False
@@ -120,14 +121,16 @@ class IntroducedDomain:
 
 
 def encode_message(msg_type: int, req_id: int, tx_id: int, payload: bytes) -> bytes:
-    return wire.xsd_sockmsg.build(dict(type=msg_type, req_id=req_id, tx_id=tx_id,
-                                       len=len(payload))) + payload
+    header: bytes = wire.xsd_sockmsg.build(dict(type=msg_type, req_id=req_id, tx_id=tx_id,
+                                                len=len(payload)))
+    return header + payload
 
 
 def parse_messages(data: bytes) -> list[tuple[int, int, int, bytes]]:
     """(type, req_id, tx_id, payload) of each complete message in ``data``;
     a trailing partial message is ignored.  For trusted output only."""
-    messages, offset = [], 0
+    messages: list[tuple[int, int, int, bytes]] = []
+    offset = 0
     while len(data) - offset >= _HEADER:
         header = wire.xsd_sockmsg.parse(data[offset:offset + _HEADER])
         end = offset + _HEADER + header.len
@@ -138,7 +141,7 @@ def parse_messages(data: bytes) -> list[tuple[int, int, int, bytes]]:
     return messages
 
 
-def _do_watch(engine, conn, view, payload):
+def _do_watch(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     strings = split_strings(payload)
     if len(strings) != 2:
         raise XsError("EINVAL")
@@ -158,10 +161,10 @@ def _do_watch(engine, conn, view, payload):
     conn.watches.append(watch)
     # The first event must follow the OK reply, not precede it.
     engine.queue_after_reply(conn, watch.event_path(path), token)
-    return nodes.OK
+    return OK
 
 
-def _do_unwatch(engine, conn, view, payload):
+def _do_unwatch(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     strings = split_strings(payload)
     if len(strings) != 2:
         raise XsError("EINVAL")
@@ -171,11 +174,12 @@ def _do_unwatch(engine, conn, view, payload):
     for index, watch in enumerate(conn.watches):
         if watch.path == raw_path and watch.token == token:
             del conn.watches[index]
-            return nodes.OK
+            return OK
     raise XsError("ENOENT")
 
 
-def _do_transaction_start(engine, conn, view, payload):
+def _do_transaction_start(engine: XenStore, conn: Connection, view: View,
+                          payload: bytes) -> bytes:
     if isinstance(view, Transaction):
         raise XsError("EBUSY")  # no nesting
     if not conn.privileged and len(conn.transactions) >= engine.quotas.transactions:
@@ -189,7 +193,8 @@ def _do_transaction_start(engine, conn, view, payload):
     return str(tx_id).encode() + b"\0"
 
 
-def _do_transaction_end(engine, conn, view, payload):
+def _do_transaction_end(engine: XenStore, conn: Connection, view: View,
+                        payload: bytes) -> bytes:
     verdict = exactly_one_string(payload)
     if verdict not in (b"T", b"F"):
         raise XsError("EINVAL")
@@ -203,19 +208,23 @@ def _do_transaction_end(engine, conn, view, payload):
         view.commit()
         for path, exact, perms, old_perms in view.pending_watch_events:
             engine.fire_watches(engine.store, path, exact, perms, old_perms)
-    return nodes.OK
+    return OK
 
 
-def _do_reset_watches(engine, conn, view, payload):
+def _do_reset_watches(engine: XenStore, conn: Connection, view: View,
+                      payload: bytes) -> bytes:
     conn.watches.clear()
     conn.transactions.clear()
-    return nodes.OK
+    return OK
 
 
 _NO_TX = 1  # the tx_id field is not looked at
 _PRIV = 2  # privileged connections only
 
-_HANDLERS: dict[int, tuple[Callable, int]] = {
+# A request handler: (engine, requesting connection, view, payload) -> reply payload, or XsError.
+Handler = Callable[["XenStore", Connection, View, bytes], bytes]
+
+_HANDLERS: dict[int, tuple[Handler, int]] = {
     wire.XS_CONTROL: (do_control, _PRIV),
     wire.XS_DIRECTORY: (nodes.do_directory, 0),
     wire.XS_READ: (nodes.do_read, 0),
@@ -244,7 +253,7 @@ class XenStore:
 
     def __init__(self, quotas: Quotas | None = None, priv_domid: int | None = None,
                  introduce_hook: Callable[[int, int, int], None] | None = None,
-                 release_hook: Callable[[int], None] | None = None):
+                 release_hook: Callable[[int], None] | None = None) -> None:
         """``introduce_hook(domid, gfn, port)`` carries out an XS_INTRODUCE
         request: it maps the ring, binds the event channel and calls
         ``introduce_domain``, or raises XsError to refuse.  Without a hook
@@ -258,12 +267,13 @@ class XenStore:
         self.lock = threading.RLock()
         self.wakeup: Callable[[], None] | None = None
         self.store = Store((Permission(0, PERM_NONE),))
-        self.special_perms = {name: (Permission(0, PERM_NONE),) for name in SPECIAL_WATCHES}
+        self.special_perms: dict[bytes, Perms] = {name: (Permission(0, PERM_NONE),)
+                                                  for name in SPECIAL_WATCHES}
         self.connections: dict[int, Connection] = {}
         self.domains: dict[int, IntroducedDomain] = {}
         self._ids = itertools.count(1)
         self._dirty: set[int] = set()
-        self._after_reply: list = []
+        self._after_reply: list[tuple[Connection, bytes, bytes]] = []
         # Store generation at which each known domain came into being; see
         # nodes.live_perms.  dom0 and the privileged domain always exist.
         self.domain_birth: dict[int, int] = {0: 0}
@@ -324,7 +334,8 @@ class XenStore:
         conn = self.connections.get(conn_id)
         if conn is None:
             return b""
-        chunks, budget = [], (max_bytes if max_bytes is not None else 1 << 62)
+        chunks: list[bytes] = []
+        budget = max_bytes if max_bytes is not None else 1 << 62
         while conn.outbuf and budget > 0:
             head = conn.outbuf[0]
             piece = head.data[conn.out_offset:conn.out_offset + budget]
@@ -399,7 +410,8 @@ class XenStore:
                 del conn.pending_events[item.event_key]
         return item
 
-    def _handle_message(self, conn, msg_type, req_id, tx_id, payload) -> None:
+    def _handle_message(self, conn: Connection, msg_type: int, req_id: int, tx_id: int,
+                        payload: bytes) -> None:
         self._after_reply = []
         try:
             reply_type, reply = msg_type, self._dispatch(conn, msg_type, tx_id, payload)
@@ -419,17 +431,19 @@ class XenStore:
             self.queue_watch_event(target, path, token)
         self._after_reply = []
 
-    def _dispatch(self, conn, msg_type, tx_id, payload) -> bytes:
-        handler, flags = _HANDLERS.get(msg_type, (None, 0))
-        if handler is None:
+    def _dispatch(self, conn: Connection, msg_type: int, tx_id: int, payload: bytes) -> bytes:
+        entry = _HANDLERS.get(msg_type)
+        if entry is None:
             raise XsError("ENOSYS")
+        handler, flags = entry
         if flags & _PRIV and not conn.privileged:
             raise XsError("EACCES")
-        view = self.store
+        view: View = self.store
         if not flags & _NO_TX and tx_id != 0:
-            view = conn.transactions.get(tx_id)
-            if view is None:
+            transaction = conn.transactions.get(tx_id)
+            if transaction is None:
                 raise XsError("ENOENT")
+            view = transaction
         return handler(self, conn, view, payload)
 
     # -- watches -----------------------------------------------------------
@@ -453,8 +467,8 @@ class XenStore:
             return
         self._queue(conn, _Outgoing(data, False, payload))
 
-    def fire_watches(self, view, path: str, exact: bool,
-                     perms=None, old_perms=None) -> None:
+    def fire_watches(self, view: View, path: str, exact: bool,
+                     perms: Perms | None = None, old_perms: Perms | None = None) -> None:
         """Queue events for every watch covering a change to ``path``.
 
         ``exact`` limits it to watches on ``path`` itself (used for nodes
@@ -491,16 +505,16 @@ class XenStore:
                 if watch.path == name:
                     self.queue_watch_event(conn, name, watch.token)
 
-    def set_special_perms(self, conn: Connection, name: bytes, perms) -> None:
+    def set_special_perms(self, conn: Connection, name: bytes, perms: Perms) -> None:
         current = self.special_perms.get(name)
         if current is None:
             raise XsError("EINVAL")
-        needed = nodes.PERM_WRITE | nodes.PERM_OWNER
+        needed = PERM_WRITE | PERM_OWNER
         if nodes.access_for(conn, current) & needed != needed:
             raise XsError("EACCES")
         self.special_perms[name] = perms
 
-    def note_domains(self, perms) -> None:
+    def note_domains(self, perms: Perms) -> None:
         """Domains named in permissions start to exist for ACL purposes."""
         for entry in perms:
             self.domain_birth.setdefault(entry.domid, self.store.generation)

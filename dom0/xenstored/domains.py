@@ -10,11 +10,15 @@ calls directly.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .errors import XsError
 from .paths import DOMID_SELF, c_atoi, domain_path
-from .payload import exactly_one_string, split_strings
+from .payload import OK, exactly_one_string, split_strings
+from .store import View
 
-OK = b"OK\0"
+if TYPE_CHECKING:  # the engine calls the handlers here; they only name its types
+    from .core import Connection, IntroducedDomain, XenStore
 
 
 def _one_domid(payload: bytes) -> int:
@@ -24,14 +28,14 @@ def _one_domid(payload: bytes) -> int:
     return c_atoi(text)
 
 
-def _introduced(engine, domid: int):
+def _introduced(engine: XenStore, domid: int) -> IntroducedDomain:
     domain = engine.domains.get(domid)
     if domain is None:
         raise XsError("ENOENT")
     return domain
 
 
-def do_introduce(engine, conn, view, payload):
+def do_introduce(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     strings = split_strings(payload)
     if len(strings) < 3:
         raise XsError("EINVAL")
@@ -47,7 +51,7 @@ def do_introduce(engine, conn, view, payload):
     return OK
 
 
-def do_release(engine, conn, view, payload):
+def do_release(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     domid = _one_domid(payload)
     if domid == 0:
         raise XsError("EINVAL")
@@ -56,7 +60,7 @@ def do_release(engine, conn, view, payload):
     return OK
 
 
-def do_resume(engine, conn, view, payload):
+def do_resume(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     domid = _one_domid(payload)
     if domid == 0:
         raise XsError("EINVAL")
@@ -64,7 +68,7 @@ def do_resume(engine, conn, view, payload):
     return OK
 
 
-def do_set_target(engine, conn, view, payload):
+def do_set_target(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     strings = split_strings(payload)
     if len(strings) < 2:
         raise XsError("EINVAL")
@@ -75,11 +79,11 @@ def do_set_target(engine, conn, view, payload):
     return OK
 
 
-def do_get_domain_path(engine, conn, view, payload):
+def do_get_domain_path(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     return domain_path(_one_domid(payload)).encode() + b"\0"
 
 
-def do_is_domain_introduced(engine, conn, view, payload):
+def do_is_domain_introduced(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     domid = _one_domid(payload)
     known = domid in (0, DOMID_SELF) or domid in engine.domains
     return b"T\0" if known else b"F\0"

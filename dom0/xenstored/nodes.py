@@ -10,19 +10,21 @@ first modification, so a failed request leaves the view untouched.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from abi.io.xs_wire import XENSTORE_PAYLOAD_MAX
 
 from .errors import XsError
-from .paths import (PERM_OWNER, PERM_READ, PERM_WRITE, basename, c_atoi, child_path,
+from .paths import (PERM_OWNER, PERM_READ, PERM_WRITE, Perms, basename, c_atoi, child_path,
                     format_permissions, is_valid_node_path, parent_of, parse_permissions)
-from .payload import exactly_one_string, split_strings
-from .store import Node, nearest_existing_ancestor
+from .payload import OK, exactly_one_string, split_strings
+from .store import Node, View, nearest_existing_ancestor
 
-OK = b"OK\0"
+if TYPE_CHECKING:  # the engine calls the handlers here; they only name its types
+    from .core import Connection, XenStore
 
 
-def access_for(conn, perms) -> int:
+def access_for(conn: Connection, perms: Perms) -> int:
     """Access bits ``conn`` has on a node with ``perms`` (Xen's rules).
 
     Privileged connections and the owner get everything; a domain acting on
@@ -40,7 +42,7 @@ def access_for(conn, perms) -> int:
     return perms[0].access
 
 
-def canonical_path(engine, conn, raw: bytes | None) -> str:
+def canonical_path(engine: XenStore, conn: Connection, raw: bytes | None) -> str:
     """Absolute, validated node name for a request argument, else EINVAL."""
     if raw is None:
         raise XsError("EINVAL")
@@ -52,7 +54,7 @@ def canonical_path(engine, conn, raw: bytes | None) -> str:
     return raw.decode("ascii")
 
 
-def live_perms(engine, node: Node) -> tuple:
+def live_perms(engine: XenStore, node: Node) -> Perms:
     """The node's permissions minus ACL entries that must be ignored.
 
     An entry naming a domain only counts if that domain was known to the
@@ -66,7 +68,7 @@ def live_perms(engine, node: Node) -> tuple:
     return node.perms if len(kept) == len(node.perms) - 1 else node.perms[:1] + kept
 
 
-def lookup(engine, conn, view, path: str, need: int) -> Node:
+def lookup(engine: XenStore, conn: Connection, view: View, path: str, need: int) -> Node:
     """The node at ``path`` if ``conn`` holds ``need`` on it.
 
     A missing node answers ENOENT only to callers allowed to know about it:
@@ -83,18 +85,18 @@ def lookup(engine, conn, view, path: str, need: int) -> Node:
     raise XsError("EACCES")
 
 
-def _rewritten(engine, node: Node, **changes) -> Node:
+def _rewritten(engine: XenStore, node: Node, **changes: Any) -> Node:
     """``node`` with ``changes``, dropping its dead ACL entries for good, so
     that the new generation does not bring them back to life."""
     return replace(node, perms=live_perms(engine, node), **changes)
 
 
-def _check_node_size(engine, conn, node: Node) -> None:
+def _check_node_size(engine: XenStore, conn: Connection, node: Node) -> None:
     if not conn.privileged and node.record_size() >= engine.quotas.node_size:
         raise XsError("ENOSPC")
 
 
-def _create(engine, conn, view, path: str, value: bytes) -> None:
+def _create(engine: XenStore, conn: Connection, view: View, path: str, value: bytes) -> None:
     """Create ``path`` and any missing ancestors, inheriting permissions."""
     missing = [path]
     while (parent := view.get(parent_of(missing[-1]))) is None:
@@ -105,7 +107,7 @@ def _create(engine, conn, view, path: str, value: bytes) -> None:
                                 > engine.quotas.nodes):
         raise XsError("ENOSPC")
 
-    writes = []
+    writes: list[tuple[str, Node]] = []
     perms = live_perms(engine, parent)
     if not conn.privileged:
         # Unprivileged domains own what they create.
@@ -124,12 +126,12 @@ def _create(engine, conn, view, path: str, value: bytes) -> None:
         view.put(name, node)
 
 
-def do_read(engine, conn, view, payload):
+def do_read(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     path = canonical_path(engine, conn, exactly_one_string(payload))
     return lookup(engine, conn, view, path, PERM_READ).value
 
 
-def do_write(engine, conn, view, payload):
+def do_write(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     if b"\0" not in payload:
         raise XsError("EINVAL")
     raw_path, value = payload.split(b"\0", 1)
@@ -148,7 +150,7 @@ def do_write(engine, conn, view, payload):
     return OK
 
 
-def do_mkdir(engine, conn, view, payload):
+def do_mkdir(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     path = canonical_path(engine, conn, exactly_one_string(payload))
     try:
         lookup(engine, conn, view, path, PERM_WRITE)
@@ -160,8 +162,9 @@ def do_mkdir(engine, conn, view, payload):
     return OK
 
 
-def _subtree_children_first(view, path: str) -> list[tuple[str, Node]]:
-    ordered, stack = [], [path]
+def _subtree_children_first(view: View, path: str) -> list[tuple[str, Node]]:
+    ordered: list[tuple[str, Node]] = []
+    stack = [path]
     while stack:
         name = stack.pop()
         node = view.get(name)
@@ -173,7 +176,7 @@ def _subtree_children_first(view, path: str) -> list[tuple[str, Node]]:
     return ordered
 
 
-def do_rm(engine, conn, view, payload):
+def do_rm(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     path = canonical_path(engine, conn, exactly_one_string(payload))
     try:
         lookup(engine, conn, view, path, PERM_WRITE)
@@ -202,12 +205,12 @@ def do_rm(engine, conn, view, payload):
     return OK
 
 
-def do_directory(engine, conn, view, payload):
+def do_directory(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     path = canonical_path(engine, conn, exactly_one_string(payload))
     return lookup(engine, conn, view, path, PERM_READ).children_wire()
 
 
-def do_directory_part(engine, conn, view, payload):
+def do_directory_part(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     """Children from a byte offset into the child list, prefixed with the
     node's generation; a trailing extra NUL marks the end of the list."""
     strings = split_strings(payload)
@@ -232,12 +235,12 @@ def do_directory_part(engine, conn, view, payload):
     return generation + children[offset:offset + taken]
 
 
-def do_get_perms(engine, conn, view, payload):
+def do_get_perms(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     path = canonical_path(engine, conn, exactly_one_string(payload))
     return format_permissions(lookup(engine, conn, view, path, PERM_READ).perms)
 
 
-def do_set_perms(engine, conn, view, payload):
+def do_set_perms(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
     strings = split_strings(payload)
     if len(strings) < 2:
         raise XsError("EINVAL")

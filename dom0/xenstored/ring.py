@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from abi.io import xs_wire as wire
 
+from .core import Connection, XenStore
 from .errors import XsError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 log = logging.getLogger("dom0.xenstored.ring")
 
@@ -41,6 +46,10 @@ _MAX_BUFFERED = wire.XSD_SOCKMSG_SIZE + wire.XENSTORE_PAYLOAD_MAX
 _MAX_ROUNDS_PER_KICK = 16
 
 
+# page_mapper(domid, gfn, port) -> (the guest's ring page, its event-channel kick)
+PageMapper = Callable[[int, int, int], tuple["WriteableBuffer", Callable[[], None]]]
+
+
 def _ring_indexes_valid(cons: int, prod: int) -> bool:
     return (prod - cons) & 0xFFFFFFFF <= _SIZE
 
@@ -53,7 +62,7 @@ class _Ring:
     notify: Callable[[], None]
 
     def load(self, offset: int) -> int:
-        return _U32.unpack_from(self.page, offset)[0]
+        return int(_U32.unpack_from(self.page, offset)[0])
 
     def store(self, offset: int, value: int) -> None:
         _U32.pack_into(self.page, offset, value & 0xFFFFFFFF)
@@ -62,7 +71,7 @@ class _Ring:
 class RingServer:
     """Moves bytes between guests' ring pages and the engine."""
 
-    def __init__(self, engine, page_mapper: Callable | None = None):
+    def __init__(self, engine: XenStore, page_mapper: PageMapper | None = None) -> None:
         """``page_mapper(domid, gfn, port) -> (memoryview, notify)`` maps a
         guest's page for XS_INTRODUCE requests arriving over the wire; it may
         raise XsError to refuse.  Without it, wire introductions are refused
@@ -75,7 +84,7 @@ class RingServer:
 
     # -- domain lifecycle ----------------------------------------------------
 
-    def introduce(self, domid: int, page: memoryview, notify: Callable[[], None],
+    def introduce(self, domid: int, page: WriteableBuffer, notify: Callable[[], None],
                   gfn: int = 0, port: int = 0) -> int:
         """Attach a guest's ring page and event-channel kick; returns the
         engine connection id.  A second call for the same domain resets its
@@ -88,7 +97,8 @@ class RingServer:
             self._attach(domid, conn_id, page, notify)
         return conn_id
 
-    def _attach(self, domid, conn_id, page, notify) -> None:
+    def _attach(self, domid: int, conn_id: int, page: memoryview,
+                notify: Callable[[], None]) -> None:
         ring = _Ring(domid, conn_id, page, notify)
         self.rings[domid] = ring
         self._reset_page(ring)
@@ -132,7 +142,7 @@ class RingServer:
             if ring is not None:
                 self._serve(ring)
 
-    def flush(self, conn_ids=None) -> None:
+    def flush(self, conn_ids: Collection[int] | None = None) -> None:
         """Push pending output (e.g. watch events caused by other clients)."""
         with self.engine.lock:
             for ring in list(self.rings.values()):
@@ -162,7 +172,7 @@ class RingServer:
         if notify:
             ring.notify()
 
-    def _pull_requests(self, ring: _Ring, conn) -> int:
+    def _pull_requests(self, ring: _Ring, conn: Connection) -> int:
         room = _MAX_BUFFERED - len(conn.inbuf)
         if room <= 0:
             return 0

@@ -19,18 +19,21 @@ any party reach sockets and rings without further calls.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .client import LocalClient
 from .control import Quotas
 from .core import XenStore
-from .ring import RingServer
+from .ring import PageMapper, RingServer
 from .unix_socket import SocketServer
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 
 class XenStoreService:
-    def __init__(self, socket_path: str, page_mapper: Callable | None = None,
-                 quotas: Quotas | None = None, priv_domid: int | None = None):
+    def __init__(self, socket_path: str, page_mapper: PageMapper | None = None,
+                 quotas: Quotas | None = None, priv_domid: int | None = None) -> None:
         """``page_mapper(domid, gfn, port) -> (memoryview, notify)`` serves
         XS_INTRODUCE requests from socket clients (e.g. a C toolstack); the
         in-process toolstack calls ``introduce`` instead."""
@@ -55,7 +58,7 @@ class XenStoreService:
     def client(self, domid: int = 0) -> LocalClient:
         return LocalClient(self.engine, domid)
 
-    def introduce(self, domid: int, page, notify: Callable[[], None],
+    def introduce(self, domid: int, page: WriteableBuffer, notify: Callable[[], None],
                   gfn: int = 0, port: int = 0) -> int:
         return self.rings.introduce(domid, page, notify, gfn, port)
 
