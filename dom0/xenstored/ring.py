@@ -1,9 +1,10 @@
 """Ring transport: serves guests through their shared xenstore page.
 
 The page is a ``struct xenstore_domain_interface`` that the guest can write
-at any moment, so every index is read exactly once per pass, validated
-(``prod - cons`` must not exceed the ring size, modulo 2**32) and then only
-ever used masked.  A guest whose indexes are impossible has its connection
+at any moment; its two byte rings are pvguest.ring's ``ByteRing``, which
+reads every index once per operation, validates it (``prod - cons`` must not
+exceed the ring size, modulo 2**32) and then only ever uses it masked.  A
+guest whose indexes are impossible has its connection
 marked broken with XENSTORE_ERROR_RINGIDX written to the page's ``error``
 field, and is ignored from then on (until it asks for a reconnect or is
 re-introduced); nothing a guest writes can raise or index out of bounds.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from abi.io import xs_wire as wire
+from pvguest.ring import ByteRing, RingError, xenstore_rings
 
 from .core import Connection, XenStore
 from .errors import XsError
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dom0.xenstored.ring")
 
 _U32 = struct.Struct("<I")
-_SIZE = wire.XENSTORE_RING_SIZE
 # Never buffer more than one maximal message per guest: beyond that, the
 # bytes stay in the guest's ring, which is the guest's problem.
 _MAX_BUFFERED = wire.XSD_SOCKMSG_SIZE + wire.XENSTORE_PAYLOAD_MAX
@@ -50,16 +51,14 @@ _MAX_ROUNDS_PER_KICK = 16
 PageMapper = Callable[[int, int, int], tuple["WriteableBuffer", Callable[[], None]]]
 
 
-def _ring_indexes_valid(cons: int, prod: int) -> bool:
-    return (prod - cons) & 0xFFFFFFFF <= _SIZE
-
-
 @dataclass
 class _Ring:
     domid: int
     conn_id: int
     page: memoryview
     notify: Callable[[], None]
+    requests: ByteRing  # the guest produces, we consume
+    replies: ByteRing  # we produce, the guest consumes
 
     def load(self, offset: int) -> int:
         return int(_U32.unpack_from(self.page, offset)[0])
@@ -99,7 +98,7 @@ class RingServer:
 
     def _attach(self, domid: int, conn_id: int, page: memoryview,
                 notify: Callable[[], None]) -> None:
-        ring = _Ring(domid, conn_id, page, notify)
+        ring = _Ring(domid, conn_id, page, notify, *xenstore_rings(page))
         self.rings[domid] = ring
         self._reset_page(ring)
 
@@ -176,39 +175,21 @@ class RingServer:
         room = _MAX_BUFFERED - len(conn.inbuf)
         if room <= 0:
             return 0
-        cons = ring.load(wire.XENSTORE_REQ_CONS_OFFSET)
-        prod = ring.load(wire.XENSTORE_REQ_PROD_OFFSET)
-        if not _ring_indexes_valid(cons, prod):
+        try:
+            data = ring.requests.read(room)
+        except RingError:
             self.engine.break_connection(ring.conn_id, wire.XENSTORE_ERROR_RINGIDX)
             return 0
-        count = min((prod - cons) & 0xFFFFFFFF, room)
-        if count == 0:
-            return 0
-        start = wire.XENSTORE_REQ_OFFSET
-        first = min(count, _SIZE - wire.MASK_XENSTORE_IDX(cons))
-        offset = wire.MASK_XENSTORE_IDX(cons)
-        data = bytes(ring.page[start + offset:start + offset + first])
-        data += bytes(ring.page[start:start + count - first])
-        ring.store(wire.XENSTORE_REQ_CONS_OFFSET, cons + count)
-        self.engine.feed(ring.conn_id, data)
-        return count
+        if data:
+            self.engine.feed(ring.conn_id, data)
+        return len(data)
 
     def _push_replies(self, ring: _Ring) -> int:
         if not self.engine.has_output(ring.conn_id):
             return 0
-        cons = ring.load(wire.XENSTORE_RSP_CONS_OFFSET)
-        prod = ring.load(wire.XENSTORE_RSP_PROD_OFFSET)
-        if not _ring_indexes_valid(cons, prod):
+        try:
+            data = self.engine.data_to_send(ring.conn_id, ring.replies.space())
+            return ring.replies.write(data) if data else 0
+        except RingError:
             self.engine.break_connection(ring.conn_id, wire.XENSTORE_ERROR_RINGIDX)
             return 0
-        free = _SIZE - ((prod - cons) & 0xFFFFFFFF)
-        data = self.engine.data_to_send(ring.conn_id, free)
-        if not data:
-            return 0
-        start = wire.XENSTORE_RSP_OFFSET
-        offset = wire.MASK_XENSTORE_IDX(prod)
-        first = min(len(data), _SIZE - offset)
-        ring.page[start + offset:start + offset + first] = data[:first]
-        ring.page[start:start + len(data) - first] = data[first:]
-        ring.store(wire.XENSTORE_RSP_PROD_OFFSET, prod + len(data))
-        return len(data)
