@@ -6,8 +6,8 @@ import argparse
 import logging
 import signal
 
-from .control import Quotas
-from .core import XenStore
+from .quotas import Quotas
+from .requests import XenStore
 from .unix_socket import SocketServer
 
 

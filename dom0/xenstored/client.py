@@ -19,13 +19,13 @@ from collections.abc import Iterator
 
 from abi.io import xs_wire as wire
 
-from .core import XenStore, parse_messages
+from .core import Engine, parse_messages
 from .errors import XsError
 from .payload import split_strings
 
 
 class LocalClient:
-    def __init__(self, engine: XenStore, domid: int = 0, tx_id: int = 0,
+    def __init__(self, engine: Engine, domid: int = 0, tx_id: int = 0,
                  conn_id: int | None = None) -> None:
         self.engine = engine
         with engine.lock:

@@ -3,7 +3,7 @@
 The engine owns the node store and one ``Connection`` per client.  A
 transport (ring.py, unix_socket.py, or a test) moves bytes:
 
-    engine = XenStore()
+    engine = XenStore()          # requests.XenStore: an Engine with xenstored's handlers
     conn_id = engine.open_connection(domid=0)      # a dom0 tool
     engine.feed(conn_id, request_bytes)
     reply_bytes = engine.data_to_send(conn_id, max_bytes)
@@ -47,17 +47,15 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 from abi.io import xs_wire as wire
 
-from . import domains, nodes
-from .control import Quotas, do_control
 from .errors import ProtocolViolation, XsError
 from .paths import (PERM_NONE, PERM_OWNER, PERM_READ, PERM_WRITE, Permission, Perms, domain_path,
                     is_same_or_below, parent_of)
-from .payload import OK, exactly_one_string, split_strings
-from .store import Store, Transaction, View
+from .quotas import Quotas
+from .store import Node, Store, Transaction, View
 
 _HEADER = wire.XSD_SOCKMSG_SIZE
 SPECIAL_WATCHES = (b"@introduceDomain", b"@releaseDomain")
@@ -120,6 +118,38 @@ class IntroducedDomain:
     shutdown: bool = False
 
 
+def access_for(conn: Connection, perms: Perms) -> int:
+    """Access bits ``conn`` has on a node with ``perms`` (Xen's rules).
+
+    Privileged connections and the owner get everything; a domain acting on
+    behalf of a target (XS_SET_TARGET) is treated like the target.  Otherwise
+    the first ACL entry naming the domain (or its target) applies, and
+    perms[0]'s access is the default for everyone else.
+    """
+    target = conn.target_domid
+    owner = perms[0].domid
+    if conn.privileged or owner == conn.domid or (target is not None and owner == target):
+        return PERM_READ | PERM_WRITE | PERM_OWNER
+    for entry in perms[1:]:
+        if entry.domid == conn.domid or (target is not None and entry.domid == target):
+            return entry.access
+    return perms[0].access
+
+
+def live_perms(engine: Engine, node: Node) -> Perms:
+    """The node's permissions minus ACL entries that must be ignored.
+
+    An entry naming a domain only counts if that domain was known to the
+    store (introduced, or named in a SET_PERMS) before the node was last
+    written.  This stops a new domain that reuses the domid of a dead one
+    from inheriting the dead domain's grants.  perms[0], the owner, is kept
+    as Xen 4.17 does."""
+    births = engine.domain_birth
+    kept = tuple(entry for entry in node.perms[1:]
+                 if births.get(entry.domid, node.generation + 1) <= node.generation)
+    return node.perms if len(kept) == len(node.perms) - 1 else node.perms[:1] + kept
+
+
 def encode_message(msg_type: int, req_id: int, tx_id: int, payload: bytes) -> bytes:
     header: bytes = wire.xsd_sockmsg.build(dict(type=msg_type, req_id=req_id, tx_id=tx_id,
                                                 len=len(payload)))
@@ -141,115 +171,22 @@ def parse_messages(data: bytes) -> list[tuple[int, int, int, bytes]]:
     return messages
 
 
-def _do_watch(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
-    strings = split_strings(payload)
-    if len(strings) != 2:
-        raise XsError("EINVAL")
-    raw_path, token = strings
-    if raw_path.startswith(b"@"):
-        if len(raw_path) > wire.XENSTORE_REL_PATH_MAX:
-            raise XsError("EINVAL")
-        path, prefix = raw_path, None
-    else:
-        path = nodes.canonical_path(engine, conn, raw_path).encode()
-        prefix = None if raw_path.startswith(b"/") else conn.home_path.encode()
-    if any(w.path == path and w.token == token for w in conn.watches):
-        raise XsError("EEXIST")
-    if not conn.privileged and engine.domain_watch_count(conn.domid) >= engine.quotas.watches:
-        raise XsError("E2BIG")
-    watch = Watch(path, token, prefix)
-    conn.watches.append(watch)
-    # The first event must follow the OK reply, not precede it.
-    engine.queue_after_reply(conn, watch.event_path(path), token)
-    return OK
-
-
-def _do_unwatch(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
-    strings = split_strings(payload)
-    if len(strings) != 2:
-        raise XsError("EINVAL")
-    raw_path, token = strings
-    if not raw_path.startswith((b"/", b"@")):
-        raw_path = conn.home_path.encode() + b"/" + raw_path
-    for index, watch in enumerate(conn.watches):
-        if watch.path == raw_path and watch.token == token:
-            del conn.watches[index]
-            return OK
-    raise XsError("ENOENT")
-
-
-def _do_transaction_start(engine: XenStore, conn: Connection, view: View,
-                          payload: bytes) -> bytes:
-    if isinstance(view, Transaction):
-        raise XsError("EBUSY")  # no nesting
-    if not conn.privileged and len(conn.transactions) >= engine.quotas.transactions:
-        raise XsError("ENOSPC")
-    while conn.next_tx_id == 0 or conn.next_tx_id in conn.transactions:
-        conn.next_tx_id = (conn.next_tx_id + 1) & 0xFFFFFFFF
-    tx_id = conn.next_tx_id
-    conn.next_tx_id = (tx_id + 1) & 0xFFFFFFFF
-    limit = None if conn.privileged else engine.quotas.transaction_nodes
-    conn.transactions[tx_id] = Transaction(engine.store, tx_id, limit)
-    return str(tx_id).encode() + b"\0"
-
-
-def _do_transaction_end(engine: XenStore, conn: Connection, view: View,
-                        payload: bytes) -> bytes:
-    verdict = exactly_one_string(payload)
-    if verdict not in (b"T", b"F"):
-        raise XsError("EINVAL")
-    if not isinstance(view, Transaction):
-        raise XsError("ENOENT")
-    del conn.transactions[view.tx_id]  # gone whatever the outcome
-    if verdict == b"T":
-        if (not conn.privileged and view.creates_nodes()
-                and view.owned_count(conn.domid) > engine.quotas.nodes):
-            raise XsError("ENOSPC")
-        view.commit()
-        for path, exact, perms, old_perms in view.pending_watch_events:
-            engine.fire_watches(engine.store, path, exact, perms, old_perms)
-    return OK
-
-
-def _do_reset_watches(engine: XenStore, conn: Connection, view: View,
-                      payload: bytes) -> bytes:
-    conn.watches.clear()
-    conn.transactions.clear()
-    return OK
-
-
-_NO_TX = 1  # the tx_id field is not looked at
-_PRIV = 2  # privileged connections only
+NO_TX = 1  # a handler flag: the request's tx_id field is not looked at
+PRIV = 2  # a handler flag: privileged connections only
 
 # A request handler: (engine, requesting connection, view, payload) -> reply payload, or XsError.
-Handler = Callable[["XenStore", Connection, View, bytes], bytes]
-
-_HANDLERS: dict[int, tuple[Handler, int]] = {
-    wire.XS_CONTROL: (do_control, _PRIV),
-    wire.XS_DIRECTORY: (nodes.do_directory, 0),
-    wire.XS_READ: (nodes.do_read, 0),
-    wire.XS_GET_PERMS: (nodes.do_get_perms, 0),
-    wire.XS_WATCH: (_do_watch, _NO_TX),
-    wire.XS_UNWATCH: (_do_unwatch, _NO_TX),
-    wire.XS_TRANSACTION_START: (_do_transaction_start, 0),
-    wire.XS_TRANSACTION_END: (_do_transaction_end, 0),
-    wire.XS_INTRODUCE: (domains.do_introduce, _PRIV),
-    wire.XS_RELEASE: (domains.do_release, _PRIV),
-    wire.XS_GET_DOMAIN_PATH: (domains.do_get_domain_path, 0),
-    wire.XS_WRITE: (nodes.do_write, 0),
-    wire.XS_MKDIR: (nodes.do_mkdir, 0),
-    wire.XS_RM: (nodes.do_rm, 0),
-    wire.XS_SET_PERMS: (nodes.do_set_perms, 0),
-    wire.XS_IS_DOMAIN_INTRODUCED: (domains.do_is_domain_introduced, _PRIV),
-    wire.XS_RESUME: (domains.do_resume, _PRIV),
-    wire.XS_SET_TARGET: (domains.do_set_target, _PRIV),
-    wire.XS_RESET_WATCHES: (_do_reset_watches, 0),
-    wire.XS_DIRECTORY_PART: (nodes.do_directory_part, 0),
-}
+Handler = Callable[["Engine", Connection, View, bytes], bytes]
 
 
-class XenStore:
-    """The whole xenstore state.  See the module docstring for the rules."""
+class Engine:
+    """The whole xenstore state.  See the module docstring for the rules.
+
+    Requests are answered by ``HANDLERS``: message type -> (handler, NO_TX |
+    PRIV flags).  requests.XenStore is the engine with xenstored's table;
+    the handlers take the engine as their first argument, so they import
+    this module and it imports none of them."""
+
+    HANDLERS: ClassVar[dict[int, tuple[Handler, int]]] = {}
 
     def __init__(self, quotas: Quotas | None = None, priv_domid: int | None = None,
                  introduce_hook: Callable[[int, int, int], None] | None = None,
@@ -275,12 +212,10 @@ class XenStore:
         self._dirty: set[int] = set()
         self._after_reply: list[tuple[Connection, bytes, bytes]] = []
         # Store generation at which each known domain came into being; see
-        # nodes.live_perms.  dom0 and the privileged domain always exist.
+        # live_perms.  dom0 and the privileged domain always exist.
         self.domain_birth: dict[int, int] = {0: 0}
         if priv_domid is not None:
             self.domain_birth[priv_domid] = 0
-        for path in ("/tool", "/tool/xenstored"):
-            nodes.do_mkdir(self, self._root_view_conn(), self.store, path.encode() + b"\0")
 
     # -- connections ---------------------------------------------------------
 
@@ -300,9 +235,6 @@ class XenStore:
         conn.closed = True
         self._drop_state(conn)
         self._dirty.discard(conn_id)
-
-    def _root_view_conn(self) -> Connection:
-        return Connection(0, 0, True, False)
 
     @staticmethod
     def _drop_state(conn: Connection) -> None:
@@ -432,14 +364,14 @@ class XenStore:
         self._after_reply = []
 
     def _dispatch(self, conn: Connection, msg_type: int, tx_id: int, payload: bytes) -> bytes:
-        entry = _HANDLERS.get(msg_type)
+        entry = self.HANDLERS.get(msg_type)
         if entry is None:
             raise XsError("ENOSYS")
         handler, flags = entry
-        if flags & _PRIV and not conn.privileged:
+        if flags & PRIV and not conn.privileged:
             raise XsError("EACCES")
         view: View = self.store
-        if not flags & _NO_TX and tx_id != 0:
+        if not flags & NO_TX and tx_id != 0:
             transaction = conn.transactions.get(tx_id)
             if transaction is None:
                 raise XsError("ENOENT")
@@ -479,7 +411,7 @@ class XenStore:
             return
         current = self.store.get(path)
         if perms is None and current is not None:
-            perms = nodes.live_perms(self, current)
+            perms = live_perms(self, current)
         parent = self.store.get(parent_of(path)) if path != "/" else None
         encoded = path.encode()
         for conn in list(self.connections.values()):
@@ -490,8 +422,8 @@ class XenStore:
             if not matching:
                 continue
             candidates = [p for p in (old_perms, perms,
-                                      nodes.live_perms(self, parent) if parent else None) if p]
-            if not any(nodes.access_for(conn, p) & PERM_READ for p in candidates):
+                                      live_perms(self, parent) if parent else None) if p]
+            if not any(access_for(conn, p) & PERM_READ for p in candidates):
                 continue
             for watch in matching:
                 self.queue_watch_event(conn, watch.event_path(encoded), watch.token)
@@ -499,7 +431,7 @@ class XenStore:
     def fire_special(self, name: bytes) -> None:
         perms = self.special_perms[name]
         for conn in list(self.connections.values()):
-            if not nodes.access_for(conn, perms) & PERM_READ:
+            if not access_for(conn, perms) & PERM_READ:
                 continue
             for watch in conn.watches:
                 if watch.path == name:
@@ -510,7 +442,7 @@ class XenStore:
         if current is None:
             raise XsError("EINVAL")
         needed = PERM_WRITE | PERM_OWNER
-        if nodes.access_for(conn, current) & needed != needed:
+        if access_for(conn, current) & needed != needed:
             raise XsError("EACCES")
         self.special_perms[name] = perms
 

@@ -10,15 +10,11 @@ calls directly.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from .core import Connection, Engine, IntroducedDomain
 from .errors import XsError
 from .paths import DOMID_SELF, c_atoi, domain_path
 from .payload import OK, exactly_one_string, split_strings
 from .store import View
-
-if TYPE_CHECKING:  # the engine calls the handlers here; they only name its types
-    from .core import Connection, IntroducedDomain, XenStore
 
 
 def _one_domid(payload: bytes) -> int:
@@ -28,14 +24,14 @@ def _one_domid(payload: bytes) -> int:
     return c_atoi(text)
 
 
-def _introduced(engine: XenStore, domid: int) -> IntroducedDomain:
+def _introduced(engine: Engine, domid: int) -> IntroducedDomain:
     domain = engine.domains.get(domid)
     if domain is None:
         raise XsError("ENOENT")
     return domain
 
 
-def do_introduce(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
+def do_introduce(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:
     strings = split_strings(payload)
     if len(strings) < 3:
         raise XsError("EINVAL")
@@ -51,7 +47,7 @@ def do_introduce(engine: XenStore, conn: Connection, view: View, payload: bytes)
     return OK
 
 
-def do_release(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
+def do_release(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:
     domid = _one_domid(payload)
     if domid == 0:
         raise XsError("EINVAL")
@@ -60,7 +56,7 @@ def do_release(engine: XenStore, conn: Connection, view: View, payload: bytes) -
     return OK
 
 
-def do_resume(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
+def do_resume(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:
     domid = _one_domid(payload)
     if domid == 0:
         raise XsError("EINVAL")
@@ -68,7 +64,7 @@ def do_resume(engine: XenStore, conn: Connection, view: View, payload: bytes) ->
     return OK
 
 
-def do_set_target(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
+def do_set_target(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:
     strings = split_strings(payload)
     if len(strings) < 2:
         raise XsError("EINVAL")
@@ -79,11 +75,11 @@ def do_set_target(engine: XenStore, conn: Connection, view: View, payload: bytes
     return OK
 
 
-def do_get_domain_path(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
+def do_get_domain_path(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:
     return domain_path(_one_domid(payload)).encode() + b"\0"
 
 
-def do_is_domain_introduced(engine: XenStore, conn: Connection, view: View, payload: bytes) -> bytes:
+def do_is_domain_introduced(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:
     domid = _one_domid(payload)
     known = domid in (0, DOMID_SELF) or domid in engine.domains
     return b"T\0" if known else b"F\0"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable
 from abi.io import xs_wire as wire
 from pvguest.ring import ByteRing, RingError, xenstore_rings
 
-from .core import Connection, XenStore
+from .core import Connection, Engine
 from .errors import XsError
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class _Ring:
 class RingServer:
     """Moves bytes between guests' ring pages and the engine."""
 
-    def __init__(self, engine: XenStore, page_mapper: PageMapper | None = None) -> None:
+    def __init__(self, engine: Engine, page_mapper: PageMapper | None = None) -> None:
         """``page_mapper(domid, gfn, port) -> (memoryview, notify)`` maps a
         guest's page for XS_INTRODUCE requests arriving over the wire; it may
         raise XsError to refuse.  Without it, wire introductions are refused

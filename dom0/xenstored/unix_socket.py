@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Callable
 
-from .core import XenStore
+from .core import Engine
 from .ring import RingServer
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class _Client:
 
 
 class SocketServer:
-    def __init__(self, engine: XenStore, path: str,
+    def __init__(self, engine: Engine, path: str,
                  other_transports: Iterable[RingServer] = ()) -> None:
         self.engine = engine
         self.path = path
