@@ -5,7 +5,8 @@ busybox-static are fetched with `apt-get download`, unpacked here in Python
 (ar + tar, no dpkg), and turned into a kernel file and a gzip'd newc
 initramfs whose /init mounts proc, sys and devtmpfs, prints the marker line
 with `uname -r` and /sys/hypervisor/type, and starts a shell on hvc0.
-The result is cached in DIR; a rebuild with the same packages does nothing.
+The result is cached in DIR; a rebuild with the same packages does nothing,
+and `find_or_build` takes the image already there without asking apt.
 """
 from __future__ import annotations
 
