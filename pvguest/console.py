@@ -1,7 +1,17 @@
 """The PV console frontend: the guest end of a struct xencons_interface page (hvc_xen's job)."""
 from __future__ import annotations
 
-from pvguest.ring import console_rings
+from abi.io import console as c
+from pvguest.ring import ByteRing
+
+
+def console_rings(page: memoryview) -> tuple[ByteRing, ByteRing]:
+    """(input to the guest, output from the guest) of a struct xencons_interface."""
+    into_guest = ByteRing(page, c.XENCONS_IN_OFFSET, c.XENCONS_IN_SIZE,
+                          c.XENCONS_IN_CONS_OFFSET, c.XENCONS_IN_PROD_OFFSET)
+    from_guest = ByteRing(page, c.XENCONS_OUT_OFFSET, c.XENCONS_OUT_SIZE,
+                          c.XENCONS_OUT_CONS_OFFSET, c.XENCONS_OUT_PROD_OFFSET)
+    return into_guest, from_guest
 
 
 class ConsoleFrontend:

@@ -10,8 +10,8 @@ are pseudo-physical frame numbers (a process domain has no use for mfns).
 from __future__ import annotations
 
 import functools
-import struct
 
+from abi.sched import SCHEDOP_shutdown, SHUTDOWN_poweroff, sched_shutdown
 from abi.xen import HYPERCALL_NUMBERS, CONSOLEIO_write, start_info
 from pvguest.console import ConsoleFrontend
 from pvguest.evtchn import EventChannels
@@ -26,8 +26,6 @@ SCRATCH_PFN = 3         # argument buffers of the library's own hypercalls
 FIRST_FREE_PFN = 4
 MIN_PAGES = FIRST_FREE_PFN + 1
 
-SCHEDOP_shutdown = 2    # sched.h, until abi/sched.py provides it
-SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_crash = 0, 1, 3
 
 
 def page(channel, pfn: int) -> memoryview:
@@ -96,5 +94,6 @@ class Kernel:
 
     def shutdown(self, reason: int = SHUTDOWN_poweroff) -> int:
         base = SCRATCH_PFN * PAGE_SIZE
-        struct.pack_into("<I", self.channel.memory, base, reason)
+        arg = sched_shutdown.build({"reason": reason})
+        self.channel.memory[base:base + len(arg)] = arg
         return self.hypercall("sched_op", SCHEDOP_shutdown, base)

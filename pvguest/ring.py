@@ -1,16 +1,17 @@
 """Byte rings in a shared page (xenstore and console): free-running u32 indexes, masked on use.
 
 Both ends of every byte ring (the guest's xenbus and console frontends, dom0's
-console backend) use this one mechanism. The other side may write anything
-into the page at any moment, so each index is read once per operation and
-`prod - cons` is checked against the ring size before any byte moves; an
-impossible pair raises RingError and moves nothing.
+xenstored and console backend) use this one mechanism; `xenstore_rings` cuts
+the xenstore page into its two rings, pvguest.console's `console_rings` the
+console page. The other side may write anything into the page at any moment,
+so each index is read once per operation and `prod - cons` is checked against
+the ring size before any byte moves; an impossible pair raises RingError and
+moves nothing.
 """
 from __future__ import annotations
 
 import struct
 
-from abi.io import console as c
 from abi.io import xs_wire as w
 
 _U32 = struct.Struct("<I")
@@ -79,12 +80,3 @@ def xenstore_rings(page: memoryview) -> tuple[ByteRing, ByteRing]:
     rsp = ByteRing(page, w.XENSTORE_RSP_OFFSET, w.XENSTORE_RING_SIZE,
                    w.XENSTORE_RSP_CONS_OFFSET, w.XENSTORE_RSP_PROD_OFFSET)
     return req, rsp
-
-
-def console_rings(page: memoryview) -> tuple[ByteRing, ByteRing]:
-    """(input to the guest, output from the guest) of a struct xencons_interface."""
-    into_guest = ByteRing(page, c.XENCONS_IN_OFFSET, c.XENCONS_IN_SIZE,
-                          c.XENCONS_IN_CONS_OFFSET, c.XENCONS_IN_PROD_OFFSET)
-    from_guest = ByteRing(page, c.XENCONS_OUT_OFFSET, c.XENCONS_OUT_SIZE,
-                          c.XENCONS_OUT_CONS_OFFSET, c.XENCONS_OUT_PROD_OFFSET)
-    return into_guest, from_guest

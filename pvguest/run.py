@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 
+from abi.sched import SHUTDOWN_crash, SHUTDOWN_poweroff
 from pvguest.hypercall_channel import SocketChannel
-from pvguest.kernel import SHUTDOWN_crash, SHUTDOWN_poweroff, Kernel
+from pvguest.kernel import Kernel
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reason = entry(kernel, *argv[1:])
     except Exception:
-        import traceback
         kernel.console.write(traceback.format_exc())
         kernel.shutdown(SHUTDOWN_crash)
         return 1

@@ -15,7 +15,6 @@ from dom0.builder.errors import BuildError
 
 ELFCLASS64 = 2
 ELFDATA2LSB = 1
-EM_386 = 3
 EM_X86_64 = 62
 PT_LOAD = 1
 PT_NOTE = 4

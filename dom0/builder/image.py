@@ -21,7 +21,6 @@ from dom0.builder.errors import BuildError
 MAX_KERNEL_SIZE = 512 << 20        # libxc's default cap on a decompressed kernel is of this order
 GUEST_TYPE_X86_64 = "xen-3.0-x86_64"
 
-SETUP_HEADER_OFFSET = 0x1F1
 _SETUP_SECTS = 0x1F1
 _HDR_MAGIC = 0x202
 _HDR_VERSION = 0x206
@@ -53,10 +52,6 @@ class KernelImage:
     container: str               # "ELF" or "bzImage"
     compression: str | None      # how the ELF was compressed, if it was
     guest_type: str = GUEST_TYPE_X86_64
-
-    @property
-    def kernel_size(self) -> int:
-        return self.params.virt_kend - self.params.virt_kstart
 
 
 def _too_big(name: str) -> BuildError:

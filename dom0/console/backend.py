@@ -16,7 +16,8 @@ import termios
 import time
 import tty
 
-from pvguest.ring import RingError, console_rings
+from pvguest.console import console_rings
+from pvguest.ring import RingError
 
 log = logging.getLogger("dom0.console")
 MAX_PENDING_INPUT = 4096

@@ -5,7 +5,8 @@ busybox-static are fetched with `apt-get download`, unpacked here in Python
 (ar + tar, no dpkg), and turned into a kernel file and a gzip'd newc
 initramfs whose /init mounts proc, sys and devtmpfs, prints the marker line
 with `uname -r` and /sys/hypervisor/type, and starts a shell on hvc0.
-The result is cached in DIR; a rebuild with the same packages does nothing.
+The result is cached in DIR; a rebuild with the same packages does nothing,
+and `find_or_build` takes the image already there without asking apt.
 """
 from __future__ import annotations
 
@@ -59,26 +60,29 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def resolve_kernel_package() -> str:
-    """The versioned kernel package linux-image-amd64 depends on (e.g. linux-image-6.1.0-56-amd64)."""
+    """The versioned kernel package linux-image-amd64 depends on (e.g. linux-image-6.1.0-56-amd64).
+
+    As root, an apt that knows no linux-image-amd64 yet is updated once first."""
     if shutil.which("apt-cache") is None:
         raise ImageError("apt-cache not found: building the Debian image needs apt (a Debian-like host)")
+    package = _kernel_dependency()
+    if package is None and os.geteuid() == 0:
+        _run(["apt-get", "update", "-qq"], capture_output=True)
+        package = _kernel_dependency()
+        if package is None:
+            raise ImageError(f"apt knows no {KERNEL_META} even after apt-get update")
+    if package is None:
+        raise ImageError(f"apt knows no {KERNEL_META}; run `apt-get update` first")
+    return package
+
+
+def _kernel_dependency() -> str | None:
     out = _run(["apt-cache", "depends", KERNEL_META], capture_output=True).stdout
     for line in out.splitlines():
         line = line.strip()
         if line.startswith("Depends: linux-image-"):
             return line.split(":", 1)[1].strip()
-    if os.geteuid() == 0:
-        _run(["apt-get", "update", "-qq"], capture_output=True)
-        return resolve_kernel_package_no_update()
-    raise ImageError(f"apt knows no {KERNEL_META}; run `apt-get update` first")
-
-
-def resolve_kernel_package_no_update() -> str:
-    out = _run(["apt-cache", "depends", KERNEL_META], capture_output=True).stdout
-    for line in out.splitlines():
-        if line.strip().startswith("Depends: linux-image-"):
-            return line.split(":", 1)[1].strip()
-    raise ImageError(f"apt knows no {KERNEL_META} even after apt-get update")
+    return None
 
 
 def download(package: str, dest: pathlib.Path) -> pathlib.Path:
@@ -109,9 +113,10 @@ def build_initramfs(busybox: bytes) -> bytes:
     return gzip.compress(w.finish(), compresslevel=6, mtime=0)
 
 
-def build(out_dir: pathlib.Path = DEFAULT_DIR) -> dict:
-    """Build (or reuse) the image; returns the manifest with the file paths."""
-    out_dir = pathlib.Path(out_dir)
+def build(out_dir: pathlib.Path | str | None = None) -> dict:
+    """Build (or reuse) the image in `out_dir` (default DEFAULT_DIR); returns the manifest
+    with absolute file paths."""
+    out_dir = pathlib.Path(out_dir) if out_dir else DEFAULT_DIR
     debs = out_dir / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     kernel_pkg = resolve_kernel_package()
@@ -161,7 +166,24 @@ def cached(out_dir: pathlib.Path) -> dict | None:
     return manifest
 
 
+def find_or_build(out_dir: pathlib.Path | str | None = None) -> dict:
+    """The manifest (absolute paths) of the image in `out_dir` (default DEFAULT_DIR):
+    the one there if this recipe made it, else a fresh build, which reuses the cached
+    packages; an older image serves when no new one can be built (no network, no apt)."""
+    out_dir = pathlib.Path(out_dir) if out_dir else DEFAULT_DIR
+    manifest = cached(out_dir)
+    if manifest is not None and manifest.get("recipe") == RECIPE_VERSION:
+        return _absolute(manifest, out_dir)
+    try:
+        return build(out_dir)
+    except Exception as e:
+        if manifest is not None:
+            return _absolute(manifest, out_dir)
+        raise ImageError(f"no Debian image in {out_dir} and building one failed: {e}") from None
+
+
 def _absolute(manifest: dict, out_dir: pathlib.Path) -> dict:
+    """`manifest` with its file names joined to `out_dir`."""
     m = dict(manifest)
     for key in ("kernel", "ramdisk", "system_map"):
         if m.get(key):

@@ -392,12 +392,3 @@ def parse_config(text: str, source: str = "<config>") -> DomainConfig:
             kind = "not used by pvhyp" if key in _IGNORED_KNOWN else "unknown setting, ignored"
             cfg.warnings.append(f"{source}:{settings[key][1]}: {key}: {kind}")
     return cfg
-
-
-def load_config(path: str) -> DomainConfig:
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    return parse_config(text, path)

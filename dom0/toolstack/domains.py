@@ -21,8 +21,10 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 
 from abi.xen import start_info
+from dom0.builder import BuildError, build_pv_domain
 from dom0.toolstack import xenstore_entries as entries
 from dom0.toolstack.config import ConfigError, DomainConfig, parse_config
+from dom0.xc import XenCtrl, XenError
 from dom0.xenstored import XsError
 from pvguest import kernel as layout
 from pvguest.evtchn import EventChannelError
@@ -61,7 +63,7 @@ class Toolstack:
         self.run_dir = run_dir
         self.guests: dict[int, Guest] = {}
         self.started = time.time()
-        self.xc = None          # dom0.xc.XenCtrl, made on first use (x86 guests)
+        self.xc: XenCtrl | None = None      # made on first use (x86 guests)
         entries.write_dom0(xs)
 
     # --- lookups ---
@@ -102,11 +104,6 @@ class Toolstack:
 
     def _create_x86(self, cfg: DomainConfig, uuid: str | None = None) -> Guest:
         """xl create of a PV kernel: createdomain, the builder, the rings, unpause."""
-        try:
-            from dom0.builder import BuildError, build_pv_domain
-            from dom0.xc import XenCtrl, XenError
-        except ImportError as e:
-            raise ToolstackError(f"cannot boot {cfg.kernel}: the PV domain builder is not available ({e})") from None
         try:
             with open(cfg.kernel, "rb") as f:
                 kernel = f.read()

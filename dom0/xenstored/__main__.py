@@ -6,12 +6,12 @@ import argparse
 import logging
 import signal
 
-from .control import Quotas
-from .core import XenStore
+from .quotas import Quotas
+from .requests import XenStore
 from .unix_socket import SocketServer
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dom0.xenstored", description=__doc__)
     parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
     parser.add_argument("--priv-domid", type=int, default=None,

@@ -15,16 +15,18 @@ this client's own watches are collected by ``take_events``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 from abi.io import xs_wire as wire
 
-from .core import parse_messages
+from .core import Engine, parse_messages
 from .errors import XsError
 from .payload import split_strings
 
 
 class LocalClient:
-    def __init__(self, engine, domid: int = 0, tx_id: int = 0, conn_id: int | None = None):
+    def __init__(self, engine: Engine, domid: int = 0, tx_id: int = 0,
+                 conn_id: int | None = None) -> None:
         self.engine = engine
         with engine.lock:
             self.conn_id = engine.open_connection(domid) if conn_id is None else conn_id
@@ -79,12 +81,15 @@ class LocalClient:
         """Watch events queued for this client, as (path, token)."""
         with self.engine.lock:
             data = self.engine.data_to_send(self.conn_id)
-        return [tuple(split_strings(payload)[:2])
-                for msg_type, _, _, payload in parse_messages(data)
-                if msg_type == wire.XS_WATCH_EVENT]
+        events = []
+        for msg_type, _, _, payload in parse_messages(data):
+            if msg_type == wire.XS_WATCH_EVENT:
+                path, token = split_strings(payload)[:2]
+                events.append((path, token))
+        return events
 
     @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self) -> Iterator[LocalClient]:
         """Commit on normal exit, abort on exception; EAGAIN propagates as
         XsError for the caller to retry."""
         tx_id = int(self._call(wire.XS_TRANSACTION_START, b"\0").rstrip(b"\0"))

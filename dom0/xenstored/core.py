@@ -3,7 +3,7 @@
 The engine owns the node store and one ``Connection`` per client.  A
 transport (ring.py, unix_socket.py, or a test) moves bytes:
 
-    engine = XenStore()
+    engine = XenStore()          # requests.XenStore: an Engine with xenstored's handlers
     conn_id = engine.open_connection(domid=0)      # a dom0 tool
     engine.feed(conn_id, request_bytes)
     reply_bytes = engine.data_to_send(conn_id, max_bytes)
@@ -47,16 +47,15 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 from abi.io import xs_wire as wire
 
-from . import domains, nodes
-from .control import Quotas, do_control
 from .errors import ProtocolViolation, XsError
-from .paths import PERM_READ, PERM_NONE, Permission, domain_path, is_same_or_below, parent_of
-from .payload import exactly_one_string, split_strings
-from .store import Store, Transaction
+from .paths import (PERM_NONE, PERM_OWNER, PERM_READ, PERM_WRITE, Permission, Perms, domain_path,
+                    is_same_or_below, parent_of)
+from .quotas import Quotas
+from .store import Node, Store, Transaction, View
 
 _HEADER = wire.XSD_SOCKMSG_SIZE
 SPECIAL_WATCHES = (b"@introduceDomain", b"@releaseDomain")
@@ -95,10 +94,10 @@ class Connection:
     transactions: dict[int, Transaction] = field(default_factory=dict)
     next_tx_id: int = 1
     inbuf: bytearray = field(default_factory=bytearray)
-    outbuf: collections.deque = field(default_factory=collections.deque)
+    outbuf: collections.deque[_Outgoing] = field(default_factory=collections.deque)
     out_offset: int = 0  # bytes of outbuf[0] already handed out
     out_bytes: int = 0  # total queued output, bounded for guests by quotas.memory
-    pending_events: collections.Counter = field(default_factory=collections.Counter)
+    pending_events: collections.Counter[bytes] = field(default_factory=collections.Counter)
     outstanding: int = 0
     broken: int | None = None  # XENSTORE_ERROR_* once the peer broke framing
     closed: bool = False
@@ -109,7 +108,9 @@ class Connection:
 
 
 @dataclass
-class _Domain:
+class IntroducedDomain:
+    """A guest introduced with XS_INTRODUCE: its ring's one connection, where the ring is."""
+
     domid: int
     conn_id: int
     gfn: int
@@ -117,15 +118,49 @@ class _Domain:
     shutdown: bool = False
 
 
+def access_for(conn: Connection, perms: Perms) -> int:
+    """Access bits ``conn`` has on a node with ``perms`` (Xen's rules).
+
+    Privileged connections and the owner get everything; a domain acting on
+    behalf of a target (XS_SET_TARGET) is treated like the target.  Otherwise
+    the first ACL entry naming the domain (or its target) applies, and
+    perms[0]'s access is the default for everyone else.
+    """
+    target = conn.target_domid
+    owner = perms[0].domid
+    if conn.privileged or owner == conn.domid or (target is not None and owner == target):
+        return PERM_READ | PERM_WRITE | PERM_OWNER
+    for entry in perms[1:]:
+        if entry.domid == conn.domid or (target is not None and entry.domid == target):
+            return entry.access
+    return perms[0].access
+
+
+def live_perms(engine: Engine, node: Node) -> Perms:
+    """The node's permissions minus ACL entries that must be ignored.
+
+    An entry naming a domain only counts if that domain was known to the
+    store (introduced, or named in a SET_PERMS) before the node was last
+    written.  This stops a new domain that reuses the domid of a dead one
+    from inheriting the dead domain's grants.  perms[0], the owner, is kept
+    as Xen 4.17 does."""
+    births = engine.domain_birth
+    kept = tuple(entry for entry in node.perms[1:]
+                 if births.get(entry.domid, node.generation + 1) <= node.generation)
+    return node.perms if len(kept) == len(node.perms) - 1 else node.perms[:1] + kept
+
+
 def encode_message(msg_type: int, req_id: int, tx_id: int, payload: bytes) -> bytes:
-    return wire.xsd_sockmsg.build(dict(type=msg_type, req_id=req_id, tx_id=tx_id,
-                                       len=len(payload))) + payload
+    header: bytes = wire.xsd_sockmsg.build(dict(type=msg_type, req_id=req_id, tx_id=tx_id,
+                                                len=len(payload)))
+    return header + payload
 
 
 def parse_messages(data: bytes) -> list[tuple[int, int, int, bytes]]:
     """(type, req_id, tx_id, payload) of each complete message in ``data``;
     a trailing partial message is ignored.  For trusted output only."""
-    messages, offset = [], 0
+    messages: list[tuple[int, int, int, bytes]] = []
+    offset = 0
     while len(data) - offset >= _HEADER:
         header = wire.xsd_sockmsg.parse(data[offset:offset + _HEADER])
         end = offset + _HEADER + header.len
@@ -136,113 +171,26 @@ def parse_messages(data: bytes) -> list[tuple[int, int, int, bytes]]:
     return messages
 
 
-def _do_watch(engine, conn, view, payload):
-    strings = split_strings(payload)
-    if len(strings) != 2:
-        raise XsError("EINVAL")
-    raw_path, token = strings
-    if raw_path.startswith(b"@"):
-        if len(raw_path) > wire.XENSTORE_REL_PATH_MAX:
-            raise XsError("EINVAL")
-        path, prefix = raw_path, None
-    else:
-        path = nodes.canonical_path(engine, conn, raw_path).encode()
-        prefix = None if raw_path.startswith(b"/") else conn.home_path.encode()
-    if any(w.path == path and w.token == token for w in conn.watches):
-        raise XsError("EEXIST")
-    if not conn.privileged and engine.domain_watch_count(conn.domid) >= engine.quotas.watches:
-        raise XsError("E2BIG")
-    watch = Watch(path, token, prefix)
-    conn.watches.append(watch)
-    # The first event must follow the OK reply, not precede it.
-    engine.queue_after_reply(conn, watch.event_path(path), token)
-    return nodes.OK
+NO_TX = 1  # a handler flag: the request's tx_id field is not looked at
+PRIV = 2  # a handler flag: privileged connections only
+
+# A request handler: (engine, requesting connection, view, payload) -> reply payload, or XsError.
+Handler = Callable[["Engine", Connection, View, bytes], bytes]
 
 
-def _do_unwatch(engine, conn, view, payload):
-    strings = split_strings(payload)
-    if len(strings) != 2:
-        raise XsError("EINVAL")
-    raw_path, token = strings
-    if not raw_path.startswith((b"/", b"@")):
-        raw_path = conn.home_path.encode() + b"/" + raw_path
-    for index, watch in enumerate(conn.watches):
-        if watch.path == raw_path and watch.token == token:
-            del conn.watches[index]
-            return nodes.OK
-    raise XsError("ENOENT")
+class Engine:
+    """The whole xenstore state.  See the module docstring for the rules.
 
+    Requests are answered by ``HANDLERS``: message type -> (handler, NO_TX |
+    PRIV flags).  requests.XenStore is the engine with xenstored's table;
+    the handlers take the engine as their first argument, so they import
+    this module and it imports none of them."""
 
-def _do_transaction_start(engine, conn, view, payload):
-    if isinstance(view, Transaction):
-        raise XsError("EBUSY")  # no nesting
-    if not conn.privileged and len(conn.transactions) >= engine.quotas.transactions:
-        raise XsError("ENOSPC")
-    while conn.next_tx_id == 0 or conn.next_tx_id in conn.transactions:
-        conn.next_tx_id = (conn.next_tx_id + 1) & 0xFFFFFFFF
-    tx_id = conn.next_tx_id
-    conn.next_tx_id = (tx_id + 1) & 0xFFFFFFFF
-    limit = None if conn.privileged else engine.quotas.transaction_nodes
-    conn.transactions[tx_id] = Transaction(engine.store, tx_id, limit)
-    return str(tx_id).encode() + b"\0"
-
-
-def _do_transaction_end(engine, conn, view, payload):
-    verdict = exactly_one_string(payload)
-    if verdict not in (b"T", b"F"):
-        raise XsError("EINVAL")
-    if not isinstance(view, Transaction):
-        raise XsError("ENOENT")
-    del conn.transactions[view.tx_id]  # gone whatever the outcome
-    if verdict == b"T":
-        if (not conn.privileged and view.creates_nodes()
-                and view.owned_count(conn.domid) > engine.quotas.nodes):
-            raise XsError("ENOSPC")
-        view.commit()
-        for path, exact, perms, old_perms in view.pending_watch_events:
-            engine.fire_watches(conn, engine.store, path, exact, perms, old_perms)
-    return nodes.OK
-
-
-def _do_reset_watches(engine, conn, view, payload):
-    conn.watches.clear()
-    conn.transactions.clear()
-    return nodes.OK
-
-
-_NO_TX = 1  # the tx_id field is not looked at
-_PRIV = 2  # privileged connections only
-
-_HANDLERS: dict[int, tuple[Callable, int]] = {
-    wire.XS_CONTROL: (do_control, _PRIV),
-    wire.XS_DIRECTORY: (nodes.do_directory, 0),
-    wire.XS_READ: (nodes.do_read, 0),
-    wire.XS_GET_PERMS: (nodes.do_get_perms, 0),
-    wire.XS_WATCH: (_do_watch, _NO_TX),
-    wire.XS_UNWATCH: (_do_unwatch, _NO_TX),
-    wire.XS_TRANSACTION_START: (_do_transaction_start, 0),
-    wire.XS_TRANSACTION_END: (_do_transaction_end, 0),
-    wire.XS_INTRODUCE: (domains.do_introduce, _PRIV),
-    wire.XS_RELEASE: (domains.do_release, _PRIV),
-    wire.XS_GET_DOMAIN_PATH: (domains.do_get_domain_path, 0),
-    wire.XS_WRITE: (nodes.do_write, 0),
-    wire.XS_MKDIR: (nodes.do_mkdir, 0),
-    wire.XS_RM: (nodes.do_rm, 0),
-    wire.XS_SET_PERMS: (nodes.do_set_perms, 0),
-    wire.XS_IS_DOMAIN_INTRODUCED: (domains.do_is_domain_introduced, _PRIV),
-    wire.XS_RESUME: (domains.do_resume, _PRIV),
-    wire.XS_SET_TARGET: (domains.do_set_target, _PRIV),
-    wire.XS_RESET_WATCHES: (_do_reset_watches, 0),
-    wire.XS_DIRECTORY_PART: (nodes.do_directory_part, 0),
-}
-
-
-class XenStore:
-    """The whole xenstore state.  See the module docstring for the rules."""
+    HANDLERS: ClassVar[dict[int, tuple[Handler, int]]] = {}
 
     def __init__(self, quotas: Quotas | None = None, priv_domid: int | None = None,
                  introduce_hook: Callable[[int, int, int], None] | None = None,
-                 release_hook: Callable[[int], None] | None = None):
+                 release_hook: Callable[[int], None] | None = None) -> None:
         """``introduce_hook(domid, gfn, port)`` carries out an XS_INTRODUCE
         request: it maps the ring, binds the event channel and calls
         ``introduce_domain``, or raises XsError to refuse.  Without a hook
@@ -256,19 +204,18 @@ class XenStore:
         self.lock = threading.RLock()
         self.wakeup: Callable[[], None] | None = None
         self.store = Store((Permission(0, PERM_NONE),))
-        self.special_perms = {name: (Permission(0, PERM_NONE),) for name in SPECIAL_WATCHES}
+        self.special_perms: dict[bytes, Perms] = {name: (Permission(0, PERM_NONE),)
+                                                  for name in SPECIAL_WATCHES}
         self.connections: dict[int, Connection] = {}
-        self.domains: dict[int, _Domain] = {}
+        self.domains: dict[int, IntroducedDomain] = {}
         self._ids = itertools.count(1)
         self._dirty: set[int] = set()
-        self._after_reply: list = []
+        self._after_reply: list[tuple[Connection, bytes, bytes]] = []
         # Store generation at which each known domain came into being; see
-        # nodes.live_perms.  dom0 and the privileged domain always exist.
+        # live_perms.  dom0 and the privileged domain always exist.
         self.domain_birth: dict[int, int] = {0: 0}
         if priv_domid is not None:
             self.domain_birth[priv_domid] = 0
-        for path in ("/tool", "/tool/xenstored"):
-            nodes.do_mkdir(self, self._root_view_conn(), self.store, path.encode() + b"\0")
 
     # -- connections ---------------------------------------------------------
 
@@ -288,12 +235,6 @@ class XenStore:
         conn.closed = True
         self._drop_state(conn)
         self._dirty.discard(conn_id)
-
-    def connection(self, conn_id: int) -> Connection:
-        return self.connections[conn_id]
-
-    def _root_view_conn(self) -> Connection:
-        return Connection(0, 0, True, False)
 
     @staticmethod
     def _drop_state(conn: Connection) -> None:
@@ -325,7 +266,8 @@ class XenStore:
         conn = self.connections.get(conn_id)
         if conn is None:
             return b""
-        chunks, budget = [], (max_bytes if max_bytes is not None else 1 << 62)
+        chunks: list[bytes] = []
+        budget = max_bytes if max_bytes is not None else 1 << 62
         while conn.outbuf and budget > 0:
             head = conn.outbuf[0]
             piece = head.data[conn.out_offset:conn.out_offset + budget]
@@ -400,7 +342,8 @@ class XenStore:
                 del conn.pending_events[item.event_key]
         return item
 
-    def _handle_message(self, conn, msg_type, req_id, tx_id, payload) -> None:
+    def _handle_message(self, conn: Connection, msg_type: int, req_id: int, tx_id: int,
+                        payload: bytes) -> None:
         self._after_reply = []
         try:
             reply_type, reply = msg_type, self._dispatch(conn, msg_type, tx_id, payload)
@@ -420,17 +363,19 @@ class XenStore:
             self.queue_watch_event(target, path, token)
         self._after_reply = []
 
-    def _dispatch(self, conn, msg_type, tx_id, payload) -> bytes:
-        handler, flags = _HANDLERS.get(msg_type, (None, 0))
-        if handler is None:
+    def _dispatch(self, conn: Connection, msg_type: int, tx_id: int, payload: bytes) -> bytes:
+        entry = self.HANDLERS.get(msg_type)
+        if entry is None:
             raise XsError("ENOSYS")
-        if flags & _PRIV and not conn.privileged:
+        handler, flags = entry
+        if flags & PRIV and not conn.privileged:
             raise XsError("EACCES")
-        view = self.store
-        if not flags & _NO_TX and tx_id != 0:
-            view = conn.transactions.get(tx_id)
-            if view is None:
+        view: View = self.store
+        if not flags & NO_TX and tx_id != 0:
+            transaction = conn.transactions.get(tx_id)
+            if transaction is None:
                 raise XsError("ENOENT")
+            view = transaction
         return handler(self, conn, view, payload)
 
     # -- watches -----------------------------------------------------------
@@ -454,8 +399,8 @@ class XenStore:
             return
         self._queue(conn, _Outgoing(data, False, payload))
 
-    def fire_watches(self, origin: Connection | None, view, path: str, exact: bool,
-                     perms=None, old_perms=None) -> None:
+    def fire_watches(self, view: View, path: str, exact: bool,
+                     perms: Perms | None = None, old_perms: Perms | None = None) -> None:
         """Queue events for every watch covering a change to ``path``.
 
         ``exact`` limits it to watches on ``path`` itself (used for nodes
@@ -466,7 +411,7 @@ class XenStore:
             return
         current = self.store.get(path)
         if perms is None and current is not None:
-            perms = nodes.live_perms(self, current)
+            perms = live_perms(self, current)
         parent = self.store.get(parent_of(path)) if path != "/" else None
         encoded = path.encode()
         for conn in list(self.connections.values()):
@@ -477,8 +422,8 @@ class XenStore:
             if not matching:
                 continue
             candidates = [p for p in (old_perms, perms,
-                                      nodes.live_perms(self, parent) if parent else None) if p]
-            if not any(nodes.access_for(conn, p) & PERM_READ for p in candidates):
+                                      live_perms(self, parent) if parent else None) if p]
+            if not any(access_for(conn, p) & PERM_READ for p in candidates):
                 continue
             for watch in matching:
                 self.queue_watch_event(conn, watch.event_path(encoded), watch.token)
@@ -486,22 +431,22 @@ class XenStore:
     def fire_special(self, name: bytes) -> None:
         perms = self.special_perms[name]
         for conn in list(self.connections.values()):
-            if not nodes.access_for(conn, perms) & PERM_READ:
+            if not access_for(conn, perms) & PERM_READ:
                 continue
             for watch in conn.watches:
                 if watch.path == name:
                     self.queue_watch_event(conn, name, watch.token)
 
-    def set_special_perms(self, conn: Connection, name: bytes, perms) -> None:
+    def set_special_perms(self, conn: Connection, name: bytes, perms: Perms) -> None:
         current = self.special_perms.get(name)
         if current is None:
             raise XsError("EINVAL")
-        needed = nodes.PERM_WRITE | nodes.PERM_OWNER
-        if nodes.access_for(conn, current) & needed != needed:
+        needed = PERM_WRITE | PERM_OWNER
+        if access_for(conn, current) & needed != needed:
             raise XsError("EACCES")
         self.special_perms[name] = perms
 
-    def note_domains(self, perms) -> None:
+    def note_domains(self, perms: Perms) -> None:
         """Domains named in permissions start to exist for ACL purposes."""
         for entry in perms:
             self.domain_birth.setdefault(entry.domid, self.store.generation)
@@ -517,12 +462,60 @@ class XenStore:
     def domain_watch_count(self, domid: int) -> int:
         return sum(len(c.watches) for c in self.connections.values() if c.domid == domid)
 
-    # -- domains (toolstack API; the wire handlers live in domains.py) --------
+    # -- domains (the toolstack's calls; the wire requests are in domains.py) ----
 
-    introduce_domain = domains.introduce_domain
-    release_domain = domains.release_domain
-    mark_domain_shutdown = domains.mark_domain_shutdown
-    domain_usage = domains.domain_usage
+    def introduce_domain(self, domid: int, gfn: int = 0, port: int = 0) -> int:
+        """Register a guest's ring connection; return its connection id.
+
+        Re-introducing a known domain keeps its connection but forgets its
+        watches, transactions and buffered bytes (the guest reconnects).
+        Introducing a domain other than dom0 fires @introduceDomain."""
+        known = self.domains.get(domid)
+        if known is not None:
+            known.port, known.gfn = port, gfn
+            self.reset_connection(known.conn_id)
+            return known.conn_id
+        self.domain_birth.setdefault(domid, self.store.generation)
+        conn_id = self.open_connection(domid, is_domain=True)
+        self.domains[domid] = IntroducedDomain(domid, conn_id, gfn, port)
+        if domid != 0:
+            self.fire_special(b"@introduceDomain")
+        return conn_id
+
+    def release_domain(self, domid: int) -> None:
+        """Forget a domain and its connection, then tell @releaseDomain watchers.
+
+        Its nodes stay: removing /local/domain/<domid> is the toolstack's job."""
+        domain = self.domains.pop(domid, None)
+        if domain is None:
+            raise XsError("ENOENT")
+        self.close_connection(domain.conn_id)
+        self.forget_domain(domid)
+        for conn in self.connections.values():
+            if conn.target_domid == domid:
+                conn.target_domid = None
+        self.fire_special(b"@releaseDomain")
+        if self.release_hook is not None:
+            self.release_hook(domid)
+
+    def mark_domain_shutdown(self, domid: int) -> None:
+        """The hypervisor reported the domain shut down or crashed."""
+        domain = self.domains.get(domid)
+        if domain is not None and not domain.shutdown:
+            domain.shutdown = True
+            self.fire_special(b"@releaseDomain")
+
+    def domain_usage(self, domid: int) -> str:
+        """What an introduced domain holds against its quotas (XS_CONTROL "quota <domid>")."""
+        domain = self.domains.get(domid)
+        if domain is None:
+            raise XsError("ENOENT")
+        conn = self.connections[domain.conn_id]
+        rows = (("nodes", self.store.owned_count(domid)),
+                ("watches", len(conn.watches)),
+                ("transactions", len(conn.transactions)),
+                ("outstanding", conn.outstanding))
+        return f"Domain {domid}:\n" + "".join(f"{name:<16}: {value:8d}\n" for name, value in rows)
 
     def log(self, message: str) -> None:
         log.info("%s", message)

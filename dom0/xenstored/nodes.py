@@ -10,37 +10,19 @@ first modification, so a failed request leaves the view untouched.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from abi.io.xs_wire import XENSTORE_PAYLOAD_MAX
 
+from .core import Connection, Engine, access_for, live_perms
 from .errors import XsError
 from .paths import (PERM_OWNER, PERM_READ, PERM_WRITE, basename, c_atoi, child_path,
                     format_permissions, is_valid_node_path, parent_of, parse_permissions)
-from .payload import exactly_one_string, split_strings
-from .store import Node, nearest_existing_ancestor
-
-OK = b"OK\0"
+from .payload import OK, exactly_one_string, split_strings
+from .store import Node, View, nearest_existing_ancestor
 
 
-def access_for(conn, perms) -> int:
-    """Access bits ``conn`` has on a node with ``perms`` (Xen's rules).
-
-    Privileged connections and the owner get everything; a domain acting on
-    behalf of a target (XS_SET_TARGET) is treated like the target.  Otherwise
-    the first ACL entry naming the domain (or its target) applies, and
-    perms[0]'s access is the default for everyone else.
-    """
-    target = conn.target_domid
-    owner = perms[0].domid
-    if conn.privileged or owner == conn.domid or (target is not None and owner == target):
-        return PERM_READ | PERM_WRITE | PERM_OWNER
-    for entry in perms[1:]:
-        if entry.domid == conn.domid or (target is not None and entry.domid == target):
-            return entry.access
-    return perms[0].access
-
-
-def canonical_path(engine, conn, raw: bytes | None) -> str:
+def canonical_path(engine: Engine, conn: Connection, raw: bytes | None) -> str:
     """Absolute, validated node name for a request argument, else EINVAL."""
     if raw is None:
         raise XsError("EINVAL")
@@ -52,21 +34,7 @@ def canonical_path(engine, conn, raw: bytes | None) -> str:
     return raw.decode("ascii")
 
 
-def live_perms(engine, node: Node) -> tuple:
-    """The node's permissions minus ACL entries that must be ignored.
-
-    An entry naming a domain only counts if that domain was known to the
-    store (introduced, or named in a SET_PERMS) before the node was last
-    written.  This stops a new domain that reuses the domid of a dead one
-    from inheriting the dead domain's grants.  perms[0], the owner, is kept
-    as Xen 4.17 does."""
-    births = engine.domain_birth
-    kept = tuple(entry for entry in node.perms[1:]
-                 if births.get(entry.domid, node.generation + 1) <= node.generation)
-    return node.perms if len(kept) == len(node.perms) - 1 else node.perms[:1] + kept
-
-
-def lookup(engine, conn, view, path: str, need: int) -> Node:
+def lookup(engine: Engine, conn: Connection, view: View, path: str, need: int) -> Node:
     """The node at ``path`` if ``conn`` holds ``need`` on it.
 
     A missing node answers ENOENT only to callers allowed to know about it:
@@ -83,18 +51,18 @@ def lookup(engine, conn, view, path: str, need: int) -> Node:
     raise XsError("EACCES")
 
 
-def _rewritten(engine, node: Node, **changes) -> Node:
+def _rewritten(engine: Engine, node: Node, **changes: Any) -> Node:
     """``node`` with ``changes``, dropping its dead ACL entries for good, so
     that the new generation does not bring them back to life."""
     return replace(node, perms=live_perms(engine, node), **changes)
 
 
-def _check_node_size(engine, conn, node: Node) -> None:
+def _check_node_size(engine: Engine, conn: Connection, node: Node) -> None:
     if not conn.privileged and node.record_size() >= engine.quotas.node_size:
         raise XsError("ENOSPC")
 
 
-def _create(engine, conn, view, path: str, value: bytes) -> None:
+def _create(engine: Engine, conn: Connection, view: View, path: str, value: bytes) -> None:
     """Create ``path`` and any missing ancestors, inheriting permissions."""
     missing = [path]
     while (parent := view.get(parent_of(missing[-1]))) is None:
@@ -105,7 +73,7 @@ def _create(engine, conn, view, path: str, value: bytes) -> None:
                                 > engine.quotas.nodes):
         raise XsError("ENOSPC")
 
-    writes = []
+    writes: list[tuple[str, Node]] = []
     perms = live_perms(engine, parent)
     if not conn.privileged:
         # Unprivileged domains own what they create.
@@ -124,12 +92,12 @@ def _create(engine, conn, view, path: str, value: bytes) -> None:
         view.put(name, node)
 
 
-def do_read(engine, conn, view, payload):
+def do_read(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:
     path = canonical_path(engine, conn, exactly_one_string(payload))
     return lookup(engine, conn, view, path, PERM_READ).value
 
 
-def do_write(engine, conn, view, payload):
+def do_write(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:
     if b"\0" not in payload:
         raise XsError("EINVAL")
     raw_path, value = payload.split(b"\0", 1)
@@ -144,11 +112,11 @@ def do_write(engine, conn, view, payload):
         updated = _rewritten(engine, node, value=value)
         _check_node_size(engine, conn, updated)
         view.put(path, updated)
-    engine.fire_watches(conn, view, path, exact=False)
+    engine.fire_watches(view, path, exact=False)
     return OK
 
 
-def do_mkdir(engine, conn, view, payload):
+def do_mkdir(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:
     path = canonical_path(engine, conn, exactly_one_string(payload))
     try:
         lookup(engine, conn, view, path, PERM_WRITE)
@@ -156,12 +124,13 @@ def do_mkdir(engine, conn, view, payload):
         if error.name != "ENOENT":
             raise
         _create(engine, conn, view, path, b"")
-        engine.fire_watches(conn, view, path, exact=False)
+        engine.fire_watches(view, path, exact=False)
     return OK
 
 
-def _subtree_children_first(view, path: str) -> list[tuple[str, Node]]:
-    ordered, stack = [], [path]
+def _subtree_children_first(view: View, path: str) -> list[tuple[str, Node]]:
+    ordered: list[tuple[str, Node]] = []
+    stack = [path]
     while stack:
         name = stack.pop()
         node = view.get(name)
@@ -173,7 +142,7 @@ def _subtree_children_first(view, path: str) -> list[tuple[str, Node]]:
     return ordered
 
 
-def do_rm(engine, conn, view, payload):
+def do_rm(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:
     path = canonical_path(engine, conn, exactly_one_string(payload))
     try:
         lookup(engine, conn, view, path, PERM_WRITE)
@@ -193,7 +162,7 @@ def do_rm(engine, conn, view, payload):
     for name, node in _subtree_children_first(view, path):
         # Fire while the node's permissions can still be checked; watchers
         # above the removed root hear about the root only.
-        engine.fire_watches(conn, view, name, exact=(name != path),
+        engine.fire_watches(view, name, exact=(name != path),
                             perms=live_perms(engine, node))
         view.delete(name)
     gone = basename(path)
@@ -202,12 +171,12 @@ def do_rm(engine, conn, view, payload):
     return OK
 
 
-def do_directory(engine, conn, view, payload):
+def do_directory(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:
     path = canonical_path(engine, conn, exactly_one_string(payload))
     return lookup(engine, conn, view, path, PERM_READ).children_wire()
 
 
-def do_directory_part(engine, conn, view, payload):
+def do_directory_part(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:
     """Children from a byte offset into the child list, prefixed with the
     node's generation; a trailing extra NUL marks the end of the list."""
     strings = split_strings(payload)
@@ -232,12 +201,12 @@ def do_directory_part(engine, conn, view, payload):
     return generation + children[offset:offset + taken]
 
 
-def do_get_perms(engine, conn, view, payload):
+def do_get_perms(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:
     path = canonical_path(engine, conn, exactly_one_string(payload))
     return format_permissions(lookup(engine, conn, view, path, PERM_READ).perms)
 
 
-def do_set_perms(engine, conn, view, payload):
+def do_set_perms(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:
     strings = split_strings(payload)
     if len(strings) < 2:
         raise XsError("EINVAL")
@@ -255,5 +224,5 @@ def do_set_perms(engine, conn, view, payload):
     updated = replace(node, perms=perms)
     _check_node_size(engine, conn, updated)
     view.put(path, updated)
-    engine.fire_watches(conn, view, path, exact=False, old_perms=live_perms(engine, node))
+    engine.fire_watches(view, path, exact=False, old_perms=live_perms(engine, node))
     return OK

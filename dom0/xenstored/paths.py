@@ -18,7 +18,6 @@ PERM_NONE = 0
 PERM_READ = 1
 PERM_WRITE = 2
 PERM_OWNER = 4
-PERM_ALL = PERM_READ | PERM_WRITE | PERM_OWNER
 
 _LETTER_TO_ACCESS = {ord("n"): PERM_NONE, ord("r"): PERM_READ,
                      ord("w"): PERM_WRITE, ord("b"): PERM_READ | PERM_WRITE}
@@ -45,6 +44,10 @@ class Permission(NamedTuple):
         return f"{_ACCESS_TO_LETTER[self.access]}{signed}".encode()
 
 
+# A node's permissions: perms[0] names the owner and everyone's default access.
+Perms = tuple[Permission, ...]
+
+
 def c_atoi(text: bytes) -> int:
     """atoi() semantics: leading blanks, optional sign, digits; garbage gives 0.
 
@@ -52,6 +55,7 @@ def c_atoi(text: bytes) -> int:
     stores domids, ports and offsets parsed this way.
     """
     match = _C_INTEGER.match(text)
+    assert match is not None  # every part of the pattern may be empty
     digits = match.group(2)
     if not digits:
         return 0
@@ -76,7 +80,7 @@ def _strtol_base0_exact(text: bytes) -> int | None:
     return -value if match.group(1) == b"-" else value
 
 
-def parse_permissions(strings: list[bytes]) -> tuple[Permission, ...]:
+def parse_permissions(strings: list[bytes]) -> Perms:
     """Permission strings ("r5", "b0", "n1", ...) -> permissions, or EINVAL."""
     perms = []
     for entry in strings:
@@ -89,7 +93,7 @@ def parse_permissions(strings: list[bytes]) -> tuple[Permission, ...]:
     return tuple(perms)
 
 
-def format_permissions(perms: tuple[Permission, ...]) -> bytes:
+def format_permissions(perms: Perms) -> bytes:
     return b"".join(p.to_wire() + b"\0" for p in perms)
 
 

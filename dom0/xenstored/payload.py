@@ -1,6 +1,8 @@
-"""Splitting request payloads into their NUL-terminated strings."""
+"""Request payloads: their NUL-terminated strings, and the plain success reply."""
 
 from __future__ import annotations
+
+OK = b"OK\0"  # the reply of every request that has nothing else to say
 
 
 def split_strings(payload: bytes) -> list[bytes]:

@@ -1,9 +1,10 @@
 """Ring transport: serves guests through their shared xenstore page.
 
 The page is a ``struct xenstore_domain_interface`` that the guest can write
-at any moment, so every index is read exactly once per pass, validated
-(``prod - cons`` must not exceed the ring size, modulo 2**32) and then only
-ever used masked.  A guest whose indexes are impossible has its connection
+at any moment; its two byte rings are pvguest.ring's ``ByteRing``, which
+reads every index once per operation, validates it (``prod - cons`` must not
+exceed the ring size, modulo 2**32) and then only ever uses it masked.  A
+guest whose indexes are impossible has its connection
 marked broken with XENSTORE_ERROR_RINGIDX written to the page's ``error``
 field, and is ignored from then on (until it asks for a reconnect or is
 re-introduced); nothing a guest writes can raise or index out of bounds.
@@ -21,17 +22,22 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from abi.io import xs_wire as wire
+from pvguest.ring import ByteRing, RingError, xenstore_rings
 
+from .core import Connection, Engine
 from .errors import XsError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 log = logging.getLogger("dom0.xenstored.ring")
 
 _U32 = struct.Struct("<I")
-_SIZE = wire.XENSTORE_RING_SIZE
 # Never buffer more than one maximal message per guest: beyond that, the
 # bytes stay in the guest's ring, which is the guest's problem.
 _MAX_BUFFERED = wire.XSD_SOCKMSG_SIZE + wire.XENSTORE_PAYLOAD_MAX
@@ -41,8 +47,8 @@ _MAX_BUFFERED = wire.XSD_SOCKMSG_SIZE + wire.XENSTORE_PAYLOAD_MAX
 _MAX_ROUNDS_PER_KICK = 16
 
 
-def _ring_indexes_valid(cons: int, prod: int) -> bool:
-    return (prod - cons) & 0xFFFFFFFF <= _SIZE
+# page_mapper(domid, gfn, port) -> (the guest's ring page, its event-channel kick)
+PageMapper = Callable[[int, int, int], tuple["WriteableBuffer", Callable[[], None]]]
 
 
 @dataclass
@@ -51,9 +57,11 @@ class _Ring:
     conn_id: int
     page: memoryview
     notify: Callable[[], None]
+    requests: ByteRing  # the guest produces, we consume
+    replies: ByteRing  # we produce, the guest consumes
 
     def load(self, offset: int) -> int:
-        return _U32.unpack_from(self.page, offset)[0]
+        return int(_U32.unpack_from(self.page, offset)[0])
 
     def store(self, offset: int, value: int) -> None:
         _U32.pack_into(self.page, offset, value & 0xFFFFFFFF)
@@ -62,7 +70,7 @@ class _Ring:
 class RingServer:
     """Moves bytes between guests' ring pages and the engine."""
 
-    def __init__(self, engine, page_mapper: Callable | None = None):
+    def __init__(self, engine: Engine, page_mapper: PageMapper | None = None) -> None:
         """``page_mapper(domid, gfn, port) -> (memoryview, notify)`` maps a
         guest's page for XS_INTRODUCE requests arriving over the wire; it may
         raise XsError to refuse.  Without it, wire introductions are refused
@@ -70,13 +78,12 @@ class RingServer:
         self.engine = engine
         self.page_mapper = page_mapper
         self.rings: dict[int, _Ring] = {}  # by domid
-        self._by_conn: dict[int, _Ring] = {}
         engine.introduce_hook = self._introduce_from_wire
         engine.release_hook = self._forget
 
     # -- domain lifecycle ----------------------------------------------------
 
-    def introduce(self, domid: int, page: memoryview, notify: Callable[[], None],
+    def introduce(self, domid: int, page: WriteableBuffer, notify: Callable[[], None],
                   gfn: int = 0, port: int = 0) -> int:
         """Attach a guest's ring page and event-channel kick; returns the
         engine connection id.  A second call for the same domain resets its
@@ -89,11 +96,10 @@ class RingServer:
             self._attach(domid, conn_id, page, notify)
         return conn_id
 
-    def _attach(self, domid, conn_id, page, notify) -> None:
-        ring = _Ring(domid, conn_id, page, notify)
-        self._forget(domid)
+    def _attach(self, domid: int, conn_id: int, page: memoryview,
+                notify: Callable[[], None]) -> None:
+        ring = _Ring(domid, conn_id, page, notify, *xenstore_rings(page))
         self.rings[domid] = ring
-        self._by_conn[conn_id] = ring
         self._reset_page(ring)
 
     def _introduce_from_wire(self, domid: int, gfn: int, port: int) -> None:
@@ -114,9 +120,7 @@ class RingServer:
             self.engine.release_domain(domid)  # calls back into _forget
 
     def _forget(self, domid: int) -> None:
-        ring = self.rings.pop(domid, None)
-        if ring is not None:
-            self._by_conn.pop(ring.conn_id, None)
+        self.rings.pop(domid, None)
 
     def _reset_page(self, ring: _Ring) -> None:
         for offset in (wire.XENSTORE_REQ_CONS_OFFSET, wire.XENSTORE_REQ_PROD_OFFSET,
@@ -130,9 +134,6 @@ class RingServer:
 
     # -- data movement ---------------------------------------------------------
 
-    def owns(self, conn_id: int) -> bool:
-        return conn_id in self._by_conn
-
     def kick(self, domid: int) -> None:
         """The guest signalled its event channel: serve its ring."""
         with self.engine.lock:
@@ -140,7 +141,7 @@ class RingServer:
             if ring is not None:
                 self._serve(ring)
 
-    def flush(self, conn_ids=None) -> None:
+    def flush(self, conn_ids: Collection[int] | None = None) -> None:
         """Push pending output (e.g. watch events caused by other clients)."""
         with self.engine.lock:
             for ring in list(self.rings.values()):
@@ -170,43 +171,25 @@ class RingServer:
         if notify:
             ring.notify()
 
-    def _pull_requests(self, ring: _Ring, conn) -> int:
+    def _pull_requests(self, ring: _Ring, conn: Connection) -> int:
         room = _MAX_BUFFERED - len(conn.inbuf)
         if room <= 0:
             return 0
-        cons = ring.load(wire.XENSTORE_REQ_CONS_OFFSET)
-        prod = ring.load(wire.XENSTORE_REQ_PROD_OFFSET)
-        if not _ring_indexes_valid(cons, prod):
+        try:
+            data = ring.requests.read(room)
+        except RingError:
             self.engine.break_connection(ring.conn_id, wire.XENSTORE_ERROR_RINGIDX)
             return 0
-        count = min((prod - cons) & 0xFFFFFFFF, room)
-        if count == 0:
-            return 0
-        start = wire.XENSTORE_REQ_OFFSET
-        first = min(count, _SIZE - wire.MASK_XENSTORE_IDX(cons))
-        offset = wire.MASK_XENSTORE_IDX(cons)
-        data = bytes(ring.page[start + offset:start + offset + first])
-        data += bytes(ring.page[start:start + count - first])
-        ring.store(wire.XENSTORE_REQ_CONS_OFFSET, cons + count)
-        self.engine.feed(ring.conn_id, data)
-        return count
+        if data:
+            self.engine.feed(ring.conn_id, data)
+        return len(data)
 
     def _push_replies(self, ring: _Ring) -> int:
         if not self.engine.has_output(ring.conn_id):
             return 0
-        cons = ring.load(wire.XENSTORE_RSP_CONS_OFFSET)
-        prod = ring.load(wire.XENSTORE_RSP_PROD_OFFSET)
-        if not _ring_indexes_valid(cons, prod):
+        try:
+            data = self.engine.data_to_send(ring.conn_id, ring.replies.space())
+            return ring.replies.write(data) if data else 0
+        except RingError:
             self.engine.break_connection(ring.conn_id, wire.XENSTORE_ERROR_RINGIDX)
             return 0
-        free = _SIZE - ((prod - cons) & 0xFFFFFFFF)
-        data = self.engine.data_to_send(ring.conn_id, free)
-        if not data:
-            return 0
-        start = wire.XENSTORE_RSP_OFFSET
-        offset = wire.MASK_XENSTORE_IDX(prod)
-        first = min(len(data), _SIZE - offset)
-        ring.page[start + offset:start + offset + first] = data[:first]
-        ring.page[start:start + len(data) - first] = data[first:]
-        ring.store(wire.XENSTORE_RSP_PROD_OFFSET, prod + len(data))
-        return len(data)

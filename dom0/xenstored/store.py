@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 from .errors import XsError
-from .paths import Permission, basename, child_path, parent_of
+from .paths import Perms, basename, child_path, parent_of
 
 # Sizes of cxenstored's on-disk record, used so the node-size quota bites at
 # the same point: a header (u64 generation + 3 x u32) and 8 bytes per perm.
@@ -29,7 +29,7 @@ _RECORD_PERM_BYTES = 8
 @dataclass(frozen=True)
 class Node:
     value: bytes
-    perms: tuple[Permission, ...]  # perms[0]: owner and default access
+    perms: Perms  # perms[0]: owner and default access
     children: tuple[str, ...]  # basenames, in creation order
     generation: int = 0
 
@@ -48,7 +48,7 @@ class Node:
 class Store:
     """The committed tree: absolute path -> Node."""
 
-    def __init__(self, root_perms: tuple[Permission, ...]):
+    def __init__(self, root_perms: Perms):
         self.generation = 0
         self.nodes: dict[str, Node] = {}
         self.owner_counts: Counter[int] = Counter()
@@ -113,7 +113,7 @@ class Transaction:
         self.overlay: dict[str, Node | None] = {}
         self.modified: set[str] = set()
         self.seen_generation: dict[str, int | None] = {}
-        self.pending_watch_events: list[tuple[str, bool, tuple | None, tuple | None]] = []
+        self.pending_watch_events: list[tuple[str, bool, Perms | None, Perms | None]] = []
 
     def get(self, path: str) -> Node | None:
         if path not in self.overlay:
@@ -148,7 +148,8 @@ class Transaction:
         return any(self.overlay[path] is not None and self.store.get(path) is None
                    for path in self.modified)
 
-    def queue_watch_event(self, path: str, exact: bool, perms, old_perms) -> None:
+    def queue_watch_event(self, path: str, exact: bool, perms: Perms | None,
+                          old_perms: Perms | None) -> None:
         self.pending_watch_events.append((path, exact, perms, old_perms))
 
     def conflicts(self) -> bool:
@@ -173,7 +174,11 @@ class Transaction:
                 self.store.delete(path)
 
 
-def nearest_existing_ancestor(view, path: str) -> Node:
+# Where a request works: the committed store, or one connection's transaction.
+View = Store | Transaction
+
+
+def nearest_existing_ancestor(view: View, path: str) -> Node:
     """The closest existing node above ``path`` (the root always exists)."""
     while path != "/":
         path = parent_of(path)

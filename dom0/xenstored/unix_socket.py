@@ -18,6 +18,14 @@ import os
 import selectors
 import socket
 import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Callable
+
+from .core import Engine
+from .ring import RingServer
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 log = logging.getLogger("dom0.xenstored.socket")
 
@@ -28,14 +36,15 @@ _MAX_UNREAD_OUTPUT = 1 << 20
 
 
 class _Client:
-    def __init__(self, sock: socket.socket, conn_id: int):
+    def __init__(self, sock: socket.socket, conn_id: int) -> None:
         self.sock = sock
         self.conn_id = conn_id
         self.pending = b""  # taken from the engine, not yet accepted by the kernel
 
 
 class SocketServer:
-    def __init__(self, engine, path: str, other_transports=()):
+    def __init__(self, engine: Engine, path: str,
+                 other_transports: Iterable[RingServer] = ()) -> None:
         self.engine = engine
         self.path = path
         self.other_transports = list(other_transports)
@@ -83,7 +92,7 @@ class SocketServer:
             self._handle(ready)
             self._flush_dirty()
 
-    def _handle(self, ready) -> None:
+    def _handle(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
         for key, events in ready:
             if key.data == "listener":
                 self._accept()
@@ -98,7 +107,7 @@ class SocketServer:
                 if events & selectors.EVENT_WRITE and client.conn_id in self.clients:
                     self._write(client)
 
-    def add_reader(self, fileobj, callback) -> None:
+    def add_reader(self, fileobj: FileDescriptorLike, callback: Callable[[], None]) -> None:
         """Run ``callback()`` in this loop whenever ``fileobj`` is readable
         (e.g. the event-channel fd whose kicks go to RingServer.kick), so
         that the single-threaded engine is only ever touched from here."""

@@ -13,13 +13,13 @@ console line, the time) and prints the crash diagnosis (pvhyp.diagnose).
 from __future__ import annotations
 
 import os
-import pathlib
 import select
 import shutil
 import subprocess
 import sys
 import time
 
+from dom0.images import debian
 from pvhyp.cli import UserError
 
 DESCRIPTION = "boot Debian 12's kernel to its shell marker: pvhyp vs qemu-system-x86_64 -accel tcg (s)"
@@ -35,21 +35,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per boot (default 900)")
     parser.add_argument("--no-qemu", action="store_true", help="skip the QEMU half")
     parser.add_argument("--cmdline", default="", help="extra kernel command line for pvhyp (e.g. loglevel=8)")
-
-
-def find_image(directory: str | None = None) -> dict:
-    """The image manifest (absolute paths): an existing image in `directory`, else a fresh build."""
-    from dom0.images import debian
-    out_dir = pathlib.Path(directory) if directory else debian.DEFAULT_DIR
-    manifest = debian.cached(out_dir)
-    if manifest is not None and manifest.get("recipe") == debian.RECIPE_VERSION:
-        return debian._absolute(manifest, out_dir)
-    try:
-        return debian.build(out_dir)      # new, or made by an older recipe (cached packages are reused)
-    except Exception as e:      # no network, no apt: one line for the user
-        if manifest is not None:
-            return debian._absolute(manifest, out_dir)
-        raise UserError(f"no Debian image in {out_dir} and building one failed: {e}") from None
 
 
 def guest_config(image: dict, memory: int = 256, name: str = "debian", extra: str = "") -> str:
@@ -184,7 +169,10 @@ def boot_qemu(binary: str, image: dict, timeout: float) -> dict:
 
 
 def run(args) -> int:
-    image = find_image(args.dir)
+    try:
+        image = debian.find_or_build(args.dir)
+    except debian.ImageError as e:
+        raise UserError(str(e)) from None
     print(f"kernel: {image.get('release', image['kernel'])}", flush=True)
     pv = boot_pvhyp(image, args.memory, args.timeout, args.cmdline)
     if pv["reached"]:

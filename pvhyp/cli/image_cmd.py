@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from dom0.images import debian
     try:
-        m = debian.build(args.dir or debian.DEFAULT_DIR)
+        m = debian.build(args.dir)
     except debian.ImageError as e:
         raise UserError(str(e))
     print(f"kernel:  {m['kernel']}  ({m['release']})")

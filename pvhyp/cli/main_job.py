@@ -16,9 +16,14 @@ GUEST_MEMORY_MB = 256
 
 
 def run(args) -> int:
-    from pvhyp.cli.bench_boot import MARKER, find_image, guest_config
+    from dom0.images import debian
+    from pvhyp.cli import UserError
+    from pvhyp.cli.bench_boot import MARKER, guest_config
     from pvhyp.cli.run_cmd import run_in_foreground
-    image = find_image()            # builds it when missing; a UserError says why it cannot
+    try:
+        image = debian.find_or_build()      # builds it when missing
+    except debian.ImageError as e:
+        raise UserError(str(e)) from None   # why it cannot, in one line
     interactive = sys.stdin is not None and not sys.stdin.closed and sys.stdin.isatty()
     print(f"pvhyp: booting Debian's {image.get('release', 'kernel')} as a PV guest on the software CPU "
           f"(about a minute){'; `poweroff -f` in its shell ends it' if interactive else ''}",

@@ -19,11 +19,11 @@ BOOT_TIMEOUT = float(os.environ.get("PVHYP_DEBIAN_BOOT_TIMEOUT", "1200"))
 
 @pytest.fixture(scope="module")
 def guest():
-    from pvhyp.cli import UserError
-    from pvhyp.cli.bench_boot import MARKER, PvhypBoot, find_image
+    from dom0.images import debian
+    from pvhyp.cli.bench_boot import MARKER, PvhypBoot
     try:
-        image = find_image(os.environ.get("PVHYP_DEBIAN_DIR"))
-    except UserError as e:
+        image = debian.find_or_build(os.environ.get("PVHYP_DEBIAN_DIR"))
+    except debian.ImageError as e:
         pytest.skip(str(e))
     boot = PvhypBoot(image, memory=256)
     try:

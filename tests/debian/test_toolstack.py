@@ -17,11 +17,10 @@ BOOT_TIMEOUT = float(os.environ.get("PVHYP_DEBIAN_BOOT_TIMEOUT", "1200"))
 
 @pytest.fixture(scope="module")
 def debian_host(tmp_path_factory):
-    from pvhyp.cli import UserError
-    from pvhyp.cli.bench_boot import find_image
+    from dom0.images import debian
     try:
-        image = find_image(os.environ.get("PVHYP_DEBIAN_DIR"))
-    except UserError as e:
+        image = debian.find_or_build(os.environ.get("PVHYP_DEBIAN_DIR"))
+    except debian.ImageError as e:
         pytest.skip(str(e))
     host = start_host(str(tmp_path_factory.mktemp("debian-up")), memory_mb=512)
     host.image = image

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import stat
 import tarfile
 
@@ -56,3 +57,34 @@ def test_real_debian_image_builds_and_is_cached(tmp_path):
     mtime = (tmp_path / "initrd.img").stat().st_mtime_ns
     m2 = debian.build(tmp_path)
     assert m2 == m1 and (tmp_path / "initrd.img").stat().st_mtime_ns == mtime
+
+
+def _image_in(directory, recipe) -> None:
+    for name in ("vmlinuz", "initrd.img"):
+        (directory / name).write_bytes(b"x")
+    (directory / "manifest.json").write_text(json.dumps(
+        {"release": "6.1.0-1-amd64", "kernel": "vmlinuz", "ramdisk": "initrd.img", "system_map": None,
+         "cmdline": "console=hvc0", "marker": debian.MARKER, "recipe": recipe}))
+
+
+def _no_build(out_dir=None):
+    raise debian.ImageError("no apt here")
+
+
+def test_find_or_build_takes_this_recipes_image_as_it_is(tmp_path, monkeypatch):
+    _image_in(tmp_path, debian.RECIPE_VERSION)
+    monkeypatch.setattr(debian, "build", _no_build)
+    image = debian.find_or_build(tmp_path)
+    assert image["kernel"] == str(tmp_path / "vmlinuz") and image["ramdisk"] == str(tmp_path / "initrd.img")
+
+
+def test_find_or_build_keeps_an_older_image_when_no_new_one_can_be_built(tmp_path, monkeypatch):
+    _image_in(tmp_path, debian.RECIPE_VERSION - 1)
+    monkeypatch.setattr(debian, "build", _no_build)
+    assert debian.find_or_build(str(tmp_path))["kernel"] == str(tmp_path / "vmlinuz")
+
+
+def test_find_or_build_without_image_or_apt_is_one_image_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(debian, "build", _no_build)
+    with pytest.raises(debian.ImageError, match=f"no Debian image in {tmp_path} .*no apt here"):
+        debian.find_or_build(tmp_path)

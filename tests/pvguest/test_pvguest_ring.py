@@ -5,7 +5,8 @@ import struct
 
 import pytest
 
-from pvguest.ring import ByteRing, RingError, console_rings, xenstore_rings
+from pvguest.console import console_rings
+from pvguest.ring import ByteRing, RingError, xenstore_rings
 
 
 def ring(size=16):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from dom0.toolstack.config import ConfigError, load_config, parse_config, parse_disk, parse_vif
+from dom0.toolstack.config import ConfigError, parse_config, parse_disk, parse_vif
 
 GOOD = '''# a comment
 name = "web1"
@@ -91,11 +91,3 @@ def test_disk_spec_forms():
 def test_vif_spec_rejects_multicast_macs():
     with pytest.raises(ValueError, match="multicast"):
         parse_vif("mac=01:16:3e:00:00:01")
-
-
-def test_load_config_reports_unreadable_files(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read"):
-        load_config(str(tmp_path / "missing.cfg"))
-    path = tmp_path / "ok.cfg"
-    path.write_text('name="x"\nkernel="python:m"\n')
-    assert load_config(str(path)).source == str(path)

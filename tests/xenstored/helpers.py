@@ -1,10 +1,16 @@
 """Shared helpers for the xenstored tests: an in-process client that speaks
-the wire format to the engine, and a message-stream parser."""
+the wire format to the engine, a message-stream parser, and the whole daemon
+(engine, rings, socket) served from a background thread."""
 
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
 from abi.io import xs_wire as wire
-from dom0.xenstored import XenStore
+from dom0.xenstored import LocalClient, XenStore
+from dom0.xenstored.ring import RingServer
+from dom0.xenstored.unix_socket import SocketServer
 
 
 def message(msg_type: int, payload: bytes, req_id: int = 0, tx_id: int = 0) -> bytes:
@@ -87,3 +93,36 @@ def encode(*args: bytes, value: bytes | None = None) -> bytes:
     """NUL-terminated args, then an optional raw value (XS_WRITE)."""
     data = b"".join((a.encode() if isinstance(a, str) else a) + b"\0" for a in args)
     return data + (value.encode() if isinstance(value, str) else value or b"")
+
+
+class XenStoreService:
+    """The engine, the guest rings and the Unix socket, served by a background
+    thread (dom0.daemon serves the same parts on its own loop).  Thread-safe
+    through ``engine.lock``: watch events caused by any party reach sockets and
+    rings without further calls."""
+
+    def __init__(self, socket_path: str):
+        self.engine = XenStore()
+        self.rings = RingServer(self.engine)
+        self.socket = SocketServer(self.engine, socket_path, other_transports=[self.rings])
+        self._thread = threading.Thread(target=self.socket.serve_forever, name="xenstored",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.socket.stop()
+        self._thread.join(timeout=5)
+
+    def client(self, domid: int = 0) -> LocalClient:
+        return LocalClient(self.engine, domid)
+
+    def introduce(self, domid: int, page, notify: Callable[[], None], port: int = 0) -> int:
+        return self.rings.introduce(domid, page, notify, port=port)
+
+    def kick(self, domid: int) -> None:
+        self.rings.kick(domid)
+
+    def release(self, domid: int) -> None:
+        self.rings.release(domid)

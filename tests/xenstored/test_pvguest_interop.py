@@ -3,8 +3,9 @@ a ring page and over the socket."""
 
 import pytest
 
-from dom0.xenstored.service import XenStoreService
 from pvguest.xenbus import RingTransport, SocketTransport, Xenbus, XenbusError
+
+from .helpers import XenStoreService
 
 
 @pytest.fixture

@@ -1,14 +1,13 @@
-"""The threaded service: in-process toolstack, a guest ring and a socket
-client, all at once."""
+"""The engine, a guest ring and the socket served from another thread:
+in-process toolstack, a guest and a socket client, all at once."""
 
 import socket
 import time
 
 from abi.io import xs_wire as wire
 from dom0.xenstored.core import parse_messages
-from dom0.xenstored.service import XenStoreService
 
-from .helpers import message
+from .helpers import XenStoreService, message
 from .test_ring import Guest
 
 
