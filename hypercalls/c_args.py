@@ -17,11 +17,6 @@ def c_uint(value: int) -> int:
     return value & 0xFFFF_FFFF
 
 
-def c_long(value: int) -> int:
-    value &= 0xFFFF_FFFF_FFFF_FFFF
-    return value - (1 << 64) if value >> 63 else value
-
-
 def guest_handle_okay(ctx, addr: int, count: int, size: int) -> bool:
     """Xen's guest_handle_okay: the range may be accessed at all (not that it is mapped)."""
     if count and count >= ((1 << 64) - 1) // size:

@@ -242,17 +242,6 @@ class CpuEngine:
         self._pending_state = state
         self._entered = False
 
-    def save_state(self) -> CpuState:
-        if not self._entered:
-            return self._pending_state
-        names = GPR_NAMES + ("rip", "rflags") + SEGMENT_NAMES + ("fs_base", "gs_base", "cr3", "cr2")
-        values = dict(zip(names, self.read_many(names)))
-        values["cr3"] = self.cr3
-        state = CpuState(gprs={n: values[n] for n in GPR_NAMES})
-        for name in names[len(GPR_NAMES):]:
-            setattr(state, name, values[name])
-        return state
-
     @property
     def has_state(self) -> bool:
         """A register state was loaded (it may not have run yet)."""

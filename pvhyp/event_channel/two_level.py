@@ -106,9 +106,5 @@ def evtchn_port_is_pending(d, port: int) -> bool:
     return 0 <= port < MAX_EVTCHNS_2L and _test_bit(d.hv.memory.buf, _shared_info_maddr(d) + OFF_EVTCHN_PENDING, port)
 
 
-def evtchn_port_is_masked(d, port: int) -> bool:
-    return port >= MAX_EVTCHNS_2L or _test_bit(d.hv.memory.buf, _shared_info_maddr(d) + OFF_EVTCHN_MASK, port)
-
-
 def clear_pending_bit(d, port: int) -> None:
     _test_and_clear_bit(d.hv.memory.buf, _shared_info_maddr(d) + OFF_EVTCHN_PENDING, port)

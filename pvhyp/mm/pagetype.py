@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from abi import errno as E
 from pvhyp.mm.flush import flush_tlb
-from pvhyp.mm.frametable import DOMID_FREE, DOMID_ORPHAN, DOMID_XEN
+from pvhyp.mm.frametable import DOMID_FREE, DOMID_XEN
 
 if TYPE_CHECKING:
     from pvhyp.hypervisor import Hypervisor
@@ -55,11 +55,9 @@ _PAGE_NX = 1 << 63
 _PAGE_GUEST_KERNEL = 1 << 52          # Xen's marker for "guest kernel mapping" (ignored by the CPU)
 PADDR_MASK = ((1 << 52) - 1) & ~0xFFF
 PAGE_CACHE_ATTRS = _PAGE_PAT | _PAGE_PCD | _PAGE_PWT
-L4_PAGETABLE_ENTRIES = 512
 ROOT_PAGETABLE_FIRST_XEN_SLOT = 256
 ROOT_PAGETABLE_LAST_XEN_SLOT = 271
 RO_MPT_SLOT = 256
-M2P_SLOT_OF_XEN = RO_MPT_SLOT
 
 # Xen computes masks on 24-bit "flags" (pte bits 0-11 and 52-63); here they are
 # kept as masks on the PTE itself. base_disallow_mask is everything but
@@ -106,9 +104,6 @@ def adjust_guest_l1e(e: int) -> int:
 
 def adjust_guest_l2e(e: int) -> int:
     return e | _PAGE_USER if e & _PAGE_PRESENT else e
-
-
-adjust_guest_l3e = adjust_guest_l2e
 
 
 def adjust_guest_l4e(e: int) -> int:
@@ -548,6 +543,3 @@ class FrameRefs:
                     del self.held_type_refs[mfn]
                 self.put_page_type(mfn)
             self.put_page(mfn)
-
-    def orphan_owner(self, mfn: int) -> None:
-        self.frames.owner[mfn] = DOMID_ORPHAN

@@ -54,7 +54,6 @@ from pvhyp.pv.descriptors import GDT_ENTRIES_PER_FRAME, fixup_guest_selector, pv
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
 
-NR_VECTORS = 256
 TRAP_nmi = 2
 MAX_LDT_ENTRIES = 8192
 INVALID_MFN = 0xFFFF_FFFF_FFFF_FFFF
@@ -244,9 +243,6 @@ def unregister_guest_nmi_callback(vcpu: "VCPU") -> None:
 
 
 # --- segment bases, FPU, debug registers, IOPL (Xen: pv/misc-hypercalls.c) -----
-
-SEGBASE_FIELDS = ("fs_base", "gs_base_user", "gs_base_kernel")
-
 
 def set_segment_base(vcpu: "VCPU", field: str, value: int) -> int:
     """SEGBASE_FS / GS_USER / GS_KERNEL: the base must be canonical."""
