@@ -5,7 +5,7 @@ some parameters `int` or `unsigned int`, which keep only the low 32 bits.
 """
 from __future__ import annotations
 
-from pvhyp.pv.state import addr_ok
+from pvhyp.guest_access import handle_ok
 
 
 def c_int(value: int) -> int:
@@ -21,4 +21,4 @@ def guest_handle_okay(ctx, addr: int, count: int, size: int) -> bool:
     """Xen's guest_handle_okay: the range may be accessed at all (not that it is mapped)."""
     if count and count >= ((1 << 64) - 1) // size:
         return False
-    return addr_ok(addr) if ctx.domain.paging else True
+    return handle_ok(ctx.domain, addr)

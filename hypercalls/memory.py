@@ -14,8 +14,7 @@ from abi import errno as E
 from abi import memory as M
 from abi import xen_x86_64 as X64
 from hypercalls import hypercall
-from pvhyp.guest_access import GuestFault
-from pvhyp.mm.mmu import addr_ok
+from pvhyp.guest_access import GuestFault, handle_ok
 
 MEMOP_EXTENT_SHIFT = 6
 MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1
@@ -91,7 +90,7 @@ def _reservation_op(ctx, op, start_extent, arg) -> int:
     i = start_extent
     with mmu.lock:
         if op == M.XENMEM_decrease_reservation:
-            if not addr_ok(ctx.domain, extent_list + i * 8) or order > max_order(ctx.domain):
+            if not handle_ok(ctx.domain, extent_list + i * 8) or order > max_order(ctx.domain):
                 return i
             while i < nr_extents:
                 try:
@@ -103,7 +102,7 @@ def _reservation_op(ctx, op, start_extent, arg) -> int:
                 i += 1
             return i
         if op == M.XENMEM_increase_reservation:
-            if (extent_list and not addr_ok(ctx.domain, extent_list + i * 8)) or order > max_order(ctx.domain):
+            if (extent_list and not handle_ok(ctx.domain, extent_list + i * 8)) or order > max_order(ctx.domain):
                 return i
             while i < nr_extents:
                 mfn = mmu.alloc_domheap_pages(d, order)
@@ -118,7 +117,7 @@ def _reservation_op(ctx, op, start_extent, arg) -> int:
             return i
         # XENMEM_populate_physmap
         populate_on_demand = mem_flags & M.XENMEMF_populate_on_demand
-        if not addr_ok(ctx.domain, extent_list + i * 8) or order > (18 if populate_on_demand else max_order(ctx.domain)):
+        if not handle_ok(ctx.domain, extent_list + i * 8) or order > (18 if populate_on_demand else max_order(ctx.domain)):
             return i
         while i < nr_extents:
             try:

@@ -11,9 +11,8 @@ import struct
 from abi import errno as E
 from abi import xen as X
 from hypercalls import hypercall
-from pvhyp.guest_access import GuestFault
+from pvhyp.guest_access import GuestFault, handle_ok
 from pvhyp.mm.flush import flush_tlb
-from pvhyp.mm.mmu import addr_ok
 from pvhyp.mm.pagetype import (
     PGT_l1_page_table, PGT_l2_page_table, PGT_l3_page_table, PGT_l4_page_table,
 )
@@ -60,7 +59,7 @@ def _prologue(ctx, handle: int, count: int, pdone: int, foreigndom: int):
         # The continuation that only finishes dropping an old_guest_table.
         return _signed32(foreigndom), 0, 0, foreigndom
     count, done = _begin(ctx, count, pdone)
-    if not addr_ok(ctx.domain, handle):
+    if not handle_ok(ctx.domain, handle):
         return -E.EFAULT, 0, 0, foreigndom
     return None, count, done, foreigndom
 
@@ -229,7 +228,7 @@ def _mmuext_one(ctx, mmu, curr, currd, pg_owner, cmd, arg1, arg2) -> int:
         ptr = arg1 if ents else 0
         if foreign:
             return -E.EPERM
-        if ents > 8192 or (ents and (ptr & 0xFFF or not addr_ok(currd, ptr))):
+        if ents > 8192 or (ents and (ptr & 0xFFF or not handle_ok(currd, ptr))):
             return -E.EINVAL
         mmu.set_ldt(curr, ptr, ents)
         flush_tlb(currd, [curr])

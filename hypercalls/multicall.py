@@ -13,8 +13,7 @@ import threading
 from abi import errno as E
 from abi import xen as X
 from hypercalls import hypercall
-from pvhyp.guest_access import GuestFault
-from pvhyp.mm.mmu import addr_ok
+from pvhyp.guest_access import GuestFault, handle_ok
 
 _ENTRY = struct.Struct("<8Q")            # op, result, args[6]
 _RESULT = struct.Struct("<Q")
@@ -33,7 +32,7 @@ def do_multicall(ctx, call_list, nr_calls):
         return -E.EINVAL
     active.add(id(vcpu))
     try:
-        if not addr_ok(ctx.domain, call_list):
+        if not handle_ok(ctx.domain, call_list):
             return -E.EFAULT
         table = ctx.hv.hypercalls
         for i in range(nr_calls):

@@ -29,7 +29,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from pvhyp.cpu import unicorn_quirks as quirks
 from pvhyp.pv import xen_layout as L
 from pvhyp.cpu.fastregs import FastRegisters
-from pvhyp.cpu.guest_memory import read_guest_virtual
+from pvhyp.guest_access import read_guest_virtual
 
 VECTOR_GP, VECTOR_PF = 13, 14
 RFLAGS_FIXED = 0x2

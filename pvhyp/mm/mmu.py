@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from abi import errno as E
 from pvhyp.domain import INVALID_MFN
+from pvhyp.guest_access import handle_ok
 from pvhyp.mm.flush import flush_tlb
 from pvhyp.mm.frametable import DOMID_ORPHAN, OutOfMemory
 from pvhyp.mm.pagetype import (
@@ -35,11 +36,6 @@ MMU_PT_UPDATE_PRESERVE_AD = 2
 MMU_PT_UPDATE_NO_TRANSLATE = 3
 HYPERVISOR_VIRT_END = 0xFFFF_8800_0000_0000
 VMASST_TYPE_m2p_strict = 32
-
-
-def addr_ok(domain, addr: int) -> bool:
-    """Xen's __addr_ok: a guest handle may not start in the hypervisor's hole."""
-    return not domain.paging or addr < (1 << 47) or addr >= HYPERVISOR_VIRT_END
 
 
 class PVMMU(FrameRefs):
@@ -249,7 +245,7 @@ class PVMMU(FrameRefs):
     # --------------------------------------------------- update_va_mapping
     def map_guest_l1e(self, v, va: int):
         """Machine address of the L1 entry mapping `va` in the current kernel table, or None."""
-        if not addr_ok(v.domain, va) or not v.domain.paging:
+        if not handle_ok(v.domain, va) or not v.domain.paging:
             return None
         table = v.guest_table
         nr = self.frames.nr_frames

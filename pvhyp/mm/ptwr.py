@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+from pvhyp.guest_access import handle_ok
 from pvhyp.mm.flush import flush_tlb
-from pvhyp.mm.mmu import addr_ok
 from pvhyp.mm.pagetype import (
     _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, PGT_l1_page_table, adjust_guest_l1e, pte_mfn,
 )
@@ -51,7 +51,7 @@ _UNHANDLEABLE = PtwrResult(PTWR_UNHANDLEABLE)
 
 def guest_get_eff_kern_l1e(mmu, vcpu, linear: int) -> int:
     """The L1 entry mapping `linear` in the vCPU's kernel page table (0 if none)."""
-    if not addr_ok(vcpu.domain, linear):
+    if not handle_ok(vcpu.domain, linear):
         return 0
     table = vcpu.guest_table
     nr = mmu.frames.nr_frames

@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING
 from abi import errno as E
 from abi.arch_x86_xen import FIRST_RESERVED_GDT_PAGE
 from abi.xen import VMASST_TYPE_architectural_iopl, vcpu_info
-from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS, HYPERVISOR_VIRT_END
+from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS
+from pvhyp.guest_access import addr_ok, is_canonical_address
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 from pvhyp.pv.descriptors import GDT_ENTRIES_PER_FRAME, fixup_guest_selector, pv_destroy_gdt, pv_set_gdt
 
@@ -188,16 +189,6 @@ class PVVcpuState:
 
 
 # --- helpers shared by the handlers -------------------------------------------
-
-def is_canonical_address(addr: int) -> bool:
-    top = addr >> 47
-    return top == 0 or top == 0x1FFFF
-
-
-def addr_ok(addr: int) -> bool:
-    """Xen's __addr_ok: lower half, or above the hypervisor's reserved range."""
-    return addr < (1 << 47) or addr >= HYPERVISOR_VIRT_END
-
 
 @contextlib.contextmanager
 def domain_lock(domain: "Domain"):
