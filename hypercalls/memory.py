@@ -13,15 +13,15 @@ import struct
 from abi import errno as E
 from abi import memory as M
 from abi import xen_x86_64 as X64
+from abi.e820 import E820_RAM
+from abi.xen import DOMID_SELF
 from hypercalls import hypercall
 from pvhyp.guest_access import GuestFault, handle_ok
 
 MEMOP_EXTENT_SHIFT = 6
 MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1
 UINT_MAX = 0xFFFF_FFFF
-DOMID_SELF = 0x7FF0
 E820MAX = 1024
-E820_RAM = 1
 DOMU_MAX_ORDER, CTLDOM_MAX_ORDER = 9, 12          # CONFIG_DOMU_MAX_ORDER / CONFIG_CTLDOM_MAX_ORDER
 
 _RESERVATION = struct.Struct("<QQIIH6x")         # xen_memory_reservation

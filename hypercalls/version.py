@@ -6,6 +6,7 @@ import platform
 from abi import errno as E
 from abi import features as F
 from abi import version as V
+from abi.x86_pte import PAGE_SIZE
 from abi.xen_x86_64 import HYPERVISOR_VIRT_START
 from hypercalls import hypercall
 from hypercalls.c_args import c_int
@@ -15,7 +16,6 @@ XEN_EXTRAVERSION = b".0"
 XEN_CAPABILITIES = b"xen-3.0-x86_64"
 XEN_CHANGESET = b"pvhyp"
 XEN_DENY = b"<denied>"
-PAGE_SIZE = 4096
 
 # What the XSM default lets any domain see; everything else is for the privileged.
 _ALWAYS_DATA = {V.XENVER_version, V.XENVER_platform_parameters, V.XENVER_get_features}

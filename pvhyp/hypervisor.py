@@ -10,6 +10,8 @@ import importlib
 import threading
 from typing import Callable
 
+from abi.xen import DOMID_FIRST_RESERVED
+from abi.xen_x86_64 import INVALID_M2P_ENTRY
 from pvhyp.domain import Domain
 from pvhyp.hypercall_table import HypercallTable
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
@@ -17,8 +19,6 @@ from pvhyp.mm.frametable import DOMID_XEN, FrameTable
 from pvhyp.trace import Trace
 
 DEFAULT_MEMORY_MB = 1024
-INVALID_M2P_ENTRY = 0xFFFF_FFFF_FFFF_FFFF
-DOMID_FIRST_RESERVED = 0x7FF0
 
 # Each names a module with `attach(hv)`; absent ones are skipped so that the
 # core runs while a subsystem is still being built.

@@ -16,8 +16,6 @@ from pvhyp.grant_table.table import (GNTPIN_devw_mask, GNTPIN_hstr_inc, GNTPIN_h
                                      gnttab_lock, gntpin_incr2oflow_mask)
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 
-ERESTART = 1        # positive: "retry", never seen by a guest here
-
 
 def domain_by_any_id(current, domid: int):
     return current if domid == X.DOMID_SELF else current.hv.domains.get(domid)

@@ -22,6 +22,9 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from abi import errno as E
+from abi.x86_pte import (_PAGE_ACCESSED, _PAGE_AVAIL, _PAGE_DIRTY, _PAGE_GLOBAL, _PAGE_NX, _PAGE_PAT, _PAGE_PCD,
+                         _PAGE_PRESENT, _PAGE_PWT, _PAGE_RW, _PAGE_USER, PAGE_SHIFT, PTE_FRAME_MASK, pte_mfn)
+from abi.xen_x86_64 import INVALID_M2P_ENTRY
 from pvhyp.mm.flush import flush_tlb
 from pvhyp.mm.frametable import DOMID_FREE, DOMID_XEN
 
@@ -39,21 +42,8 @@ PGT_writable_page = 7
 PGT_root_page_table = PGT_l4_page_table
 PGT_NAMES = {0: "none", 1: "L1", 2: "L2", 3: "L3", 4: "L4", 5: "seg_desc", 7: "writable"}
 
-# --- PTE bits ---
-_PAGE_PRESENT = 0x001
-_PAGE_RW = 0x002
-_PAGE_USER = 0x004
-_PAGE_PWT = 0x008
-_PAGE_PCD = 0x010
-_PAGE_ACCESSED = 0x020
-_PAGE_DIRTY = 0x040
-_PAGE_PSE = 0x080
-_PAGE_PAT = 0x080
-_PAGE_GLOBAL = 0x100
-_PAGE_AVAIL = 0xE00
-_PAGE_NX = 1 << 63
+# --- Xen's own PTE bit, cache attributes, the hypervisor's L4 slots ---
 _PAGE_GUEST_KERNEL = 1 << 52          # Xen's marker for "guest kernel mapping" (ignored by the CPU)
-PADDR_MASK = ((1 << 52) - 1) & ~0xFFF
 PAGE_CACHE_ATTRS = _PAGE_PAT | _PAGE_PCD | _PAGE_PWT
 ROOT_PAGETABLE_FIRST_XEN_SLOT = 256
 ROOT_PAGETABLE_LAST_XEN_SLOT = 271
@@ -72,8 +62,7 @@ L4_DISALLOW_MASK = BASE_DISALLOW_MASK
 # PTE bits a guest may change without the entry being re-validated.
 FASTPATH_FLAG_WHITELIST = (_PAGE_NX | _AVAIL_HIGH | _PAGE_AVAIL | _PAGE_GLOBAL
                            | _PAGE_DIRTY | _PAGE_ACCESSED | _PAGE_USER)
-_FASTPATH_COMPARE = PADDR_MASK | (0xFFF & ~FASTPATH_FLAG_WHITELIST) | _PAGE_PRESENT
-INVALID_M2P_ENTRY = 0xFFFF_FFFF_FFFF_FFFF
+_FASTPATH_COMPARE = PTE_FRAME_MASK | (0xFFF & ~FASTPATH_FLAG_WHITELIST) | _PAGE_PRESENT
 
 _TABLE = struct.Struct("<512Q")
 _U64 = struct.Struct("<Q")
@@ -86,10 +75,6 @@ def l1_disallow_mask(d) -> int:
 
 def is_guest_l4_slot(slot: int) -> bool:
     return slot < ROOT_PAGETABLE_FIRST_XEN_SLOT or slot > ROOT_PAGETABLE_LAST_XEN_SLOT
-
-
-def pte_mfn(entry: int) -> int:
-    return (entry & PADDR_MASK) >> 12
 
 
 def adjust_guest_l1e(e: int) -> int:
@@ -380,7 +365,7 @@ class FrameRefs:
         mfn = pte_mfn(l1e)
         if mfn >= self.frames.nr_frames:
             # MMIO space: no domain here has I/O memory rights.
-            return -E.EINVAL if mfn == PADDR_MASK >> 12 else -E.EPERM
+            return -E.EINVAL if mfn == PTE_FRAME_MASK >> PAGE_SHIFT else -E.EPERM
         real = self.page_get_owner_and_reference(mfn)
         if real is None:
             return -E.EBUSY

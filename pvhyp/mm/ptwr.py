@@ -29,16 +29,15 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+from abi.x86_pte import _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, pte_mfn
+from abi.xen import VMASST_TYPE_writable_pagetables
 from pvhyp.guest_access import handle_ok
 from pvhyp.mm.flush import flush_tlb
-from pvhyp.mm.pagetype import (
-    _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, PGT_l1_page_table, adjust_guest_l1e, pte_mfn,
-)
+from pvhyp.mm.pagetype import PGT_l1_page_table, adjust_guest_l1e
 
 PTWR_OKAY = 0
 PTWR_CMPXCHG_FAILED = 1
 PTWR_UNHANDLEABLE = 2
-VMASST_TYPE_writable_pagetables = 2
 
 
 class PtwrResult(NamedTuple):
