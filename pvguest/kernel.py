@@ -12,22 +12,20 @@ from __future__ import annotations
 import functools
 import struct
 
+from abi.sched import SCHEDOP_shutdown, SHUTDOWN_crash, SHUTDOWN_poweroff, SHUTDOWN_reboot  # noqa: F401 (for guests)
+from abi.x86_pte import PAGE_SIZE
 from abi.xen import HYPERCALL_NUMBERS, CONSOLEIO_write, start_info
 from pvguest.console import ConsoleFrontend
 from pvguest.evtchn import EventChannels
 from pvguest.gnttab import GrantTable
 from pvguest.xenbus import RingTransport, Xenbus
 
-PAGE_SIZE = 4096
 START_INFO_PFN = 0
 XENSTORE_PFN = 1
 CONSOLE_PFN = 2
 SCRATCH_PFN = 3         # argument buffers of the library's own hypercalls
 FIRST_FREE_PFN = 4
 MIN_PAGES = FIRST_FREE_PFN + 1
-
-SCHEDOP_shutdown = 2    # sched.h, until abi/sched.py provides it
-SHUTDOWN_poweroff, SHUTDOWN_reboot, SHUTDOWN_crash = 0, 1, 3
 
 
 def page(channel, pfn: int) -> memoryview:

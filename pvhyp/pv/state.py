@@ -45,7 +45,9 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from abi import errno as E
-from abi.arch_x86_xen import FIRST_RESERVED_GDT_PAGE
+from abi import xen as X
+from abi.arch_x86_xen import (FIRST_RESERVED_GDT_PAGE, VGCF_failsafe_disables_events, VGCF_in_kernel,
+                              VGCF_syscall_disables_events)
 from abi.xen import VMASST_TYPE_architectural_iopl, vcpu_info
 from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS
 from pvhyp.guest_access import addr_ok, is_canonical_address
@@ -408,14 +410,20 @@ def local_event_delivery_enable(vcpu: "VCPU") -> None:
 
 _CANONICAL_FIELDS = ("kernel_sp", "fs_base", "gs_base_kernel", "gs_base_user",
                      "event_callback_eip", "syscall_callback_eip", "failsafe_callback_eip")
-VGCF_in_kernel = 1 << 2
-VGCF_failsafe_disables_events = 1 << 3
-VGCF_syscall_disables_events = 1 << 4
 X86_EFLAGS_IF = 1 << 9
 X86_EFLAGS_IOPL = 3 << 12
 X86_CR0_TS = 1 << 3
 CR4_GUEST_CONTROLLED = (1 << 2) | X86_CR4_DE | (1 << 9) | (1 << 10)   # TSD, DE, OSFXSR, OSXMMEXCPT
-VM_ASSIST_VALID = sum(1 << t for t in (0, 1, 2, 3, 4, 5, 32))    # NATIVE_VM_ASSIST_VALID
+# arch_vm_assist_valid_mask for a 64-bit PV domain (PV64_VM_ASSIST_MASK).
+PV64_VM_ASSIST_MASK = (
+    1 << X.VMASST_TYPE_4gb_segments
+    | 1 << X.VMASST_TYPE_4gb_segments_notify
+    | 1 << X.VMASST_TYPE_writable_pagetables
+    | 1 << X.VMASST_TYPE_pae_extended_cr3
+    | 1 << X.VMASST_TYPE_architectural_iopl
+    | 1 << X.VMASST_TYPE_runstate_update_flag
+    | 1 << X.VMASST_TYPE_m2p_strict
+)
 
 
 def _set_guest_tables(vcpu: "VCPU", kernel_mfn: int, user_mfn: int) -> int:
@@ -455,7 +463,7 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
         return -E.EINVAL
     flags = ctxt["flags"]
     domain = vcpu.domain
-    if vcpu.vcpu_id == 0 and ctxt["vm_assist"] & ~VM_ASSIST_VALID:
+    if vcpu.vcpu_id == 0 and ctxt["vm_assist"] & ~PV64_VM_ASSIST_MASK:
         return -E.EINVAL
     gdt_ents = ctxt["gdt_ents"]
     if (gdt_ents + GDT_ENTRIES_PER_FRAME - 1) // GDT_ENTRIES_PER_FRAME > len(ctxt["gdt_frames"]):

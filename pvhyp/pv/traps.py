@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 
+from abi.xen_x86_64 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, VGCF_IN_SYSCALL
 from pvhyp.pv import xen_layout as L
 from pvhyp.guest_access import is_canonical_address, read_guest_virtual, write_guest_virtual
 
@@ -24,7 +25,6 @@ TBF_EXCEPTION_ERRCODE = 0x2
 TBF_INTERRUPT = 0x8          # mask events on entry
 TBF_FAILSAFE = 0x10
 
-VGCF_IN_SYSCALL = 1 << 8
 RFLAGS_TF, RFLAGS_IF, RFLAGS_DF = 1 << 8, 1 << 9, 1 << 10
 RFLAGS_IOPL = 3 << 12
 RFLAGS_NT, RFLAGS_RF, RFLAGS_VM, RFLAGS_AC = 1 << 14, 1 << 16, 1 << 17, 1 << 18
@@ -113,7 +113,7 @@ class TrapBouncer:
             self.toggle_guest_mode()
             stack = pv.kernel_sp
         stack &= ~0xF & MASK64
-        if L.RO_MPT_VIRT_START <= stack < 0xFFFF_8800_0000_0000 + 60:
+        if HYPERVISOR_VIRT_START <= stack < HYPERVISOR_VIRT_END + 60:
             raise GuestCrash(f"guest kernel stack {stack:#x} inside the hypervisor range")
         saved_mask = self.upcall_mask()
         if flags & TBF_INTERRUPT:
