@@ -17,7 +17,6 @@ from pvhyp.mm.pagetype import (
     PGT_l1_page_table, PGT_l2_page_table, PGT_l3_page_table, PGT_l4_page_table,
 )
 
-MMU_UPDATE_PREEMPTED = 1 << 31
 _MMU_UPDATE = struct.Struct("<QQ")          # mmu_update: ptr, val
 _MMUEXT_OP = struct.Struct("<I4xQQ")        # mmuext_op: cmd, arg1, arg2
 _U32 = struct.Struct("<I")
@@ -40,8 +39,8 @@ def _signed32(x: int) -> int:
 def _begin(ctx, count: int, pdone: int) -> tuple[int, int]:
     """The MMU_UPDATE_PREEMPTED convention: a continued batch carries `done` in *pdone."""
     done = 0
-    if count & MMU_UPDATE_PREEMPTED:
-        count &= ~MMU_UPDATE_PREEMPTED
+    if count & X.MMU_UPDATE_PREEMPTED:
+        count &= ~X.MMU_UPDATE_PREEMPTED
         if pdone:
             try:
                 done = _U32.unpack(ctx.read(pdone, 4))[0]
@@ -55,7 +54,7 @@ def _prologue(ctx, handle: int, count: int, pdone: int, foreigndom: int):
     (early result or None, count, done so far, foreigndom)."""
     count &= 0xFFFF_FFFF
     foreigndom &= 0xFFFF_FFFF
-    if count == MMU_UPDATE_PREEMPTED and not handle:
+    if count == X.MMU_UPDATE_PREEMPTED and not handle:
         # The continuation that only finishes dropping an old_guest_table.
         return _signed32(foreigndom), 0, 0, foreigndom
     count, done = _begin(ctx, count, pdone)

@@ -50,6 +50,7 @@ from abi.arch_x86_xen import (FIRST_RESERVED_GDT_PAGE, VGCF_failsafe_disables_ev
                               VGCF_syscall_disables_events)
 from abi.xen import VMASST_TYPE_architectural_iopl, vcpu_info
 from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS
+from pvhyp.domain import INVALID_MFN
 from pvhyp.guest_access import addr_ok, is_canonical_address
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 from pvhyp.pv.descriptors import GDT_ENTRIES_PER_FRAME, fixup_guest_selector, pv_destroy_gdt, pv_set_gdt
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
 
 TRAP_nmi = 2
 MAX_LDT_ENTRIES = 8192
-INVALID_MFN = 0xFFFF_FFFF_FFFF_FFFF
 VCPU_INFO_SIZE = vcpu_info.sizeof()
 VCPU_INFO_ALIGN = 8                 # alignof(vcpu_info_t): its widest member is 64-bit
 
