@@ -23,7 +23,7 @@ from abi import xen as X
 from abi.arch_x86_xen import vcpu_guest_context, xen_arch_domainconfig
 from abi.cdefs import plain
 from abi.errno import ERRNO_NAMES
-from abi.x86_pte import PAGE_SHIFT, PAGE_SIZE
+from abi.x86_pte import PAGE_SIZE
 from abi.xen import DOMID_SELF
 
 BUFFER_PAGES = 8

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import struct
 
-from abi.sched import SCHEDOP_shutdown, SHUTDOWN_crash, SHUTDOWN_poweroff, SHUTDOWN_reboot  # noqa: F401 (for guests)
+from abi.sched import SCHEDOP_shutdown, SHUTDOWN_poweroff
 from abi.x86_pte import PAGE_SIZE
 from abi.xen import HYPERCALL_NUMBERS, CONSOLEIO_write, start_info
 from pvguest.console import ConsoleFrontend

@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+from abi.sched import SHUTDOWN_crash, SHUTDOWN_poweroff
 from pvguest.hypercall_channel import SocketChannel
-from pvguest.kernel import SHUTDOWN_crash, SHUTDOWN_poweroff, Kernel
+from pvguest.kernel import Kernel
 
 
 def main(argv: list[str] | None = None) -> int:

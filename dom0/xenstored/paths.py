@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from abi.xen import DOMID_SELF
+from abi.xen import DOMID_SELF  # noqa: F401 (dom0.xenstored.domains imports it from here)
 
 from .errors import XsError
 

@@ -5,7 +5,7 @@ xenbus shutdown watcher does.
 """
 from __future__ import annotations
 
-from pvguest.kernel import SHUTDOWN_poweroff, SHUTDOWN_reboot
+from abi.sched import SHUTDOWN_poweroff, SHUTDOWN_reboot
 
 
 def main(kernel, *args) -> int:

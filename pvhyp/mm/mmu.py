@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abi import errno as E
 from abi.x86_pte import _PAGE_PRESENT, _PAGE_PSE, pte_mfn
-from abi.xen import DOMID_IO, DOMID_SELF, DOMID_XEN, MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_PRESERVE_AD, VMASST_TYPE_m2p_strict
+from abi.xen import DOMID_IO, DOMID_SELF, DOMID_XEN, MMU_PT_UPDATE_PRESERVE_AD, VMASST_TYPE_m2p_strict
 from abi.xen_x86_64 import INVALID_M2P_ENTRY
 from pvhyp.domain import INVALID_MFN
 from pvhyp.guest_access import handle_ok
