@@ -57,9 +57,7 @@ _AVAIL_HIGH = 0x7FF << 52
 BASE_DISALLOW_MASK = (0xFFF & ~(_PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED
                                 | _PAGE_DIRTY | _PAGE_AVAIL))
 L1_DISALLOW_MASK = BASE_DISALLOW_MASK & ~_PAGE_GLOBAL          # release build: _PAGE_GNTTAB == 0
-L2_DISALLOW_MASK = BASE_DISALLOW_MASK
-L3_DISALLOW_MASK = BASE_DISALLOW_MASK                          # 64-bit PV
-L4_DISALLOW_MASK = BASE_DISALLOW_MASK
+# L2, L3 (64-bit PV) and L4 entries are checked against BASE_DISALLOW_MASK itself.
 # PTE bits a guest may change without the entry being re-validated.
 FASTPATH_FLAG_WHITELIST = (_PAGE_NX | _AVAIL_HIGH | _PAGE_AVAIL | _PAGE_GLOBAL
                            | _PAGE_DIRTY | _PAGE_ACCESSED | _PAGE_USER)
@@ -123,7 +121,6 @@ class DomainMM:
         # Of those, frames mapped through a grant (mfn -> entries): how an
         # unprivileged domain may hold a foreign mapping at all.
         self.granted: Counter = Counter()
-        self.nr_l4_pages = 0
         # Per-vCPU LDT set by MMUEXT_SET_LDT: vcpu_id -> (linear base, entries); read by the CPU engine.
         self.ldt: dict[int, tuple[int, int]] = {}
         # A process domain's frames given back by decrease_reservation: still
@@ -299,8 +296,6 @@ class FrameRefs:
             e = entries[slot]
             if e & _PAGE_PRESENT and (type_ != PGT_l4_page_table or is_guest_l4_slot(slot)):
                 self.put_page_from_lNe(e, mfn)
-        if type_ == PGT_l4_page_table and d is not None and d.mm is not None:
-            d.mm.nr_l4_pages -= 1
 
     def promote_l1_table(self, mfn: int, d) -> int:
         entries = list(self.read_table(mfn))
@@ -336,8 +331,6 @@ class FrameRefs:
             done.append(i)
         if type_ == PGT_l4_page_table:
             self.init_xen_l4_slots(entries, d)
-            if d.mm is not None:
-                d.mm.nr_l4_pages += 1
         self.write_table(mfn, entries)
         return 0
 
