@@ -141,7 +141,9 @@ def test_the_checker_sees_each_kind_of_copy(tmp_path):
         "PTE_ADDR_MASK = ((1 << 52) - 1) & ~0xFFF\n"
         "SHUTDOWN_NAMES = {}\n"
         "def pte_mfn(entry):\n    return entry >> 12\n"
-        "def f(x):\n    return x[-2] if x else -38\n")
+        "def f(x):\n    return x[-2] if x else -38\n"
+        "DOMID_ORPHAN = -2\n"            # a named sentinel, not an errno
+        "PFEC_PRESENT = 0x1\n")          # a page-fault error code bit, not a PTE bit
     found = redefinitions(tmp_path)
     assert [line.split(": ", 1)[1].split(" ")[0] for line in found] == [
         "PAGE_SIZE", "PTE_P", "PTE_RW", "PTE_ADDR_MASK", "SHUTDOWN_NAMES", "def", "-38"]
