@@ -56,3 +56,9 @@ SHUTDOWN_crash = 3  # it crashed
 SHUTDOWN_watchdog = 4  # its watchdog expired
 SHUTDOWN_soft_reset = 5  # reset its state and restart it in place
 SHUTDOWN_MAX = 5
+
+# Name of every reason, as xl prints it ("poweroff", "soft_reset").
+SHUTDOWN_NAMES: dict[int, str] = {
+    value: name.removeprefix("SHUTDOWN_") for name, value in list(globals().items())
+    if name.startswith("SHUTDOWN_") and name != "SHUTDOWN_MAX" and isinstance(value, int)
+}

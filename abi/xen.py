@@ -119,6 +119,14 @@ MMU_NORMAL_PT_UPDATE = 0  # ptr: machine address of a PTE; val: its new contents
 MMU_MACHPHYS_UPDATE = 1  # ptr: MFN << PAGE_SHIFT; val: the PFN to record in the M2P
 MMU_PT_UPDATE_PRESERVE_AD = 2  # like NORMAL, keeping the current accessed/dirty bits
 MMU_PT_UPDATE_NO_TRANSLATE = 3  # like NORMAL; ptr is a machine address even for translated guests
+# A continued mmu_update / mmuext_op carries this bit in its count (Xen's mm.c);
+# a guest may pass it too, so its meaning is part of the call.
+MMU_UPDATE_PREEMPTED = 1 << 31
+
+# For the registry: what here has no twin in xen.h, and why.
+NOT_IN_HEADER = {
+    "MMU_UPDATE_PREEMPTED": "Xen's mm.c continuation bit in an mmu_update/mmuext_op count, not in xen.h",
+}
 
 mmu_update = Struct(
     "ptr" / uint64_t * "IN: machine address of the entry | MMU_* command in bits 0-1",

@@ -54,6 +54,14 @@ HYPERVISOR_VIRT_END = __HYPERVISOR_VIRT_END
 MACH2PHYS_VIRT_START = __MACH2PHYS_VIRT_START
 MACH2PHYS_VIRT_END = __MACH2PHYS_VIRT_END
 MACH2PHYS_NR_ENTRIES = (MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START) >> 3  # 8-byte entries
+# What an M2P entry holds for a machine frame no guest frame maps to (Xen's
+# asm/mm.h, not a public header; guests read it in the read-only M2P above).
+INVALID_M2P_ENTRY = 0xFFFF_FFFF_FFFF_FFFF
+
+# For the registry: what here has no twin in xen-x86_64.h, and why.
+NOT_IN_HEADER = {
+    "INVALID_M2P_ENTRY": "Xen's asm/mm.h value of an unused M2P entry (~0UL), which guests see in the M2P",
+}
 
 # --- HYPERVISOR_set_segment_base: which base to set --------------------------
 SEGBASE_FS = 0

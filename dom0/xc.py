@@ -22,15 +22,13 @@ from abi import sysctl as S
 from abi import xen as X
 from abi.arch_x86_xen import vcpu_guest_context, xen_arch_domainconfig
 from abi.cdefs import plain
+from abi.errno import ERRNO_NAMES
+from abi.x86_pte import PAGE_SIZE
+from abi.xen import DOMID_SELF
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
 BUFFER_PAGES = 8
 XEN_PFN_SIZE = 8
-DOMID_SELF = X.DOMID_SELF
 _NR = X.HYPERCALL_NUMBERS
-
-_ERRNO_NAMES = {v: k for k, v in vars(xen_errno).items() if k.isupper() and isinstance(v, int)}
 
 
 class XenError(Exception):
@@ -39,7 +37,7 @@ class XenError(Exception):
     def __init__(self, op: str, errno: int):
         self.op = op
         self.errno = errno
-        super().__init__(f"{op} failed: -{_ERRNO_NAMES.get(errno, errno)}")
+        super().__init__(f"{op} failed: -{ERRNO_NAMES.get(errno, errno)}")
 
 
 def _zeroed(struct) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pvhyp.pv.state import addr_ok
+from pvhyp.guest_access import handle_ok
 
 if TYPE_CHECKING:
     from pvhyp.hypercall_table import HypercallContext
@@ -22,13 +22,8 @@ def c_uint(value: int) -> int:
     return value & 0xFFFF_FFFF
 
 
-def c_long(value: int) -> int:
-    value &= 0xFFFF_FFFF_FFFF_FFFF
-    return value - (1 << 64) if value >> 63 else value
-
-
 def guest_handle_okay(ctx: HypercallContext, addr: int, count: int, size: int) -> bool:
     """Xen's guest_handle_okay: the range may be accessed at all (not that it is mapped)."""
     if count and count >= ((1 << 64) - 1) // size:
         return False
-    return addr_ok(addr) if ctx.domain.paging else True
+    return handle_ok(ctx.domain, addr)

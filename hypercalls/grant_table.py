@@ -16,7 +16,7 @@ from hypercalls import hypercall
 from abi.fast import codec
 from hypercalls.fields import layout, patch, read_op
 from pvhyp import grant_table as gnt
-from pvhyp.guest_access import HYPERVISOR_VIRT_END
+from pvhyp.guest_access import handle_ok
 
 if TYPE_CHECKING:
     from construct import Construct
@@ -26,13 +26,6 @@ if TYPE_CHECKING:
 GNTTABOP_CONTINUATION_ARG_SHIFT = 12
 GNTTABOP_CMD_MASK = (1 << GNTTABOP_CONTINUATION_ARG_SHIFT) - 1
 U64 = 8
-
-
-def guest_handle_okay(ctx: HypercallContext, addr: int) -> bool:
-    """Xen's __addr_ok for a 64-bit PV guest: not in the hypervisor's hole."""
-    if not ctx.domain.paging:
-        return True
-    return addr < 1 << 47 or addr >= HYPERVISOR_VIRT_END
 
 
 def _write_field(ctx: HypercallContext, struct: Construct, addr: int, name: str, value: int) -> None:
@@ -102,7 +95,7 @@ def _frame_list_op(ctx: HypercallContext, struct: Construct, uop: int, count: in
     if count != 1:
         return -E.EINVAL
     raw, op = read_op(ctx, struct, uop)
-    if not guest_handle_okay(ctx, op["frame_list"]):
+    if not handle_ok(ctx.domain, op["frame_list"]):
         return -E.EFAULT
     frames = run(op)
     from pvhyp.guest_access import GuestFault
@@ -194,11 +187,11 @@ def do_grant_table_op(ctx: HypercallContext, cmd: int, uop: int, count: int) -> 
     if ctx.domain.grant_table is None:
         return -E.ENOSYS
     if cmd in BATCHED:
-        if not guest_handle_okay(ctx, uop):
+        if not handle_ok(ctx.domain, uop):
             return -E.EFAULT
         return BATCHED[cmd](ctx, uop, count)
     if cmd == G.GNTTABOP_cache_flush:
-        if not guest_handle_okay(ctx, uop):
+        if not handle_ok(ctx.domain, uop):
             return -E.EFAULT
         return _cache_flush(ctx, uop, count, opaque_in)
     if cmd in SINGLE:

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Callable
 from abi import errno as E
 from abi import memory as M
 from abi import xen_x86_64 as X64
+from abi.e820 import E820_RAM
 from hypercalls import hypercall
-from pvhyp.guest_access import GuestFault
-from pvhyp.mm.mmu import addr_ok
+from pvhyp.guest_access import GuestFault, handle_ok
 
 if TYPE_CHECKING:
     from construct import Construct
@@ -28,7 +28,6 @@ MEMOP_EXTENT_SHIFT = 6
 MEMOP_CMD_MASK = (1 << MEMOP_EXTENT_SHIFT) - 1
 UINT_MAX = 0xFFFF_FFFF
 E820MAX = 1024
-E820_RAM = 1
 DOMU_MAX_ORDER, CTLDOM_MAX_ORDER = 9, 12          # CONFIG_DOMU_MAX_ORDER / CONFIG_CTLDOM_MAX_ORDER
 
 _RESERVATION = struct.Struct("<QQIIH6x")         # xen_memory_reservation
@@ -88,7 +87,7 @@ def _reservation_op(ctx: HypercallContext, op: int, start_extent: int, arg: int)
     i = start_extent
     with mmu.lock:
         if op == M.XENMEM_decrease_reservation:
-            if not addr_ok(ctx.domain, extent_list + i * 8) or order > max_order(ctx.domain):
+            if not handle_ok(ctx.domain, extent_list + i * 8) or order > max_order(ctx.domain):
                 return i
             while i < nr_extents:
                 try:
@@ -100,7 +99,7 @@ def _reservation_op(ctx: HypercallContext, op: int, start_extent: int, arg: int)
                 i += 1
             return i
         if op == M.XENMEM_increase_reservation:
-            if (extent_list and not addr_ok(ctx.domain, extent_list + i * 8)) or order > max_order(ctx.domain):
+            if (extent_list and not handle_ok(ctx.domain, extent_list + i * 8)) or order > max_order(ctx.domain):
                 return i
             while i < nr_extents:
                 mfn = mmu.alloc_domheap_pages(d, order)
@@ -115,7 +114,7 @@ def _reservation_op(ctx: HypercallContext, op: int, start_extent: int, arg: int)
             return i
         # XENMEM_populate_physmap
         populate_on_demand = mem_flags & M.XENMEMF_populate_on_demand
-        if not addr_ok(ctx.domain, extent_list + i * 8) or order > (18 if populate_on_demand else max_order(ctx.domain)):
+        if not handle_ok(ctx.domain, extent_list + i * 8) or order > (18 if populate_on_demand else max_order(ctx.domain)):
             return i
         while i < nr_extents:
             try:

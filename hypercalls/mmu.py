@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 from abi import errno as E
 from abi import xen as X
 from hypercalls import hypercall
-from pvhyp.guest_access import GuestFault
+from pvhyp.guest_access import GuestFault, handle_ok
 from pvhyp.mm.flush import flush_tlb
-from pvhyp.mm.mmu import addr_ok
 from pvhyp.mm.pagetype import (
     PGT_l1_page_table,
     PGT_l2_page_table,
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
     from pvhyp.hypercall_table import HypercallContext
     from pvhyp.mm.mmu import PVMMU
 
-MMU_UPDATE_PREEMPTED = 1 << 31
 _MMU_UPDATE = struct.Struct("<QQ")          # mmu_update: ptr, val
 _MMUEXT_OP = struct.Struct("<I4xQQ")        # mmuext_op: cmd, arg1, arg2
 _U32 = struct.Struct("<I")
@@ -50,8 +48,8 @@ def _signed32(x: int) -> int:
 def _begin(ctx: HypercallContext, count: int, pdone: int) -> tuple[int, int]:
     """The MMU_UPDATE_PREEMPTED convention: a continued batch carries `done` in *pdone."""
     done = 0
-    if count & MMU_UPDATE_PREEMPTED:
-        count &= ~MMU_UPDATE_PREEMPTED
+    if count & X.MMU_UPDATE_PREEMPTED:
+        count &= ~X.MMU_UPDATE_PREEMPTED
         if pdone:
             try:
                 done = _U32.unpack(ctx.read(pdone, 4))[0]
@@ -66,11 +64,11 @@ def _prologue(ctx: HypercallContext, handle: int, count: int, pdone: int, foreig
     (early result or None, count, done so far, foreigndom)."""
     count &= 0xFFFF_FFFF
     foreigndom &= 0xFFFF_FFFF
-    if count == MMU_UPDATE_PREEMPTED and not handle:
+    if count == X.MMU_UPDATE_PREEMPTED and not handle:
         # The continuation that only finishes dropping an old_guest_table.
         return _signed32(foreigndom), 0, 0, foreigndom
     count, done = _begin(ctx, count, pdone)
-    if not addr_ok(ctx.domain, handle):
+    if not handle_ok(ctx.domain, handle):
         return -E.EFAULT, 0, 0, foreigndom
     return None, count, done, foreigndom
 
@@ -230,7 +228,7 @@ def _mmuext_one(ctx: HypercallContext, mmu: PVMMU, curr: VCPU, currd: Domain, pg
         ptr = arg1 if ents else 0
         if foreign:
             return -E.EPERM
-        if ents > 8192 or (ents and (ptr & 0xFFF or not addr_ok(currd, ptr))):
+        if ents > 8192 or (ents and (ptr & 0xFFF or not handle_ok(currd, ptr))):
             return -E.EINVAL
         mmu.set_ldt(curr, ptr, ents)
         flush_tlb(currd, [curr])

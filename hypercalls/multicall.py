@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 from abi import errno as E
 from abi import xen as X
 from hypercalls import hypercall
-from pvhyp.guest_access import GuestFault
-from pvhyp.mm.mmu import addr_ok
+from pvhyp.guest_access import GuestFault, handle_ok
 
 if TYPE_CHECKING:
     from pvhyp.hypercall_table import HypercallContext
@@ -37,7 +36,7 @@ def do_multicall(ctx: HypercallContext, call_list: int, nr_calls: int) -> int:
         return -E.EINVAL
     active.add(id(vcpu))
     try:
-        if not addr_ok(ctx.domain, call_list):
+        if not handle_ok(ctx.domain, call_list):
             return -E.EFAULT
         table = ctx.hv.hypercalls
         for i in range(nr_calls):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from abi import errno as E
 from abi import features as F
 from abi import version as V
+from abi.x86_pte import PAGE_SIZE
 from abi.xen_x86_64 import HYPERVISOR_VIRT_START
 from hypercalls import hypercall
 from hypercalls.c_args import c_int
@@ -20,7 +21,6 @@ XEN_EXTRAVERSION = b".0"
 XEN_CAPABILITIES = b"xen-3.0-x86_64"
 XEN_CHANGESET = b"pvhyp"
 XEN_DENY = b"<denied>"
-PAGE_SIZE = 4096
 
 def _denied(domain: Domain, cmd: int) -> bool:
     """What the policy (hv.xsm.xen_version) keeps from this domain."""

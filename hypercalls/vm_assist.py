@@ -6,20 +6,11 @@ from typing import TYPE_CHECKING
 from abi import errno as E
 from abi import xen as X
 from hypercalls import hypercall
+from pvhyp.pv.state import PV64_VM_ASSIST_MASK
 
 if TYPE_CHECKING:
     from pvhyp.hypercall_table import HypercallContext
 
-# arch_vm_assist_valid_mask for a 64-bit PV domain (PV64_VM_ASSIST_MASK).
-PV64_VM_ASSIST_MASK = (
-    1 << X.VMASST_TYPE_4gb_segments
-    | 1 << X.VMASST_TYPE_4gb_segments_notify
-    | 1 << X.VMASST_TYPE_writable_pagetables
-    | 1 << X.VMASST_TYPE_pae_extended_cr3
-    | 1 << X.VMASST_TYPE_architectural_iopl
-    | 1 << X.VMASST_TYPE_runstate_update_flag
-    | 1 << X.VMASST_TYPE_m2p_strict
-)
 BITS_PER_LONG = 64
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import struct
 
 from abi import grant_table as G
+from abi.x86_pte import PAGE_SIZE
 from abi.xen import DOMID_SELF, HYPERCALL_NUMBERS
 
 GRANT_TABLE_OP = HYPERCALL_NUMBERS["grant_table_op"]
 ENTRY = struct.Struct("<HHI")           # grant_entry_v1: flags, domid, frame
-PAGE_SIZE = 4096
 
 
 class GrantError(Exception):

@@ -12,13 +12,13 @@ from __future__ import annotations
 import functools
 
 from abi.sched import SCHEDOP_shutdown, SHUTDOWN_poweroff, sched_shutdown
+from abi.x86_pte import PAGE_SIZE
 from abi.xen import HYPERCALL_NUMBERS, CONSOLEIO_write, start_info
 from pvguest.console import ConsoleFrontend
 from pvguest.evtchn import EventChannels
 from pvguest.gnttab import GrantTable
 from pvguest.xenbus import RingTransport, Xenbus
 
-PAGE_SIZE = 4096
 START_INFO_PFN = 0
 XENSTORE_PFN = 1
 CONSOLE_PFN = 2

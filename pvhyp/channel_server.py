@@ -41,8 +41,9 @@ import traceback
 from typing import Callable
 
 from abi import errno as xen_errno
+from abi.sched import SHUTDOWN_crash
 from pvhyp.channel import ChannelError, create_process_domain, foreign_frames
-from pvhyp.domain import SHUTDOWN_CRASH, Domain
+from pvhyp.domain import Domain
 from pvhyp.hypervisor import DOMID_FIRST_RESERVED
 from pvhyp.hypercall_table import HypercallContext
 from pvhyp.memory import PAGE_SHIFT
@@ -164,7 +165,7 @@ class Connection:
         except Exception:   # a hypervisor bug: the calling domain pays, never the hypervisor
             reason = "hypervisor bug while serving it"
             log.error("d%d channel: %s", self.domain.domid, traceback.format_exc())
-            self.domain.shutdown(SHUTDOWN_CRASH)
+            self.domain.shutdown(SHUTDOWN_crash)
         if not self.closed:
             self.close()
             self.server._disconnected(self, reason)
@@ -354,7 +355,7 @@ class ChannelServer:
         d = conn.domain
         if not d.is_privileged and not d.is_shut_down and not d.is_dying:
             # The guest's "CPU" is gone: to the rest of the system it crashed.
-            d.shutdown(SHUTDOWN_CRASH)
+            d.shutdown(SHUTDOWN_crash)
         if self.on_disconnect is not None:
             self.on_disconnect(d, reason)
 

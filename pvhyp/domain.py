@@ -15,10 +15,6 @@ if TYPE_CHECKING:
 
 INVALID_MFN = 0xFFFF_FFFF_FFFF_FFFF
 
-# Shutdown reasons (sched.h SHUTDOWN_*), repeated here only as the states a
-# domain can be in; abi/sched.py is the source of the numbers on the wire.
-SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT, SHUTDOWN_SUSPEND, SHUTDOWN_CRASH, SHUTDOWN_WATCHDOG = 0, 1, 2, 3, 4
-
 
 class VCPU:
     def __init__(self, domain: "Domain", vcpu_id: int):

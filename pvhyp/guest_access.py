@@ -1,7 +1,8 @@
 """copy_from_guest / copy_to_guest: the one road into a guest's memory.
 
 Every handler, the fuzzer and the trace decoder read guest buffers through
-here. An x86 PV guest passes virtual addresses, resolved through its current
+here, and the CPU engine and the PV layer read and write guest virtual memory
+through the same walk (read_guest_virtual / write_guest_virtual). An x86 PV guest passes virtual addresses, resolved through its current
 page tables exactly as the CPU would (present and user at every level, RW for
 writes; Xen's guest-handle rule refuses the hypervisor's own range). A process
 domain (dom0, Python guests) passes pseudo-physical addresses, resolved
@@ -13,18 +14,17 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
+from abi.x86_pte import (_PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_USER, L1_PAGETABLE_ENTRIES,
+                         L1_PAGETABLE_SHIFT, L2_PAGETABLE_SHIFT, L3_PAGETABLE_SHIFT, L4_PAGETABLE_SHIFT,
+                         PAGE_SHIFT, PAGE_SIZE, PTE_FRAME_MASK)
+from abi.xen_x86_64 import HYPERVISOR_VIRT_END
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU
 
-_PRESENT, _RW, _USER, _PSE = 0x1, 0x2, 0x4, 0x80
-_ADDR_MASK = 0x000F_FFFF_FFFF_F000
 _U64 = struct.Struct("<Q")
-
-# Guest handles may not point into the hypervisor's reserved range (Xen's __addr_ok).
-HYPERVISOR_VIRT_START = 0xFFFF_8000_0000_0000
-HYPERVISOR_VIRT_END = 0xFFFF_8800_0000_0000
+_VA_MASK = 0xFFFF_FFFF_FFFF_FFFF
+_LEVELS = ((4, L4_PAGETABLE_SHIFT), (3, L3_PAGETABLE_SHIFT), (2, L2_PAGETABLE_SHIFT), (1, L1_PAGETABLE_SHIFT))
 
 
 class GuestFault(Exception):
@@ -36,33 +36,46 @@ class GuestFault(Exception):
         self.write = write
 
 
-def _canonical(va: int) -> bool:
+def is_canonical_address(va: int) -> bool:
+    """Bits 63..47 all equal (a 48-bit virtual address sign-extended)."""
     top = va >> 47
     return top == 0 or top == 0x1FFFF
 
 
+def addr_ok(addr: int) -> bool:
+    """Xen's __addr_ok: lower half, or above the hypervisor's reserved range."""
+    return addr < (1 << 47) or addr >= HYPERVISOR_VIRT_END
+
+
+def handle_ok(domain, addr: int) -> bool:
+    """A guest handle of `domain` may start at `addr`: only paging (x86 PV) guests
+    have the hypervisor's range in their address space; a process domain's
+    pseudo-physical addresses are all its own."""
+    return not domain.paging or addr_ok(addr)
+
+
 def walk(memory, l4_mfn: int, va: int, write: bool, user: bool = True) -> int:
     """Resolve `va` through the 4-level table rooted at `l4_mfn`; machine address or GuestFault."""
-    if not (0 <= va <= 0xFFFF_FFFF_FFFF_FFFF) or not _canonical(va):
+    if not (0 <= va <= _VA_MASK) or not is_canonical_address(va):
         raise GuestFault(va, write)
-    need = _PRESENT | (_RW if write else 0) | (_USER if user else 0)
+    need = _PAGE_PRESENT | (_PAGE_RW if write else 0) | (_PAGE_USER if user else 0)
     table = l4_mfn
     buf = memory.buf
     nr_frames = memory.nr_frames
-    for level, shift in ((4, 39), (3, 30), (2, 21), (1, 12)):
+    for level, shift in _LEVELS:
         if not 0 < table < nr_frames:
             raise GuestFault(va, write)
-        entry = _U64.unpack_from(buf, (table << PAGE_SHIFT) + ((va >> shift) & 0x1FF) * 8)[0]
+        entry = _U64.unpack_from(buf, (table << PAGE_SHIFT) + ((va >> shift) & (L1_PAGETABLE_ENTRIES - 1)) * 8)[0]
         if entry & need != need:
             raise GuestFault(va, write)
-        if level in (3, 2) and entry & _PSE:
+        if level in (3, 2) and entry & _PAGE_PSE:
             page_bytes = 1 << shift
-            base = entry & _ADDR_MASK & ~(page_bytes - 1)
+            base = entry & PTE_FRAME_MASK & ~(page_bytes - 1)
             maddr = base + (va & (page_bytes - 1))
             if maddr >= memory.size:
                 raise GuestFault(va, write)
             return maddr
-        table = (entry & _ADDR_MASK) >> PAGE_SHIFT
+        table = (entry & PTE_FRAME_MASK) >> PAGE_SHIFT
     if not 0 <= table < nr_frames:
         raise GuestFault(va, write)
     return (table << PAGE_SHIFT) | (va & (PAGE_SIZE - 1))
@@ -78,7 +91,7 @@ def translate(vcpu: "VCPU", addr: int, write: bool) -> int:
         if not 0 < mfn < memory.nr_frames:
             raise GuestFault(addr, write)
         return (mfn << PAGE_SHIFT) | (addr & (PAGE_SIZE - 1))
-    if HYPERVISOR_VIRT_START <= addr < HYPERVISOR_VIRT_END:
+    if not addr_ok(addr):
         raise GuestFault(addr, write)
     return walk(memory, vcpu.current_table, addr, write)
 
@@ -92,24 +105,60 @@ def _chunks(addr: int, length: int):
         length -= n
 
 
+def _read(memory, resolve, addr: int, length: int) -> bytes:
+    """The bytes at `addr`, each page resolved by `resolve(address, write)`."""
+    parts = []
+    for piece, n in _chunks(addr, length):
+        ma = resolve(piece, False)
+        parts.append(memory.buf[ma:ma + n])
+    return b"".join(parts)
+
+
+def _write(memory, resolve, addr: int, data: bytes) -> None:
+    """Write `data` at `addr`; every page is resolved before any is written,
+    so a fault leaves guest memory untouched."""
+    targets = [(resolve(piece, True), n) for piece, n in _chunks(addr, len(data))]
+    offset = 0
+    for ma, n in targets:
+        memory.buf[ma:ma + n] = data[offset:offset + n]
+        offset += n
+
+
 def copy_from_guest(vcpu: "VCPU", addr: int, length: int) -> bytes:
     if length < 0 or addr < 0 or addr + length > 1 << 64:
         raise GuestFault(addr)
-    memory = vcpu.domain.hv.memory
-    parts = []
-    for va, n in _chunks(addr, length):
-        ma = translate(vcpu, va, False)
-        parts.append(memory.buf[ma:ma + n])
-    return b"".join(parts)
+    return _read(vcpu.domain.hv.memory, lambda va, write: translate(vcpu, va, write), addr, length)
 
 
 def copy_to_guest(vcpu: "VCPU", addr: int, data: bytes) -> None:
     if addr < 0 or addr + len(data) > 1 << 64:
         raise GuestFault(addr, True)
-    memory = vcpu.domain.hv.memory
-    # Resolve every page before writing any: a fault leaves guest memory untouched.
-    targets = [(translate(vcpu, va, True), n) for va, n in _chunks(addr, len(data))]
-    off = 0
-    for ma, n in targets:
-        memory.buf[ma:ma + n] = data[off:off + n]
-        off += n
+    _write(vcpu.domain.hv.memory, lambda va, write: translate(vcpu, va, write), addr, data)
+
+
+# --- the CPU's own view: the CR3 it runs on, user rights ---------------------------------
+# The PV layer reads and writes through the page tables the vCPU uses now for
+# the bounce frame on the guest kernel stack, the iret frame and instruction
+# bytes to decode. A PV guest kernel runs at CPL3, so it can only have meant
+# memory it may touch; a range that wraps past the top of the address space
+# continues at 0, as the CPU's would.
+
+def _cpu_resolver(memory, cr3: int):
+    return lambda va, write: walk(memory, cr3 >> PAGE_SHIFT, va & _VA_MASK, write, user=True)
+
+
+def read_guest_virtual(memory, cr3: int, va: int, length: int) -> bytes | None:
+    """Bytes at `va`, or None if any of them is not readable by the guest."""
+    try:
+        return _read(memory, _cpu_resolver(memory, cr3), va & _VA_MASK, length)
+    except GuestFault:
+        return None
+
+
+def write_guest_virtual(memory, cr3: int, va: int, data: bytes) -> bool:
+    """Write all of `data` at `va` or nothing; False if a page is not writable."""
+    try:
+        _write(memory, _cpu_resolver(memory, cr3), va & _VA_MASK, data)
+    except GuestFault:
+        return False
+    return True

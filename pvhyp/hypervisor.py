@@ -10,7 +10,8 @@ import importlib
 import threading
 from typing import Callable
 
-from abi.xen import DOMID_SELF
+from abi.xen import DOMID_FIRST_RESERVED, DOMID_SELF
+from abi.xen_x86_64 import INVALID_M2P_ENTRY
 from pvhyp.domain import Domain
 from pvhyp.hypercall_table import HypercallTable
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
@@ -19,8 +20,6 @@ from pvhyp.trace import Trace
 from pvhyp.xsm import DUMMY_POLICY, DummyPolicy
 
 DEFAULT_MEMORY_MB = 1024
-INVALID_M2P_ENTRY = 0xFFFF_FFFF_FFFF_FFFF
-DOMID_FIRST_RESERVED = 0x7FF0
 
 # Each names a module with `attach(hv)`; absent ones are skipped so that the
 # core runs while a subsystem is still being built.

@@ -13,9 +13,7 @@ import mmap
 import os
 import struct
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
-PAGE_MASK = ~(PAGE_SIZE - 1)
+from abi.x86_pte import PAGE_SHIFT, PAGE_SIZE
 
 _U64 = struct.Struct("<Q")
 _ZERO_PAGE = bytes(PAGE_SIZE)

@@ -37,6 +37,7 @@ import struct
 import threading
 from typing import TYPE_CHECKING
 
+from abi.vcpu import RUNSTATE_blocked, RUNSTATE_offline, RUNSTATE_runnable, RUNSTATE_running
 from abi.xen import VMASST_TYPE_runstate_update_flag
 from pvhyp.pv import state as pv_vcpu
 from pvhyp.guest_access import GuestFault, copy_to_guest
@@ -44,9 +45,6 @@ from pvhyp.guest_access import GuestFault, copy_to_guest
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
 
-# Runstates (public/vcpu.h RUNSTATE_*; abi.vcpu carries the wire struct).
-RUNSTATE_running, RUNSTATE_runnable, RUNSTATE_blocked, RUNSTATE_offline = 0, 1, 2, 3
-XEN_RUNSTATE_UPDATE = 1 << 63
 _RUNSTATE_INFO = struct.Struct("<i4xQ4Q")      # struct vcpu_runstate_info, 48 bytes
 _STATE_ENTRY_TIME_TOP_BYTE = 8 + 7
 

@@ -30,10 +30,6 @@ class Trace:
     def add_sink(self, sink: Callable[[dict], None]) -> None:
         self._sinks.append(sink)
 
-    def to_file(self, path: str) -> None:
-        f = open(path, "w", buffering=1)
-        self.add_sink(lambda rec: f.write(format_record(rec) + "\n"))
-
     def emit(self, kind: str, domid: int, vcpu: int, **fields) -> None:
         rec = {"t": time.monotonic() - self._t0, "kind": kind, "dom": domid, "vcpu": vcpu, **fields}
         with self._lock:

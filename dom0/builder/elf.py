@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from abi import elfnote
+from abi import elfnote, features
 from dom0.builder.errors import BuildError
 
 ELFCLASS64 = 2
@@ -29,16 +29,10 @@ ELF_MAX_TOTAL_NOTE_COUNT = 1024    # as libelf: a bound on work done for a hosti
 
 # elf_xen_feature_names: the FEATURES string's vocabulary (XENFEAT_* bit numbers).
 FEATURE_NAMES = {
-    "writable_page_tables": 0,
-    "writable_descriptor_tables": 1,
-    "auto_translated_physmap": 2,
-    "supervisor_mode_kernel": 3,
-    "pae_pgdir_above_4gb": 4,
-    "hvm_callback_vector": 8,
-    "dom0": 11,
+    name: getattr(features, "XENFEAT_" + name)
+    for name in ("writable_page_tables", "writable_descriptor_tables", "auto_translated_physmap",
+                 "supervisor_mode_kernel", "pae_pgdir_above_4gb", "hvm_callback_vector", "dom0")
 }
-XENFEAT_auto_translated_physmap = 2
-XENFEAT_dom0 = 11
 
 # Which notes carry strings (the rest are numbers), as libelf's note_desc table.
 _STRING_NOTES = {

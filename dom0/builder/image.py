@@ -15,7 +15,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from dom0.builder.elf import XENFEAT_auto_translated_physmap, XENFEAT_dom0, ElfFile, XenParams, xen_parse
+from abi.features import XENFEAT_auto_translated_physmap, XENFEAT_dom0
+from dom0.builder.elf import ElfFile, XenParams, xen_parse
 from dom0.builder.errors import BuildError
 
 MAX_KERNEL_SIZE = 512 << 20        # libxc's default cap on a decompressed kernel is of this order

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from abi.x86_pte import _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, _PAGE_USER, PAGE_SHIFT, PAGE_SIZE
+from abi.xen import SIF_MOD_START_PFN
 from dom0.builder.errors import BuildError
 from dom0.builder.image import KernelImage
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
 PGTBL_LEVELS_X86_64 = 4
 PGTBL_LEVEL_SHIFT_X86 = 9
 VIRT_BITS_X86_64 = 48
@@ -26,12 +26,9 @@ MAPPING_MAX = 2
 SIZEOF_PFN_X86_64 = 8
 BOOTSTRAP_PADDING = 512 * 1024              # xc_dom_x86: "512kB padding" after the tables
 
-_PAGE_PRESENT, _PAGE_RW, _PAGE_USER, _PAGE_ACCESSED, _PAGE_DIRTY = 0x1, 0x2, 0x4, 0x20, 0x40
 # lvl_prot of xc_dom_x86's x86_64 params: L1 entries, then L2-L4 entries.
 L1_PROT = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED
 UPPER_PROT = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_USER
-
-SIF_MOD_START_PFN = 1 << 3
 
 
 def bits_to_mask(bits: int) -> int:

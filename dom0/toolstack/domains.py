@@ -20,6 +20,8 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 
+from abi.errno import ENOSYS
+from abi.sched import SHUTDOWN_NAMES
 from abi.xen import start_info
 from dom0.builder import BuildError, build_pv_domain
 from dom0.toolstack import xenstore_entries as entries
@@ -31,8 +33,6 @@ from pvguest.evtchn import EventChannelError
 from pvguest.hypercall_channel import ChannelError
 
 log = logging.getLogger("dom0.toolstack")
-SHUTDOWN_REASONS = {0: "poweroff", 1: "reboot", 2: "suspend", 3: "crash", 4: "watchdog", 5: "soft_reset"}
-ENOSYS = 38
 
 
 class ToolstackError(Exception):
@@ -398,7 +398,7 @@ class Toolstack:
             exited = guest.process is not None and guest.process.poll() is not None
             reason = None
             if info is not None and info["shutdown"]:
-                reason = SHUTDOWN_REASONS.get(info["shutdown_reason"], "crash")
+                reason = SHUTDOWN_NAMES.get(info["shutdown_reason"], "crash")
                 if exited and guest.process.returncode == 0 and reason == "crash":
                     reason = "poweroff"     # the process halted cleanly without SCHEDOP_shutdown
             elif exited:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from abi.xen import DOMID_SELF  # noqa: F401 (dom0.xenstored.domains imports it from here)
+
 from .errors import XsError
 
 # Access bits.  OWNER is never stored in a node: it is granted by being the
@@ -30,7 +32,6 @@ _VALID_NODE_BYTES = frozenset(
 _DOMAIN_HOME_PREFIX = re.compile(rb"/local/domain/\d{1,5}/")
 _C_INTEGER = re.compile(rb"[ \t\n\v\f\r]*([+-]?)(\d*)")
 
-DOMID_SELF = 0x7FF0
 UINT32_MASK = 0xFFFFFFFF
 
 

@@ -28,7 +28,7 @@ from pvhyp.cli import UserError
 from pvhyp.cli.xl_cmd import DETACH
 from pvhyp.diagnose import SymbolMap, disassemble_at
 
-SHUTDOWN_NAMES = {0: "poweroff", 1: "reboot", 2: "suspend", 3: "crash", 4: "watchdog", 5: "soft_reset"}
+from abi.sched import SHUTDOWN_NAMES
 # Exit status by shutdown reason (documented in --help).
 EXIT_STATUS = {"poweroff": 0, "crash": 1, "reboot": 3, "watchdog": 4, "suspend": 5, "soft_reset": 6,
                "timeout": 7, "error": 70, "interrupted": 130}

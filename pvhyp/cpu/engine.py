@@ -29,7 +29,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from pvhyp.cpu import unicorn_quirks as quirks
 from pvhyp.pv import xen_layout as L
 from pvhyp.cpu.fastregs import FastRegisters
-from pvhyp.cpu.guest_memory import read_guest_virtual
+from pvhyp.guest_access import read_guest_virtual
 
 VECTOR_GP, VECTOR_PF = 13, 14
 RFLAGS_FIXED = 0x2
@@ -241,17 +241,6 @@ class CpuEngine:
         """Replace the register state; the next run() enters through the stub."""
         self._pending_state = state
         self._entered = False
-
-    def save_state(self) -> CpuState:
-        if not self._entered:
-            return self._pending_state
-        names = GPR_NAMES + ("rip", "rflags") + SEGMENT_NAMES + ("fs_base", "gs_base", "cr3", "cr2")
-        values = dict(zip(names, self.read_many(names)))
-        values["cr3"] = self.cr3
-        state = CpuState(gprs={n: values[n] for n in GPR_NAMES})
-        for name in names[len(GPR_NAMES):]:
-            setattr(state, name, values[name])
-        return state
 
     @property
     def has_state(self) -> bool:

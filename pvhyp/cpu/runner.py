@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from pvhyp.cpu.engine import ExitReason
 from pvhyp.pv.entry import PvVcpu
 from pvhyp.pv.xen_layout import XenLayout
-from pvhyp.domain import SHUTDOWN_CRASH
+from abi.sched import SHUTDOWN_crash
 from pvhyp.mm.frametable import DOMID_XEN
 
 if TYPE_CHECKING:
@@ -111,9 +111,9 @@ class CpuSubsystem:
                 if reason is ExitReason.HYPERVISOR_ERROR:
                     self.hv.trace.emit("hypervisor_error", domain.domid, vcpu.vcpu_id,
                                        error=repr(cpu.engine.error))
-                    domain.shutdown(SHUTDOWN_CRASH)
+                    domain.shutdown(SHUTDOWN_crash)
                 elif reason is ExitReason.GUEST_CRASH:
-                    domain.shutdown(SHUTDOWN_CRASH)
+                    domain.shutdown(SHUTDOWN_crash)
                 if sched.slice_expired(vcpu):
                     sched.deschedule(vcpu)
         finally:

@@ -46,6 +46,8 @@ from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_HOOK_INTR, UC_PROT_
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
+from abi.x86_pte import _PAGE_PRESENT, _PAGE_RW
+
 REQUIRED_UNICORN_VERSION = "2.1.4"
 
 # Control-register setup shared with the engine: long mode with paging, NX
@@ -57,8 +59,7 @@ EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
 CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
 
-VECTOR_GP, VECTOR_PF, VECTOR_DF = 13, 14, 8
-_PTE_P, _PTE_RW = 1, 2
+VECTOR_GP, VECTOR_PF = 13, 14
 
 
 class UnicornInternalsChanged(RuntimeError):
@@ -176,9 +177,9 @@ def _probe_machine() -> tuple[Uc, mmap.mmap]:
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
     uc.mem_map_ptr(0, _PROBE_MEM, UC_PROT_ALL, ctypes.addressof(ctypes.c_char.from_buffer(mem)))
     for table, nxt in ((_L4, _L3), (_L3, _L2), (_L2, _L1)):
-        struct.pack_into("<Q", mem, table, nxt | _PTE_P | _PTE_RW)
+        struct.pack_into("<Q", mem, table, nxt | _PAGE_PRESENT | _PAGE_RW)
     for pfn in range(_HOLE >> 12):
-        flags = _PTE_P if pfn == _RO_PAGE >> 12 else _PTE_P | _PTE_RW
+        flags = _PAGE_PRESENT if pfn == _RO_PAGE >> 12 else _PAGE_PRESENT | _PAGE_RW
         struct.pack_into("<Q", mem, _L1 + pfn * 8, (pfn << 12) | flags)
     uc.reg_write(X.UC_X86_REG_CR3, _L4)
     uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | CR4_PAE)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import capstone
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
 
-from pvhyp.cpu.guest_memory import read_guest_virtual
-from pvhyp.guest_access import GuestFault, walk
+from pvhyp.guest_access import GuestFault, read_guest_virtual, walk
 
 _LENGTHS = {0: 1, 1: 2, 2: 8, 3: 4}        # %dr7 LEN field -> bytes
 _RW_WRITE, _RW_READWRITE = 1, 3

@@ -10,6 +10,7 @@ thread; bits are changed a byte at a time, as narrow as a store gets.
 from __future__ import annotations
 
 from abi import xen as X
+from abi.arch_x86_xen import XEN_LEGACY_MAX_VCPUS
 from pvhyp.memory import PAGE_SHIFT
 
 BITS_PER_EVTCHN_WORD = 64
@@ -30,7 +31,6 @@ OFF_UPCALL_PENDING = _field_offset(X.vcpu_info, "evtchn_upcall_pending")
 OFF_PENDING_SEL = _field_offset(X.vcpu_info, "evtchn_pending_sel")
 OFF_EVTCHN_PENDING = _field_offset(X.shared_info, "evtchn_pending")
 OFF_EVTCHN_MASK = _field_offset(X.shared_info, "evtchn_mask")
-XEN_LEGACY_MAX_VCPUS = X.shared_info.subcons[0].sizeof() // VCPU_INFO_SIZE
 
 
 def _shared_info_maddr(d) -> int:
@@ -104,10 +104,6 @@ def unmask_bits(v, port: int) -> None:
 
 def evtchn_port_is_pending(d, port: int) -> bool:
     return 0 <= port < MAX_EVTCHNS_2L and _test_bit(d.hv.memory.buf, _shared_info_maddr(d) + OFF_EVTCHN_PENDING, port)
-
-
-def evtchn_port_is_masked(d, port: int) -> bool:
-    return port >= MAX_EVTCHNS_2L or _test_bit(d.hv.memory.buf, _shared_info_maddr(d) + OFF_EVTCHN_MASK, port)
 
 
 def clear_pending_bit(d, port: int) -> None:

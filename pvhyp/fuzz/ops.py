@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import construct as cs
 
+from abi.xen import DOMID_SELF
 from pvhyp.fuzz.layout import leaves
 from pvhyp.fuzz.world import PTE_FLAG_CHOICES, World
 
@@ -219,7 +220,7 @@ def _scalar_op(hypercall: str, arg_makers):
 
 
 def _domid(w, r): return r.choice(w.pools["domid"])
-def _foreigndom(w, r): return 0x7FF0 if r.random() < 0.7 else _domid(w, r)   # mostly DOMID_SELF
+def _foreigndom(w, r): return DOMID_SELF if r.random() < 0.7 else _domid(w, r)
 def _ptr(w, r): return w.pointer(r, 64)
 def _small(w, r): return r.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 31, 32, 0xFFFF_FFFF, MASK64])
 def _va(w, r): return r.choice([0, 0x1000, 0x40_0000, 0x7FFF_FFFF_F000, 0xFFFF_8000_0000_0000,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 
 from abi import errno as xen_errno
+from abi.xen import DOMID_XEN, MMU_UPDATE_PREEMPTED
 
 XEN_ERRNOS = frozenset(v for k, v in vars(xen_errno).items()
                        if k.isupper() and k.startswith("E") and isinstance(v, int))
@@ -30,7 +31,6 @@ _CHECKERS = ("pvhyp.mm.checker:check_invariants",
 RAW_VALUE = frozenset({"get_debugreg"})
 
 
-MMU_UPDATE_PREEMPTED = 1 << 31
 
 
 def _xen_quirk(hypercall: str, result: int, args) -> bool:
@@ -87,6 +87,6 @@ def full_check(world, checkers) -> list[str]:
         problems.append("a victim frame now belongs to the attacker")
     owners = set(frames.owner)
     for domid in owners:
-        if domid >= 0 and domid not in world.hv.domains and domid != 0x7FF2:
+        if domid >= 0 and domid not in world.hv.domains and domid != DOMID_XEN:
             problems.append(f"frames owned by d{domid}, which does not exist")
     return problems

@@ -15,10 +15,10 @@ import hashlib
 import random
 import threading
 
+from abi.xen import DOMID_COW, DOMID_INVALID, DOMID_IO, DOMID_SELF, DOMID_XEN
 from pvhyp.channel import InProcessChannel, create_process_domain  # noqa: F401
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 
-DOMID_SELF, DOMID_IO, DOMID_XEN, DOMID_COW, DOMID_INVALID = 0x7FF0, 0x7FF1, 0x7FF2, 0x7FF3, 0x7FF4
 ATTACKER_PAGES = 96
 BUFFER_PAGES = 8            # pfns 0..7 hold argument buffers; the rest are frames to play with
 VICTIM_PAGES = 32

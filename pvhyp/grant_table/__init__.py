@@ -27,8 +27,6 @@ from pvhyp.grant_table.mapping import (DOMID_GRANT_ORPHAN, map_grant_ref, releas
 from pvhyp.grant_table.transfer import gnttab_transfer_one  # noqa: F401 (API)
 from pvhyp.grant_table.table import GNTPIN_devw_mask, GNTPIN_hstw_mask, GrantTable
 
-GNTTAB_NR_RESERVED_ENTRIES = G.GNTTAB_NR_RESERVED_ENTRIES
-
 UINT_MAX = 0xFFFF_FFFF
 
 
@@ -211,22 +209,22 @@ def _set_version(gt, version: int) -> int:
         return 0
     with gt.hv.gnttab_lock:
         # Only the toolstack's reserved entries (console, xenstore) may be in use.
-        if any(gt.active[i].pin for i in range(GNTTAB_NR_RESERVED_ENTRIES, gt.nr_grant_entries())):
+        if any(gt.active[i].pin for i in range(G.GNTTAB_NR_RESERVED_ENTRIES, gt.nr_grant_entries())):
             return -E.EBUSY
         reserved = []       # (flags incl. reading/writing, domid, frame) of the reserved entries
         if gt.gt_version == 1:
             if not gt.populate_status_frames(gt.nr_grant_frames):
                 return -E.ENOMEM
-            for i in range(GNTTAB_NR_RESERVED_ENTRIES):
+            for i in range(G.GNTTAB_NR_RESERVED_ENTRIES):
                 flags, domid = gt.header(i)
                 reserved.append((flags, domid, gt.frame(i)))
         else:
-            for i in range(GNTTAB_NR_RESERVED_ENTRIES):
+            for i in range(G.GNTTAB_NR_RESERVED_ENTRIES):
                 flags, domid = gt.header(i)
                 kind = flags & G.GTF_type_mask
                 if kind == G.GTF_transitive or (kind == G.GTF_permit_access and gt.frame(i) >> 32):
                     return -E.ERANGE
-            for i in range(GNTTAB_NR_RESERVED_ENTRIES):
+            for i in range(G.GNTTAB_NR_RESERVED_ENTRIES):
                 flags, domid = gt.header(i)
                 if flags & G.GTF_type_mask == G.GTF_permit_access:
                     status = gt.read_u16(gt.status_maddr(i))
@@ -306,6 +304,6 @@ def check_consistency(hv, check_flags: bool = True) -> list[str]:
                 if act.pin and not status & G.GTF_reading:
                     problems.append(f"d{domid} ref {ref}: in use without GTF_reading")
                 if not act.pin and status & (G.GTF_reading | G.GTF_writing) and \
-                        ref >= GNTTAB_NR_RESERVED_ENTRIES and gt.gt_version == 2:
+                        ref >= G.GNTTAB_NR_RESERVED_ENTRIES and gt.gt_version == 2:
                     problems.append(f"d{domid} ref {ref}: v2 status busy with no user")
     return problems

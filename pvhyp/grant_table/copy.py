@@ -16,8 +16,6 @@ from pvhyp.grant_table.table import (GNTPIN_devw_mask, GNTPIN_hstr_inc, GNTPIN_h
                                      gntpin_incr2oflow_mask)
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 
-ERESTART = 1        # positive: "retry", never seen by a guest here
-
 
 def release_grant_for_copy(rgt, gref: int, readonly: bool) -> None:
     act = rgt.active[gref]

@@ -19,6 +19,7 @@ created and dropped when it is replaced.
 from __future__ import annotations
 
 from abi import grant_table as G
+from abi import xen as X
 from pvhyp.grant_table import pv_mapping, refs
 from pvhyp.grant_table.table import (GNTPIN_devr_inc, GNTPIN_devw_inc, GNTPIN_devw_mask,
                                      GNTPIN_hstr_inc, GNTPIN_hstw_inc, GNTPIN_hstw_mask,
@@ -28,7 +29,7 @@ from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 # Without the PV MMU: a destroyed domain's frame that a grantee still maps is
 # owned by nobody that can run until the last grant use of it goes (Xen keeps
 # the zombie domain; the MMU, when attached, keeps such orphans itself).
-DOMID_GRANT_ORPHAN = 0x7FF4      # DOMID_INVALID
+DOMID_GRANT_ORPHAN = X.DOMID_INVALID
 
 
 def get_paged_frame(rd, gfn: int) -> tuple[int, int]:

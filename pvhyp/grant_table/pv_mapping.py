@@ -13,8 +13,7 @@ from abi import grant_table as G
 from abi import x86_pte as P
 from pvhyp.grant_table.refs import mmu_of
 
-_GNTMAP_guest_avail0 = 16
-_AVAIL_SHIFT = 9
+_AVAIL_SHIFT = 9               # the first of _PAGE_AVAIL's bits
 
 
 def grant_to_pte_flags(grant_flags: int) -> int:
@@ -23,7 +22,7 @@ def grant_to_pte_flags(grant_flags: int) -> int:
         flags |= P._PAGE_USER
     if not grant_flags & G.GNTMAP_readonly:
         flags |= P._PAGE_RW
-    flags |= ((grant_flags >> _GNTMAP_guest_avail0) << _AVAIL_SHIFT) & P._PAGE_AVAIL
+    flags |= ((grant_flags >> G._GNTMAP_guest_avail0) << _AVAIL_SHIFT) & P._PAGE_AVAIL
     return flags
 
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from abi import errno as E
 from abi import grant_table as G
+from abi.xen_x86_64 import INVALID_M2P_ENTRY
 from pvhyp.domain import INVALID_MFN
 from pvhyp.grant_table import refs
-
-INVALID_M2P_ENTRY = 0xFFFF_FFFF_FFFF_FFFF
 
 
 def _special(hv, d, mfn: int) -> bool:

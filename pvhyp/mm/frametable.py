@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from array import array
 
+from abi.xen import DOMID_XEN
 from pvhyp.memory import MachineMemory
 
+# Owners besides a domain: DOMID_XEN owns the hypervisor's own frames (M2P, stubs,
+# GDT/IDT, its page tables).
 DOMID_FREE = -1       # not allocated
-DOMID_XEN = 0x7FF2    # the hypervisor's own frames (M2P, stubs, GDT/IDT, its page tables)
 # A dead domain's frame that another domain still references (a foreign or
 # granted mapping): kept out of the free pool until the last reference goes.
 DOMID_ORPHAN = -2

@@ -17,29 +17,17 @@ Every -errno is the one Xen 4.17 gives in the same situation.
 from __future__ import annotations
 
 from abi import errno as E
+from abi.x86_pte import _PAGE_PRESENT, _PAGE_PSE, pte_mfn
+from abi.xen import DOMID_IO, DOMID_SELF, DOMID_XEN, MMU_PT_UPDATE_PRESERVE_AD, VMASST_TYPE_m2p_strict
+from abi.xen_x86_64 import INVALID_M2P_ENTRY
 from pvhyp.domain import INVALID_MFN
+from pvhyp.guest_access import handle_ok
 from pvhyp.mm.flush import flush_tlb
 from pvhyp.mm.frametable import DOMID_ORPHAN, OutOfMemory
 from pvhyp.mm.pagetype import (
-    _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, INVALID_M2P_ENTRY, PGT_l1_page_table, PGT_l4_page_table,
+    PGT_l1_page_table, PGT_l4_page_table,
     PGT_none, PGT_root_page_table, PGT_writable_page, RO_MPT_SLOT, DomainMM, FrameRefs, PseudoDomain,
-    pte_mfn,
 )
-
-DOMID_SELF = 0x7FF0
-DOMID_IO = 0x7FF1
-DOMID_XEN = 0x7FF2
-MMU_NORMAL_PT_UPDATE = 0
-MMU_MACHPHYS_UPDATE = 1
-MMU_PT_UPDATE_PRESERVE_AD = 2
-MMU_PT_UPDATE_NO_TRANSLATE = 3
-HYPERVISOR_VIRT_END = 0xFFFF_8800_0000_0000
-VMASST_TYPE_m2p_strict = 32
-
-
-def addr_ok(domain, addr: int) -> bool:
-    """Xen's __addr_ok: a guest handle may not start in the hypervisor's hole."""
-    return not domain.paging or addr < (1 << 47) or addr >= HYPERVISOR_VIRT_END
 
 
 class PVMMU(FrameRefs):
@@ -245,7 +233,7 @@ class PVMMU(FrameRefs):
     # --------------------------------------------------- update_va_mapping
     def map_guest_l1e(self, v, va: int):
         """Machine address of the L1 entry mapping `va` in the current kernel table, or None."""
-        if not addr_ok(v.domain, va) or not v.domain.paging:
+        if not handle_ok(v.domain, va) or not v.domain.paging:
             return None
         table = v.guest_table
         nr = self.frames.nr_frames

@@ -22,8 +22,12 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from abi import errno as E
+from abi.x86_pte import (_PAGE_ACCESSED, _PAGE_AVAIL, _PAGE_DIRTY, _PAGE_GLOBAL, _PAGE_NX, _PAGE_PAT, _PAGE_PCD,
+                         _PAGE_PRESENT, _PAGE_PWT, _PAGE_RW, _PAGE_USER, PAGE_SHIFT, PTE_FRAME_MASK, pte_mfn,
+                         table_index)
+from abi.xen_x86_64 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, INVALID_M2P_ENTRY, MACH2PHYS_VIRT_START
 from pvhyp.mm.flush import flush_tlb
-from pvhyp.mm.frametable import DOMID_FREE, DOMID_ORPHAN, DOMID_XEN
+from pvhyp.mm.frametable import DOMID_FREE, DOMID_XEN
 
 if TYPE_CHECKING:
     from pvhyp.hypervisor import Hypervisor
@@ -39,27 +43,12 @@ PGT_writable_page = 7
 PGT_root_page_table = PGT_l4_page_table
 PGT_NAMES = {0: "none", 1: "L1", 2: "L2", 3: "L3", 4: "L4", 5: "seg_desc", 7: "writable"}
 
-# --- PTE bits ---
-_PAGE_PRESENT = 0x001
-_PAGE_RW = 0x002
-_PAGE_USER = 0x004
-_PAGE_PWT = 0x008
-_PAGE_PCD = 0x010
-_PAGE_ACCESSED = 0x020
-_PAGE_DIRTY = 0x040
-_PAGE_PSE = 0x080
-_PAGE_PAT = 0x080
-_PAGE_GLOBAL = 0x100
-_PAGE_AVAIL = 0xE00
-_PAGE_NX = 1 << 63
+# --- Xen's own PTE bit, cache attributes, the hypervisor's L4 slots ---
 _PAGE_GUEST_KERNEL = 1 << 52          # Xen's marker for "guest kernel mapping" (ignored by the CPU)
-PADDR_MASK = ((1 << 52) - 1) & ~0xFFF
 PAGE_CACHE_ATTRS = _PAGE_PAT | _PAGE_PCD | _PAGE_PWT
-L4_PAGETABLE_ENTRIES = 512
-ROOT_PAGETABLE_FIRST_XEN_SLOT = 256
-ROOT_PAGETABLE_LAST_XEN_SLOT = 271
-RO_MPT_SLOT = 256
-M2P_SLOT_OF_XEN = RO_MPT_SLOT
+ROOT_PAGETABLE_FIRST_XEN_SLOT = table_index(HYPERVISOR_VIRT_START, 4)      # 256
+ROOT_PAGETABLE_LAST_XEN_SLOT = table_index(HYPERVISOR_VIRT_END - 1, 4)     # 271
+RO_MPT_SLOT = table_index(MACH2PHYS_VIRT_START, 4)
 
 # Xen computes masks on 24-bit "flags" (pte bits 0-11 and 52-63); here they are
 # kept as masks on the PTE itself. base_disallow_mask is everything but
@@ -68,14 +57,11 @@ _AVAIL_HIGH = 0x7FF << 52
 BASE_DISALLOW_MASK = (0xFFF & ~(_PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED
                                 | _PAGE_DIRTY | _PAGE_AVAIL))
 L1_DISALLOW_MASK = BASE_DISALLOW_MASK & ~_PAGE_GLOBAL          # release build: _PAGE_GNTTAB == 0
-L2_DISALLOW_MASK = BASE_DISALLOW_MASK
-L3_DISALLOW_MASK = BASE_DISALLOW_MASK                          # 64-bit PV
-L4_DISALLOW_MASK = BASE_DISALLOW_MASK
+# L2, L3 (64-bit PV) and L4 entries are checked against BASE_DISALLOW_MASK itself.
 # PTE bits a guest may change without the entry being re-validated.
 FASTPATH_FLAG_WHITELIST = (_PAGE_NX | _AVAIL_HIGH | _PAGE_AVAIL | _PAGE_GLOBAL
                            | _PAGE_DIRTY | _PAGE_ACCESSED | _PAGE_USER)
-_FASTPATH_COMPARE = PADDR_MASK | (0xFFF & ~FASTPATH_FLAG_WHITELIST) | _PAGE_PRESENT
-INVALID_M2P_ENTRY = 0xFFFF_FFFF_FFFF_FFFF
+_FASTPATH_COMPARE = PTE_FRAME_MASK | (0xFFF & ~FASTPATH_FLAG_WHITELIST) | _PAGE_PRESENT
 
 _TABLE = struct.Struct("<512Q")
 _U64 = struct.Struct("<Q")
@@ -90,10 +76,6 @@ def is_guest_l4_slot(slot: int) -> bool:
     return slot < ROOT_PAGETABLE_FIRST_XEN_SLOT or slot > ROOT_PAGETABLE_LAST_XEN_SLOT
 
 
-def pte_mfn(entry: int) -> int:
-    return (entry & PADDR_MASK) >> 12
-
-
 def adjust_guest_l1e(e: int) -> int:
     """64-bit PV kernels run in ring 3: their mappings get _PAGE_USER, user ones _PAGE_GLOBAL."""
     if e & _PAGE_PRESENT:
@@ -106,9 +88,6 @@ def adjust_guest_l1e(e: int) -> int:
 
 def adjust_guest_l2e(e: int) -> int:
     return e | _PAGE_USER if e & _PAGE_PRESENT else e
-
-
-adjust_guest_l3e = adjust_guest_l2e
 
 
 def adjust_guest_l4e(e: int) -> int:
@@ -142,7 +121,6 @@ class DomainMM:
         # Of those, frames mapped through a grant (mfn -> entries): how an
         # unprivileged domain may hold a foreign mapping at all.
         self.granted: Counter = Counter()
-        self.nr_l4_pages = 0
         # Per-vCPU LDT set by MMUEXT_SET_LDT: vcpu_id -> (linear base, entries); read by the CPU engine.
         self.ldt: dict[int, tuple[int, int]] = {}
         # A process domain's frames given back by decrease_reservation: still
@@ -318,8 +296,6 @@ class FrameRefs:
             e = entries[slot]
             if e & _PAGE_PRESENT and (type_ != PGT_l4_page_table or is_guest_l4_slot(slot)):
                 self.put_page_from_lNe(e, mfn)
-        if type_ == PGT_l4_page_table and d is not None and d.mm is not None:
-            d.mm.nr_l4_pages -= 1
 
     def promote_l1_table(self, mfn: int, d) -> int:
         entries = list(self.read_table(mfn))
@@ -355,8 +331,6 @@ class FrameRefs:
             done.append(i)
         if type_ == PGT_l4_page_table:
             self.init_xen_l4_slots(entries, d)
-            if d.mm is not None:
-                d.mm.nr_l4_pages += 1
         self.write_table(mfn, entries)
         return 0
 
@@ -385,7 +359,7 @@ class FrameRefs:
         mfn = pte_mfn(l1e)
         if mfn >= self.frames.nr_frames:
             # MMIO space: no domain here has I/O memory rights.
-            return -E.EINVAL if mfn == PADDR_MASK >> 12 else -E.EPERM
+            return -E.EINVAL if mfn == PTE_FRAME_MASK >> PAGE_SHIFT else -E.EPERM
         real = self.page_get_owner_and_reference(mfn)
         if real is None:
             return -E.EBUSY
@@ -548,6 +522,3 @@ class FrameRefs:
                     del self.held_type_refs[mfn]
                 self.put_page_type(mfn)
             self.put_page(mfn)
-
-    def orphan_owner(self, mfn: int) -> None:
-        self.frames.owner[mfn] = DOMID_ORPHAN

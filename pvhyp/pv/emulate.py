@@ -10,7 +10,7 @@ shows only features unicorn's TCG really executes.
 """
 from __future__ import annotations
 
-from pvhyp.cpu.guest_memory import read_guest_virtual
+from pvhyp.guest_access import is_canonical_address, read_guest_virtual
 
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 FORCED_EMULATION_PREFIX = bytes.fromhex("0f0b") + b"xen"
@@ -217,7 +217,7 @@ class PrivilegedOps:
         index = ecx & 0xFFFF_FFFF
         value = ((edx & 0xFFFF_FFFF) << 32) | (eax & 0xFFFF_FFFF)
         if index in (MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE):
-            if not _canonical(value):
+            if not is_canonical_address(value):
                 return False
             if index == MSR_FS_BASE:
                 self.pv.fs_base = value
@@ -282,8 +282,3 @@ class PrivilegedOps:
 
     def _write_dr(self, reg: int, value: int) -> bool:
         return reg <= 7 and self.debug_registers is not None and self.debug_registers.set(reg, value) == 0
-
-
-def _canonical(value: int) -> bool:
-    top = value >> 47
-    return top == 0 or top == 0x1FFFF

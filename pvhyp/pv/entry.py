@@ -17,6 +17,9 @@ import collections
 import threading
 from typing import Callable
 
+from abi import errno as E
+from abi import xen as X
+from abi.xen import VMASST_TYPE_writable_pagetables
 from pvhyp.pv import xen_layout as L
 from pvhyp.pv.emulate import FORCED_EMULATION_PREFIX, PrivilegedOps
 from pvhyp.cpu.engine import GPR_NAMES, CpuEngine, CpuState, ExitReason
@@ -24,11 +27,9 @@ from pvhyp.pv.ro_page_fault import emulate_pagetable_write
 from pvhyp.pv.traps import GuestCrash, TrapBouncer
 from pvhyp.cpu.watchpoints import Watchpoints
 
-HYPERVISOR_IRET = 23
+HYPERVISOR_IRET = X.HYPERCALL_NUMBERS["iret"]   # __HYPERVISOR_iret, which a class body would mangle
 VECTOR_DB, VECTOR_UD, VECTOR_GP, VECTOR_PF = 1, 6, 13, 14
 PFEC_PRESENT, PFEC_WRITE = 0x1, 0x2
-
-VMASST_TYPE_WRITABLE_PAGETABLES = 2
 
 _HYPERCALL_ARGS = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "cs", "rip")
 
@@ -208,7 +209,7 @@ class PvVcpu:
         if nr == HYPERVISOR_IRET:
             self.bouncer.do_iret()
             return
-        result = -38 if self.dispatch is None else self.dispatch(self, nr, (rdi, rsi, rdx, r10, r8, r9))
+        result = -E.ENOSYS if self.dispatch is None else self.dispatch(self, nr, (rdi, rsi, rdx, r10, r8, r9))
         if self.engine.rip_moved:
             return             # the handler moved the guest (e.g. a bounce); it owns rax too
         # Past the syscall, so that an event upcall saves the right return
@@ -246,7 +247,7 @@ class PvVcpu:
 
     def _writable_pagetables(self) -> bool:
         domain = getattr(self.vcpu, "domain", None)
-        return bool(domain is not None and domain.vm_assist >> VMASST_TYPE_WRITABLE_PAGETABLES & 1)
+        return bool(domain is not None and domain.vm_assist >> VMASST_TYPE_writable_pagetables & 1)
 
     def on_software_interrupt(self, engine: CpuEngine, vector: int, insn_len: int) -> None:
         self._guarded(self.bouncer.bounce_software_interrupt, vector, insn_len)

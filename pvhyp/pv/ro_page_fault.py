@@ -14,7 +14,7 @@ from __future__ import annotations
 import capstone
 from capstone import x86_const as CX
 
-from pvhyp.cpu.guest_memory import read_guest_virtual
+from pvhyp.guest_access import read_guest_virtual
 
 _md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 _md.detail = True

@@ -45,19 +45,21 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from abi import errno as E
-from abi.arch_x86_xen import FIRST_RESERVED_GDT_PAGE
+from abi import xen as X
+from abi.arch_x86_xen import (FIRST_RESERVED_GDT_PAGE, VGCF_failsafe_disables_events, VGCF_in_kernel,
+                              VGCF_syscall_disables_events)
 from abi.xen import VMASST_TYPE_architectural_iopl, vcpu_info
-from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS, HYPERVISOR_VIRT_END
+from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS
+from pvhyp.domain import INVALID_MFN
+from pvhyp.guest_access import addr_ok, is_canonical_address
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 from pvhyp.pv.descriptors import GDT_ENTRIES_PER_FRAME, fixup_guest_selector, pv_destroy_gdt, pv_set_gdt
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
 
-NR_VECTORS = 256
 TRAP_nmi = 2
 MAX_LDT_ENTRIES = 8192
-INVALID_MFN = 0xFFFF_FFFF_FFFF_FFFF
 VCPU_INFO_SIZE = vcpu_info.sizeof()
 VCPU_INFO_ALIGN = 8                 # alignof(vcpu_info_t): its widest member is 64-bit
 
@@ -190,16 +192,6 @@ class PVVcpuState:
 
 # --- helpers shared by the handlers -------------------------------------------
 
-def is_canonical_address(addr: int) -> bool:
-    top = addr >> 47
-    return top == 0 or top == 0x1FFFF
-
-
-def addr_ok(addr: int) -> bool:
-    """Xen's __addr_ok: lower half, or above the hypervisor's reserved range."""
-    return addr < (1 << 47) or addr >= HYPERVISOR_VIRT_END
-
-
 @contextlib.contextmanager
 def domain_lock(domain: "Domain"):
     """Xen's domain_lock for our handlers, ordered after the PV MMU's lock.
@@ -244,9 +236,6 @@ def unregister_guest_nmi_callback(vcpu: "VCPU") -> None:
 
 
 # --- segment bases, FPU, debug registers, IOPL (Xen: pv/misc-hypercalls.c) -----
-
-SEGBASE_FIELDS = ("fs_base", "gs_base_user", "gs_base_kernel")
-
 
 def set_segment_base(vcpu: "VCPU", field: str, value: int) -> int:
     """SEGBASE_FS / GS_USER / GS_KERNEL: the base must be canonical."""
@@ -421,14 +410,20 @@ def local_event_delivery_enable(vcpu: "VCPU") -> None:
 
 _CANONICAL_FIELDS = ("kernel_sp", "fs_base", "gs_base_kernel", "gs_base_user",
                      "event_callback_eip", "syscall_callback_eip", "failsafe_callback_eip")
-VGCF_in_kernel = 1 << 2
-VGCF_failsafe_disables_events = 1 << 3
-VGCF_syscall_disables_events = 1 << 4
 X86_EFLAGS_IF = 1 << 9
 X86_EFLAGS_IOPL = 3 << 12
 X86_CR0_TS = 1 << 3
 CR4_GUEST_CONTROLLED = (1 << 2) | X86_CR4_DE | (1 << 9) | (1 << 10)   # TSD, DE, OSFXSR, OSXMMEXCPT
-VM_ASSIST_VALID = sum(1 << t for t in (0, 1, 2, 3, 4, 5, 32))    # NATIVE_VM_ASSIST_VALID
+# arch_vm_assist_valid_mask for a 64-bit PV domain (PV64_VM_ASSIST_MASK).
+PV64_VM_ASSIST_MASK = (
+    1 << X.VMASST_TYPE_4gb_segments
+    | 1 << X.VMASST_TYPE_4gb_segments_notify
+    | 1 << X.VMASST_TYPE_writable_pagetables
+    | 1 << X.VMASST_TYPE_pae_extended_cr3
+    | 1 << X.VMASST_TYPE_architectural_iopl
+    | 1 << X.VMASST_TYPE_runstate_update_flag
+    | 1 << X.VMASST_TYPE_m2p_strict
+)
 
 
 def _set_guest_tables(vcpu: "VCPU", kernel_mfn: int, user_mfn: int) -> int:
@@ -468,7 +463,7 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
         return -E.EINVAL
     flags = ctxt["flags"]
     domain = vcpu.domain
-    if vcpu.vcpu_id == 0 and ctxt["vm_assist"] & ~VM_ASSIST_VALID:
+    if vcpu.vcpu_id == 0 and ctxt["vm_assist"] & ~PV64_VM_ASSIST_MASK:
         return -E.EINVAL
     gdt_ents = ctxt["gdt_ents"]
     if (gdt_ents + GDT_ENTRIES_PER_FRAME - 1) // GDT_ENTRIES_PER_FRAME > len(ctxt["gdt_frames"]):

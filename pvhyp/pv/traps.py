@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import struct
 
+from abi.xen_x86_64 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, VGCF_IN_SYSCALL
 from pvhyp.pv import xen_layout as L
-from pvhyp.cpu.guest_memory import read_guest_virtual, write_guest_virtual
+from pvhyp.guest_access import is_canonical_address, read_guest_virtual, write_guest_virtual
 
 # Trap bounce flags
 TBF_EXCEPTION_ERRCODE = 0x2
 TBF_INTERRUPT = 0x8          # mask events on entry
 TBF_FAILSAFE = 0x10
 
-VGCF_IN_SYSCALL = 1 << 8
 RFLAGS_TF, RFLAGS_IF, RFLAGS_DF = 1 << 8, 1 << 9, 1 << 10
 RFLAGS_IOPL = 3 << 12
 RFLAGS_NT, RFLAGS_RF, RFLAGS_VM, RFLAGS_AC = 1 << 14, 1 << 16, 1 << 17, 1 << 18
@@ -37,11 +37,6 @@ VCPU_INFO_UPCALL_PENDING, VCPU_INFO_UPCALL_MASK, VCPU_INFO_CR2 = 0, 1, 16
 _IRET_CONTEXT = struct.Struct("<9Q")    # rax r11 rcx flags rip cs rflags rsp ss
 
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
-
-
-def _canonical(va: int) -> bool:
-    top = va >> 47
-    return top == 0 or top == 0x1FFFF
 
 
 class GuestCrash(Exception):
@@ -118,7 +113,7 @@ class TrapBouncer:
             self.toggle_guest_mode()
             stack = pv.kernel_sp
         stack &= ~0xF & MASK64
-        if L.RO_MPT_VIRT_START <= stack < 0xFFFF_8800_0000_0000 + 60:
+        if HYPERVISOR_VIRT_START <= stack < HYPERVISOR_VIRT_END + 60:
             raise GuestCrash(f"guest kernel stack {stack:#x} inside the hypervisor range")
         saved_mask = self.upcall_mask()
         if flags & TBF_INTERRUPT:
@@ -254,7 +249,7 @@ class TrapBouncer:
         if raw is None:
             raise GuestCrash(f"iret frame at {rsp:#x} unreadable")
         rax, r11, rcx, flags, rip, cs, rflags, new_rsp, ss = _IRET_CONTEXT.unpack(raw)
-        if not (_canonical(rip) and _canonical(new_rsp)):
+        if not (is_canonical_address(rip) and is_canonical_address(new_rsp)):
             raise GuestCrash(f"iret to a non-canonical rip {rip:#x} / rsp {new_rsp:#x}")
         if (cs & 3) == 3 and pv.kernel_mode:
             if not pv.user_table:

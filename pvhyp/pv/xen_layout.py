@@ -22,27 +22,26 @@ import struct
 import threading
 from typing import Callable, Iterable, Sequence
 
-PAGE_SIZE = 4096
-ENTRIES = 512
+from abi.arch_x86_xen import FIRST_RESERVED_GDT_ENTRY, FIRST_RESERVED_GDT_PAGE
+from abi.x86_pte import (_PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_NX, _PAGE_PRESENT, _PAGE_RW, _PAGE_USER,
+                         L1_PAGETABLE_ENTRIES, PAGE_SIZE, PTE_FRAME_MASK)
+# The flat selectors are read by the PV layer as L.FLAT_*, hence the noqa.
+from abi.xen_x86_64 import (FLAT_KERNEL_CS, FLAT_KERNEL_SS, FLAT_RING3_CS32, FLAT_RING3_CS64,  # noqa: F401
+                            FLAT_RING3_DS32, FLAT_USER_CS, FLAT_USER_SS, MACH2PHYS_VIRT_START)
 
-PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D = 0x1, 0x2, 0x4, 0x20, 0x40
-PTE_NX = 1 << 63
-PTE_ADDR_MASK = 0x000F_FFFF_FFFF_F000
+ENTRIES = L1_PAGETABLE_ENTRIES      # per table, at every level
 
 # Accessed/dirty preset so the CPU's page walker never writes these tables.
-_TABLE = PTE_P | PTE_RW | PTE_A
-_HV_DATA = PTE_P | PTE_RW | PTE_A | PTE_D | PTE_NX
-_HV_RODATA = PTE_P | PTE_A | PTE_NX
-_HV_CODE = PTE_P | PTE_A
-_GUEST_RO = PTE_P | PTE_US | PTE_A | PTE_NX
+_TABLE = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED
+_HV_DATA = _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_NX
+_HV_RODATA = _PAGE_PRESENT | _PAGE_ACCESSED | _PAGE_NX
+_HV_CODE = _PAGE_PRESENT | _PAGE_ACCESSED
+_GUEST_RO = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED | _PAGE_NX
 
-HYPERVISOR_L4_FIRST, HYPERVISOR_L4_LAST = 256, 271
-RO_MPT_VIRT_START = 0xFFFF_8000_0000_0000
+RO_MPT_VIRT_START = MACH2PHYS_VIRT_START     # Xen's own name for where the read-only M2P is mapped
 PERDOMAIN_VIRT_START = 0xFFFF_8200_0000_0000
 XEN_VIRT_START = 0xFFFF_8280_0000_0000
 
-FIRST_RESERVED_GDT_PAGE = 14
-FIRST_RESERVED_GDT_ENTRY = FIRST_RESERVED_GDT_PAGE * PAGE_SIZE // 8
 MAX_GUEST_GDT_FRAMES = FIRST_RESERVED_GDT_PAGE
 GDT_LIMIT = (FIRST_RESERVED_GDT_PAGE + 1) * PAGE_SIZE - 1
 VCPU_WINDOW_PAGES = 16
@@ -50,17 +49,9 @@ VCPU_WINDOW_SIZE = VCPU_WINDOW_PAGES * PAGE_SIZE
 ENTRY_STACK_PAGE = 15
 MAX_VCPU_WINDOWS = ENTRIES * ENTRIES // VCPU_WINDOW_PAGES   # one L2 of L1s
 
-# Selectors of the reserved descriptors (public/arch-x86/xen-x86_64.h).
+# Xen's own selectors in the reserved GDT page (the flat ring-3 ones come from abi.xen_x86_64).
 HYPERVISOR_CS = 0xE008
 HYPERVISOR_DS = 0xE010
-FLAT_RING3_CS32 = 0xE023
-FLAT_RING3_DS32 = 0xE02B
-FLAT_RING3_CS64 = 0xE033
-FLAT_RING3_DS64 = 0x0000
-FLAT_RING3_SS32 = 0xE02B
-FLAT_RING3_SS64 = 0xE02B
-FLAT_KERNEL_CS = FLAT_USER_CS = FLAT_RING3_CS64
-FLAT_KERNEL_SS = FLAT_USER_SS = FLAT_RING3_SS64
 TSS_SELECTOR = 0xE040
 
 # Flat descriptors as Xen installs them, accessed bit preset.
@@ -130,7 +121,7 @@ class XenLayout:
         """L4 slot -> entry to install in every guest L4 (slots 256-271)."""
         entries = {}
         for slot, l3 in self._l3.items():
-            flags = _TABLE | PTE_US if slot == l4_slot(RO_MPT_VIRT_START) else _TABLE
+            flags = _TABLE | _PAGE_USER if slot == l4_slot(RO_MPT_VIRT_START) else _TABLE
             entries[slot] = (l3 << 12) | flags
         return entries
 
@@ -172,7 +163,7 @@ class XenLayout:
 
     def entry_stack_maddr(self, index: int) -> int:
         """Machine address of the entry stack page (the stub's iret frame is written there)."""
-        return self._window_pte(index, ENTRY_STACK_PAGE) & PTE_ADDR_MASK
+        return self._window_pte(index, ENTRY_STACK_PAGE) & PTE_FRAME_MASK
 
     def set_guest_gdt(self, index: int, frames: Iterable[int]) -> None:
         """Map a guest's GDT frames (already validated by the MMU) read-only.
@@ -198,16 +189,16 @@ class XenLayout:
         table = self._l3.get(slot)
         if table is None:
             table = self._l3[slot] = self._new_frame()
-        user = PTE_US if slot == l4_slot(RO_MPT_VIRT_START) else 0
+        user = _PAGE_USER if slot == l4_slot(RO_MPT_VIRT_START) else 0
         for shift in (30, 21)[: 3 - level_leaf]:
             entry_addr = (table << 12) + ((va >> shift) & 0x1FF) * 8
             entry = self.memory.read_u64(entry_addr)
-            if not entry & PTE_P:
+            if not entry & _PAGE_PRESENT:
                 child = self._new_frame()
                 self.memory.write_u64(entry_addr, (child << 12) | _TABLE | user)
                 table = child
             else:
-                table = (entry & PTE_ADDR_MASK) >> 12
+                table = (entry & PTE_FRAME_MASK) >> 12
         return table
 
     def _map_page(self, va: int, pte: int) -> None:

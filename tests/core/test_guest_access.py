@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from pvhyp.guest_access import GuestFault, copy_from_guest, copy_to_guest, walk
+from pvhyp.guest_access import (GuestFault, addr_ok, copy_from_guest, copy_to_guest, handle_ok,
+                                 read_guest_virtual, walk, write_guest_virtual)
 
 P, RW, US = 1, 2, 4
 
@@ -60,6 +61,30 @@ def test_non_canonical_and_hypervisor_addresses_fault(hv, va):
     v.guest_table = hv.frames.alloc(d.domid, 1)[0]
     with pytest.raises(GuestFault):
         copy_from_guest(v, va, 8)
+
+
+def test_the_cpu_view_reads_and_writes_all_or_nothing(hv):
+    """read/write_guest_virtual: the engine's road, through a CR3, the same walk as handles."""
+    d = hv.create_domain(max_pages=16)
+    (data,) = hv.frames.alloc(d.domid, 1)
+    va = 0x40_0000
+    cr3 = build_tables(hv, d, va, data) << 12
+    assert write_guest_virtual(hv.memory, cr3, va + 8, b"frame")
+    assert read_guest_virtual(hv.memory, cr3, va + 8, 5) == b"frame"
+    assert not write_guest_virtual(hv.memory, cr3, va + 4094, b"abcd")
+    assert hv.memory.read((data << 12) + 4094, 2) == b"\0\0"
+    assert read_guest_virtual(hv.memory, cr3, va + 4094, 4) is None
+    read_only = build_tables(hv, d, va, data, flags=P | US) << 12
+    assert read_guest_virtual(hv.memory, read_only, va, 2) == b"\0\0"
+    assert not write_guest_virtual(hv.memory, read_only, va, b"x")
+
+
+def test_addr_ok_refuses_the_hypervisor_range_of_paging_guests_only(hv):
+    assert addr_ok(0x7FFF_FFFF_F000) and addr_ok(0xFFFF_8800_0000_0000)
+    assert not addr_ok(0xFFFF_8000_0000_0000) and not addr_ok(1 << 47)
+    from pvhyp.channel import create_process_domain
+    assert not handle_ok(hv.create_domain(max_pages=4), 0xFFFF_8000_0000_0000)
+    assert handle_ok(create_process_domain(hv, nr_pages=4), 0xFFFF_8000_0000_0000)
 
 
 def test_entries_pointing_outside_machine_memory_fault(hv):

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
+from abi.x86_pte import PTE_FRAME_MASK
 from pvhyp.pv import state as pv_vcpu
 from pvhyp.pv import xen_layout as L
 from pvhyp.pv.entry import PvVcpu, initial_state
@@ -179,7 +180,7 @@ class GuestMachine:
             if not entry & 1:
                 entry = (self.new_table() << 12) | 0x7
                 self.memory.write_u64(slot, entry)
-            table = (entry & L.PTE_ADDR_MASK) >> 12
+            table = (entry & PTE_FRAME_MASK) >> 12
         self.memory.write_u64((table << 12) + ((va >> 12) & 0x1FF) * 8, (mfn << 12) | flags)
 
     def guest_address_space(self) -> int:

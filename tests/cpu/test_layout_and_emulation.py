@@ -5,7 +5,9 @@ import struct
 
 import pytest
 
+from abi.x86_pte import _PAGE_USER
 from guest_kit import GUEST_FIRST_MFN, RO_PAGE_VA, GuestMachine
+from pvhyp.mm.pagetype import ROOT_PAGETABLE_FIRST_XEN_SLOT, ROOT_PAGETABLE_LAST_XEN_SLOT
 from pvhyp.pv import xen_layout as L
 from pvhyp.cpu.engine import ExitReason
 from pvhyp.pv.ro_page_fault import FLAG_ZF
@@ -27,10 +29,10 @@ def run(vcpu, rec, insns=200_000):
 
 def test_xen_l4_entries_cover_m2p_and_hypervisor_slots(machine):
     entries = machine.layout.xen_l4_entries()
-    assert set(entries) <= set(range(L.HYPERVISOR_L4_FIRST, L.HYPERVISOR_L4_LAST + 1))
-    assert entries[256] & L.PTE_US                       # M2P: guest-visible
+    assert set(entries) <= set(range(ROOT_PAGETABLE_FIRST_XEN_SLOT, ROOT_PAGETABLE_LAST_XEN_SLOT + 1))
+    assert entries[256] & _PAGE_USER                     # M2P: guest-visible
     for slot in set(entries) - {256}:
-        assert not entries[slot] & L.PTE_US              # everything else: supervisor-only
+        assert not entries[slot] & _PAGE_USER            # everything else: supervisor-only
 
 
 def test_guest_reads_m2p_and_loads_flat_selectors(machine):

@@ -12,10 +12,10 @@ import pytest
 import pvguest.hypercall_channel as client
 import pvhyp.channel_server as wire
 from abi import errno as E
+from abi.sched import SHUTDOWN_crash
 from abi.xen import CONSOLEIO_write, HYPERCALL_NUMBERS
 from pvguest.hypercall_channel import ChannelError, SocketChannel
 from pvhyp.channel import create_process_domain
-from pvhyp.domain import SHUTDOWN_CRASH
 
 CONSOLE_IO = HYPERCALL_NUMBERS["console_io"]
 
@@ -136,7 +136,7 @@ def test_a_malformed_frame_closes_only_that_channel(hv, server, frame):
     wait_until(lambda: server.disconnects)
     assert server.disconnects[0][0] == victim.domid
     wait_until(lambda: victim.is_shut_down)
-    assert victim.shutdown_reason == SHUTDOWN_CRASH
+    assert victim.shutdown_reason == SHUTDOWN_crash
     healthy.memory[0:2] = b"ok"
     assert healthy.hypercall(CONSOLE_IO, CONSOLEIO_write, 2, 0) == 0
     assert not bystander.is_shut_down
@@ -152,7 +152,7 @@ def test_a_hypervisor_bug_crashes_the_calling_domain_not_the_hypervisor(hv, serv
     with pytest.raises(client.ChannelClosed):
         ch.hypercall(62, 1)
     wait_until(lambda: d.is_shut_down)
-    assert d.shutdown_reason == SHUTDOWN_CRASH
+    assert d.shutdown_reason == SHUTDOWN_crash
     other = SocketChannel(server.attach(create_process_domain(hv, 8)))
     assert other.hypercall(63) == -E.ENOSYS
     other.close()
