@@ -23,14 +23,12 @@ print(json.dumps({"domid": domid, "l4": result.l4_mfn, "p2m0": result.p2m[0],
 
 
 def test_dom0_process_builds_a_kernel_over_the_socket(tmp_path, xtf_example):
-    import hypercalls
     from pvhyp.channel import create_process_domain
     from pvhyp.channel_server import ChannelServer
     from pvhyp.domctl import hypercall_page_bytes
-    from pvhyp.hypervisor import Hypervisor
+    from pvhyp.host import build_hypervisor
 
-    hv = Hypervisor(memory_mb=96)
-    hypercalls.install(hv.hypercalls)
+    hv = build_hypervisor(96, cpu=False)
     if not has_handler(hv, "memory_op"):
         pytest.skip("memory_op is not installed yet")
     server = ChannelServer(hv)

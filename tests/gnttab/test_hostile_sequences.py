@@ -121,11 +121,9 @@ def run_sequence(hv, players, ops) -> None:
 @settings(max_examples=int(os.environ.get("PVHYP_HOSTILE_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(OPS, min_size=1, max_size=25))
 def test_hostile_sequences_keep_state_consistent(ops):
-    import hypercalls
-    from pvhyp.hypervisor import Hypervisor
-    hv = Hypervisor(memory_mb=32)
+    from pvhyp.host import build_hypervisor
+    hv = build_hypervisor(32, cpu=False)
     try:
-        hypercalls.install(hv.hypercalls)
         players = [Guest(hv, nr_pages=128, vcpus=2) for _ in range(2)] + [Guest(hv, nr_pages=128, privileged=True)]
         bystander = Guest(hv, nr_pages=16)
         before = _digest(bystander)
@@ -159,13 +157,11 @@ def test_copy_batch_cannot_name_a_foreign_frame_after_a_grant_ref_op():
     """One GNTTABOP_copy batch: op 1 names domain V by grant ref (fails: V granted nothing),
     op 2 names the same domid by frame number. Only DOMID_SELF may name frames: op 2 must be
     refused, and V's memory must not change (a pvhyp fuzz finding)."""
-    import hypercalls
     from abi import grant_table as G
     from abi import xen as X
     from pvhyp.channel import InProcessChannel, create_process_domain
-    from pvhyp.hypervisor import Hypervisor
-    hv = Hypervisor(memory_mb=32)
-    hypercalls.install(hv.hypercalls)
+    from pvhyp.host import build_hypervisor
+    hv = build_hypervisor(32, cpu=False)
     try:
         attacker = create_process_domain(hv, 16, domid=1)
         victim = create_process_domain(hv, 16, domid=2)

@@ -25,11 +25,10 @@ def map_page(hv, l4, va, mfn):
     hv.memory.write_u64((table << 12) + ((va >> 12) & 0x1FF) * 8, (mfn << 12) | 0x7)
 
 
-def test_periodic_timer_wakes_a_blocked_guest(hv):
+def test_periodic_timer_wakes_a_blocked_guest(cpu_hv):
     from guest_kit import load_into_domain
-    from pvhyp.cpu import attach
 
-    attach(hv)
+    hv = cpu_hv
     d = hv.create_domain(max_vcpus=1, max_pages=0x300)
     symbols, p2m = load_into_domain(hv, d, rf"""
 .set VI, {VI_VA:#x}
