@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from guest_kit import load_into_domain
+from tests.cpu.guest_kit import load_into_domain
 from pvhyp.domctl import hypercall_page_bytes
 
 HYPERCALL_PAGE_VA = 0x1F0000

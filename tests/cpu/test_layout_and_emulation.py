@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from guest_kit import GUEST_FIRST_MFN, RO_PAGE_VA, GuestMachine
+from tests.cpu.guest_kit import GUEST_FIRST_MFN, RO_PAGE_VA, GuestMachine
 from pvhyp.pv import xen_layout as L
 from pvhyp.cpu.engine import ExitReason
 from pvhyp.pv.ro_page_fault import FLAG_ZF

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.evtchn.guestcall import Guest
+from tests.evtchn.evtchn_kit import Guest
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from abi import grant_table as GA
 from abi import xen as X
 from pvhyp import event_channel as ev
 from pvhyp import grant_table as gnt
-from tests.evtchn.guestcall import DATA_PAGE, Guest
+from tests.evtchn.evtchn_kit import DATA_PAGE, Guest
 
 u16 = st.integers(0, 0xFFFF)
 gref = st.one_of(st.integers(0, 7), st.integers(0, 600), st.just(0xFFFF_FFFF))

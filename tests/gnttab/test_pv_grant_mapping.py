@@ -9,7 +9,7 @@ from abi import grant_table as GA
 from abi import xen as X
 from pvhyp.guest_access import GuestFault, copy_from_guest
 from pvhyp.hypercall_table import HypercallContext
-from tests.evtchn.guestcall import DATA_PAGE, build
+from tests.evtchn.evtchn_kit import DATA_PAGE, build
 
 testbed = pytest.importorskip("pvhyp.mm.testbed")
 

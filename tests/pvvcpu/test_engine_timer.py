@@ -4,13 +4,9 @@ upcall on return from SCHEDOP_block)."""
 from __future__ import annotations
 
 import shutil
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cpu"))
 
 pytestmark = pytest.mark.skipif(shutil.which("as") is None or shutil.which("ld") is None,
                                 reason="needs binutils to assemble the test kernel")
@@ -26,7 +22,7 @@ def map_page(hv, l4, va, mfn):
 
 
 def test_periodic_timer_wakes_a_blocked_guest(cpu_hv):
-    from guest_kit import load_into_domain
+    from tests.cpu.guest_kit import load_into_domain
 
     hv = cpu_hv
     d = hv.create_domain(max_vcpus=1, max_pages=0x300)

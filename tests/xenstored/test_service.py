@@ -8,8 +8,7 @@ from abi.io import xs_wire as wire
 from dom0.xenstored.core import parse_messages
 from dom0.xenstored.service import XenStoreService
 
-from .helpers import message
-from .test_ring import Guest
+from .xenstored_kit import Guest, message
 
 
 def _wait(predicate, timeout=5.0):
