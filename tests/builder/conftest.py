@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.builder.builder_kit import has_handler, xtf_kernels
+from tests.builder.builder_kit import xtf_kernels
 
 
 @pytest.fixture
@@ -18,15 +18,6 @@ def machine():
     xc = XenCtrl(InProcessChannel(hv, dom0))
     yield hv, dom0, xc
     hv.close()
-
-
-@pytest.fixture
-def builder_machine(machine):
-    """`machine`, skipped while XENMEM_populate_physmap (memory_op) is not installed."""
-    hv = machine[0]
-    if not has_handler(hv, "memory_op"):
-        pytest.skip("memory_op (XENMEM_populate_physmap with a foreign domid) is not installed yet")
-    return machine
 
 
 @pytest.fixture
