@@ -1,7 +1,7 @@
 """The hypercall table: the only way from pvhyp into the handlers.
 
-pvhyp never imports `hypercalls`; whoever builds the hypervisor (the CLI, a
-test) calls `hypercalls.install(hv.hypercalls)`, which fills this table. Every
+pvhyp never imports `hypercalls` but in its composition root (pvhyp/host.py),
+which fills this table with the package's `install(table)`. Every
 caller (the CPU engine's syscall hook, the process channel of dom0 and Python
 guests, the fuzzer, multicall) goes through `dispatch`.
 """

@@ -1,14 +1,15 @@
 """The hypervisor: machine memory, the frame table, domains, the hypercall table.
 
-Subsystems (PV MMU, event channels, grant tables, time, CPU engine) attach
-themselves with `attach(hv)`; they keep per-domain state on the Domain and
+Subsystems (PV MMU, event channels, grant tables, time, scheduler, console,
+CPU engine) are attached by the composition root, pvhyp.host.build_hypervisor,
+in a fixed order, each with its module's `attach(hv)`; the attributes they set
+are declared on the class below. They keep per-domain state on the Domain and
 hear about domain creation and destruction through the hooks below.
 """
 from __future__ import annotations
 
-import importlib
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from abi.xen import DOMID_FIRST_RESERVED, DOMID_SELF
 from abi.xen_x86_64 import INVALID_M2P_ENTRY
@@ -19,21 +20,26 @@ from pvhyp.mm.frametable import DOMID_XEN, FrameTable
 from pvhyp.trace import Trace
 from pvhyp.xsm import DUMMY_POLICY, DummyPolicy
 
-DEFAULT_MEMORY_MB = 1024
+if TYPE_CHECKING:
+    from pvhyp.cpu.runner import CpuSubsystem
+    from pvhyp.mm.mmu import PVMMU
+    from pvhyp.sched import Scheduler
+    from pvhyp.time import TimeKeeper
 
-# Each names a module with `attach(hv)`; absent ones are skipped so that the
-# core runs while a subsystem is still being built.
-SUBSYSTEMS = (
-    "pvhyp.mm.mmu",
-    "pvhyp.event_channel",
-    "pvhyp.grant_table",
-    "pvhyp.time",
-    "pvhyp.sched",
-    "pvhyp.console",
-)
+DEFAULT_MEMORY_MB = 1024
 
 
 class Hypervisor:
+    # Set by the subsystems' attach(hv), in pvhyp.host's order (pvhyp.host.SUBSYSTEMS):
+    mmu: PVMMU                                          # pvhyp.mm.mmu
+    evtchn_lock: threading.RLock                        # pvhyp.event_channel: every port table
+    may_host_map: Callable[[Domain, int, bool], bool]   # pvhyp.grant_table: may a process map this frame
+    time: TimeKeeper                                    # pvhyp.time
+    sched: Scheduler                                    # pvhyp.sched
+    console_sinks: list[Callable[[int, bytes], None]]   # pvhyp.console: live CONSOLEIO_write listeners
+    # ...and by the CPU engine's (pvhyp.cpu.runner) when the host runs x86 guests.
+    cpu: CpuSubsystem | None = None
+
     def __init__(self, memory_mb: int = DEFAULT_MEMORY_MB):
         self.memory = MachineMemory(memory_mb << 20)
         self.frames = FrameTable(self.memory)
@@ -56,15 +62,6 @@ class Hypervisor:
         # Filled by the CPU engine's layout: L4 slot -> entry for the
         # hypervisor's part of every guest address space (slots 256-271).
         self.xen_l4_slots: dict[int, int] = {}
-
-        for name in SUBSYSTEMS:
-            try:
-                module = importlib.import_module(name)
-            except ModuleNotFoundError as e:
-                if e.name != name:
-                    raise
-                continue
-            module.attach(self)
 
     def close(self) -> None:
         """Stop every subsystem's threads, then release machine memory.

@@ -1,4 +1,5 @@
-"""Shared fixtures: a small hypervisor with every handler installed, and where the XTF kernels are."""
+"""Shared fixtures: a small hypervisor with every subsystem and handler (with or without the
+CPU engine), and where the XTF kernels are."""
 from __future__ import annotations
 
 import os
@@ -19,10 +20,17 @@ def xtf_dir() -> pathlib.Path | None:
 
 @pytest.fixture
 def hv():
-    import hypercalls
-    from pvhyp.hypervisor import Hypervisor
-    h = Hypervisor(memory_mb=64)
-    hypercalls.install(h.hypercalls)
+    from pvhyp.host import build_hypervisor
+    h = build_hypervisor(64, cpu=False)
+    yield h
+    h.close()
+
+
+@pytest.fixture
+def cpu_hv():
+    """`hv` with the CPU engine: x86 PV guests run on vCPU threads."""
+    from pvhyp.host import build_hypervisor
+    h = build_hypervisor(64, cpu=True)
     yield h
     h.close()
 

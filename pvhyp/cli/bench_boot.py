@@ -47,7 +47,7 @@ class PvhypBoot:
     """One Debian guest under a fresh pvhyp (hypervisor here, dom0 as a process), console in hand."""
 
     def __init__(self, image: dict, memory: int = 256, extra: str = ""):
-        from pvhyp.cli.run_cmd import OneShot
+        from pvhyp.host import OneShot
         self.run = OneShot(guest_config(image, memory, extra=extra), "<bench boot>", memory)
         self.kernel_path = image["kernel"]
         self.hv = self.run.hv
@@ -55,8 +55,12 @@ class PvhypBoot:
         self.domid: int | None = None
 
     def start(self) -> None:
+        from pvhyp.host import GuestRefused
         self.started = time.monotonic()
-        self.domid = self.run.start()
+        try:
+            self.domid = self.run.start()
+        except GuestRefused as e:
+            raise UserError(str(e)) from None
 
     @property
     def domain(self):

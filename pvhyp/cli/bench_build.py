@@ -31,11 +31,10 @@ def _default_kernel() -> pathlib.Path:
 
 
 def run(args) -> int:
-    import hypercalls
     from dom0.builder import BuildError, build_pv_domain, parse_kernel, plan_layout
     from dom0.xc import XenCtrl
     from pvhyp.channel import InProcessChannel, create_process_domain
-    from pvhyp.hypervisor import Hypervisor
+    from pvhyp.host import build_hypervisor
 
     path = pathlib.Path(args.kernel) if args.kernel else _default_kernel()
     try:
@@ -53,8 +52,7 @@ def run(args) -> int:
     except BuildError as e:
         raise UserError(f"{path}: {e}") from None
 
-    hv = Hypervisor(memory_mb=args.memory + 64)
-    hypercalls.install(hv.hypercalls)
+    hv = build_hypervisor(args.memory + 64, cpu=False)
     dom0 = create_process_domain(hv, nr_pages=256, privileged=True, domid=0)
     xc = XenCtrl(InProcessChannel(hv, dom0))
     times = []

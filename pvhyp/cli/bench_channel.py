@@ -34,14 +34,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import hypercalls
     from abi.xen import HYPERCALL_NUMBERS
     from pvhyp.channel import InProcessChannel, create_process_domain
     from pvhyp.channel_server import ChannelServer
-    from pvhyp.hypervisor import Hypervisor
+    from pvhyp.host import build_hypervisor
 
-    hv = Hypervisor(memory_mb=64)
-    hypercalls.install(hv.hypercalls)
+    hv = build_hypervisor(64, cpu=False)
     nr = HYPERCALL_NUMBERS["xen_version"]       # XENVER_version: the cheapest real hypercall
     server = ChannelServer(hv)
     dom0 = create_process_domain(hv, 16, privileged=True, domid=0)

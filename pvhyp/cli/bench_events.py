@@ -18,15 +18,13 @@ def _build(struct, fields: dict) -> bytes:
 
 
 def run(args) -> int:
-    import hypercalls
     from abi import event_channel as EA
     from abi import grant_table as GA
     from abi.xen import DOMID_SELF, HYPERCALL_NUMBERS
     from pvhyp.channel import InProcessChannel, create_process_domain
-    from pvhyp.hypervisor import Hypervisor
+    from pvhyp.host import build_hypervisor
 
-    hv = Hypervisor(memory_mb=64)
-    hypercalls.install(hv.hypercalls)
+    hv = build_hypervisor(64, cpu=False)
     a, b = (InProcessChannel(hv, create_process_domain(hv, 64)) for _ in range(2))
     ev, gt = HYPERCALL_NUMBERS["event_channel_op"], HYPERCALL_NUMBERS["grant_table_op"]
     arg_a, arg_b, data_pfn = 0x1000, 0x1000, 8

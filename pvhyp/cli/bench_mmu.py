@@ -19,11 +19,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import hypercalls
     from abi import xen as X
     from pvhyp.cli import UserError
+    from pvhyp.host import build_hypervisor
     from pvhyp.hypercall_table import HypercallContext
-    from pvhyp.hypervisor import Hypervisor
     from pvhyp.mm.testbed import build_pv_domain
 
     if not 1 <= args.batch <= 4096:
@@ -32,8 +31,7 @@ def run(args) -> int:
     nr_pages = _COVER_PAGES + 1024
     table_pfns = range(_COVER_PAGES, _COVER_PAGES + nr_l1 + 3)      # the new hierarchy's frames
     scratch_l1_pfn = table_pfns[-1] + 1
-    hv = Hypervisor(memory_mb=(nr_pages >> 8) + 32)
-    hypercalls.install(hv.hypercalls)
+    hv = build_hypervisor((nr_pages >> 8) + 32, cpu=False)
     layout = build_pv_domain(hv, nr_pages, read_only_pfns=list(table_pfns) + [scratch_l1_pfn])
     d = layout.domain
     ctx = HypercallContext(d.vcpus[0])

@@ -32,16 +32,14 @@ def _rate(fn, seconds: float) -> float:
 
 
 def run(args) -> int:
-    import hypercalls
     from abi import vcpu as V
     from abi import version as VER
     from abi.xen import HYPERCALL_NUMBERS
+    from pvhyp.host import build_hypervisor
     from pvhyp.hypercall_table import HypercallContext
-    from pvhyp.hypervisor import Hypervisor
 
     seconds = getattr(args, "seconds", 0.4)
-    hv = Hypervisor(memory_mb=64)
-    hypercalls.install(hv.hypercalls)
+    hv = build_hypervisor(64, cpu=False)
     d = hv.create_domain(max_vcpus=2, max_pages=16, paging=False)
     hv.populate(d, 16)
     vcpu = d.vcpus[0]

@@ -22,14 +22,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def make_hv():
-    import hypercalls
-    from pvhyp.hypervisor import Hypervisor
-    hv = Hypervisor(memory_mb=32)
-    hypercalls.install(hv.hypercalls)
-    return hv
-
-
 def run(args) -> int:
     from pvhyp.fuzz import runner
     if args.replay:
@@ -37,7 +29,7 @@ def run(args) -> int:
             steps, privileged, kind, world = runner.load_reproducer(args.replay)
         except (OSError, ValueError, KeyError) as e:
             raise UserError(f"cannot read reproducer {args.replay}: {e}")
-        failure = runner.replay(make_hv, steps, privileged, world=world)
+        failure = runner.replay(runner.make_hv, steps, privileged, world=world)
         if failure is None:
             print(f"{args.replay}: {len(steps)} steps, no failure (was: {kind})")
             return 0
@@ -55,7 +47,7 @@ def run(args) -> int:
                                 omit=["*/pvhyp/cli/*", "*/pvhyp/fuzz/*", "*/pvhyp/cpu/*"])
     seconds = args.time if args.time is not None else (None if args.steps else 60.0)
     try:
-        fz = runner.Fuzzer(make_hv, seed=args.seed, hypercalls=args.hypercall,
+        fz = runner.Fuzzer(runner.make_hv, seed=args.seed, hypercalls=args.hypercall,
                            privileged=args.privileged, out_dir=args.out)
     except ValueError as e:
         raise UserError(str(e))

@@ -17,5 +17,6 @@ concrete steps), which `pvhyp fuzz --replay FILE` and the regression tests run.
 
 Modules: layout (struct -> leaf fields), world (the domains under test),
 ops (what a step can be), oracle, runner (the loop, stats, reproducers).
-This package never imports `hypercalls`: the caller installs the handlers.
+Each world's hypervisor comes from the composition root (`runner.make_hv`:
+pvhyp.host.build_hypervisor, every handler, no CPU engine).
 """

@@ -12,10 +12,17 @@ from dataclasses import dataclass, field
 from pvhyp.fuzz import oracle
 from pvhyp.fuzz.ops import Op, Step, all_ops
 from pvhyp.fuzz.world import World
+from pvhyp.host import build_hypervisor
 from pvhyp.hypercall_table import HypercallContext
 
+MEMORY_MB = 32              # every world's hypervisor: room for the attacker, the victim and dom0
 RESET_EVERY = 2000          # a fresh world every so many steps keeps reproducers short
 SAMPLE_PERIOD, SAMPLED = 1000, 100   # coverage traces 100 steps in every 1,000 (tracing costs ~10x)
+
+
+def make_hv():
+    """A fresh hypervisor for one world: every handler, no CPU engine (steps go straight into the table)."""
+    return build_hypervisor(MEMORY_MB, cpu=False)
 
 
 @dataclass

@@ -4,31 +4,31 @@ import pytest
 
 from abi import registry
 
-import abi_c_layout
+from tests.abi import c_layout_kit
 
 U64 = (1 << 64) - 1
 
 
 @pytest.fixture(scope="module")
 def measured():
-    status = abi_c_layout.try_install_headers()
-    if not abi_c_layout.headers_present():
+    status = c_layout_kit.try_install_headers()
+    if not c_layout_kit.headers_present():
         pytest.skip(f"Xen public headers missing in /usr/include/xen ({status}); "
                     "install Debian's libxen-dev to run the cross-check")
-    if not abi_c_layout.can_compile():
+    if not c_layout_kit.can_compile():
         pytest.skip("no gcc to compile the cross-check program")
-    return abi_c_layout.measure()
+    return c_layout_kit.measure()
 
 
 def test_every_struct_size_matches(measured):
     wrong = [(e.name, e.size, measured["structs"][e.name]["size"])
-             for e in abi_c_layout.checked_structs() if e.size != measured["structs"][e.name]["size"]]
+             for e in c_layout_kit.checked_structs() if e.size != measured["structs"][e.name]["size"]]
     assert wrong == [], "(name, abi size, C size)"
 
 
 def test_every_field_offset_and_size_matches(measured):
     wrong = []
-    for entry in abi_c_layout.checked_structs():
+    for entry in c_layout_kit.checked_structs():
         c_fields = measured["structs"][entry.name]["fields"]
         for f in registry.fields(entry.construct):
             if tuple(c_fields[f.path]) != (f.offset, f.size):
@@ -82,9 +82,9 @@ def _include_guard(name: str) -> bool:
 
 
 def test_every_value_macro_of_a_header_is_in_its_module():
-    if not abi_c_layout.can_compile():
+    if not c_layout_kit.can_compile():
         pytest.skip("Xen public headers or gcc missing")
-    macros = abi_c_layout.header_macros()
+    macros = c_layout_kit.header_macros()
     missing = []
     for spec, module in registry.header_modules():
         if spec.header is None or spec.header in SUBSET_HEADERS:

@@ -89,8 +89,3 @@ def xtf_kernels() -> list:
     from tests.conftest import xtf_dir
     directory = xtf_dir()
     return sorted(directory.glob("test-pv64-*")) if directory else []
-
-
-def has_handler(hv, name: str) -> bool:
-    from abi.xen import HYPERCALL_NUMBERS
-    return hv.hypercalls.handlers[HYPERCALL_NUMBERS[name]] is not None

@@ -4,31 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from tests.builder.builder_kit import has_handler, xtf_kernels
+from tests.builder.builder_kit import xtf_kernels
 
 
 @pytest.fixture
 def machine():
     """(hv, dom0, XenCtrl) on a 256 MiB machine."""
-    import hypercalls
     from dom0.xc import XenCtrl
     from pvhyp.channel import InProcessChannel, create_process_domain
-    from pvhyp.hypervisor import Hypervisor
-    hv = Hypervisor(memory_mb=256)
-    hypercalls.install(hv.hypercalls)
+    from pvhyp.host import build_hypervisor
+    hv = build_hypervisor(256, cpu=False)
     dom0 = create_process_domain(hv, nr_pages=256, privileged=True, domid=0)
     xc = XenCtrl(InProcessChannel(hv, dom0))
     yield hv, dom0, xc
     hv.close()
-
-
-@pytest.fixture
-def builder_machine(machine):
-    """`machine`, skipped while XENMEM_populate_physmap (memory_op) is not installed."""
-    hv = machine[0]
-    if not has_handler(hv, "memory_op"):
-        pytest.skip("memory_op (XENMEM_populate_physmap with a foreign domid) is not installed yet")
-    return machine
 
 
 @pytest.fixture

@@ -11,14 +11,9 @@ from dom0.builder import build_pv_domain, parse_kernel
 from dom0.builder.layout import PAGE_SIZE
 from pvhyp.guest_access import GuestFault, walk
 from pvhyp.domctl import hypercall_page_bytes
-from tests.builder.builder_kit import compress, has_handler, make_bzimage, xtf_kernels
+from tests.builder.builder_kit import compress, make_bzimage, xtf_kernels
 
 MEMORY_MB = 128        # the xl.cfg the XTF tests run under
-
-
-def can_pin(hv) -> bool:
-    """Pin the L4 (MMUEXT_PIN_L4_TABLE) once the PV MMU's mmuext_op is installed."""
-    return has_handler(hv, "mmuext_op")
 
 
 def guest_read(hv, l4: int, va: int, n: int) -> bytes:
@@ -83,11 +78,10 @@ def check_built(hv, result, kernel: bytes, cmdline: bytes = b"") -> None:
 
     # pinned and validated by the PV MMU: typed L4, and (adjust_guest_l1e) user-accessible mappings,
     # so the guest kernel in ring 3 reaches its own pages
-    if can_pin(hv) and getattr(hv, "mmu", None) is not None:
-        from pvhyp.mm.pagetype import PGT_l4_page_table
-        assert hv.frames.pinned[l4] and hv.frames.type[l4] == PGT_l4_page_table
-        entry = result.image.params.virt_entry
-        walk(hv.memory, l4, entry, write=False, user=True)
+    from pvhyp.mm.pagetype import PGT_l4_page_table
+    assert hv.frames.pinned[l4] and hv.frames.type[l4] == PGT_l4_page_table
+    entry = result.image.params.virt_entry
+    walk(hv.memory, l4, entry, write=False, user=True)
 
     # vCPU 0 as Xen starts a PV64 guest
     v = d.vcpus[0]
@@ -100,11 +94,11 @@ def check_built(hv, result, kernel: bytes, cmdline: bytes = b"") -> None:
 
 
 @pytest.mark.parametrize("path", xtf_kernels(), ids=lambda p: p.name)
-def test_build_xtf_kernel(builder_machine, path):
-    hv, _dom0, xc = builder_machine
+def test_build_xtf_kernel(machine, path):
+    hv, _dom0, xc = machine
     kernel = path.read_bytes()
     domid = xc.domain_create(max_vcpus=1)
-    result = build_pv_domain(xc, domid, kernel, MEMORY_MB, cmdline="hypercall", pin=can_pin(hv))
+    result = build_pv_domain(xc, domid, kernel, MEMORY_MB, cmdline="hypercall")
     check_built(hv, result, kernel, b"hypercall")
     info = xc.domain_getinfo(domid)
     assert info["tot_pages"] == MEMORY_MB * 256 and info["nr_online_vcpus"] == 1
@@ -112,12 +106,11 @@ def test_build_xtf_kernel(builder_machine, path):
     assert domid not in hv.domains
 
 
-def test_build_with_ramdisk_and_bzimage(builder_machine, xtf_example):
-    hv, _dom0, xc = builder_machine
+def test_build_with_ramdisk_and_bzimage(machine, xtf_example):
+    hv, _dom0, xc = machine
     ramdisk = bytes(range(256)) * 40
     domid = xc.domain_create()
-    result = build_pv_domain(xc, domid, make_bzimage(compress(xtf_example, "xz")), MEMORY_MB, ramdisk=ramdisk,
-                             pin=can_pin(hv))
+    result = build_pv_domain(xc, domid, make_bzimage(compress(xtf_example, "xz")), MEMORY_MB, ramdisk=ramdisk)
     check_built(hv, result, xtf_example)
     lay = result.layout
     assert result.start_info["mod_start"] == lay.ramdisk.vstart and result.start_info["mod_len"] == len(ramdisk)
@@ -125,29 +118,29 @@ def test_build_with_ramdisk_and_bzimage(builder_machine, xtf_example):
     assert guest_read(hv, result.l4_mfn, lay.ramdisk.vstart, len(ramdisk)) == ramdisk
 
 
-def test_vcpu_context_round_trip(builder_machine, xtf_example):
-    hv, _dom0, xc = builder_machine
+def test_vcpu_context_round_trip(machine, xtf_example):
+    hv, _dom0, xc = machine
     domid = xc.domain_create()
-    result = build_pv_domain(xc, domid, xtf_example, MEMORY_MB, pin=can_pin(hv))
+    result = build_pv_domain(xc, domid, xtf_example, MEMORY_MB)
     got = xc.vcpu_getcontext(domid, 0)
     assert got["user_regs"]["rip"] == result.context["user_regs"]["rip"]
     assert got["ctrlreg"][3] == result.l4_mfn << 12 and got["kernel_sp"] == result.layout.stack_top
 
 
-def test_a_domain_too_small_fails_cleanly(builder_machine, xtf_example):
+def test_a_domain_too_small_fails_cleanly(machine, xtf_example):
     from dom0.builder import BuildError
-    hv, _dom0, xc = builder_machine
+    hv, _dom0, xc = machine
     domid = xc.domain_create()
     with pytest.raises(BuildError):
-        build_pv_domain(xc, domid, xtf_example, 1, pin=can_pin(hv))
+        build_pv_domain(xc, domid, xtf_example, 1)
     assert hv.domains[domid].tot_pages == 0          # refused before anything was allocated
 
 
-def test_parse_once_build_twice(builder_machine, xtf_example):
-    hv, _dom0, xc = builder_machine
+def test_parse_once_build_twice(machine, xtf_example):
+    hv, _dom0, xc = machine
     image = parse_kernel(xtf_example)
-    a = build_pv_domain(xc, xc.domain_create(), image, 16, pin=can_pin(hv))
-    b = build_pv_domain(xc, xc.domain_create(), image, 16, pin=can_pin(hv))
+    a = build_pv_domain(xc, xc.domain_create(), image, 16)
+    b = build_pv_domain(xc, xc.domain_create(), image, 16)
     assert a.domid != b.domid and not set(a.p2m) & set(b.p2m)
 
 
@@ -161,16 +154,16 @@ def debian_kernel():
     return None
 
 
-def test_build_debian_kernel(builder_machine):
+def test_build_debian_kernel(machine):
     """bzImage + xz, VIRT_BASE/ENTRY/INIT_P2M/MOD_START_PFN, a segment at vaddr 0: all of libxc's PV paths."""
     directory = debian_kernel()
     if directory is None:
         pytest.skip("no Debian kernel ($PVHYP_DEBIAN_DIR or ~/.cache/pvhyp/debian from `pvhyp image debian`)")
-    hv, _dom0, xc = builder_machine
+    hv, _dom0, xc = machine
     ramdisk = (directory / "initrd.img").read_bytes() if (directory / "initrd.img").exists() else b"\0" * 4096
     domid = xc.domain_create()
     result = build_pv_domain(xc, domid, (directory / "vmlinuz").read_bytes(), MEMORY_MB, ramdisk=ramdisk,
-                             cmdline="console=hvc0", pin=can_pin(hv))
+                             cmdline="console=hvc0")
     lay, si, l4 = result.layout, result.start_info, result.l4_mfn
     assert si["flags"] & SIF_MOD_START_PFN and si["mod_len"] >= len(ramdisk)
     from dom0.builder.image import module_contents, module_size
@@ -184,16 +177,15 @@ def test_build_debian_kernel(builder_machine):
         result.p2m[(entry - lay.virt_base) >> 12] * PAGE_SIZE + (entry & 0xFFF)
 
 
-def test_gzip_ramdisk_is_handed_over_decompressed(builder_machine, xtf_example):
+def test_gzip_ramdisk_is_handed_over_decompressed(machine, xtf_example):
     """xc_dom_build_module: a gzip module is gunzipped into a segment of its size + 16."""
     import gzip
-    hv, _dom0, xc = builder_machine
+    hv, _dom0, xc = machine
     cpio = b"070701" + bytes(range(256)) * 30
-    result = build_pv_domain(xc, xc.domain_create(), xtf_example, 16, ramdisk=gzip.compress(cpio),
-                             pin=can_pin(hv))
+    result = build_pv_domain(xc, xc.domain_create(), xtf_example, 16, ramdisk=gzip.compress(cpio))
     assert result.start_info["mod_len"] == len(cpio) + 16
     assert guest_read(hv, result.l4_mfn, result.start_info["mod_start"], len(cpio) + 16) == cpio + bytes(16)
     broken = bytearray(gzip.compress(cpio))
     broken[20:40] = bytes(20)
-    result = build_pv_domain(xc, xc.domain_create(), xtf_example, 16, ramdisk=bytes(broken), pin=can_pin(hv))
+    result = build_pv_domain(xc, xc.domain_create(), xtf_example, 16, ramdisk=bytes(broken))
     assert guest_read(hv, result.l4_mfn, result.start_info["mod_start"], len(broken)) == bytes(broken)

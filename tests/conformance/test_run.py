@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -18,6 +19,19 @@ PVHYP = [sys.executable, "-c", "import sys; from pvhyp.cli import main; sys.exit
 
 def pvhyp(*args, timeout=120):
     return subprocess.run([*PVHYP, *args], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def read_until(stream, needle: bytes, timeout: float = 60.0) -> bytes:
+    """What `stream` (a pipe) gave until `needle` appeared in it, it ended, or the timeout."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(stream.fileno(), 4096) if ready else b""
+        if not chunk:
+            break
+        seen += chunk
+    return seen
 
 
 @needs_xtf
@@ -46,7 +60,8 @@ def test_bad_kernel_is_one_line_and_exit_2(tmp_path):
 def test_interrupt_destroys_the_guest_and_exits_130():
     proc = subprocess.Popen([*PVHYP, "run", "--kernel", os.path.join(XTF, "test-pv64-selftest")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    time.sleep(1.0)
+    started = read_until(proc.stderr, b"(d1) ")       # the guest runs: its first console_io line
+    assert b"(d1) " in started, started
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert proc.returncode in (130, 0)      # 0 only if the guest finished first

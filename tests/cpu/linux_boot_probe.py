@@ -1,6 +1,6 @@
 """Boot a Linux PV kernel on the engine and print its console (a probe, not a test).
 
-    .venv/bin/python tests/cpu/linux_boot_probe.py VMLINUZ [INITRD] [--seconds N]
+    .venv/bin/python -m tests.cpu.linux_boot_probe VMLINUZ [INITRD] [--seconds N]
 
 Builds the domain with dom0's builder, runs vCPU 0 under the real hypervisor,
 prints every console_io write, and at the end the vCPU's exit state and the
@@ -14,8 +14,6 @@ import pathlib
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -26,16 +24,12 @@ def main() -> None:
     parser.add_argument("--cmdline", default="console=hvc0 earlyprintk=xen loglevel=8")
     args = parser.parse_args()
 
-    import hypercalls
     from dom0.builder import build_pv_domain
     from dom0.xc import XenCtrl
     from pvhyp.channel import InProcessChannel, create_process_domain
-    from pvhyp.cpu import attach
-    from pvhyp.hypervisor import Hypervisor
+    from pvhyp.host import build_hypervisor
 
-    hv = Hypervisor(memory_mb=args.memory_mb + 512)
-    hypercalls.install(hv.hypercalls)
-    attach(hv)
+    hv = build_hypervisor(args.memory_mb + 512, cpu=True)
     dom0 = create_process_domain(hv, nr_pages=256, privileged=True, domid=0)
     xc = XenCtrl(InProcessChannel(hv, dom0))
     domid = xc.domain_create(max_vcpus=1)

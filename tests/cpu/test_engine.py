@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from guest_kit import HOLE_VA, RO_PAGE_VA, GuestMachine, USER_STACK_TOP
+from tests.cpu.guest_kit import HOLE_VA, RO_PAGE_VA, GuestMachine, USER_STACK_TOP
 from pvhyp.pv import state as pv_vcpu
 from pvhyp.pv import xen_layout as L
 from pvhyp.cpu.engine import ExitReason

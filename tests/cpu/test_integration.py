@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import time
 
-from guest_kit import load_into_domain
-from pvhyp.cpu import attach
+from tests.cpu.guest_kit import load_into_domain
 from pvhyp.domctl import hypercall_page_bytes
 
 HYPERCALL_PAGE_VA = 0x1F0000
@@ -19,8 +18,8 @@ def wait_for(predicate, timeout=10.0):
     return False
 
 
-def test_guest_prints_and_powers_off(hv):
-    attach(hv)
+def test_guest_prints_and_powers_off(cpu_hv):
+    hv = cpu_hv
     d = hv.create_domain(max_vcpus=1, max_pages=0x300)
     symbols, p2m = load_into_domain(hv, d, rf"""
 main:
@@ -55,8 +54,8 @@ version: .long 0
     assert not hv.cpu.threads
 
 
-def test_guest_crash_is_contained(hv):
-    attach(hv)
+def test_guest_crash_is_contained(cpu_hv):
+    hv = cpu_hv
     d = hv.create_domain(max_vcpus=1, max_pages=0x300)
     load_into_domain(hv, d, r"""
 main:
@@ -68,12 +67,12 @@ main:
     hv.cpu.stop_domain(d)
 
 
-def test_second_vcpu_brought_up_by_the_guest(hv):
+def test_second_vcpu_brought_up_by_the_guest(cpu_hv):
     """VCPUOP_initialise + VCPUOP_up from vCPU 0 start vCPU 1 on its own thread."""
     from abi.arch_x86_xen import vcpu_guest_context
     from abi.cdefs import plain
 
-    attach(hv)
+    hv = cpu_hv
     d = hv.create_domain(max_vcpus=2, max_pages=0x300)
     symbols, p2m = load_into_domain(hv, d, r"""
 main:

@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from abi.x86_pte import _PAGE_USER
-from guest_kit import GUEST_FIRST_MFN, RO_PAGE_VA, GuestMachine
+from tests.cpu.guest_kit import GUEST_FIRST_MFN, RO_PAGE_VA, GuestMachine
 from pvhyp.mm.pagetype import ROOT_PAGETABLE_FIRST_XEN_SLOT, ROOT_PAGETABLE_LAST_XEN_SLOT
 from pvhyp.pv import xen_layout as L
 from pvhyp.cpu.engine import ExitReason

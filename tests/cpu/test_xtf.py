@@ -35,17 +35,13 @@ PASSING = [
 
 
 def run_xtf(name: str, cmdline: str = "", vcpus: int = 1, timeout: float = 20.0) -> str:
-    import hypercalls
     from dom0.builder import build_pv_domain
     from dom0.xc import XenCtrl
     from pvhyp.channel import InProcessChannel, create_process_domain
-    from pvhyp.cpu import attach
-    from pvhyp.hypervisor import Hypervisor
+    from pvhyp.host import build_hypervisor
 
-    hv = Hypervisor(memory_mb=256)
+    hv = build_hypervisor(256, cpu=True)
     try:
-        hypercalls.install(hv.hypercalls)
-        attach(hv)
         dom0 = create_process_domain(hv, nr_pages=256, privileged=True, domid=0)
         xc = XenCtrl(InProcessChannel(hv, dom0))
         domid = xc.domain_create(max_vcpus=vcpus)

@@ -23,11 +23,9 @@ def test_first_oops_starts_at_the_bug_line():
 
 
 def test_report_on_a_domain_that_never_ran():
-    import hypercalls
-    from pvhyp.hypervisor import Hypervisor
-    hv = Hypervisor(memory_mb=16)
+    from pvhyp.host import build_hypervisor
+    hv = build_hypervisor(16, cpu=False)
     try:
-        hypercalls.install(hv.hypercalls)
         domain = hv.create_domain(max_vcpus=2, max_pages=64)
         hv.trace.remember("hypercall", domain.domid, 0, nr=17, name="xen_version", args=[0, 0, 0], result=0x4_0011)
         text = diagnose.report(hv, domain, CONSOLE)

@@ -7,7 +7,7 @@ from abi import errno as E
 from abi import event_channel as EA
 from abi import xen as X
 from pvhyp import event_channel as ev
-from tests.evtchn.guestcall import connect
+from tests.evtchn.evtchn_kit import connect
 
 SELF = X.DOMID_SELF
 
@@ -362,7 +362,7 @@ def test_xen_attached_channel(a, b):
 
 
 def test_registered_vcpu_info_and_vcpus_beyond_the_legacy_array(hv):
-    from tests.evtchn.guestcall import Guest
+    from tests.evtchn.evtchn_kit import Guest
     g = Guest(hv, vcpus=33)
     info_pfn = 20
     g.domain.vcpus[1].vcpu_info_maddr = g.domain.pfn_to_mfn(info_pfn) << 12   # VCPUOP_register_vcpu_info

@@ -5,8 +5,8 @@ import pathlib
 
 import pytest
 
-from pvhyp.cli.fuzz_cmd import make_hv
 from pvhyp.fuzz import runner
+from pvhyp.fuzz.runner import make_hv
 from pvhyp.fuzz.ops import Step
 
 CORPUS = sorted((pathlib.Path(__file__).parent / "corpus").glob("*.json"))

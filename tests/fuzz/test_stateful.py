@@ -19,8 +19,8 @@ from abi import event_channel as ev
 from abi import grant_table as gt
 from abi import xen as X
 from abi.strategies import strategy_for
-from pvhyp.cli.fuzz_cmd import make_hv
 from pvhyp.fuzz import oracle, runner
+from pvhyp.fuzz.runner import make_hv
 from pvhyp.fuzz.ops import Step, all_ops
 from pvhyp.fuzz.world import BUFFER_PAGES, DOMID_SELF
 

@@ -9,7 +9,7 @@ from abi import xen as X
 from pvhyp import grant_table as gnt
 from pvhyp.channel import ChannelError
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
-from tests.evtchn.guestcall import DATA_PAGE, build
+from tests.evtchn.evtchn_kit import DATA_PAGE, build
 
 SELF = X.DOMID_SELF
 RW = GA.GTF_reading | GA.GTF_writing

@@ -14,7 +14,7 @@ from abi import grant_table as GA
 from pvhyp import event_channel as ev
 from pvhyp import grant_table as gnt
 from pvhyp.memory import PAGE_SHIFT
-from tests.evtchn.guestcall import DATA_PAGE
+from tests.evtchn.evtchn_kit import DATA_PAGE
 
 ROUNDS = 50
 REQ, RSP = 0, 2048          # the two halves of the shared page

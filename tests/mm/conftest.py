@@ -1,7 +1,7 @@
 import pytest
 
 from pvhyp.mm.checker import check_invariants
-from .helpers import Guest, make_hv
+from .mm_kit import Guest, make_hv
 
 
 @pytest.fixture

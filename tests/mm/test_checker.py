@@ -3,7 +3,7 @@ import pytest
 
 from pvhyp.mm.checker import check_invariants
 
-from .helpers import Guest, make_hv
+from .mm_kit import Guest, make_hv
 
 P, RW = 0x1, 0x2
 

@@ -4,7 +4,7 @@ import struct
 from abi import errno as E
 from abi import xen as X
 
-from .helpers import BUF_VA, Guest
+from .mm_kit import BUF_VA, Guest
 
 P, RW = 0x1, 0x2
 

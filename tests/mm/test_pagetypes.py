@@ -1,6 +1,6 @@
 """Validation of guest page tables: what may go in an entry, at every level (Xen's mm.c rules)."""
 from abi import errno as E
-from .helpers import Guest
+from .mm_kit import Guest
 from pvhyp.mm.pagetype import PGT_l1_page_table, PGT_l4_page_table, PGT_writable_page
 
 P, RW, US, PWT, PCD, PSE, G = 0x1, 0x2, 0x4, 0x8, 0x10, 0x80, 0x100

@@ -25,7 +25,7 @@ from pvhyp.guest_access import GuestFault
 from pvhyp.mm.checker import check_invariants
 from pvhyp.mm.ptwr import ptwr_emulate, ptwr_rmw
 
-from .helpers import DONE_VA, Guest, REQS_VA, make_hv
+from .mm_kit import DONE_VA, Guest, REQS_VA, make_hv
 
 FLAGS = st.sampled_from([0x0, 0x1, 0x3, 0x5, 0x7, 0x25, 0x27, 0x67, 0x87, 0x105, 0x107, 0x1E7, 0x19, 0xE07,
                          (1 << 63) | 0x7, (1 << 52) | 0x5, 0x7FF0_0000_0000_0007, 0xFFF])

@@ -1,7 +1,7 @@
 """Domain destruction drops every type and reference; frames others still map wait."""
 from pvhyp.mm.frametable import DOMID_FREE, DOMID_ORPHAN
 
-from .helpers import Guest
+from .mm_kit import Guest
 
 P, RW = 0x1, 0x2
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pvhyp.time import FakeClock
-from pvvcpu_kit import Guest
+from tests.pvvcpu.pvvcpu_kit import Guest
 
 
 @pytest.fixture

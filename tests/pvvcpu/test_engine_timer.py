@@ -4,13 +4,9 @@ upcall on return from SCHEDOP_block)."""
 from __future__ import annotations
 
 import shutil
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cpu"))
 
 pytestmark = pytest.mark.skipif(shutil.which("as") is None or shutil.which("ld") is None,
                                 reason="needs binutils to assemble the test kernel")
@@ -25,11 +21,10 @@ def map_page(hv, l4, va, mfn):
     hv.memory.write_u64((table << 12) + ((va >> 12) & 0x1FF) * 8, (mfn << 12) | 0x7)
 
 
-def test_periodic_timer_wakes_a_blocked_guest(hv):
-    from guest_kit import load_into_domain
-    from pvhyp.cpu import attach
+def test_periodic_timer_wakes_a_blocked_guest(cpu_hv):
+    from tests.cpu.guest_kit import load_into_domain
 
-    attach(hv)
+    hv = cpu_hv
     d = hv.create_domain(max_vcpus=1, max_pages=0x300)
     symbols, p2m = load_into_domain(hv, d, rf"""
 .set VI, {VI_VA:#x}

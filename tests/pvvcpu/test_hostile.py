@@ -9,7 +9,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
 from abi.xen import HYPERCALL_NUMBERS
-from pvvcpu_kit import DATA_VA, NR_DATA_PAGES
+from tests.pvvcpu.pvvcpu_kit import DATA_VA, NR_DATA_PAGES
 from pvhyp.hypercall_table import HypercallContext
 
 MINE = ("set_trap_table", "set_gdt", "stack_switch", "set_callbacks", "fpu_taskswitch", "sched_op_compat",

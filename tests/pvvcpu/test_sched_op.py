@@ -8,7 +8,7 @@ from abi import errno as E
 from abi import sched as S
 from abi.event_channel import EVTCHNOP_alloc_unbound, EVTCHNOP_bind_interdomain, EVTCHNOP_send
 from abi.xen import VIRQ_TIMER
-from pvvcpu_kit import bind_virq
+from tests.pvvcpu.pvvcpu_kit import bind_virq
 
 MS = 1_000_000
 

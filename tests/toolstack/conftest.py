@@ -60,6 +60,20 @@ class Host:
         except FileNotFoundError:
             return ""
 
+    def wait_for_console_client(self, proc: subprocess.Popen) -> None:
+        """Until `pvhyp console` (or `create -c`) in `proc` holds the guest's pty open: what it
+        reads on stdin from then on goes to the guest, and it relays the guest's output."""
+        def holds_a_pty() -> bool:
+            fd_dir = f"/proc/{proc.pid}/fd"
+            for fd in os.listdir(fd_dir) if proc.poll() is None else ():
+                try:
+                    if os.readlink(os.path.join(fd_dir, fd)).startswith("/dev/pts/"):
+                        return True
+                except OSError:         # closed since listdir
+                    pass
+            return False
+        self.wait_for(holds_a_pty, what="the console client on the guest's pty")
+
     def wait_for(self, predicate, timeout: float = 20.0, what: str = "condition"):
         deadline = time.monotonic() + timeout
         while True:

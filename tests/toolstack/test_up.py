@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -46,7 +45,7 @@ def test_create_console_and_destroy_a_python_guest(host):
     proc = subprocess.Popen([sys.executable, "-c", "import sys; from pvhyp.cli import main; sys.exit(main())",
                              "console", "hello1"], env=host.env, cwd=host.root, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(0.5)
+    host.wait_for_console_client(proc)
     proc.stdin.write(b"ping\n")
     proc.stdin.flush()
     host.wait_for(lambda: "echo: ping" in host.console_log("hello1"), what="the echo")
@@ -93,7 +92,7 @@ def test_create_dash_c_attaches_the_console(host):
                              "create", "-c", cfg], env=host.env, cwd=host.root, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     host.wait_for(lambda: "Hello from attached" in host.console_log("attached"))
-    time.sleep(0.3)
+    host.wait_for_console_client(proc)
     proc.stdin.write(b"\x1d")
     proc.stdin.flush()
     out, _ = proc.communicate(timeout=10)

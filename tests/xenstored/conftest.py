@@ -2,7 +2,7 @@ import pytest
 
 from dom0.xenstored import XenStore
 
-from .helpers import Client
+from .xenstored_kit import Client
 
 
 @pytest.fixture

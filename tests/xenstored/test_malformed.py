@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from abi.io import xs_wire as wire
 from dom0.xenstored import XenStore
 
-from .helpers import message, parse_messages
+from .xenstored_kit import message, parse_messages
 
 
 def test_unknown_and_reply_only_types_are_enosys(dom0):

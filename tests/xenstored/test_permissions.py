@@ -80,7 +80,7 @@ def test_set_target_grants_target_privileges(dom0, guest_factory):
 def test_priv_domid_is_privileged(engine):
     from dom0.xenstored import XenStore
 
-    from .helpers import Client
+    from .xenstored_kit import Client
     store = XenStore(priv_domid=6)
     driver = Client(store, conn_id=store.introduce_domain(6, port=1))
     driver.write("/anywhere", "ok")

@@ -5,7 +5,7 @@ import pytest
 
 from pvguest.xenbus import RingTransport, SocketTransport, Xenbus, XenbusError
 
-from .helpers import XenStoreService
+from .xenstored_kit import XenStoreService
 
 
 @pytest.fixture

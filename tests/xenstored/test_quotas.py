@@ -2,7 +2,7 @@
 
 from abi.io import xs_wire as wire
 
-from .helpers import message, parse_messages
+from .xenstored_kit import message, parse_messages
 
 
 def test_node_quota_enospc(dom0, guest_factory, engine):

@@ -7,8 +7,7 @@ import time
 from abi.io import xs_wire as wire
 from dom0.xenstored.core import parse_messages
 
-from .helpers import XenStoreService, message
-from .test_ring import Guest
+from .xenstored_kit import Guest, XenStoreService, message
 
 
 def _wait(predicate, timeout=5.0):

@@ -9,8 +9,7 @@ from dom0.xenstored.core import parse_messages
 from dom0.xenstored.ring import RingServer
 from dom0.xenstored.unix_socket import SocketServer
 
-from .helpers import message
-from .test_ring import Guest
+from .xenstored_kit import Guest, message
 
 
 def _connect(server):

@@ -13,7 +13,7 @@ def end(client, tx, commit=True):
 
 
 def test_changes_are_private_until_commit(dom0, engine):
-    from .helpers import Client
+    from .xenstored_kit import Client
     other = Client(engine)
     tx = start(dom0)
     dom0.write("/t/a", "1", tx=tx)
@@ -33,7 +33,7 @@ def test_abort_discards(dom0):
 
 
 def test_conflict_on_read_node_gives_eagain(dom0, engine):
-    from .helpers import Client
+    from .xenstored_kit import Client
     other = Client(engine)
     dom0.write("/c", "0")
     tx = start(dom0)
@@ -47,7 +47,7 @@ def test_conflict_on_read_node_gives_eagain(dom0, engine):
 
 
 def test_unrelated_changes_do_not_conflict(dom0, engine):
-    from .helpers import Client
+    from .xenstored_kit import Client
     other = Client(engine)
     dom0.write("/x/a", "0")
     dom0.write("/y/b", "0")
@@ -59,7 +59,7 @@ def test_unrelated_changes_do_not_conflict(dom0, engine):
 
 
 def test_concurrent_creation_in_same_directory_conflicts(dom0, engine):
-    from .helpers import Client
+    from .xenstored_kit import Client
     other = Client(engine)
     dom0.write("/dir/seed", "")
     tx = start(dom0)
@@ -90,7 +90,7 @@ def test_errors(dom0):
 
 
 def test_watch_events_fire_on_commit_only(dom0, engine):
-    from .helpers import Client
+    from .xenstored_kit import Client
     watcher = Client(engine)
     watcher.ok(wire.XS_WATCH, "/w", "tok")
     assert watcher.take_events() == [(b"/w", b"tok")]

@@ -2,7 +2,7 @@
 
 from abi.io import xs_wire as wire
 
-from .helpers import Client, message, parse_messages
+from .xenstored_kit import Client, message, parse_messages
 
 
 def test_initial_event_follows_the_ok_reply(engine):

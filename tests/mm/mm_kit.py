@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import struct
 
-import hypercalls
 from abi import xen as X
+from pvhyp.host import build_hypervisor
 from pvhyp.hypercall_table import HypercallContext
 from pvhyp.hypervisor import Hypervisor
 from pvhyp.mm.testbed import build_pv_domain
@@ -17,9 +17,7 @@ FIRST_FREE_PFN = 8        # pfns from here on are the guest's to play with
 
 
 def make_hv(memory_mb: int = 16) -> Hypervisor:
-    hv = Hypervisor(memory_mb=memory_mb)
-    hypercalls.install(hv.hypercalls)
-    return hv
+    return build_hypervisor(memory_mb, cpu=False)
 
 
 class Guest:

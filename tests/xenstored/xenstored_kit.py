@@ -1,9 +1,11 @@
 """Shared helpers for the xenstored tests: an in-process client that speaks
-the wire format to the engine, a message-stream parser, and the whole daemon
-(engine, rings, socket) served from a background thread."""
+the wire format to the engine, a message-stream parser, the guest side of a
+xenstore ring, and the whole daemon (engine, rings, socket) served from a
+background thread."""
 
 from __future__ import annotations
 
+import struct
 import threading
 from typing import Callable
 
@@ -11,6 +13,8 @@ from abi.io import xs_wire as wire
 from dom0.xenstored import LocalClient, XenStore
 from dom0.xenstored.ring import RingServer
 from dom0.xenstored.unix_socket import SocketServer
+
+SIZE = wire.XENSTORE_RING_SIZE
 
 
 def message(msg_type: int, payload: bytes, req_id: int = 0, tx_id: int = 0) -> bytes:
@@ -126,3 +130,31 @@ class XenStoreService:
 
     def release(self, domid: int) -> None:
         self.rings.release(domid)
+
+
+class Guest:
+    """The guest side of a xenstore ring, as a PV kernel drives it."""
+
+    def __init__(self, page: memoryview):
+        self.page = page
+
+    def load(self, offset):
+        return struct.unpack_from("<I", self.page, offset)[0]
+
+    def store(self, offset, value):
+        struct.pack_into("<I", self.page, offset, value & 0xFFFFFFFF)
+
+    def send_some(self, data: bytes) -> int:
+        cons, prod = self.load(wire.XENSTORE_REQ_CONS_OFFSET), self.load(wire.XENSTORE_REQ_PROD_OFFSET)
+        count = min(len(data), SIZE - (prod - cons))
+        for i in range(count):
+            self.page[wire.XENSTORE_REQ_OFFSET + ((prod + i) & (SIZE - 1))] = data[i]
+        self.store(wire.XENSTORE_REQ_PROD_OFFSET, prod + count)
+        return count
+
+    def receive(self) -> bytes:
+        cons, prod = self.load(wire.XENSTORE_RSP_CONS_OFFSET), self.load(wire.XENSTORE_RSP_PROD_OFFSET)
+        data = bytes(self.page[wire.XENSTORE_RSP_OFFSET + ((cons + i) & (SIZE - 1))]
+                     for i in range((prod - cons) & 0xFFFFFFFF))
+        self.store(wire.XENSTORE_RSP_CONS_OFFSET, prod)
+        return data

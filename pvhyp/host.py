@@ -1,0 +1,365 @@
+"""The composition root: the one place that builds a whole host.
+
+`build_hypervisor()` makes a Hypervisor, attaches its subsystems explicitly and
+in a fixed order, installs the hypercall handlers and, when asked, the CPU
+engine. `Host` is what `pvhyp up` runs (that hypervisor, and dom0 as a process
+of its own over a socket channel); `OneShot` is `pvhyp run`'s (a Host and one
+guest created through dom0's toolstack, watched until it shuts down). Every
+CLI command, benchmark, the fuzzer and the tests' fixtures build their
+hypervisors here (as Firecracker's builder.rs builds its VMs).
+
+Like the CLI, this module may import everything: it installs `hypercalls`
+into the table (the rest of pvhyp reaches handlers only through the table)
+and speaks to dom0's toolstack.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import termios
+import threading
+import time
+
+import hypercalls
+from abi import sched as sched_abi
+from pvhyp import console, event_channel, grant_table, sched
+from pvhyp import time as timekeeping
+from pvhyp.channel import create_process_domain
+from pvhyp.channel_server import ChannelServer
+from pvhyp.diagnose import SymbolMap, disassemble_at
+from pvhyp.hypervisor import Hypervisor
+from pvhyp.mm import mmu
+
+log = logging.getLogger("pvhyp.hostd")
+
+# The subsystems every hypervisor has, attached in this order: their domain-create hooks
+# run in it (the MMU's books exist before anything maps a frame) and a later one may
+# build on an earlier one (pvhyp.time also attaches the PV vCPU state, whose descriptor
+# checks hook into hv.mmu). A missing module is an ImportError here, not a skipped part.
+SUBSYSTEMS = (mmu, event_channel, grant_table, timekeeping, sched, console)
+
+DOM0_READY_TIMEOUT = 30.0
+DOM0_MB = 16                    # dom0's memory under `pvhyp run`
+HISTORY_SHOWN = 6               # hypercalls named in a crash line
+CONSOLE_DRAIN_SECONDS = 2.0
+# A domain's shutdown reason code -> its name (SHUTDOWN_poweroff -> "poweroff"), from abi.
+SHUTDOWN_NAMES = {code: name.removeprefix("SHUTDOWN_") for name, code in vars(sched_abi).items()
+                  if name.startswith("SHUTDOWN_") and name != "SHUTDOWN_MAX"}
+
+
+def build_hypervisor(memory_mb: int, *, cpu: bool) -> Hypervisor:
+    """A hypervisor with `memory_mb` MiB of machine memory, every subsystem and every handler.
+
+    `cpu`: attach the CPU engine (x86 PV guests run on vCPU threads; it must come before
+    any guest L4 is validated, as it fills hv.xen_l4_slots). Without it, guests are
+    process domains or are driven straight through the hypercall table (tests, the fuzzer).
+    """
+    hv = Hypervisor(memory_mb)
+    for subsystem in SUBSYSTEMS:
+        subsystem.attach(hv)
+    hypercalls.install(hv.hypercalls)
+    if cpu:
+        from pvhyp.cpu import runner     # unicorn is loaded only by hosts that run x86 guests
+        runner.attach(hv)
+    return hv
+
+
+def _write_state(run_dir: str, **state) -> None:
+    tmp = os.path.join(run_dir, "hostd.state.tmp")
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, os.path.join(run_dir, "hostd.state"))
+
+
+class Host:
+    """The hypervisor of `pvhyp up` with dom0 as a privileged process domain (domid 0) whose
+    process, `python -m dom0`, holds the client end of its channel socket."""
+
+    def __init__(self, run_dir: str, memory_mb: int, dom0_mb: int, verbose: bool = False):
+        self.run_dir = os.path.abspath(run_dir)
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.hv = build_hypervisor(memory_mb, cpu=True)
+        self.hv.domain_create_hooks.append(self._start_x86_vcpus)
+        self.channels = ChannelServer(self.hv, on_disconnect=self._on_disconnect)
+        self.dom0 = create_process_domain(self.hv, dom0_mb * 256, privileged=True, domid=0)
+        self.dom0.name = "Domain-0"
+        self.verbose = verbose
+        self.stopping = threading.Event()
+        self.dom0_alive = False
+        self.dom0_proc: subprocess.Popen | None = None
+
+    def _start_x86_vcpus(self, domain) -> None:
+        """Every x86 PV domain's vCPUs get their threads as it is created; they wait in the
+        scheduler until the builder has set their registers and the toolstack unpauses them."""
+        if domain.paging:
+            self.hv.cpu.start_domain(domain)
+
+    def _on_disconnect(self, domain, reason: str) -> None:
+        if domain.domid == 0:
+            return      # reported by the process watcher, with its exit status
+        log.info("d%d's channel closed: %s", domain.domid, reason)
+
+    def start_dom0(self) -> None:
+        sock = self.channels.attach(self.dom0)
+        ready = os.path.join(self.run_dir, "dom0.ready")
+        if os.path.exists(ready):
+            os.unlink(ready)
+        cmd = [sys.executable, "-m", "dom0", "--run-dir", self.run_dir,
+               "--channel-fd", str(sock.fileno()), "--ready-file", ready]
+        if self.verbose:
+            cmd.append("--verbose")
+        with open(os.path.join(self.run_dir, "dom0.log"), "ab") as dom0_log:
+            self.dom0_proc = subprocess.Popen(cmd, pass_fds=[sock.fileno()], stdin=subprocess.DEVNULL,
+                                              stdout=dom0_log, stderr=dom0_log)
+        sock.close()
+        deadline = time.monotonic() + DOM0_READY_TIMEOUT
+        while not os.path.exists(ready):
+            if self.dom0_proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dom0 did not start (see {self.run_dir}/dom0.log)")
+            time.sleep(0.02)
+        self.dom0_alive = True
+        self._report()
+
+    def _report(self, note: str = "") -> None:
+        guests = sorted(d for d in self.hv.domains if d != 0)
+        _write_state(self.run_dir, pid=os.getpid(), dom0_pid=self.dom0_proc.pid if self.dom0_proc else None,
+                     dom0_alive=self.dom0_alive, guests=guests, note=note)
+
+    def run(self) -> int:
+        while not self.stopping.is_set():
+            if self.dom0_alive and self.dom0_proc.poll() is not None:
+                self.dom0_alive = False
+                guests = sorted(d for d in self.hv.domains if d != 0)
+                note = (f"dom0 (pid {self.dom0_proc.pid}) exited with status {self.dom0_proc.returncode}; "
+                        f"the hypervisor keeps running {len(guests)} guest(s): {guests}")
+                print(f"pvhyp: {note}", file=sys.stderr, flush=True)
+                self._report(note)
+            self.stopping.wait(0.2)
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        if self.dom0_proc is not None and self.dom0_proc.poll() is None:
+            self.dom0_proc.terminate()
+            try:
+                self.dom0_proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.dom0_proc.kill()
+                self.dom0_proc.wait()
+        self.channels.close()
+        for domid in sorted(self.hv.domains, reverse=True):
+            try:
+                self.hv.destroy_domain(domid)
+            except Exception:       # a subsystem's teardown bug must not stop the others'
+                log.exception("destroying d%d", domid)
+        self.dom0_alive = False
+        self._report("stopped")
+        return 0
+
+
+class GuestRefused(Exception):
+    """dom0's toolstack refused to create the guest (its configuration): the user's to fix."""
+
+
+class OneShot:
+    """A hypervisor, dom0 and one guest; `wait()` until the guest shuts down."""
+
+    def __init__(self, config_text: str, source: str, memory_mb: int, console_io_sink=None, ring_sink=None):
+        self.config_text = config_text
+        self.source = source
+        self.console_io_sink = console_io_sink
+        self.ring_sink = ring_sink
+        self.run_dir = tempfile.mkdtemp(prefix="pvhyp-run-", dir="/tmp")
+        self.host = Host(self.run_dir, memory_mb + DOM0_MB + 64, DOM0_MB)
+        self.hv = self.host.hv
+        self.done = threading.Event()
+        self.domid: int | None = None
+        self.shutdown_reason: int | None = None
+        self.crash_line: str | None = None
+        self.console_io = bytearray()
+        self._ring_fd: int | None = None
+        self._ring = bytearray()
+        self._closed = False
+        self.stdin_closed = False
+        # stdin is a terminal in keystroke mode (pvhyp.cli.run_cmd.terminal_keystrokes): bytes go as typed
+        self.keystrokes = False
+        # A byte on stdin that ends the run as Ctrl-C does (`pvhyp run` sets Ctrl-] in keystroke mode).
+        self.detach: int | None = None
+        # Input waits until the guest printed this (a shell may drop what came before it)...
+        self.input_after: bytes | None = None
+        # ...and this line goes to the guest when piped input ends.
+        self.input_at_end = b""
+        self.hv.console_sinks.append(self._on_console_io)
+        self.hv.domain_create_hooks.append(self._watch)
+
+    # --- hypervisor side (vCPU threads) ----------------------------------
+    def _watch(self, domain) -> None:
+        if domain.domid != 0:
+            domain.on_shutdown.append(self._on_shutdown)
+
+    def _on_console_io(self, domid: int, data: bytes) -> None:
+        if domid == 0:
+            return
+        self.console_io += data
+        if self.console_io_sink is not None:
+            self.console_io_sink(domid, data)
+
+    def _on_shutdown(self, domain, reason: int) -> None:
+        if self.domid is not None and domain.domid != self.domid:
+            return
+        self.shutdown_reason = reason
+        if reason == sched_abi.SHUTDOWN_crash:
+            try:
+                self.crash_line = crash_line(self.hv, domain, SymbolMap.beside(self._config.kernel))
+            except Exception as e:      # a diagnostic must never hide the crash itself
+                self.crash_line = f"d{domain.domid} crashed (no details: {e!r})"
+        self.done.set()
+
+    # --- lifecycle ---------------------------------------------------------
+    def start(self) -> int:
+        from dom0.toolstack.api import call
+        self.host.start_dom0()
+        # One shutdown ends the run: dom0 keeps the domain (and its console) until we are done.
+        text = self.config_text.rstrip("\n") + '\non_poweroff = "preserve"\non_reboot = "preserve"\n' \
+            'on_crash = "preserve"\n'
+        reply = call(os.path.join(self.run_dir, "pvhyp.sock"), "create", timeout=120.0,
+                     config=text, source=self.source)
+        if not reply.get("ok"):
+            raise GuestRefused(reply.get("error", "dom0 refused to create the guest"))
+        self.domid = reply["domid"]
+        try:
+            self._ring_fd = os.open(reply["tty"], os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            attrs = termios.tcgetattr(self._ring_fd)
+            attrs[3] &= ~termios.ECHO       # our input lines are the guest's to echo
+            termios.tcsetattr(self._ring_fd, termios.TCSANOW, attrs)
+        except OSError:
+            self._ring_fd = None
+        domain = self.hv.domains.get(self.domid)
+        if domain is not None and domain.is_shut_down and not self.done.is_set():
+            self._on_shutdown(domain, domain.shutdown_reason)
+        return self.domid
+
+    def pump(self, seconds: float, stdin_fd: int | None = None) -> None:
+        """Move console ring output to ring_sink (and stdin lines to the guest) for a while."""
+        fds = [fd for fd in (self._ring_fd, stdin_fd) if fd is not None]
+        if not fds:
+            time.sleep(seconds)
+            return
+        readable, _, _ = select.select(fds, [], [], seconds)
+        if self._ring_fd in readable:
+            self._read_ring()
+        if stdin_fd is not None and stdin_fd in readable:
+            data = os.read(stdin_fd, 4096)
+            if not data:
+                # End of a piped script: keep running, with the closing line if there is one.
+                self.stdin_closed = True
+                data = self.input_at_end
+            if self.detach is not None and self.detach in data:
+                raise KeyboardInterrupt
+            if data and self._ring_fd is not None:
+                try:
+                    os.write(self._ring_fd, data if self.keystrokes else data.replace(b"\n", b"\r"))
+                except OSError:
+                    pass
+
+    def _input_open(self) -> bool:
+        if self.input_after is None:
+            return True
+        if self.input_after in self._ring:
+            self.input_after = None
+            return True
+        return False
+
+    def _read_ring(self) -> None:
+        while self._ring_fd is not None:
+            try:
+                data = os.read(self._ring_fd, 65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                os.close(self._ring_fd)
+                self._ring_fd = None
+                return
+            if not data:
+                return
+            self._ring += data
+            if self.ring_sink is not None:
+                self.ring_sink(data)
+
+    def wait(self, timeout: float | None = None, stdin_fd: int | None = None) -> str:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                return "timeout"
+            if not self.host.dom0_alive or self.host.dom0_proc.poll() is not None:
+                return "error"
+            self.pump(0.05, None if self.stdin_closed or not self._input_open() else stdin_fd)
+        self._drain_ring()
+        return SHUTDOWN_NAMES.get(self.shutdown_reason, "crash")
+
+    def _drain_ring(self) -> None:
+        """dom0 drains the ring once more when it sees the shutdown, then marks the log."""
+        log_path = os.path.join(self.run_dir, "console", f"guest-{self._config.name}.log")
+        deadline = time.monotonic() + CONSOLE_DRAIN_SECONDS
+        while time.monotonic() < deadline:
+            self.pump(0.05)
+            try:
+                with open(log_path, "rb") as f:
+                    if b"[pvhyp: " in f.read():
+                        break
+            except OSError:
+                break
+        self.pump(0.05)
+
+    @functools.cached_property
+    def _config(self):
+        from dom0.toolstack.config import parse_config
+        return parse_config(self.config_text, self.source)
+
+    def ring_text(self) -> bytes:
+        """Everything the guest wrote on its console ring (the pty may have dropped some; the log has it)."""
+        log_path = os.path.join(self.run_dir, "console", f"guest-{self._config.name}.log")
+        try:
+            with open(log_path, "rb") as f:
+                return f.read()
+        except OSError:
+            return bytes(self._ring)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._ring_fd is not None:
+            os.close(self._ring_fd)
+            self._ring_fd = None
+        try:
+            self.host.shutdown()
+        finally:
+            # The machine memory stays mapped: a vCPU thread may still be leaving unicorn.
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def crash_line(hv, domain, symbols: SymbolMap | None = None) -> str:
+    """reason, faulting RIP (and its function, given symbols), the instruction there,
+    the last hypercalls: one line."""
+    vcpu = domain.vcpus[0]
+    cpu = vcpu.arch
+    reason = getattr(cpu, "crash_reason", None) or "the guest asked for it (SCHEDOP_shutdown crash)"
+    parts = [f"d{domain.domid} crashed: {reason}"]
+    try:
+        rip = cpu.engine.read("rip")
+        where = symbols.describe(rip) if symbols is not None else None
+        parts.append(f"rip {rip:#x}{f' ({where})' if where else ''}: {disassemble_at(vcpu, rip)}")
+    except Exception:
+        pass
+    calls = [r for r in hv.trace.history(domain.domid) if r["kind"] == "hypercall"][-HISTORY_SHOWN:]
+    if calls:
+        parts.append("last hypercalls: " + ", ".join(
+            f"{r['name']}({', '.join(hex(a) for a in r['args'][:3])})={r['result']}" for r in calls))
+    return "; ".join(parts)
