@@ -29,6 +29,7 @@ import time
 
 import hypercalls
 from abi import sched as sched_abi
+from abi.sched import SHUTDOWN_NAMES
 from pvhyp import console, event_channel, grant_table, sched
 from pvhyp import time as timekeeping
 from pvhyp.channel import create_process_domain
@@ -49,9 +50,6 @@ DOM0_READY_TIMEOUT = 30.0
 DOM0_MB = 16                    # dom0's memory under `pvhyp run`
 HISTORY_SHOWN = 6               # hypercalls named in a crash line
 CONSOLE_DRAIN_SECONDS = 2.0
-# A domain's shutdown reason code -> its name (SHUTDOWN_poweroff -> "poweroff"), from abi.
-SHUTDOWN_NAMES = {code: name.removeprefix("SHUTDOWN_") for name, code in vars(sched_abi).items()
-                  if name.startswith("SHUTDOWN_") and name != "SHUTDOWN_MAX"}
 
 
 def build_hypervisor(memory_mb: int, *, cpu: bool) -> Hypervisor:

@@ -33,6 +33,7 @@ class Hypervisor:
     # Set by the subsystems' attach(hv), in pvhyp.host's order (pvhyp.host.SUBSYSTEMS):
     mmu: PVMMU                                          # pvhyp.mm.mmu
     evtchn_lock: threading.RLock                        # pvhyp.event_channel: every port table
+    gnttab_lock: threading.RLock                        # pvhyp.grant_table: every grant table
     may_host_map: Callable[[Domain, int, bool], bool]   # pvhyp.grant_table: may a process map this frame
     time: TimeKeeper                                    # pvhyp.time
     sched: Scheduler                                    # pvhyp.sched

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pvhyp.cli import UserError
 from pvhyp.cli.xl_cmd import DETACH
 
-from abi.sched import SHUTDOWN_NAMES
 # Exit status by shutdown reason (documented in --help).
 EXIT_STATUS = {"poweroff": 0, "crash": 1, "reboot": 3, "watchdog": 4, "suspend": 5, "soft_reset": 6,
                "timeout": 7, "error": 70, "interrupted": 130}

@@ -11,7 +11,7 @@ import threading
 
 from pvhyp import event_channel as ev
 from pvhyp.channel import create_process_domain
-from pvhyp.hypervisor import Hypervisor
+from pvhyp.host import build_hypervisor
 
 PVHYP = pathlib.Path(__file__).resolve().parents[2] / "pvhyp"
 PROCESS_WIDE_LOCKS = {("time.py", "_host_tsc_lock"), ("cpu/unicorn_quirks.py", "_cache_lock")}
@@ -36,7 +36,7 @@ def test_only_process_wide_locks_live_at_module_level():
 
 
 def test_each_hypervisor_has_its_own_locks():
-    a, b = Hypervisor(memory_mb=16), Hypervisor(memory_mb=16)
+    a, b = build_hypervisor(16, cpu=False), build_hypervisor(16, cpu=False)
     try:
         assert a.evtchn_lock is not b.evtchn_lock
         assert a.gnttab_lock is not b.gnttab_lock
@@ -46,7 +46,7 @@ def test_each_hypervisor_has_its_own_locks():
 
 
 def test_a_held_event_lock_does_not_stop_another_hypervisor():
-    a, b = Hypervisor(memory_mb=16), Hypervisor(memory_mb=16)
+    a, b = build_hypervisor(16, cpu=False), build_hypervisor(16, cpu=False)
     held, release = threading.Event(), threading.Event()
 
     def hold_a() -> None:
