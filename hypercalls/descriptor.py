@@ -8,7 +8,7 @@ from abi.arch_x86_xen import FIRST_RESERVED_GDT_ENTRY
 from hypercalls import hypercall
 from hypercalls.c_args import c_uint
 from pvhyp.pv import descriptors as pv_descriptors
-from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import state as pv_state
 
 
 @hypercall("set_gdt")
@@ -18,11 +18,11 @@ def do_set_gdt(ctx, frame_list, entries):
         return -E.EINVAL
     nr_frames = (entries + pv_descriptors.GDT_ENTRIES_PER_FRAME - 1) // pv_descriptors.GDT_ENTRIES_PER_FRAME
     frames = list(struct.unpack(f"<{nr_frames}Q", ctx.read(frame_list, 8 * nr_frames)))
-    with pv_vcpu.domain_lock(ctx.domain):
+    with pv_state.domain_lock(ctx.domain):
         return pv_descriptors.pv_set_gdt(ctx.vcpu, frames, entries)
 
 
 @hypercall("update_descriptor")
 def do_update_descriptor(ctx, maddr, desc):
-    with pv_vcpu.domain_lock(ctx.domain):
+    with pv_state.domain_lock(ctx.domain):
         return pv_descriptors.update_descriptor(ctx.vcpu, maddr, desc)

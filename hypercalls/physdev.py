@@ -13,7 +13,7 @@ from abi import errno as E
 from abi import physdev as P
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, guest_handle_okay
-from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import state as pv_state
 
 # Without the event-channel subsystem's count: Xen's nr_static_irqs (24 GSIs) + extra_domU_pirqs (32).
 NR_PIRQS = 24 + 32
@@ -50,7 +50,7 @@ def do_physdev_op(ctx, cmd, arg):
     cmd = c_int(cmd)
     if cmd == P.PHYSDEVOP_set_iopl:
         iopl = ctx.read_struct(P.physdev_set_iopl, arg)["iopl"]
-        return pv_vcpu.set_iopl(ctx.vcpu, iopl)
+        return pv_state.set_iopl(ctx.vcpu, iopl)
     if cmd == P.PHYSDEVOP_set_iobitmap:
         request = ctx.read_struct(P.physdev_set_iobitmap, arg)
         if not guest_handle_okay(ctx, request["bitmap"], IOBMP_BYTES, 1) or request["nr_ports"] > MAX_IO_PORTS:

@@ -5,7 +5,7 @@ from abi import errno as E
 from abi.arch_x86_xen import trap_info
 from abi.fast import codec
 from hypercalls import hypercall
-from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import state as pv_state
 
 _TRAP_INFO = codec(trap_info)
 
@@ -18,13 +18,13 @@ MAX_TRAP_TABLE_ENTRIES = 1 << 16
 def do_set_trap_table(ctx, traps):
     pv = ctx.vcpu.pv
     if traps == 0:
-        pv_vcpu.clear_trap_table(pv)
+        pv_state.clear_trap_table(pv)
         return 0
     for i in range(MAX_TRAP_TABLE_ENTRIES):
         entry = _TRAP_INFO.parse(ctx.read(traps + i * _TRAP_INFO.size, _TRAP_INFO.size))
         if entry["address"] == 0:
             return 0
-        rc = pv_vcpu.set_trap_entry(pv, entry["vector"], entry["flags"], entry["cs"], entry["address"])
+        rc = pv_state.set_trap_entry(pv, entry["vector"], entry["flags"], entry["cs"], entry["address"])
         if rc:
             return rc
     return -E.EINVAL
@@ -37,7 +37,7 @@ def do_set_callbacks(ctx, event_address, failsafe_address, syscall_address):
     for callback, address in ((pv.event_callback, event_address),
                               (pv.failsafe_callback, failsafe_address),
                               (pv.syscall_callback, syscall_address)):
-        if pv_vcpu.is_canonical_address(address):
+        if pv_state.is_canonical_address(address):
             callback.address = address
             callback.masks_events = False
     return 0

@@ -299,10 +299,10 @@ def arch_set_info_guest(v: "VCPU", c: dict) -> int:
     domctl adds what only it does: VGCF_online brings the vCPU up, and the plain
     parsed context stays in `v.initial_context` for the CPU engine and getvcpucontext.
     """
-    from pvhyp.pv import state as pv_vcpu
+    from pvhyp.pv import state as pv_state
     if getattr(v, "pv", None) is None:
         return -E.EOPNOTSUPP            # no PV vCPU state attached to this hypervisor
-    rc = pv_vcpu.arch_set_info_guest(v, c)
+    rc = pv_state.arch_set_info_guest(v, c)
     if rc:
         return rc
     regs = c["user_regs"]

@@ -38,7 +38,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from abi.xen import VMASST_TYPE_runstate_update_flag
-from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import state as pv_state
 from pvhyp.guest_access import GuestFault, copy_to_guest
 
 if TYPE_CHECKING:
@@ -212,14 +212,14 @@ class Scheduler:
             # A process domain's "CPU" is an OS process that waits on its own
             # channel; parking the thread that dispatched for it would stall
             # that channel (or an in-process caller such as the fuzzer).
-            vcpu.blocked = not (unit.wake_pending or pv_vcpu.local_events_need_delivery(vcpu))
+            vcpu.blocked = not (unit.wake_pending or pv_state.local_events_need_delivery(vcpu))
             unit.wake_pending = False
             return
         with self.cond:
             if self._posted_work_applied(vcpu):
                 unit.wake_pending = False       # guest memory is current: a wake that mattered shows there
             vcpu.blocked = True
-            if unit.wake_pending or pv_vcpu.local_events_need_delivery(vcpu):
+            if unit.wake_pending or pv_state.local_events_need_delivery(vcpu):
                 unit.wake_pending = False
                 vcpu.blocked = False
                 return

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Callable
 
 from abi.arch_x86_xen import XEN_LEGACY_MAX_VCPUS
 from abi.xen import VIRQ_TIMER, XEN_PVCLOCK_TSC_STABLE_BIT, vcpu_info, vcpu_time_info
-from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import state as pv_state
 from pvhyp.guest_access import GuestFault, copy_to_guest
 from pvhyp.memory import PAGE_SHIFT
 
@@ -579,7 +579,7 @@ class TimeKeeper:
 
 
 def attach(hv) -> None:
-    pv_vcpu.attach(hv)
+    pv_state.attach(hv)
     hv.time = TimeKeeper(hv)
     hv.close_hooks.append(lambda: hv.time.timers.close())     # the timer thread
     hv.domain_create_hooks.append(hv.time.domain_created)

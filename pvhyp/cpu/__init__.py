@@ -19,7 +19,7 @@ engine          CpuEngine: one unicorn per vCPU, whole machine memory as its
                 Pure mechanics, no PV policy.
 traps, entry,   the PV behaviour (Xen's bounce frames, iret, events,
 emulate, ptwr   syscall callback, int N DPL rule, privileged instructions,
-                CPUID policy, port I/O, writable page tables).  entry.PvVcpu
+                CPUID policy, port I/O, writable page tables).  entry.PvEntry
                 is the VcpuHost and is installed as `vcpu.arch`.
 runner          attach(hv) and the vCPU threads under the scheduler.
 bench           null_hypercall_roundtrip_us(), compute_mips().
@@ -30,7 +30,7 @@ Uses:
   pvhyp.memory.MachineMemory   .size, .nr_frames, .buf, .host_address,
                                read/write/read_u64/write_u64
   hv.frames.alloc(DOMID_XEN)   hypervisor frames; hv.m2p_mfns
-  vcpu.pv (pvhyp.pv.state.PVVcpuState)  trap table, callbacks, kernel_sp,
+  vcpu.pv (pvhyp.pv.state.PvState)  trap table, callbacks, kernel_sp,
                                mode and tables, segment bases, iopl, cr0_ts,
                                cr2/cr4, vcpu_info_maddr, GDT frames
   hv.hypercalls.dispatch(HypercallContext(vcpu), nr, args) -> int
@@ -41,7 +41,7 @@ Uses:
 Provides (attach(hv), from pvhyp.cpu.runner):
   hv.xen_l4_slots              {slot: L4 entry} for slots 256-271
   hv.cpu.start_domain(d) / start_vcpu(v) / stop_domain(d)
-  vcpu.arch (PvVcpu):          kick(), flush_tlb() (reloads CR3 from the
+  vcpu.arch (PvEntry):          kick(), flush_tlb() (reloads CR3 from the
                                vCPU's current table, queued if another thread
                                runs it), pv_changed(what), set_user_regs(regs),
                                post(fn) (also installed as vcpu.post)
@@ -50,7 +50,7 @@ Provides (attach(hv), from pvhyp.cpu.runner):
 Starting a vCPU: the builder/VCPUOP_initialise leaves cpu_user_regs in
 vcpu.pv.initial_user_regs (or vcpu.initial_context["user_regs"]) with the
 PV state set, or calls vcpu.arch.set_user_regs(); the vCPU thread loads them
-on its first run.  Without the runner: `cpu = PvVcpu(memory, layout, vcpu,
+on its first run.  Without the runner: `cpu = PvEntry(memory, layout, vcpu,
 dispatch)`; `cpu.start(entry.initial_state(rip, rsp, start_info_va, l4_mfn))`;
 `cpu.run(max_insns=..., timeout_us=...)` -> ExitReason (BUDGET, KICKED,
 REQUESTED, GUEST_CRASH, HYPERVISOR_ERROR with cpu.engine.error).  An engine

@@ -14,7 +14,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from pvhyp.cpu.engine import ExitReason
-from pvhyp.pv.entry import PvVcpu
+from pvhyp.pv.entry import PvEntry
 from pvhyp.pv.xen_layout import XenLayout
 from pvhyp.domain import SHUTDOWN_CRASH
 from pvhyp.mm.frametable import DOMID_XEN
@@ -46,16 +46,16 @@ class CpuSubsystem:
         _live_subsystems.add(self)
 
     # --- per vCPU ----------------------------------------------------------
-    def cpu_for(self, vcpu: "VCPU") -> PvVcpu:
-        """The vCPU's PvVcpu (created on first use and installed as vcpu.arch)."""
-        if isinstance(vcpu.arch, PvVcpu):
+    def cpu_for(self, vcpu: "VCPU") -> PvEntry:
+        """The vCPU's PvEntry (created on first use and installed as vcpu.arch)."""
+        if isinstance(vcpu.arch, PvEntry):
             return vcpu.arch
         hv = self.hv
         from pvhyp.hypercall_table import HypercallContext
         context = HypercallContext(vcpu)
         mmu = getattr(hv, "mmu", None)
         ptwr = getattr(mmu, "ptwr_emulate", None)
-        cpu = PvVcpu(
+        cpu = PvEntry(
             hv.memory, self.layout, vcpu,
             dispatch=lambda _cpu, nr, args: hv.hypercalls.dispatch(context, nr, args),
             on_crash=self._guest_crashed,
@@ -72,10 +72,10 @@ class CpuSubsystem:
     def _wake(vcpu: "VCPU") -> None:
         cpu = vcpu.arch
         # On its own thread the event is delivered when the current hook returns.
-        if isinstance(cpu, PvVcpu) and cpu._on_other_thread():
+        if isinstance(cpu, PvEntry) and cpu._on_other_thread():
             cpu.kick()
 
-    def _guest_crashed(self, cpu: PvVcpu, reason: str) -> None:
+    def _guest_crashed(self, cpu: PvEntry, reason: str) -> None:
         vcpu = cpu.vcpu
         self.hv.trace.emit("guest_crash", vcpu.domain.domid, vcpu.vcpu_id, reason=reason)
 
@@ -120,7 +120,7 @@ class CpuSubsystem:
             self.threads.pop((domain.domid, vcpu.vcpu_id), None)
 
     @staticmethod
-    def _load_initial_registers(vcpu: "VCPU", cpu: PvVcpu) -> bool:
+    def _load_initial_registers(vcpu: "VCPU", cpu: PvEntry) -> bool:
         """The register state the builder or VCPUOP_initialise left for the engine."""
         regs = vcpu.pv.initial_user_regs
         if regs is None:
@@ -137,7 +137,7 @@ class CpuSubsystem:
         self.stopping = True
         for domain in list(self.hv.domains.values()):
             for vcpu in domain.vcpus:
-                if isinstance(vcpu.arch, PvVcpu):
+                if isinstance(vcpu.arch, PvEntry):
                     vcpu.arch.kick()
                 self.hv.sched.wake(vcpu)
         for thread in list(self.threads.values()):
@@ -148,7 +148,7 @@ class CpuSubsystem:
         """Wait for the domain's vCPU threads to leave (after shutdown/destroy)."""
         for vcpu in domain.vcpus:
             cpu = vcpu.arch
-            if isinstance(cpu, PvVcpu):
+            if isinstance(cpu, PvEntry):
                 cpu.kick()
             thread = self.threads.get((domain.domid, vcpu.vcpu_id))
             if thread is not None and thread is not threading.current_thread():
@@ -180,7 +180,7 @@ def attach(hv) -> None:
         for vcpu in domain.vcpus:
             thread = hv.cpu.threads.get((domain.domid, vcpu.vcpu_id))
             # A thread still inside unicorn keeps its engine: freeing it would crash us.
-            if isinstance(vcpu.arch, PvVcpu) and (thread is None or not thread.is_alive()):
+            if isinstance(vcpu.arch, PvEntry) and (thread is None or not thread.is_alive()):
                 vcpu.arch.engine.close()
                 vcpu.arch = None
 

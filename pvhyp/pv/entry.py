@@ -1,6 +1,6 @@
 """The PV entry path: what happens when a PV guest traps into the hypervisor.
 
-`PvVcpu` is the VcpuHost of one CpuEngine.  It turns the engine's raw events
+`PvEntry` is the VcpuHost of one CpuEngine.  It turns the engine's raw events
 into Xen PV behaviour: hypercalls (raw `syscall` from guest kernel mode, the
 iret hypercall handled here), the syscall callback for guest user mode,
 exception and software-interrupt bounces through the trap table, privileged
@@ -8,7 +8,7 @@ instruction and CPUID emulation, port I/O rules, writable page tables, and
 the event upcall on every return to the guest.
 
 The PV state itself (trap table, callbacks, kernel stack, segment bases,
-IOPL, ...) is pvhyp.pv.state.PVVcpuState, changed by the hypercall handlers;
+IOPL, ...) is pvhyp.pv.state.PvState, changed by the hypercall handlers;
 this module reads it and loads into the CPU what they change (pv_changed).
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ VMASST_TYPE_WRITABLE_PAGETABLES = 2
 
 _HYPERCALL_ARGS = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "cs", "rip")
 
-HypercallDispatch = Callable[["PvVcpu", int, tuple], int]
+HypercallDispatch = Callable[["PvEntry", int, tuple], int]
 
 
 def initial_state(entry: int, stack: int, start_info_va: int, l4_mfn: int) -> CpuState:
@@ -43,16 +43,16 @@ def initial_state(entry: int, stack: int, start_info_va: int, l4_mfn: int) -> Cp
     return state
 
 
-class PvVcpu:
+class PvEntry:
     """The CPU side of one PV vCPU; the glue installs it as `vcpu.arch`.
 
-    `vcpu` is a pvhyp.domain.VCPU whose `pv` (pvhyp.pv.state.PVVcpuState) holds
-    the PV state; `dispatch(pv_vcpu, nr, args) -> int` runs hypercalls.
+    `vcpu` is a pvhyp.domain.VCPU whose `pv` (pvhyp.pv.state.PvState) holds
+    the PV state; `dispatch(entry, nr, args) -> int` runs hypercalls.
     """
 
     def __init__(self, memory, layout: L.XenLayout, vcpu,
                  dispatch: HypercallDispatch | None = None,
-                 on_crash: Callable[["PvVcpu", str], None] | None = None,
+                 on_crash: Callable[["PvEntry", str], None] | None = None,
                  ptwr_emulate: Callable | None = None,
                  on_new_cr3: Callable[[int], bool] | None = None,
                  debug_registers=None,
@@ -80,7 +80,7 @@ class PvVcpu:
     def start(self, state: CpuState) -> None:
         """Load a register state (kernel mode, CR3 = the vCPU's kernel table)."""
         self.pv.kernel_mode = True
-        self.pv.kernel_table = state.cr3 >> 12
+        self.vcpu.guest_table = state.cr3 >> 12
         self.pv.fs_base, self.pv.gs_base_kernel = state.fs_base, state.gs_base
         self.engine.load_state(state)
 
@@ -93,8 +93,7 @@ class PvVcpu:
         pv = self.pv
         state.fs_base = pv.fs_base
         state.gs_base = pv.gs_base_kernel if pv.kernel_mode else pv.gs_base_user
-        table = pv.kernel_table if pv.kernel_mode or not pv.user_table else pv.user_table
-        state.cr3 = table << 12
+        state.cr3 = self.vcpu.current_table << 12
         self.engine.load_state(state)
         self.engine.set_cr0_ts(pv.cr0_ts)
         self._sync_gdt()
@@ -145,9 +144,7 @@ class PvVcpu:
             self._sync_cr3()
 
     def _sync_cr3(self) -> None:
-        pv = self.pv
-        table = pv.kernel_table if pv.kernel_mode or not pv.user_table else pv.user_table
-        self.engine.set_cr3(table << 12)
+        self.engine.set_cr3(self.vcpu.current_table << 12)
 
     def pv_changed(self, what: str) -> None:
         """pvhyp.pv.state.notify_arch: load a changed value into the CPU."""

@@ -1,6 +1,6 @@
 """The PV-visible state of one vCPU (Xen's `struct pv_vcpu` plus its friends).
 
-`vcpu.pv` is a `PVVcpuState`, created for every vCPU of every domain by the
+`vcpu.pv` is a `PvState`, created for every vCPU of every domain by the
 domain-create hook that `attach(hv)` installs (pvhyp/time.py calls it). It
 is a plain data object: hypercall handlers (hypercalls/traps.py, callback.py,
 descriptor.py, segment.py, debugreg.py, physdev.py, vcpu.py) change it
@@ -16,8 +16,9 @@ Contract with the CPU engine (pvhyp/cpu)
 * `event_callback`, `failsafe_callback`, `syscall_callback`,
   `syscall32_callback`, `sysenter_callback`: Callback(address, masks_events).
 * `kernel_ss` / `kernel_sp`: the stack a bounce from guest user mode uses.
-* `kernel_mode`, `kernel_table`, `user_table`, `vcpu_info_maddr` are views
-  of the VCPU's own fields, so the engine reads everything from one object.
+* `kernel_mode` and `vcpu_info_maddr` are views of the VCPU's own fields;
+  the page-table bases are the VCPU's (`pv.vcpu.guest_table`,
+  `guest_table_user`, `current_table`), which only the MMU sets.
 * Registers the CPU holds are loaded through `vcpu.arch`: after a change of
   the FS base, kernel or user GS base, GS user selector, debug registers,
   GDT or CR0.TS, `notify_arch(vcpu, what)` calls `vcpu.arch.pv_changed(what)`
@@ -108,7 +109,9 @@ class Callback:
         return f"Callback({self.address:#x}, masks_events={self.masks_events})"
 
 
-class PVVcpuState:
+class PvState:
+    """vcpu.pv: Xen's struct pv_vcpu, the PV-only part of a vCPU (see the module docstring)."""
+
     def __init__(self, vcpu: "VCPU"):
         self.vcpu = vcpu
         self.trap_table: dict[int, TrapInfo] = {}
@@ -154,22 +157,6 @@ class PVVcpuState:
     @kernel_mode.setter
     def kernel_mode(self, value: bool) -> None:
         self.vcpu.kernel_mode = value
-
-    @property
-    def kernel_table(self) -> int:
-        return self.vcpu.guest_table
-
-    @kernel_table.setter
-    def kernel_table(self, mfn: int) -> None:
-        self.vcpu.guest_table = mfn
-
-    @property
-    def user_table(self) -> int:
-        return self.vcpu.guest_table_user
-
-    @user_table.setter
-    def user_table(self, mfn: int) -> None:
-        self.vcpu.guest_table_user = mfn
 
     @property
     def vcpu_info_maddr(self) -> int:
@@ -220,7 +207,7 @@ def notify_arch(vcpu: "VCPU", what: str) -> None:
 
 # --- trap table and callbacks (Xen: pv/callback.c) ------------------------------
 
-def set_trap_entry(pv: PVVcpuState, vector: int, flags: int, cs: int, address: int) -> int:
+def set_trap_entry(pv: PvState, vector: int, flags: int, cs: int, address: int) -> int:
     """One entry of set_trap_table; the caller stops at address == 0."""
     if not is_canonical_address(address):
         return -E.EINVAL
@@ -228,7 +215,7 @@ def set_trap_entry(pv: PVVcpuState, vector: int, flags: int, cs: int, address: i
     return 0
 
 
-def clear_trap_table(pv: PVVcpuState) -> None:
+def clear_trap_table(pv: PvState) -> None:
     pv.trap_table.clear()
 
 
@@ -526,7 +513,7 @@ def attach(hv) -> None:
 
     def create(domain: "Domain") -> None:
         for vcpu in domain.vcpus:
-            vcpu.pv = PVVcpuState(vcpu)
+            vcpu.pv = PvState(vcpu)
             if not vcpu.vcpu_info_maddr:
                 vcpu_info_reset(vcpu)
 

@@ -51,7 +51,7 @@ class GuestCrash(Exception):
 class TrapBouncer:
     """Builds bounce frames and performs mode switches for one vCPU.
 
-    `pv` is the vCPU's PV state (pvhyp.pv.state.PVVcpuState: trap table,
+    `pv` is the vCPU's PV state (pvhyp.pv.state.PvState: trap table,
     callbacks, kernel stack, mode, page-table bases, segment bases).
     """
 
@@ -94,8 +94,7 @@ class TrapBouncer:
         pv, engine = self.pv, self.engine
         pv.kernel_mode = not pv.kernel_mode
         engine.write("gs_base", pv.gs_base_kernel if pv.kernel_mode else pv.gs_base_user)
-        table = pv.kernel_table if pv.kernel_mode or not pv.user_table else pv.user_table
-        engine.set_cr3(table << 12)
+        engine.set_cr3(pv.vcpu.current_table << 12)
 
     # --- bouncing --------------------------------------------------------
     def bounce(self, address: int, flags: int, error_code: int = 0, regs: dict | None = None) -> None:
@@ -257,7 +256,7 @@ class TrapBouncer:
         if not (_canonical(rip) and _canonical(new_rsp)):
             raise GuestCrash(f"iret to a non-canonical rip {rip:#x} / rsp {new_rsp:#x}")
         if (cs & 3) == 3 and pv.kernel_mode:
-            if not pv.user_table:
+            if not pv.vcpu.guest_table_user:
                 raise GuestCrash("iret to user mode without a user page table")
             self.toggle_guest_mode()
         cs, ss = (cs | 3) & 0xFFFF, (ss | 3) & 0xFFFF

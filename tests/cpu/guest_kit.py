@@ -2,7 +2,7 @@
 
 Assembles a test kernel with the machine's `as`/`ld`, loads it flat into
 machine memory, builds 4-level page tables for it (kernel and user L4s with
-the hypervisor slots installed) and wraps it in a PvVcpu whose hypercalls go
+the hypervisor slots installed) and wraps it in a PvEntry whose hypercalls go
 to a recording dispatcher.  Test kernels share PRELUDE: trap stubs for every
 vector that report (vector, error code, rip, cr2) with hypercall HC_LOG and
 return through the iret hypercall, skipping `skip_len` bytes.
@@ -15,9 +15,9 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 
-from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import state as pv_state
 from pvhyp.pv import xen_layout as L
-from pvhyp.pv.entry import PvVcpu, initial_state
+from pvhyp.pv.entry import PvEntry, initial_state
 from pvhyp.domain import Domain
 from pvhyp.memory import MachineMemory
 
@@ -143,13 +143,13 @@ class Recorder:
     exited: bool = False
     others: list = field(default_factory=list)
 
-    def __call__(self, pv_vcpu: PvVcpu, nr: int, args: tuple) -> int:
+    def __call__(self, entry: PvEntry, nr: int, args: tuple) -> int:
         if nr == HC_LOG:
             self.log.append(args[:5])
             return 0
         if nr == HC_EXIT:
             self.exited = True
-            pv_vcpu.engine.request_exit()
+            entry.engine.request_exit()
             return 0
         self.others.append((nr, args))
         return -38
@@ -201,14 +201,14 @@ class GuestMachine:
         recorder = Recorder()
         domain = Domain(None, domid=1, max_vcpus=1, max_pages=GUEST_PAGES)
         vcpu = domain.vcpus[0]
-        vcpu.pv = pv = pv_vcpu.PVVcpuState(vcpu)
+        vcpu.pv = pv = pv_state.PvState(vcpu)
         vcpu.vcpu_info_maddr = self.guest_maddr(VCPU_INFO_VA)
         self.memory.buf[vcpu.vcpu_info_maddr + 1] = 1          # events masked, as Xen starts a vCPU
-        cpu = PvVcpu(self.memory, self.layout, vcpu, dispatch=recorder)
+        cpu = PvEntry(self.memory, self.layout, vcpu, dispatch=recorder)
         vcpu.arch = cpu
         cpu.start(initial_state(symbols["_start"], KERNEL_STACK_TOP, 0, self.guest_address_space()))
         for vec in TRAP_VECTORS:
-            pv_vcpu.set_trap_entry(pv, vec, 0, L.FLAT_KERNEL_CS, symbols[f"trap_{vec}"])
+            pv_state.set_trap_entry(pv, vec, 0, L.FLAT_KERNEL_CS, symbols[f"trap_{vec}"])
         pv.kernel_sp = KERNEL_STACK_TOP - 0x8000
         if with_user_table:
             vcpu.guest_table_user = self.guest_address_space()
