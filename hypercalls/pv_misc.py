@@ -6,8 +6,10 @@ from abi.xen_x86_64 import SEGBASE_FS, SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBA
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, c_uint
 from pvhyp.pv import state as pv_state
+from pvhyp.pv.change import PvChange
 
-_SEGBASE_FIELD = {SEGBASE_FS: "fs_base", SEGBASE_GS_USER: "gs_base_user", SEGBASE_GS_KERNEL: "gs_base_kernel"}
+_SEGMENT_BASE = {SEGBASE_FS: PvChange.FS_BASE, SEGBASE_GS_USER: PvChange.GS_BASE_USER,
+                 SEGBASE_GS_KERNEL: PvChange.GS_BASE_KERNEL}
 
 
 @hypercall("stack_switch")
@@ -38,8 +40,8 @@ def do_get_debugreg(ctx, reg):
 @hypercall("set_segment_base")
 def do_set_segment_base(ctx, which, base):
     which = c_uint(which)
-    if which in _SEGBASE_FIELD:
-        return pv_state.set_segment_base(ctx.vcpu, _SEGBASE_FIELD[which], base)
+    if which in _SEGMENT_BASE:
+        return pv_state.set_segment_base(ctx.vcpu, _SEGMENT_BASE[which], base)
     if which == SEGBASE_GS_USER_SEL:
         return pv_state.set_gs_user_selector(ctx.vcpu, base)
     return -E.EINVAL

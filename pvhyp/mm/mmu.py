@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from abi import errno as E
 from pvhyp.domain import INVALID_MFN
+from pvhyp.mm import ptwr
 from pvhyp.mm.flush import flush_tlb
 from pvhyp.mm.frametable import DOMID_ORPHAN, OutOfMemory
 from pvhyp.mm.pagetype import (
@@ -239,12 +240,11 @@ class PVMMU(FrameRefs):
 
     def ptwr_emulate(self, vcpu, addr: int, data, width: int, old=None, cr2=None) -> int:
         """The CPU engine's entry for a store to a page table (data: bytes or int)."""
-        from pvhyp.mm.ptwr import ptwr_emulate
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = int.from_bytes(bytes(data), "little")
         if isinstance(old, (bytes, bytearray, memoryview)):
             old = int.from_bytes(bytes(old), "little")
-        return ptwr_emulate(vcpu, addr, data, width, old=old, cr2=cr2).status
+        return ptwr.ptwr_emulate(vcpu, addr, data, width, old=old, cr2=cr2).status
 
     # --------------------------------------------------- update_va_mapping
     def map_guest_l1e(self, v, va: int):

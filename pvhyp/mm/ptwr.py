@@ -30,10 +30,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from pvhyp.mm.flush import flush_tlb
-from pvhyp.mm.mmu import addr_ok
-from pvhyp.mm.pagetype import (
-    _PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, PGT_l1_page_table, adjust_guest_l1e, pte_mfn,
-)
+from pvhyp.mm.pagetype import _PAGE_PRESENT, _PAGE_RW, PGT_l1_page_table, adjust_guest_l1e, pte_mfn
 
 PTWR_OKAY = 0
 PTWR_CMPXCHG_FAILED = 1
@@ -51,20 +48,8 @@ _UNHANDLEABLE = PtwrResult(PTWR_UNHANDLEABLE)
 
 def guest_get_eff_kern_l1e(mmu, vcpu, linear: int) -> int:
     """The L1 entry mapping `linear` in the vCPU's kernel page table (0 if none)."""
-    if not addr_ok(vcpu.domain, linear):
-        return 0
-    table = vcpu.guest_table
-    nr = mmu.frames.nr_frames
-    for shift in (39, 30, 21):
-        if not 0 < table < nr:
-            return 0
-        e = mmu.read_entry((table << 12) + ((linear >> shift) & 0x1FF) * 8)
-        if e & (_PAGE_PRESENT | _PAGE_PSE) != _PAGE_PRESENT:
-            return 0
-        table = pte_mfn(e)
-    if not 0 < table < nr:
-        return 0
-    return mmu.read_entry((table << 12) + ((linear >> 12) & 0x1FF) * 8)
+    pl1e = mmu.map_guest_l1e(vcpu, linear)
+    return 0 if pl1e is None else mmu.read_entry(pl1e)
 
 
 def ptwr_emulate(vcpu, addr: int, value: int, width: int, old: int | None = None,

@@ -17,6 +17,7 @@ from abi.arch_x86_xen import FIRST_RESERVED_GDT_ENTRY
 from abi.xen_x86_64 import FLAT_KERNEL_CS
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 from pvhyp.mm.pagetype import PGT_seg_desc_page, PGT_writable_page
+from pvhyp.pv.change import PvChange, notify_arch
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
@@ -110,7 +111,6 @@ def pv_destroy_gdt(vcpu: "VCPU") -> None:
 
 def pv_set_gdt(vcpu: "VCPU", frames: list[int], entries: int) -> int:
     """Install a guest GDT of `entries` descriptors in `frames` (machine frames)."""
-    from pvhyp.pv.state import notify_arch
     if entries > FIRST_RESERVED_GDT_ENTRY:
         return -E.EINVAL
     nr_frames = (entries + GDT_ENTRIES_PER_FRAME - 1) // GDT_ENTRIES_PER_FRAME
@@ -127,7 +127,7 @@ def pv_set_gdt(vcpu: "VCPU", frames: list[int], entries: int) -> int:
     pv.gdt_ents = entries
     for i, mfn in enumerate(taken):
         pv.gdt_frames[i] = mfn
-    notify_arch(vcpu, "gdt")
+    notify_arch(vcpu, PvChange.GDT)
     return 0
 
 

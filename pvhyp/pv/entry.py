@@ -18,6 +18,7 @@ import threading
 from typing import Callable
 
 from pvhyp.pv import xen_layout as L
+from pvhyp.pv.change import PvChange
 from pvhyp.pv.emulate import FORCED_EMULATION_PREFIX, PrivilegedOps
 from pvhyp.cpu.engine import GPR_NAMES, CpuEngine, CpuState, ExitReason
 from pvhyp.pv.ro_page_fault import emulate_pagetable_write
@@ -146,36 +147,39 @@ class PvEntry:
     def _sync_cr3(self) -> None:
         self.engine.set_cr3(self.vcpu.current_table << 12)
 
-    def pv_changed(self, what: str) -> None:
-        """pvhyp.pv.state.notify_arch: load a changed value into the CPU."""
-        self.post(lambda: self._load_pv_value(what))
+    def pv_changed(self, change: PvChange) -> None:
+        """pvhyp.pv.change.notify_arch: load a changed value into the CPU."""
+        if not isinstance(change, PvChange):
+            raise TypeError(f"pv_changed({change!r}): not a PvChange")
+        self.post(lambda: self._load_pv_value(change))
 
-    def _load_pv_value(self, what: str) -> None:
+    def _load_pv_value(self, change: PvChange) -> None:
         pv, engine = self.pv, self.engine
         if not engine.entered:
             return              # set_user_regs / start loads everything
-        if what == "fs_base":
+        if change is PvChange.FS_BASE:
             engine.write("fs_base", pv.fs_base)
-        elif what in ("gs_base_kernel", "gs_base_user"):
-            if (what == "gs_base_kernel") == pv.kernel_mode:
+        elif change in (PvChange.GS_BASE_KERNEL, PvChange.GS_BASE_USER):
+            if (change is PvChange.GS_BASE_KERNEL) == pv.kernel_mode:
                 engine.write("gs_base", pv.gs_base_kernel if pv.kernel_mode else pv.gs_base_user)
-        elif what == "gs_sel_user":
+        elif change is PvChange.GS_SEL_USER:
             # One GS selector register serves both modes; loading it resets
             # the base, so the running mode's base goes back afterwards.
             engine.load_data_selector("gs", pv.gs_sel_user)
             engine.write("gs_base", pv.gs_base_kernel if pv.kernel_mode else pv.gs_base_user)
-        elif what == "gdt":
+        elif change is PvChange.GDT:
             self._sync_gdt()
-        elif what == "cr0_ts":
+        elif change is PvChange.CR0_TS:
             engine.set_cr0_ts(pv.cr0_ts)
-        elif what == "debugreg":
+        elif change is PvChange.DEBUGREG:
             self.watchpoints.reload()
+        else:
+            raise ValueError(f"no engine register holds {change}")
 
     def _sync_gdt(self) -> None:
         pv = self.pv
-        frames = getattr(pv, "gdt_frames", [])
-        count = (getattr(pv, "gdt_ents", 0) + 511) // 512
-        self.engine.layout.set_guest_gdt(self.engine.window, frames[:count])
+        count = (pv.gdt_ents + 511) // 512
+        self.engine.layout.set_guest_gdt(self.engine.window, pv.gdt_frames[:count])
         self.engine.flush_tlb()
 
     # --- VcpuHost ------------------------------------------------------------

@@ -21,10 +21,9 @@ Contract with the CPU engine (pvhyp/cpu)
   `guest_table_user`, `current_table`), which only the MMU sets.
 * Registers the CPU holds are loaded through `vcpu.arch`: after a change of
   the FS base, kernel or user GS base, GS user selector, debug registers,
-  GDT or CR0.TS, `notify_arch(vcpu, what)` calls `vcpu.arch.pv_changed(what)`
-  when the engine defines it (`what` is one of "fs_base", "gs_base_kernel",
-  "gs_base_user", "gs_sel_user", "debugreg", "gdt", "cr0_ts"). The
-  engine then loads the value from this object (it stays the stored copy
+  GDT or CR0.TS, `notify_arch(vcpu, change)` (pvhyp/pv/change.py) calls
+  `vcpu.arch.pv_changed(change)` when the vCPU has an engine (`change` is a
+  PvChange). The engine then loads the value from this object (it stays the stored copy
   while the vCPU is not running). When the guest itself changes one of
   them (wrmsr/wrfsbase, mov to %dr), the engine writes the value back here.
 * `iopl` is the virtual IOPL level 0-3 (Xen stores it shifted into the
@@ -46,11 +45,15 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from abi import errno as E
-from abi.arch_x86_xen import FIRST_RESERVED_GDT_PAGE
+from abi.arch_x86_xen import FIRST_RESERVED_GDT_PAGE, XEN_LEGACY_MAX_VCPUS
 from abi.xen import VMASST_TYPE_architectural_iopl, vcpu_info
 from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS, HYPERVISOR_VIRT_END
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
-from pvhyp.pv.descriptors import GDT_ENTRIES_PER_FRAME, fixup_guest_selector, pv_destroy_gdt, pv_set_gdt
+from pvhyp.pv import descriptors
+from pvhyp.pv.change import PvChange, notify_arch
+from pvhyp.pv.descriptors import (
+    GDT_ENTRIES_PER_FRAME, data_selector_base, fixup_guest_selector, pv_destroy_gdt, pv_set_gdt,
+)
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
@@ -199,12 +202,6 @@ def domain_lock(domain: "Domain"):
         yield
 
 
-def notify_arch(vcpu: "VCPU", what: str) -> None:
-    hook = getattr(vcpu.arch, "pv_changed", None)
-    if hook is not None:
-        hook(what)
-
-
 # --- trap table and callbacks (Xen: pv/callback.c) ------------------------------
 
 def set_trap_entry(pv: PvState, vector: int, flags: int, cs: int, address: int) -> int:
@@ -232,15 +229,17 @@ def unregister_guest_nmi_callback(vcpu: "VCPU") -> None:
 
 # --- segment bases, FPU, debug registers, IOPL (Xen: pv/misc-hypercalls.c) -----
 
-SEGBASE_FIELDS = ("fs_base", "gs_base_user", "gs_base_kernel")
+SEGMENT_BASES = (PvChange.FS_BASE, PvChange.GS_BASE_USER, PvChange.GS_BASE_KERNEL)
 
 
-def set_segment_base(vcpu: "VCPU", field: str, value: int) -> int:
-    """SEGBASE_FS / GS_USER / GS_KERNEL: the base must be canonical."""
+def set_segment_base(vcpu: "VCPU", base: PvChange, value: int) -> int:
+    """SEGBASE_FS / GS_USER / GS_KERNEL (one of SEGMENT_BASES): the base must be canonical."""
+    if base not in SEGMENT_BASES:
+        raise ValueError(f"{base} is not a segment base")
     if not is_canonical_address(value):
         return -E.EINVAL
-    setattr(vcpu.pv, field, value)
-    notify_arch(vcpu, field)
+    setattr(vcpu.pv, base.value, value)
+    notify_arch(vcpu, base)
     return 0
 
 
@@ -251,7 +250,6 @@ def set_gs_user_selector(vcpu: "VCPU", sel: int) -> int:
     would fault is replaced by NUL (base 0), and the call still succeeds,
     as Xen does (Linux cannot handle a failure here).
     """
-    from pvhyp.pv.descriptors import data_selector_base
     sel &= 0xFFFF
     if sel > 3:
         sel |= 3
@@ -260,13 +258,13 @@ def set_gs_user_selector(vcpu: "VCPU", sel: int) -> int:
         sel, base = 0, 0
     pv = vcpu.pv
     pv.gs_sel_user, pv.gs_base_user = sel, base
-    notify_arch(vcpu, "gs_sel_user")
+    notify_arch(vcpu, PvChange.GS_SEL_USER)
     return 0
 
 
 def fpu_taskswitch(vcpu: "VCPU", set_ts: bool) -> int:
     vcpu.pv.cr0_ts = bool(set_ts)
-    notify_arch(vcpu, "cr0_ts")
+    notify_arch(vcpu, PvChange.CR0_TS)
     return 0
 
 
@@ -302,7 +300,7 @@ def set_debugreg(vcpu: "VCPU", reg: int, value: int) -> int:
         pv.dr7 = value & ~io_enable
     else:
         return -E.ENODEV
-    notify_arch(vcpu, "debugreg")
+    notify_arch(vcpu, PvChange.DEBUGREG)
     return 0
 
 
@@ -377,7 +375,6 @@ def unmap_vcpu_info(vcpu: "VCPU") -> None:
 
 def legacy_vcpu_info_maddr(vcpu: "VCPU") -> int:
     """Where vcpu_info lives before registration: shared_info, for the first 32 vCPUs."""
-    from abi.arch_x86_xen import XEN_LEGACY_MAX_VCPUS
     if vcpu.vcpu_id >= XEN_LEGACY_MAX_VCPUS or not vcpu.domain.shared_info_mfn:
         return 0
     return (vcpu.domain.shared_info_mfn << PAGE_SHIFT) + vcpu.vcpu_id * VCPU_INFO_SIZE
@@ -508,8 +505,7 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
 # --- lifetime -------------------------------------------------------------------
 
 def attach(hv) -> None:
-    from pvhyp.pv import descriptors as pv_descriptors
-    pv_descriptors.attach(hv)
+    descriptors.attach(hv)
 
     def create(domain: "Domain") -> None:
         for vcpu in domain.vcpus:
