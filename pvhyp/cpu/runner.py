@@ -14,7 +14,9 @@ import weakref
 from typing import TYPE_CHECKING
 
 from pvhyp.cpu.engine import ExitReason
+from pvhyp.hypercall_table import HypercallContext
 from pvhyp.pv.entry import PvEntry
+from pvhyp.pv.state import get_debugreg, set_debugreg
 from pvhyp.pv.xen_layout import XenLayout
 from pvhyp.domain import SHUTDOWN_CRASH
 from pvhyp.mm.frametable import DOMID_XEN
@@ -48,23 +50,20 @@ class CpuSubsystem:
     # --- per vCPU ----------------------------------------------------------
     def cpu_for(self, vcpu: "VCPU") -> PvEntry:
         """The vCPU's PvEntry (created on first use and installed as vcpu.arch)."""
-        if isinstance(vcpu.arch, PvEntry):
+        if vcpu.arch is not None:
             return vcpu.arch
         hv = self.hv
-        from pvhyp.hypercall_table import HypercallContext
         context = HypercallContext(vcpu)
-        mmu = getattr(hv, "mmu", None)
-        ptwr = getattr(mmu, "ptwr_emulate", None)
+        mmu = hv.mmu
         cpu = PvEntry(
             hv.memory, self.layout, vcpu,
             dispatch=lambda _cpu, nr, args: hv.hypercalls.dispatch(context, nr, args),
             on_crash=self._guest_crashed,
-            ptwr_emulate=ptwr,
-            on_new_cr3=(lambda mfn: mmu.new_guest_cr3(vcpu, mfn) == 0) if mmu is not None else None,
+            ptwr_emulate=mmu.ptwr_emulate,
+            on_new_cr3=lambda mfn: mmu.new_guest_cr3(vcpu, mfn) == 0,
             debug_registers=_DebugRegisters(vcpu),
         )
-        vcpu.arch = cpu
-        vcpu.post = cpu.post
+        vcpu.arch = cpu         # vcpu.post now queues for this vCPU's thread
         vcpu.wake_callback = self._wake
         return cpu
 
@@ -72,7 +71,7 @@ class CpuSubsystem:
     def _wake(vcpu: "VCPU") -> None:
         cpu = vcpu.arch
         # On its own thread the event is delivered when the current hook returns.
-        if isinstance(cpu, PvEntry) and cpu._on_other_thread():
+        if cpu is not None and cpu._on_other_thread():
             cpu.kick()
 
     def _guest_crashed(self, cpu: PvEntry, reason: str) -> None:
@@ -124,7 +123,7 @@ class CpuSubsystem:
         """The register state the builder or VCPUOP_initialise left for the engine."""
         regs = vcpu.pv.initial_user_regs
         if regs is None:
-            context = getattr(vcpu, "initial_context", None)
+            context = vcpu.initial_context
             regs = context.get("user_regs") if context else None
         if regs is None:
             return False
@@ -137,7 +136,7 @@ class CpuSubsystem:
         self.stopping = True
         for domain in list(self.hv.domains.values()):
             for vcpu in domain.vcpus:
-                if isinstance(vcpu.arch, PvEntry):
+                if vcpu.arch is not None:
                     vcpu.arch.kick()
                 self.hv.sched.wake(vcpu)
         for thread in list(self.threads.values()):
@@ -148,7 +147,7 @@ class CpuSubsystem:
         """Wait for the domain's vCPU threads to leave (after shutdown/destroy)."""
         for vcpu in domain.vcpus:
             cpu = vcpu.arch
-            if isinstance(cpu, PvEntry):
+            if cpu is not None:
                 cpu.kick()
             thread = self.threads.get((domain.domid, vcpu.vcpu_id))
             if thread is not None and thread is not threading.current_thread():
@@ -162,11 +161,9 @@ class _DebugRegisters:
         self.vcpu = vcpu
 
     def get(self, reg: int) -> int:
-        from pvhyp.pv.state import get_debugreg
         return get_debugreg(self.vcpu, reg)
 
     def set(self, reg: int, value: int) -> int:
-        from pvhyp.pv.state import set_debugreg
         return set_debugreg(self.vcpu, reg, value)
 
 
@@ -180,7 +177,7 @@ def attach(hv) -> None:
         for vcpu in domain.vcpus:
             thread = hv.cpu.threads.get((domain.domid, vcpu.vcpu_id))
             # A thread still inside unicorn keeps its engine: freeing it would crash us.
-            if isinstance(vcpu.arch, PvEntry) and (thread is None or not thread.is_alive()):
+            if vcpu.arch is not None and (thread is None or not thread.is_alive()):
                 vcpu.arch.engine.close()
                 vcpu.arch = None
 

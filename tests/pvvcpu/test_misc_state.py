@@ -19,6 +19,9 @@ class RecordingArch:
     def pv_changed(self, what):
         self.changes.append(what)
 
+    def post(self, fn):
+        fn()
+
 
 def test_segment_bases(guest):
     guest.vcpu.arch = arch = RecordingArch()
