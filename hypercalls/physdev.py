@@ -15,8 +15,6 @@ from hypercalls import hypercall
 from hypercalls.c_args import c_int, guest_handle_okay
 from pvhyp.pv import state as pv_state
 
-# Without the event-channel subsystem's count: Xen's nr_static_irqs (24 GSIs) + extra_domU_pirqs (32).
-NR_PIRQS = 24 + 32
 IOBMP_BYTES = 8192
 MAX_IO_PORTS = 65536
 
@@ -67,7 +65,7 @@ def do_physdev_op(ctx, cmd, arg):
         return 0
     if cmd == P.PHYSDEVOP_irq_status_query:
         query = ctx.read_struct(P.physdev_irq_status_query, arg)
-        if query["irq"] >= getattr(ctx.domain.evtchn, "nr_pirqs", NR_PIRQS):
+        if query["irq"] >= ctx.domain.evtchn.nr_pirqs:
             return -E.EINVAL
         ctx.write_struct(P.physdev_irq_status_query, arg, {"irq": query["irq"], "flags": P.XENIRQSTAT_needs_eoi})
         return 0

@@ -6,6 +6,7 @@ from abi.arch_x86_xen import trap_info
 from abi.fast import codec
 from hypercalls import hypercall
 from pvhyp.pv import state as pv_state
+from pvhyp.pv.traps import GuestCrash
 
 _TRAP_INFO = codec(trap_info)
 
@@ -48,14 +49,12 @@ def do_iret(ctx):
     """HYPERVISOR_iret reached through a multicall (the CPU engine takes a direct one itself,
     Xen: pv/iret.c): the frame at the guest's stack pointer is restored, the batch ends there
     and its result is the restored %rax (XSA-213)."""
-    cpu = ctx.vcpu.arch
-    bouncer = getattr(cpu, "bouncer", None)
-    if bouncer is None:
+    entry = ctx.vcpu.arch
+    if entry is None:
         return -E.ENOSYS        # a process domain has no frame to return to
-    from pvhyp.pv.traps import GuestCrash
     try:
-        bouncer.do_iret()
+        entry.bouncer.do_iret()
     except GuestCrash as err:
-        cpu.crash(str(err))     # Xen: an unreadable or bad frame is domain_crash(), result 0
+        entry.crash(str(err))   # Xen: an unreadable or bad frame is domain_crash(), result 0
         return 0
-    return cpu.engine.read("rax")
+    return entry.engine.read("rax")

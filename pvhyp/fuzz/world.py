@@ -81,7 +81,7 @@ class World:
     def _wake_blocked(self) -> None:
         while not self._closing.wait(WAKE_AFTER_S):
             for vcpu in self.attacker.vcpus:
-                if vcpu.blocked and getattr(self.hv, "sched", None) is not None:
+                if vcpu.blocked:
                     self.hv.sched.wake(vcpu)
 
     def close(self) -> None:

@@ -121,7 +121,7 @@ class PVMMU(FrameRefs):
 
     def set_gpfn_from_mfn(self, d, mfn: int, gpfn: int) -> None:
         """Record mfn -> gpfn in the M2P and keep the hypervisor's P2M its inverse."""
-        p2m = getattr(d, "p2m", None)
+        p2m = d.p2m                 # None for DOMID_IO / DOMID_XEN
         if p2m is not None:
             old = self.hv.get_m2p(mfn)
             if old < len(p2m) and p2m[old] == mfn:

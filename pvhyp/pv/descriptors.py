@@ -5,7 +5,7 @@ A 64-bit PV guest's GDT lives in its own frames, which take the PV MMU's
 seg_desc type while installed (so they are never mapped writable, and every
 descriptor in them passed `check_descriptor`). `attach(hv)` gives the MMU
 our `validate_segdesc_page` for that type. Frame numbers are machine frames,
-as for any PV guest. Without the MMU a frame only has to be owned.
+as for any PV guest.
 """
 from __future__ import annotations
 
@@ -82,22 +82,13 @@ def validate_segdesc_page(memory, mfn: int) -> int:
     return 0
 
 
-def _mmu(domain: "Domain"):
-    return getattr(domain.hv, "mmu", None)
-
-
 def get_seg_desc_frame(domain: "Domain", mfn: int) -> bool:
-    mmu = _mmu(domain)
-    if mmu is None:
-        return domain.hv.frames.owned_by(mfn, domain.domid)
     # A declared hold, so the MMU's audit counts the GDT's reference (and teardown drops it).
-    return mmu.hold_page(mfn, domain, type_=PGT_seg_desc_page) == 0
+    return domain.hv.mmu.hold_page(mfn, domain, type_=PGT_seg_desc_page) == 0
 
 
 def put_seg_desc_frame(domain: "Domain", mfn: int) -> None:
-    mmu = _mmu(domain)
-    if mmu is not None:
-        mmu.release_page(mfn, type_=PGT_seg_desc_page)
+    domain.hv.mmu.release_page(mfn, type_=PGT_seg_desc_page)
 
 
 def pv_destroy_gdt(vcpu: "VCPU") -> None:
@@ -140,12 +131,7 @@ def update_descriptor(vcpu: "VCPU", maddr: int, desc: int) -> int:
         return -E.EINVAL
     domain = vcpu.domain
     mfn = maddr >> PAGE_SHIFT
-    mmu = _mmu(domain)
-    if mmu is None:
-        if not domain.hv.frames.owned_by(mfn, domain.domid):
-            return -E.EINVAL
-        domain.hv.memory.write_u64(maddr, fixed)
-        return 0
+    mmu = domain.hv.mmu
     with mmu.lock:
         if not mmu.get_page_from_mfn(mfn, domain):
             return -E.EINVAL
@@ -201,6 +187,4 @@ def data_selector_base(vcpu: "VCPU", sel: int) -> int | None:
 
 
 def attach(hv) -> None:
-    mmu = getattr(hv, "mmu", None)
-    if mmu is not None:
-        mmu.validate_segdesc_page = lambda mfn: validate_segdesc_page(hv.memory, mfn)
+    hv.mmu.validate_segdesc_page = lambda mfn: validate_segdesc_page(hv.memory, mfn)

@@ -223,9 +223,9 @@ class PvEntry:
     def _must_stop(self) -> bool:
         """After a hypercall: the domain shut down or paused, or this vCPU went down."""
         vcpu = self.vcpu
-        domain = getattr(vcpu, "domain", None)
-        if domain is None or domain.hv is None:
-            return False
+        domain = vcpu.domain
+        if domain.hv is None:
+            return False        # an engine without a hypervisor (bench): nothing stops it
         return (domain.is_shut_down or domain.is_dying or domain.pause_count > 0
                 or vcpu.pause_count > 0 or not vcpu.online)
 
@@ -246,8 +246,7 @@ class PvEntry:
         self.bouncer.bounce_exception(vector, error_code, cr2)
 
     def _writable_pagetables(self) -> bool:
-        domain = getattr(self.vcpu, "domain", None)
-        return bool(domain is not None and domain.vm_assist >> VMASST_TYPE_WRITABLE_PAGETABLES & 1)
+        return bool(self.vcpu.domain.vm_assist >> VMASST_TYPE_WRITABLE_PAGETABLES & 1)
 
     def on_software_interrupt(self, engine: CpuEngine, vector: int, insn_len: int) -> None:
         self._guarded(self.bouncer.bounce_software_interrupt, vector, insn_len)

@@ -37,7 +37,7 @@ Contract with the CPU engine (pvhyp/cpu)
 * The GDT (`gdt_frames`, `gdt_ents`) is managed in pvhyp/pv/descriptors.py;
   the LDT by the PV MMU (MMUEXT_SET_LDT), mirrored here by VCPUOP_initialise.
 * `initial_user_regs`: the cpu_user_regs of VCPUOP_initialise when the
-  engine has no `set_user_regs` yet; it loads them on the vCPU's first run.
+  vCPU has no engine yet; it loads them on the vCPU's first run.
 """
 from __future__ import annotations
 
@@ -197,8 +197,7 @@ def domain_lock(domain: "Domain"):
     The MMU may reach a domain's lock while holding its own (a crash from
     inside it), so whoever needs both takes the MMU's first.
     """
-    mmu = getattr(domain.hv, "mmu", None)
-    with mmu.lock if mmu is not None else contextlib.nullcontext(), domain.lock:
+    with domain.hv.mmu.lock, domain.lock:
         yield
 
 
@@ -338,8 +337,7 @@ def map_vcpu_info(vcpu: "VCPU", caller: "VCPU", mfn: int, offset: int) -> int:
     hv = domain.hv
     if not hv.frames.owned_by(mfn, domain.domid):
         return -E.EINVAL
-    mmu = getattr(hv, "mmu", None)
-    if mmu is not None and mmu.hold_page(mfn, domain, writable=True):
+    if hv.mmu.hold_page(mfn, domain, writable=True):
         return -E.EINVAL
     new_maddr = (mfn << PAGE_SHIFT) + offset
     memory = hv.memory
@@ -366,9 +364,7 @@ def unmap_vcpu_info(vcpu: "VCPU") -> None:
     pv = vcpu.pv
     if pv.vcpu_info_mfn == INVALID_MFN:
         return
-    mmu = getattr(vcpu.domain.hv, "mmu", None)
-    if mmu is not None:
-        mmu.release_page(pv.vcpu_info_mfn, writable=True)
+    vcpu.domain.hv.mmu.release_page(pv.vcpu_info_mfn, writable=True)
     pv.vcpu_info_mfn = INVALID_MFN
     vcpu.vcpu_info_maddr = legacy_vcpu_info_maddr(vcpu)
 
@@ -417,14 +413,7 @@ VM_ASSIST_VALID = sum(1 << t for t in (0, 1, 2, 3, 4, 5, 32))    # NATIVE_VM_ASS
 
 def _set_guest_tables(vcpu: "VCPU", kernel_mfn: int, user_mfn: int) -> int:
     """CR3 and the user CR3 of a new context, typed as L4s by the MMU when it is loaded."""
-    domain = vcpu.domain
-    mmu = getattr(domain.hv, "mmu", None)
-    if mmu is None:
-        frames = domain.hv.frames
-        if not frames.owned_by(kernel_mfn, domain.domid) or (user_mfn and not frames.owned_by(user_mfn, domain.domid)):
-            return -E.EINVAL
-        vcpu.guest_table, vcpu.guest_table_user = kernel_mfn, user_mfn
-        return 0
+    mmu = vcpu.domain.hv.mmu
     with mmu.lock:
         rc = mmu.new_guest_cr3(vcpu, kernel_mfn)
         if rc == 0 and user_mfn:
@@ -436,9 +425,9 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
     """Load a vcpu_guest_context (parsed with abi) into a not yet initialised vCPU.
 
     The PV state lands here; the registers go to `vcpu.arch.set_user_regs(regs)`
-    when the engine has it, else they wait in `initial_user_regs` for the
-    engine's first run. The page tables go through the MMU's
-    `set_guest_tables(vcpu, kernel_mfn, user_mfn)` when it has one.
+    when the vCPU has an engine, else they wait in `initial_user_regs` for the
+    engine's first run. The page tables go through the MMU (new_guest_cr3,
+    new_user_baseptr).
     """
     regs = dict(ctxt["user_regs"])
     ldt_base, ldt_ents = ctxt["ldt_base"], ctxt["ldt_ents"]
@@ -472,9 +461,7 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
     pv.trap_table = {i: TrapInfo(i, t["flags"], fixup_guest_selector(t["cs"]), t["address"])
                      for i, t in enumerate(ctxt["trap_ctxt"]) if t["address"]}
     pv.ldt_base, pv.ldt_ents = (ldt_base, ldt_ents) if ldt_ents else (0, 0)
-    mmu = getattr(domain.hv, "mmu", None)
-    if mmu is not None:
-        mmu.set_ldt(vcpu, pv.ldt_base, pv.ldt_ents)
+    domain.hv.mmu.set_ldt(vcpu, pv.ldt_base, pv.ldt_ents)
     pv.kernel_ss = fixup_guest_selector(ctxt["kernel_ss"])
     pv.kernel_sp = ctxt["kernel_sp"]
     pv.event_callback = Callback(ctxt["event_callback_eip"])
@@ -493,9 +480,8 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
     regs["rflags"] = (regs["rflags"] & ~X86_EFLAGS_IOPL) | X86_EFLAGS_IF
     regs["ss"] = fixup_guest_selector(regs["ss"])
     regs["cs"] = fixup_guest_selector(regs["cs"])
-    set_user_regs = getattr(vcpu.arch, "set_user_regs", None)
-    if set_user_regs is not None:
-        set_user_regs(regs)
+    if vcpu.arch is not None:
+        vcpu.arch.set_user_regs(regs)
     else:
         pv.initial_user_regs = regs
     pv.is_initialised = True

@@ -62,9 +62,9 @@ class TrapBouncer:
 
     def _trace(self, kind: str, **fields) -> None:
         # `pvhyp run --trace`: records only while someone listens
-        vcpu = getattr(self.pv, "vcpu", None)
-        hv = getattr(getattr(vcpu, "domain", None), "hv", None)
-        if hv is not None and hv.trace.enabled:
+        vcpu = self.pv.vcpu
+        hv = vcpu.domain.hv
+        if hv is not None and hv.trace.enabled:       # None: an engine without a hypervisor (bench)
             hv.trace.emit(kind, vcpu.domain.domid, vcpu.vcpu_id, rip=self.engine.read("rip"), **fields)
 
     # --- vcpu_info -----------------------------------------------------
@@ -125,7 +125,7 @@ class TrapBouncer:
         rflags = regs["rflags"] & ~RFLAGS_IF
         if not saved_mask:
             rflags |= RFLAGS_IF
-        if getattr(pv, "architectural_iopl", False):
+        if pv.architectural_iopl:
             rflags = (rflags & ~RFLAGS_IOPL) | (pv.iopl << 12)
         frame = [regs["rcx"], regs["r11"]]
         if flags & TBF_FAILSAFE:
@@ -218,7 +218,7 @@ class TrapBouncer:
             if offset >= L.PAGE_SIZE:
                 return None
             return self.memory.read_u64((self.engine.layout.reserved_gdt_mfn << 12) + offset)
-        if index == 0 or index >= getattr(self.pv, "gdt_ents", 0):
+        if index == 0 or index >= self.pv.gdt_ents:
             return None
         frame = self.pv.gdt_frames[index // 512]
         return self.memory.read_u64((frame << 12) + (index % 512) * 8) if frame else None
@@ -269,7 +269,7 @@ class TrapBouncer:
             self.failsafe({"rip": rip, "cs": cs, "rflags": rflags, "rsp": new_rsp,
                            "ss": ss, "rcx": rcx, "r11": r11})
             return
-        if getattr(pv, "architectural_iopl", False):
+        if pv.architectural_iopl:
             pv.iopl = (rflags & RFLAGS_IOPL) >> 12
         values = {
             "rax": rax,
