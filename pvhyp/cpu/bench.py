@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 import time
 
-from pvhyp.pv import xen_layout as L
+from pvhyp.pv import xen_area as L
 from pvhyp.cpu.engine import ExitReason
 from pvhyp.pv.entry import PvEntry, initial_state
 from pvhyp.domain import Domain
@@ -36,9 +36,9 @@ class _Machine:
     def __init__(self, code: bytes):
         self.memory = MachineMemory(_MEMORY)
         frames = iter(range(_TABLES_FIRST, _TABLES_FIRST + 16))
-        layout = L.XenLayout(self.memory, L.frames_from_range(_HV_FIRST, _HV_COUNT), ())
+        xen_area = L.XenArea(self.memory, L.frames_from_range(_HV_FIRST, _HV_COUNT), ())
         l4 = next(frames)
-        layout.install_into_l4(l4)
+        xen_area.install_into_l4(l4)
         tables = {}
         for va, mfn in ((_CODE_VA, _CODE_MFN), (_DATA_VA, _DATA_MFN), (_STACK_VA, _STACK_MFN)):
             table = l4
@@ -53,7 +53,7 @@ class _Machine:
         self.memory.write(_CODE_MFN << 12, code + _EXIT)
         vcpu = Domain(None, domid=1, max_vcpus=1, max_pages=0).vcpus[0]
         vcpu.pv = PvState(vcpu)
-        self.entry = vcpu.arch = PvEntry(self.memory, layout, vcpu, dispatch=self._dispatch)
+        self.entry = vcpu.arch = PvEntry(self.memory, xen_area, vcpu, dispatch=self._dispatch)
         self.state = initial_state(_CODE_VA, _STACK_VA + 0x1000, 0, l4)
 
     def _dispatch(self, entry, nr, args):

@@ -1,6 +1,6 @@
 """The glue between the CPU engine and the rest of the hypervisor.
 
-`attach(hv)` builds the hypervisor's address-space layout (hv.xen_l4_slots
+`attach(hv)` builds the hypervisor's area of every address space (hv.xen_l4_slots
 for the PV MMU) and `hv.cpu`, a CpuSubsystem.  `hv.cpu.start_domain(d)`
 gives every vCPU of an x86 PV domain a host thread that runs it under the
 scheduler until the domain dies; a vCPU whose register state is not set yet
@@ -17,7 +17,7 @@ from pvhyp.cpu.engine import ExitReason
 from pvhyp.hypercall_table import HypercallContext
 from pvhyp.pv.entry import PvEntry
 from pvhyp.pv.state import get_debugreg, set_debugreg
-from pvhyp.pv.xen_layout import XenLayout
+from pvhyp.pv.xen_area import XenArea
 from pvhyp.domain import SHUTDOWN_CRASH
 from pvhyp.mm.frametable import DOMID_XEN
 
@@ -42,7 +42,7 @@ def _stop_all_vcpus() -> None:
 class CpuSubsystem:
     def __init__(self, hv):
         self.hv = hv
-        self.layout = XenLayout(hv.memory, lambda: hv.frames.alloc(DOMID_XEN, 1)[0], hv.m2p_mfns)
+        self.xen_area = XenArea(hv.memory, lambda: hv.frames.alloc(DOMID_XEN, 1)[0], hv.m2p_mfns)
         self.threads: dict[tuple[int, int], threading.Thread] = {}
         self.stopping = False
         _live_subsystems.add(self)
@@ -56,7 +56,7 @@ class CpuSubsystem:
         context = HypercallContext(vcpu)
         mmu = hv.mmu
         cpu = PvEntry(
-            hv.memory, self.layout, vcpu,
+            hv.memory, self.xen_area, vcpu,
             dispatch=lambda _cpu, nr, args: hv.hypercalls.dispatch(context, nr, args),
             on_crash=self._guest_crashed,
             ptwr_emulate=mmu.ptwr_emulate,
@@ -170,7 +170,7 @@ class _DebugRegisters:
 def attach(hv) -> None:
     hv.cpu = CpuSubsystem(hv)
     hv.close_hooks.append(hv.cpu.stop_all)
-    hv.xen_l4_slots.update(hv.cpu.layout.xen_l4_entries())
+    hv.xen_l4_slots.update(hv.cpu.xen_area.xen_l4_entries())
 
     def destroyed(domain: "Domain") -> None:
         hv.cpu.stop_domain(domain, timeout=1.0)

@@ -43,13 +43,13 @@ from dataclasses import dataclass
 
 import unicorn
 from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_HOOK_INTR, UC_PROT_ALL
-from unicorn import x86_const as X
+from unicorn import x86_const
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 REQUIRED_UNICORN_VERSION = "2.1.4"
 
 # Control-register setup shared with the engine: long mode with paging, NX
-# and SYSCALL enabled, write protection off (see xen_layout: implicit
+# and SYSCALL enabled, write protection off (see pvhyp/pv/xen_area.py: implicit
 # supervisor writes such as descriptor accessed bits must not fault on the
 # read-only guest GDT frames).
 MSR_EFER = 0xC000_0080
@@ -90,7 +90,7 @@ def discover_cs_selector() -> int:
     uc, _ = _probe_machine()
     blobs = []
     for selector in (0x1233, 0x2453):
-        uc.reg_write(X.UC_X86_REG_CS, selector)
+        uc.reg_write(x86_const.UC_X86_REG_CS, selector)
         blobs.append((bytes(uc.context_save()), selector))
     (first, sel1), (second, sel2) = blobs
     found = _u32_offsets(first, sel1) & _u32_offsets(second, sel2)
@@ -104,7 +104,7 @@ def discover_gpr_block() -> int:
     uc, _ = _probe_machine()
     magic = {name: 0x5EED_0000_0000_0000 | (i + 1) << 8 | 0x11 for i, name in enumerate(GPR_BLOCK_ORDER)}
     for name, value in magic.items():
-        uc.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), value)
+        uc.reg_write(getattr(x86_const, f"UC_X86_REG_{name.upper()}"), value)
     blob = bytes(uc.context_save())
     expected = struct.pack(f"<{len(magic)}Q", *magic.values())
     offset = blob.find(expected)
@@ -180,10 +180,10 @@ def _probe_machine() -> tuple[Uc, mmap.mmap]:
     for pfn in range(_HOLE >> 12):
         flags = _PTE_P if pfn == _RO_PAGE >> 12 else _PTE_P | _PTE_RW
         struct.pack_into("<Q", mem, _L1 + pfn * 8, (pfn << 12) | flags)
-    uc.reg_write(X.UC_X86_REG_CR3, _L4)
-    uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | CR4_PAE)
+    uc.reg_write(x86_const.UC_X86_REG_CR3, _L4)
+    uc.reg_write(x86_const.UC_X86_REG_CR4, uc.reg_read(x86_const.UC_X86_REG_CR4) | CR4_PAE)
     uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
-    uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
+    uc.reg_write(x86_const.UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
     return uc, mem
 
 
@@ -219,8 +219,8 @@ def discover_layout() -> ContextLayout:
     store = bytes.fromhex("8803")                       # mov [rbx], al
     # A not-present write (error code 2) and a protection write (error code 3)
     # pin the error-code field between them.
-    before, not_present, vec1 = _context_after_fault(store, {X.UC_X86_REG_RBX: _HOLE})
-    _, read_only, vec2 = _context_after_fault(store, {X.UC_X86_REG_RBX: _RO_PAGE})
+    before, not_present, vec1 = _context_after_fault(store, {x86_const.UC_X86_REG_RBX: _HOLE})
+    _, read_only, vec2 = _context_after_fault(store, {x86_const.UC_X86_REG_RBX: _RO_PAGE})
     if vec1 != VECTOR_PF or vec2 != VECTOR_PF:
         raise UnicornInternalsChanged(f"probe expected #PF, got vectors {vec1} and {vec2}")
     error_code = (_u32_offsets(not_present, 2) & _u32_offsets(read_only, 3)) - _u32_offsets(before, 2)
@@ -248,17 +248,18 @@ def self_test(layout: ContextLayout, rounds: int = 50) -> None:
     loop = bytes.fromhex("8803" "8a01" "4881c300100000" "ffca" "75f1")
     uc, mem = _probe_machine()
     mem[_CODE:_CODE + len(loop)] = loop
-    uc.reg_write(X.UC_X86_REG_RBX, _HOLE)
-    uc.reg_write(X.UC_X86_REG_RCX, _NONCANONICAL)
-    uc.reg_write(X.UC_X86_REG_RDX, rounds)
+    uc.reg_write(x86_const.UC_X86_REG_RBX, _HOLE)
+    uc.reg_write(x86_const.UC_X86_REG_RCX, _NONCANONICAL)
+    uc.reg_write(x86_const.UC_X86_REG_RDX, rounds)
     bookkeeping = ExceptionBookkeeping(uc, layout)
     seen: list[tuple[int, int, int, int]] = []
 
     def on_intr(uc, vector, _):
         error_code, software = bookkeeping.consume()
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
-        seen.append((vector + 0x100 * software, error_code, uc.reg_read(X.UC_X86_REG_CR2) if vector == VECTOR_PF else 0, rip))
-        uc.reg_write(X.UC_X86_REG_RIP, rip + 2)
+        rip = uc.reg_read(x86_const.UC_X86_REG_RIP)
+        cr2 = uc.reg_read(x86_const.UC_X86_REG_CR2) if vector == VECTOR_PF else 0
+        seen.append((vector + 0x100 * software, error_code, cr2, rip))
+        uc.reg_write(x86_const.UC_X86_REG_RIP, rip + 2)
 
     uc.hook_add(UC_HOOK_INTR, on_intr)
     uc.emu_start(_CODE, _CODE + len(loop), count=rounds * 6)
@@ -281,7 +282,8 @@ def measure_syscall_rip_bias() -> int:
     mem[_CODE:_CODE + len(code)] = code
     target = _CODE + 8
     executed: list[int] = []
-    uc.hook_add(UC_HOOK_INSN, lambda uc, _: uc.reg_write(X.UC_X86_REG_RIP, target), None, 1, 0, X.UC_X86_INS_SYSCALL)
+    uc.hook_add(UC_HOOK_INSN, lambda uc, _: uc.reg_write(x86_const.UC_X86_REG_RIP, target), None, 1, 0,
+                x86_const.UC_X86_INS_SYSCALL)
     uc.hook_add(UC_HOOK_CODE, lambda uc, address, size, _: executed.append(address))
     uc.emu_start(_CODE, _CODE + len(code), count=2)
     if len(executed) < 2 or not 0 <= executed[1] - target <= 2:

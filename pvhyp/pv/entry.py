@@ -17,7 +17,7 @@ import collections
 import threading
 from typing import Callable
 
-from pvhyp.pv import xen_layout as L
+from pvhyp.pv import xen_area as L
 from pvhyp.pv.change import PvChange
 from pvhyp.pv.emulate import FORCED_EMULATION_PREFIX, PrivilegedOps
 from pvhyp.cpu.engine import GPR_NAMES, CpuEngine, CpuState, ExitReason
@@ -51,7 +51,7 @@ class PvEntry:
     the PV state; `dispatch(entry, nr, args) -> int` runs hypercalls.
     """
 
-    def __init__(self, memory, layout: L.XenLayout, vcpu,
+    def __init__(self, memory, xen_area: L.XenArea, vcpu,
                  dispatch: HypercallDispatch | None = None,
                  on_crash: Callable[["PvEntry", str], None] | None = None,
                  ptwr_emulate: Callable | None = None,
@@ -66,7 +66,7 @@ class PvEntry:
         self.ptwr_emulate = ptwr_emulate
         self.io_handler = io_handler
         self.crash_reason: str | None = None
-        self.engine = CpuEngine(memory, layout, self)
+        self.engine = CpuEngine(memory, xen_area, self)
         self.bouncer = TrapBouncer(self.engine, self.pv)
         self.priv = PrivilegedOps(self.engine, self.pv, self.bouncer, self.vcpu_id, on_new_cr3, debug_registers)
         self.watchpoints = Watchpoints(self.engine, self.pv,
@@ -179,7 +179,7 @@ class PvEntry:
     def _sync_gdt(self) -> None:
         pv = self.pv
         count = (pv.gdt_ents + 511) // 512
-        self.engine.layout.set_guest_gdt(self.engine.window, pv.gdt_frames[:count])
+        self.engine.xen_area.set_guest_gdt(self.engine.window, pv.gdt_frames[:count])
         self.engine.flush_tlb()
 
     # --- VcpuHost ------------------------------------------------------------

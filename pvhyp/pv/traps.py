@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 
-from pvhyp.pv import xen_layout as L
+from pvhyp.pv import xen_area as L
 from pvhyp.cpu.guest_memory import read_guest_virtual, write_guest_virtual
 
 # Trap bounce flags
@@ -217,7 +217,7 @@ class TrapBouncer:
             offset = (index - L.FIRST_RESERVED_GDT_ENTRY) * 8
             if offset >= L.PAGE_SIZE:
                 return None
-            return self.memory.read_u64((self.engine.layout.reserved_gdt_mfn << 12) + offset)
+            return self.memory.read_u64((self.engine.xen_area.reserved_gdt_mfn << 12) + offset)
         if index == 0 or index >= self.pv.gdt_ents:
             return None
         frame = self.pv.gdt_frames[index // 512]

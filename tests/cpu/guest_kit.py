@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from pvhyp.pv import state as pv_state
-from pvhyp.pv import xen_layout as L
+from pvhyp.pv import xen_area as L
 from pvhyp.pv.entry import PvEntry, initial_state
 from pvhyp.domain import Domain
 from pvhyp.memory import MachineMemory
@@ -162,7 +162,7 @@ class GuestMachine:
         m2p = list(range(HV_FIRST_MFN, HV_FIRST_MFN + m2p_frames))
         for i in range(self.memory.nr_frames):
             self.memory.write_u64((m2p[0] << 12) + i * 8, i - GUEST_FIRST_MFN if i >= GUEST_FIRST_MFN else (1 << 64) - 1)
-        self.layout = L.XenLayout(self.memory, L.frames_from_range(HV_FIRST_MFN + m2p_frames, HV_FRAMES - m2p_frames), m2p)
+        self.xen_area = L.XenArea(self.memory, L.frames_from_range(HV_FIRST_MFN + m2p_frames, HV_FRAMES - m2p_frames), m2p)
         self._next_table = TABLES_FIRST_MFN
 
     def new_table(self) -> int:
@@ -185,7 +185,7 @@ class GuestMachine:
     def guest_address_space(self) -> int:
         """An L4 mapping the guest's 4 MiB at VA 0 (user, RW) plus the hypervisor slots."""
         l4 = self.new_table()
-        self.layout.install_into_l4(l4)
+        self.xen_area.install_into_l4(l4)
         for pfn in range(GUEST_PAGES):
             va = pfn << 12
             flags = 0x5 if va == RO_PAGE_VA else 0x7
@@ -204,7 +204,7 @@ class GuestMachine:
         vcpu.pv = pv = pv_state.PvState(vcpu)
         vcpu.vcpu_info_maddr = self.guest_maddr(VCPU_INFO_VA)
         self.memory.buf[vcpu.vcpu_info_maddr + 1] = 1          # events masked, as Xen starts a vCPU
-        cpu = PvEntry(self.memory, self.layout, vcpu, dispatch=recorder)
+        cpu = PvEntry(self.memory, self.xen_area, vcpu, dispatch=recorder)
         vcpu.arch = cpu
         cpu.start(initial_state(symbols["_start"], KERNEL_STACK_TOP, 0, self.guest_address_space()))
         for vec in TRAP_VECTORS:

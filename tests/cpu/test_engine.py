@@ -8,7 +8,7 @@ import pytest
 
 from guest_kit import HOLE_VA, RO_PAGE_VA, GuestMachine, USER_STACK_TOP
 from pvhyp.pv import state as pv_state
-from pvhyp.pv import xen_layout as L
+from pvhyp.pv import xen_area as L
 from pvhyp.cpu.engine import ExitReason
 from pvhyp.cpu.unicorn_quirks import verified_layout
 

@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from guest_kit import GUEST_FIRST_MFN, RO_PAGE_VA, GuestMachine
-from pvhyp.pv import xen_layout as L
+from pvhyp.pv import xen_area as L
 from pvhyp.cpu.engine import ExitReason
 from pvhyp.pv.ro_page_fault import FLAG_ZF
 
@@ -26,7 +26,7 @@ def run(entry, rec, insns=200_000):
 
 
 def test_xen_l4_entries_cover_m2p_and_hypervisor_slots(machine):
-    entries = machine.layout.xen_l4_entries()
+    entries = machine.xen_area.xen_l4_entries()
     assert set(entries) <= set(range(L.HYPERVISOR_L4_FIRST, L.HYPERVISOR_L4_LAST + 1))
     assert entries[256] & L.PTE_US                       # M2P: guest-visible
     for slot in set(entries) - {256}:
