@@ -12,7 +12,7 @@ from abi import errno as E
 from abi import grant_table as G
 from hypercalls import hypercall
 from abi.fast import codec
-from hypercalls.fields import layout, patch, read_op
+from hypercalls.fields import field_offsets, patch, read_op
 from pvhyp import grant_table as gnt
 from pvhyp.guest_access import HYPERVISOR_VIRT_END
 
@@ -30,7 +30,7 @@ def guest_handle_okay(ctx, addr: int) -> bool:
 
 def _write_field(ctx, struct, addr: int, name: str, value: int) -> None:
     """__copy_field_to_guest: only that field's bytes."""
-    offset, _, size = layout(struct)[name]
+    offset, _, size = field_offsets(struct)[name]
     ctx.write(addr + offset, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import construct as cs
 
-from pvhyp.fuzz.layout import leaves
+from pvhyp.fuzz.struct_leaves import leaves
 from pvhyp.fuzz.world import PTE_FLAG_CHOICES, World
 
 MASK64 = (1 << 64) - 1
