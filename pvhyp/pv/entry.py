@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pvhyp.pv import xen_area as L
 from pvhyp.pv.change import PvChange
@@ -24,6 +24,10 @@ from pvhyp.cpu.engine import GPR_NAMES, CpuEngine, CpuState, ExitReason
 from pvhyp.pv.ro_page_fault import emulate_pagetable_write
 from pvhyp.pv.traps import GuestCrash, TrapBouncer
 from pvhyp.cpu.watchpoints import Watchpoints
+
+if TYPE_CHECKING:
+    from pvhyp.domain import VCPU
+    from pvhyp.memory import MachineMemory
 
 HYPERVISOR_IRET = 23
 VECTOR_DB, VECTOR_UD, VECTOR_GP, VECTOR_PF = 1, 6, 13, 14
@@ -51,7 +55,7 @@ class PvEntry:
     the PV state; `dispatch(entry, nr, args) -> int` runs hypercalls.
     """
 
-    def __init__(self, memory, xen_area: L.XenArea, vcpu,
+    def __init__(self, memory: "MachineMemory", xen_area: L.XenArea, vcpu: "VCPU",
                  dispatch: HypercallDispatch | None = None,
                  on_crash: Callable[["PvEntry", str], None] | None = None,
                  ptwr_emulate: Callable | None = None,

@@ -15,9 +15,14 @@ create_bounce_frame / do_iret; the code is ours.
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 from pvhyp.pv import xen_area as L
 from pvhyp.cpu.guest_memory import read_guest_virtual, write_guest_virtual
+
+if TYPE_CHECKING:
+    from pvhyp.cpu.engine import CpuEngine
+    from pvhyp.pv.state import PvState
 
 # Trap bounce flags
 TBF_EXCEPTION_ERRCODE = 0x2
@@ -55,7 +60,7 @@ class TrapBouncer:
     callbacks, kernel stack, mode, page-table bases, segment bases).
     """
 
-    def __init__(self, engine, pv):
+    def __init__(self, engine: "CpuEngine", pv: "PvState"):
         self.engine = engine
         self.pv = pv
         self.memory = engine.memory
