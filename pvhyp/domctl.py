@@ -9,7 +9,6 @@ and hypercalls/sysctl.py only copy arguments in and results out.
 """
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING
 
 from abi import errno as E
@@ -45,9 +44,6 @@ MASK32 = 0xFFFF_FFFF
 _CDF_KNOWN = (XEN_DOMCTL_CDF_hvm | XEN_DOMCTL_CDF_hap | XEN_DOMCTL_CDF_s3_integrity
               | XEN_DOMCTL_CDF_oos_off | XEN_DOMCTL_CDF_xs_domain | XEN_DOMCTL_CDF_iommu
               | XEN_DOMCTL_CDF_nested_virt | XEN_DOMCTL_CDF_vpmu)
-
-_domid_rover: "weakref.WeakKeyDictionary[Hypervisor, int]" = weakref.WeakKeyDictionary()
-
 
 def is_control_domain(d: "Domain") -> bool:
     return d.is_privileged
@@ -112,7 +108,7 @@ def _pick_domid(hv: "Hypervisor", requested: int) -> int:
     """XEN_DOMCTL_createdomain's domid choice: the one asked for, or the next free after a rover."""
     if 0 < requested < DOMID_FIRST_RESERVED:
         return requested if requested not in hv.domains else -E.EEXIST
-    rover = _domid_rover.get(hv, 0)
+    rover = hv.domid_rover
     dom = rover + 1
     while dom != rover:
         if dom == DOMID_FIRST_RESERVED:
@@ -120,7 +116,7 @@ def _pick_domid(hv: "Hypervisor", requested: int) -> int:
             if dom == rover:
                 break
         if dom not in hv.domains:
-            _domid_rover[hv] = dom
+            hv.domid_rover = dom
             return dom
         dom += 1
     return -E.ENOMEM

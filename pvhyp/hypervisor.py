@@ -33,6 +33,9 @@ SUBSYSTEMS = (
 
 
 class Hypervisor:
+    # XEN_DOMCTL_createdomain's rover: the last domid it handed out (pvhyp/domctl.py).
+    domid_rover: int = 0
+
     def __init__(self, memory_mb: int = DEFAULT_MEMORY_MB):
         self.memory = MachineMemory(memory_mb << 20)
         self.frames = FrameTable(self.memory)
