@@ -6,7 +6,9 @@ up by that subsystem, so that this file stays the common vocabulary and no
 subsystem reaches into another's fields. Every slot is declared here with
 its type and its owner; a slot is None until its owner sets it (the
 domain-create hooks, or the CPU engine for `vcpu.arch`), and nothing else
-assigns it.
+assigns it. None is a state others can see: a new domain is in hv.domains
+before the create hooks have run, and other threads (timers, teardown of
+another domain) walk hv.domains.
 """
 from __future__ import annotations
 
