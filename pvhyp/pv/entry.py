@@ -28,6 +28,7 @@ from pvhyp.cpu.watchpoints import Watchpoints
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU
     from pvhyp.memory import MachineMemory
+    from pvhyp.pv.state import PvState
 
 HYPERVISOR_IRET = 23
 VECTOR_DB, VECTOR_UD, VECTOR_GP, VECTOR_PF = 1, 6, 13, 14
@@ -64,7 +65,9 @@ class PvEntry:
                  io_handler: Callable | None = None):
         self.vcpu = vcpu
         self.vcpu_id = vcpu.vcpu_id
-        self.pv = vcpu.pv
+        if vcpu.pv is None:
+            raise ValueError(f"vcpu{vcpu.vcpu_id} has no PV state (pvhyp.pv.state's create hook sets it)")
+        self.pv: PvState = vcpu.pv
         self.dispatch = dispatch
         self.on_crash = on_crash
         self.ptwr_emulate = ptwr_emulate
