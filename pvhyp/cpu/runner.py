@@ -1,7 +1,7 @@
 """The glue between the CPU engine and the rest of the hypervisor.
 
-`attach(hv)` builds the hypervisor's area of every address space (hv.xen_l4_slots
-for the PV MMU) and `hv.cpu`, a CpuSubsystem.  `hv.cpu.start_domain(d)`
+`attach(hv)` builds the hypervisor's area of every address space
+(hv.xen_l4_slots for the PV MMU) and `hv.cpu`, a CpuSubsystem.  `hv.cpu.start_domain(d)`
 gives every vCPU of an x86 PV domain a host thread that runs it under the
 scheduler until the domain dies; a vCPU whose register state is not set yet
 (offline, waiting for VCPUOP_initialise) just waits in the scheduler.

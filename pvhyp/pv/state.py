@@ -22,10 +22,11 @@ Contract with the CPU engine (pvhyp/cpu)
 * Registers the CPU holds are loaded through `vcpu.arch`: after a change of
   the FS base, kernel or user GS base, GS user selector, debug registers,
   GDT or CR0.TS, `notify_arch(vcpu, change)` (pvhyp/pv/change.py) calls
-  `vcpu.arch.pv_changed(change)` when the vCPU has an engine (`change` is a
-  PvChange). The engine then loads the value from this object (it stays the stored copy
-  while the vCPU is not running). When the guest itself changes one of
-  them (wrmsr/wrfsbase, mov to %dr), the engine writes the value back here.
+  `vcpu.arch.pv_changed(change)` when the vCPU has an engine (`change` is
+  a PvChange). The engine then loads the value from this object (it stays
+  the stored copy while the vCPU is not running). When the guest itself
+  changes one of them (wrmsr/wrfsbase, mov to %dr), the engine writes the
+  value back here.
 * `iopl` is the virtual IOPL level 0-3 (Xen stores it shifted into the
   EFLAGS position); `iopl_ok(kernel_mode)` is Xen's check for port I/O;
   with VMASST_TYPE_architectural_iopl the engine takes the IOPL field of an
