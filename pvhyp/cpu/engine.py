@@ -109,14 +109,14 @@ class VcpuHost(Protocol):
 
 class CpuEngine:
     def __init__(self, memory, xen_area: L.XenArea, host: VcpuHost):
-        self._bookkeeping_layout = quirks.verified_layout()
+        self._context_offsets = quirks.verified_offsets()
         self.memory = memory
         self.xen_area = xen_area
         self.host = host
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.host_address)
         self.window = xen_area.allocate_vcpu_window()
-        self._bookkeeping = quirks.ExceptionBookkeeping(uc, self._bookkeeping_layout)
+        self._bookkeeping = quirks.ExceptionBookkeeping(uc, self._context_offsets)
         self._regs = FastRegisters(uc, REG)
         self._setup_control_state()
         # Reloading a state later (VCPUOP_initialise, a benchmark rerun) needs
@@ -232,7 +232,7 @@ class CpuEngine:
         if target is None:
             return
         if mode == self._RIP_AFTER_SYSCALL:
-            bias = self._bookkeeping_layout.syscall_rip_bias
+            bias = self._context_offsets.syscall_rip_bias
             if self._hook_rip_seen is None or target != self._hook_rip_seen + 2 or bias != 2:
                 self.uc.reg_write(x86_const.UC_X86_REG_RIP, (target - bias) & 0xFFFF_FFFF_FFFF_FFFF)
         else:

@@ -66,7 +66,7 @@ class UnicornInternalsChanged(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ContextLayout:
+class ContextOffsets:
     """Byte offsets of QEMU's exception bookkeeping inside a uc_context blob."""
     context_size: int
     error_code_offset: int
@@ -116,18 +116,18 @@ def discover_gpr_block() -> int:
 class ExceptionBookkeeping:
     """Reads the error code and rearms fault delivery from inside an INTR hook."""
 
-    def __init__(self, uc: Uc, layout: ContextLayout):
+    def __init__(self, uc: Uc, offsets: ContextOffsets):
         self._uc = uc
         self._ctx = uc.context_save()
         base = ctypes.cast(self._ctx.context, ctypes.c_void_p).value
-        self._error_code = ctypes.c_uint32.from_address(base + layout.error_code_offset)
-        self._is_software_int = ctypes.c_int32.from_address(base + layout.is_software_int_offset)
-        self._old_exception = ctypes.c_int32.from_address(base + layout.old_exception_offset)
-        self._blob = (ctypes.c_char * layout.context_size).from_address(base)
+        self._error_code = ctypes.c_uint32.from_address(base + offsets.error_code_offset)
+        self._is_software_int = ctypes.c_int32.from_address(base + offsets.is_software_int_offset)
+        self._old_exception = ctypes.c_int32.from_address(base + offsets.old_exception_offset)
+        self._blob = (ctypes.c_char * offsets.context_size).from_address(base)
         self._handle = uc._uch
-        self._gpr_offset = layout.gpr_block_offset
+        self._gpr_offset = offsets.gpr_block_offset
         self._gpr_block = struct.Struct(f"<{len(GPR_BLOCK_ORDER)}Q")
-        self._cs_offset = layout.cs_selector_offset
+        self._cs_offset = offsets.cs_selector_offset
         self._cs_selector = struct.Struct("<I")
 
     def consume(self) -> tuple[int, bool]:
@@ -214,7 +214,7 @@ def _u32_offsets(blob: bytes, value: int) -> set[int]:
     return {off for off in range(0, len(blob) - 3, 4) if blob[off:off + 4] == want}
 
 
-def discover_layout() -> ContextLayout:
+def discover_offsets() -> ContextOffsets:
     """Find the error-code and old_exception offsets by diffing contexts."""
     store = bytes.fromhex("8803")                       # mov [rbx], al
     # A not-present write (error code 2) and a protection write (error code 3)
@@ -239,10 +239,10 @@ def discover_layout() -> ContextLayout:
     is_int = {off for off in is_int if ec_off < off < old_off}
     if len(is_int) != 1:
         raise UnicornInternalsChanged(f"could not locate the software-interrupt flag (candidates {sorted(is_int)})")
-    return ContextLayout(len(before), ec_off, is_int.pop(), old_off)
+    return ContextOffsets(len(before), ec_off, is_int.pop(), old_off)
 
 
-def self_test(layout: ContextLayout, rounds: int = 50) -> None:
+def self_test(offsets: ContextOffsets, rounds: int = 50) -> None:
     """Alternate #PF and #GP `rounds` times each; every one must be exact."""
     # top: mov [rbx], al ; mov al, [rcx] ; add rbx, 0x1000 ; dec edx ; jnz top
     loop = bytes.fromhex("8803" "8a01" "4881c300100000" "ffca" "75f1")
@@ -251,7 +251,7 @@ def self_test(layout: ContextLayout, rounds: int = 50) -> None:
     uc.reg_write(x86_const.UC_X86_REG_RBX, _HOLE)
     uc.reg_write(x86_const.UC_X86_REG_RCX, _NONCANONICAL)
     uc.reg_write(x86_const.UC_X86_REG_RDX, rounds)
-    bookkeeping = ExceptionBookkeeping(uc, layout)
+    bookkeeping = ExceptionBookkeeping(uc, offsets)
     seen: list[tuple[int, int, int, int]] = []
 
     def on_intr(uc, vector, _):
@@ -291,12 +291,12 @@ def measure_syscall_rip_bias() -> int:
     return executed[1] - target
 
 
-_cached: ContextLayout | None = None
+_cached: ContextOffsets | None = None
 _cache_lock = threading.Lock()
 
 
-def verified_layout() -> ContextLayout:
-    """The verified context layout, probed once per process."""
+def verified_offsets() -> ContextOffsets:
+    """The verified context offsets, probed once per process."""
     global _cached
     with _cache_lock:
         if _cached is None:
@@ -304,20 +304,20 @@ def verified_layout() -> ContextLayout:
                 raise UnicornInternalsChanged(
                     f"pvhyp needs unicorn {REQUIRED_UNICORN_VERSION}, found {unicorn.__version__}")
             try:
-                layout = discover_layout()
-                self_test(layout)
-                layout = dataclasses.replace(layout, syscall_rip_bias=measure_syscall_rip_bias(),
-                                             gpr_block_offset=discover_gpr_block(),
-                                             cs_selector_offset=discover_cs_selector())
+                offsets = discover_offsets()
+                self_test(offsets)
+                offsets = dataclasses.replace(offsets, syscall_rip_bias=measure_syscall_rip_bias(),
+                                              gpr_block_offset=discover_gpr_block(),
+                                              cs_selector_offset=discover_cs_selector())
             except UcError as err:
                 raise UnicornInternalsChanged(f"unicorn probe failed: {err}") from err
-            _cached = layout
+            _cached = offsets
         return _cached
 
 
-def require_supported_unicorn() -> ContextLayout:
+def require_supported_unicorn() -> ContextOffsets:
     """For entry points: exit with one clear line when the CPU engine cannot run."""
     try:
-        return verified_layout()
+        return verified_offsets()
     except UnicornInternalsChanged as err:
         raise SystemExit(f"pvhyp: CPU engine unavailable: {err}") from None

@@ -10,7 +10,7 @@ from guest_kit import HOLE_VA, RO_PAGE_VA, GuestMachine, USER_STACK_TOP
 from pvhyp.pv import state as pv_state
 from pvhyp.pv import xen_area as L
 from pvhyp.cpu.engine import ExitReason
-from pvhyp.cpu.unicorn_quirks import verified_layout
+from pvhyp.cpu.unicorn_quirks import verified_offsets
 
 MASK64 = (1 << 64) - 1
 NO_ERROR_CODE = MASK64       # what the trap stubs log for vectors without one
@@ -32,9 +32,9 @@ def run_kernel(machine, source, insns=200_000, **kw):
 
 
 def test_unicorn_probe_finds_offsets_and_caches():
-    layout = verified_layout()
-    assert layout is verified_layout()
-    assert layout.old_exception_offset > layout.error_code_offset
+    offsets = verified_offsets()
+    assert offsets is verified_offsets()
+    assert offsets.old_exception_offset > offsets.error_code_offset
 
 
 def test_entry_hypercall_and_exit(machine):
