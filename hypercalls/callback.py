@@ -7,7 +7,7 @@ from abi import callback as C
 from abi import errno as E
 from hypercalls import hypercall
 from hypercalls.c_args import c_int
-from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import state as pv_state
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU
@@ -23,10 +23,10 @@ _CALLBACK_FIELD = {
 
 
 def register_guest_callback(vcpu: VCPU, cb_type: int, flags: int, address: int) -> int:
-    if not pv_vcpu.is_canonical_address(address):
+    if not pv_state.is_canonical_address(address):
         return -E.EINVAL
     if cb_type == C.CALLBACKTYPE_nmi:
-        return pv_vcpu.register_guest_nmi_callback(vcpu, address)
+        return pv_state.register_guest_nmi_callback(vcpu, address)
     field = _CALLBACK_FIELD.get(cb_type)
     if field is None:
         return -E.ENOSYS
@@ -39,7 +39,7 @@ def register_guest_callback(vcpu: VCPU, cb_type: int, flags: int, address: int) 
 
 def unregister_guest_callback(vcpu: VCPU, cb_type: int) -> int:
     if cb_type == C.CALLBACKTYPE_nmi:
-        pv_vcpu.unregister_guest_nmi_callback(vcpu)
+        pv_state.unregister_guest_nmi_callback(vcpu)
         return 0
     return -E.EINVAL if cb_type in _CALLBACK_FIELD else -E.ENOSYS
 

@@ -100,9 +100,7 @@ def _init_control(ctx: HypercallContext, f: dict[str, Any]) -> int:
         return -E.ENOENT
     if f["offset"] > 4096 - A.evtchn_fifo_control_block.sizeof() or f["offset"] & 7:
         return -E.EINVAL
-    mmu = getattr(ctx.hv, "mmu", None)
-    if mmu is None:
-        return -E.ENOSYS
+    mmu = ctx.hv.mmu
     # map_guest_page: an x86 PV guest's gfn is its mfn (a process domain's goes through
     # its p2m); the page must be its own and writable
     gfn = f["control_gfn"]

@@ -15,32 +15,32 @@ if TYPE_CHECKING:
 
     from pvhyp.hypercall_table import HypercallContext
 
-_LAYOUTS: dict[int, dict[str, tuple[int, Construct, int]]] = {}
+_FIELD_OFFSETS: dict[int, dict[str, tuple[int, Construct, int]]] = {}
 
 
-def layout(struct: Construct) -> dict[str, tuple[int, Construct, int]]:
+def field_offsets(struct: Construct) -> dict[str, tuple[int, Construct, int]]:
     """name -> (offset, subcon, size) of a struct's fields, computed once."""
-    lay = _LAYOUTS.get(id(struct))
-    if lay is None:
-        lay, offset = {}, 0
+    offsets = _FIELD_OFFSETS.get(id(struct))
+    if offsets is None:
+        offsets, offset = {}, 0
         for sub in struct.subcons:
             size = sub.sizeof()
             if sub.name:
-                lay[sub.name] = (offset, sub, size)
+                offsets[sub.name] = (offset, sub, size)
             offset += size
-        _LAYOUTS[id(struct)] = lay
-    return lay
+        _FIELD_OFFSETS[id(struct)] = offsets
+    return offsets
 
 
 def field_offset(struct: Construct, name: str) -> int:
-    return layout(struct)[name][0]
+    return field_offsets(struct)[name][0]
 
 
 def patch(struct: Construct, raw: bytearray, **fields: Any) -> bytearray:
     """Write `fields` of `struct` into `raw` at their offsets, leaving every other byte."""
-    lay = layout(struct)
+    offsets = field_offsets(struct)
     for name, value in fields.items():
-        offset, sub, size = lay[name]
+        offset, sub, size = offsets[name]
         if isinstance(value, int):
             raw[offset:offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         else:

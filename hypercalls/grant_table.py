@@ -14,7 +14,7 @@ from abi import errno as E
 from abi import grant_table as G
 from hypercalls import hypercall
 from abi.fast import codec
-from hypercalls.fields import layout, patch, read_op
+from hypercalls.fields import field_offsets, patch, read_op
 from pvhyp import grant_table as gnt
 from pvhyp.guest_access import handle_ok
 
@@ -30,7 +30,7 @@ U64 = 8
 
 def _write_field(ctx: HypercallContext, struct: Construct, addr: int, name: str, value: int) -> None:
     """__copy_field_to_guest: only that field's bytes."""
-    offset, _, size = layout(struct)[name]
+    offset, _, size = field_offsets(struct)[name]
     ctx.write(addr + offset, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
 
 

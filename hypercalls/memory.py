@@ -200,7 +200,7 @@ def _set_memory_map(ctx: HypercallContext, arg: int) -> int:
 
 def _memory_map(ctx: HypercallContext, arg: int) -> int:
     nr_entries, buffer = _MEMORY_MAP.unpack(ctx.read(arg, _MEMORY_MAP.size))
-    e820 = getattr(ctx.domain.mm, "e820", b"")
+    e820 = ctx.domain.mm.e820
     if not e820:
         return -E.ENOSYS
     n = min(nr_entries, len(e820) // _E820.size)

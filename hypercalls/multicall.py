@@ -22,16 +22,23 @@ if TYPE_CHECKING:
 _ENTRY = struct.Struct("<8Q")            # op, result, args[6]
 _RESULT = struct.Struct("<Q")
 assert _ENTRY.size == X.multicall_entry.sizeof()
-_in_multicall = threading.local()        # per calling thread, i.e. per vCPU
+
+
+class _InMulticall(threading.local):
+    """The vCPUs (ids) inside a multicall on the calling thread: a nested one is refused."""
+
+    def __init__(self):
+        self.vcpus: set[int] = set()
+
+
+_in_multicall = _InMulticall()        # per calling thread, i.e. per vCPU
 
 
 @hypercall("multicall")
 def do_multicall(ctx: HypercallContext, call_list: int, nr_calls: int) -> int:
     nr_calls &= 0xFFFF_FFFF
     vcpu = ctx.vcpu
-    active = getattr(_in_multicall, "vcpus", None)
-    if active is None:
-        active = _in_multicall.vcpus = set()
+    active = _in_multicall.vcpus
     if id(vcpu) in active:
         return -E.EINVAL
     active.add(id(vcpu))

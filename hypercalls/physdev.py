@@ -14,14 +14,12 @@ from abi import errno as E
 from abi import physdev as P
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, guest_handle_okay
-from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import state as pv_state
 
 if TYPE_CHECKING:
     from pvhyp.domain import Domain
     from pvhyp.hypercall_table import HypercallContext
 
-# Without the event-channel subsystem's count: Xen's nr_static_irqs (24 GSIs) + extra_domU_pirqs (32).
-NR_PIRQS = 24 + 32
 IOBMP_BYTES = 8192
 MAX_IO_PORTS = 65536
 
@@ -55,7 +53,7 @@ def do_physdev_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
     cmd = c_int(cmd)
     if cmd == P.PHYSDEVOP_set_iopl:
         iopl = ctx.read_struct(P.physdev_set_iopl, arg)["iopl"]
-        return pv_vcpu.set_iopl(ctx.vcpu, iopl)
+        return pv_state.set_iopl(ctx.vcpu, iopl)
     if cmd == P.PHYSDEVOP_set_iobitmap:
         request = ctx.read_struct(P.physdev_set_iobitmap, arg)
         if not guest_handle_okay(ctx, request["bitmap"], IOBMP_BYTES, 1) or request["nr_ports"] > MAX_IO_PORTS:
@@ -72,7 +70,7 @@ def do_physdev_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
         return 0
     if cmd == P.PHYSDEVOP_irq_status_query:
         query = ctx.read_struct(P.physdev_irq_status_query, arg)
-        if query["irq"] >= getattr(ctx.domain.evtchn, "nr_pirqs", NR_PIRQS):
+        if query["irq"] >= ctx.domain.evtchn.nr_pirqs:
             return -E.EINVAL
         ctx.write_struct(P.physdev_irq_status_query, arg, {"irq": query["irq"], "flags": P.XENIRQSTAT_needs_eoi})
         return 0

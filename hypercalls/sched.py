@@ -8,7 +8,7 @@ from abi import errno as E
 from abi import sched as S
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, guest_handle_okay
-from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import state as pv_state
 from pvhyp.event_channel import evtchn_port_is_pending
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def domain_shutdown(domain: Domain, reason: int) -> int:
 
 
 def vcpu_block_enable_events(ctx: HypercallContext) -> None:
-    pv_vcpu.local_event_delivery_enable(ctx.vcpu)
+    pv_state.local_event_delivery_enable(ctx.vcpu)
     ctx.hv.sched.block(ctx.vcpu)
 
 
@@ -48,7 +48,7 @@ def do_poll(ctx: HypercallContext, poll: dict[str, Any]) -> int:
     if not guest_handle_okay(ctx, poll["ports"], nr_ports, 4):
         return -E.EFAULT
     vcpu = ctx.vcpu
-    if pv_vcpu.local_events_need_delivery(vcpu):
+    if pv_state.local_events_need_delivery(vcpu):
         return 0
     ports: list[int] = []
     for i in range(nr_ports):

@@ -7,7 +7,8 @@ from abi import errno as E
 from abi.arch_x86_xen import trap_info
 from abi.fast import codec
 from hypercalls import hypercall
-from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import state as pv_state
+from pvhyp.pv.traps import GuestCrash
 
 if TYPE_CHECKING:
     from pvhyp.hypercall_table import HypercallContext
@@ -23,13 +24,13 @@ MAX_TRAP_TABLE_ENTRIES = 1 << 16
 def do_set_trap_table(ctx: HypercallContext, traps: int) -> int:
     pv = ctx.vcpu.pv
     if traps == 0:
-        pv_vcpu.clear_trap_table(pv)
+        pv_state.clear_trap_table(pv)
         return 0
     for i in range(MAX_TRAP_TABLE_ENTRIES):
         entry = _TRAP_INFO.parse(ctx.read(traps + i * _TRAP_INFO.size, _TRAP_INFO.size))
         if entry["address"] == 0:
             return 0
-        rc = pv_vcpu.set_trap_entry(pv, entry["vector"], entry["flags"], entry["cs"], entry["address"])
+        rc = pv_state.set_trap_entry(pv, entry["vector"], entry["flags"], entry["cs"], entry["address"])
         if rc:
             return rc
     return -E.EINVAL
@@ -43,7 +44,7 @@ def do_set_callbacks(ctx: HypercallContext, event_address: int, failsafe_address
     for callback, address in ((pv.event_callback, event_address),
                               (pv.failsafe_callback, failsafe_address),
                               (pv.syscall_callback, syscall_address)):
-        if pv_vcpu.is_canonical_address(address):
+        if pv_state.is_canonical_address(address):
             callback.address = address
             callback.masks_events = False
     return 0
@@ -54,14 +55,12 @@ def do_iret(ctx: HypercallContext) -> int:
     """HYPERVISOR_iret reached through a multicall (the CPU engine takes a direct one itself,
     Xen: pv/iret.c): the frame at the guest's stack pointer is restored, the batch ends there
     and its result is the restored %rax (XSA-213)."""
-    cpu = ctx.vcpu.arch
-    bouncer = getattr(cpu, "bouncer", None)
-    if bouncer is None:
+    entry = ctx.vcpu.arch
+    if entry is None:
         return -E.ENOSYS        # a process domain has no frame to return to
-    from pvhyp.pv.traps import GuestCrash
     try:
-        bouncer.do_iret()
+        entry.bouncer.do_iret()
     except GuestCrash as err:
-        cpu.crash(str(err))     # Xen: an unreadable or bad frame is domain_crash(), result 0
+        entry.crash(str(err))   # Xen: an unreadable or bad frame is domain_crash(), result 0
         return 0
-    return cpu.engine.read("rax")
+    return entry.engine.read("rax")

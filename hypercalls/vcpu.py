@@ -10,7 +10,7 @@ from abi.sched import SHUTDOWN_poweroff
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, c_uint, guest_handle_okay
 from hypercalls.sched import domain_shutdown
-from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import state as pv_state
 from pvhyp.time import STIME_DELTA_MAX, MILLISECS
 
 if TYPE_CHECKING:
@@ -33,10 +33,10 @@ def vcpu_initialise(ctx: HypercallContext, v: VCPU, arg: int) -> int:
     if not v.vcpu_info_maddr:
         return -E.EINVAL            # no vcpu_info yet (beyond the legacy 32): Xen's dummy_vcpu_info
     ctxt = ctx.read_struct(vcpu_guest_context, arg)
-    with pv_vcpu.domain_lock(ctx.domain):
+    with pv_state.domain_lock(ctx.domain):
         if _is_initialised(v):
             return -E.EEXIST
-        return pv_vcpu.arch_set_info_guest(v, ctxt)
+        return pv_state.arch_set_info_guest(v, ctxt)
 
 
 def vcpu_down(ctx: HypercallContext, v: VCPU) -> int:
@@ -70,7 +70,7 @@ def do_vcpu_op(ctx: HypercallContext, cmd: int, vcpuid: int, arg: int) -> int:
     if cmd == V.VCPUOP_initialise:
         return vcpu_initialise(ctx, v, arg)
     if cmd == V.VCPUOP_up:
-        with pv_vcpu.domain_lock(domain):
+        with pv_state.domain_lock(domain):
             if not _is_initialised(v):
                 return -E.EINVAL
         hv.sched.vcpu_up(v)
@@ -105,8 +105,8 @@ def do_vcpu_op(ctx: HypercallContext, cmd: int, vcpuid: int, arg: int) -> int:
         return 0
     if cmd == V.VCPUOP_register_vcpu_info:
         info = ctx.read_struct(V.vcpu_register_vcpu_info, arg)
-        with pv_vcpu.domain_lock(domain):
-            rc = pv_vcpu.map_vcpu_info(v, ctx.vcpu, info["mfn"], info["offset"])
+        with pv_state.domain_lock(domain):
+            rc = pv_state.map_vcpu_info(v, ctx.vcpu, info["mfn"], info["offset"])
         hv.time.update_vcpu_system_time(v)
         return rc
     if cmd == V.VCPUOP_register_runstate_memory_area:

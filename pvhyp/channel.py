@@ -61,13 +61,13 @@ def foreign_frames(hv, caller: Domain, domid: int, pfns, writable: bool) -> list
     if target is None or target.is_dying:
         raise ChannelError(3, f"no domain {domid}")                                  # ESRCH
     frames = hv.frames
-    types = getattr(frames, "type", None)
+    types = frames.type
     mfns = []
     for pfn in pfns:
         mfn = target.pfn_to_mfn(pfn)
         if not frames.owned_by(mfn, domid):
             raise ChannelError(22, f"d{domid} pfn {pfn:#x} is not populated")        # EINVAL
-        if writable and types is not None and types[mfn] in _TYPES_NEVER_WRITABLE \
+        if writable and types[mfn] in _TYPES_NEVER_WRITABLE \
                 and frames.type_count[mfn] > 0:
             raise ChannelError(22, f"d{domid} pfn {pfn:#x} is a page table; map it read-only")
         mfns.append(mfn)
@@ -119,8 +119,7 @@ class InProcessChannel:
                 for mfn in foreign_frames(self.hv, self.domain, domid, pfns, writable)]
 
     def map_machine_frame(self, mfn: int, writable: bool = True) -> memoryview:
-        may_map = getattr(self.hv, "may_host_map", None)
-        if may_map is None or not may_map(self.domain, mfn, writable):
+        if not self.hv.may_host_map(self.domain, mfn, writable):
             raise ChannelError(1, f"d{self.domid} may not map mfn {mfn:#x}")
         return self._frame_view(mfn, writable)
 

@@ -84,10 +84,10 @@ def send_frame(sock: socket.socket, op: int, payload: bytes = b"", fds=()) -> No
 
 def _cpu_time_ns(d: Domain) -> int | None:
     """Time the domain's vCPUs spent running (runstate), for x86 domains; None for processes."""
-    sched = getattr(d.hv, "sched", None)
-    if sched is None or not d.paging:
+    if not d.paging:
         return None
-    return sum(sched.runstate_info(v)["time"][0] for v in d.vcpus if getattr(v, "sched", None) is not None)
+    sched = d.hv.sched
+    return sum(sched.runstate_info(v)["time"][0] for v in d.vcpus if v.sched is not None)
 
 
 def _domain_info(d: Domain) -> dict:
@@ -209,16 +209,15 @@ class Connection:
 
     def _op_map_machine_frame(self, payload: bytes):
         mfn, writable = MAP_MACHINE_FRAME.unpack(payload)
-        may_map = getattr(self.hv, "may_host_map", None)
         if (not self.hv.memory.valid_mfn(mfn) or self.hv.frames.owner[mfn] == DOMID_XEN
-                or may_map is None or not may_map(self.domain, mfn, bool(writable))):
+                or not self.hv.may_host_map(self.domain, mfn, bool(writable))):
             return RESULT.pack(-xen_errno.EPERM), []
         return RESULT.pack(0), []
 
     def _op_readconsole(self, payload: bytes):
         domid, _, max_bytes, offset = READCONSOLE.unpack(payload)
         target = self.hv.get_domain(domid)
-        console = getattr(target, "console", None) if target is not None else None
+        console = target.console if target is not None else None
         if console is None:
             return READCONSOLE_RESULT.pack(-xen_errno.ESRCH, 0), []
         data, next_offset = console.read(offset, min(max_bytes, MAX_READCONSOLE))
@@ -310,7 +309,6 @@ class ChannelServer:
                 raise ValueError(f"d{domain.domid} already has a channel")
             conn = Connection(self, domain, ours)
             self._connections[domain.domid] = conn
-        domain.process = conn
         conn.thread.start()
         return theirs
 

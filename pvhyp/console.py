@@ -43,15 +43,15 @@ class DomainConsole:
 
 def attach(hv) -> None:
     # Live listeners: fn(domid, data) for every CONSOLEIO_write (`pvhyp run` prints them).
-    if not hasattr(hv, "console_sinks"):
-        hv.console_sinks = []
-    hv.domain_create_hooks.append(lambda d: setattr(d, "console", DomainConsole(d.domid)))
+    hv.console_sinks = []
+    hv.domain_create_hooks.append(domain_created)
+
+
+def domain_created(domain) -> None:
+    domain.console = DomainConsole(domain.domid)
 
 
 def console_write(hv, domain, data: bytes) -> None:
-    console = domain.console
-    if console is None:
-        console = domain.console = DomainConsole(domain.domid)
-    console.append(data)
-    for sink in list(getattr(hv, "console_sinks", ())):
+    domain.console.append(data)
+    for sink in list(hv.console_sinks):
         sink(domain.domid, data)

@@ -79,19 +79,19 @@ class SymbolMap:
 
 
 def vcpu_lines(vcpu, symbols: SymbolMap | None = None) -> list[str]:
-    cpu = getattr(vcpu, "arch", None)
-    engine = getattr(cpu, "engine", None)
-    if engine is None:
+    entry = vcpu.arch
+    if entry is None:
         return [f"vcpu{vcpu.vcpu_id}: never ran"]
+    engine = entry.engine
     try:
         rip, cs, rsp = engine.read_many(("rip", "cs", "rsp"))
     except Exception as e:          # a closed engine: say so rather than fail the report
         return [f"vcpu{vcpu.vcpu_id}: registers unavailable ({e!r})"]
-    mode = "kernel" if getattr(vcpu.pv, "kernel_mode", True) else "user"
+    mode = "kernel" if vcpu.kernel_mode else "user"
     where = symbols.describe(rip) if symbols is not None else None
     at = f" ({where})" if where else ""
     line = f"vcpu{vcpu.vcpu_id}: {mode} rip {rip:#x}{at} cs {cs:#x} rsp {rsp:#x}: {disassemble_at(vcpu, rip)}"
-    reason = getattr(cpu, "crash_reason", None)
+    reason = entry.crash_reason
     return [line] + ([f"vcpu{vcpu.vcpu_id}: crashed by the hypervisor: {reason}"] if reason else [])
 
 
@@ -100,9 +100,9 @@ def counters(domain) -> dict[str, int]:
     page-table writes it emulated (writable page tables), summed over vCPUs."""
     total = {"hypercall": 0, "exception": 0, "emulated": 0, "ptwr": 0}
     for vcpu in domain.vcpus:
-        counts = getattr(getattr(vcpu, "arch", None), "counts", None) or {}
-        for key in total:
-            total[key] += counts.get(key, 0)
+        if vcpu.arch is not None:
+            for key in total:
+                total[key] += vcpu.arch.counts[key]
     return total
 
 
@@ -113,7 +113,7 @@ def last_hypercalls(hv, domid: int, count: int = HYPERCALLS_SHOWN) -> list[str]:
 
 def report(hv, domain, console: bytes = b"", symbols: SymbolMap | None = None) -> str:
     lines = guest_lines(console)
-    out = [f"d{domain.domid}: shut down {domain.is_shut_down}, reason {getattr(domain, 'shutdown_reason', None)}"]
+    out = [f"d{domain.domid}: shut down {domain.is_shut_down}, reason {domain.shutdown_reason}"]
     oops = first_oops(lines)
     if oops:
         out.append("guest oops (first):")

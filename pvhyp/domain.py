@@ -3,15 +3,28 @@
 Each subsystem keeps its own per-domain / per-vCPU state in one attribute
 (`domain.mm`, `domain.evtchn`, `domain.grant_table`, `vcpu.arch`, ...), set
 up by that subsystem, so that this file stays the common vocabulary and no
-subsystem reaches into another's fields.
+subsystem reaches into another's fields. Every slot is declared here with
+its type and its owner; a slot is None until its owner sets it (the
+domain-create hooks, or the CPU engine for `vcpu.arch`), and nothing else
+assigns it. None is a state others can see: a new domain is in hv.domains
+before the create hooks have run, and other threads (timers, teardown of
+another domain) walk hv.domains.
 """
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
+    from pvhyp.console import DomainConsole
+    from pvhyp.event_channel import DomainEvtchn
+    from pvhyp.grant_table.table import GrantTable
     from pvhyp.hypervisor import Hypervisor
+    from pvhyp.mm.pagetype import DomainMM
+    from pvhyp.pv.entry import PvEntry
+    from pvhyp.pv.state import PvState
+    from pvhyp.sched import SchedUnit
+    from pvhyp.time import VcpuTimers
 
 INVALID_MFN = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -33,21 +46,29 @@ class VCPU:
         # for vcpu_id < XEN_LEGACY_MAX_VCPUS until VCPUOP_register_vcpu_info.
         self.vcpu_info_maddr = 0
 
-        # --- CPU engine (pvhyp/cpu) ---
-        self.arch: Any = None           # engine-owned register state and trap tables
+        # --- the PV entry path the CPU engine runs (pvhyp/cpu/runner.py sets it;
+        # None for a process domain's vCPU, or before its first run) ---
+        self.arch: PvEntry | None = None
 
         # --- timers / time (pvhyp/time) ---
-        self.timer: Any = None
+        self.timer: VcpuTimers | None = None
 
         # --- PV-visible vCPU state (pvhyp/pv/state) and scheduling (pvhyp/sched) ---
-        self.pv: Any = None
-        self.sched: Any = None
+        self.pv: PvState | None = None
+        self.sched: SchedUnit | None = None
+        # SCHEDOP_poll's port while the vCPU polls (Xen's v->poll_evtchn): set by the
+        # scheduler, cleared by the event channel that fires; -1 = several ports.
+        self.poll_evtchn: int | None = None
 
         # --- event channels: ports bound to this vCPU's VIRQs ---
         self.virq_to_evtchn: dict[int, int] = {}
 
+        # The vcpu_guest_context given by XEN_DOMCTL_setvcpucontext before the vCPU
+        # first ran (pvhyp/domctl.py), parsed; getvcpucontext reads it back.
+        self.initial_context: dict | None = None
+
         # Processes (dom0, Python guests) are woken here; x86 vCPUs by the engine.
-        self.wake_callback = None
+        self.wake_callback: Callable[[VCPU], None] | None = None
 
     @property
     def current_table(self) -> int:
@@ -56,14 +77,17 @@ class VCPU:
             return self.guest_table
         return self.guest_table_user
 
-    def post(self, fn) -> None:
+    def post(self, fn: Callable[[], None]) -> None:
         """Run `fn` where it may touch this vCPU's state (its vcpu_info, registers).
 
-        The CPU engine replaces this with a queue drained on the vCPU's own
-        thread when the vCPU is running: unicorn's locked instructions are not
-        atomic against host threads. Without an engine, run it now.
+        With an engine, `vcpu.arch.post` queues it for the vCPU's own thread
+        while the vCPU runs: unicorn's locked instructions are not atomic
+        against host threads. Without one, run it now.
         """
-        fn()
+        if self.arch is not None:
+            self.arch.post(fn)
+        else:
+            fn()
 
     def kick(self) -> None:
         """Make the vCPU notice new work (a pending event) soon."""
@@ -76,10 +100,13 @@ class VCPU:
 
 class Domain:
     def __init__(self, hv: "Hypervisor", domid: int, max_vcpus: int, max_pages: int,
-                 privileged: bool = False, paging: bool = True):
+                 privileged: bool = False, paging: bool = True, config: dict | None = None):
         self.hv = hv
         self.domid = domid
         self.is_privileged = privileged
+        # XEN_DOMCTL_createdomain's configuration (grant/maptrack limits, max_evtchn_port,
+        # flags), there before the create hooks run so subsystems can size themselves.
+        self.config: dict = dict(config or {})
         # An x86 PV guest addresses memory through its page tables; a process
         # domain (dom0 process, Python guest) passes pseudo-physical addresses.
         self.paging = paging
@@ -96,18 +123,18 @@ class Domain:
         self.shutdown_reason: int | None = None
         self.shutdown_code: int | None = None
         self.pause_count = 0
+        self.controller_pause_count = 0  # the toolstack's share of pause_count (pvhyp/domctl.py)
         self.name = ""
         self.handle = bytes(16)         # xen_domain_handle_t (the VM's UUID)
 
         # --- subsystems, each sets its own ---
-        self.mm: Any = None             # PV MMU per-domain state (pvhyp/mm)
-        self.evtchn: Any = None         # event channels (pvhyp/event_channel)
-        self.grant_table: Any = None    # grant table (pvhyp/grant_table)
-        self.console: Any = None        # console_io buffer and console ring info
-        self.process: Any = None        # channel of a process domain (dom0, Python guest)
+        self.mm: DomainMM | None = None                 # PV MMU per-domain state (pvhyp/mm)
+        self.evtchn: DomainEvtchn | None = None         # event channels (pvhyp/event_channel)
+        self.grant_table: GrantTable | None = None      # grant table (pvhyp/grant_table)
+        self.console: DomainConsole | None = None       # console_io buffer (pvhyp/console)
 
         # Listeners told when the domain shuts down (toolstack, `pvhyp run`).
-        self.on_shutdown: list = []
+        self.on_shutdown: list[Callable[[Domain, int], None]] = []
 
     def __repr__(self) -> str:
         return f"<Domain d{self.domid} pages={self.tot_pages}/{self.max_pages}>"

@@ -9,7 +9,6 @@ and hypercalls/sysctl.py only copy arguments in and results out.
 """
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING
 
 from abi import errno as E
@@ -18,12 +17,14 @@ from abi.domctl import (
     XEN_DOMCTL_CDF_hap, XEN_DOMCTL_CDF_hvm, XEN_DOMCTL_CDF_iommu, XEN_DOMCTL_CDF_nested_virt,
     XEN_DOMCTL_CDF_oos_off, XEN_DOMCTL_CDF_s3_integrity, XEN_DOMCTL_CDF_vpmu,
     XEN_DOMCTL_CDF_xs_domain, XEN_DOMCTL_GRANT_version_mask, XEN_DOMINF_blocked, XEN_DOMINF_dying,
-    XEN_DOMINF_paused, XEN_DOMINF_running, XEN_DOMINF_shutdown, XEN_DOMINF_shutdownshift,
+    XEN_DOMINF_paused, XEN_DOMINF_shutdown, XEN_DOMINF_shutdownshift,
     XEN_DOMINF_xs_domain, XEN_INVALID_MAX_VCPU_ID,
 )
 from abi.xen import DOMID_FIRST_RESERVED, __HYPERVISOR_iret
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 from pvhyp.mm.frametable import OutOfMemory
+from pvhyp.mm.pagetype import PGT_writable_page
+from pvhyp.pv import state as pv_state
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
@@ -44,11 +45,10 @@ _CDF_KNOWN = (XEN_DOMCTL_CDF_hvm | XEN_DOMCTL_CDF_hap | XEN_DOMCTL_CDF_s3_integr
               | XEN_DOMCTL_CDF_oos_off | XEN_DOMCTL_CDF_xs_domain | XEN_DOMCTL_CDF_iommu
               | XEN_DOMCTL_CDF_nested_virt | XEN_DOMCTL_CDF_vpmu)
 
-_domid_rover: "weakref.WeakKeyDictionary[Hypervisor, int]" = weakref.WeakKeyDictionary()
 
 
 def is_xenstore_domain(d: "Domain") -> bool:
-    return bool(getattr(d, "config", {}).get("flags", 0) & XEN_DOMCTL_CDF_xs_domain)
+    return bool(d.config.get("flags", 0) & XEN_DOMCTL_CDF_xs_domain)
 
 
 # --- creation and destruction ----------------------------------------------------------
@@ -96,7 +96,7 @@ def _pick_domid(hv: "Hypervisor", requested: int) -> int:
     """XEN_DOMCTL_createdomain's domid choice: the one asked for, or the next free after a rover."""
     if 0 < requested < DOMID_FIRST_RESERVED:
         return requested if requested not in hv.domains else -E.EEXIST
-    rover = _domid_rover.get(hv, 0)
+    rover = hv.domid_rover
     dom = rover + 1
     while dom != rover:
         if dom == DOMID_FIRST_RESERVED:
@@ -104,7 +104,7 @@ def _pick_domid(hv: "Hypervisor", requested: int) -> int:
             if dom == rover:
                 break
         if dom not in hv.domains:
-            _domid_rover[hv] = dom
+            hv.domid_rover = dom
             return dom
         dom += 1
     return -E.ENOMEM
@@ -149,7 +149,7 @@ def domain_kill(hv: "Hypervisor", caller: "Domain", d: "Domain") -> int:
 def controller_pause_count(d: "Domain") -> int:
     """The toolstack's share of d.pause_count (Xen's controller_pause_count); a
     domain not made by XEN_DOMCTL_createdomain (dom0, test domains) starts at 0."""
-    return getattr(d, "controller_pause_count", 0)
+    return d.controller_pause_count
 
 
 def domain_pause_by_systemcontroller(caller: "Domain", d: "Domain") -> int:
@@ -178,20 +178,22 @@ def domain_unpause_by_systemcontroller(d: "Domain") -> int:
 
 # --- information -----------------------------------------------------------------------
 
+# getdomaininfo/getvcpuinfo report no CPU time and never XEN_DOMINF_running / "running":
+# the scheduler's runstate has them (the channel server's domain list reads it there),
+# the domctls do not account them yet.
+CPU_TIME_NOT_ACCOUNTED = 0
+
+
 def getdomaininfo(d: "Domain") -> dict:
     """xen_domctl_getdomaininfo of `d` (Xen's getdomaininfo)."""
     flags = XEN_DOMINF_blocked
     online = 0
     max_vcpu_id = XEN_INVALID_MAX_VCPU_ID
-    cpu_time = 0
     for v in d.vcpus:
         max_vcpu_id = v.vcpu_id
-        cpu_time += getattr(v, "cpu_time", 0)
         if v.online:
             if not v.blocked:
                 flags &= ~XEN_DOMINF_blocked
-            if getattr(v, "is_running", False):
-                flags |= XEN_DOMINF_running
             online += 1
     code = SHUTDOWN_CODE_INVALID if d.shutdown_reason is None else d.shutdown_reason
     flags = ((flags if online else 0)
@@ -205,7 +207,7 @@ def getdomaininfo(d: "Domain") -> dict:
         "tot_pages": d.tot_pages, "max_pages": d.max_pages, "outstanding_pages": 0,
         "shr_pages": 0, "paged_pages": 0,
         "shared_info_frame": d.shared_info_mfn,     # PV: the gfn of a frame is its mfn
-        "cpu_time": cpu_time, "nr_online_vcpus": online, "max_vcpu_id": max_vcpu_id,
+        "cpu_time": CPU_TIME_NOT_ACCOUNTED, "nr_online_vcpus": online, "max_vcpu_id": max_vcpu_id,
         "ssidref": 0, "handle": bytes(d.handle), "cpupool": 0,
         "gpaddr_bits": 52, "pad2": [0] * 7,
         "arch_config": {"emulation_flags": 0, "misc_flags": 0},
@@ -262,8 +264,7 @@ def max_vcpus(caller: "Domain", d: "Domain", count: int) -> int:
 def getvcpuinfo(v: "VCPU") -> dict:
     """XEN_DOMCTL_getvcpuinfo's OUT fields."""
     return {"online": int(v.online), "blocked": int(v.blocked),
-            "running": int(bool(getattr(v, "is_running", False))),
-            "cpu_time": getattr(v, "cpu_time", 0), "cpu": 0}
+            "running": 0, "cpu_time": CPU_TIME_NOT_ACCOUNTED, "cpu": 0}
 
 
 PV64_ADDRESS_SIZE = 64
@@ -285,10 +286,9 @@ def arch_set_info_guest(v: "VCPU", c: dict) -> int:
     domctl adds what only it does: VGCF_online brings the vCPU up, and the plain
     parsed context stays in `v.initial_context` for the CPU engine and getvcpucontext.
     """
-    from pvhyp.pv import state as pv_vcpu
-    if getattr(v, "pv", None) is None:
+    if v.pv is None:
         return -E.EOPNOTSUPP            # no PV vCPU state attached to this hypervisor
-    rc = pv_vcpu.arch_set_info_guest(v, c)
+    rc = pv_state.arch_set_info_guest(v, c)
     if rc:
         return rc
     regs = c["user_regs"]
@@ -301,7 +301,7 @@ def arch_set_info_guest(v: "VCPU", c: dict) -> int:
 
 def arch_get_info_guest(v: "VCPU") -> dict | None:
     """The context last set (Xen reads it back from the live vCPU; the engine may refresh it)."""
-    return getattr(v, "initial_context", None)
+    return v.initial_context
 
 
 # --- the hypercall page ----------------------------------------------------------------
@@ -330,11 +330,7 @@ def init_hypercall_page(d: "Domain", gmfn: int) -> int:
     hv = d.hv
     if not hv.frames.owned_by(gmfn, d.domid):
         return -E.EINVAL
-    mmu = getattr(hv, "mmu", None)
-    if mmu is None:
-        hv.memory.write(gmfn << PAGE_SHIFT, hypercall_page_bytes())
-        return 0
-    from pvhyp.mm.pagetype import PGT_writable_page
+    mmu = hv.mmu
     with mmu.lock:
         if not mmu.get_page_from_mfn(gmfn, d):
             return -E.EINVAL

@@ -40,6 +40,8 @@ class Hypervisor:
     console_sinks: list[Callable[[int, bytes], None]]   # pvhyp.console: live CONSOLEIO_write listeners
     # ...and by the CPU engine's (pvhyp.cpu.runner) when the host runs x86 guests.
     cpu: CpuSubsystem | None = None
+    # XEN_DOMCTL_createdomain's rover: the last domid it handed out (pvhyp/domctl.py).
+    domid_rover: int = 0
 
     def __init__(self, memory_mb: int = DEFAULT_MEMORY_MB):
         self.memory = MachineMemory(memory_mb << 20)
@@ -96,10 +98,7 @@ class Hypervisor:
                 domid = next(i for i in range(1, DOMID_FIRST_RESERVED) if i not in self.domains)
             elif domid in self.domains or not 0 <= domid < DOMID_FIRST_RESERVED:
                 raise ValueError(f"domid {domid} unavailable")
-            d = Domain(self, domid, max_vcpus, max_pages, privileged=privileged, paging=paging)
-            # XEN_DOMCTL_createdomain's configuration (grant/maptrack limits, max_evtchn_port,
-            # flags), there before the create hooks run so subsystems can size themselves.
-            d.config = dict(config or {})
+            d = Domain(self, domid, max_vcpus, max_pages, privileged=privileged, paging=paging, config=config)
             # shared_info: one frame owned by the domain (Xen's is Xen-heap, shared with it).
             d.shared_info_mfn = self.frames.alloc(domid, 1)[0]
             self.domains[domid] = d

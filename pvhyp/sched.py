@@ -12,7 +12,7 @@ is waiting. The engine's loop is:
             hv.sched.deschedule(vcpu)
 
 A waiting vCPU preempts one whose slice is over by calling
-`vcpu.arch.kick()` (when the engine defines it), so the running thread
+`vcpu.arch.kick()` (an x86 vCPU's engine), so the running thread
 leaves unicorn and asks `slice_expired`. SCHEDOP_yield, SCHEDOP_block and
 SCHEDOP_poll call `yield_`, `block` and `poll` on the vCPU's own thread;
 they return once it may run again. `VCPU.kick()` calls `wake` (an event,
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from abi.vcpu import RUNSTATE_blocked, RUNSTATE_offline, RUNSTATE_runnable, RUNSTATE_running
 from abi.xen import VMASST_TYPE_runstate_update_flag
-from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import state as pv_state
 from pvhyp.guest_access import GuestFault, copy_to_guest
 
 if TYPE_CHECKING:
@@ -210,14 +210,14 @@ class Scheduler:
             # A process domain's "CPU" is an OS process that waits on its own
             # channel; parking the thread that dispatched for it would stall
             # that channel (or an in-process caller such as the fuzzer).
-            vcpu.blocked = not (unit.wake_pending or pv_vcpu.local_events_need_delivery(vcpu))
+            vcpu.blocked = not (unit.wake_pending or pv_state.local_events_need_delivery(vcpu))
             unit.wake_pending = False
             return
         with self.cond:
             if self._posted_work_applied(vcpu):
                 unit.wake_pending = False       # guest memory is current: a wake that mattered shows there
             vcpu.blocked = True
-            if unit.wake_pending or pv_vcpu.local_events_need_delivery(vcpu):
+            if unit.wake_pending or pv_state.local_events_need_delivery(vcpu):
                 unit.wake_pending = False
                 vcpu.blocked = False
                 return
@@ -237,18 +237,12 @@ class Scheduler:
     def _posted_work_applied(vcpu: "VCPU") -> bool:
         """Has every vcpu.post() so far reached guest memory?
 
-        Without an engine post() runs at once; an engine that queues it
-        offers `vcpu.arch.run_posted()`, which we call (we are on the vCPU's
-        thread). Otherwise an event may still sit in the queue, so an earlier
-        wake has to count (a spurious return, never a lost wake-up).
+        Without an engine post() runs at once. The engine queues it while the
+        vCPU runs and drains the queue between hypercalls, so an event may
+        still sit there: an earlier wake has to count (a spurious return,
+        never a lost wake-up).
         """
-        if vcpu.arch is None:
-            return True
-        run_posted = getattr(vcpu.arch, "run_posted", None)
-        if run_posted is None:
-            return False
-        run_posted()
-        return True
+        return vcpu.arch is None
 
     def poll(self, vcpu: "VCPU", ports: tuple[int, ...], deadline: int) -> None:
         """SCHEDOP_poll's wait: block until a polled port fires, any wake, or the deadline.
@@ -269,7 +263,7 @@ class Scheduler:
             self.hv.time.timers.stop_timer(vcpu.timer.poll)
 
     def poll_timeout(self, vcpu: "VCPU") -> None:
-        if getattr(vcpu, "poll_evtchn", None) is not None:
+        if vcpu.poll_evtchn is not None:
             vcpu.poll_evtchn = None
             self.wake(vcpu)
 
@@ -300,9 +294,8 @@ class Scheduler:
                 self._dequeue(vcpu.sched)
                 self._set_runstate(vcpu.sched, RUNSTATE_offline)
             self.cond.notify_all()
-        kick = getattr(vcpu.arch, "kick", None)
-        if kick is not None:
-            kick()
+        if vcpu.arch is not None:
+            vcpu.arch.kick()
 
     # --- internals ----------------------------------------------------------------------
     def _release(self, unit: SchedUnit) -> None:
@@ -327,15 +320,13 @@ class Scheduler:
         now = self.now()
         for unit in self.running:
             if now - unit.slice_start >= self.slice_ns:
-                kick = getattr(unit.vcpu.arch, "kick", None)
-                if kick is not None:
-                    kick()
+                if unit.vcpu.arch is not None:
+                    unit.vcpu.arch.kick()
 
     def domain_created(self, domain: "Domain") -> None:
         now = self.now()
         for vcpu in domain.vcpus:
             vcpu.sched = SchedUnit(vcpu, now)
-            vcpu.poll_evtchn = None     # SCHEDOP_poll's port (see poll)
             if vcpu.online:
                 vcpu.sched.runstate = RUNSTATE_runnable
 

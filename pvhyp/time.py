@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Callable
 
 from abi.arch_x86_xen import XEN_LEGACY_MAX_VCPUS
 from abi.xen import VIRQ_TIMER, XEN_PVCLOCK_TSC_STABLE_BIT, vcpu_info, vcpu_time_info
-from pvhyp.pv import state as pv_vcpu
+from pvhyp.pv import state as pv_state
 from pvhyp.guest_access import GuestFault, copy_to_guest
 from pvhyp.memory import PAGE_SHIFT
 
@@ -351,6 +351,7 @@ class VcpuTimers:
         self.poll = Timer(lambda: keeper.poll_timeout(vcpu))
         self.periodic_period = 0
         self.periodic_last_event = 0
+        self.area_version = 0           # the version of our copy of the guest's time area
         self.lock = threading.Lock()
 
 
@@ -408,7 +409,7 @@ class TimeKeeper:
         maddr = vcpu.vcpu_info_maddr
         if maddr:
             at = maddr + VCPU_INFO_TIME_OFFSET
-            version = memory.read_u32(at) if hasattr(memory, "read_u32") else _U32.unpack(memory.read(at, 4))[0]
+            version = _U32.unpack(memory.read(at, 4))[0]
             odd = ((version + 1) | 1) & 0xFFFF_FFFF
             memory.write(at, _U32.pack(odd))
             memory.write(at + 4, body)
@@ -420,7 +421,7 @@ class TimeKeeper:
     def _write_time_area(self, vcpu: "VCPU", va: int, body: bytes) -> None:
         # The area has its own version sequence, kept in our copy of it.
         timers = vcpu.timer
-        odd = ((getattr(timers, "area_version", 0) + 1) | 1) & 0xFFFF_FFFF
+        odd = ((timers.area_version + 1) | 1) & 0xFFFF_FFFF
         try:
             copy_to_guest(vcpu, va, _U32.pack(odd))
             copy_to_guest(vcpu, va + 4, body)
@@ -511,11 +512,7 @@ class TimeKeeper:
         self.timers.set_timer(vcpu.timer.poll, deadline)
 
     def poll_timeout(self, vcpu: "VCPU") -> None:
-        sched = getattr(self.hv, "sched", None)
-        if sched is not None:
-            sched.poll_timeout(vcpu)
-        else:
-            vcpu.kick()
+        self.hv.sched.poll_timeout(vcpu)
 
     # --- domain watchdogs ---------------------------------------------------------
     def domain_watchdog(self, domain: "Domain", wid: int, timeout_s: int) -> int:
@@ -581,7 +578,7 @@ class TimeKeeper:
 
 
 def attach(hv) -> None:
-    pv_vcpu.attach(hv)
+    pv_state.attach(hv)
     hv.time = TimeKeeper(hv)
     hv.close_hooks.append(lambda: hv.time.timers.close())     # the timer thread
     hv.domain_create_hooks.append(hv.time.domain_created)

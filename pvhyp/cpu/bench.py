@@ -9,12 +9,12 @@ from __future__ import annotations
 import struct
 import time
 
-from pvhyp.pv import xen_layout as L
+from pvhyp.pv import xen_area as L
 from pvhyp.cpu.engine import ExitReason
-from pvhyp.pv.entry import PvVcpu, initial_state
+from pvhyp.pv.entry import PvEntry, initial_state
 from pvhyp.domain import Domain
 from pvhyp.memory import MachineMemory
-from pvhyp.pv.state import PVVcpuState
+from pvhyp.pv.state import PvState
 
 _MEMORY = 16 << 20
 _HV_FIRST, _HV_COUNT = 0x10, 0x80
@@ -36,9 +36,9 @@ class _Machine:
     def __init__(self, code: bytes):
         self.memory = MachineMemory(_MEMORY)
         frames = iter(range(_TABLES_FIRST, _TABLES_FIRST + 16))
-        layout = L.XenLayout(self.memory, L.frames_from_range(_HV_FIRST, _HV_COUNT), ())
+        xen_area = L.XenArea(self.memory, L.frames_from_range(_HV_FIRST, _HV_COUNT), ())
         l4 = next(frames)
-        layout.install_into_l4(l4)
+        xen_area.install_into_l4(l4)
         tables = {}
         for va, mfn in ((_CODE_VA, _CODE_MFN), (_DATA_VA, _DATA_MFN), (_STACK_VA, _STACK_MFN)):
             table = l4
@@ -52,23 +52,23 @@ class _Machine:
             self.memory.write_u64((table << 12) + ((va >> 12) & 0x1FF) * 8, (mfn << 12) | 0x7)
         self.memory.write(_CODE_MFN << 12, code + _EXIT)
         vcpu = Domain(None, domid=1, max_vcpus=1, max_pages=0).vcpus[0]
-        vcpu.pv = PVVcpuState(vcpu)
-        self.vcpu = vcpu.arch = PvVcpu(self.memory, layout, vcpu, dispatch=self._dispatch)
+        vcpu.pv = PvState(vcpu)
+        self.entry = vcpu.arch = PvEntry(self.memory, xen_area, vcpu, dispatch=self._dispatch)
         self.state = initial_state(_CODE_VA, _STACK_VA + 0x1000, 0, l4)
 
-    def _dispatch(self, vcpu, nr, args):
+    def _dispatch(self, entry, nr, args):
         if nr == _EXIT_HYPERCALL:
-            vcpu.engine.request_exit()
+            entry.engine.request_exit()
         return 0
 
     def run(self, rcx: int, rdi: int = _DATA_VA) -> float:
         self.state.gprs.update(rcx=rcx, rdi=rdi)
-        self.vcpu.start(self.state)
+        self.entry.start(self.state)
         start = time.perf_counter()
-        reason = self.vcpu.run()
+        reason = self.entry.run()
         elapsed = time.perf_counter() - start
         if reason is not ExitReason.REQUESTED:
-            raise RuntimeError(f"benchmark kernel stopped with {reason}: {self.vcpu.engine.error or self.vcpu.crash_reason}")
+            raise RuntimeError(f"benchmark kernel stopped with {reason}: {self.entry.engine.error or self.entry.crash_reason}")
         return elapsed
 
 

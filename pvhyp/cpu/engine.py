@@ -23,11 +23,11 @@ from typing import Callable, Protocol
 
 from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
                      UC_HOOK_MEM_UNMAPPED, UC_MODE_64, UC_PROT_ALL, Uc, UcError)
-from unicorn import x86_const as X
+from unicorn import x86_const
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from pvhyp.cpu import unicorn_quirks as quirks
-from pvhyp.pv import xen_layout as L
+from pvhyp.pv import xen_area as L
 from pvhyp.cpu.fastregs import FastRegisters
 from pvhyp.guest_access import read_guest_virtual
 
@@ -46,7 +46,7 @@ _NEVER_REACHED = 0x8000_0000_0000_0000
 GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
              "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 SEGMENT_NAMES = ("cs", "ss", "ds", "es", "fs", "gs")
-REG = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in
+REG = {name: getattr(x86_const, f"UC_X86_REG_{name.upper()}") for name in
        GPR_NAMES + SEGMENT_NAMES + ("rip", "rflags", "cr0", "cr2", "cr3", "cr4", "fs_base", "gs_base")}
 
 _GPR_BLOCK_INDEX = {name: i for i, name in enumerate(quirks.SNAPSHOT_ORDER)}
@@ -108,15 +108,15 @@ class VcpuHost(Protocol):
 
 
 class CpuEngine:
-    def __init__(self, memory, layout: L.XenLayout, host: VcpuHost):
-        self._bookkeeping_layout = quirks.verified_layout()
+    def __init__(self, memory, xen_area: L.XenArea, host: VcpuHost):
+        self._context_offsets = quirks.verified_offsets()
         self.memory = memory
-        self.layout = layout
+        self.xen_area = xen_area
         self.host = host
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.host_address)
-        self.window = layout.allocate_vcpu_window()
-        self._bookkeeping = quirks.ExceptionBookkeeping(uc, self._bookkeeping_layout)
+        self.window = xen_area.allocate_vcpu_window()
+        self._bookkeeping = quirks.ExceptionBookkeeping(uc, self._context_offsets)
         self._regs = FastRegisters(uc, REG)
         self._setup_control_state()
         # Reloading a state later (VCPUOP_initialise, a benchmark rerun) needs
@@ -139,28 +139,29 @@ class CpuEngine:
     # --- machine setup ---------------------------------------------------
     def _setup_control_state(self) -> None:
         uc = self.uc
-        uc.reg_write(X.UC_X86_REG_CR4, quirks.CR4_PAE | quirks.CR4_OSFXSR | quirks.CR4_OSXMMEXCPT)
+        uc.reg_write(x86_const.UC_X86_REG_CR4, quirks.CR4_PAE | quirks.CR4_OSFXSR | quirks.CR4_OSXMMEXCPT)
         uc.msr_write(quirks.MSR_EFER, quirks.EFER_SCE | quirks.EFER_LME | quirks.EFER_LMA | quirks.EFER_NXE)
         # WP off: the CPU's implicit supervisor writes (descriptor accessed
         # bits) must not fault on the read-only guest GDT frames; guest code
         # is CPL3 and stays bound by RW.
-        uc.reg_write(X.UC_X86_REG_CR0, quirks.CR0_PE | quirks.CR0_MP | quirks.CR0_ET | quirks.CR0_NE | quirks.CR0_PG)
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, self.layout.gdt_va(self.window), L.GDT_LIMIT, 0))
-        uc.reg_write(X.UC_X86_REG_IDTR, (0, L.IDT_VA, 0xFFF, 0))
-        uc.reg_write(X.UC_X86_REG_TR, (L.TSS_SELECTOR, L.TSS_VA, L.TSS_SIZE - 1, 0x8B))
+        uc.reg_write(x86_const.UC_X86_REG_CR0,
+                     quirks.CR0_PE | quirks.CR0_MP | quirks.CR0_ET | quirks.CR0_NE | quirks.CR0_PG)
+        uc.reg_write(x86_const.UC_X86_REG_GDTR, (0, self.xen_area.gdt_va(self.window), L.GDT_LIMIT, 0))
+        uc.reg_write(x86_const.UC_X86_REG_IDTR, (0, L.IDT_VA, 0xFFF, 0))
+        uc.reg_write(x86_const.UC_X86_REG_TR, (L.TSS_SELECTOR, L.TSS_VA, L.TSS_SIZE - 1, 0x8B))
 
     def _add_hooks(self) -> None:
         uc = self.uc
         uc.hook_add(UC_HOOK_INTR, self._hook_intr)
-        uc.hook_add(UC_HOOK_INSN, self._hook_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
-        uc.hook_add(UC_HOOK_INSN, self._hook_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
-        uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._hook_syscall, None, 1, 0, x86_const.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INSN, self._hook_cpuid, None, 1, 0, x86_const.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, x86_const.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, x86_const.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._hook_invalid)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._hook_unmapped)
 
     def close(self) -> None:
-        self.layout.release_vcpu_window(self.window)
+        self.xen_area.release_vcpu_window(self.window)
         # Uc.release_handle is a static method over the raw handle; Uc's own finalizer
         # (idempotent) closes it once and keeps Uc.__del__ from closing it again.
         finalizer = getattr(self.uc, "_Uc__finalizer", None)
@@ -231,11 +232,11 @@ class CpuEngine:
         if target is None:
             return
         if mode == self._RIP_AFTER_SYSCALL:
-            bias = self._bookkeeping_layout.syscall_rip_bias
+            bias = self._context_offsets.syscall_rip_bias
             if self._hook_rip_seen is None or target != self._hook_rip_seen + 2 or bias != 2:
-                self.uc.reg_write(X.UC_X86_REG_RIP, (target - bias) & 0xFFFF_FFFF_FFFF_FFFF)
+                self.uc.reg_write(x86_const.UC_X86_REG_RIP, (target - bias) & 0xFFFF_FFFF_FFFF_FFFF)
         else:
-            self.defer_after_stop(lambda: self.uc.reg_write(X.UC_X86_REG_RIP, target))
+            self.defer_after_stop(lambda: self.uc.reg_write(x86_const.UC_X86_REG_RIP, target))
 
     def load_state(self, state: CpuState) -> None:
         """Replace the register state; the next run() enters through the stub."""
@@ -255,18 +256,18 @@ class CpuEngine:
     def set_cr0_ts(self, ts: bool) -> None:
         """The guest's virtual CR0.TS: with it set, FPU/SSE use raises #NM (Xen's lazy FPU)."""
         self._cr0_ts = ts
-        cr0 = self.uc.reg_read(X.UC_X86_REG_CR0)
+        cr0 = self.uc.reg_read(x86_const.UC_X86_REG_CR0)
         wanted = (cr0 | _CR0_TS) if ts else (cr0 & ~_CR0_TS)
         if wanted != cr0:
-            self.uc.reg_write(X.UC_X86_REG_CR0, wanted)
+            self.uc.reg_write(x86_const.UC_X86_REG_CR0, wanted)
 
     def set_stack_and_code_selectors(self, cs: int, ss: int) -> None:
         """CS/SS selectors (already validated: unicorn loads any value, and keeps 64-bit mode)."""
         old_cs, old_ss = self._regs.read(("cs", "ss"))
         if ss != old_ss:
-            self.uc.reg_write(X.UC_X86_REG_SS, ss & 0xFFFF)
+            self.uc.reg_write(x86_const.UC_X86_REG_SS, ss & 0xFFFF)
         if cs != old_cs:
-            self.uc.reg_write(X.UC_X86_REG_CS, cs & 0xFFFF)
+            self.uc.reg_write(x86_const.UC_X86_REG_CS, cs & 0xFFFF)
 
     def load_data_selector(self, seg: str, selector: int) -> bool:
         """Load DS/ES/FS/GS as the guest would; an unusable selector loads NUL."""
@@ -284,7 +285,7 @@ class CpuEngine:
 
     def set_cr3(self, maddr: int) -> None:
         self.cr3 = maddr
-        self.uc.reg_write(X.UC_X86_REG_CR3, maddr)
+        self.uc.reg_write(x86_const.UC_X86_REG_CR3, maddr)
         self.flush_tlb()
 
     # --- running -----------------------------------------------------------
@@ -309,7 +310,7 @@ class CpuEngine:
 
         def rewind() -> None:
             self.uc.context_restore(snapshot)
-            self.uc.reg_write(X.UC_X86_REG_RIP, rip)
+            self.uc.reg_write(x86_const.UC_X86_REG_RIP, rip)
             action()
         self.defer_after_stop(rewind)
 
@@ -360,7 +361,7 @@ class CpuEngine:
                 budget = SLICE_INSNS if remaining is None else min(SLICE_INSNS, remaining)
                 if remaining is not None:
                     remaining -= budget
-                rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+                rip = self.uc.reg_read(x86_const.UC_X86_REG_RIP)
                 try:
                     self.uc.emu_start(rip, _NEVER_REACHED, 0, budget)
                     self._bookkeeping.rearm()
@@ -379,25 +380,25 @@ class CpuEngine:
     def _enter_through_stub(self) -> None:
         state = self._pending_state
         frame = struct.pack("<5Q", state.rip, state.cs | 3, state.rflags | RFLAGS_FIXED, state.gprs["rsp"], state.ss | 3)
-        frame_va = self.layout.entry_stack_top(self.window) - len(frame)
-        frame_maddr = self.layout.entry_stack_maddr(self.window) + L.PAGE_SIZE - len(frame)
+        frame_va = self.xen_area.entry_stack_top(self.window) - len(frame)
+        frame_maddr = self.xen_area.entry_stack_maddr(self.window) + L.PAGE_SIZE - len(frame)
         self.memory.write(frame_maddr, frame)
         uc = self.uc
         uc.context_restore(self._cpl0_context)
         self.set_cr0_ts(self._cr0_ts)
         self.set_cr3(state.cr3)
-        uc.reg_write(X.UC_X86_REG_CR2, state.cr2)
+        uc.reg_write(x86_const.UC_X86_REG_CR2, state.cr2)
         for seg in ("ds", "es", "fs", "gs"):
             self.load_data_selector(seg, getattr(state, seg))
         # After the selectors (loading one resets its base); the iretq keeps them.
         self.write_many({n: v for n, v in state.gprs.items() if n != "rsp"})
         self.write_many({"fs_base": state.fs_base, "gs_base": state.gs_base})
-        uc.reg_write(X.UC_X86_REG_RSP, frame_va)
+        uc.reg_write(x86_const.UC_X86_REG_RSP, frame_va)
         # The run loop starts at the stub and the iretq drops straight into the
         # guest.  A separate emu_start just for the iretq is worse: unicorn then
         # touches the stub page again at the next emu_start, now at CPL3, and
         # the hidden #PF it takes turns the guest's next #GP into #DF.
-        uc.reg_write(X.UC_X86_REG_RIP, L.ENTRY_STUB_VA)
+        uc.reg_write(x86_const.UC_X86_REG_RIP, L.ENTRY_STUB_VA)
         self._entered = True
 
     def _recover_from_unicorn_error(self, err: UcError) -> bool:
@@ -415,10 +416,10 @@ class CpuEngine:
     def _hook_intr(self, uc, vector, _):
         error_code, software = self._bookkeeping.consume()
         if software:
-            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            rip = uc.reg_read(x86_const.UC_X86_REG_RIP)
             self.host.on_software_interrupt(self, vector, self._software_int_length(rip, vector))
         else:
-            cr2 = uc.reg_read(X.UC_X86_REG_CR2) if vector == VECTOR_PF else 0
+            cr2 = uc.reg_read(x86_const.UC_X86_REG_CR2) if vector == VECTOR_PF else 0
             self.host.on_exception(self, vector, error_code, cr2)
 
     def _software_int_length(self, rip: int, vector: int) -> int:

@@ -1,7 +1,7 @@
 """The glue between the CPU engine and the rest of the hypervisor.
 
-`attach(hv)` builds the hypervisor's address-space layout (hv.xen_l4_slots
-for the PV MMU) and `hv.cpu`, a CpuSubsystem.  `hv.cpu.start_domain(d)`
+`attach(hv)` builds the hypervisor's area of every address space
+(hv.xen_l4_slots for the PV MMU) and `hv.cpu`, a CpuSubsystem.  `hv.cpu.start_domain(d)`
 gives every vCPU of an x86 PV domain a host thread that runs it under the
 scheduler until the domain dies; a vCPU whose register state is not set yet
 (offline, waiting for VCPUOP_initialise) just waits in the scheduler.
@@ -14,8 +14,10 @@ import weakref
 from typing import TYPE_CHECKING
 
 from pvhyp.cpu.engine import ExitReason
-from pvhyp.pv.entry import PvVcpu
-from pvhyp.pv.xen_layout import XenLayout
+from pvhyp.hypercall_table import HypercallContext
+from pvhyp.pv.entry import PvEntry
+from pvhyp.pv.state import get_debugreg, set_debugreg
+from pvhyp.pv.xen_area import XenArea
 from abi.sched import SHUTDOWN_crash
 from pvhyp.mm.frametable import DOMID_XEN
 
@@ -40,31 +42,28 @@ def _stop_all_vcpus() -> None:
 class CpuSubsystem:
     def __init__(self, hv):
         self.hv = hv
-        self.layout = XenLayout(hv.memory, lambda: hv.frames.alloc(DOMID_XEN, 1)[0], hv.m2p_mfns)
+        self.xen_area = XenArea(hv.memory, lambda: hv.frames.alloc(DOMID_XEN, 1)[0], hv.m2p_mfns)
         self.threads: dict[tuple[int, int], threading.Thread] = {}
         self.stopping = False
         _live_subsystems.add(self)
 
     # --- per vCPU ----------------------------------------------------------
-    def cpu_for(self, vcpu: "VCPU") -> PvVcpu:
-        """The vCPU's PvVcpu (created on first use and installed as vcpu.arch)."""
-        if isinstance(vcpu.arch, PvVcpu):
+    def cpu_for(self, vcpu: "VCPU") -> PvEntry:
+        """The vCPU's PvEntry (created on first use and installed as vcpu.arch)."""
+        if vcpu.arch is not None:
             return vcpu.arch
         hv = self.hv
-        from pvhyp.hypercall_table import HypercallContext
         context = HypercallContext(vcpu)
-        mmu = getattr(hv, "mmu", None)
-        ptwr = getattr(mmu, "ptwr_emulate", None)
-        cpu = PvVcpu(
-            hv.memory, self.layout, vcpu,
+        mmu = hv.mmu
+        cpu = PvEntry(
+            hv.memory, self.xen_area, vcpu,
             dispatch=lambda _cpu, nr, args: hv.hypercalls.dispatch(context, nr, args),
             on_crash=self._guest_crashed,
-            ptwr_emulate=ptwr,
-            on_new_cr3=(lambda mfn: mmu.new_guest_cr3(vcpu, mfn) == 0) if mmu is not None else None,
+            ptwr_emulate=mmu.ptwr_emulate,
+            on_new_cr3=lambda mfn: mmu.new_guest_cr3(vcpu, mfn) == 0,
             debug_registers=_DebugRegisters(vcpu),
         )
-        vcpu.arch = cpu
-        vcpu.post = cpu.post
+        vcpu.arch = cpu         # vcpu.post now queues for this vCPU's thread
         vcpu.wake_callback = self._wake
         return cpu
 
@@ -72,10 +71,10 @@ class CpuSubsystem:
     def _wake(vcpu: "VCPU") -> None:
         cpu = vcpu.arch
         # On its own thread the event is delivered when the current hook returns.
-        if isinstance(cpu, PvVcpu) and cpu._on_other_thread():
+        if cpu is not None and cpu._on_other_thread():
             cpu.kick()
 
-    def _guest_crashed(self, cpu: PvVcpu, reason: str) -> None:
+    def _guest_crashed(self, cpu: PvEntry, reason: str) -> None:
         vcpu = cpu.vcpu
         self.hv.trace.emit("guest_crash", vcpu.domain.domid, vcpu.vcpu_id, reason=reason)
 
@@ -120,11 +119,11 @@ class CpuSubsystem:
             self.threads.pop((domain.domid, vcpu.vcpu_id), None)
 
     @staticmethod
-    def _load_initial_registers(vcpu: "VCPU", cpu: PvVcpu) -> bool:
+    def _load_initial_registers(vcpu: "VCPU", cpu: PvEntry) -> bool:
         """The register state the builder or VCPUOP_initialise left for the engine."""
         regs = vcpu.pv.initial_user_regs
         if regs is None:
-            context = getattr(vcpu, "initial_context", None)
+            context = vcpu.initial_context
             regs = context.get("user_regs") if context else None
         if regs is None:
             return False
@@ -137,7 +136,7 @@ class CpuSubsystem:
         self.stopping = True
         for domain in list(self.hv.domains.values()):
             for vcpu in domain.vcpus:
-                if isinstance(vcpu.arch, PvVcpu):
+                if vcpu.arch is not None:
                     vcpu.arch.kick()
                 self.hv.sched.wake(vcpu)
         for thread in list(self.threads.values()):
@@ -148,7 +147,7 @@ class CpuSubsystem:
         """Wait for the domain's vCPU threads to leave (after shutdown/destroy)."""
         for vcpu in domain.vcpus:
             cpu = vcpu.arch
-            if isinstance(cpu, PvVcpu):
+            if cpu is not None:
                 cpu.kick()
             thread = self.threads.get((domain.domid, vcpu.vcpu_id))
             if thread is not None and thread is not threading.current_thread():
@@ -162,25 +161,23 @@ class _DebugRegisters:
         self.vcpu = vcpu
 
     def get(self, reg: int) -> int:
-        from pvhyp.pv.state import get_debugreg
         return get_debugreg(self.vcpu, reg)
 
     def set(self, reg: int, value: int) -> int:
-        from pvhyp.pv.state import set_debugreg
         return set_debugreg(self.vcpu, reg, value)
 
 
 def attach(hv) -> None:
     hv.cpu = CpuSubsystem(hv)
     hv.close_hooks.append(hv.cpu.stop_all)
-    hv.xen_l4_slots.update(hv.cpu.layout.xen_l4_entries())
+    hv.xen_l4_slots.update(hv.cpu.xen_area.xen_l4_entries())
 
     def destroyed(domain: "Domain") -> None:
         hv.cpu.stop_domain(domain, timeout=1.0)
         for vcpu in domain.vcpus:
             thread = hv.cpu.threads.get((domain.domid, vcpu.vcpu_id))
             # A thread still inside unicorn keeps its engine: freeing it would crash us.
-            if isinstance(vcpu.arch, PvVcpu) and (thread is None or not thread.is_alive()):
+            if vcpu.arch is not None and (thread is None or not thread.is_alive()):
                 vcpu.arch.engine.close()
                 vcpu.arch = None
 

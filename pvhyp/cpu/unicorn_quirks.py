@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import unicorn
 from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_HOOK_INTR, UC_PROT_ALL
-from unicorn import x86_const as X
+from unicorn import x86_const
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from abi.x86_pte import _PAGE_PRESENT, _PAGE_RW
@@ -51,7 +51,7 @@ from abi.x86_pte import _PAGE_PRESENT, _PAGE_RW
 REQUIRED_UNICORN_VERSION = "2.1.4"
 
 # Control-register setup shared with the engine: long mode with paging, NX
-# and SYSCALL enabled, write protection off (see xen_layout: implicit
+# and SYSCALL enabled, write protection off (see pvhyp/pv/xen_area.py: implicit
 # supervisor writes such as descriptor accessed bits must not fault on the
 # read-only guest GDT frames).
 MSR_EFER = 0xC000_0080
@@ -67,7 +67,7 @@ class UnicornInternalsChanged(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ContextLayout:
+class ContextOffsets:
     """Byte offsets of QEMU's exception bookkeeping inside a uc_context blob."""
     context_size: int
     error_code_offset: int
@@ -91,7 +91,7 @@ def discover_cs_selector() -> int:
     uc, _ = _probe_machine()
     blobs = []
     for selector in (0x1233, 0x2453):
-        uc.reg_write(X.UC_X86_REG_CS, selector)
+        uc.reg_write(x86_const.UC_X86_REG_CS, selector)
         blobs.append((bytes(uc.context_save()), selector))
     (first, sel1), (second, sel2) = blobs
     found = _u32_offsets(first, sel1) & _u32_offsets(second, sel2)
@@ -105,7 +105,7 @@ def discover_gpr_block() -> int:
     uc, _ = _probe_machine()
     magic = {name: 0x5EED_0000_0000_0000 | (i + 1) << 8 | 0x11 for i, name in enumerate(GPR_BLOCK_ORDER)}
     for name, value in magic.items():
-        uc.reg_write(getattr(X, f"UC_X86_REG_{name.upper()}"), value)
+        uc.reg_write(getattr(x86_const, f"UC_X86_REG_{name.upper()}"), value)
     blob = bytes(uc.context_save())
     expected = struct.pack(f"<{len(magic)}Q", *magic.values())
     offset = blob.find(expected)
@@ -117,18 +117,18 @@ def discover_gpr_block() -> int:
 class ExceptionBookkeeping:
     """Reads the error code and rearms fault delivery from inside an INTR hook."""
 
-    def __init__(self, uc: Uc, layout: ContextLayout):
+    def __init__(self, uc: Uc, offsets: ContextOffsets):
         self._uc = uc
         self._ctx = uc.context_save()
         base = ctypes.cast(self._ctx.context, ctypes.c_void_p).value
-        self._error_code = ctypes.c_uint32.from_address(base + layout.error_code_offset)
-        self._is_software_int = ctypes.c_int32.from_address(base + layout.is_software_int_offset)
-        self._old_exception = ctypes.c_int32.from_address(base + layout.old_exception_offset)
-        self._blob = (ctypes.c_char * layout.context_size).from_address(base)
+        self._error_code = ctypes.c_uint32.from_address(base + offsets.error_code_offset)
+        self._is_software_int = ctypes.c_int32.from_address(base + offsets.is_software_int_offset)
+        self._old_exception = ctypes.c_int32.from_address(base + offsets.old_exception_offset)
+        self._blob = (ctypes.c_char * offsets.context_size).from_address(base)
         self._handle = uc._uch
-        self._gpr_offset = layout.gpr_block_offset
+        self._gpr_offset = offsets.gpr_block_offset
         self._gpr_block = struct.Struct(f"<{len(GPR_BLOCK_ORDER)}Q")
-        self._cs_offset = layout.cs_selector_offset
+        self._cs_offset = offsets.cs_selector_offset
         self._cs_selector = struct.Struct("<I")
 
     def consume(self) -> tuple[int, bool]:
@@ -181,10 +181,10 @@ def _probe_machine() -> tuple[Uc, mmap.mmap]:
     for pfn in range(_HOLE >> 12):
         flags = _PAGE_PRESENT if pfn == _RO_PAGE >> 12 else _PAGE_PRESENT | _PAGE_RW
         struct.pack_into("<Q", mem, _L1 + pfn * 8, (pfn << 12) | flags)
-    uc.reg_write(X.UC_X86_REG_CR3, _L4)
-    uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | CR4_PAE)
+    uc.reg_write(x86_const.UC_X86_REG_CR3, _L4)
+    uc.reg_write(x86_const.UC_X86_REG_CR4, uc.reg_read(x86_const.UC_X86_REG_CR4) | CR4_PAE)
     uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
-    uc.reg_write(X.UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
+    uc.reg_write(x86_const.UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
     return uc, mem
 
 
@@ -215,13 +215,13 @@ def _u32_offsets(blob: bytes, value: int) -> set[int]:
     return {off for off in range(0, len(blob) - 3, 4) if blob[off:off + 4] == want}
 
 
-def discover_layout() -> ContextLayout:
+def discover_offsets() -> ContextOffsets:
     """Find the error-code and old_exception offsets by diffing contexts."""
     store = bytes.fromhex("8803")                       # mov [rbx], al
     # A not-present write (error code 2) and a protection write (error code 3)
     # pin the error-code field between them.
-    before, not_present, vec1 = _context_after_fault(store, {X.UC_X86_REG_RBX: _HOLE})
-    _, read_only, vec2 = _context_after_fault(store, {X.UC_X86_REG_RBX: _RO_PAGE})
+    before, not_present, vec1 = _context_after_fault(store, {x86_const.UC_X86_REG_RBX: _HOLE})
+    _, read_only, vec2 = _context_after_fault(store, {x86_const.UC_X86_REG_RBX: _RO_PAGE})
     if vec1 != VECTOR_PF or vec2 != VECTOR_PF:
         raise UnicornInternalsChanged(f"probe expected #PF, got vectors {vec1} and {vec2}")
     error_code = (_u32_offsets(not_present, 2) & _u32_offsets(read_only, 3)) - _u32_offsets(before, 2)
@@ -240,26 +240,27 @@ def discover_layout() -> ContextLayout:
     is_int = {off for off in is_int if ec_off < off < old_off}
     if len(is_int) != 1:
         raise UnicornInternalsChanged(f"could not locate the software-interrupt flag (candidates {sorted(is_int)})")
-    return ContextLayout(len(before), ec_off, is_int.pop(), old_off)
+    return ContextOffsets(len(before), ec_off, is_int.pop(), old_off)
 
 
-def self_test(layout: ContextLayout, rounds: int = 50) -> None:
+def self_test(offsets: ContextOffsets, rounds: int = 50) -> None:
     """Alternate #PF and #GP `rounds` times each; every one must be exact."""
     # top: mov [rbx], al ; mov al, [rcx] ; add rbx, 0x1000 ; dec edx ; jnz top
     loop = bytes.fromhex("8803" "8a01" "4881c300100000" "ffca" "75f1")
     uc, mem = _probe_machine()
     mem[_CODE:_CODE + len(loop)] = loop
-    uc.reg_write(X.UC_X86_REG_RBX, _HOLE)
-    uc.reg_write(X.UC_X86_REG_RCX, _NONCANONICAL)
-    uc.reg_write(X.UC_X86_REG_RDX, rounds)
-    bookkeeping = ExceptionBookkeeping(uc, layout)
+    uc.reg_write(x86_const.UC_X86_REG_RBX, _HOLE)
+    uc.reg_write(x86_const.UC_X86_REG_RCX, _NONCANONICAL)
+    uc.reg_write(x86_const.UC_X86_REG_RDX, rounds)
+    bookkeeping = ExceptionBookkeeping(uc, offsets)
     seen: list[tuple[int, int, int, int]] = []
 
     def on_intr(uc, vector, _):
         error_code, software = bookkeeping.consume()
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
-        seen.append((vector + 0x100 * software, error_code, uc.reg_read(X.UC_X86_REG_CR2) if vector == VECTOR_PF else 0, rip))
-        uc.reg_write(X.UC_X86_REG_RIP, rip + 2)
+        rip = uc.reg_read(x86_const.UC_X86_REG_RIP)
+        cr2 = uc.reg_read(x86_const.UC_X86_REG_CR2) if vector == VECTOR_PF else 0
+        seen.append((vector + 0x100 * software, error_code, cr2, rip))
+        uc.reg_write(x86_const.UC_X86_REG_RIP, rip + 2)
 
     uc.hook_add(UC_HOOK_INTR, on_intr)
     uc.emu_start(_CODE, _CODE + len(loop), count=rounds * 6)
@@ -282,7 +283,8 @@ def measure_syscall_rip_bias() -> int:
     mem[_CODE:_CODE + len(code)] = code
     target = _CODE + 8
     executed: list[int] = []
-    uc.hook_add(UC_HOOK_INSN, lambda uc, _: uc.reg_write(X.UC_X86_REG_RIP, target), None, 1, 0, X.UC_X86_INS_SYSCALL)
+    uc.hook_add(UC_HOOK_INSN, lambda uc, _: uc.reg_write(x86_const.UC_X86_REG_RIP, target), None, 1, 0,
+                x86_const.UC_X86_INS_SYSCALL)
     uc.hook_add(UC_HOOK_CODE, lambda uc, address, size, _: executed.append(address))
     uc.emu_start(_CODE, _CODE + len(code), count=2)
     if len(executed) < 2 or not 0 <= executed[1] - target <= 2:
@@ -292,12 +294,12 @@ def measure_syscall_rip_bias() -> int:
 
 # unicorn's internals are the same for every Hypervisor in the process: the probe's
 # result is process-wide, and so is the lock that guards it.
-_cached: ContextLayout | None = None
+_cached: ContextOffsets | None = None
 _cache_lock = threading.Lock()
 
 
-def verified_layout() -> ContextLayout:
-    """The verified context layout, probed once per process."""
+def verified_offsets() -> ContextOffsets:
+    """The verified context offsets, probed once per process."""
     global _cached
     with _cache_lock:
         if _cached is None:
@@ -305,20 +307,20 @@ def verified_layout() -> ContextLayout:
                 raise UnicornInternalsChanged(
                     f"pvhyp needs unicorn {REQUIRED_UNICORN_VERSION}, found {unicorn.__version__}")
             try:
-                layout = discover_layout()
-                self_test(layout)
-                layout = dataclasses.replace(layout, syscall_rip_bias=measure_syscall_rip_bias(),
-                                             gpr_block_offset=discover_gpr_block(),
-                                             cs_selector_offset=discover_cs_selector())
+                offsets = discover_offsets()
+                self_test(offsets)
+                offsets = dataclasses.replace(offsets, syscall_rip_bias=measure_syscall_rip_bias(),
+                                              gpr_block_offset=discover_gpr_block(),
+                                              cs_selector_offset=discover_cs_selector())
             except UcError as err:
                 raise UnicornInternalsChanged(f"unicorn probe failed: {err}") from err
-            _cached = layout
+            _cached = offsets
         return _cached
 
 
-def require_supported_unicorn() -> ContextLayout:
+def require_supported_unicorn() -> ContextOffsets:
     """For entry points: exit with one clear line when the CPU engine cannot run."""
     try:
-        return verified_layout()
+        return verified_offsets()
     except UnicornInternalsChanged as err:
         raise SystemExit(f"pvhyp: CPU engine unavailable: {err}") from None

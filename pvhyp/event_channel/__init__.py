@@ -133,7 +133,7 @@ def attach(hv) -> None:
 
 def evtchn_init(d) -> None:
     """Ports for a new domain, limited by XEN_DOMCTL_createdomain's max_evtchn_port when given."""
-    config = getattr(d, "config", None) or {}
+    config = d.config
     if "max_evtchn_port" in config:
         max_port = min(config["max_evtchn_port"] & 0xFFFF_FFFF, INT_MAX)
     else:
@@ -176,7 +176,7 @@ def evtchn_set_pending(v, port: int) -> None:
 def evtchn_check_pollers(d, port: int) -> None:
     """Wake vCPUs blocked in SCHEDOP_poll on this port (vcpu.poll_evtchn: None = not polling, 0 = any)."""
     for v in d.vcpus:
-        want = getattr(v, "poll_evtchn", None)
+        want = v.poll_evtchn
         if want is not None and (want <= 0 or want == port):
             v.poll_evtchn = None
             v.kick()

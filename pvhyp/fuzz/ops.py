@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import construct as cs
 
 from abi.xen import DOMID_SELF
-from pvhyp.fuzz.layout import leaves
+from pvhyp.fuzz.struct_leaves import leaves
 from pvhyp.fuzz.world import PTE_FLAG_CHOICES, World
 
 MASK64 = (1 << 64) - 1

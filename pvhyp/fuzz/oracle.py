@@ -8,10 +8,10 @@ at least every 1,000 steps).
 """
 from __future__ import annotations
 
-import importlib
-
 from abi import errno as xen_errno
 from abi.xen import DOMID_XEN, MMU_UPDATE_PREEMPTED
+from pvhyp import event_channel, grant_table
+from pvhyp.mm import checker as mm_checker
 
 XEN_ERRNOS = frozenset(v for k, v in vars(xen_errno).items()
                        if k.isupper() and k.startswith("E") and isinstance(v, int))
@@ -22,9 +22,10 @@ ZERO_ON_SUCCESS = frozenset({
     "set_callbacks", "set_segment_base", "fpu_taskswitch", "set_debugreg", "set_gdt",
     "update_descriptor", "set_timer_op",
 })
-_CHECKERS = ("pvhyp.mm.checker:check_invariants",
-             "pvhyp.event_channel:check_consistency",
-             "pvhyp.grant_table:check_consistency")
+# (name, checker(hv) -> list of problems)
+_CHECKERS = (("pvhyp.mm.checker:check_invariants", mm_checker.check_invariants),
+             ("pvhyp.event_channel:check_consistency", event_channel.check_consistency),
+             ("pvhyp.grant_table:check_consistency", grant_table.check_consistency))
 
 
 # Hypercalls whose result is a raw register value (any 64 bits), as in Xen.
@@ -61,16 +62,7 @@ def check_result(hypercall: str, result, args=None) -> str | None:
 
 
 def available_checkers() -> list:
-    found = []
-    for spec in _CHECKERS:
-        module_name, func = spec.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError:
-            continue
-        if hasattr(module, func):
-            found.append((spec, getattr(module, func)))
-    return found
+    return list(_CHECKERS)
 
 
 def full_check(world, checkers) -> list[str]:

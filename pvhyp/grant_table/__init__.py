@@ -42,7 +42,7 @@ def attach(hv) -> None:
 
 def grant_table_init(d) -> None:
     """A new domain's table, sized by XEN_DOMCTL_createdomain's limits when given (-1: Xen's defaults)."""
-    config = getattr(d, "config", None) or {}
+    config = d.config
     d.grant_table = GrantTable(d)
     if any(k in config for k in ("max_grant_frames", "max_maptrack_frames", "grant_opts")):
         version = config.get("grant_opts", 2) & 0xF        # XEN_DOMCTL_GRANT_version_mask

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 
 def mmu_of(hv):
-    return getattr(hv, "mmu", None)
+    return hv.mmu
 
 
 def hold(hv, mfn: int, owner, writable: bool) -> bool:

@@ -124,8 +124,7 @@ def check_invariants(hv, limit: int = 50) -> list[str]:
                 bad(f"frame {mfn:#x}: pinned as {PGT_NAMES.get(types[mfn])}")
         for d in hv.domains.values():
             for v in d.vcpus:
-                for name in ("guest_table", "guest_table_user"):
-                    mfn = getattr(v, name)
+                for name, mfn in (("guest_table", v.guest_table), ("guest_table_user", v.guest_table_user)):
                     if not mfn:
                         continue
                     exp_count[mfn] += 1

@@ -15,8 +15,5 @@ from typing import Iterable
 def flush_tlb(domain, vcpus: Iterable | None = None) -> None:
     """Flush the TLBs of `vcpus` (default: every vCPU of `domain`)."""
     for v in (domain.vcpus if vcpus is None else vcpus):
-        arch = v.arch
-        if arch is not None:
-            fn = getattr(arch, "flush_tlb", None)
-            if fn is not None:
-                fn()
+        if v.arch is not None:
+            v.arch.flush_tlb()

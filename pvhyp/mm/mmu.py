@@ -22,6 +22,7 @@ from abi.xen import DOMID_IO, DOMID_SELF, DOMID_XEN, MMU_PT_UPDATE_PRESERVE_AD, 
 from abi.xen_x86_64 import INVALID_M2P_ENTRY
 from pvhyp.domain import INVALID_MFN
 from pvhyp.guest_access import handle_ok
+from pvhyp.mm import ptwr
 from pvhyp.mm.flush import flush_tlb
 from pvhyp.mm.frametable import DOMID_ORPHAN, OutOfMemory
 from pvhyp.mm.pagetype import (
@@ -104,7 +105,7 @@ class PVMMU(FrameRefs):
 
     def set_gpfn_from_mfn(self, d, mfn: int, gpfn: int) -> None:
         """Record mfn -> gpfn in the M2P and keep the hypervisor's P2M its inverse."""
-        p2m = getattr(d, "p2m", None)
+        p2m = d.p2m                 # None for DOMID_IO / DOMID_XEN
         if p2m is not None:
             old = self.hv.get_m2p(mfn)
             if old < len(p2m) and p2m[old] == mfn:
@@ -223,12 +224,11 @@ class PVMMU(FrameRefs):
 
     def ptwr_emulate(self, vcpu, addr: int, data, width: int, old=None, cr2=None) -> int:
         """The CPU engine's entry for a store to a page table (data: bytes or int)."""
-        from pvhyp.mm.ptwr import ptwr_emulate
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = int.from_bytes(bytes(data), "little")
         if isinstance(old, (bytes, bytearray, memoryview)):
             old = int.from_bytes(bytes(old), "little")
-        return ptwr_emulate(vcpu, addr, data, width, old=old, cr2=cr2).status
+        return ptwr.ptwr_emulate(vcpu, addr, data, width, old=old, cr2=cr2).status
 
     # --------------------------------------------------- update_va_mapping
     def map_guest_l1e(self, v, va: int):

@@ -69,7 +69,7 @@ _U64 = struct.Struct("<Q")
 
 def l1_disallow_mask(d) -> int:
     """Domains with I/O rights (here: privileged ones) may choose cache attributes."""
-    return L1_DISALLOW_MASK & ~PAGE_CACHE_ATTRS if getattr(d, "is_privileged", False) else L1_DISALLOW_MASK
+    return L1_DISALLOW_MASK & ~PAGE_CACHE_ATTRS if d.is_privileged else L1_DISALLOW_MASK
 
 
 def is_guest_l4_slot(slot: int) -> bool:
@@ -100,6 +100,8 @@ class PseudoDomain:
     is_privileged = False
     is_dying = False
     paging = True
+    vm_assist = 0
+    p2m = None                  # no pseudo-physical address space
 
     def __init__(self, domid: int):
         self.domid = domid
@@ -274,7 +276,7 @@ class FrameRefs:
     # ------------------------------------------------------------ validation
     def validate_page(self, mfn: int, type_: int) -> int:
         d = self.domain_of(self.frames.owner[mfn])
-        if d is None or not getattr(d, "paging", True):
+        if d is None or not d.paging:
             # A process domain's memory is mapped writable in its process for
             # good: none of it can be trusted to stay a validated table.
             return -E.EINVAL
@@ -337,7 +339,7 @@ class FrameRefs:
     def init_xen_l4_slots(self, entries: list, d) -> None:
         """Slots 256-271 are the hypervisor's: overwrite whatever the guest left there."""
         slots = self.hv.xen_l4_slots
-        strict = bool(getattr(d, "vm_assist", 0) >> 32 & 1)     # VMASST_TYPE_m2p_strict
+        strict = bool(d.vm_assist >> 32 & 1)     # VMASST_TYPE_m2p_strict
         for slot in range(ROOT_PAGETABLE_FIRST_XEN_SLOT, ROOT_PAGETABLE_LAST_XEN_SLOT + 1):
             entries[slot] = slots.get(slot, 0)
         if not strict:

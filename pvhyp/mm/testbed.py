@@ -19,7 +19,9 @@ _ACCESSED = 0x20
 
 
 @dataclass
-class PVLayout:
+class PvTestDomain:
+    """What build_pv_domain made: the domain, its page-table frames (mfns) and their pfns."""
+
     domain: object
     l4: int
     l3: int
@@ -33,7 +35,7 @@ class PVLayout:
 
 
 def build_pv_domain(hv, nr_pages: int, privileged: bool = False, read_only_pfns=(),
-                    extra_pages: int = 64, domid: int | None = None, vm_assist: int = 0) -> PVLayout:
+                    extra_pages: int = 64, domid: int | None = None, vm_assist: int = 0) -> PvTestDomain:
     if not 8 <= nr_pages <= 512 * 512:
         raise ValueError("a PV test domain needs 8..262144 pages")
     d = hv.create_domain(max_vcpus=1, max_pages=nr_pages + extra_pages, domid=domid,
@@ -67,4 +69,4 @@ def build_pv_domain(hv, nr_pages: int, privileged: bool = False, read_only_pfns=
         if rc:
             raise RuntimeError(f"loading the test domain's L4 failed: {rc}")
     d.vcpus[0].online = True
-    return PVLayout(d, l4, l3, l2, l1s, table_pfns, ro)
+    return PvTestDomain(d, l4, l3, l2, l1s, table_pfns, ro)

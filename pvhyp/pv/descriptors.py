@@ -5,7 +5,7 @@ A 64-bit PV guest's GDT lives in its own frames, which take the PV MMU's
 seg_desc type while installed (so they are never mapped writable, and every
 descriptor in them passed `check_descriptor`). `attach(hv)` gives the MMU
 our `validate_segdesc_page` for that type. Frame numbers are machine frames,
-as for any PV guest. Without the MMU a frame only has to be owned.
+as for any PV guest.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from abi.arch_x86_xen import FIRST_RESERVED_GDT_ENTRY
 from abi.xen_x86_64 import FLAT_KERNEL_CS
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 from pvhyp.mm.pagetype import PGT_seg_desc_page, PGT_writable_page
+from pvhyp.pv.change import PvChange, notify_arch
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
@@ -81,22 +82,13 @@ def validate_segdesc_page(memory, mfn: int) -> int:
     return 0
 
 
-def _mmu(domain: "Domain"):
-    return getattr(domain.hv, "mmu", None)
-
-
 def get_seg_desc_frame(domain: "Domain", mfn: int) -> bool:
-    mmu = _mmu(domain)
-    if mmu is None:
-        return domain.hv.frames.owned_by(mfn, domain.domid)
     # A declared hold, so the MMU's audit counts the GDT's reference (and teardown drops it).
-    return mmu.hold_page(mfn, domain, type_=PGT_seg_desc_page) == 0
+    return domain.hv.mmu.hold_page(mfn, domain, type_=PGT_seg_desc_page) == 0
 
 
 def put_seg_desc_frame(domain: "Domain", mfn: int) -> None:
-    mmu = _mmu(domain)
-    if mmu is not None:
-        mmu.release_page(mfn, type_=PGT_seg_desc_page)
+    domain.hv.mmu.release_page(mfn, type_=PGT_seg_desc_page)
 
 
 def pv_destroy_gdt(vcpu: "VCPU") -> None:
@@ -110,7 +102,6 @@ def pv_destroy_gdt(vcpu: "VCPU") -> None:
 
 def pv_set_gdt(vcpu: "VCPU", frames: list[int], entries: int) -> int:
     """Install a guest GDT of `entries` descriptors in `frames` (machine frames)."""
-    from pvhyp.pv.state import notify_arch
     if entries > FIRST_RESERVED_GDT_ENTRY:
         return -E.EINVAL
     nr_frames = (entries + GDT_ENTRIES_PER_FRAME - 1) // GDT_ENTRIES_PER_FRAME
@@ -127,7 +118,7 @@ def pv_set_gdt(vcpu: "VCPU", frames: list[int], entries: int) -> int:
     pv.gdt_ents = entries
     for i, mfn in enumerate(taken):
         pv.gdt_frames[i] = mfn
-    notify_arch(vcpu, "gdt")
+    notify_arch(vcpu, PvChange.GDT)
     return 0
 
 
@@ -140,12 +131,7 @@ def update_descriptor(vcpu: "VCPU", maddr: int, desc: int) -> int:
         return -E.EINVAL
     domain = vcpu.domain
     mfn = maddr >> PAGE_SHIFT
-    mmu = _mmu(domain)
-    if mmu is None:
-        if not domain.hv.frames.owned_by(mfn, domain.domid):
-            return -E.EINVAL
-        domain.hv.memory.write_u64(maddr, fixed)
-        return 0
+    mmu = domain.hv.mmu
     with mmu.lock:
         if not mmu.get_page_from_mfn(mfn, domain):
             return -E.EINVAL
@@ -201,6 +187,4 @@ def data_selector_base(vcpu: "VCPU", sel: int) -> int | None:
 
 
 def attach(hv) -> None:
-    mmu = getattr(hv, "mmu", None)
-    if mmu is not None:
-        mmu.validate_segdesc_page = lambda mfn: validate_segdesc_page(hv.memory, mfn)
+    hv.mmu.validate_segdesc_page = lambda mfn: validate_segdesc_page(hv.memory, mfn)

@@ -93,7 +93,7 @@ def cpuid_policy(leaf: int, subleaf: int, vcpu_id: int = 0) -> tuple[int, int, i
 class PrivilegedOps:
     """Emulation of the privileged instructions of one PV vCPU.
 
-    `pv` is the vCPU's PV state (pvhyp.pv.state.PVVcpuState); `bouncer` its
+    `pv` is the vCPU's PV state (pvhyp.pv.state.PvState); `bouncer` its
     TrapBouncer (CR2 goes to vcpu_info too); `on_new_cr3(mfn) -> bool`
     hands CR3 writes to the PV MMU; `debug_registers` reads/writes DRn the
     way set_debugreg does (None: reads 0, writes refused).

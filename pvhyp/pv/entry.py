@@ -1,6 +1,6 @@
 """The PV entry path: what happens when a PV guest traps into the hypervisor.
 
-`PvVcpu` is the VcpuHost of one CpuEngine.  It turns the engine's raw events
+`PvEntry` is the VcpuHost of one CpuEngine.  It turns the engine's raw events
 into Xen PV behaviour: hypercalls (raw `syscall` from guest kernel mode, the
 iret hypercall handled here), the syscall callback for guest user mode,
 exception and software-interrupt bounces through the trap table, privileged
@@ -8,24 +8,30 @@ instruction and CPUID emulation, port I/O rules, writable page tables, and
 the event upcall on every return to the guest.
 
 The PV state itself (trap table, callbacks, kernel stack, segment bases,
-IOPL, ...) is pvhyp.pv.state.PVVcpuState, changed by the hypercall handlers;
+IOPL, ...) is pvhyp.pv.state.PvState, changed by the hypercall handlers;
 this module reads it and loads into the CPU what they change (pv_changed).
 """
 from __future__ import annotations
 
 import collections
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from abi import errno as E
 from abi import xen as X
 from abi.xen import VMASST_TYPE_writable_pagetables
-from pvhyp.pv import xen_layout as L
+from pvhyp.pv import xen_area as L
+from pvhyp.pv.change import PvChange
 from pvhyp.pv.emulate import FORCED_EMULATION_PREFIX, PrivilegedOps
 from pvhyp.cpu.engine import GPR_NAMES, CpuEngine, CpuState, ExitReason
 from pvhyp.pv.ro_page_fault import emulate_pagetable_write
 from pvhyp.pv.traps import GuestCrash, TrapBouncer
 from pvhyp.cpu.watchpoints import Watchpoints
+
+if TYPE_CHECKING:
+    from pvhyp.domain import VCPU
+    from pvhyp.memory import MachineMemory
+    from pvhyp.pv.state import PvState
 
 HYPERVISOR_IRET = X.HYPERCALL_NUMBERS["iret"]   # __HYPERVISOR_iret, which a class body would mangle
 VECTOR_DB, VECTOR_UD, VECTOR_GP, VECTOR_PF = 1, 6, 13, 14
@@ -33,7 +39,7 @@ PFEC_PRESENT, PFEC_WRITE = 0x1, 0x2
 
 _HYPERCALL_ARGS = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "cs", "rip")
 
-HypercallDispatch = Callable[["PvVcpu", int, tuple], int]
+HypercallDispatch = Callable[["PvEntry", int, tuple], int]
 
 
 def initial_state(entry: int, stack: int, start_info_va: int, l4_mfn: int) -> CpuState:
@@ -44,29 +50,31 @@ def initial_state(entry: int, stack: int, start_info_va: int, l4_mfn: int) -> Cp
     return state
 
 
-class PvVcpu:
+class PvEntry:
     """The CPU side of one PV vCPU; the glue installs it as `vcpu.arch`.
 
-    `vcpu` is a pvhyp.domain.VCPU whose `pv` (pvhyp.pv.state.PVVcpuState) holds
-    the PV state; `dispatch(pv_vcpu, nr, args) -> int` runs hypercalls.
+    `vcpu` is a pvhyp.domain.VCPU whose `pv` (pvhyp.pv.state.PvState) holds
+    the PV state; `dispatch(entry, nr, args) -> int` runs hypercalls.
     """
 
-    def __init__(self, memory, layout: L.XenLayout, vcpu,
+    def __init__(self, memory: "MachineMemory", xen_area: L.XenArea, vcpu: "VCPU",
                  dispatch: HypercallDispatch | None = None,
-                 on_crash: Callable[["PvVcpu", str], None] | None = None,
+                 on_crash: Callable[["PvEntry", str], None] | None = None,
                  ptwr_emulate: Callable | None = None,
                  on_new_cr3: Callable[[int], bool] | None = None,
                  debug_registers=None,
                  io_handler: Callable | None = None):
         self.vcpu = vcpu
         self.vcpu_id = vcpu.vcpu_id
-        self.pv = vcpu.pv
+        if vcpu.pv is None:
+            raise ValueError(f"vcpu{vcpu.vcpu_id} has no PV state (pvhyp.pv.state's create hook sets it)")
+        self.pv: PvState = vcpu.pv
         self.dispatch = dispatch
         self.on_crash = on_crash
         self.ptwr_emulate = ptwr_emulate
         self.io_handler = io_handler
         self.crash_reason: str | None = None
-        self.engine = CpuEngine(memory, layout, self)
+        self.engine = CpuEngine(memory, xen_area, self)
         self.bouncer = TrapBouncer(self.engine, self.pv)
         self.priv = PrivilegedOps(self.engine, self.pv, self.bouncer, self.vcpu_id, on_new_cr3, debug_registers)
         self.watchpoints = Watchpoints(self.engine, self.pv,
@@ -81,7 +89,7 @@ class PvVcpu:
     def start(self, state: CpuState) -> None:
         """Load a register state (kernel mode, CR3 = the vCPU's kernel table)."""
         self.pv.kernel_mode = True
-        self.pv.kernel_table = state.cr3 >> 12
+        self.vcpu.guest_table = state.cr3 >> 12
         self.pv.fs_base, self.pv.gs_base_kernel = state.fs_base, state.gs_base
         self.engine.load_state(state)
 
@@ -94,8 +102,7 @@ class PvVcpu:
         pv = self.pv
         state.fs_base = pv.fs_base
         state.gs_base = pv.gs_base_kernel if pv.kernel_mode else pv.gs_base_user
-        table = pv.kernel_table if pv.kernel_mode or not pv.user_table else pv.user_table
-        state.cr3 = table << 12
+        state.cr3 = self.vcpu.current_table << 12
         self.engine.load_state(state)
         self.engine.set_cr0_ts(pv.cr0_ts)
         self._sync_gdt()
@@ -146,40 +153,41 @@ class PvVcpu:
             self._sync_cr3()
 
     def _sync_cr3(self) -> None:
-        pv = self.pv
-        table = pv.kernel_table if pv.kernel_mode or not pv.user_table else pv.user_table
-        self.engine.set_cr3(table << 12)
+        self.engine.set_cr3(self.vcpu.current_table << 12)
 
-    def pv_changed(self, what: str) -> None:
-        """pvhyp.pv.state.notify_arch: load a changed value into the CPU."""
-        self.post(lambda: self._load_pv_value(what))
+    def pv_changed(self, change: PvChange) -> None:
+        """pvhyp.pv.change.notify_arch: load a changed value into the CPU."""
+        if not isinstance(change, PvChange):
+            raise TypeError(f"pv_changed({change!r}): not a PvChange")
+        self.post(lambda: self._load_pv_value(change))
 
-    def _load_pv_value(self, what: str) -> None:
+    def _load_pv_value(self, change: PvChange) -> None:
         pv, engine = self.pv, self.engine
         if not engine.entered:
             return              # set_user_regs / start loads everything
-        if what == "fs_base":
+        if change is PvChange.FS_BASE:
             engine.write("fs_base", pv.fs_base)
-        elif what in ("gs_base_kernel", "gs_base_user"):
-            if (what == "gs_base_kernel") == pv.kernel_mode:
+        elif change in (PvChange.GS_BASE_KERNEL, PvChange.GS_BASE_USER):
+            if (change is PvChange.GS_BASE_KERNEL) == pv.kernel_mode:
                 engine.write("gs_base", pv.gs_base_kernel if pv.kernel_mode else pv.gs_base_user)
-        elif what == "gs_sel_user":
+        elif change is PvChange.GS_SEL_USER:
             # One GS selector register serves both modes; loading it resets
             # the base, so the running mode's base goes back afterwards.
             engine.load_data_selector("gs", pv.gs_sel_user)
             engine.write("gs_base", pv.gs_base_kernel if pv.kernel_mode else pv.gs_base_user)
-        elif what == "gdt":
+        elif change is PvChange.GDT:
             self._sync_gdt()
-        elif what == "cr0_ts":
+        elif change is PvChange.CR0_TS:
             engine.set_cr0_ts(pv.cr0_ts)
-        elif what == "debugreg":
+        elif change is PvChange.DEBUGREG:
             self.watchpoints.reload()
+        else:
+            raise ValueError(f"no engine register holds {change}")
 
     def _sync_gdt(self) -> None:
         pv = self.pv
-        frames = getattr(pv, "gdt_frames", [])
-        count = (getattr(pv, "gdt_ents", 0) + 511) // 512
-        self.engine.layout.set_guest_gdt(self.engine.window, frames[:count])
+        count = (pv.gdt_ents + 511) // 512
+        self.engine.xen_area.set_guest_gdt(self.engine.window, pv.gdt_frames[:count])
         self.engine.flush_tlb()
 
     # --- VcpuHost ------------------------------------------------------------
@@ -223,9 +231,9 @@ class PvVcpu:
     def _must_stop(self) -> bool:
         """After a hypercall: the domain shut down or paused, or this vCPU went down."""
         vcpu = self.vcpu
-        domain = getattr(vcpu, "domain", None)
-        if domain is None or domain.hv is None:
-            return False
+        domain = vcpu.domain
+        if domain.hv is None:
+            return False        # an engine without a hypervisor (bench): nothing stops it
         return (domain.is_shut_down or domain.is_dying or domain.pause_count > 0
                 or vcpu.pause_count > 0 or not vcpu.online)
 
@@ -246,8 +254,7 @@ class PvVcpu:
         self.bouncer.bounce_exception(vector, error_code, cr2)
 
     def _writable_pagetables(self) -> bool:
-        domain = getattr(self.vcpu, "domain", None)
-        return bool(domain is not None and domain.vm_assist >> VMASST_TYPE_writable_pagetables & 1)
+        return bool(self.vcpu.domain.vm_assist >> VMASST_TYPE_writable_pagetables & 1)
 
     def on_software_interrupt(self, engine: CpuEngine, vector: int, insn_len: int) -> None:
         self._guarded(self.bouncer.bounce_software_interrupt, vector, insn_len)

@@ -69,9 +69,9 @@ def _source_value(engine, insn, operand) -> int:
     raise _Unsupported("operand")
 
 
-def emulate_pagetable_write(pv_vcpu, fault_addr: int) -> bool:
+def emulate_pagetable_write(entry, fault_addr: int) -> bool:
     """Emulate the store at RIP that faulted on `fault_addr`; False: deliver the #PF."""
-    engine = pv_vcpu.engine
+    engine = entry.engine
     rip = engine.read("rip")
     code = read_guest_virtual(engine.memory, engine.cr3, rip, 15) or \
         read_guest_virtual(engine.memory, engine.cr3, rip, 0x1000 - (rip & 0xFFF))
@@ -129,7 +129,7 @@ def emulate_pagetable_write(pv_vcpu, fault_addr: int) -> bool:
         # cmpxchg passes the value it compared with, so the MMU stores only if
         # memory still holds it (another vCPU may have changed the entry).
         expected_old = old if mnemonic == "cmpxchg" else None
-        rc = pv_vcpu.ptwr_emulate(pv_vcpu.vcpu, fault_addr, new.to_bytes(width, "little"), width,
+        rc = entry.ptwr_emulate(entry.vcpu, fault_addr, new.to_bytes(width, "little"), width,
                                   old=expected_old)
         if rc == PTWR_CMPXCHG_FAILED and mnemonic == "cmpxchg":
             current = read_guest_virtual(engine.memory, engine.cr3, fault_addr, width)

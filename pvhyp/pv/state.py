@@ -1,6 +1,6 @@
 """The PV-visible state of one vCPU (Xen's `struct pv_vcpu` plus its friends).
 
-`vcpu.pv` is a `PVVcpuState`, created for every vCPU of every domain by the
+`vcpu.pv` is a `PvState`, created for every vCPU of every domain by the
 domain-create hook that `attach(hv)` installs (pvhyp/time.py calls it). It
 is a plain data object: hypercall handlers (hypercalls/traps.py, callback.py,
 descriptor.py, segment.py, debugreg.py, physdev.py, vcpu.py) change it
@@ -16,16 +16,17 @@ Contract with the CPU engine (pvhyp/cpu)
 * `event_callback`, `failsafe_callback`, `syscall_callback`,
   `syscall32_callback`, `sysenter_callback`: Callback(address, masks_events).
 * `kernel_ss` / `kernel_sp`: the stack a bounce from guest user mode uses.
-* `kernel_mode`, `kernel_table`, `user_table`, `vcpu_info_maddr` are views
-  of the VCPU's own fields, so the engine reads everything from one object.
+* `kernel_mode` and `vcpu_info_maddr` are views of the VCPU's own fields;
+  the page-table bases are the VCPU's (`pv.vcpu.guest_table`,
+  `guest_table_user`, `current_table`), which only the MMU sets.
 * Registers the CPU holds are loaded through `vcpu.arch`: after a change of
   the FS base, kernel or user GS base, GS user selector, debug registers,
-  GDT or CR0.TS, `notify_arch(vcpu, what)` calls `vcpu.arch.pv_changed(what)`
-  when the engine defines it (`what` is one of "fs_base", "gs_base_kernel",
-  "gs_base_user", "gs_sel_user", "debugreg", "gdt", "cr0_ts"). The
-  engine then loads the value from this object (it stays the stored copy
-  while the vCPU is not running). When the guest itself changes one of
-  them (wrmsr/wrfsbase, mov to %dr), the engine writes the value back here.
+  GDT or CR0.TS, `notify_arch(vcpu, change)` (pvhyp/pv/change.py) calls
+  `vcpu.arch.pv_changed(change)` when the vCPU has an engine (`change` is
+  a PvChange). The engine then loads the value from this object (it stays
+  the stored copy while the vCPU is not running). When the guest itself
+  changes one of them (wrmsr/wrfsbase, mov to %dr), the engine writes the
+  value back here.
 * `iopl` is the virtual IOPL level 0-3 (Xen stores it shifted into the
   EFLAGS position); `iopl_ok(kernel_mode)` is Xen's check for port I/O;
   with VMASST_TYPE_architectural_iopl the engine takes the IOPL field of an
@@ -37,7 +38,7 @@ Contract with the CPU engine (pvhyp/cpu)
 * The GDT (`gdt_frames`, `gdt_ents`) is managed in pvhyp/pv/descriptors.py;
   the LDT by the PV MMU (MMUEXT_SET_LDT), mirrored here by VCPUOP_initialise.
 * `initial_user_regs`: the cpu_user_regs of VCPUOP_initialise when the
-  engine has no `set_user_regs` yet; it loads them on the vCPU's first run.
+  vCPU has no engine yet; it loads them on the vCPU's first run.
 """
 from __future__ import annotations
 
@@ -47,13 +48,17 @@ from typing import TYPE_CHECKING
 from abi import errno as E
 from abi import xen as X
 from abi.arch_x86_xen import (FIRST_RESERVED_GDT_PAGE, VGCF_failsafe_disables_events, VGCF_in_kernel,
-                              VGCF_syscall_disables_events)
+                              VGCF_syscall_disables_events, XEN_LEGACY_MAX_VCPUS)
 from abi.xen import VMASST_TYPE_architectural_iopl, vcpu_info
 from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS
 from pvhyp.domain import INVALID_MFN
 from pvhyp.guest_access import addr_ok, is_canonical_address
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
-from pvhyp.pv.descriptors import GDT_ENTRIES_PER_FRAME, fixup_guest_selector, pv_destroy_gdt, pv_set_gdt
+from pvhyp.pv import descriptors
+from pvhyp.pv.change import PvChange, notify_arch
+from pvhyp.pv.descriptors import (
+    GDT_ENTRIES_PER_FRAME, data_selector_base, fixup_guest_selector, pv_destroy_gdt, pv_set_gdt,
+)
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
@@ -110,7 +115,9 @@ class Callback:
         return f"Callback({self.address:#x}, masks_events={self.masks_events})"
 
 
-class PVVcpuState:
+class PvState:
+    """vcpu.pv: Xen's struct pv_vcpu, the PV-only part of a vCPU (see the module docstring)."""
+
     def __init__(self, vcpu: "VCPU"):
         self.vcpu = vcpu
         self.trap_table: dict[int, TrapInfo] = {}
@@ -158,22 +165,6 @@ class PVVcpuState:
         self.vcpu.kernel_mode = value
 
     @property
-    def kernel_table(self) -> int:
-        return self.vcpu.guest_table
-
-    @kernel_table.setter
-    def kernel_table(self, mfn: int) -> None:
-        self.vcpu.guest_table = mfn
-
-    @property
-    def user_table(self) -> int:
-        return self.vcpu.guest_table_user
-
-    @user_table.setter
-    def user_table(self, mfn: int) -> None:
-        self.vcpu.guest_table_user = mfn
-
-    @property
     def vcpu_info_maddr(self) -> int:
         return self.vcpu.vcpu_info_maddr
 
@@ -199,20 +190,13 @@ def domain_lock(domain: "Domain"):
     The MMU may reach a domain's lock while holding its own (a crash from
     inside it), so whoever needs both takes the MMU's first.
     """
-    mmu = getattr(domain.hv, "mmu", None)
-    with mmu.lock if mmu is not None else contextlib.nullcontext(), domain.lock:
+    with domain.hv.mmu.lock, domain.lock:
         yield
-
-
-def notify_arch(vcpu: "VCPU", what: str) -> None:
-    hook = getattr(vcpu.arch, "pv_changed", None)
-    if hook is not None:
-        hook(what)
 
 
 # --- trap table and callbacks (Xen: pv/callback.c) ------------------------------
 
-def set_trap_entry(pv: PVVcpuState, vector: int, flags: int, cs: int, address: int) -> int:
+def set_trap_entry(pv: PvState, vector: int, flags: int, cs: int, address: int) -> int:
     """One entry of set_trap_table; the caller stops at address == 0."""
     if not is_canonical_address(address):
         return -E.EINVAL
@@ -220,7 +204,7 @@ def set_trap_entry(pv: PVVcpuState, vector: int, flags: int, cs: int, address: i
     return 0
 
 
-def clear_trap_table(pv: PVVcpuState) -> None:
+def clear_trap_table(pv: PvState) -> None:
     pv.trap_table.clear()
 
 
@@ -237,12 +221,17 @@ def unregister_guest_nmi_callback(vcpu: "VCPU") -> None:
 
 # --- segment bases, FPU, debug registers, IOPL (Xen: pv/misc-hypercalls.c) -----
 
-def set_segment_base(vcpu: "VCPU", field: str, value: int) -> int:
-    """SEGBASE_FS / GS_USER / GS_KERNEL: the base must be canonical."""
+SEGMENT_BASES = (PvChange.FS_BASE, PvChange.GS_BASE_USER, PvChange.GS_BASE_KERNEL)
+
+
+def set_segment_base(vcpu: "VCPU", base: PvChange, value: int) -> int:
+    """SEGBASE_FS / GS_USER / GS_KERNEL (one of SEGMENT_BASES): the base must be canonical."""
+    if base not in SEGMENT_BASES:
+        raise ValueError(f"{base} is not a segment base")
     if not is_canonical_address(value):
         return -E.EINVAL
-    setattr(vcpu.pv, field, value)
-    notify_arch(vcpu, field)
+    setattr(vcpu.pv, base.value, value)
+    notify_arch(vcpu, base)
     return 0
 
 
@@ -253,7 +242,6 @@ def set_gs_user_selector(vcpu: "VCPU", sel: int) -> int:
     would fault is replaced by NUL (base 0), and the call still succeeds,
     as Xen does (Linux cannot handle a failure here).
     """
-    from pvhyp.pv.descriptors import data_selector_base
     sel &= 0xFFFF
     if sel > 3:
         sel |= 3
@@ -262,13 +250,13 @@ def set_gs_user_selector(vcpu: "VCPU", sel: int) -> int:
         sel, base = 0, 0
     pv = vcpu.pv
     pv.gs_sel_user, pv.gs_base_user = sel, base
-    notify_arch(vcpu, "gs_sel_user")
+    notify_arch(vcpu, PvChange.GS_SEL_USER)
     return 0
 
 
 def fpu_taskswitch(vcpu: "VCPU", set_ts: bool) -> int:
     vcpu.pv.cr0_ts = bool(set_ts)
-    notify_arch(vcpu, "cr0_ts")
+    notify_arch(vcpu, PvChange.CR0_TS)
     return 0
 
 
@@ -304,7 +292,7 @@ def set_debugreg(vcpu: "VCPU", reg: int, value: int) -> int:
         pv.dr7 = value & ~io_enable
     else:
         return -E.ENODEV
-    notify_arch(vcpu, "debugreg")
+    notify_arch(vcpu, PvChange.DEBUGREG)
     return 0
 
 
@@ -342,8 +330,7 @@ def map_vcpu_info(vcpu: "VCPU", caller: "VCPU", mfn: int, offset: int) -> int:
     hv = domain.hv
     if not hv.frames.owned_by(mfn, domain.domid):
         return -E.EINVAL
-    mmu = getattr(hv, "mmu", None)
-    if mmu is not None and mmu.hold_page(mfn, domain, writable=True):
+    if hv.mmu.hold_page(mfn, domain, writable=True):
         return -E.EINVAL
     new_maddr = (mfn << PAGE_SHIFT) + offset
     memory = hv.memory
@@ -370,16 +357,13 @@ def unmap_vcpu_info(vcpu: "VCPU") -> None:
     pv = vcpu.pv
     if pv.vcpu_info_mfn == INVALID_MFN:
         return
-    mmu = getattr(vcpu.domain.hv, "mmu", None)
-    if mmu is not None:
-        mmu.release_page(pv.vcpu_info_mfn, writable=True)
+    vcpu.domain.hv.mmu.release_page(pv.vcpu_info_mfn, writable=True)
     pv.vcpu_info_mfn = INVALID_MFN
     vcpu.vcpu_info_maddr = legacy_vcpu_info_maddr(vcpu)
 
 
 def legacy_vcpu_info_maddr(vcpu: "VCPU") -> int:
     """Where vcpu_info lives before registration: shared_info, for the first 32 vCPUs."""
-    from abi.arch_x86_xen import XEN_LEGACY_MAX_VCPUS
     if vcpu.vcpu_id >= XEN_LEGACY_MAX_VCPUS or not vcpu.domain.shared_info_mfn:
         return 0
     return (vcpu.domain.shared_info_mfn << PAGE_SHIFT) + vcpu.vcpu_id * VCPU_INFO_SIZE
@@ -428,14 +412,7 @@ PV64_VM_ASSIST_MASK = (
 
 def _set_guest_tables(vcpu: "VCPU", kernel_mfn: int, user_mfn: int) -> int:
     """CR3 and the user CR3 of a new context, typed as L4s by the MMU when it is loaded."""
-    domain = vcpu.domain
-    mmu = getattr(domain.hv, "mmu", None)
-    if mmu is None:
-        frames = domain.hv.frames
-        if not frames.owned_by(kernel_mfn, domain.domid) or (user_mfn and not frames.owned_by(user_mfn, domain.domid)):
-            return -E.EINVAL
-        vcpu.guest_table, vcpu.guest_table_user = kernel_mfn, user_mfn
-        return 0
+    mmu = vcpu.domain.hv.mmu
     with mmu.lock:
         rc = mmu.new_guest_cr3(vcpu, kernel_mfn)
         if rc == 0 and user_mfn:
@@ -447,9 +424,9 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
     """Load a vcpu_guest_context (parsed with abi) into a not yet initialised vCPU.
 
     The PV state lands here; the registers go to `vcpu.arch.set_user_regs(regs)`
-    when the engine has it, else they wait in `initial_user_regs` for the
-    engine's first run. The page tables go through the MMU's
-    `set_guest_tables(vcpu, kernel_mfn, user_mfn)` when it has one.
+    when the vCPU has an engine, else they wait in `initial_user_regs` for the
+    engine's first run. The page tables go through the MMU (new_guest_cr3,
+    new_user_baseptr).
     """
     regs = dict(ctxt["user_regs"])
     ldt_base, ldt_ents = ctxt["ldt_base"], ctxt["ldt_ents"]
@@ -483,9 +460,7 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
     pv.trap_table = {i: TrapInfo(i, t["flags"], fixup_guest_selector(t["cs"]), t["address"])
                      for i, t in enumerate(ctxt["trap_ctxt"]) if t["address"]}
     pv.ldt_base, pv.ldt_ents = (ldt_base, ldt_ents) if ldt_ents else (0, 0)
-    mmu = getattr(domain.hv, "mmu", None)
-    if mmu is not None:
-        mmu.set_ldt(vcpu, pv.ldt_base, pv.ldt_ents)
+    domain.hv.mmu.set_ldt(vcpu, pv.ldt_base, pv.ldt_ents)
     pv.kernel_ss = fixup_guest_selector(ctxt["kernel_ss"])
     pv.kernel_sp = ctxt["kernel_sp"]
     pv.event_callback = Callback(ctxt["event_callback_eip"])
@@ -504,9 +479,8 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
     regs["rflags"] = (regs["rflags"] & ~X86_EFLAGS_IOPL) | X86_EFLAGS_IF
     regs["ss"] = fixup_guest_selector(regs["ss"])
     regs["cs"] = fixup_guest_selector(regs["cs"])
-    set_user_regs = getattr(vcpu.arch, "set_user_regs", None)
-    if set_user_regs is not None:
-        set_user_regs(regs)
+    if vcpu.arch is not None:
+        vcpu.arch.set_user_regs(regs)
     else:
         pv.initial_user_regs = regs
     pv.is_initialised = True
@@ -516,12 +490,11 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
 # --- lifetime -------------------------------------------------------------------
 
 def attach(hv) -> None:
-    from pvhyp.pv import descriptors as pv_descriptors
-    pv_descriptors.attach(hv)
+    descriptors.attach(hv)
 
     def create(domain: "Domain") -> None:
         for vcpu in domain.vcpus:
-            vcpu.pv = PVVcpuState(vcpu)
+            vcpu.pv = PvState(vcpu)
             if not vcpu.vcpu_info_maddr:
                 vcpu_info_reset(vcpu)
 

@@ -15,10 +15,15 @@ create_bounce_frame / do_iret; the code is ours.
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 from abi.xen_x86_64 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, VGCF_IN_SYSCALL
-from pvhyp.pv import xen_layout as L
+from pvhyp.pv import xen_area as L
 from pvhyp.guest_access import is_canonical_address, read_guest_virtual, write_guest_virtual
+
+if TYPE_CHECKING:
+    from pvhyp.cpu.engine import CpuEngine
+    from pvhyp.pv.state import PvState
 
 # Trap bounce flags
 TBF_EXCEPTION_ERRCODE = 0x2
@@ -46,20 +51,20 @@ class GuestCrash(Exception):
 class TrapBouncer:
     """Builds bounce frames and performs mode switches for one vCPU.
 
-    `pv` is the vCPU's PV state (pvhyp.pv.state.PVVcpuState: trap table,
+    `pv` is the vCPU's PV state (pvhyp.pv.state.PvState: trap table,
     callbacks, kernel stack, mode, page-table bases, segment bases).
     """
 
-    def __init__(self, engine, pv):
+    def __init__(self, engine: "CpuEngine", pv: "PvState"):
         self.engine = engine
         self.pv = pv
         self.memory = engine.memory
 
     def _trace(self, kind: str, **fields) -> None:
         # `pvhyp run --trace`: records only while someone listens
-        vcpu = getattr(self.pv, "vcpu", None)
-        hv = getattr(getattr(vcpu, "domain", None), "hv", None)
-        if hv is not None and hv.trace.enabled:
+        vcpu = self.pv.vcpu
+        hv = vcpu.domain.hv
+        if hv is not None and hv.trace.enabled:       # None: an engine without a hypervisor (bench)
             hv.trace.emit(kind, vcpu.domain.domid, vcpu.vcpu_id, rip=self.engine.read("rip"), **fields)
 
     # --- vcpu_info -----------------------------------------------------
@@ -89,8 +94,7 @@ class TrapBouncer:
         pv, engine = self.pv, self.engine
         pv.kernel_mode = not pv.kernel_mode
         engine.write("gs_base", pv.gs_base_kernel if pv.kernel_mode else pv.gs_base_user)
-        table = pv.kernel_table if pv.kernel_mode or not pv.user_table else pv.user_table
-        engine.set_cr3(table << 12)
+        engine.set_cr3(pv.vcpu.current_table << 12)
 
     # --- bouncing --------------------------------------------------------
     def bounce(self, address: int, flags: int, error_code: int = 0, regs: dict | None = None) -> None:
@@ -121,7 +125,7 @@ class TrapBouncer:
         rflags = regs["rflags"] & ~RFLAGS_IF
         if not saved_mask:
             rflags |= RFLAGS_IF
-        if getattr(pv, "architectural_iopl", False):
+        if pv.architectural_iopl:
             rflags = (rflags & ~RFLAGS_IOPL) | (pv.iopl << 12)
         frame = [regs["rcx"], regs["r11"]]
         if flags & TBF_FAILSAFE:
@@ -213,8 +217,8 @@ class TrapBouncer:
             offset = (index - L.FIRST_RESERVED_GDT_ENTRY) * 8
             if offset >= L.PAGE_SIZE:
                 return None
-            return self.memory.read_u64((self.engine.layout.reserved_gdt_mfn << 12) + offset)
-        if index == 0 or index >= getattr(self.pv, "gdt_ents", 0):
+            return self.memory.read_u64((self.engine.xen_area.reserved_gdt_mfn << 12) + offset)
+        if index == 0 or index >= self.pv.gdt_ents:
             return None
         frame = self.pv.gdt_frames[index // 512]
         return self.memory.read_u64((frame << 12) + (index % 512) * 8) if frame else None
@@ -252,7 +256,7 @@ class TrapBouncer:
         if not (is_canonical_address(rip) and is_canonical_address(new_rsp)):
             raise GuestCrash(f"iret to a non-canonical rip {rip:#x} / rsp {new_rsp:#x}")
         if (cs & 3) == 3 and pv.kernel_mode:
-            if not pv.user_table:
+            if not pv.vcpu.guest_table_user:
                 raise GuestCrash("iret to user mode without a user page table")
             self.toggle_guest_mode()
         cs, ss = (cs | 3) & 0xFFFF, (ss | 3) & 0xFFFF
@@ -265,7 +269,7 @@ class TrapBouncer:
             self.failsafe({"rip": rip, "cs": cs, "rflags": rflags, "rsp": new_rsp,
                            "ss": ss, "rcx": rcx, "r11": r11})
             return
-        if getattr(pv, "architectural_iopl", False):
+        if pv.architectural_iopl:
             pv.iopl = (rflags & RFLAGS_IOPL) >> 12
         values = {
             "rax": rax,

@@ -2,7 +2,7 @@
 
 Assembles a test kernel with the machine's `as`/`ld`, loads it flat into
 machine memory, builds 4-level page tables for it (kernel and user L4s with
-the hypervisor slots installed) and wraps it in a PvVcpu whose hypercalls go
+the hypervisor slots installed) and wraps it in a PvEntry whose hypercalls go
 to a recording dispatcher.  Test kernels share PRELUDE: trap stubs for every
 vector that report (vector, error code, rip, cr2) with hypercall HC_LOG and
 return through the iret hypercall, skipping `skip_len` bytes.
@@ -16,9 +16,9 @@ import tempfile
 from dataclasses import dataclass, field
 
 from abi.x86_pte import PTE_FRAME_MASK
-from pvhyp.pv import state as pv_vcpu
-from pvhyp.pv import xen_layout as L
-from pvhyp.pv.entry import PvVcpu, initial_state
+from pvhyp.pv import state as pv_state
+from pvhyp.pv import xen_area as L
+from pvhyp.pv.entry import PvEntry, initial_state
 from pvhyp.domain import Domain
 from pvhyp.memory import MachineMemory
 
@@ -144,13 +144,13 @@ class Recorder:
     exited: bool = False
     others: list = field(default_factory=list)
 
-    def __call__(self, pv_vcpu: PvVcpu, nr: int, args: tuple) -> int:
+    def __call__(self, entry: PvEntry, nr: int, args: tuple) -> int:
         if nr == HC_LOG:
             self.log.append(args[:5])
             return 0
         if nr == HC_EXIT:
             self.exited = True
-            pv_vcpu.engine.request_exit()
+            entry.engine.request_exit()
             return 0
         self.others.append((nr, args))
         return -38
@@ -163,7 +163,7 @@ class GuestMachine:
         m2p = list(range(HV_FIRST_MFN, HV_FIRST_MFN + m2p_frames))
         for i in range(self.memory.nr_frames):
             self.memory.write_u64((m2p[0] << 12) + i * 8, i - GUEST_FIRST_MFN if i >= GUEST_FIRST_MFN else (1 << 64) - 1)
-        self.layout = L.XenLayout(self.memory, L.frames_from_range(HV_FIRST_MFN + m2p_frames, HV_FRAMES - m2p_frames), m2p)
+        self.xen_area = L.XenArea(self.memory, L.frames_from_range(HV_FIRST_MFN + m2p_frames, HV_FRAMES - m2p_frames), m2p)
         self._next_table = TABLES_FIRST_MFN
 
     def new_table(self) -> int:
@@ -186,7 +186,7 @@ class GuestMachine:
     def guest_address_space(self) -> int:
         """An L4 mapping the guest's 4 MiB at VA 0 (user, RW) plus the hypervisor slots."""
         l4 = self.new_table()
-        self.layout.install_into_l4(l4)
+        self.xen_area.install_into_l4(l4)
         for pfn in range(GUEST_PAGES):
             va = pfn << 12
             flags = 0x5 if va == RO_PAGE_VA else 0x7
@@ -202,14 +202,14 @@ class GuestMachine:
         recorder = Recorder()
         domain = Domain(None, domid=1, max_vcpus=1, max_pages=GUEST_PAGES)
         vcpu = domain.vcpus[0]
-        vcpu.pv = pv = pv_vcpu.PVVcpuState(vcpu)
+        vcpu.pv = pv = pv_state.PvState(vcpu)
         vcpu.vcpu_info_maddr = self.guest_maddr(VCPU_INFO_VA)
         self.memory.buf[vcpu.vcpu_info_maddr + 1] = 1          # events masked, as Xen starts a vCPU
-        cpu = PvVcpu(self.memory, self.layout, vcpu, dispatch=recorder)
+        cpu = PvEntry(self.memory, self.xen_area, vcpu, dispatch=recorder)
         vcpu.arch = cpu
         cpu.start(initial_state(symbols["_start"], KERNEL_STACK_TOP, 0, self.guest_address_space()))
         for vec in TRAP_VECTORS:
-            pv_vcpu.set_trap_entry(pv, vec, 0, L.FLAT_KERNEL_CS, symbols[f"trap_{vec}"])
+            pv_state.set_trap_entry(pv, vec, 0, L.FLAT_KERNEL_CS, symbols[f"trap_{vec}"])
         pv.kernel_sp = KERNEL_STACK_TOP - 0x8000
         if with_user_table:
             vcpu.guest_table_user = self.guest_address_space()

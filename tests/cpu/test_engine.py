@@ -7,10 +7,10 @@ import time
 import pytest
 
 from tests.cpu.guest_kit import HOLE_VA, RO_PAGE_VA, GuestMachine, USER_STACK_TOP
-from pvhyp.pv import state as pv_vcpu
-from pvhyp.pv import xen_layout as L
+from pvhyp.pv import state as pv_state
+from pvhyp.pv import xen_area as L
 from pvhyp.cpu.engine import ExitReason
-from pvhyp.cpu.unicorn_quirks import verified_layout
+from pvhyp.cpu.unicorn_quirks import verified_offsets
 
 MASK64 = (1 << 64) - 1
 NO_ERROR_CODE = MASK64       # what the trap stubs log for vectors without one
@@ -23,22 +23,22 @@ def machine():
 
 
 def run_kernel(machine, source, insns=200_000, **kw):
-    vcpu, rec, syms = machine.load_kernel(source, **kw)
-    reason = vcpu.run(max_insns=insns)
-    assert vcpu.engine.error is None, repr(vcpu.engine.error)
-    assert vcpu.crash_reason is None, vcpu.crash_reason
+    entry, rec, syms = machine.load_kernel(source, **kw)
+    reason = entry.run(max_insns=insns)
+    assert entry.engine.error is None, repr(entry.engine.error)
+    assert entry.crash_reason is None, entry.crash_reason
     assert reason is ExitReason.REQUESTED and rec.exited, (reason, rec)
-    return vcpu, rec, syms
+    return entry, rec, syms
 
 
 def test_unicorn_probe_finds_offsets_and_caches():
-    layout = verified_layout()
-    assert layout is verified_layout()
-    assert layout.old_exception_offset > layout.error_code_offset
+    offsets = verified_offsets()
+    assert offsets is verified_offsets()
+    assert offsets.old_exception_offset > offsets.error_code_offset
 
 
 def test_entry_hypercall_and_exit(machine):
-    vcpu, rec, _ = run_kernel(machine, r"""
+    entry, rec, _ = run_kernel(machine, r"""
 main:
     mov $0x1111, %rdi
     mov $0x2222, %rsi
@@ -57,7 +57,7 @@ main:
     assert rec.log[0] == (0x1111, 0x2222, 0x3333, 0x4444, 0x5555)
     assert rec.log[1][0] == 0
     assert rec.log[2][0] == (-38) & MASK64
-    assert vcpu.engine.read("cs") & 3 == 3       # CPL3 throughout
+    assert entry.engine.read("cs") & 3 == 3       # CPL3 throughout
 
 
 def fault_kernel(setup_and_fault: str, skip: int) -> str:
@@ -84,7 +84,7 @@ main:
     ("de_div0", "xor %ecx, %ecx\nfault: div %rcx", 3, 0, NO_ERROR_CODE, None),
 ])
 def test_exception_bounces(machine, name, code, skip, vector, error_code, cr2):
-    vcpu, rec, syms = run_kernel(machine, fault_kernel(code, skip))
+    entry, rec, syms = run_kernel(machine, fault_kernel(code, skip))
     assert len(rec.log) == 2, rec.log
     logged_vector, logged_ec, logged_rip, logged_cr2, logged_cs = rec.log[0]
     assert (logged_vector, logged_ec) == (vector, error_code)
@@ -97,7 +97,7 @@ def test_exception_bounces(machine, name, code, skip, vector, error_code, cr2):
 
 
 def test_int3_and_int_n_dpl(machine):
-    vcpu, rec, syms = machine.load_kernel(r"""
+    entry, rec, syms = machine.load_kernel(r"""
 main:
     movq $0, skip_len(%rip)
 after_int3_minus_1:
@@ -110,9 +110,9 @@ fault_int33:
     int $33                  /* DPL0 gate: #GP((33<<3)|2) at the instruction */
     HYPERCALL HC_EXIT
 """)
-    pv_vcpu.set_trap_entry(vcpu.pv, 32, 3, L.FLAT_KERNEL_CS, syms["trap_32"])
-    pv_vcpu.set_trap_entry(vcpu.pv, 33, 0, L.FLAT_KERNEL_CS, syms["trap_33"])
-    assert vcpu.run(max_insns=100_000) is ExitReason.REQUESTED
+    pv_state.set_trap_entry(entry.pv, 32, 3, L.FLAT_KERNEL_CS, syms["trap_32"])
+    pv_state.set_trap_entry(entry.pv, 33, 0, L.FLAT_KERNEL_CS, syms["trap_33"])
+    assert entry.run(max_insns=100_000) is ExitReason.REQUESTED
     assert [(v, ec, rip) for v, ec, rip, _, _ in rec.log] == [
         (3, NO_ERROR_CODE, syms["after_int3"]),
         (32, NO_ERROR_CODE, syms["after_int32"]),
@@ -121,7 +121,7 @@ fault_int33:
 
 
 def test_hundreds_of_consecutive_faults(machine):
-    vcpu, rec, syms = run_kernel(machine, rf"""
+    entry, rec, syms = run_kernel(machine, rf"""
 main:
     movq $2, skip_len(%rip)
     mov ${HOLE_VA}, %rbx
@@ -166,7 +166,7 @@ main:
 
 
 def test_msr_and_control_register_emulation(machine):
-    vcpu, rec, syms = run_kernel(machine, r"""
+    entry, rec, syms = run_kernel(machine, r"""
 main:
     mov $0xc0000101, %ecx    /* GS_BASE */
     mov $0x12345678, %eax
@@ -189,14 +189,14 @@ bad_rdmsr:
 """)
     lo, hi, cr3, cr0, _ = rec.log[0]
     assert (hi << 32 | lo) == 0xFFFF8888_12345678
-    assert vcpu.engine.read("gs_base") == 0xFFFF8888_12345678
-    assert cr3 == vcpu.engine.cr3
+    assert entry.engine.read("gs_base") == 0xFFFF8888_12345678
+    assert cr3 == entry.engine.cr3
     assert cr0 & 0x80000001 == 0x80000001
     assert rec.log[1][:3] == (13, 0, syms["bad_rdmsr"])
 
 
 def test_port_io_rules(machine):
-    vcpu, rec, syms = machine.load_kernel(r"""
+    entry, rec, syms = machine.load_kernel(r"""
 main:
     mov $0x1122334455667788, %rax
     mov $0x80, %dx
@@ -213,23 +213,23 @@ denied_in:
     HYPERCALL HC_LOG
     HYPERCALL HC_EXIT
 """)
-    vcpu.pv.iopl = 1
-    recorder = vcpu.dispatch
+    entry.pv.iopl = 1
+    recorder = entry.dispatch
 
     def dispatch(v, nr, args):
         if nr == 42:
             v.pv.iopl = 0
             return 0
         return recorder(v, nr, args)
-    vcpu.dispatch = dispatch
-    assert vcpu.run(max_insns=100_000) is ExitReason.REQUESTED
+    entry.dispatch = dispatch
+    assert entry.run(max_insns=100_000) is ExitReason.REQUESTED
     assert rec.log[0][0] == 0x0000_0000_FFFF_FFFF
     assert rec.log[1][:3] == (13, 0, syms["denied_in"])
     assert rec.log[2][0] == 0x1122334455667788     # RAX untouched by the refused `in`
 
 
 def test_user_mode_round_trip(machine):
-    vcpu, rec, syms = machine.load_kernel(rf"""
+    entry, rec, syms = machine.load_kernel(rf"""
 main:
     /* iret to user mode: frame rip, cs, rflags, rsp, ss */
     pushq ${L.FLAT_USER_SS}
@@ -265,21 +265,21 @@ trap32_user:
     HYPERCALL HC_LOG
     HYPERCALL HC_EXIT
 """, with_user_table=True)
-    vcpu.pv.syscall_callback = pv_vcpu.Callback(syms["syscall_entry"])
-    pv_vcpu.set_trap_entry(vcpu.pv, 32, 3, L.FLAT_KERNEL_CS, syms["trap32_user"])
-    kernel_cr3 = vcpu.pv.kernel_table << 12
-    assert vcpu.run(max_insns=100_000) is ExitReason.REQUESTED, vcpu.crash_reason
+    entry.pv.syscall_callback = pv_state.Callback(syms["syscall_entry"])
+    pv_state.set_trap_entry(entry.pv, 32, 3, L.FLAT_KERNEL_CS, syms["trap32_user"])
+    kernel_cr3 = entry.vcpu.guest_table << 12
+    assert entry.run(max_insns=100_000) is ExitReason.REQUESTED, entry.crash_reason
     rcx, rip, cs, cr3, user_rsp = rec.log[0]
     assert rcx == rip == syms["back_in_user"]
     assert cs == L.FLAT_USER_CS
     assert cr3 == kernel_cr3
     assert user_rsp == USER_STACK_TOP
     assert rec.log[1][0] == kernel_cr3 and rec.log[1][1] == L.FLAT_USER_CS
-    assert vcpu.pv.kernel_mode
+    assert entry.pv.kernel_mode
 
 
 def test_event_upcall_on_hypercall_return(machine):
-    vcpu, rec, syms = machine.load_kernel(r"""
+    entry, rec, syms = machine.load_kernel(r"""
 main:
     movb $0, 0x320001        /* unmask events in vcpu_info */
     HYPERCALL 43             /* test hook: marks an event pending */
@@ -297,48 +297,48 @@ event_callback:              /* rcx, r11, rip, cs, rflags, rsp, ss */
     pop %r11
     XEN_IRET
 """)
-    vcpu.pv.event_callback = pv_vcpu.Callback(syms["event_callback"])
-    recorder = vcpu.dispatch
-    info = vcpu.pv.vcpu_info_maddr
+    entry.pv.event_callback = pv_state.Callback(syms["event_callback"])
+    recorder = entry.dispatch
+    info = entry.pv.vcpu_info_maddr
 
     def dispatch(v, nr, args):
         if nr == 43:
             v.engine.memory.buf[info] = 1
             return 0
         return recorder(v, nr, args)
-    vcpu.dispatch = dispatch
-    assert vcpu.run(max_insns=100_000) is ExitReason.REQUESTED, vcpu.crash_reason
+    entry.dispatch = dispatch
+    assert entry.run(max_insns=100_000) is ExitReason.REQUESTED, entry.crash_reason
     assert rec.log[0][0] == syms["after_hypercall"]
     assert rec.log[0][1] == 1 and rec.log[0][2] & 0x200
     assert rec.log[1][0] == 0x5A
     assert len(rec.log) == 2
-    assert vcpu.engine.memory.buf[info + 1] == 0       # iret restored the mask from IF
+    assert entry.engine.memory.buf[info + 1] == 0       # iret restored the mask from IF
 
 
 def test_kick_preempts_a_spinning_guest(machine):
-    vcpu, rec, _ = machine.load_kernel(r"""
+    entry, rec, _ = machine.load_kernel(r"""
 main:
 1:  jmp 1b
 """)
-    threading.Timer(0.05, vcpu.kick).start()
+    threading.Timer(0.05, entry.kick).start()
     start = time.monotonic()
-    assert vcpu.run() is ExitReason.KICKED
+    assert entry.run() is ExitReason.KICKED
     assert time.monotonic() - start < 5
 
 
 def test_unhandled_exception_crashes_only_the_guest(machine):
-    vcpu, rec, _ = machine.load_kernel(r"""
+    entry, rec, _ = machine.load_kernel(r"""
 main:
     ud2
 """)
-    vcpu.pv.trap_table.clear()
-    assert vcpu.run(max_insns=1000) is ExitReason.GUEST_CRASH
-    assert "unhandled exception vector 6" in vcpu.crash_reason
+    entry.pv.trap_table.clear()
+    assert entry.run(max_insns=1000) is ExitReason.GUEST_CRASH
+    assert "unhandled exception vector 6" in entry.crash_reason
 
 
 def test_guest_cannot_reach_hypervisor_pages(machine):
     """Every hypervisor-only page faults for the guest (supervisor-only)."""
-    vcpu, rec, syms = run_kernel(machine, rf"""
+    entry, rec, syms = run_kernel(machine, rf"""
 main:
     movq $3, skip_len(%rip)
     mov ${L.PERDOMAIN_VIRT_START:#x}, %rbx
@@ -347,12 +347,12 @@ fault1: movq (%rbx), %rax
 fault2: movq %rax, (%rbx)
     HYPERCALL HC_EXIT
 """)
-    assert [entry[0] for entry in rec.log] == [14, 14]
+    assert [record[0] for record in rec.log] == [14, 14]
 
 
 def test_page_table_naming_missing_machine_memory_gives_gp(machine):
     """A PTE the PV MMU would refuse, beyond machine memory: #GP to the guest, no host error."""
-    vcpu, rec, syms = machine.load_kernel(r"""
+    entry, rec, syms = machine.load_kernel(r"""
 main:
     movq $3, skip_len(%rip)
     mov $0x3f0000, %rbx
@@ -360,8 +360,8 @@ fault:
     movq (%rbx), %rax
     HYPERCALL HC_EXIT
 """)
-    l4 = vcpu.pv.kernel_table
+    l4 = entry.vcpu.guest_table
     machine.map(l4, 0x3F0000, (machine.memory.size >> 12) + 0x1000, 0x7)
-    assert vcpu.run(max_insns=100_000) is ExitReason.REQUESTED, (vcpu.crash_reason, vcpu.engine.error)
+    assert entry.run(max_insns=100_000) is ExitReason.REQUESTED, (entry.crash_reason, entry.engine.error)
     assert rec.log[0][:3] == (13, 0, syms["fault"])
-    assert vcpu.engine.unmapped_accesses == 1
+    assert entry.engine.unmapped_accesses == 1

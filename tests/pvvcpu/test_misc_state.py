@@ -7,6 +7,7 @@ from abi import errno as E
 from abi import physdev as P
 from abi.xen import VMASST_TYPE_architectural_iopl
 from abi.xen_x86_64 import SEGBASE_FS, SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBASE_GS_USER_SEL
+from pvhyp.pv.change import PvChange
 
 NONCANONICAL = 0x0000_8000_0000_0000
 
@@ -18,6 +19,9 @@ class RecordingArch:
     def pv_changed(self, what):
         self.changes.append(what)
 
+    def post(self, fn):
+        fn()
+
 
 def test_segment_bases(guest):
     guest.vcpu.arch = arch = RecordingArch()
@@ -26,9 +30,9 @@ def test_segment_bases(guest):
     assert guest.call("set_segment_base", SEGBASE_GS_USER, 0xFFFF_FFFF_8000_0000) == 0
     assert guest.call("set_segment_base", SEGBASE_GS_KERNEL, 0x1234) == 0
     assert (pv.fs_base, pv.gs_base_user, pv.gs_base_kernel) == (0x7000_0000, 0xFFFF_FFFF_8000_0000, 0x1234)
-    assert arch.changes == ["fs_base", "gs_base_user", "gs_base_kernel"]
+    assert arch.changes == [PvChange.FS_BASE, PvChange.GS_BASE_USER, PvChange.GS_BASE_KERNEL]
     assert guest.call("set_segment_base", SEGBASE_GS_USER_SEL, 0xE028) == 0 and pv.gs_sel_user == 0xE02B
-    assert pv.gs_base_user == 0 and arch.changes[-1] == "gs_sel_user"
+    assert pv.gs_base_user == 0 and arch.changes[-1] is PvChange.GS_SEL_USER
     assert guest.call("set_segment_base", SEGBASE_GS_USER_SEL, 0x2) == 0 and pv.gs_sel_user == 0x2
     assert guest.call("set_segment_base", SEGBASE_GS_USER_SEL, 0x2B) == 0 and pv.gs_sel_user == 0   # no GDT: NUL
 

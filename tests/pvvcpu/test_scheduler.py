@@ -10,13 +10,17 @@ RUN_SECONDS = 0.4
 
 
 class FakeCPU:
-    """What the scheduler asks of an engine: kick() makes the vCPU leave guest code."""
+    """What the scheduler asks of an engine: kick() makes the vCPU leave guest code
+    (and vcpu.post runs the work at once, as an engine does for its own thread)."""
 
     def __init__(self):
         self.kicked = threading.Event()
 
     def kick(self):
         self.kicked.set()
+
+    def post(self, fn):
+        fn()
 
 
 def run_vcpus(hv, vcpus, seconds, work=None):

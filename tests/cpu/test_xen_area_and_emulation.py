@@ -8,7 +8,7 @@ import pytest
 from abi.x86_pte import _PAGE_USER
 from tests.cpu.guest_kit import GUEST_FIRST_MFN, RO_PAGE_VA, GuestMachine
 from pvhyp.mm.pagetype import ROOT_PAGETABLE_FIRST_XEN_SLOT, ROOT_PAGETABLE_LAST_XEN_SLOT
-from pvhyp.pv import xen_layout as L
+from pvhyp.pv import xen_area as L
 from pvhyp.cpu.engine import ExitReason
 from pvhyp.pv.ro_page_fault import FLAG_ZF
 
@@ -20,15 +20,15 @@ def machine():
     return GuestMachine()
 
 
-def run(vcpu, rec, insns=200_000):
-    reason = vcpu.run(max_insns=insns)
-    assert vcpu.engine.error is None, repr(vcpu.engine.error)
-    assert vcpu.crash_reason is None, vcpu.crash_reason
+def run(entry, rec, insns=200_000):
+    reason = entry.run(max_insns=insns)
+    assert entry.engine.error is None, repr(entry.engine.error)
+    assert entry.crash_reason is None, entry.crash_reason
     assert reason is ExitReason.REQUESTED and rec.exited, (reason, rec)
 
 
 def test_xen_l4_entries_cover_m2p_and_hypervisor_slots(machine):
-    entries = machine.layout.xen_l4_entries()
+    entries = machine.xen_area.xen_l4_entries()
     assert set(entries) <= set(range(ROOT_PAGETABLE_FIRST_XEN_SLOT, ROOT_PAGETABLE_LAST_XEN_SLOT + 1))
     assert entries[256] & _PAGE_USER                     # M2P: guest-visible
     for slot in set(entries) - {256}:
@@ -36,7 +36,7 @@ def test_xen_l4_entries_cover_m2p_and_hypervisor_slots(machine):
 
 
 def test_guest_reads_m2p_and_loads_flat_selectors(machine):
-    vcpu, rec, syms = machine.load_kernel(rf"""
+    entry, rec, syms = machine.load_kernel(rf"""
 main:
     mov ${L.RO_MPT_VIRT_START + GUEST_FIRST_MFN * 8 + 8 * 5:#x}, %rbx
     mov (%rbx), %rdi             /* M2P entry of the guest's pfn 5 */
@@ -56,15 +56,15 @@ m2p_write:
 """)
     gdt_mfn = machine.new_table()
     machine.memory.write_u64((gdt_mfn << 12) + 2 * 8, 0x00CFF3000000FFFF)   # flat data, DPL3
-    vcpu.pv.gdt_frames[0], vcpu.pv.gdt_ents = gdt_mfn, 512
-    vcpu._sync_gdt()
-    run(vcpu, rec)
+    entry.pv.gdt_frames[0], entry.pv.gdt_ents = gdt_mfn, 512
+    entry._sync_gdt()
+    run(entry, rec)
     assert rec.log[0][:3] == (5, L.FLAT_RING3_DS32, 0x13)
     assert rec.log[1][:3] == (14, 0x3, syms["m2p_write"])
 
 
 def test_failsafe_callback_on_bad_iret_cs(machine):
-    vcpu, rec, syms = machine.load_kernel(r"""
+    entry, rec, syms = machine.load_kernel(r"""
 main:
     pushq $0xe02b                /* ss */
     pushq %rsp                   /* rsp */
@@ -79,8 +79,8 @@ failsafe:                        /* rcx, r11, ds, es, fs, gs, rip, cs, rflags, r
     HYPERCALL HC_EXIT
 """)
     from pvhyp.pv.state import Callback
-    vcpu.pv.failsafe_callback = Callback(syms["failsafe"])
-    run(vcpu, rec)
+    entry.pv.failsafe_callback = Callback(syms["failsafe"])
+    run(entry, rec)
     assert rec.log[0][0] == syms["main"]
     assert rec.log[0][1] & 0xFFFF == 0x1234 & ~3
 
@@ -91,7 +91,7 @@ class RecordingPtwr:
     def __init__(self, memory):
         self.memory, self.calls = memory, []
 
-    def __call__(self, vcpu, addr, data, width, old=None):
+    def __call__(self, entry, addr, data, width, old=None):
         maddr = GUEST_FIRST_MFN * 4096 + addr                       # VA == pfn << 12 in the kit
         if old is not None and int.from_bytes(self.memory.read(maddr, width), "little") != old:
             return 1
@@ -101,7 +101,7 @@ class RecordingPtwr:
 
 
 def test_writable_pagetable_stores_are_emulated(machine):
-    vcpu, rec, syms = machine.load_kernel(rf"""
+    entry, rec, syms = machine.load_kernel(rf"""
 main:
     mov ${RO_PAGE_VA}, %rbx
     mov $0x1003, %rax
@@ -123,9 +123,9 @@ main:
     HYPERCALL HC_EXIT
 """)
     ptwr = RecordingPtwr(machine.memory)
-    vcpu.ptwr_emulate = ptwr
-    vcpu.vcpu.domain.vm_assist |= 1 << 2           # VMASST_TYPE_writable_pagetables
-    run(vcpu, rec)
+    entry.ptwr_emulate = ptwr
+    entry.vcpu.domain.vm_assist |= 1 << 2           # VMASST_TYPE_writable_pagetables
+    run(entry, rec)
     final, old_in_rcx, flags, _, _ = rec.log[0]
     assert final == (0x3003 | 1 << 9) & ~1 & ~2
     assert old_in_rcx == 0x1003
@@ -137,7 +137,7 @@ main:
 
 
 def test_page_fault_without_writable_pagetables_is_bounced(machine):
-    vcpu, rec, syms = machine.load_kernel(rf"""
+    entry, rec, syms = machine.load_kernel(rf"""
 main:
     movq $3, skip_len(%rip)
     mov ${RO_PAGE_VA}, %rbx
@@ -145,14 +145,14 @@ store:
     mov %rax, (%rbx)
     HYPERCALL HC_EXIT
 """)
-    vcpu.ptwr_emulate = RecordingPtwr(machine.memory)
-    run(vcpu, rec)
+    entry.ptwr_emulate = RecordingPtwr(machine.memory)
+    run(entry, rec)
     assert rec.log[0][:3] == (14, 0x3, syms["store"])
-    assert not vcpu.ptwr_emulate.calls
+    assert not entry.ptwr_emulate.calls
 
 
 def test_mov_to_cr3_goes_to_the_mmu(machine):
-    vcpu, rec, syms = machine.load_kernel(r"""
+    entry, rec, syms = machine.load_kernel(r"""
 main:
     mov %cr3, %rax
     mov %rax, %cr3               /* accepted by the MMU hook */
@@ -163,7 +163,7 @@ refused:
     HYPERCALL HC_EXIT
 """)
     seen = []
-    vcpu.priv.on_new_cr3 = lambda mfn: seen.append(mfn) or mfn != 5
-    run(vcpu, rec)
-    assert seen == [vcpu.pv.kernel_table, 5]
+    entry.priv.on_new_cr3 = lambda mfn: seen.append(mfn) or mfn != 5
+    run(entry, rec)
+    assert seen == [entry.vcpu.guest_table, 5]
     assert rec.log[0][:3] == (13, 0, syms["refused"])

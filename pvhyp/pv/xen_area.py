@@ -96,7 +96,7 @@ def _tss_descriptor(base: int) -> tuple[int, int]:
     return low, base >> 32
 
 
-class XenLayout:
+class XenArea:
     """Builds and owns the hypervisor page tables shared by all guests.
 
     `memory` is the MachineMemory; `alloc_frame()` returns a fresh DOMID_XEN
