@@ -37,14 +37,16 @@ from pvhyp.channel_server import ChannelServer
 from pvhyp.diagnose import SymbolMap, disassemble_at
 from pvhyp.hypervisor import Hypervisor
 from pvhyp.mm import mmu
+from pvhyp.pv import state as pv_state
 
 log = logging.getLogger("pvhyp.hostd")
 
 # The subsystems every hypervisor has, attached in this order: their domain-create hooks
 # run in it (the MMU's books exist before anything maps a frame) and a later one may
-# build on an earlier one (pvhyp.time also attaches the PV vCPU state, whose descriptor
-# checks hook into hv.mmu). A missing module is an ImportError here, not a skipped part.
-SUBSYSTEMS = (mmu, event_channel, grant_table, timekeeping, sched, console)
+# build on an earlier one (the PV vCPU state's descriptor checks hook into hv.mmu; time
+# and the scheduler find vcpu.pv made). A missing module is an ImportError here, not a
+# skipped part.
+SUBSYSTEMS = (mmu, event_channel, grant_table, pv_state, timekeeping, sched, console)
 
 DOM0_READY_TIMEOUT = 30.0
 DOM0_MB = 16                    # dom0's memory under `pvhyp run`

@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Callable
 
 from abi.arch_x86_xen import XEN_LEGACY_MAX_VCPUS
 from abi.xen import VIRQ_TIMER, XEN_PVCLOCK_TSC_STABLE_BIT, vcpu_info, vcpu_time_info
-from pvhyp.pv import state as pv_state
 from pvhyp.guest_access import GuestFault, copy_to_guest
 from pvhyp.memory import PAGE_SHIFT
 
@@ -578,7 +577,6 @@ class TimeKeeper:
 
 
 def attach(hv) -> None:
-    pv_state.attach(hv)
     hv.time = TimeKeeper(hv)
     hv.close_hooks.append(lambda: hv.time.timers.close())     # the timer thread
     hv.domain_create_hooks.append(hv.time.domain_created)

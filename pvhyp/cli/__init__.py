@@ -1,4 +1,4 @@
-"""`pvhyp`: the command line. It may import everything (the only place that does).
+"""`pvhyp`: the command line. It may import everything (as may pvhyp/host.py, the composition root).
 
 Subcommands live in `pvhyp/cli/*_cmd.py`, each with `add_parser(subparsers)`
 that sets `func` on its parser; benchmarks in `pvhyp/cli/bench_*.py`, each
@@ -12,9 +12,7 @@ import importlib
 import pkgutil
 import sys
 
-
-class UserError(Exception):
-    """Bad user input (config, image, command): printed as one line, exit 2."""
+from pvhyp.cli.errors import UserError
 
 
 def _command_modules():

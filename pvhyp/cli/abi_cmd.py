@@ -12,7 +12,7 @@ import difflib
 import json
 from collections import defaultdict
 
-from pvhyp.cli import UserError
+from pvhyp.cli.errors import UserError
 
 
 def add_parser(sub) -> None:

@@ -20,7 +20,7 @@ import sys
 import time
 
 from dom0.images import debian
-from pvhyp.cli import UserError
+from pvhyp.cli.errors import UserError
 
 DESCRIPTION = "boot Debian 12's kernel to its shell marker: pvhyp vs qemu-system-x86_64 -accel tcg (s)"
 MARKER = b"PVHYP-GUEST-UP"

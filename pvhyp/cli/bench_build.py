@@ -10,7 +10,7 @@ from __future__ import annotations
 import pathlib
 import time
 
-from pvhyp.cli import UserError
+from pvhyp.cli.errors import UserError
 
 DESCRIPTION = "domain builder: kernel parse time and build time into a fresh domain (ms)"
 

@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from abi import xen as X
-    from pvhyp.cli import UserError
+    from pvhyp.cli.errors import UserError
     from pvhyp.host import build_hypervisor
     from pvhyp.hypercall_table import HypercallContext
     from pvhyp.mm.testbed import build_pv_domain

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 
-from pvhyp.cli import UserError
+from pvhyp.cli.errors import UserError
 
 
 def add_parser(sub) -> None:

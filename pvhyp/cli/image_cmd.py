@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pathlib
 
-from pvhyp.cli import UserError
+from pvhyp.cli.errors import UserError
 
 
 def add_parser(sub) -> None:

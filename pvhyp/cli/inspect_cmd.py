@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pathlib
 
-from pvhyp.cli import UserError
+from pvhyp.cli.errors import UserError
 
 FEATURE_BITS = {0: "writable_page_tables", 1: "writable_descriptor_tables", 2: "auto_translated_physmap",
                 3: "supervisor_mode_kernel", 4: "pae_pgdir_above_4gb", 5: "mmu_pt_update_preserve_ad",

@@ -17,7 +17,7 @@ GUEST_MEMORY_MB = 256
 
 def run(args) -> int:
     from dom0.images import debian
-    from pvhyp.cli import UserError
+    from pvhyp.cli.errors import UserError
     from pvhyp.cli.bench_boot import MARKER, guest_config
     from pvhyp.cli.run_cmd import run_in_foreground
     try:

@@ -19,7 +19,7 @@ import termios
 import time
 from dataclasses import dataclass, field
 
-from pvhyp.cli import UserError
+from pvhyp.cli.errors import UserError
 from pvhyp.cli.xl_cmd import DETACH
 
 # Exit status by shutdown reason (documented in --help).

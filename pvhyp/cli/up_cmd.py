@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from pvhyp.cli import UserError
+from pvhyp.cli.errors import UserError
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0

@@ -12,7 +12,7 @@ import sys
 import termios
 import tty
 
-from pvhyp.cli import UserError
+from pvhyp.cli.errors import UserError
 from pvhyp.cli.up_cmd import add_run_dir, default_run_dir
 
 DETACH = 0x1D           # Ctrl-]

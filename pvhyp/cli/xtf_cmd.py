@@ -16,7 +16,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from pvhyp.cli import UserError
+from pvhyp.cli.errors import UserError
 
 KERNEL_PREFIX = "test-pv64-"
 VARIATIONS = {"pv-iopl": ("hypercall", "vmassist")}

@@ -16,15 +16,6 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGES = ("abi", "hypercalls", "pvhyp", "dom0", "pvguest")
 
-# Cycles that other branches of issue 11 are breaking (the CLI by the composition root,
-# dom0/xenstored's core <-> domains); delete each entry once its cycle is gone.
-PENDING = (
-    frozenset({"pvhyp.cli", "pvhyp.cli.bench_boot", "pvhyp.cli.main_job", "pvhyp.cli.run_cmd",
-               "pvhyp.cli.up_cmd", "pvhyp.cli.xl_cmd"}),
-    frozenset({"dom0.xenstored.core", "dom0.xenstored.domains"}),
-)
-
-
 def our_modules() -> dict[str, pathlib.Path]:
     modules = {}
     for package in PACKAGES:
@@ -135,15 +126,8 @@ def describe(component: set[str], graph, modules) -> str:
 
 def test_no_import_cycles():
     graph, modules = import_graph()
-    cycles = [c for c in strongly_connected(graph) if frozenset(c) not in PENDING]
+    cycles = strongly_connected(graph)
     assert not cycles, "\n".join(describe(c, graph, modules) for c in cycles)
-
-
-def test_pending_cycles_are_still_there():
-    """A cycle another branch broke leaves PENDING, so it cannot come back unnoticed."""
-    graph, _ = import_graph()
-    present = {frozenset(c) for c in strongly_connected(graph)}
-    assert [sorted(c) for c in PENDING if c not in present] == []
 
 
 def test_the_checker_sees_a_function_level_cycle(tmp_path):
