@@ -10,8 +10,8 @@ from construct import Padding, Struct
 
 from abi import arch_x86_xen, xen
 from abi.cdefs import (
-    CUnion,
     XEN_GUEST_HANDLE_64,
+    CUnion,
     int32_t,
     int64_t,
     uint8_t,

@@ -12,7 +12,7 @@ entry's ``status`` (GNTST_*), the hypercall itself returns 0 or a -errno.
 from construct import Padding, Struct
 
 from abi import arch_x86_xen, xen
-from abi.cdefs import CUnion, XEN_GUEST_HANDLE, Typedef, int16_t, uint16_t, uint32_t, uint64_t
+from abi.cdefs import XEN_GUEST_HANDLE, CUnion, Typedef, int16_t, uint16_t, uint32_t, uint64_t
 
 grant_ref_t = Typedef("grant_ref_t", uint32_t)
 grant_handle_t = Typedef("grant_handle_t", uint32_t)

@@ -13,8 +13,8 @@ from construct import Padding, Struct
 
 from abi import arch_x86_xen, xen
 from abi.cdefs import (
-    CUnion,
     XEN_GUEST_HANDLE,
+    CUnion,
     uint16_t,
     uint32_t,
     uint64_t,

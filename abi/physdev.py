@@ -8,7 +8,7 @@ on, even without devices; pvhyp emulates only what that needs.
 from construct import Padding, Struct
 
 from abi import arch_x86_xen, xen
-from abi.cdefs import CUnion, XEN_GUEST_HANDLE, signed_int, uint8_t, uint16_t, uint32_t, uint64_t, unsigned_long
+from abi.cdefs import XEN_GUEST_HANDLE, CUnion, signed_int, uint8_t, uint16_t, uint32_t, uint64_t, unsigned_long
 
 PHYSDEVOP_eoi = 12
 physdev_eoi = Struct(

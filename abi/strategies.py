@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from hypothesis import strategies as st
 from construct import Array, Bytes, Construct, FormatField, Padded, Renamed, Struct
+from hypothesis import strategies as st
 
 from abi.cdefs import CUnion, Typedef, plain
 

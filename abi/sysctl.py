@@ -8,7 +8,7 @@ union holding the op's struct; privileged domains only.
 from construct import Padding, Struct
 
 from abi import xen
-from abi.cdefs import CUnion, XEN_GUEST_HANDLE_64, uint8_t, uint32_t, uint64_t
+from abi.cdefs import XEN_GUEST_HANDLE_64, CUnion, uint8_t, uint32_t, uint64_t
 
 XEN_SYSCTL_INTERFACE_VERSION = 0x00000015  # Xen 4.17
 

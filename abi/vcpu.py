@@ -7,7 +7,7 @@ A vcpu may only target itself with the timer and registration ops.
 
 from construct import Padding, Struct
 
-from abi.cdefs import CUnion, XEN_GUEST_HANDLE, Typedef, int32_t, uint32_t, uint64_t
+from abi.cdefs import XEN_GUEST_HANDLE, CUnion, Typedef, int32_t, uint32_t, uint64_t
 
 VCPUOP_initialise = 0  # arg: vcpu_guest_context; once, before the vcpu first runs
 VCPUOP_up = 1  # arg unused: start an initialised vcpu

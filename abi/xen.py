@@ -13,9 +13,9 @@ from construct import Bytes, Padding, Struct
 
 from abi import arch_x86_xen, xen_x86_64
 from abi.cdefs import (
+    XEN_GUEST_HANDLE_64,
     CUnion,
     Typedef,
-    XEN_GUEST_HANDLE_64,
     int8_t,
     uint8_t,
     uint16_t,

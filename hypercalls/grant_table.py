@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from abi import errno as E
 from abi import grant_table as G
-from hypercalls import hypercall
 from abi.fast import codec
+from hypercalls import hypercall
 from hypercalls.fields import field_offsets, patch, read_op
 from pvhyp import grant_table as gnt
 from pvhyp.guest_access import handle_ok

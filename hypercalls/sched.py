@@ -8,8 +8,8 @@ from abi import errno as E
 from abi import sched as S
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, guest_handle_okay
-from pvhyp.pv import state as pv_state
 from pvhyp.event_channel import evtchn_port_is_pending
+from pvhyp.pv import state as pv_state
 
 if TYPE_CHECKING:
     from pvhyp.domain import Domain

@@ -11,7 +11,7 @@ from hypercalls import hypercall
 from hypercalls.c_args import c_int, c_uint, guest_handle_okay
 from hypercalls.sched import domain_shutdown
 from pvhyp.pv import state as pv_state
-from pvhyp.time import STIME_DELTA_MAX, MILLISECS
+from pvhyp.time import MILLISECS, STIME_DELTA_MAX
 
 if TYPE_CHECKING:
     from construct import Construct

@@ -41,19 +41,37 @@ import traceback
 from typing import Callable
 
 from abi import errno as xen_errno
+from abi.pvhyp_channel import (  # the wire format both ends share
+    ALL_DOMAINS,
+    CREATE_DOMAIN,
+    DOMID_ARG,
+    HEADER,
+    HELLO,
+    HYPERCALL,
+    MAP_FOREIGN,
+    MAP_MACHINE_FRAME,
+    MAX_PAYLOAD,
+    MAX_READCONSOLE,
+    OP_CONNECT_DOMAIN,
+    OP_CREATE_DOMAIN,
+    OP_DESTROY_DOMAIN,
+    OP_DOMAIN_INFO,
+    OP_HELLO,
+    OP_HYPERCALL,
+    OP_MAP_FOREIGN,
+    OP_MAP_MACHINE_FRAME,
+    OP_READCONSOLE,
+    OP_REPLY,
+    READCONSOLE,
+    READCONSOLE_RESULT,
+    RESULT,
+)
 from abi.sched import SHUTDOWN_crash
 from pvhyp.channel import ChannelError, create_process_domain, foreign_frames
 from pvhyp.domain import Domain
-from pvhyp.hypervisor import DOMID_FIRST_RESERVED
 from pvhyp.hypercall_table import HypercallContext
-from pvhyp.memory import PAGE_SHIFT
+from pvhyp.hypervisor import DOMID_FIRST_RESERVED
 from pvhyp.mm.frametable import DOMID_XEN, OutOfMemory
-from abi.pvhyp_channel import (  # the wire format both ends share
-    HEADER, MAX_PAYLOAD, OP_HELLO, OP_HYPERCALL, OP_MAP_FOREIGN, OP_MAP_MACHINE_FRAME,
-    OP_READCONSOLE, OP_CREATE_DOMAIN, OP_CONNECT_DOMAIN, OP_DESTROY_DOMAIN, OP_DOMAIN_INFO,
-    OP_REPLY, HELLO, HYPERCALL, MAP_FOREIGN, MAP_MACHINE_FRAME, READCONSOLE, CREATE_DOMAIN,
-    DOMID_ARG, RESULT, READCONSOLE_RESULT, ALL_DOMAINS, MAX_READCONSOLE,
-)
 
 log = logging.getLogger("pvhyp.channel")
 

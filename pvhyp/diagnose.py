@@ -134,6 +134,7 @@ def report(hv, domain, console: bytes = b"", symbols: SymbolMap | None = None) -
 def disassemble_at(vcpu, rip: int) -> str:
     """The instruction at guest `rip` as `vcpu` sees it (capstone), or why it cannot be read."""
     import capstone
+
     from pvhyp.guest_access import GuestFault, copy_from_guest
     code = b""
     for length in (15, 8, 4, 1):       # the instruction may end just before an unmapped page

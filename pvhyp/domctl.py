@@ -14,11 +14,22 @@ from typing import TYPE_CHECKING
 from abi import errno as E
 from abi.arch_x86_xen import VGCF_online
 from abi.domctl import (
-    XEN_DOMCTL_CDF_hap, XEN_DOMCTL_CDF_hvm, XEN_DOMCTL_CDF_iommu, XEN_DOMCTL_CDF_nested_virt,
-    XEN_DOMCTL_CDF_oos_off, XEN_DOMCTL_CDF_s3_integrity, XEN_DOMCTL_CDF_vpmu,
-    XEN_DOMCTL_CDF_xs_domain, XEN_DOMCTL_GRANT_version_mask, XEN_DOMINF_blocked, XEN_DOMINF_dying,
-    XEN_DOMINF_paused, XEN_DOMINF_shutdown, XEN_DOMINF_shutdownshift,
-    XEN_DOMINF_xs_domain, XEN_INVALID_MAX_VCPU_ID,
+    XEN_INVALID_MAX_VCPU_ID,
+    XEN_DOMCTL_CDF_hap,
+    XEN_DOMCTL_CDF_hvm,
+    XEN_DOMCTL_CDF_iommu,
+    XEN_DOMCTL_CDF_nested_virt,
+    XEN_DOMCTL_CDF_oos_off,
+    XEN_DOMCTL_CDF_s3_integrity,
+    XEN_DOMCTL_CDF_vpmu,
+    XEN_DOMCTL_CDF_xs_domain,
+    XEN_DOMCTL_GRANT_version_mask,
+    XEN_DOMINF_blocked,
+    XEN_DOMINF_dying,
+    XEN_DOMINF_paused,
+    XEN_DOMINF_shutdown,
+    XEN_DOMINF_shutdownshift,
+    XEN_DOMINF_xs_domain,
 )
 from abi.xen import DOMID_FIRST_RESERVED, __HYPERVISOR_iret
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE

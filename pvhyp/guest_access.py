@@ -14,9 +14,20 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from abi.x86_pte import (_PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_USER, L1_PAGETABLE_ENTRIES,
-                         L1_PAGETABLE_SHIFT, L2_PAGETABLE_SHIFT, L3_PAGETABLE_SHIFT, L4_PAGETABLE_SHIFT,
-                         PAGE_SHIFT, PAGE_SIZE, PTE_FRAME_MASK)
+from abi.x86_pte import (
+    _PAGE_PRESENT,
+    _PAGE_PSE,
+    _PAGE_RW,
+    _PAGE_USER,
+    L1_PAGETABLE_ENTRIES,
+    L1_PAGETABLE_SHIFT,
+    L2_PAGETABLE_SHIFT,
+    L3_PAGETABLE_SHIFT,
+    L4_PAGETABLE_SHIFT,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PTE_FRAME_MASK,
+)
 from abi.xen_x86_64 import HYPERVISOR_VIRT_END
 
 if TYPE_CHECKING:

@@ -66,7 +66,7 @@ def build_hypervisor(memory_mb: int, *, cpu: bool) -> Hypervisor:
         subsystem.attach(hv)
     hypercalls.install(hv.hypercalls)
     if cpu:
-        from pvhyp.cpu import runner     # unicorn is loaded only by hosts that run x86 guests
+        from pvhyp.cpu import runner  # unicorn is loaded only by hosts that run x86 guests
         runner.attach(hv)
     return hv
 

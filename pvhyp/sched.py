@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING
 
 from abi.vcpu import RUNSTATE_blocked, RUNSTATE_offline, RUNSTATE_runnable, RUNSTATE_running
 from abi.xen import VMASST_TYPE_runstate_update_flag
-from pvhyp.pv import state as pv_state
 from pvhyp.guest_access import GuestFault, copy_to_guest
+from pvhyp.pv import state as pv_state
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain

@@ -23,10 +23,18 @@ from typing import TYPE_CHECKING
 
 from abi import errno as E
 from abi.domctl import XEN_DOMCTL_getdomaininfo
-from abi.version import (XENVER_capabilities, XENVER_changeset, XENVER_compile_info, XENVER_extraversion,
-                         XENVER_get_features, XENVER_guest_handle, XENVER_pagesize, XENVER_platform_parameters,
-                         XENVER_version)
-from abi.xen import CONSOLEIO_write, DOMID_IO
+from abi.version import (
+    XENVER_capabilities,
+    XENVER_changeset,
+    XENVER_compile_info,
+    XENVER_extraversion,
+    XENVER_get_features,
+    XENVER_guest_handle,
+    XENVER_pagesize,
+    XENVER_platform_parameters,
+    XENVER_version,
+)
+from abi.xen import DOMID_IO, CONSOLEIO_write
 from pvhyp.domctl import is_xenstore_domain
 
 if TYPE_CHECKING:

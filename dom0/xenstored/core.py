@@ -52,8 +52,17 @@ from typing import Callable, ClassVar
 from abi.io import xs_wire as wire
 
 from .errors import ProtocolViolation, XsError
-from .paths import (PERM_NONE, PERM_OWNER, PERM_READ, PERM_WRITE, Permission, Perms, domain_path,
-                    is_same_or_below, parent_of)
+from .paths import (
+    PERM_NONE,
+    PERM_OWNER,
+    PERM_READ,
+    PERM_WRITE,
+    Permission,
+    Perms,
+    domain_path,
+    is_same_or_below,
+    parent_of,
+)
 from .quotas import Quotas
 from .store import Node, Store, Transaction, View
 

@@ -16,8 +16,18 @@ from abi.io.xs_wire import XENSTORE_PAYLOAD_MAX
 
 from .core import Connection, Engine, access_for, live_perms
 from .errors import XsError
-from .paths import (PERM_OWNER, PERM_READ, PERM_WRITE, basename, c_atoi, child_path,
-                    format_permissions, is_valid_node_path, parent_of, parse_permissions)
+from .paths import (
+    PERM_OWNER,
+    PERM_READ,
+    PERM_WRITE,
+    basename,
+    c_atoi,
+    child_path,
+    format_permissions,
+    is_valid_node_path,
+    parent_of,
+    parse_permissions,
+)
 from .payload import OK, exactly_one_string, split_strings
 from .store import Node, View, nearest_existing_ancestor
 

@@ -17,8 +17,8 @@ GUEST_MEMORY_MB = 256
 
 def run(args) -> int:
     from dom0.images import debian
-    from pvhyp.cli.errors import UserError
     from pvhyp.cli.bench_boot import MARKER, guest_config
+    from pvhyp.cli.errors import UserError
     from pvhyp.cli.run_cmd import run_in_foreground
     try:
         image = debian.find_or_build()      # builds it when missing

@@ -9,11 +9,11 @@ from __future__ import annotations
 import struct
 import time
 
-from pvhyp.pv import xen_area as L
 from pvhyp.cpu.engine import ExitReason
-from pvhyp.pv.entry import PvEntry, initial_state
 from pvhyp.domain import Domain
 from pvhyp.memory import MachineMemory
+from pvhyp.pv import xen_area as L
+from pvhyp.pv.entry import PvEntry, initial_state
 from pvhyp.pv.state import PvState
 
 _MEMORY = 16 << 20

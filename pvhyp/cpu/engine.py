@@ -21,15 +21,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
-                     UC_HOOK_MEM_UNMAPPED, UC_MODE_64, UC_PROT_ALL, Uc, UcError)
-from unicorn import x86_const
+from unicorn import (
+    UC_ARCH_X86,
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_UNMAPPED,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    Uc,
+    UcError,
+    x86_const,
+)
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from pvhyp.cpu import unicorn_quirks as quirks
-from pvhyp.pv import xen_area as L
 from pvhyp.cpu.fastregs import FastRegisters
 from pvhyp.guest_access import read_guest_virtual
+from pvhyp.pv import xen_area as L
 
 VECTOR_GP, VECTOR_PF = 13, 14
 RFLAGS_FIXED = 0x2

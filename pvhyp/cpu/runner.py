@@ -13,13 +13,13 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
+from abi.sched import SHUTDOWN_crash
 from pvhyp.cpu.engine import ExitReason
 from pvhyp.hypercall_table import HypercallContext
+from pvhyp.mm.frametable import DOMID_XEN
 from pvhyp.pv.entry import PvEntry
 from pvhyp.pv.state import get_debugreg, set_debugreg
 from pvhyp.pv.xen_area import XenArea
-from abi.sched import SHUTDOWN_crash
-from pvhyp.mm.frametable import DOMID_XEN
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain

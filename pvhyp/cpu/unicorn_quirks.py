@@ -42,8 +42,7 @@ import threading
 from dataclasses import dataclass
 
 import unicorn
-from unicorn import Uc, UcError, UC_ARCH_X86, UC_MODE_64, UC_HOOK_INTR, UC_PROT_ALL
-from unicorn import x86_const
+from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc, UcError, x86_const
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from abi.x86_pte import _PAGE_PRESENT, _PAGE_RW
@@ -277,7 +276,7 @@ def self_test(offsets: ContextOffsets, rounds: int = 50) -> None:
 
 def measure_syscall_rip_bias() -> int:
     """Where execution resumes, relative to the RIP a SYSCALL hook wrote."""
-    from unicorn import UC_HOOK_INSN, UC_HOOK_CODE
+    from unicorn import UC_HOOK_CODE, UC_HOOK_INSN
     uc, mem = _probe_machine()
     code = bytes.fromhex("0f05" + "90" * 14)
     mem[_CODE:_CODE + len(code)] = code

@@ -20,12 +20,25 @@ import threading
 
 from abi import errno as E
 from abi import xen as X
-from abi.event_channel import (EVTCHNSTAT_closed, EVTCHNSTAT_interdomain, EVTCHNSTAT_ipi,
-                               EVTCHNSTAT_pirq, EVTCHNSTAT_unbound, EVTCHNSTAT_virq)
+from abi.event_channel import (
+    EVTCHNSTAT_closed,
+    EVTCHNSTAT_interdomain,
+    EVTCHNSTAT_ipi,
+    EVTCHNSTAT_pirq,
+    EVTCHNSTAT_unbound,
+    EVTCHNSTAT_virq,
+)
 from pvhyp.event_channel import two_level
 from pvhyp.event_channel.two_level import (  # noqa: F401 (the 2-level ABI's layout, for callers)
-    MAX_EVTCHNS_2L, OFF_EVTCHN_MASK, OFF_EVTCHN_PENDING, OFF_PENDING_SEL, OFF_UPCALL_PENDING, VCPU_INFO_SIZE,
-    evtchn_port_is_pending, vcpu_info_maddr)
+    MAX_EVTCHNS_2L,
+    OFF_EVTCHN_MASK,
+    OFF_EVTCHN_PENDING,
+    OFF_PENDING_SEL,
+    OFF_UPCALL_PENDING,
+    VCPU_INFO_SIZE,
+    evtchn_port_is_pending,
+    vcpu_info_maddr,
+)
 
 # Port states (Xen's ECS_*).
 ECS_FREE, ECS_RESERVED, ECS_UNBOUND, ECS_INTERDOMAIN, ECS_PIRQ, ECS_VIRQ, ECS_IPI = range(7)

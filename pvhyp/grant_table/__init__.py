@@ -22,10 +22,9 @@ from abi import errno as E
 from abi import grant_table as G
 from pvhyp.grant_table import refs
 from pvhyp.grant_table.copy import CopyBatch, cache_flush, swap_grant_ref  # noqa: F401 (API)
-from pvhyp.grant_table.mapping import (DOMID_GRANT_ORPHAN, map_grant_ref, release_mappings,  # noqa: F401
-                                       unmap_common)
-from pvhyp.grant_table.transfer import gnttab_transfer_one  # noqa: F401 (API)
+from pvhyp.grant_table.mapping import DOMID_GRANT_ORPHAN, map_grant_ref, release_mappings, unmap_common  # noqa: F401
 from pvhyp.grant_table.table import GNTPIN_devw_mask, GNTPIN_hstw_mask, GrantTable
+from pvhyp.grant_table.transfer import gnttab_transfer_one  # noqa: F401 (API)
 
 UINT_MAX = 0xFFFF_FFFF
 
@@ -54,8 +53,12 @@ def gnttab_set_limits(d, max_grant_frames: int, max_maptrack_frames: int,
                       max_version: int = 2) -> int:
     """The toolstack's limits (XEN_DOMCTL_createdomain's max_grant_frames,
     max_maptrack_frames, grant_opts version), checked as Xen's grant_table_init: 0 or -EINVAL."""
-    from pvhyp.grant_table.table import (DEFAULT_MAX_GRANT_FRAMES, DEFAULT_MAX_MAPTRACK_FRAMES,
-                                         INITIAL_NR_GRANT_FRAMES, MAPTRACK_PER_PAGE)
+    from pvhyp.grant_table.table import (
+        DEFAULT_MAX_GRANT_FRAMES,
+        DEFAULT_MAX_MAPTRACK_FRAMES,
+        INITIAL_NR_GRANT_FRAMES,
+        MAPTRACK_PER_PAGE,
+    )
     gt = d.grant_table
     if not 1 <= max_version <= 2:
         return -E.EINVAL

@@ -12,8 +12,13 @@ from abi import grant_table as G
 from abi import xen as X
 from pvhyp.grant_table import refs
 from pvhyp.grant_table.mapping import get_paged_frame, pin_dropped, reduce_status_for_pin, set_status
-from pvhyp.grant_table.table import (GNTPIN_devw_mask, GNTPIN_hstr_inc, GNTPIN_hstw_inc, GNTPIN_hstw_mask,
-                                     gntpin_incr2oflow_mask)
+from pvhyp.grant_table.table import (
+    GNTPIN_devw_mask,
+    GNTPIN_hstr_inc,
+    GNTPIN_hstw_inc,
+    GNTPIN_hstw_mask,
+    gntpin_incr2oflow_mask,
+)
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 
 

@@ -21,9 +21,16 @@ from __future__ import annotations
 from abi import grant_table as G
 from abi import xen as X
 from pvhyp.grant_table import pv_mapping, refs
-from pvhyp.grant_table.table import (GNTPIN_devr_inc, GNTPIN_devw_inc, GNTPIN_devw_mask,
-                                     GNTPIN_hstr_inc, GNTPIN_hstw_inc, GNTPIN_hstw_mask,
-                                     INVALID_MAPTRACK_HANDLE, gntpin_incr2oflow_mask)
+from pvhyp.grant_table.table import (
+    INVALID_MAPTRACK_HANDLE,
+    GNTPIN_devr_inc,
+    GNTPIN_devw_inc,
+    GNTPIN_devw_mask,
+    GNTPIN_hstr_inc,
+    GNTPIN_hstw_inc,
+    GNTPIN_hstw_mask,
+    gntpin_incr2oflow_mask,
+)
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 
 # Without the PV MMU: a destroyed domain's frame that a grantee still maps is

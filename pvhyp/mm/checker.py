@@ -25,8 +25,17 @@ from collections import Counter
 from pvhyp.domain import INVALID_MFN
 from pvhyp.mm.frametable import DOMID_FREE, DOMID_XEN
 from pvhyp.mm.pagetype import (
-    _PAGE_PRESENT, _PAGE_RW, BASE_DISALLOW_MASK, PGT_l1_page_table, PGT_l4_page_table, PGT_NAMES,
-    PGT_writable_page, RO_MPT_SLOT, is_guest_l4_slot, l1_disallow_mask, pte_mfn,
+    _PAGE_PRESENT,
+    _PAGE_RW,
+    BASE_DISALLOW_MASK,
+    PGT_NAMES,
+    RO_MPT_SLOT,
+    PGT_l1_page_table,
+    PGT_l4_page_table,
+    PGT_writable_page,
+    is_guest_l4_slot,
+    l1_disallow_mask,
+    pte_mfn,
 )
 
 

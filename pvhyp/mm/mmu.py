@@ -26,8 +26,15 @@ from pvhyp.mm import ptwr
 from pvhyp.mm.flush import flush_tlb
 from pvhyp.mm.frametable import DOMID_ORPHAN, OutOfMemory
 from pvhyp.mm.pagetype import (
-    PGT_l1_page_table, PGT_l4_page_table,
-    PGT_none, PGT_root_page_table, PGT_writable_page, RO_MPT_SLOT, DomainMM, FrameRefs, PseudoDomain,
+    RO_MPT_SLOT,
+    DomainMM,
+    FrameRefs,
+    PGT_l1_page_table,
+    PGT_l4_page_table,
+    PGT_none,
+    PGT_root_page_table,
+    PGT_writable_page,
+    PseudoDomain,
 )
 
 

@@ -22,9 +22,23 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from abi import errno as E
-from abi.x86_pte import (_PAGE_ACCESSED, _PAGE_AVAIL, _PAGE_DIRTY, _PAGE_GLOBAL, _PAGE_NX, _PAGE_PAT, _PAGE_PCD,
-                         _PAGE_PRESENT, _PAGE_PWT, _PAGE_RW, _PAGE_USER, PAGE_SHIFT, PTE_FRAME_MASK, pte_mfn,
-                         table_index)
+from abi.x86_pte import (
+    _PAGE_ACCESSED,
+    _PAGE_AVAIL,
+    _PAGE_DIRTY,
+    _PAGE_GLOBAL,
+    _PAGE_NX,
+    _PAGE_PAT,
+    _PAGE_PCD,
+    _PAGE_PRESENT,
+    _PAGE_PWT,
+    _PAGE_RW,
+    _PAGE_USER,
+    PAGE_SHIFT,
+    PTE_FRAME_MASK,
+    pte_mfn,
+    table_index,
+)
 from abi.xen_x86_64 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, INVALID_M2P_ENTRY, MACH2PHYS_VIRT_START
 from pvhyp.mm.flush import flush_tlb
 from pvhyp.mm.frametable import DOMID_FREE, DOMID_XEN

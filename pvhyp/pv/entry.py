@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Callable
 from abi import errno as E
 from abi import xen as X
 from abi.xen import VMASST_TYPE_writable_pagetables
+from pvhyp.cpu.engine import GPR_NAMES, CpuEngine, CpuState, ExitReason
+from pvhyp.cpu.watchpoints import Watchpoints
 from pvhyp.pv import xen_area as L
 from pvhyp.pv.change import PvChange
 from pvhyp.pv.emulate import FORCED_EMULATION_PREFIX, PrivilegedOps
-from pvhyp.cpu.engine import GPR_NAMES, CpuEngine, CpuState, ExitReason
 from pvhyp.pv.ro_page_fault import emulate_pagetable_write
 from pvhyp.pv.traps import GuestCrash, TrapBouncer
-from pvhyp.cpu.watchpoints import Watchpoints
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU

@@ -47,8 +47,13 @@ from typing import TYPE_CHECKING
 
 from abi import errno as E
 from abi import xen as X
-from abi.arch_x86_xen import (FIRST_RESERVED_GDT_PAGE, VGCF_failsafe_disables_events, VGCF_in_kernel,
-                              VGCF_syscall_disables_events, XEN_LEGACY_MAX_VCPUS)
+from abi.arch_x86_xen import (
+    FIRST_RESERVED_GDT_PAGE,
+    XEN_LEGACY_MAX_VCPUS,
+    VGCF_failsafe_disables_events,
+    VGCF_in_kernel,
+    VGCF_syscall_disables_events,
+)
 from abi.xen import VMASST_TYPE_architectural_iopl, vcpu_info
 from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS
 from pvhyp.domain import INVALID_MFN
@@ -57,7 +62,11 @@ from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 from pvhyp.pv import descriptors
 from pvhyp.pv.change import PvChange, notify_arch
 from pvhyp.pv.descriptors import (
-    GDT_ENTRIES_PER_FRAME, data_selector_base, fixup_guest_selector, pv_destroy_gdt, pv_set_gdt,
+    GDT_ENTRIES_PER_FRAME,
+    data_selector_base,
+    fixup_guest_selector,
+    pv_destroy_gdt,
+    pv_set_gdt,
 )
 
 if TYPE_CHECKING:

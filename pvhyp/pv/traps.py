@@ -18,8 +18,8 @@ import struct
 from typing import TYPE_CHECKING
 
 from abi.xen_x86_64 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, VGCF_IN_SYSCALL
-from pvhyp.pv import xen_area as L
 from pvhyp.guest_access import is_canonical_address, read_guest_virtual, write_guest_virtual
+from pvhyp.pv import xen_area as L
 
 if TYPE_CHECKING:
     from pvhyp.cpu.engine import CpuEngine

@@ -23,11 +23,29 @@ import threading
 from typing import Callable, Iterable, Sequence
 
 from abi.arch_x86_xen import FIRST_RESERVED_GDT_ENTRY, FIRST_RESERVED_GDT_PAGE
-from abi.x86_pte import (_PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_NX, _PAGE_PRESENT, _PAGE_RW, _PAGE_USER,
-                         L1_PAGETABLE_ENTRIES, PAGE_SIZE, PTE_FRAME_MASK)
+from abi.x86_pte import (
+    _PAGE_ACCESSED,
+    _PAGE_DIRTY,
+    _PAGE_NX,
+    _PAGE_PRESENT,
+    _PAGE_RW,
+    _PAGE_USER,
+    L1_PAGETABLE_ENTRIES,
+    PAGE_SIZE,
+    PTE_FRAME_MASK,
+)
+
 # The flat selectors are read by the PV layer as L.FLAT_*, hence the noqa.
-from abi.xen_x86_64 import (FLAT_KERNEL_CS, FLAT_KERNEL_SS, FLAT_RING3_CS32, FLAT_RING3_CS64,  # noqa: F401
-                            FLAT_RING3_DS32, FLAT_USER_CS, FLAT_USER_SS, MACH2PHYS_VIRT_START)
+from abi.xen_x86_64 import (  # noqa: F401
+    FLAT_KERNEL_CS,
+    FLAT_KERNEL_SS,
+    FLAT_RING3_CS32,
+    FLAT_RING3_CS64,
+    FLAT_RING3_DS32,
+    FLAT_USER_CS,
+    FLAT_USER_SS,
+    MACH2PHYS_VIRT_START,
+)
 
 ENTRIES = L1_PAGETABLE_ENTRIES      # per table, at every level
 

@@ -3,7 +3,6 @@
 import pytest
 
 from abi import registry
-
 from tests.abi import c_layout_kit
 
 U64 = (1 << 64) - 1

@@ -25,8 +25,9 @@ def test_every_struct_and_constant_is_registered():
 def test_no_module_hides_an_unregistered_construct_kind():
     # A construct object at module level is either a registered aggregate or a
     # scalar/typedef alias; a Union/Sequence of construct's own would be missed.
+    from construct import Bytes, FormatField, Renamed
+
     from abi.cdefs import Typedef
-    from construct import FormatField, Renamed, Bytes
     allowed = (FormatField, Typedef, Renamed, Bytes)
     for spec, module in registry.header_modules():
         for name, value in vars(module).items():

@@ -1,6 +1,7 @@
 """io/ring.h's index arithmetic, on a buffer, against a model."""
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from abi.io import blkif, netif, ring
 

@@ -2,7 +2,8 @@
 with construct, on values drawn by abi.strategies."""
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from abi import fast, registry
 from abi.cdefs import plain

@@ -5,12 +5,12 @@ import struct
 
 import pytest
 
-from abi.xen import SIF_MOD_START_PFN, __HYPERVISOR_iret, start_info
 from abi.cdefs import plain
+from abi.xen import SIF_MOD_START_PFN, __HYPERVISOR_iret, start_info
 from dom0.builder import build_pv_domain, parse_kernel
 from dom0.builder.layout import PAGE_SIZE
-from pvhyp.guest_access import GuestFault, walk
 from pvhyp.domctl import hypercall_page_bytes
+from pvhyp.guest_access import GuestFault, walk
 from tests.builder.builder_kit import compress, make_bzimage, xtf_kernels
 
 MEMORY_MB = 128        # the xl.cfg the XTF tests run under

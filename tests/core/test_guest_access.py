@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import pytest
 
-from pvhyp.guest_access import (GuestFault, addr_ok, copy_from_guest, copy_to_guest, handle_ok,
-                                 read_guest_virtual, walk, write_guest_virtual)
+from pvhyp.guest_access import (
+    GuestFault,
+    addr_ok,
+    copy_from_guest,
+    copy_to_guest,
+    handle_ok,
+    read_guest_virtual,
+    walk,
+    write_guest_virtual,
+)
 
 P, RW, US = 1, 2, 4
 

@@ -16,11 +16,11 @@ import tempfile
 from dataclasses import dataclass, field
 
 from abi.x86_pte import PTE_FRAME_MASK
+from pvhyp.domain import Domain
+from pvhyp.memory import MachineMemory
 from pvhyp.pv import state as pv_state
 from pvhyp.pv import xen_area as L
 from pvhyp.pv.entry import PvEntry, initial_state
-from pvhyp.domain import Domain
-from pvhyp.memory import MachineMemory
 
 PAGE = 4096
 MEMORY_BYTES = 32 << 20

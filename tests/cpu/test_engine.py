@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from tests.cpu.guest_kit import HOLE_VA, RO_PAGE_VA, GuestMachine, USER_STACK_TOP
-from pvhyp.pv import state as pv_state
-from pvhyp.pv import xen_area as L
 from pvhyp.cpu.engine import ExitReason
 from pvhyp.cpu.unicorn_quirks import verified_offsets
+from pvhyp.pv import state as pv_state
+from pvhyp.pv import xen_area as L
+from tests.cpu.guest_kit import HOLE_VA, RO_PAGE_VA, USER_STACK_TOP, GuestMachine
 
 MASK64 = (1 << 64) - 1
 NO_ERROR_CODE = MASK64       # what the trap stubs log for vectors without one

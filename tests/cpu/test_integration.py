@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import time
 
-from tests.cpu.guest_kit import load_into_domain
 from pvhyp.domctl import hypercall_page_bytes
+from tests.cpu.guest_kit import load_into_domain
 
 HYPERCALL_PAGE_VA = 0x1F0000
 

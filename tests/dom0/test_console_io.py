@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abi import errno as E
-from abi.xen import CONSOLEIO_read, CONSOLEIO_write, HYPERCALL_NUMBERS
+from abi.xen import HYPERCALL_NUMBERS, CONSOLEIO_read, CONSOLEIO_write
 from pvhyp.channel import InProcessChannel, create_process_domain
 from pvhyp.console import BUFFER_BYTES
 

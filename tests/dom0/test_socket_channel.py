@@ -13,7 +13,7 @@ import pvguest.hypercall_channel as client
 import pvhyp.channel_server as wire
 from abi import errno as E
 from abi.sched import SHUTDOWN_crash
-from abi.xen import CONSOLEIO_write, HYPERCALL_NUMBERS
+from abi.xen import HYPERCALL_NUMBERS, CONSOLEIO_write
 from pvguest.hypercall_channel import ChannelError, SocketChannel
 from pvhyp.channel import create_process_domain
 

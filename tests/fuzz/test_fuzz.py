@@ -6,8 +6,8 @@ import pathlib
 import pytest
 
 from pvhyp.fuzz import runner
-from pvhyp.fuzz.runner import make_hv
 from pvhyp.fuzz.ops import Step
+from pvhyp.fuzz.runner import make_hv
 
 CORPUS = sorted((pathlib.Path(__file__).parent / "corpus").glob("*.json"))
 

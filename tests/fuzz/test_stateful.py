@@ -20,8 +20,8 @@ from abi import grant_table as gt
 from abi import xen as X
 from abi.strategies import strategy_for
 from pvhyp.fuzz import oracle, runner
-from pvhyp.fuzz.runner import make_hv
 from pvhyp.fuzz.ops import Step, all_ops
+from pvhyp.fuzz.runner import make_hv
 from pvhyp.fuzz.world import BUFFER_PAGES, DOMID_SELF
 
 STRUCT_OPS = [op for op in all_ops() if op.struct is not None and op.cmd is not None]

@@ -9,7 +9,7 @@ import sys
 
 from pvhyp.channel import create_process_domain
 from pvhyp.channel_server import ChannelServer
-from tests.evtchn.evtchn_kit import DATA_PAGE, ROOT_DIR, Guest
+from tests.evtchn.evtchn_kit import DATA_PAGE, ROOT_DIR
 
 ROUNDS = 20
 REF = 9

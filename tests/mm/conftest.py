@@ -1,6 +1,7 @@
 import pytest
 
 from pvhyp.mm.checker import check_invariants
+
 from .mm_kit import Guest, make_hv
 
 

@@ -5,7 +5,7 @@ from abi import errno as E
 from abi import memory as M
 from abi import xen_x86_64 as X64
 
-from .mm_kit import BUF_VA, Guest
+from .mm_kit import BUF_VA
 
 INVALID = 2 ** 64 - 1
 

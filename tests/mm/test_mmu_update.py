@@ -4,7 +4,7 @@ import struct
 from abi import errno as E
 from abi import xen as X
 
-from .mm_kit import BUF_VA, DONE_VA, Guest, REQS_VA
+from .mm_kit import BUF_VA, DONE_VA, REQS_VA, Guest
 
 P, RW, A, D = 0x1, 0x2, 0x20, 0x40
 

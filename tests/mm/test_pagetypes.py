@@ -1,7 +1,8 @@
 """Validation of guest page tables: what may go in an entry, at every level (Xen's mm.c rules)."""
 from abi import errno as E
-from .mm_kit import Guest
 from pvhyp.mm.pagetype import PGT_l1_page_table, PGT_l4_page_table, PGT_writable_page
+
+from .mm_kit import Guest
 
 P, RW, US, PWT, PCD, PSE, G = 0x1, 0x2, 0x4, 0x8, 0x10, 0x80, 0x100
 NX = 1 << 63

@@ -9,13 +9,11 @@ memory; an unprivileged attacker must also leave the victim's memory alone.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 
-import functools
-
 import pytest
-
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
@@ -25,7 +23,7 @@ from pvhyp.guest_access import GuestFault
 from pvhyp.mm.checker import check_invariants
 from pvhyp.mm.ptwr import ptwr_emulate, ptwr_rmw
 
-from .mm_kit import DONE_VA, Guest, REQS_VA, make_hv
+from .mm_kit import Guest, make_hv
 
 FLAGS = st.sampled_from([0x0, 0x1, 0x3, 0x5, 0x7, 0x25, 0x27, 0x67, 0x87, 0x105, 0x107, 0x1E7, 0x19, 0xE07,
                          (1 << 63) | 0x7, (1 << 52) | 0x5, 0x7FF0_0000_0000_0007, 0xFFF])

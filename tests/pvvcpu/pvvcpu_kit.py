@@ -54,6 +54,7 @@ class Guest:
 def bind_virq(guest, virq: int, vcpu_id: int = 0) -> int:
     """EVTCHNOP_bind_virq through the real handler; returns the port."""
     import struct
+
     from abi.event_channel import EVTCHNOP_bind_virq
     va = guest.write(6, struct.pack("<III", virq, vcpu_id, 0))
     assert guest.call("event_channel_op", EVTCHNOP_bind_virq, va) == 0

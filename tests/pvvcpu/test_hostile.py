@@ -9,8 +9,8 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 
 from abi.xen import HYPERCALL_NUMBERS
-from tests.pvvcpu.pvvcpu_kit import DATA_VA, NR_DATA_PAGES
 from pvhyp.hypercall_table import HypercallContext
+from tests.pvvcpu.pvvcpu_kit import DATA_VA, NR_DATA_PAGES
 
 MINE = ("set_trap_table", "set_gdt", "stack_switch", "set_callbacks", "fpu_taskswitch", "sched_op_compat",
         "set_debugreg", "get_debugreg", "update_descriptor", "set_timer_op", "xen_version", "vcpu_op",

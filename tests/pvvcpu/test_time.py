@@ -9,9 +9,15 @@ from abi import errno as E
 from abi import sched as S
 from abi import vcpu as V
 from abi.xen import VIRQ_TIMER, XEN_PVCLOCK_TSC_STABLE_BIT
+from pvhyp.time import (
+    NSEC_PER_SEC,
+    TSC_SHIFT,
+    TSC_TO_SYSTEM_MUL,
+    VCPU_INFO_TIME_OFFSET,
+    compute_time_scale,
+    scale_delta,
+)
 from tests.pvvcpu.pvvcpu_kit import bind_virq, clear_port, port_pending
-from pvhyp.time import (NSEC_PER_SEC, TSC_SHIFT, TSC_TO_SYSTEM_MUL, VCPU_INFO_TIME_OFFSET,
-                        compute_time_scale, scale_delta)
 
 MS = 1_000_000
 
@@ -181,6 +187,7 @@ def test_watchdog(guest, clock):
 def test_host_tsc_pvclock_tracks_the_monotonic_clock(hv):
     """Real clock: the guest TSC is the host TSC unicorn's rdtsc returns; the record converts it."""
     import time
+
     from tests.pvvcpu.pvvcpu_kit import Guest
     guest = Guest(hv, hv.create_domain(max_pages=64))
     version, _, _, _, mul, shift, flags = time_info(guest)
@@ -199,6 +206,7 @@ def test_host_tsc_pvclock_tracks_the_monotonic_clock(hv):
 
 def test_records_are_restamped_periodically_with_the_real_clock(hv, monkeypatch):
     import time
+
     import pvhyp.time
     from tests.pvvcpu.pvvcpu_kit import Guest
     monkeypatch.setattr(pvhyp.time, "CALIBRATION_PERIOD_NS", 20_000_000)

@@ -9,7 +9,6 @@ import sys
 import pytest
 
 
-
 def names(host) -> dict[str, list[str]]:
     rows = host.pvhyp("list").stdout.splitlines()[1:]
     return {row.split()[0]: row.split()[1:] for row in rows}

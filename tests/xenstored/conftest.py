@@ -24,7 +24,7 @@ def guest_factory(engine, dom0):
     def make(domid: int) -> Client:
         home = f"/local/domain/{domid}"
         dom0.ok(wire.XS_MKDIR, home)
-        dom0.ok(wire.XS_SET_PERMS, home, f"n{domid}", f"r0")
+        dom0.ok(wire.XS_SET_PERMS, home, f"n{domid}", "r0")
         conn_id = engine.introduce_domain(domid, gfn=0, port=1)
         return Client(engine, domid, conn_id=conn_id)
 

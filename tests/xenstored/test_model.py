@@ -3,7 +3,8 @@ behaves like a plain dict of paths with serialised commits."""
 
 import os
 
-from hypothesis import event, settings, strategies as st
+from hypothesis import event, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from abi.io import xs_wire as wire

@@ -3,7 +3,8 @@
 import struct
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from abi.io import xs_wire as wire
 from dom0.xenstored import XenStore
