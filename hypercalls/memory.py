@@ -16,6 +16,7 @@ from abi import memory as M
 from abi import xen_x86_64 as X64
 from abi.e820 import E820_RAM
 from hypercalls import hypercall
+from pvhyp.domain import mm_of
 from pvhyp.guest_access import GuestFault, handle_ok
 
 if TYPE_CHECKING:
@@ -194,13 +195,13 @@ def _set_memory_map(ctx: HypercallContext, arg: int) -> int:
     if rc:
         return rc
     entries = ctx.read(buffer, nr_entries * _E820.size)
-    d.mm.e820 = entries
+    mm_of(d).e820 = entries
     return 0
 
 
 def _memory_map(ctx: HypercallContext, arg: int) -> int:
     nr_entries, buffer = _MEMORY_MAP.unpack(ctx.read(arg, _MEMORY_MAP.size))
-    e820 = ctx.domain.mm.e820
+    e820 = mm_of(ctx.domain).e820
     if not e820:
         return -E.ENOSYS
     n = min(nr_entries, len(e820) // _E820.size)

@@ -27,7 +27,7 @@ assert _ENTRY.size == X.multicall_entry.sizeof()
 class _InMulticall(threading.local):
     """The vCPUs (ids) inside a multicall on the calling thread: a nested one is refused."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.vcpus: set[int] = set()
 
 

@@ -14,6 +14,7 @@ from abi import errno as E
 from abi import physdev as P
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, guest_handle_okay
+from pvhyp.domain import evtchn_of, pv_of
 from pvhyp.pv import state as pv_state
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def do_physdev_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
         request = ctx.read_struct(P.physdev_set_iobitmap, arg)
         if not guest_handle_okay(ctx, request["bitmap"], IOBMP_BYTES, 1) or request["nr_ports"] > MAX_IO_PORTS:
             return -E.EINVAL
-        pv = ctx.vcpu.pv
+        pv = pv_of(ctx.vcpu)
         pv.iobmp, pv.iobmp_limit = request["bitmap"], request["nr_ports"]
         return 0
     if cmd == P.PHYSDEVOP_eoi:
@@ -70,7 +71,7 @@ def do_physdev_op(ctx: HypercallContext, cmd: int, arg: int) -> int:
         return 0
     if cmd == P.PHYSDEVOP_irq_status_query:
         query = ctx.read_struct(P.physdev_irq_status_query, arg)
-        if query["irq"] >= ctx.domain.evtchn.nr_pirqs:
+        if query["irq"] >= evtchn_of(ctx.domain).nr_pirqs:
             return -E.EINVAL
         ctx.write_struct(P.physdev_irq_status_query, arg, {"irq": query["irq"], "flags": P.XENIRQSTAT_needs_eoi})
         return 0

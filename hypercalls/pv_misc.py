@@ -7,6 +7,7 @@ from abi import errno as E
 from abi.xen_x86_64 import SEGBASE_FS, SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBASE_GS_USER_SEL
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, c_uint
+from pvhyp.domain import pv_of
 from pvhyp.pv import state as pv_state
 from pvhyp.pv.change import PvChange
 
@@ -19,7 +20,7 @@ _SEGMENT_BASE = {SEGBASE_FS: PvChange.FS_BASE, SEGBASE_GS_USER: PvChange.GS_BASE
 
 @hypercall("stack_switch")
 def do_stack_switch(ctx: HypercallContext, ss: int, esp: int) -> int:
-    pv = ctx.vcpu.pv
+    pv = pv_of(ctx.vcpu)
     pv.kernel_ss = pv_state.fixup_guest_selector(ss) & 0xFFFF_FFFF_FFFF_FFFF
     pv.kernel_sp = esp
     return 0

@@ -7,6 +7,7 @@ from abi import errno as E
 from abi.arch_x86_xen import trap_info
 from abi.fast import codec
 from hypercalls import hypercall
+from pvhyp.domain import pv_of
 from pvhyp.pv import state as pv_state
 from pvhyp.pv.traps import GuestCrash
 
@@ -22,7 +23,7 @@ MAX_TRAP_TABLE_ENTRIES = 1 << 16
 
 @hypercall("set_trap_table")
 def do_set_trap_table(ctx: HypercallContext, traps: int) -> int:
-    pv = ctx.vcpu.pv
+    pv = pv_of(ctx.vcpu)
     if traps == 0:
         pv_state.clear_trap_table(pv)
         return 0
@@ -40,7 +41,7 @@ def do_set_trap_table(ctx: HypercallContext, traps: int) -> int:
 def do_set_callbacks(ctx: HypercallContext, event_address: int, failsafe_address: int,
                      syscall_address: int) -> int:
     """Register the three callbacks with no flags; a non-canonical one is ignored (always 0)."""
-    pv = ctx.vcpu.pv
+    pv = pv_of(ctx.vcpu)
     for callback, address in ((pv.event_callback, event_address),
                               (pv.failsafe_callback, failsafe_address),
                               (pv.syscall_callback, syscall_address)):

@@ -10,6 +10,7 @@ from abi.sched import SHUTDOWN_poweroff
 from hypercalls import hypercall
 from hypercalls.c_args import c_int, c_uint, guest_handle_okay
 from hypercalls.sched import domain_shutdown
+from pvhyp.domain import pv_of
 from pvhyp.pv import state as pv_state
 from pvhyp.time import MILLISECS, STIME_DELTA_MAX
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def _is_initialised(vcpu: VCPU) -> bool:
-    return vcpu.pv.is_initialised or vcpu.online
+    return pv_of(vcpu).is_initialised or vcpu.online
 
 
 def _guest_pointer(area: dict[str, Any]) -> int:
@@ -122,8 +123,9 @@ def do_vcpu_op(ctx: HypercallContext, cmd: int, vcpuid: int, arg: int) -> int:
     if cmd == V.VCPUOP_send_nmi:
         if arg:
             return -E.EINVAL
-        if not v.pv.nmi_pending:
-            v.pv.nmi_pending = True
+        pv = pv_of(v)
+        if not pv.nmi_pending:
+            pv.nmi_pending = True
             v.kick()
         return 0
     if cmd == V.VCPUOP_get_physid:

@@ -29,6 +29,50 @@ if TYPE_CHECKING:
 INVALID_MFN = 0xFFFF_FFFF_FFFF_FFFF
 
 
+class SlotUnset(RuntimeError):
+    """A Domain/VCPU slot read before its owner set it: a hypervisor bug, not a guest error."""
+
+
+# Typed accessors for the code that relies on a slot being set (a hypercall on a
+# running vCPU, the engine's loop, a timer armed after the create hooks ran): they
+# narrow `X | None` to `X` and say which slot was missing. Code that can legitimately
+# meet None (teardown, threads walking hv.domains) tests the slot itself.
+
+def pv_of(vcpu: VCPU) -> PvState:
+    """`vcpu.pv`, set by pvhyp/pv/state's create hook."""
+    if vcpu.pv is None:
+        raise SlotUnset(f"d{vcpu.domain.domid}v{vcpu.vcpu_id}: vcpu.pv is not set up")
+    return vcpu.pv
+
+
+def timers_of(vcpu: VCPU) -> VcpuTimers:
+    """`vcpu.timer`, set by pvhyp/time's create hook."""
+    if vcpu.timer is None:
+        raise SlotUnset(f"d{vcpu.domain.domid}v{vcpu.vcpu_id}: vcpu.timer is not set up")
+    return vcpu.timer
+
+
+def sched_unit_of(vcpu: VCPU) -> SchedUnit:
+    """`vcpu.sched`, set by pvhyp/sched's create hook."""
+    if vcpu.sched is None:
+        raise SlotUnset(f"d{vcpu.domain.domid}v{vcpu.vcpu_id}: vcpu.sched is not set up")
+    return vcpu.sched
+
+
+def mm_of(domain: Domain) -> DomainMM:
+    """`domain.mm`, set by pvhyp/mm's create hook."""
+    if domain.mm is None:
+        raise SlotUnset(f"d{domain.domid}: domain.mm is not set up")
+    return domain.mm
+
+
+def evtchn_of(domain: Domain) -> DomainEvtchn:
+    """`domain.evtchn`, set by pvhyp/event_channel's create hook."""
+    if domain.evtchn is None:
+        raise SlotUnset(f"d{domain.domid}: domain.evtchn is not set up")
+    return domain.evtchn
+
+
 class VCPU:
     def __init__(self, domain: "Domain", vcpu_id: int):
         self.domain = domain

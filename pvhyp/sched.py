@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from abi.vcpu import RUNSTATE_blocked, RUNSTATE_offline, RUNSTATE_runnable, RUNSTATE_running
 from abi.xen import VMASST_TYPE_runstate_update_flag
+from pvhyp.domain import sched_unit_of, timers_of
 from pvhyp.guest_access import GuestFault, copy_to_guest
 from pvhyp.pv import state as pv_state
 
@@ -103,7 +104,7 @@ class Scheduler:
 
     def runstate_info(self, vcpu: "VCPU") -> dict:
         """Xen's vcpu_runstate_get: the current state's time counted up to now."""
-        unit = vcpu.sched
+        unit = sched_unit_of(vcpu)
         with self.cond:
             times = list(unit.time)
             delta = self.now() - unit.state_entry_time
@@ -112,7 +113,7 @@ class Scheduler:
             return {"state": unit.runstate, "state_entry_time": unit.state_entry_time, "time": times}
 
     def pack_runstate(self, vcpu: "VCPU", live: bool = False) -> bytes:
-        unit = vcpu.sched
+        unit = sched_unit_of(vcpu)
         if live:
             info = self.runstate_info(vcpu)
             return _RUNSTATE_INFO.pack(info["state"], info["state_entry_time"], *info["time"])
@@ -140,7 +141,7 @@ class Scheduler:
     # --- the engine's side -----------------------------------------------------------
     def wait_to_run(self, vcpu: "VCPU") -> bool:
         """Block until `vcpu` holds a pCPU (True), or can never run again (False)."""
-        unit = vcpu.sched
+        unit = sched_unit_of(vcpu)
         with self.cond:
             if unit.has_cpu:
                 return True
@@ -172,7 +173,7 @@ class Scheduler:
 
     def slice_expired(self, vcpu: "VCPU") -> bool:
         """Should the running vCPU give up its pCPU now?"""
-        unit = vcpu.sched
+        unit = sched_unit_of(vcpu)
         if not unit.has_cpu:
             return True
         if self._gone(vcpu) or not self._may_run(vcpu):
@@ -181,7 +182,7 @@ class Scheduler:
 
     def deschedule(self, vcpu: "VCPU") -> None:
         """Give up the pCPU; the vCPU goes to the tail if it is still runnable."""
-        unit = vcpu.sched
+        unit = sched_unit_of(vcpu)
         with self.cond:
             self._release(unit)
             if self._may_run(vcpu) and not self._gone(vcpu):
@@ -194,7 +195,7 @@ class Scheduler:
 
     def yield_(self, vcpu: "VCPU") -> bool:
         """SCHEDOP_yield: let the others waiting run first."""
-        if not vcpu.sched.has_cpu:
+        if not sched_unit_of(vcpu).has_cpu:
             return True
         self.deschedule(vcpu)
         return self.wait_to_run(vcpu)
@@ -205,7 +206,7 @@ class Scheduler:
         Returns at once when an event is already pending for delivery or a
         wake came since the last block.
         """
-        unit = vcpu.sched
+        unit = sched_unit_of(vcpu)
         if not vcpu.domain.paging:
             # A process domain's "CPU" is an OS process that waits on its own
             # channel; parking the thread that dispatched for it would stall
@@ -260,7 +261,7 @@ class Scheduler:
             self.block(vcpu)
         finally:
             vcpu.poll_evtchn = None
-            self.hv.time.timers.stop_timer(vcpu.timer.poll)
+            self.hv.time.timers.stop_timer(timers_of(vcpu).poll)
 
     def poll_timeout(self, vcpu: "VCPU") -> None:
         if vcpu.poll_evtchn is not None:
@@ -283,16 +284,17 @@ class Scheduler:
             was_down = not vcpu.online
             vcpu.online = True
             if was_down:
-                self._set_runstate(vcpu.sched, RUNSTATE_runnable)
+                self._set_runstate(sched_unit_of(vcpu), RUNSTATE_runnable)
             self.cond.notify_all()
         return was_down
 
     def vcpu_down(self, vcpu: "VCPU") -> None:
         with self.cond:
             vcpu.online = False
-            if not vcpu.sched.has_cpu:
-                self._dequeue(vcpu.sched)
-                self._set_runstate(vcpu.sched, RUNSTATE_offline)
+            unit = sched_unit_of(vcpu)
+            if not unit.has_cpu:
+                self._dequeue(unit)
+                self._set_runstate(unit, RUNSTATE_offline)
             self.cond.notify_all()
         if vcpu.arch is not None:
             vcpu.arch.kick()

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Callable
 
 from abi.arch_x86_xen import XEN_LEGACY_MAX_VCPUS
 from abi.xen import VIRQ_TIMER, XEN_PVCLOCK_TSC_STABLE_BIT, vcpu_info, vcpu_time_info
+from pvhyp.domain import timers_of
 from pvhyp.guest_access import GuestFault, copy_to_guest
 from pvhyp.memory import PAGE_SHIFT
 
@@ -146,13 +147,14 @@ class HostTsc:
 
     def _sample(self) -> tuple[int, int]:
         """(monotonic ns, TSC) read as close together as we can: the tightest of a few tries."""
-        best = None
+        best: tuple[int, int, int] | None = None
         for _ in range(3):
             before = host_time.monotonic_ns()
             tsc = self.read()
             after = host_time.monotonic_ns()
             if best is None or after - before < best[0]:
                 best = (after - before, (before + after) // 2, tsc)
+        assert best is not None         # set on the first of the tries
         return best[1], best[2]
 
     def hz(self) -> int:
@@ -197,7 +199,7 @@ class FakeClock:
     def __init__(self, start_ns: int = 0, boot_wallclock_ns: int = 1_700_000_000 * NSEC_PER_SEC):
         self._now = start_ns
         self.boot_wallclock_ns = boot_wallclock_ns
-        self.on_advance: list[Callable[[], None]] = []
+        self.on_advance: list[Callable[[], object]] = []    # results ignored
 
     def now_ns(self) -> int:
         return self._now
@@ -242,7 +244,7 @@ def _stop_timer_threads() -> None:
 
 
 class TimerQueue:
-    def __init__(self, clock):
+    def __init__(self, clock) -> None:
         self.clock = clock
         self._heap: list = []
         self._order = itertools.count()
@@ -357,7 +359,7 @@ class VcpuTimers:
 class TimeKeeper:
     """hv.time: the clock, the timer queue, and the time records guests read."""
 
-    def __init__(self, hv, clock=None):
+    def __init__(self, hv, clock=None) -> None:
         self.hv = hv
         self.clock = clock or MonotonicClock()
         self.timers = TimerQueue(self.clock)
@@ -419,7 +421,7 @@ class TimeKeeper:
 
     def _write_time_area(self, vcpu: "VCPU", va: int, body: bytes) -> None:
         # The area has its own version sequence, kept in our copy of it.
-        timers = vcpu.timer
+        timers = timers_of(vcpu)
         odd = ((timers.area_version + 1) | 1) & 0xFFFF_FFFF
         try:
             copy_to_guest(vcpu, va, _U32.pack(odd))
@@ -455,7 +457,7 @@ class TimeKeeper:
 
     def set_timer_op(self, vcpu: "VCPU", timeout: int) -> int:
         """HYPERVISOR_set_timer_op: arm (or with 0, stop) the singleshot timer; always 0."""
-        timers = vcpu.timer
+        timers = timers_of(vcpu)
         if timeout == 0:
             self.timers.stop_timer(timers.singleshot)
             return 0
@@ -475,16 +477,16 @@ class TimeKeeper:
         if timeout_abs_ns >= 1 << 63:
             timeout_abs_ns -= 1 << 64
         if timeout_abs_ns < self.now():
-            self.timers.stop_timer(vcpu.timer.singleshot)
+            self.timers.stop_timer(timers_of(vcpu).singleshot)
             self.send_timer_event(vcpu)
             return
-        self.timers.set_timer(vcpu.timer.singleshot, timeout_abs_ns)
+        self.timers.set_timer(timers_of(vcpu).singleshot, timeout_abs_ns)
 
     def stop_singleshot_timer(self, vcpu: "VCPU") -> None:
-        self.timers.stop_timer(vcpu.timer.singleshot)
+        self.timers.stop_timer(timers_of(vcpu).singleshot)
 
     def set_periodic_timer(self, vcpu: "VCPU", period_ns: int) -> None:
-        timers = vcpu.timer
+        timers = timers_of(vcpu)
         with timers.lock:
             self.timers.stop_timer(timers.periodic)
             timers.periodic_period = period_ns
@@ -492,11 +494,11 @@ class TimeKeeper:
                 self._periodic_work_locked(vcpu)
 
     def periodic_timer_work(self, vcpu: "VCPU") -> None:
-        with vcpu.timer.lock:
+        with timers_of(vcpu).lock:
             self._periodic_work_locked(vcpu)
 
     def _periodic_work_locked(self, vcpu: "VCPU") -> None:
-        timers = vcpu.timer
+        timers = timers_of(vcpu)
         if not timers.periodic_period:
             return
         now = self.now()
@@ -508,7 +510,7 @@ class TimeKeeper:
         self.timers.set_timer(timers.periodic, next_event)
 
     def set_poll_timeout(self, vcpu: "VCPU", deadline: int) -> None:
-        self.timers.set_timer(vcpu.timer.poll, deadline)
+        self.timers.set_timer(timers_of(vcpu).poll, deadline)
 
     def poll_timeout(self, vcpu: "VCPU") -> None:
         self.hv.sched.poll_timeout(vcpu)
@@ -525,8 +527,8 @@ class TimeKeeper:
             if wid == 0:
                 for i, slot in enumerate(slots):
                     if slot is None:
-                        slots[i] = Timer(lambda: self._watchdog_fired(domain, SHUTDOWN_watchdog))
-                        self.timers.set_timer(slots[i], self.now() + timeout_s * NSEC_PER_SEC)
+                        new = slots[i] = Timer(lambda: self._watchdog_fired(domain, SHUTDOWN_watchdog))
+                        self.timers.set_timer(new, self.now() + timeout_s * NSEC_PER_SEC)
                         return i + 1
                 return -ENOSPC
             timer = slots[wid - 1]
@@ -571,9 +573,9 @@ class TimeKeeper:
             if timers is not None:
                 for timer in (timers.singleshot, timers.periodic, timers.poll):
                     self.timers.stop_timer(timer)
-        for timer in self.watchdogs.pop(domain.domid, []):
-            if timer is not None:
-                self.timers.stop_timer(timer)
+        for watchdog in self.watchdogs.pop(domain.domid, []):
+            if watchdog is not None:
+                self.timers.stop_timer(watchdog)
 
 
 def attach(hv) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from abi import errno as E
 from abi.arch_x86_xen import FIRST_RESERVED_GDT_ENTRY
 from abi.xen_x86_64 import FLAT_KERNEL_CS
+from pvhyp.domain import pv_of
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 from pvhyp.mm.pagetype import PGT_seg_desc_page, PGT_writable_page
 from pvhyp.pv.change import PvChange, notify_arch
@@ -92,7 +93,7 @@ def put_seg_desc_frame(domain: "Domain", mfn: int) -> None:
 
 
 def pv_destroy_gdt(vcpu: "VCPU") -> None:
-    pv = vcpu.pv
+    pv = pv_of(vcpu)
     for i in range((pv.gdt_ents + GDT_ENTRIES_PER_FRAME - 1) // GDT_ENTRIES_PER_FRAME):
         if pv.gdt_frames[i]:
             put_seg_desc_frame(vcpu.domain, pv.gdt_frames[i])
@@ -106,7 +107,7 @@ def pv_set_gdt(vcpu: "VCPU", frames: list[int], entries: int) -> int:
         return -E.EINVAL
     nr_frames = (entries + GDT_ENTRIES_PER_FRAME - 1) // GDT_ENTRIES_PER_FRAME
     domain = vcpu.domain
-    taken = []
+    taken: list[int] = []
     for mfn in frames[:nr_frames]:
         if not get_seg_desc_frame(domain, mfn):
             for got in taken:
@@ -114,7 +115,7 @@ def pv_set_gdt(vcpu: "VCPU", frames: list[int], entries: int) -> int:
             return -E.EINVAL
         taken.append(mfn)
     pv_destroy_gdt(vcpu)
-    pv = vcpu.pv
+    pv = pv_of(vcpu)
     pv.gdt_ents = entries
     for i, mfn in enumerate(taken):
         pv.gdt_frames[i] = mfn
@@ -152,7 +153,7 @@ _RESERVED_FLAT_SELECTORS = frozenset({0xE023, 0xE02B, 0xE033})
 def read_descriptor(vcpu: "VCPU", sel: int) -> int | None:
     """The guest's descriptor for selector `sel` (GDT or LDT), or None if out of its table."""
     from pvhyp.guest_access import GuestFault, copy_from_guest
-    pv = vcpu.pv
+    pv = pv_of(vcpu)
     index = sel >> 3
     if sel & 4:
         if index >= pv.ldt_ents:

@@ -42,13 +42,17 @@ _GPR_BY_NUMBER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
 _LEGACY_PREFIXES = frozenset(b"\x26\x2e\x36\x3e\x64\x65\x66\x67\xf0\xf2\xf3")
 
 
-def _regs32(*values: int) -> tuple[int, ...]:
-    return tuple(v & 0xFFFF_FFFF for v in values)
+def _regs32(eax: int, ebx: int, ecx: int, edx: int) -> tuple[int, int, int, int]:
+    return eax & 0xFFFF_FFFF, ebx & 0xFFFF_FFFF, ecx & 0xFFFF_FFFF, edx & 0xFFFF_FFFF
+
+
+def _le32(raw: bytes, i: int) -> int:
+    return int.from_bytes(raw[i:i + 4], "little")
 
 
 def _ascii_regs(text: str) -> tuple[int, int, int]:
     raw = text.encode().ljust(12, b"\0")
-    return tuple(int.from_bytes(raw[i:i + 4], "little") for i in (0, 4, 8))
+    return _le32(raw, 0), _le32(raw, 4), _le32(raw, 8)
 
 
 XEN_VERSION_MAJOR, XEN_VERSION_MINOR = 4, 17
@@ -84,7 +88,7 @@ def cpuid_policy(leaf: int, subleaf: int, vcpu_id: int = 0) -> tuple[int, int, i
         return 0, 0, 1 << 0, (1 << 11) | (1 << 20) | (1 << 29)   # LAHF; SYSCALL NX LM
     if 0x8000_0002 <= leaf <= 0x8000_0004:
         brand = b"pvhyp virtual CPU".ljust(48, b"\0")[(leaf - 0x8000_0002) * 16:][:16]
-        return tuple(int.from_bytes(brand[i:i + 4], "little") for i in (0, 4, 8, 12))
+        return _le32(brand, 0), _le32(brand, 4), _le32(brand, 8), _le32(brand, 12)
     if leaf == 0x8000_0008:
         return 0x3028, 0, 0, 0               # 40 physical, 48 virtual address bits
     return 0, 0, 0, 0

@@ -56,7 +56,7 @@ from abi.arch_x86_xen import (
 )
 from abi.xen import VMASST_TYPE_architectural_iopl, vcpu_info
 from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS
-from pvhyp.domain import INVALID_MFN
+from pvhyp.domain import INVALID_MFN, pv_of
 from pvhyp.guest_access import addr_ok, is_canonical_address
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 from pvhyp.pv import descriptors
@@ -220,12 +220,12 @@ def clear_trap_table(pv: PvState) -> None:
 def register_guest_nmi_callback(vcpu: "VCPU", address: int) -> int:
     if not is_canonical_address(address):
         return -E.EINVAL
-    vcpu.pv.trap_table[TRAP_nmi] = TrapInfo(TRAP_nmi, 4, FLAT_KERNEL_CS, address)
+    pv_of(vcpu).trap_table[TRAP_nmi] = TrapInfo(TRAP_nmi, 4, FLAT_KERNEL_CS, address)
     return 0
 
 
 def unregister_guest_nmi_callback(vcpu: "VCPU") -> None:
-    vcpu.pv.trap_table.pop(TRAP_nmi, None)
+    pv_of(vcpu).trap_table.pop(TRAP_nmi, None)
 
 
 # --- segment bases, FPU, debug registers, IOPL (Xen: pv/misc-hypercalls.c) -----
@@ -239,7 +239,7 @@ def set_segment_base(vcpu: "VCPU", base: PvChange, value: int) -> int:
         raise ValueError(f"{base} is not a segment base")
     if not is_canonical_address(value):
         return -E.EINVAL
-    setattr(vcpu.pv, base.value, value)
+    setattr(pv_of(vcpu), base.value, value)
     notify_arch(vcpu, base)
     return 0
 
@@ -257,21 +257,21 @@ def set_gs_user_selector(vcpu: "VCPU", sel: int) -> int:
     base = data_selector_base(vcpu, sel)
     if base is None:
         sel, base = 0, 0
-    pv = vcpu.pv
+    pv = pv_of(vcpu)
     pv.gs_sel_user, pv.gs_base_user = sel, base
     notify_arch(vcpu, PvChange.GS_SEL_USER)
     return 0
 
 
 def fpu_taskswitch(vcpu: "VCPU", set_ts: bool) -> int:
-    vcpu.pv.cr0_ts = bool(set_ts)
+    pv_of(vcpu).cr0_ts = bool(set_ts)
     notify_arch(vcpu, PvChange.CR0_TS)
     return 0
 
 
 def set_debugreg(vcpu: "VCPU", reg: int, value: int) -> int:
     """Xen's set_debugreg: -EPERM bad address/privileged bit, -EINVAL reserved bits, -ENODEV bad reg."""
-    pv = vcpu.pv
+    pv = pv_of(vcpu)
     if 0 <= reg <= 3:
         if not addr_ok(value):
             return -E.EPERM
@@ -307,7 +307,7 @@ def set_debugreg(vcpu: "VCPU", reg: int, value: int) -> int:
 
 def get_debugreg(vcpu: "VCPU", reg: int) -> int:
     """The register's value, or -ENODEV (Xen's x86emul_read_dr)."""
-    pv = vcpu.pv
+    pv = pv_of(vcpu)
     if 0 <= reg <= 3:
         return pv.dr[reg]
     if reg in (4, 6) and not (reg == 4 and pv.cr4 & X86_CR4_DE):
@@ -320,7 +320,7 @@ def get_debugreg(vcpu: "VCPU", reg: int) -> int:
 def set_iopl(vcpu: "VCPU", iopl: int) -> int:
     if iopl > 3:
         return -E.EINVAL
-    vcpu.pv.iopl = iopl
+    pv_of(vcpu).iopl = iopl
     return 0
 
 
@@ -330,7 +330,7 @@ def map_vcpu_info(vcpu: "VCPU", caller: "VCPU", mfn: int, offset: int) -> int:
     """Move `vcpu`'s vcpu_info to guest frame `mfn` at `offset`, carrying its contents."""
     if offset > PAGE_SIZE - VCPU_INFO_SIZE or offset & (VCPU_INFO_ALIGN - 1):
         return -E.ENXIO
-    pv = vcpu.pv
+    pv = pv_of(vcpu)
     if pv.vcpu_info_mfn != INVALID_MFN:
         return -E.EINVAL
     if vcpu is not caller and vcpu.online:
@@ -363,7 +363,7 @@ def map_vcpu_info(vcpu: "VCPU", caller: "VCPU", mfn: int, offset: int) -> int:
 
 
 def unmap_vcpu_info(vcpu: "VCPU") -> None:
-    pv = vcpu.pv
+    pv = pv_of(vcpu)
     if pv.vcpu_info_mfn == INVALID_MFN:
         return
     vcpu.domain.hv.mmu.release_page(pv.vcpu_info_mfn, writable=True)
@@ -456,7 +456,7 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
         return -E.EINVAL
     if not flags & VGCF_in_kernel and not ctxt["ctrlreg"][1]:
         return -E.EINVAL
-    pv = vcpu.pv
+    pv = pv_of(vcpu)
     rc = pv_set_gdt(vcpu, list(ctxt["gdt_frames"]), gdt_ents)
     if rc:
         return rc

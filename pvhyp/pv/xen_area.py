@@ -126,7 +126,7 @@ class XenArea:
         self.memory = memory
         self._alloc_frame = alloc_frame
         self._lock = threading.Lock()
-        self._l3 = {}                       # l4 slot -> L3 mfn
+        self._l3: dict[int, int] = {}       # l4 slot -> L3 mfn
         self._perdomain_l1: dict[int, int] = {}   # index of 2 MiB chunk -> L1 mfn
         self._free_windows: list[int] = []
         self._next_window = 0
