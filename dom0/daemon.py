@@ -52,7 +52,7 @@ class Dom0:
         # Xen raises VIRQ_DOM_EXC in dom0 when a domain shuts down or dies: react at once
         # rather than at the next periodic check (which stays, for hypervisors that do not).
         try:
-            self.dom_exc_port = self.evtchn.bind_virq(VIRQ_DOM_EXC)
+            self.dom_exc_port: int | None = self.evtchn.bind_virq(VIRQ_DOM_EXC)
         except EventChannelError as e:
             log.info("no VIRQ_DOM_EXC (%s): domain state is polled only", e)
             self.dom_exc_port = None

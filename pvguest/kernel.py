@@ -46,7 +46,7 @@ class PageAllocator:
 
 
 class Kernel:
-    def __init__(self, channel):
+    def __init__(self, channel) -> None:
         self.channel = channel
         self.domid = channel.domid
         self.start_info = start_info.parse(bytes(page(channel, START_INFO_PFN))[:start_info.sizeof()])

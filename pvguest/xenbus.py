@@ -78,7 +78,7 @@ class SocketTransport:
 
 
 class Xenbus:
-    def __init__(self, transport):
+    def __init__(self, transport) -> None:
         self.transport = transport
         self._ids = itertools.count(1)
         self._inbuf = b""

@@ -8,6 +8,7 @@ sections, else the legacy `__xen_guest` section string.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from abi import elfnote, features
@@ -87,7 +88,8 @@ class XenParams:
     virt_kend: int = 0
 
 
-def _check(cond: bool, message: str) -> None:
+def _check(cond: object, message: str) -> None:
+    """BuildError(message) unless `cond` is true (any value, by its truth)."""
     if not cond:
         raise BuildError(message)
 
@@ -117,7 +119,7 @@ class ElfFile:
         self.pend = max(s.paddr + s.memsz for s in self.segments)
         self._check_overlaps()
 
-    def _table(self, offset: int, entsize: int, count: int, expected: int, what: str):
+    def _table(self, offset: int, entsize: int, count: int, expected: int, what: str) -> Iterator[int]:
         if count == 0:
             return
         _check(entsize == expected, f"ELF {what} entry size {entsize}, expected {expected}")
@@ -180,7 +182,7 @@ class ElfFile:
             return None
         return self.data[start:nul].decode("latin-1")
 
-    def notes(self, offset: int, size: int):
+    def notes(self, offset: int, size: int) -> Iterator[tuple[str, int, bytes, int]]:
         """(name, type, desc bytes, desc offset) of each note in [offset, offset+size)."""
         end = min(offset + size, len(self.data))
         at = offset
@@ -229,54 +231,59 @@ def _apply_note(elf: "ElfFile", params: XenParams, ntype: int, desc: bytes, desc
     if name is None:
         return                                  # unknown note types are ignored, as Xen does
     n = elfnote
+    text = ""                                   # a string note's value
+    number = 0                                  # a numeric note's value
     if ntype in _STRING_NOTES:
         # Xen's elf_strval reads up to the first NUL in the image, not the descriptor:
         # Linux's FEATURES note is an unterminated .ascii that ends in the alignment padding.
-        value: object = elf.c_string(desc_at, len(elf.data))
-        _check(value is not None, f"ELF note {name} is not a NUL-terminated string")
+        string = elf.c_string(desc_at, len(elf.data))
+        if string is None:
+            raise BuildError(f"ELF note {name} is not a NUL-terminated string")
+        text = string
+        value: str | int = text
     elif ntype == n.XEN_ELFNOTE_L1_MFN_VALID:
         # (mask, value) pairs of any width; libelf does not interpret it either.
         value = desc.hex()
     elif ntype == n.XEN_ELFNOTE_SUPPORTED_FEATURES:
         _check(len(desc) % 4 == 0 and desc, f"ELF note {name} is not an array of 32-bit words")
-        value = int.from_bytes(desc[:4], "little")       # XENFEAT_NR_SUBMAPS = 1
+        value = number = int.from_bytes(desc[:4], "little")       # XENFEAT_NR_SUBMAPS = 1
     else:
-        value = _numeric(name, desc)
+        value = number = _numeric(name, desc)
     params.notes.append((name, value))
     if ntype == n.XEN_ELFNOTE_LOADER:
-        params.loader = value
+        params.loader = text
     elif ntype == n.XEN_ELFNOTE_GUEST_OS:
-        params.guest_os = value
+        params.guest_os = text
     elif ntype == n.XEN_ELFNOTE_GUEST_VERSION:
-        params.guest_ver = value
+        params.guest_ver = text
     elif ntype == n.XEN_ELFNOTE_XEN_VERSION:
-        params.xen_ver = value
+        params.xen_ver = text
     elif ntype == n.XEN_ELFNOTE_PAE_MODE:
-        params.pae = value
+        params.pae = text
     elif ntype == n.XEN_ELFNOTE_BSD_SYMTAB:
-        params.bsd_symtab = value == "yes"
+        params.bsd_symtab = text == "yes"
     elif ntype == n.XEN_ELFNOTE_FEATURES:
-        parse_features(value, params)
+        parse_features(text, params)
     elif ntype == n.XEN_ELFNOTE_SUPPORTED_FEATURES:
-        params.f_supported |= value
+        params.f_supported |= number
     elif ntype == n.XEN_ELFNOTE_VIRT_BASE:
-        params.virt_base = value
+        params.virt_base = number
     elif ntype == n.XEN_ELFNOTE_ENTRY:
-        params.virt_entry = value
+        params.virt_entry = number
     elif ntype == n.XEN_ELFNOTE_INIT_P2M:
-        params.p2m_base = value
+        params.p2m_base = number
     elif ntype == n.XEN_ELFNOTE_MOD_START_PFN:
-        params.unmapped_initrd = bool(value)
+        params.unmapped_initrd = bool(number)
     elif ntype == n.XEN_ELFNOTE_PADDR_OFFSET:
-        params.elf_paddr_offset = value
+        params.elf_paddr_offset = number
     elif ntype == n.XEN_ELFNOTE_HYPERCALL_PAGE:
-        params.virt_hypercall = value
+        params.virt_hypercall = number
     elif ntype == n.XEN_ELFNOTE_HV_START_LOW:
-        params.virt_hv_start_low = value
+        params.virt_hv_start_low = number
     elif ntype == n.XEN_ELFNOTE_PHYS32_ENTRY:
-        params.phys_entry = value
+        params.phys_entry = number
     elif ntype == n.XEN_ELFNOTE_SUSPEND_CANCEL:
-        params.suspend_cancel = bool(value)
+        params.suspend_cancel = bool(number)
     elif ntype == n.XEN_ELFNOTE_L1_MFN_VALID:
         params.l1_mfn_valid = True
 
@@ -292,18 +299,20 @@ def _parse_note_area(elf: ElfFile, params: XenParams, offset: int, size: int, co
     return found
 
 
+def _guest_info_number(name: str, value: str) -> int:
+    """A numeric `__xen_guest` value, as int(value, 0) reads it."""
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise BuildError(f"__xen_guest: {name}={value!r} is not a number") from None
+
+
 def _parse_guest_info(text: str, params: XenParams) -> None:
     """elf_xen_parse_guest_info: the legacy `__xen_guest` "NAME=value,..." string."""
     params.note_source = "__xen_guest"
     for item in text.split(","):
         name, _, value = item.partition("=")
         params.notes.append((name, value))
-
-        def number() -> int:
-            try:
-                return int(value, 0)
-            except ValueError:
-                raise BuildError(f"__xen_guest: {name}={value!r} is not a number") from None
         if name == "LOADER":
             params.loader = value
         elif name == "GUEST_OS":
@@ -317,13 +326,13 @@ def _parse_guest_info(text: str, params: XenParams) -> None:
         elif name == "BSD_SYMTAB":
             params.bsd_symtab = True
         elif name == "VIRT_BASE":
-            params.virt_base = number()
+            params.virt_base = _guest_info_number(name, value)
         elif name == "VIRT_ENTRY":
-            params.virt_entry = number()
+            params.virt_entry = _guest_info_number(name, value)
         elif name == "ELF_PADDR_OFFSET":
-            params.elf_paddr_offset = number()
+            params.elf_paddr_offset = _guest_info_number(name, value)
         elif name == "HYPERCALL_PAGE":
-            params.virt_hypercall = number() << 12      # a page number here
+            params.virt_hypercall = _guest_info_number(name, value) << 12      # a page number here
         elif name == "FEATURES":
             parse_features(value, params)
     if params.virt_base is not None and params.virt_hypercall is not None:
@@ -351,7 +360,8 @@ def xen_parse(elf: ElfFile) -> XenParams:
         for name, _type, offset, size in elf.sections:
             if name == "__xen_guest":
                 text = elf.c_string(offset, offset + size)
-                _check(text is not None, "__xen_guest section is not a NUL-terminated string")
+                if text is None:
+                    raise BuildError("__xen_guest section is not a NUL-terminated string")
                 _parse_guest_info(text, params)
                 break
     _note_check(params)

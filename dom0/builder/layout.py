@@ -72,10 +72,11 @@ class Layout:
     virt_entry: int
     segments: list[Segment] = field(default_factory=list)
     maps: list[Mapping] = field(default_factory=list)
-    kernel: Segment | None = None
+    # plan_layout allocates these three before it returns the layout.
+    kernel: Segment = field(init=False)
+    p2m: Segment = field(init=False)
+    pgtables: Segment = field(init=False)
     ramdisk: Segment | None = None
-    p2m: Segment | None = None
-    pgtables: Segment | None = None
     start_info_pfn: int = 0
     xenstore_pfn: int = 0
     console_pfn: int = 0
@@ -106,7 +107,7 @@ class Layout:
 
     def all_pagetable_pfns(self) -> list[int]:
         """Every frame holding a boot page table, of every mapping (read-only in the guest)."""
-        pfns = []
+        pfns: list[int] = []
         for m in self.maps:
             first = m.lvls[PGTBL_LEVELS_X86_64 - 1].pfn
             pfns.extend(range(first, first + m.area.pgtables))
@@ -214,7 +215,7 @@ def _alloc_pgtables(alloc: _Allocator, lay: Layout, alloc_bootstack: bool) -> No
     lay.pgtables = alloc.alloc_segment("page tables", 0, m.area.pgtables * PAGE_SIZE)
 
 
-def _alloc_p2m_list(alloc: _Allocator, lay: Layout) -> None:
+def _alloc_p2m_list(alloc: _Allocator, lay: Layout) -> Segment:
     """alloc_p2m_list_x86_64: the P2M array, and with INIT_P2M the tables that map it."""
     size = (lay.p2m_size * SIZEOF_PFN_X86_64 + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
     if lay.p2m_base is not None:
@@ -225,6 +226,7 @@ def _alloc_p2m_list(alloc: _Allocator, lay: Layout) -> None:
         lay.maps.append(m)
         size += m.area.pgtables << PAGE_SHIFT
     lay.p2m = alloc.alloc_segment("phys2mach", 0, size)
+    return lay.p2m
 
 
 def plan_layout(image: KernelImage, total_pages: int, ramdisk_size: int = 0) -> Layout:
@@ -232,6 +234,8 @@ def plan_layout(image: KernelImage, total_pages: int, ramdisk_size: int = 0) -> 
     params = image.params
     if total_pages <= 0:
         raise BuildError("the domain has no memory")
+    # xen_parse's address check (elf_xen_addr_calc_check) set both.
+    assert params.virt_base is not None and params.virt_entry is not None
     lay = Layout(virt_base=params.virt_base, total_pages=total_pages, p2m_size=total_pages,
                  virt_entry=params.virt_entry)
     lay.virt_alloc_end = params.virt_base
@@ -269,9 +273,9 @@ def plan_layout(image: KernelImage, total_pages: int, ramdisk_size: int = 0) -> 
         lay.initrd_len = lay.ramdisk.pages * PAGE_SIZE
 
     if p2m_base is not None:
-        _alloc_p2m_list(alloc, lay)
-        lay.p2m.vstart = p2m_base
-        lay.p2m.vend = p2m_base + lay.p2m.pages * PAGE_SIZE
+        p2m = _alloc_p2m_list(alloc, lay)
+        p2m.vstart = p2m_base
+        p2m.vend = p2m_base + p2m.pages * PAGE_SIZE
 
     if params.virt_hypercall is not None:
         pfn = (params.virt_hypercall - params.virt_base) >> PAGE_SHIFT

@@ -39,7 +39,8 @@ class CpioWriter:
 
 def parse(blob: bytes) -> list[tuple[str, int, bytes]]:
     """(name, mode, data) of each entry; the test's way to read an archive back."""
-    out, off = [], 0
+    out: list[tuple[str, int, bytes]] = []
+    off = 0
     while True:
         if blob[off:off + 6] != b"070701":
             raise ValueError(f"bad cpio magic at {off}")

@@ -23,7 +23,7 @@ def ar_members(blob: bytes) -> dict[str, bytes]:
         try:
             size = int(header[48:58].decode("ascii").strip())
         except ValueError:
-            raise DebError(f"corrupt ar member size at byte {off}")
+            raise DebError(f"corrupt ar member size at byte {off}") from None
         start = off + 60
         if start + size > len(blob):
             raise DebError(f"ar member {name!r} truncated")
@@ -42,7 +42,7 @@ def data_tar(blob: bytes) -> tarfile.TarFile:
             try:
                 import zstandard
             except ImportError:
-                raise DebError("data.tar.zst needs the zstandard package")
+                raise DebError("data.tar.zst needs the zstandard package") from None
             payload = zstandard.ZstdDecompressor().decompressobj().decompress(payload)
             return tarfile.open(fileobj=io.BytesIO(payload), mode="r:")
         if name.endswith(".xz"):
@@ -58,5 +58,7 @@ def extract(blob: bytes, wanted) -> dict[str, bytes]:
         for info in tar:
             path = info.name.lstrip(".")
             if info.isfile() and wanted(path):
-                out[path] = tar.extractfile(info).read()
+                member = tar.extractfile(info)
+                assert member is not None           # extractfile() is None only for non-regular files
+                out[path] = member.read()
     return out

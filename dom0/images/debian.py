@@ -53,10 +53,10 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(cmd, check=True, text=True, **kw)
     except FileNotFoundError:
-        raise ImageError(f"{cmd[0]} not found: building the Debian image needs apt (a Debian-like host)")
+        raise ImageError(f"{cmd[0]} not found: building the Debian image needs apt (a Debian-like host)") from None
     except subprocess.CalledProcessError as e:
         detail = (e.stderr or e.stdout or "").strip().splitlines()
-        raise ImageError(f"`{' '.join(cmd)}` failed: {detail[-1] if detail else e.returncode}")
+        raise ImageError(f"`{' '.join(cmd)}` failed: {detail[-1] if detail else e.returncode}") from None
 
 
 def resolve_kernel_package() -> str:
@@ -131,7 +131,7 @@ def build(out_dir: pathlib.Path | str | None = None) -> dict:
                                        lambda p: p.startswith("/boot/vmlinuz-") or p.startswith("/boot/System.map-"))
         busybox_files = debfile.extract(busybox_deb.read_bytes(), lambda p: p == "/bin/busybox")
     except debfile.DebError as e:
-        raise ImageError(f"cannot unpack package: {e}")
+        raise ImageError(f"cannot unpack package: {e}") from None
     vmlinuz = next((v for k, v in kernel_files.items() if "vmlinuz" in k), None)
     if vmlinuz is None or "/bin/busybox" not in busybox_files:
         raise ImageError("the packages lack /boot/vmlinuz-* or /bin/busybox")

@@ -21,7 +21,7 @@ def system_map_from_kernel(vmlinuz: bytes) -> bytes:
         from vmlinux_to_elf.core.auto_unpack import VmlinuzDecompressor
         from vmlinux_to_elf.core.kallsyms import KallsymsFinder
     except ImportError as e:
-        raise SymbolsUnavailable(f"vmlinux-to-elf is not installed ({e})")
+        raise SymbolsUnavailable(f"vmlinux-to-elf is not installed ({e})") from None
     # The library reports its search steps through the root logger at INFO/WARNING.
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
@@ -29,7 +29,8 @@ def system_map_from_kernel(vmlinuz: bytes) -> bytes:
         image = VmlinuzDecompressor(vmlinuz).decompressed
         finder = KallsymsFinder(image, 64)
     except Exception as e:           # the library raises assorted errors on unknown layouts
-        raise SymbolsUnavailable(f"no kallsyms table found in the kernel image ({type(e).__name__}: {e})")
+        # Chained: on a layout the library does not know, its traceback is the clue.
+        raise SymbolsUnavailable(f"no kallsyms table found in the kernel image ({type(e).__name__}: {e})") from e
     finally:
         logging.disable(previous)
     lines = sorted((s.virtual_address, s.symbol_type.value, s.name) for s in finder.symbols)

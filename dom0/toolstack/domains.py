@@ -218,12 +218,14 @@ class Toolstack:
         entries.write_console_tty(self.xs, domid, session.tty)
 
     def _spawn(self, guest: Guest) -> subprocess.Popen:
+        module = guest.config.python_guest
+        assert module is not None           # only Python guests are spawned (create() chose by it)
         sock = self.channel.connect_domain(guest.domid)
         env = dict(os.environ, PVHYP_CHANNEL_FD=str(sock.fileno()))
         stderr = open(os.path.join(self.consoles.log_dir, f"guest-{guest.name}.stderr"), "ab")
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "pvguest.run", guest.config.python_guest],
+                [sys.executable, "-m", "pvguest.run", module],
                 pass_fds=[sock.fileno()], env=env, stdin=subprocess.DEVNULL,
                 stdout=stderr, stderr=stderr, start_new_session=True)
         finally:
@@ -279,7 +281,9 @@ class Toolstack:
     def pause(self, dom) -> dict:
         guest = self._guest(dom)
         if guest.kind == "x86":
-            self._xc_call("pause", lambda: self.xc.domain_pause(guest.domid))
+            xc = self.xc
+            assert xc is not None           # made when the x86 guest was created
+            self._xc_call("pause", lambda: xc.domain_pause(guest.domid))
         elif guest.process is not None and guest.process.poll() is None:
             os.kill(guest.process.pid, signal.SIGSTOP)
         guest.paused = True
@@ -288,7 +292,9 @@ class Toolstack:
     def unpause(self, dom) -> dict:
         guest = self._guest(dom)
         if guest.kind == "x86":
-            self._xc_call("unpause", lambda: self.xc.domain_unpause(guest.domid))
+            xc = self.xc
+            assert xc is not None           # made when the x86 guest was created
+            self._xc_call("unpause", lambda: xc.domain_unpause(guest.domid))
         elif guest.process is not None and guest.process.poll() is None:
             os.kill(guest.process.pid, signal.SIGCONT)
         guest.paused = False
@@ -395,14 +401,15 @@ class Toolstack:
         states = {i["domid"]: i for i in self.channel.domain_info()["domains"]}
         for guest in list(self.guests.values()):
             info = states.get(guest.domid)
-            exited = guest.process is not None and guest.process.poll() is not None
+            returncode = guest.process.poll() if guest.process is not None else None
+            exited = returncode is not None
             reason = None
             if info is not None and info["shutdown"]:
                 reason = SHUTDOWN_NAMES.get(info["shutdown_reason"], "crash")
-                if exited and guest.process.returncode == 0 and reason == "crash":
+                if exited and returncode == 0 and reason == "crash":
                     reason = "poweroff"     # the process halted cleanly without SCHEDOP_shutdown
             elif exited:
-                reason = "poweroff" if guest.process.returncode == 0 else "crash"
+                reason = "poweroff" if returncode == 0 else "crash"
             if reason is None or guest.shutdown_seen == reason:
                 continue
             guest.shutdown_seen = reason

@@ -10,9 +10,11 @@ calls directly.
 
 from __future__ import annotations
 
+from abi.xen import DOMID_SELF
+
 from .core import Connection, Engine, IntroducedDomain
 from .errors import XsError
-from .paths import DOMID_SELF, c_atoi, domain_path
+from .paths import c_atoi, domain_path
 from .payload import OK, exactly_one_string, split_strings
 from .store import View
 

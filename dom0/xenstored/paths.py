@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from abi.xen import DOMID_SELF  # noqa: F401 (dom0.xenstored.domains imports it from here)
-
 from .errors import XsError
 
 # Access bits.  OWNER is never stored in a node: it is granted by being the

@@ -44,7 +44,7 @@ def test_pagetable_entries_map_everything_with_tables_read_only():
         pfn = (t - lay.pgtables.pfn - 3) * 512 + i
         assert e >> 12 == p2m[pfn]
         assert e & 0xFFF == (L1_PROT & ~2 if pfn in table_pfns else L1_PROT)
-    for t, i, e in entries[:4]:
+    for _, _, e in entries[:4]:
         assert e & 0xFFF == UPPER_PROT
 
 

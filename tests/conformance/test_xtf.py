@@ -56,7 +56,7 @@ def _kernel_passes(outcomes, kernel: str) -> bool:
 def test_fast_subset():
     outcomes = _run(FAST)
     assert {name.split("~")[0] for name in outcomes} == set(FAST)
-    for name, outcome in outcomes.items():
+    for _, outcome in outcomes.items():
         assert verdict_class(outcome.verdict) == "SUCCESS", _report(outcomes)
 
 

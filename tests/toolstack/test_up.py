@@ -76,7 +76,7 @@ def test_shutdown_runs_the_configured_action(host):
     host.pvhyp("destroy", "keeper")
     for name in ("goner", "goner2"):
         host.pvhyp("create", host.config(name, "python:pvguest.examples.hello"))
-        host.wait_for(lambda: f"Hello from {name}" in host.console_log(name))
+        host.wait_for(lambda name=name: f"Hello from {name}" in host.console_log(name))
     assert set(names(host)) >= {"goner", "goner2"}
     assert list(host.pvhyp("list", "goner2").stdout.splitlines()[1].split())[0] == "goner2"
     host.pvhyp("shutdown", "-a", "-w")          # every guest, waiting until they are gone
@@ -123,7 +123,7 @@ def test_two_guests_share_a_granted_page_and_an_event_channel(host):
                   what="the offerer's report")
     assert "got 'squeamish-ossifrage'" in host.console_log("accepter")
     for name in ("offerer", "accepter"):      # both power off when done; on_poweroff destroys them
-        host.wait_for(lambda: name not in names(host), what=f"{name} to finish")
+        host.wait_for(lambda name=name: name not in names(host), what=f"{name} to finish")
 
 
 def test_a_guest_scribbling_on_its_console_ring_hurts_nobody_else(host):
