@@ -234,7 +234,7 @@ def first_domain_from(hv: "Hypervisor", domid: int):
 
 
 def getdomaininfolist(hv: "Hypervisor", caller: "Domain", first: int, max_domains: int) -> list[dict]:
-    infos = []
+    infos: list[dict] = []
     for domid in sorted(hv.domains):
         if domid < first:
             continue

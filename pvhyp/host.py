@@ -26,6 +26,7 @@ import tempfile
 import termios
 import threading
 import time
+from typing import TYPE_CHECKING, Callable
 
 import hypercalls
 from abi import sched as sched_abi
@@ -38,6 +39,10 @@ from pvhyp.diagnose import SymbolMap, disassemble_at
 from pvhyp.hypervisor import Hypervisor
 from pvhyp.mm import mmu
 from pvhyp.pv import state as pv_state
+
+if TYPE_CHECKING:
+    from dom0.toolstack.config import DomainConfig
+    from pvhyp.domain import Domain
 
 log = logging.getLogger("pvhyp.hostd")
 
@@ -71,7 +76,7 @@ def build_hypervisor(memory_mb: int, *, cpu: bool) -> Hypervisor:
     return hv
 
 
-def _write_state(run_dir: str, **state) -> None:
+def _write_state(run_dir: str, **state: object) -> None:
     tmp = os.path.join(run_dir, "hostd.state.tmp")
     with open(tmp, "w") as f:
         json.dump(state, f)
@@ -93,15 +98,16 @@ class Host:
         self.verbose = verbose
         self.stopping = threading.Event()
         self.dom0_alive = False
-        self.dom0_proc: subprocess.Popen | None = None
+        self.dom0_proc: subprocess.Popen[bytes] | None = None
 
-    def _start_x86_vcpus(self, domain) -> None:
+    def _start_x86_vcpus(self, domain: Domain) -> None:
         """Every x86 PV domain's vCPUs get their threads as it is created; they wait in the
         scheduler until the builder has set their registers and the toolstack unpauses them."""
         if domain.paging:
+            assert self.hv.cpu is not None      # built with cpu=True
             self.hv.cpu.start_domain(domain)
 
-    def _on_disconnect(self, domain, reason: str) -> None:
+    def _on_disconnect(self, domain: Domain, reason: str) -> None:
         if domain.domid == 0:
             return      # reported by the process watcher, with its exit status
         log.info("d%d's channel closed: %s", domain.domid, reason)
@@ -134,7 +140,7 @@ class Host:
 
     def run(self) -> int:
         while not self.stopping.is_set():
-            if self.dom0_alive and self.dom0_proc.poll() is not None:
+            if self.dom0_alive and self.dom0_proc is not None and self.dom0_proc.poll() is not None:
                 self.dom0_alive = False
                 guests = sorted(d for d in self.hv.domains if d != 0)
                 note = (f"dom0 (pid {self.dom0_proc.pid}) exited with status {self.dom0_proc.returncode}; "
@@ -170,7 +176,9 @@ class GuestRefused(Exception):
 class OneShot:
     """A hypervisor, dom0 and one guest; `wait()` until the guest shuts down."""
 
-    def __init__(self, config_text: str, source: str, memory_mb: int, console_io_sink=None, ring_sink=None):
+    def __init__(self, config_text: str, source: str, memory_mb: int,
+                 console_io_sink: Callable[[int, bytes], None] | None = None,
+                 ring_sink: Callable[[bytes], None] | None = None):
         self.config_text = config_text
         self.source = source
         self.console_io_sink = console_io_sink
@@ -199,7 +207,7 @@ class OneShot:
         self.hv.domain_create_hooks.append(self._watch)
 
     # --- hypervisor side (vCPU threads) ----------------------------------
-    def _watch(self, domain) -> None:
+    def _watch(self, domain: Domain) -> None:
         if domain.domid != 0:
             domain.on_shutdown.append(self._on_shutdown)
 
@@ -210,7 +218,7 @@ class OneShot:
         if self.console_io_sink is not None:
             self.console_io_sink(domid, data)
 
-    def _on_shutdown(self, domain, reason: int) -> None:
+    def _on_shutdown(self, domain: Domain, reason: int) -> None:
         if self.domid is not None and domain.domid != self.domid:
             return
         self.shutdown_reason = reason
@@ -242,6 +250,7 @@ class OneShot:
             self._ring_fd = None
         domain = self.hv.domains.get(self.domid)
         if domain is not None and domain.is_shut_down and not self.done.is_set():
+            assert domain.shutdown_reason is not None       # set with is_shut_down (Domain.shutdown)
             self._on_shutdown(domain, domain.shutdown_reason)
         return self.domid
 
@@ -297,10 +306,13 @@ class OneShot:
         while not self.done.is_set():
             if deadline is not None and time.monotonic() > deadline:
                 return "timeout"
-            if not self.host.dom0_alive or self.host.dom0_proc.poll() is not None:
+            proc = self.host.dom0_proc
+            if not self.host.dom0_alive or proc is None or proc.poll() is not None:
                 return "error"
             self.pump(0.05, None if self.stdin_closed or not self._input_open() else stdin_fd)
         self._drain_ring()
+        if self.shutdown_reason is None:
+            return "crash"
         return SHUTDOWN_NAMES.get(self.shutdown_reason, "crash")
 
     def _drain_ring(self) -> None:
@@ -318,7 +330,7 @@ class OneShot:
         self.pump(0.05)
 
     @functools.cached_property
-    def _config(self):
+    def _config(self) -> DomainConfig:
         from dom0.toolstack.config import parse_config
         return parse_config(self.config_text, self.source)
 
@@ -345,19 +357,21 @@ class OneShot:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def crash_line(hv, domain, symbols: SymbolMap | None = None) -> str:
+def crash_line(hv: Hypervisor, domain: Domain, symbols: SymbolMap | None = None) -> str:
     """reason, faulting RIP (and its function, given symbols), the instruction there,
     the last hypercalls: one line."""
     vcpu = domain.vcpus[0]
     cpu = vcpu.arch
-    reason = getattr(cpu, "crash_reason", None) or "the guest asked for it (SCHEDOP_shutdown crash)"
+    # A process domain's vCPU has no engine (vcpu.arch is None): no registers to show.
+    reason = (cpu.crash_reason if cpu is not None else None) or "the guest asked for it (SCHEDOP_shutdown crash)"
     parts = [f"d{domain.domid} crashed: {reason}"]
-    try:
-        rip = cpu.engine.read("rip")
-        where = symbols.describe(rip) if symbols is not None else None
-        parts.append(f"rip {rip:#x}{f' ({where})' if where else ''}: {disassemble_at(vcpu, rip)}")
-    except Exception:
-        pass
+    if cpu is not None:
+        try:
+            rip = cpu.engine.read("rip")
+            where = symbols.describe(rip) if symbols is not None else None
+            parts.append(f"rip {rip:#x}{f' ({where})' if where else ''}: {disassemble_at(vcpu, rip)}")
+        except Exception:
+            pass
     calls = [r for r in hv.trace.history(domain.domid) if r["kind"] == "hypercall"][-HISTORY_SHOWN:]
     if calls:
         parts.append("last hypercalls: " + ", ".join(

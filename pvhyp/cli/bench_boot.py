@@ -154,6 +154,7 @@ def boot_qemu(binary: str, image: dict, timeout: float) -> dict:
            "-append", QEMU_CMDLINE, "-nographic", "-no-reboot", "-monitor", "none"]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None      # stdout=PIPE
     seen = b""
     try:
         while time.monotonic() - started < timeout:

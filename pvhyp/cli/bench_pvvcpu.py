@@ -65,7 +65,8 @@ def run(args) -> int:
     # Timer lateness: one singleshot at a time, 1 ms ahead, on the timer thread.
     fired = threading.Event()
     late = []
-    hv.time.send_timer_event = lambda v: fired.set()
+    # Only this benchmark's hypervisor: the timer's event is replaced by the measurement's flag.
+    hv.time.send_timer_event = lambda vcpu: fired.set()  # type: ignore[method-assign]
     for _ in range(100):
         fired.clear()
         deadline = hv.time.now() + 1_000_000

@@ -27,7 +27,7 @@ def run(args) -> int:
         try:
             steps, privileged, kind, world = runner.load_reproducer(args.replay)
         except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"cannot read reproducer {args.replay}: {e}")
+            raise UserError(f"cannot read reproducer {args.replay}: {e}") from e   # a KeyError says only the key
         failure = runner.replay(runner.make_hv, steps, privileged, world=world)
         if failure is None:
             print(f"{args.replay}: {len(steps)} steps, no failure (was: {kind})")
@@ -39,7 +39,7 @@ def run(args) -> int:
         try:
             import coverage
         except ImportError:
-            raise UserError("--coverage needs the coverage package (pip install coverage)")
+            raise UserError("--coverage needs the coverage package (pip install coverage)") from None
         import hypercalls
         import pvhyp
         cov = coverage.Coverage(branch=True, source=[hypercalls.__path__[0], pvhyp.__path__[0]],
@@ -49,7 +49,7 @@ def run(args) -> int:
         fz = runner.Fuzzer(runner.make_hv, seed=args.seed, hypercalls=args.hypercall,
                            privileged=args.privileged, out_dir=args.out)
     except ValueError as e:
-        raise UserError(str(e))
+        raise UserError(str(e)) from e      # usually a bad --hypercall; a bug's ValueError keeps its traceback
     live = sys.stderr.isatty()
     try:
         fz.run(steps=args.steps, seconds=seconds, progress=_progress if live else None, sampler=cov)

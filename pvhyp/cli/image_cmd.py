@@ -19,7 +19,7 @@ def run(args) -> int:
     try:
         m = debian.build(args.dir)
     except debian.ImageError as e:
-        raise UserError(str(e))
+        raise UserError(str(e)) from None   # ImageError's message is the whole story
     print(f"kernel:  {m['kernel']}  ({m['release']})")
     print(f"ramdisk: {m['ramdisk']}")
     if m.get("system_map"):

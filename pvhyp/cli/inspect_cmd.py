@@ -94,14 +94,16 @@ def run(args) -> int:
           f"kernel {p.virt_kstart:#x}-{p.virt_kend:#x}, entry {p.virt_entry:#x}")
     print(f"\nLayout in {args.memory} MiB ({layout.total_pages} pages), as xc_dom_x86 builds it:")
     print(f"  {'segment':<12} {'virtual start':>18} {'virtual end':>18} {'pfn':>8} {'pages':>6}")
-    for s in layout.segments:
-        print(f"  {s.name:<12} {s.vstart:#18x} {s.vend:#18x} {s.pfn:#8x} {s.pages:6}")
+    for seg in layout.segments:
+        print(f"  {seg.name:<12} {seg.vstart:#18x} {seg.vend:#18x} {seg.pfn:#8x} {seg.pages:6}")
     print(f"  initial mapping: {layout.virt_base:#x}-{layout.virt_pgtab_end - 1:#x} "
           f"({layout.nr_pt_frames} page-table frames, read-only in the guest; "
           f"{len(layout.maps)} mapping{'s' if len(layout.maps) > 1 else ''})")
     if layout.hypercall_pfn is not None:
+        assert p.virt_hypercall is not None     # plan_layout derives hypercall_pfn from it
         print(f"  hypercall page: {p.virt_hypercall:#x} (pfn {layout.hypercall_pfn:#x}), filled by Xen")
         _print_hypercall_stubs(p.virt_hypercall)
+    assert layout.pgtables is not None and layout.p2m is not None   # plan_layout allocates both
     print("\nstart_info (at rsi):")
     print(f"  nr_pages {layout.total_pages}  pt_base {layout.pgtables.vstart:#x}  "
           f"nr_pt_frames {layout.nr_pt_frames}  mfn_list {layout.p2m.vstart:#x}  flags {layout.flags:#x}")

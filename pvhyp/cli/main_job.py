@@ -29,5 +29,6 @@ def run(args) -> int:
           f"(about a minute){'; `poweroff -f` in its shell ends it' if interactive else ''}",
           file=sys.stderr, flush=True)
     # On a terminal keys go to the guest as typed; otherwise stdin waits for the shell, then poweroff.
-    piped = {} if interactive else {"input_after": MARKER, "input_at_end": b"poweroff -f\n"}
-    return run_in_foreground(guest_config(image, GUEST_MEMORY_MB), "<main job>", **piped)
+    return run_in_foreground(guest_config(image, GUEST_MEMORY_MB), "<main job>",
+                             input_after=None if interactive else MARKER,
+                             input_at_end=b"" if interactive else b"poweroff -f\n")

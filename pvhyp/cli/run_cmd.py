@@ -189,7 +189,7 @@ def run_in_foreground(text: str, source: str, timeout: float | None = None, trac
         out.write(data)
         out.flush()
 
-    pending = {}
+    pending: dict[int, bytes] = {}     # domid -> its unfinished line
 
     def console_io_out(domid: int, data: bytes) -> None:
         # Xen's serial console: whole lines, each tagged with the domain

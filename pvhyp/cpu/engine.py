@@ -388,6 +388,8 @@ class CpuEngine:
 
     def _enter_through_stub(self) -> None:
         state = self._pending_state
+        if state is None:       # run() reports it as a hypervisor error
+            raise RuntimeError("run() before load_state(): no register state to enter with")
         frame = struct.pack("<5Q", state.rip, state.cs | 3, state.rflags | RFLAGS_FIXED, state.gprs["rsp"], state.ss | 3)
         frame_va = self.xen_area.entry_stack_top(self.window) - len(frame)
         frame_maddr = self.xen_area.entry_stack_maddr(self.window) + L.PAGE_SIZE - len(frame)

@@ -121,13 +121,13 @@ class CpuSubsystem:
     @staticmethod
     def _load_initial_registers(vcpu: "VCPU", cpu: PvEntry) -> bool:
         """The register state the builder or VCPUOP_initialise left for the engine."""
-        regs = vcpu.pv.initial_user_regs
+        regs = cpu.pv.initial_user_regs         # cpu.pv is vcpu.pv (PvEntry refuses a vCPU without it)
         if regs is None:
             context = vcpu.initial_context
             regs = context.get("user_regs") if context else None
         if regs is None:
             return False
-        vcpu.pv.initial_user_regs = None
+        cpu.pv.initial_user_regs = None
         cpu.set_user_regs(dict(regs))
         return True
 

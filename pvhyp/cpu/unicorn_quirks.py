@@ -120,6 +120,7 @@ class ExceptionBookkeeping:
         self._uc = uc
         self._ctx = uc.context_save()
         base = ctypes.cast(self._ctx.context, ctypes.c_void_p).value
+        assert base is not None         # context_save() allocated it (NULL only if that failed)
         self._error_code = ctypes.c_uint32.from_address(base + offsets.error_code_offset)
         self._is_software_int = ctypes.c_int32.from_address(base + offsets.is_software_int_offset)
         self._old_exception = ctypes.c_int32.from_address(base + offsets.old_exception_offset)

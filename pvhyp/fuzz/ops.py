@@ -12,6 +12,7 @@ import importlib
 import random
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import construct as cs
 
@@ -28,7 +29,7 @@ class Step:
     nr: int
     args: list[int]
     writes: list[tuple[int, bytes]] = field(default_factory=list)
-    outputs: list[tuple[int, object]] = field(default_factory=list)   # (addr, struct) to harvest
+    outputs: list[tuple[int, cs.Construct]] = field(default_factory=list)   # (addr, struct) to harvest
 
     def to_json(self) -> dict:
         return {"op": self.op, "nr": self.nr, "args": self.args,
@@ -114,9 +115,9 @@ def fill(struct, world: World, rng: random.Random, overrides: dict | None = None
 class Op:
     name: str
     hypercall: str
-    generate: object          # (world, rng, nr) -> Step
+    generate: Callable[[World, random.Random, int], Step]
     cmd: int | None = None    # the sub-op, for command families
-    struct: object = None     # the argument buffer's abi struct, when known
+    struct: cs.Construct | None = None     # the argument buffer's abi struct, when known
     shape: str = ""           # how the arguments are laid out ("cmd_ptr", ...)
 
 

@@ -153,7 +153,7 @@ def check_invariants(hv, limit: int = 50) -> list[str]:
                         bad(f"d{d.domid}: unprivileged mapping of foreign frame {key >> 1:#x}")
 
         # Compare whole arrays at C speed; look closer only where they differ.
-        suspects = set()
+        suspects: set[int] = set()
         for actual, expected in ((f.count, exp_count), (tcounts, exp_type), (f.linear_pt_count, exp_linear)):
             want = array("q", bytes(8 * n))
             for mfn, value in expected.items():

@@ -44,6 +44,7 @@ from pvhyp.mm.flush import flush_tlb
 from pvhyp.mm.frametable import DOMID_FREE, DOMID_XEN
 
 if TYPE_CHECKING:
+    from pvhyp.domain import VCPU
     from pvhyp.hypervisor import Hypervisor
 
 # --- page types (Xen's PGT_*, without the shift) ---
@@ -119,7 +120,7 @@ class PseudoDomain:
 
     def __init__(self, domid: int):
         self.domid = domid
-        self.vcpus = []
+        self.vcpus: list[VCPU] = []
         self.mm = None
 
     def __repr__(self) -> str:
@@ -266,7 +267,7 @@ class FrameRefs:
             self.devalidate_page(mfn, t)
             self._flush_owner(mfn)
         f.type_count[mfn] -= 1
-        if linear:
+        if linear and ptpg is not None:     # linear implies ptpg; mypy cannot see it through the bool
             f.linear_pt_count[mfn] += 1       # dec_linear_uses
             f.linear_pt_count[ptpg] -= 1      # dec_linear_entries
 
@@ -331,7 +332,7 @@ class FrameRefs:
         """promote_l2/l3/l4_table: take a reference on every entry's next level."""
         entries = list(self.read_table(mfn))
         adjust = adjust_guest_l4e if type_ == PGT_l4_page_table else adjust_guest_l2e
-        done = []
+        done: list[int] = []
         for i, e in enumerate(entries):
             if type_ == PGT_l4_page_table and not is_guest_l4_slot(i):
                 continue

@@ -10,8 +10,12 @@ then live at any virtual address below nr_pages << 12.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pvhyp.mm.pagetype import PGT_l4_page_table
+
+if TYPE_CHECKING:
+    from pvhyp.domain import Domain
 
 _PRESENT_RW_USER = 0x7
 _PRESENT_USER = 0x5
@@ -22,7 +26,7 @@ _ACCESSED = 0x20
 class PvTestDomain:
     """What build_pv_domain made: the domain, its page-table frames (mfns) and their pfns."""
 
-    domain: object
+    domain: Domain
     l4: int
     l3: int
     l2: int
