@@ -33,4 +33,4 @@ def install(table: HypercallTable) -> None:
     for mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{mod.name}")
     for name, fn in _HANDLERS.items():
-        table.install(HYPERCALL_NUMBERS[name], name, fn)
+        table.register(HYPERCALL_NUMBERS[name], name, fn)

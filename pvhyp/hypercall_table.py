@@ -61,7 +61,7 @@ class HypercallTable:
         self.handlers: list[Handler | None] = [None] * NR_HYPERCALLS
         self.counts = [0] * NR_HYPERCALLS
 
-    def install(self, number: int, name: str, fn: Callable) -> None:
+    def register(self, number: int, name: str, fn: Callable) -> None:
         params = list(inspect.signature(fn).parameters.values())[1:]   # after ctx
         self.handlers[number] = Handler(name, fn, len(params))
 

@@ -71,7 +71,7 @@ class Fuzzer:
         self.stats = Stats()
         self.checkers = checkers if checkers is not None else oracle.available_checkers()
         self.kinds = kinds          # attacker kinds drawn per world; x86 ones reach the page-table paths
-        self._new_world()
+        self._start_world()
 
     def close(self) -> None:
         """Stop the current world's threads and release its hypervisor."""
@@ -80,9 +80,10 @@ class Fuzzer:
     # --- the world ---
 
     def _new_world(self) -> None:
-        old = getattr(self, "world", None)
-        if old is not None:
-            old.close()
+        self.world.close()
+        self._start_world()
+
+    def _start_world(self) -> None:
         kind = self.rng.choice(self.kinds)
         self.world = World(self.make_hv(), privileged=self.privileged, seed=self.rng.getrandbits(32), kind=kind)
         self.ctx = HypercallContext(self.world.attacker.vcpus[0])

@@ -31,7 +31,7 @@ def test_the_cpu_engine_is_attached_on_request():
 
 
 def test_only_the_root_installs_the_handlers():
-    # `hypercalls.install(table)`, the package's installer; not a table's own install(nr, name, fn)
+    # `hypercalls.install(table)`, the package's installer; a table's own slot is set with register(nr, name, fn)
     call = re.compile(r"(?<![\w.])hypercalls\.install\(")
     installers = [str(p.relative_to(ROOT)) for package in ("pvhyp", "dom0", "tests")
                   for p in sorted((ROOT / package).rglob("*.py"))

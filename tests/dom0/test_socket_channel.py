@@ -146,7 +146,7 @@ def test_a_malformed_frame_closes_only_that_channel(hv, server, frame):
 def test_a_hypervisor_bug_crashes_the_calling_domain_not_the_hypervisor(hv, server):
     def buggy(ctx, arg):
         raise RuntimeError("a handler bug")
-    hv.hypercalls.install(62, "buggy", buggy)
+    hv.hypercalls.register(62, "buggy", buggy)
     d = create_process_domain(hv, 8)
     ch = SocketChannel(server.attach(d))
     with pytest.raises(client.ChannelClosed):

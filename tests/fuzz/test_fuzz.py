@@ -42,7 +42,7 @@ def test_an_escaping_exception_is_caught_minimized_and_replayable(tmp_path):
             if cmd == 7:
                 raise RuntimeError("planted bug")
             return 0
-        hv.hypercalls.install(21, "vm_assist", buggy)
+        hv.hypercalls.register(21, "vm_assist", buggy)
         return hv
     fz = runner.Fuzzer(make_buggy_hv, seed=5, hypercalls=["vm_assist"], out_dir=str(tmp_path))
     noise = [Step("vm_assist", 21, [1, 0])] * 5
