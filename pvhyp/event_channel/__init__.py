@@ -21,6 +21,7 @@ import threading
 from abi import errno as E
 from abi import xen as X
 from abi.event_channel import (
+    EVTCHN_2L_NR_CHANNELS,
     EVTCHNSTAT_closed,
     EVTCHNSTAT_interdomain,
     EVTCHNSTAT_ipi,
@@ -30,7 +31,6 @@ from abi.event_channel import (
 )
 from pvhyp.event_channel import two_level
 from pvhyp.event_channel.two_level import (  # noqa: F401 (the 2-level ABI's layout, for callers)
-    MAX_EVTCHNS_2L,
     OFF_EVTCHN_MASK,
     OFF_EVTCHN_PENDING,
     OFF_PENDING_SEL,
@@ -116,7 +116,7 @@ class DomainEvtchn:
         return self.chans[port] if 0 <= port < len(self.chans) else None
 
     def max_evtchns(self) -> int:
-        return MAX_EVTCHNS_2L
+        return EVTCHN_2L_NR_CHANNELS
 
     def get_free_port(self) -> int:
         """Xen's get_free_port: the lowest free port, growing by a bucket; -errno if none."""
@@ -139,9 +139,6 @@ def attach(hv) -> None:
     hv.evtchn_lock = threading.RLock()      # this hypervisor's port state (see the module docstring)
     hv.domain_create_hooks.append(evtchn_init)
     hv.domain_destroy_hooks.append(evtchn_destroy)
-    for d in list(hv.domains.values()):
-        if d.evtchn is None:
-            evtchn_init(d)
 
 
 def evtchn_init(d) -> None:
@@ -497,7 +494,7 @@ def check_consistency(hv) -> list[str]:
             ev = d.evtchn
             if ev is None:
                 continue
-            if ev.valid_evtchns % EVTCHNS_PER_BUCKET or ev.valid_evtchns > MAX_EVTCHNS_2L:
+            if ev.valid_evtchns % EVTCHNS_PER_BUCKET or ev.valid_evtchns > EVTCHN_2L_NR_CHANNELS:
                 problems.append(f"d{d.domid}: valid_evtchns {ev.valid_evtchns}")
             if ev.chans[0].state != ECS_RESERVED:
                 problems.append(f"d{d.domid}: port 0 not reserved")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from abi import xen as X
 from abi.arch_x86_xen import XEN_LEGACY_MAX_VCPUS
+from abi.event_channel import EVTCHN_2L_NR_CHANNELS
 from pvhyp.memory import PAGE_SHIFT
 
-BITS_PER_EVTCHN_WORD = 64
-MAX_EVTCHNS_2L = BITS_PER_EVTCHN_WORD * BITS_PER_EVTCHN_WORD     # 4096 on 64-bit
+BITS_PER_EVTCHN_WORD = 64       # Xen's BITS_PER_EVTCHN_WORD: a xen_ulong_t of pending bits
 
 
 def _field_offset(struct, name: str) -> int:
@@ -103,7 +103,7 @@ def unmask_bits(v, port: int) -> None:
 
 
 def evtchn_port_is_pending(d, port: int) -> bool:
-    return 0 <= port < MAX_EVTCHNS_2L and _test_bit(d.hv.memory.buf, _shared_info_maddr(d) + OFF_EVTCHN_PENDING, port)
+    return 0 <= port < EVTCHN_2L_NR_CHANNELS and _test_bit(d.hv.memory.buf, _shared_info_maddr(d) + OFF_EVTCHN_PENDING, port)
 
 
 def clear_pending_bit(d, port: int) -> None:

@@ -22,7 +22,7 @@ from abi import errno as E
 from abi import grant_table as G
 from pvhyp.grant_table import refs
 from pvhyp.grant_table.copy import CopyBatch, cache_flush, swap_grant_ref  # noqa: F401 (API)
-from pvhyp.grant_table.mapping import DOMID_GRANT_ORPHAN, map_grant_ref, release_mappings, unmap_common  # noqa: F401
+from pvhyp.grant_table.mapping import map_grant_ref, release_mappings, unmap_common  # noqa: F401
 from pvhyp.grant_table.table import GNTPIN_devw_mask, GNTPIN_hstw_mask, GrantTable
 from pvhyp.grant_table.transfer import gnttab_transfer_one  # noqa: F401 (API)
 
@@ -34,9 +34,6 @@ def attach(hv) -> None:
     hv.domain_create_hooks.append(grant_table_init)
     hv.domain_destroy_hooks.append(grant_table_destroy)
     hv.may_host_map = may_host_map
-    for d in list(hv.domains.values()):
-        if d.grant_table is None:
-            grant_table_init(d)
 
 
 def grant_table_init(d) -> None:
@@ -87,15 +84,9 @@ def grant_table_destroy(d) -> None:
         return
     release_mappings(d)
     with d.hv.gnttab_lock:
-        gt.dying = True
+        # The MMU's teardown frees them with the domain's other frames, keeping the ones
+        # a grantee still holds as orphans.
         refs.release_table_frames(d.hv, gt.shared + gt.status)
-        if refs.mmu_of(d.hv) is not None:
-            return          # the MMU's teardown keeps still-held frames as orphans
-        frames = d.hv.frames
-        for act in gt.active:
-            if act.pin and frames.owned_by(act.mfn, d.domid):
-                # Still mapped by a grantee: out of the domain's frames, freed with the last unmap.
-                frames.owner[act.mfn] = DOMID_GRANT_ORPHAN
 
 
 def may_host_map(domain, mfn: int, writable: bool) -> bool:

@@ -11,7 +11,7 @@ from abi import errno as E
 from abi import grant_table as G
 from abi import xen as X
 from pvhyp.grant_table import refs
-from pvhyp.grant_table.mapping import get_paged_frame, pin_dropped, reduce_status_for_pin, set_status
+from pvhyp.grant_table.mapping import get_paged_frame, reduce_status_for_pin, set_status
 from pvhyp.grant_table.table import (
     GNTPIN_devw_mask,
     GNTPIN_hstr_inc,
@@ -31,7 +31,6 @@ def release_grant_for_copy(rgt, gref: int, readonly: bool) -> None:
         trans_gref = act.trans_gref
     act.pin -= GNTPIN_hstr_inc if readonly else GNTPIN_hstw_inc
     reduce_status_for_pin(rgt, gref, act, readonly)
-    pin_dropped(rgt, act)
     if td is not rgt:
         release_grant_for_copy(td, trans_gref, readonly)
 

@@ -3,8 +3,7 @@ unmap_common and unmap_common_complete, plus the two kinds of host mapping.
 
 Host mappings:
   * an x86 PV guest (domain.paging): a PTE in its page tables
-    (pv_mapping.py, through the PV MMU); without the MMU such a request
-    answers GNTST_general_error.
+    (pv_mapping.py, through the PV MMU).
   * a process domain (dom0 process, Python guest): `host_addr` names the
     mapping, like a guest-physical slot; the mapping is recorded and the
     process maps the frame from the memfd itself (channel.map_machine_frame,
@@ -19,7 +18,6 @@ created and dropped when it is replaced.
 from __future__ import annotations
 
 from abi import grant_table as G
-from abi import xen as X
 from pvhyp.grant_table import pv_mapping, refs
 from pvhyp.grant_table.table import (
     INVALID_MAPTRACK_HANDLE,
@@ -32,11 +30,6 @@ from pvhyp.grant_table.table import (
     gntpin_incr2oflow_mask,
 )
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
-
-# Without the PV MMU: a destroyed domain's frame that a grantee still maps is
-# owned by nobody that can run until the last grant use of it goes (Xen keeps
-# the zombie domain; the MMU, when attached, keeps such orphans itself).
-DOMID_GRANT_ORPHAN = X.DOMID_INVALID
 
 
 def get_paged_frame(rd, gfn: int) -> tuple[int, int]:
@@ -122,17 +115,6 @@ def reduce_status_for_pin(rgt, ref: int, act, readonly: bool) -> None:
         rgt.clear_flags(rgt.status_maddr(ref), clear)
 
 
-def pin_dropped(rgt, act) -> None:
-    """Without the PV MMU, a zombie table's frame goes back to the pool with its last use."""
-    if act.pin or not rgt.dying or refs.mmu_of(rgt.hv) is not None:
-        return
-    hv = rgt.hv
-    mfn = act.mfn
-    if hv.frames.owner[mfn] == DOMID_GRANT_ORPHAN and \
-            not any(a.pin and a.mfn == mfn for a in rgt.active):
-        hv.frames.free(mfn)
-
-
 # --- map ------------------------------------------------------------------------------
 
 def map_grant_ref(vcpu, op: dict) -> None:
@@ -209,7 +191,6 @@ def _map_locked(vcpu, ld, rd, op, flags, readonly, pin_incr) -> None:
             refs.release(hv, mfn, not readonly)
         act.pin -= pin_incr
         reduce_status_for_pin(rgt, ref, act, readonly)
-        pin_dropped(rgt, act)
         return fail(rc)
 
     mt = lgt.maptrack[handle]
@@ -278,7 +259,6 @@ def _unmap_complete(ld, rgt, ref: int, act, mfn: int, done: int) -> None:
     if done & G.GNTMAP_host_map:
         act.pin -= GNTPIN_hstr_inc if readonly else GNTPIN_hstw_inc
     reduce_status_for_pin(rgt, ref, act, readonly)
-    pin_dropped(rgt, act)
 
 
 def release_mappings(d) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from abi import grant_table as G
 from abi import x86_pte as P
-from pvhyp.grant_table.refs import mmu_of
 
 _AVAIL_SHIFT = 9               # the first of _PAGE_AVAIL's bits
 
@@ -52,9 +51,7 @@ def _locate_l1e(mmu, vcpu, addr: int, contains_pte: bool):
 
 def create_grant_pv_mapping(vcpu, rd, addr: int, mfn: int, flags: int) -> int:
     from pvhyp.mm.pagetype import adjust_guest_l1e
-    mmu = mmu_of(vcpu.domain.hv)
-    if mmu is None:
-        return G.GNTST_general_error
+    mmu = vcpu.domain.hv.mmu
     d = vcpu.domain
     nl1e = adjust_guest_l1e((mfn << 12) | grant_to_pte_flags(flags))
     with mmu.lock:
@@ -73,9 +70,7 @@ def create_grant_pv_mapping(vcpu, rd, addr: int, mfn: int, flags: int) -> int:
 
 def replace_grant_pv_mapping(vcpu, addr: int, mfn: int, new_addr: int, flags: int) -> int:
     from pvhyp.mm.pagetype import adjust_guest_l1e
-    mmu = mmu_of(vcpu.domain.hv)
-    if mmu is None:
-        return G.GNTST_general_error
+    mmu = vcpu.domain.hv.mmu
     d = vcpu.domain
     expected = adjust_guest_l1e((mfn << 12) | grant_to_pte_flags(flags))
     contains_pte = bool(flags & G.GNTMAP_contains_pte)

@@ -1,33 +1,25 @@
-"""How grants hold the frames they use: through the PV MMU's holds when it is there.
+"""How grants hold the frames they use: through the PV MMU's holds.
 
 Xen takes a general reference on a granted page while it is mapped or being
 copied, plus a PGT_writable_page type reference for write access (so a
-granted page can never become a page table meanwhile). With the PV MMU
-attached (hv.mmu), `hold` / `release` are its hold_page / release_page, so
-its reference counts and teardown (a dead domain's frame stays alive, an
-orphan, while a grantee holds it) account for grants too. Without it,
-`hold` checks ownership only and the grant table keeps orphans itself.
+granted page can never become a page table meanwhile). `hold` / `release`
+are the PV MMU's (hv.mmu) hold_page / release_page, so its reference counts
+and teardown (a dead domain's frame stays alive, an orphan, while a grantee
+holds it) account for grants too.
 """
 from __future__ import annotations
 
 
-def mmu_of(hv):
-    return hv.mmu
-
-
 def hold(hv, mfn: int, owner, writable: bool) -> bool:
-    mmu = mmu_of(hv)
-    if mmu is None:
-        return hv.frames.owned_by(mfn, owner.domid)
+    mmu = hv.mmu
     with mmu.lock:
         return mmu.hold_page(mfn, owner, writable) == 0
 
 
 def release(hv, mfn: int, writable: bool) -> None:
-    mmu = mmu_of(hv)
-    if mmu is not None:
-        with mmu.lock:
-            mmu.release_page(mfn, writable)
+    mmu = hv.mmu
+    with mmu.lock:
+        mmu.release_page(mfn, writable)
 
 
 def hold_table_frames(hv, d, mfns: list[int]) -> None:
@@ -38,10 +30,7 @@ def hold_table_frames(hv, d, mfns: list[int]) -> None:
 
 def free_table_frame(hv, mfn: int) -> bool:
     """Give a status frame back to the heap; False (Xen's -EBUSY) while the guest still maps it."""
-    mmu = mmu_of(hv)
-    if mmu is None:
-        hv.frames.free(mfn)
-        return True
+    mmu = hv.mmu
     f = hv.frames
     with mmu.lock:
         if f.count[mfn] > 1:

@@ -122,7 +122,6 @@ class GrantTable:
         self.mapped: dict[int, list[int]] = {}
         # Process domains: host_addr -> mfn of the grant mapped there.
         self.host_maps: dict[int, int] = {}
-        self.dying = False
         self.grow_table(INITIAL_NR_GRANT_FRAMES)
 
     # --- sizes ---
@@ -181,9 +180,7 @@ class GrantTable:
 
     def status_frames_busy(self) -> bool:
         """A status frame still referenced beyond the table's own hold (mapped by the guest)."""
-        from pvhyp.grant_table import refs
-        mmu = refs.mmu_of(self.hv)
-        return mmu is not None and any(self.hv.frames.count[mfn] > 1 for mfn in self.status)
+        return any(self.hv.frames.count[mfn] > 1 for mfn in self.status)
 
     def unpopulate_status_frames(self) -> None:
         for mfn in self.status:

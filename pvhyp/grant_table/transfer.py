@@ -18,17 +18,12 @@ from abi import errno as E
 from abi import grant_table as G
 from abi.xen_x86_64 import INVALID_M2P_ENTRY
 from pvhyp.domain import INVALID_MFN
-from pvhyp.grant_table import refs
 
 
 def _special(hv, d, mfn: int) -> bool:
     """Frames the hypervisor shares with the domain (shared_info, grant and status frames)."""
     gt = d.grant_table
     return mfn == d.shared_info_mfn or (gt is not None and (mfn in gt.shared or mfn in gt.status))
-
-
-def _in_use_without_mmu(hv, mfn: int) -> bool:
-    return any(d.grant_table is not None and mfn in d.grant_table.mapped for d in hv.domains.values())
 
 
 def steal_page(d, mfn: int) -> int:
@@ -39,15 +34,11 @@ def steal_page(d, mfn: int) -> int:
     f = hv.frames
     if not f.owned_by(mfn, d.domid) or _special(hv, d, mfn):
         return -E.EINVAL
-    mmu = refs.mmu_of(hv)
-    if mmu is not None:
-        with mmu.lock:
-            if not f.allocated[mfn] or f.count[mfn] or f.type_count[mfn] or f.pinned[mfn]:
-                return -E.EINVAL
-            f.allocated[mfn] = 0
-            f.type[mfn] = 0
-    elif _in_use_without_mmu(hv, mfn):
-        return -E.EINVAL
+    with hv.mmu.lock:
+        if not f.allocated[mfn] or f.count[mfn] or f.type_count[mfn] or f.pinned[mfn]:
+            return -E.EINVAL
+        f.allocated[mfn] = 0
+        f.type[mfn] = 0
     d.tot_pages -= 1
     return 0
 
@@ -100,8 +91,7 @@ def gnttab_transfer_one(d, gop: dict) -> int:
             return lose_page(G.GNTST_general_error)
         f = hv.frames
         f.owner[mfn] = e.domid
-        if refs.mmu_of(hv) is not None:
-            f.allocated[mfn] = 1
+        f.allocated[mfn] = 1
         rgt = e.grant_table
         gfn = rgt.frame(gop["ref"])
         hv.set_m2p(mfn, gfn)                # guest_physmap_add_page for a non-translated receiver

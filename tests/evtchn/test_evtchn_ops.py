@@ -304,11 +304,11 @@ def test_domu_default_limit_and_2level_ceiling(a, dom0):
     assert a.domain.evtchn.max_evtchn_port == 1023
     for _ in range(1023):
         dom0.alloc_unbound(a.domid)
-    assert dom0.domain.evtchn.valid_evtchns == ev.MAX_EVTCHNS_2L // 4
+    assert dom0.domain.evtchn.valid_evtchns == EA.EVTCHN_2L_NR_CHANNELS // 4
     ev.set_max_evtchn_port(dom0.domain, 1 << 30)
     while dom0.evtchn("alloc_unbound", dom=SELF, remote_dom=0)[0] == 0:
         pass
-    assert dom0.domain.evtchn.valid_evtchns == ev.MAX_EVTCHNS_2L
+    assert dom0.domain.evtchn.valid_evtchns == EA.EVTCHN_2L_NR_CHANNELS
     assert dom0.evtchn("alloc_unbound", dom=SELF, remote_dom=0)[0] == -E.ENOSPC
 
 
