@@ -7,7 +7,6 @@ hv.xsm.physdev_resource) and unsupported for the privileged one (-ENOSYS).
 """
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING
 
 from abi import errno as E
@@ -18,7 +17,6 @@ from pvhyp.domain import evtchn_of, pv_of
 from pvhyp.pv import state as pv_state
 
 if TYPE_CHECKING:
-    from pvhyp.domain import Domain
     from pvhyp.hypercall_table import HypercallContext
 
 IOBMP_BYTES = 8192
@@ -33,19 +31,15 @@ _PRIVILEGED_OPS = frozenset({
     P.PHYSDEVOP_release_msix, P.PHYSDEVOP_dbgp_op,
 })
 
-# The frame a domain registered with PHYSDEVOP_pirq_eoi_gmfn (Xen: d->arch.pirq_eoi_map_mfn).
-_pirq_eoi_map_mfn: weakref.WeakKeyDictionary[Domain, int] = weakref.WeakKeyDictionary()
-
-
 def pirq_eoi_gmfn(ctx: HypercallContext, arg: int) -> int:
     mfn = ctx.read_struct(P.physdev_pirq_eoi_gmfn, arg)["gmfn"]
     domain = ctx.domain
     if not ctx.hv.frames.owned_by(mfn, domain.domid):
         return -E.EINVAL
     with domain.lock:
-        if domain in _pirq_eoi_map_mfn:
+        if domain.pirq_eoi_map_mfn is not None:
             return -E.EBUSY
-        _pirq_eoi_map_mfn[domain] = mfn
+        domain.pirq_eoi_map_mfn = mfn
     return 0
 
 

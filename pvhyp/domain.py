@@ -176,6 +176,9 @@ class Domain:
         self.evtchn: DomainEvtchn | None = None         # event channels (pvhyp/event_channel)
         self.grant_table: GrantTable | None = None      # grant table (pvhyp/grant_table)
         self.console: DomainConsole | None = None       # console_io buffer (pvhyp/console)
+        # The frame PHYSDEVOP_pirq_eoi_gmfn registered (hypercalls/physdev.py; Xen's
+        # d->arch.pirq_eoi_map_mfn); None until then, and a second registration is -EBUSY.
+        self.pirq_eoi_map_mfn: int | None = None
 
         # Listeners told when the domain shuts down (toolstack, `pvhyp run`).
         self.on_shutdown: list[Callable[[Domain, int], None]] = []
