@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 
+from abi import errno as E
 from pvhyp.domain import Domain
 from pvhyp.hypercall_table import HypercallContext
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
@@ -49,27 +50,29 @@ _TYPES_NEVER_WRITABLE = frozenset({1, 2, 3, 4, 5})
 def foreign_frames(hv, caller: Domain, domid: int, pfns, writable: bool) -> list[int]:
     """privcmd's mmap-batch check: the machine frames of `domid`'s `pfns` that `caller` may map.
 
-    The one rule set for every channel (in-process and socket). Only a
-    privileged caller maps foreign frames, only populated ones, never the
-    hypervisor's, and never writable while the frame is typed as a page table
-    or descriptor page: Xen refuses that writable reference (get_page_type
-    PGT_writable_page fails), or dom0 could rewrite a validated table.
+    The one rule set for every channel (in-process and socket). Who may map
+    foreign frames is the policy's (hv.xsm.map_gmfn_foreign: the privileged
+    domain), asked first; then only populated frames, never the hypervisor's,
+    and never writable while the frame is typed as a page table or descriptor
+    page: Xen refuses that writable reference (get_page_type PGT_writable_page
+    fails), or dom0 could rewrite a validated table.
     """
-    if not caller.is_privileged:
-        raise ChannelError(1, "foreign mapping needs a privileged domain")            # EPERM
     target = hv.get_domain(domid)
+    rc = hv.xsm.map_gmfn_foreign(caller, target)
+    if rc:
+        raise ChannelError(-rc, f"d{caller.domid} may not map the frames of d{domid}")
     if target is None or target.is_dying:
-        raise ChannelError(3, f"no domain {domid}")                                  # ESRCH
+        raise ChannelError(E.ESRCH, f"no domain {domid}")
     frames = hv.frames
     types = frames.type
     mfns = []
     for pfn in pfns:
         mfn = target.pfn_to_mfn(pfn)
         if not frames.owned_by(mfn, domid):
-            raise ChannelError(22, f"d{domid} pfn {pfn:#x} is not populated")        # EINVAL
+            raise ChannelError(E.EINVAL, f"d{domid} pfn {pfn:#x} is not populated")
         if writable and types[mfn] in _TYPES_NEVER_WRITABLE \
                 and frames.type_count[mfn] > 0:
-            raise ChannelError(22, f"d{domid} pfn {pfn:#x} is a page table; map it read-only")
+            raise ChannelError(E.EINVAL, f"d{domid} pfn {pfn:#x} is a page table; map it read-only")
         mfns.append(mfn)
     return mfns
 
@@ -120,12 +123,12 @@ class InProcessChannel:
 
     def map_machine_frame(self, mfn: int, writable: bool = True) -> memoryview:
         if not self.hv.may_host_map(self.domain, mfn, writable):
-            raise ChannelError(1, f"d{self.domid} may not map mfn {mfn:#x}")
+            raise ChannelError(E.EPERM, f"d{self.domid} may not map mfn {mfn:#x}")
         return self._frame_view(mfn, writable)
 
     def _frame_view(self, mfn: int, writable: bool) -> memoryview:
         if self.hv.frames.owner[mfn] == DOMID_XEN:
-            raise ChannelError(1, "hypervisor frames are never mapped")
+            raise ChannelError(E.EPERM, "hypervisor frames are never mapped")
         base = mfn << PAGE_SHIFT
         view = self.hv.memory.view[base:base + PAGE_SIZE]
         return view if writable else view.toreadonly()

@@ -20,9 +20,18 @@ abi/pvhyp_channel.py (the client is pvguest/hypercall_channel.py).
   OP_CONNECT_DOMAIN        <I domid>                  -> <q status> + fd [a new channel socket]
   OP_DESTROY_DOMAIN        <I domid>                  -> <q status>
   OP_DOMAIN_INFO           <I domid or 0xFFFFFFFF>    -> <q status> + JSON {domains: [...], host: {...}}
-The reply op is the request op | OP_REPLY. The last five are privileged
-(privcmd-like, dom0 only); the domain-lifecycle ones stand in for
-XEN_DOMCTL_createdomain/destroydomain/getdomaininfo for process domains.
+The reply op is the request op | OP_REPLY. MAP_FOREIGN and the last five
+are privcmd-like (dom0's): each asks the policy (hv.xsm) the hook of the Xen
+operation it stands for, and a refusal is its -EPERM:
+  OP_MAP_FOREIGN      map_gmfn_foreign (pvhyp/channel.py's foreign_frames)
+  OP_READCONSOLE      XEN_SYSCTL_readconsole: sysctl, then readconsole
+  OP_CREATE_DOMAIN    domctl XEN_DOMCTL_createdomain
+  OP_CONNECT_DOMAIN   domctl XEN_DOMCTL_setvcpucontext (vCPU 0 gets what runs it: the process)
+  OP_DESTROY_DOMAIN   domctl XEN_DOMCTL_destroydomain
+  OP_DOMAIN_INFO      XEN_SYSCTL_getdomaininfolist: sysctl, then getdomaininfo per domain
+OP_MAP_MACHINE_FRAME is no privileged op: any process domain maps its own
+frames and the ones it holds a grant mapping of (hv.may_host_map); the right
+comes from the grant, a mechanism check like Xen's page references.
 
 The peer is never trusted: an unknown op, a short or oversized payload, or a
 length that does not match closes the connection; nothing it sends can raise
@@ -41,6 +50,7 @@ import traceback
 from typing import Callable
 
 from abi import errno as xen_errno
+from abi.domctl import XEN_DOMCTL_createdomain, XEN_DOMCTL_destroydomain, XEN_DOMCTL_setvcpucontext
 from abi.pvhyp_channel import (  # the wire format both ends share
     ALL_DOMAINS,
     CREATE_DOMAIN,
@@ -67,6 +77,7 @@ from abi.pvhyp_channel import (  # the wire format both ends share
     RESULT,
 )
 from abi.sched import SHUTDOWN_crash
+from abi.sysctl import XEN_SYSCTL_getdomaininfolist, XEN_SYSCTL_readconsole
 from pvhyp.channel import ChannelError, create_process_domain, foreign_frames
 from pvhyp.domain import Domain
 from pvhyp.hypercall_table import HypercallContext
@@ -201,8 +212,6 @@ class Connection:
         fixed = self._FIXED_SIZES.get(op)
         if fixed is not None and len(payload) != fixed:
             raise BadFrame(f"op {op:#x} payload of {len(payload)} bytes, expected {fixed}")
-        if op in self._PRIVILEGED and not self.domain.is_privileged:
-            return RESULT.pack(-xen_errno.EPERM), []
         return handler(self, payload)
 
     def _op_hypercall(self, payload: bytes):
@@ -234,6 +243,10 @@ class Connection:
 
     def _op_readconsole(self, payload: bytes):
         domid, _, max_bytes, offset = READCONSOLE.unpack(payload)
+        xsm = self.hv.xsm
+        rc = xsm.sysctl(self.domain, XEN_SYSCTL_readconsole) or xsm.readconsole(self.domain, 0)
+        if rc:
+            return RESULT.pack(rc), []
         target = self.hv.get_domain(domid)
         console = target.console if target is not None else None
         if console is None:
@@ -243,6 +256,9 @@ class Connection:
 
     def _op_create_domain(self, payload: bytes):
         nr_pages, max_vcpus = CREATE_DOMAIN.unpack(payload)
+        rc = self.hv.xsm.domctl(self.domain, None, XEN_DOMCTL_createdomain)
+        if rc:
+            return RESULT.pack(rc), []
         if not 1 <= nr_pages <= self.hv.frames.nr_frames or not 1 <= max_vcpus <= 128:
             return RESULT.pack(-xen_errno.EINVAL), []
         try:
@@ -256,6 +272,9 @@ class Connection:
     def _op_connect_domain(self, payload: bytes):
         (domid,) = DOMID_ARG.unpack(payload)
         target = self.hv.get_domain(domid)
+        rc = self.hv.xsm.domctl(self.domain, target, XEN_DOMCTL_setvcpucontext)
+        if rc:
+            return RESULT.pack(rc), []
         if target is None or target.is_dying:
             return RESULT.pack(-xen_errno.ESRCH), []
         if target.paging or target.is_privileged:
@@ -267,6 +286,9 @@ class Connection:
 
     def _op_destroy_domain(self, payload: bytes):
         (domid,) = DOMID_ARG.unpack(payload)
+        rc = self.hv.xsm.domctl(self.domain, self.hv.get_domain(domid), XEN_DOMCTL_destroydomain)
+        if rc:
+            return RESULT.pack(rc), []
         if domid == self.domain.domid:
             return RESULT.pack(-xen_errno.EINVAL), []
         rc = self.server.destroy_domain(domid)
@@ -274,12 +296,19 @@ class Connection:
 
     def _op_domain_info(self, payload: bytes):
         (domid,) = DOMID_ARG.unpack(payload)
+        # The list, as XEN_SYSCTL_getdomaininfolist: one domain is the list filtered (not
+        # XEN_DOMCTL_getdomaininfo, whose XS_PRIV would also answer a xenstore domain: the
+        # channel's domain info has only ever been the privileged domain's).
+        rc = self.hv.xsm.sysctl(self.domain, XEN_SYSCTL_getdomaininfolist)
+        if rc:
+            return RESULT.pack(rc), []
         with self.hv.lock:
             domains = list(self.hv.domains.values())
         if domid != ALL_DOMAINS:
             domains = [d for d in domains if d.domid == domid]
-            if not domains:
-                return RESULT.pack(-xen_errno.ESRCH), []
+        domains = [d for d in domains if not self.hv.xsm.getdomaininfo(self.domain, d)]
+        if domid != ALL_DOMAINS and not domains:
+            return RESULT.pack(-xen_errno.ESRCH), []
         info = {"domains": [_domain_info(d) for d in sorted(domains, key=lambda d: d.domid)],
                 "host": {"total_pages": self.hv.frames.nr_frames,
                          "free_pages": self.hv.frames.free_frames,
@@ -302,8 +331,6 @@ class Connection:
         OP_CONNECT_DOMAIN: DOMID_ARG.size, OP_DESTROY_DOMAIN: DOMID_ARG.size,
         OP_DOMAIN_INFO: DOMID_ARG.size,
     }
-    _PRIVILEGED = {OP_READCONSOLE, OP_CREATE_DOMAIN, OP_CONNECT_DOMAIN, OP_DESTROY_DOMAIN,
-                   OP_DOMAIN_INFO}
 
 
 class ChannelServer:
@@ -350,7 +377,7 @@ class ChannelServer:
         d = self.hv.get_domain(domid)
         if d is None:
             return -xen_errno.ESRCH
-        if d.is_privileged:
+        if d.is_privileged:     # the host's own domain, never a guest: not the caller's rights
             return -xen_errno.EPERM
         try:
             self.hv.destroy_domain(domid)

@@ -6,11 +6,13 @@ through one hook named as Xen's (`evtchn_unbound`, `grant_setup`, `mmu_update`,
 is about, and returns 0 (allowed) or -EPERM, Xen's convention; the caller
 turns a refusal into what Xen reports at that place (-EPERM, a grant op's
 GNTST_permission_denied, a reservation op's "no extent done", -EBUSY for a
-PTE). No other module decides them. What Xen decides without XSM keeps asking the domain, as Xen does: hardware-domain
-rules (SCHEDOP_pin_override, the M2P size, pIRQ and event-channel limits, the
-allocation order, XENFEAT_dom0, unfiltered console text, I/O and cache-flush
-rights) and the socket channel's privcmd-like ops (pvhyp/channel.py,
-pvhyp/channel_server.py).
+PTE). No other module decides them, the channels' privcmd-like ops included
+(pvhyp/channel.py, pvhyp/channel_server.py: foreign maps, the process-domain
+lifecycle, domain info, the console text), each asking the hook of the Xen
+operation it stands for. What Xen decides without XSM keeps asking the domain,
+as Xen does: hardware-domain rules (SCHEDOP_pin_override, the M2P size, pIRQ
+and event-channel limits, the allocation order, XENFEAT_dom0, unfiltered
+console text, I/O and cache-flush rights).
 
 `DummyPolicy` is the default of every Hypervisor; it is stateless, so one
 instance serves them all. Another policy is installed on one hypervisor by
@@ -90,6 +92,11 @@ class DummyPolicy:
 
     def sysctl(self, src: "Domain", cmd: int) -> int:
         return xsm_default_action(Action.PRIV, src, None)
+
+    def readconsole(self, src: "Domain", clear: int) -> int:
+        """XEN_SYSCTL_readconsole, asked after the sysctl hook (the socket channel's
+        OP_READCONSOLE reads the domains' console_io text, Xen's console ring)."""
+        return xsm_default_action(Action.HOOK, src, None)
 
     def console_io(self, src: "Domain", cmd: int) -> int:
         # CONSOLEIO_write for anyone, as Xen's CONFIG_VERBOSE_DEBUG build (XTF and early
@@ -171,6 +178,19 @@ class DummyPolicy:
     def update_va_mapping(self, src: "Domain", pg_owner) -> int:
         """update_va_mapping(_otherdomain) installing a present entry."""
         return xsm_default_action(Action.TARGET, src, pg_owner)
+
+    def map_gmfn_foreign(self, src: "Domain", t: "Domain | None") -> int:
+        """Mapping `t`'s frames by its pfns (XENMAPSPACE_gmfn_foreign; the channels'
+        privcmd-like map_foreign). It is asked before the domid is checked, so `t`
+        is None for a domid that names no domain (an unprivileged caller gets
+        -EPERM, never -ESRCH, as the channels always answered).
+
+        Xen's rule is XSM_TARGET: a domain may also map its own frames this way.
+        pvhyp keeps PRIV, what the channels have always allowed (issue 11 changes
+        no behaviour): a process domain has its whole memory mapped from the
+        start, so it never needs to map itself by pfn.
+        """
+        return xsm_default_action(Action.PRIV, src, t)
 
     def priv_mapping(self, pg_owner, real_owner: "Domain") -> int:
         """May `pg_owner` hand on the right to map a frame `real_owner` owns (get_page_from_l1e)?"""

@@ -1,7 +1,9 @@
 """Every privileged op asks the one policy (pvhyp/xsm.py, `hv.xsm`).
 
-The table below lists each privileged hypercall (and sub-op) with arguments
-that succeed for the privileged domain acting on a domU. With the dummy
+The table below lists each privileged hypercall (and sub-op), and each
+privcmd-like request of the channels process domains use (pvhyp/channel.py,
+pvhyp/channel_server.py), with arguments that succeed for the privileged
+domain acting on a domU. With the dummy
 policy each returns what it always did and asks the hooks named in its row;
 with a policy that refuses everything each returns the refusal Xen gives at
 that place (-EPERM, except where Xen reports it otherwise: a grant op's
@@ -10,8 +12,9 @@ is named by some row, so a new hook needs a new row.
 """
 from __future__ import annotations
 
+import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import pytest
@@ -27,7 +30,11 @@ from abi import sysctl as SY
 from abi import version as V
 from abi import xen as X
 from abi.xen import HYPERCALL_NUMBERS
+from pvguest.hypercall_channel import ChannelError, SocketChannel
 from pvhyp import domctl as domctl_mech
+from pvhyp.channel import ChannelError as InProcessChannelError
+from pvhyp.channel import InProcessChannel, create_process_domain
+from pvhyp.channel_server import ChannelServer
 from pvhyp.hypercall_table import HypercallContext
 from pvhyp.mm.testbed import build_pv_domain
 from pvhyp.xsm import DUMMY_POLICY, DummyPolicy
@@ -109,13 +116,57 @@ class Caller:
         return self.call("mmuext_op", BUF_VA, len(ops), 0, foreigndom)
 
 
+class ChannelCaller:
+    """A process domain making the socket channel's requests (pvguest's client, the real server)."""
+
+    def __init__(self, hv, server: ChannelServer, privileged: bool = False, domid: int | None = None):
+        self.domain = create_process_domain(hv, 16, privileged=privileged, domid=domid)
+        self.domid = self.domain.domid
+        self.hv = hv
+        self.server = server
+        self._channel: SocketChannel | None = None
+        self.sockets: list[socket.socket] = []      # channels handed out, closed at the end
+
+    @property
+    def channel(self) -> SocketChannel:
+        """Attached on first use: a domain another caller connects must have no channel yet."""
+        if self._channel is None:
+            self._channel = SocketChannel(self.server.attach(self.domain))
+        return self._channel
+
+    def request(self, name: str, *args) -> int:
+        """One request: 0, or the -errno the channel answered."""
+        try:
+            result = getattr(self.channel, name)(*args)
+        except ChannelError as e:
+            return -e.errno
+        if isinstance(result, socket.socket):
+            self.sockets.append(result)
+        return 0
+
+    def in_process_map_foreign(self, domid: int, pfns) -> int:
+        """The same foreign map through the in-process channel (`pvhyp run`, tests)."""
+        try:
+            InProcessChannel(self.hv, self.domain).map_foreign(domid, pfns)
+        except InProcessChannelError as e:
+            return -e.errno
+        return 0
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        if self._channel is not None:
+            self._channel.close()
+
+
 @dataclass
 class Row:
     op: str
     hooks: set[str]
-    call: Callable[[Caller, Caller], int]     # (dom0, domU) -> the result to compare
-    allowed: int | Callable[[Caller, Caller], int]
+    call: Callable[..., int]                  # (dom0, domU) -> the result to compare
+    allowed: int | Callable[..., int]
     denied: int = -E.EPERM
+    via: type = field(default=Caller)         # Caller (hypercalls) or ChannelCaller
 
 
 def _grant(dom0, domu, cmd, st, fields) -> int:
@@ -200,7 +251,41 @@ ROWS = [
     Row("update_va_mapping_otherdomain", {"update_va_mapping"},
         lambda a, b: a.call("update_va_mapping_otherdomain", 21 << 12, b.mfn(3) << 12 | PRESENT | RW, 0, b.domid),
         0),
+    # --- the channels' privcmd-like requests (dom0's) ---
+    Row("channel map_foreign", {"map_gmfn_foreign"},
+        lambda a, b: a.request("map_foreign", b.domid, [0]), 0, via=ChannelCaller),
+    Row("in-process channel map_foreign", {"map_gmfn_foreign"},
+        lambda a, b: a.in_process_map_foreign(b.domid, [0]), 0, via=ChannelCaller),
+    Row("channel readconsole", {"sysctl", "readconsole"},
+        lambda a, b: a.request("readconsole", b.domid), 0, via=ChannelCaller),
+    Row("channel create_domain", {"domctl"}, lambda a, b: a.request("create_domain", 8), 0, via=ChannelCaller),
+    Row("channel connect_domain", {"domctl"},
+        lambda a, b: a.request("connect_domain", b.domid), 0, via=ChannelCaller),
+    Row("channel destroy_domain", {"domctl"},
+        lambda a, b: a.request("destroy_domain", b.domid), 0, via=ChannelCaller),
+    Row("channel domain_info", {"sysctl", "getdomaininfo"},
+        lambda a, b: a.request("domain_info"), 0, via=ChannelCaller),
+    Row("channel domain_info of one domain", {"sysctl", "getdomaininfo"},
+        lambda a, b: a.request("domain_info", b.domid), 0, via=ChannelCaller),
 ]
+
+
+@pytest.fixture
+def make_caller(hv):
+    """make_caller(row, privileged=False, domid=None): a caller of the row's kind."""
+    server = ChannelServer(hv)
+    made: list[ChannelCaller] = []
+
+    def make(row: Row, privileged: bool = False, domid: int | None = None):
+        if row.via is Caller:
+            return Caller(hv, privileged=privileged, domid=domid)
+        caller = ChannelCaller(hv, server, privileged=privileged, domid=domid)
+        made.append(caller)
+        return caller
+    yield make
+    for caller in made:
+        caller.close()
+    server.close()
 
 
 @pytest.fixture
@@ -221,8 +306,8 @@ def test_every_hook_has_a_row():
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda row: row.op)
-def test_privileged_op_succeeds_under_the_dummy_policy_and_asks_its_hooks(hv, domains, row):
-    dom0, domu = domains
+def test_privileged_op_succeeds_under_the_dummy_policy_and_asks_its_hooks(hv, make_caller, row):
+    dom0, domu = make_caller(row, privileged=True, domid=0), make_caller(row)
     hv.xsm = probe = Probe()
     expected = _expected_allowed(row, dom0, domu)
     assert row.call(dom0, domu) == expected
@@ -230,17 +315,17 @@ def test_privileged_op_succeeds_under_the_dummy_policy_and_asks_its_hooks(hv, do
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda row: row.op)
-def test_privileged_op_is_refused_by_a_deny_all_policy(hv, domains, row):
-    dom0, domu = domains
+def test_privileged_op_is_refused_by_a_deny_all_policy(hv, make_caller, row):
+    dom0, domu = make_caller(row, privileged=True, domid=0), make_caller(row)
     hv.xsm = Probe(deny=HOOKS)
     assert row.call(dom0, domu) == row.denied
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda row: row.op)
-def test_an_unprivileged_domain_is_refused_by_the_dummy_policy(hv, domains, row):
+def test_an_unprivileged_domain_is_refused_by_the_dummy_policy(hv, make_caller, row):
     """The dummy policy's own answer for a domU acting on another domU (or on the host)."""
-    _, domu = domains
-    other = Caller(hv)
+    make_caller(row, privileged=True, domid=0)
+    domu, other = make_caller(row), make_caller(row)
     if row.op == "console_io write":
         pytest.skip("any domain may write to the console (Xen's debug-build rule)")
     assert row.call(domu, other) == row.denied
