@@ -46,17 +46,21 @@ from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc, UcEr
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from abi.x86_pte import _PAGE_PRESENT, _PAGE_RW
+from abi.x86_regs import (
+    EFER_LMA,
+    EFER_LME,
+    EFER_NXE,
+    EFER_SCE,
+    MSR_EFER,
+    X86_CR0_ET,
+    X86_CR0_NE,
+    X86_CR0_PE,
+    X86_CR0_PG,
+    X86_CR0_WP,
+    X86_CR4_PAE,
+)
 
 REQUIRED_UNICORN_VERSION = "2.1.4"
-
-# Control-register setup shared with the engine: long mode with paging, NX
-# and SYSCALL enabled, write protection off (see pvhyp/pv/xen_area.py: implicit
-# supervisor writes such as descriptor accessed bits must not fault on the
-# read-only guest GDT frames).
-MSR_EFER = 0xC000_0080
-EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
-CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
-CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
 
 VECTOR_GP, VECTOR_PF = 13, 14
 
@@ -182,9 +186,9 @@ def _probe_machine() -> tuple[Uc, mmap.mmap]:
         flags = _PAGE_PRESENT if pfn == _RO_PAGE >> 12 else _PAGE_PRESENT | _PAGE_RW
         struct.pack_into("<Q", mem, _L1 + pfn * 8, (pfn << 12) | flags)
     uc.reg_write(x86_const.UC_X86_REG_CR3, _L4)
-    uc.reg_write(x86_const.UC_X86_REG_CR4, uc.reg_read(x86_const.UC_X86_REG_CR4) | CR4_PAE)
+    uc.reg_write(x86_const.UC_X86_REG_CR4, uc.reg_read(x86_const.UC_X86_REG_CR4) | X86_CR4_PAE)
     uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
-    uc.reg_write(x86_const.UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
+    uc.reg_write(x86_const.UC_X86_REG_CR0, X86_CR0_PE | X86_CR0_ET | X86_CR0_NE | X86_CR0_WP | X86_CR0_PG)
     return uc, mem
 
 

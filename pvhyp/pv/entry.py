@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 
 from abi import errno as E
 from abi import xen as X
+from abi.x86_regs import X86_EFLAGS_IF, X86_EFLAGS_MBS
 from abi.xen import VMASST_TYPE_writable_pagetables
 from pvhyp.cpu.engine import GPR_NAMES, CpuEngine, CpuState, ExitReason
 from pvhyp.cpu.watchpoints import Watchpoints
@@ -96,7 +97,7 @@ class PvEntry:
     def set_user_regs(self, regs: dict) -> None:
         """A cpu_user_regs (VCPUOP_initialise / the builder) with the PV state already loaded."""
         state = CpuState(gprs={name: regs.get(name, 0) for name in GPR_NAMES},
-                         rip=regs.get("rip", 0), rflags=regs.get("rflags", 0x202),
+                         rip=regs.get("rip", 0), rflags=regs.get("rflags", X86_EFLAGS_MBS | X86_EFLAGS_IF),
                          cs=regs.get("cs", L.FLAT_KERNEL_CS), ss=regs.get("ss", L.FLAT_KERNEL_SS),
                          ds=regs.get("ds", 0), es=regs.get("es", 0), fs=regs.get("fs", 0), gs=regs.get("gs", 0))
         pv = self.pv
