@@ -1,4 +1,4 @@
-"""x86-64 register bits and reset values: architectural, not from a Xen header.
+"""x86-64 register bits, reset values and exceptions: architectural, not from a Xen header.
 
 Xen's public headers carry a guest's register images but never the meaning
 of their bits: ``cpu_user_regs.rflags`` (the IF a guest starts with, the IOPL
@@ -6,9 +6,10 @@ a PV kernel may not set), ``vcpu_guest_context.ctrlreg`` (CR0.TS, CR4.DE) and
 ``.debugreg`` (the DR6/DR7 a vCPU starts with and the bits it may set).  The
 domain builder writes these images, the hypervisor checks and loads them and
 the CPU engine runs them, so the bits cross the boundary and live here, once,
-like the PTE bits of ``abi.x86_pte``.  They come from the Intel SDM / AMD APM
+like the PTE bits of ``abi.x86_pte``.  So do the exception vectors a guest's
+``trap_info`` names and the page-fault error code its bounce frame carries.  They come from the Intel SDM / AMD APM
 volume 3, under the names Xen gives them (xen/arch/x86/include/asm/
-x86-defns.h, debugreg.h, msr-index.h), which are Linux's too.  The registry
+x86-defns.h, debugreg.h, msr-index.h, processor.h), mostly Linux's too.  The registry
 marks this module as having no header, and the header cross-check leaves it
 out for that reason.
 """
@@ -89,3 +90,33 @@ DR_GENERAL_DETECT = 0x2000
 DR_CONTROL_RESERVED_ZERO = ~0xFFFF_27FF & 0xFFFF_FFFF_FFFF_FFFF  # read as zero
 DR_CONTROL_RESERVED_ONE = 0x400  # read as one
 X86_DR7_DEFAULT = 0x400  # DR7 after reset: the reserved-one bit alone
+
+# Exception vectors (Xen 4.17's asm/processor.h names).
+TRAP_divide_error = 0
+TRAP_debug = 1
+TRAP_nmi = 2
+TRAP_int3 = 3
+TRAP_overflow = 4
+TRAP_bounds = 5
+TRAP_invalid_op = 6
+TRAP_no_device = 7
+TRAP_double_fault = 8
+TRAP_copro_seg = 9
+TRAP_invalid_tss = 10
+TRAP_no_segment = 11
+TRAP_stack_error = 12
+TRAP_gp_fault = 13
+TRAP_page_fault = 14
+TRAP_spurious_int = 15
+TRAP_copro_error = 16
+TRAP_alignment_check = 17
+TRAP_machine_check = 18
+TRAP_simd_error = 19
+TRAP_virtualisation = 20
+
+# Page-fault error code (Xen's PFEC_*).
+PFEC_page_present = 1 << 0  # 0: not present; 1: a protection violation
+PFEC_write_access = 1 << 1
+PFEC_user_mode = 1 << 2
+PFEC_reserved_bit = 1 << 3
+PFEC_insn_fetch = 1 << 4

@@ -52,13 +52,13 @@ from abi.x86_regs import (
     X86_CR4_PAE,
     X86_EFLAGS_IF,
     X86_EFLAGS_MBS,
+    TRAP_gp_fault,
+    TRAP_page_fault,
 )
 from pvhyp.cpu import unicorn_quirks as quirks
 from pvhyp.cpu.fastregs import FastRegisters
 from pvhyp.guest_access import read_guest_virtual
 from pvhyp.pv import xen_area as L
-
-VECTOR_GP, VECTOR_PF = 13, 14
 
 # Instructions per emu_start: the longest a kick waits (about 1 ms of guest code).
 SLICE_INSNS = 50_000
@@ -445,7 +445,7 @@ class CpuEngine:
             rip = uc.reg_read(x86_const.UC_X86_REG_RIP)
             self.host.on_software_interrupt(self, vector, self._software_int_length(rip, vector))
         else:
-            cr2 = uc.reg_read(x86_const.UC_X86_REG_CR2) if vector == VECTOR_PF else 0
+            cr2 = uc.reg_read(x86_const.UC_X86_REG_CR2) if vector == TRAP_page_fault else 0
             self.host.on_exception(self, vector, error_code, cr2)
 
     def _software_int_length(self, rip: int, vector: int) -> int:
@@ -493,5 +493,5 @@ class CpuEngine:
         # Only reachable if a page table names a frame beyond machine memory
         # (the PV MMU refuses those); the guest gets #GP, never the host an error.
         self.unmapped_accesses += 1
-        self._unmapped_fault = (VECTOR_GP, 0, 0)
+        self._unmapped_fault = (TRAP_gp_fault, 0, 0)
         return False

@@ -72,6 +72,7 @@ from abi.x86_regs import (
     X86_EFLAGS_IF,
     X86_EFLAGS_IOPL,
     X86_EFLAGS_IOPL_BIT,
+    TRAP_nmi,
 )
 from abi.xen import VMASST_TYPE_architectural_iopl, vcpu_info
 from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS
@@ -91,7 +92,6 @@ from pvhyp.pv.descriptors import (
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
 
-TRAP_nmi = 2
 MAX_LDT_ENTRIES = 8192
 VCPU_INFO_SIZE = vcpu_info.sizeof()
 VCPU_INFO_ALIGN = 8                 # alignof(vcpu_info_t): its widest member is 64-bit

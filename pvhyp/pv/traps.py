@@ -28,6 +28,8 @@ from abi.x86_regs import (
     X86_EFLAGS_RF,
     X86_EFLAGS_TF,
     X86_EFLAGS_VM,
+    PFEC_user_mode,
+    TRAP_page_fault,
 )
 from abi.xen_x86_64 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, VGCF_IN_SYSCALL
 from pvhyp.guest_access import is_canonical_address, read_guest_virtual, write_guest_virtual
@@ -45,8 +47,6 @@ TBF_FAILSAFE = 0x10
 RFLAGS_CLEARED_ON_TRAP = X86_EFLAGS_AC | X86_EFLAGS_VM | X86_EFLAGS_RF | X86_EFLAGS_NT | X86_EFLAGS_TF
 
 VECTORS_WITH_ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
-VECTOR_PF = 14
-PFEC_USER = 0x4
 VCPU_INFO_UPCALL_PENDING, VCPU_INFO_UPCALL_MASK, VCPU_INFO_CR2 = 0, 1, 16
 _IRET_CONTEXT = struct.Struct("<9Q")    # rax r11 rcx flags rip cs rflags rsp ss
 
@@ -157,12 +157,12 @@ class TrapBouncer:
         trap = self.pv.trap_table.get(vector)
         if trap is None or not trap.address:
             raise GuestCrash(f"unhandled exception vector {vector} (error code {error_code:#x})")
-        if vector == VECTOR_PF:
+        if vector == TRAP_page_fault:
             if cr2 is not None:
                 self.set_cr2(cr2)
             # The CPU saw CPL3 either way; the guest must see its kernel as
             # supervisor mode, as Xen rewrites the user bit.
-            error_code = (error_code & ~PFEC_USER) | (0 if self.pv.kernel_mode else PFEC_USER)
+            error_code = (error_code & ~PFEC_user_mode) | (0 if self.pv.kernel_mode else PFEC_user_mode)
         self._trace("trap", vector=vector, error_code=error_code, cr2=cr2, handler=trap.address)
         flags = TBF_INTERRUPT if trap.masks_events else 0
         if vector in VECTORS_WITH_ERROR_CODE:

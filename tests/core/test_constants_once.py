@@ -11,6 +11,8 @@ pvguest/ and fails on:
 * a register bit or default under another name (``RFLAGS_IF = 0x200``,
   ``_CR0_TS = 1 << 3``): any flags-, CRn-, DRn- or EFER-looking name whose value
   is one of abi.x86_regs's;
+* an exception vector or page-fault error code bit under another name
+  (``VECTOR_PF = 14``, ``PFEC_WRITE = 0x2``);
 * a literal negated errno (``return -38``): results come from ``abi.errno``.
 
 Importing a name (``from abi.x86_pte import PAGE_SIZE``) is not a definition.
@@ -37,6 +39,10 @@ PTE_VALUES = {value for name, value in vars(x86_pte).items()
 REG_LOOKING = re.compile(r"FLAGS|^_?(X86_)?CR[0-8]_|^_?(X86_)?DR([0-7]|_)|EFER")
 REG_VALUES = {value for name, value in vars(x86_regs).items()
               if registry.is_constant(name, value) and not name.endswith(("_BIT", "_SHIFT", "_SIZE"))}
+# Names that look like exception vectors or page-fault error code bits.
+EXC_LOOKING = re.compile(r"VECTOR|^_?TRAP_|^_?X86_EXC|PFEC")
+EXC_VALUES = {value for name, value in vars(x86_regs).items()
+              if registry.is_constant(name, value) and name.startswith(("TRAP_", "PFEC_"))}
 ERRNO_VALUES = {value for name, value in vars(abi_errno).items()
                 if name.isupper() and isinstance(value, int) and value > 1}   # -1 is every API's "no"
 
@@ -129,6 +135,8 @@ def redefinitions(root: pathlib.Path = ROOT) -> list[str]:
                     found.append(f"{where}:{line}: {name} = {number:#x} (a PTE bit of abi.x86_pte)")
                 elif number in REG_VALUES and REG_LOOKING.search(name):
                     found.append(f"{where}:{line}: {name} = {number:#x} (a register bit of abi.x86_regs)")
+                elif number in EXC_VALUES and EXC_LOOKING.search(name):
+                    found.append(f"{where}:{line}: {name} = {number} (an exception vector or PFEC bit of abi.x86_regs)")
             for node in tree.body:
                 if isinstance(node, ast.FunctionDef) and node.name in abi_functions:
                     found.append(f"{where}:{node.lineno}: def {node.name} (abi defines it)")
@@ -152,7 +160,8 @@ def test_the_checker_sees_each_kind_of_copy(tmp_path):
         "def pte_mfn(entry):\n    return entry >> 12\n"
         "def f(x):\n    return x[-2] if x else -38\n"
         "DOMID_ORPHAN = -2\n"            # a named sentinel, not an errno
-        "PFEC_PRESENT = 0x1\n"           # a page-fault error code bit, not a PTE bit
+        "PFEC_PRESENT = 0x1\n"           # a page-fault error code bit (abi.x86_regs), not a PTE bit
+        "VECTOR_GP, VECTOR_PF = 13, 14\n"
         "X86_DR7_DEFAULT = 0x400\n"
         "RFLAGS_TF, RFLAGS_IF = 1 << 8, 1 << 9\n"
         "_CR0_TS = 1 << 3\n"
@@ -160,5 +169,6 @@ def test_the_checker_sees_each_kind_of_copy(tmp_path):
         "MSR_EFER = 0xC000_0080\n")
     found = redefinitions(tmp_path)
     assert [line.split(": ", 1)[1].split(" ")[0] for line in found] == [
-        "PAGE_SIZE", "PTE_P", "PTE_RW", "PTE_ADDR_MASK", "SHUTDOWN_NAMES", "X86_DR7_DEFAULT",
+        "PAGE_SIZE", "PTE_P", "PTE_RW", "PTE_ADDR_MASK", "SHUTDOWN_NAMES", "PFEC_PRESENT", "VECTOR_GP",
+        "VECTOR_PF", "X86_DR7_DEFAULT",
         "RFLAGS_TF", "RFLAGS_IF", "_CR0_TS", "MSR_EFER", "def", "-38"]
