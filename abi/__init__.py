@@ -3,7 +3,8 @@
 One module per public header, holding the header's shape so the two can be
 read side by side: ``abi.xen`` is xen/include/public/xen.h, ``abi.io.blkif``
 is io/blkif.h, and so on (``abi.registry.MODULES`` lists them all, with the
-two architectural modules that have no header: ``x86_pte`` and ``e820``).
+architectural modules that have no header: ``x86_pte``, ``x86_regs`` and
+``e820``).
 
 Conventions every module follows:
 

@@ -13,7 +13,7 @@ What counts:
   C macro or enumerator it mirrors.
 
 Every constant and struct is checked against its header unless the module
-has no header (``x86_pte``, ``e820``) or names it in ``NOT_IN_HEADER`` with
+has no header (``x86_pte``, ``x86_regs``, ``e820``) or names it in ``NOT_IN_HEADER`` with
 the reason (pvhyp's own derived offsets, for instance).
 
 A module refers to another module's definitions through that module
@@ -70,6 +70,12 @@ MODULES: tuple[HeaderModule, ...] = (
         None,
         why_no_header="x86 page-table bits are architectural (Intel SDM / AMD APM); "
         "no Xen public header defines them",
+    ),
+    HeaderModule(
+        "abi.x86_regs",
+        None,
+        why_no_header="x86 register bits (EFLAGS, CR0/CR4, EFER, DR6/DR7) are architectural "
+        "(Intel SDM / AMD APM); Xen's public headers carry the registers but not their bits",
     ),
     HeaderModule("abi.event_channel", "event_channel.h"),
     HeaderModule("abi.grant_table", "grant_table.h"),

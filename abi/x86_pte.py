@@ -42,6 +42,18 @@ def pte_mfn(entry: int) -> int:
     return (entry & PTE_FRAME_MASK) >> PAGE_SHIFT
 
 
-def table_index(vaddr: int, level: int) -> int:
-    """Index into the level-``level`` table (1..4) for a virtual address."""
-    return (vaddr >> (PAGE_SHIFT + PAGETABLE_ORDER * (level - 1))) & (L1_PAGETABLE_ENTRIES - 1)
+# Index of a virtual address's entry in its table at each level (Xen's names).
+def l1_table_offset(va: int) -> int:
+    return (va >> L1_PAGETABLE_SHIFT) & (L1_PAGETABLE_ENTRIES - 1)
+
+
+def l2_table_offset(va: int) -> int:
+    return (va >> L2_PAGETABLE_SHIFT) & (L1_PAGETABLE_ENTRIES - 1)
+
+
+def l3_table_offset(va: int) -> int:
+    return (va >> L3_PAGETABLE_SHIFT) & (L1_PAGETABLE_ENTRIES - 1)
+
+
+def l4_table_offset(va: int) -> int:
+    return (va >> L4_PAGETABLE_SHIFT) & (L1_PAGETABLE_ENTRIES - 1)

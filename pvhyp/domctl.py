@@ -31,6 +31,7 @@ from abi.domctl import (
     XEN_DOMINF_shutdownshift,
     XEN_DOMINF_xs_domain,
 )
+from abi.x86_regs import X86_EFLAGS_IF, X86_EFLAGS_IOPL
 from abi.xen import DOMID_FIRST_RESERVED, __HYPERVISOR_iret
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
 from pvhyp.mm.frametable import OutOfMemory
@@ -48,8 +49,6 @@ OPT_GNTTAB_MAX_VERSION = 2
 INITIAL_NR_GRANT_FRAMES = 1
 CONTROLLER_PAUSE_MAX = 255       # Xen caps the toolstack's pause count (-EOVERFLOW beyond)
 SHUTDOWN_CODE_INVALID = 0xFFFF_FFFF
-X86_EFLAGS_IF = 1 << 9
-X86_EFLAGS_IOPL = 3 << 12
 MASK32 = 0xFFFF_FFFF
 
 _CDF_KNOWN = (XEN_DOMCTL_CDF_hvm | XEN_DOMCTL_CDF_hap | XEN_DOMCTL_CDF_s3_integrity

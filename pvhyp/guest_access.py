@@ -19,7 +19,6 @@ from abi.x86_pte import (
     _PAGE_PSE,
     _PAGE_RW,
     _PAGE_USER,
-    L1_PAGETABLE_ENTRIES,
     L1_PAGETABLE_SHIFT,
     L2_PAGETABLE_SHIFT,
     L3_PAGETABLE_SHIFT,
@@ -27,6 +26,10 @@ from abi.x86_pte import (
     PAGE_SHIFT,
     PAGE_SIZE,
     PTE_FRAME_MASK,
+    l1_table_offset,
+    l2_table_offset,
+    l3_table_offset,
+    l4_table_offset,
 )
 from abi.xen_x86_64 import HYPERVISOR_VIRT_END
 
@@ -35,7 +38,8 @@ if TYPE_CHECKING:
 
 _U64 = struct.Struct("<Q")
 _VA_MASK = 0xFFFF_FFFF_FFFF_FFFF
-_LEVELS = ((4, L4_PAGETABLE_SHIFT), (3, L3_PAGETABLE_SHIFT), (2, L2_PAGETABLE_SHIFT), (1, L1_PAGETABLE_SHIFT))
+_LEVELS = ((4, L4_PAGETABLE_SHIFT, l4_table_offset), (3, L3_PAGETABLE_SHIFT, l3_table_offset),
+           (2, L2_PAGETABLE_SHIFT, l2_table_offset), (1, L1_PAGETABLE_SHIFT, l1_table_offset))
 
 
 class GuestFault(Exception):
@@ -73,10 +77,10 @@ def walk(memory, l4_mfn: int, va: int, write: bool, user: bool = True) -> int:
     table = l4_mfn
     buf = memory.buf
     nr_frames = memory.nr_frames
-    for level, shift in _LEVELS:
+    for level, shift, table_offset in _LEVELS:
         if not 0 < table < nr_frames:
             raise GuestFault(va, write)
-        entry = _U64.unpack_from(buf, (table << PAGE_SHIFT) + ((va >> shift) & (L1_PAGETABLE_ENTRIES - 1)) * 8)[0]
+        entry = _U64.unpack_from(buf, (table << PAGE_SHIFT) + table_offset(va) * 8)[0]
         if entry & need != need:
             raise GuestFault(va, write)
         if level in (3, 2) and entry & _PAGE_PSE:

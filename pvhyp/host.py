@@ -71,7 +71,10 @@ def build_hypervisor(memory_mb: int, *, cpu: bool) -> Hypervisor:
         subsystem.attach(hv)
     hypercalls.install(hv.hypercalls)
     if cpu:
-        from pvhyp.cpu import runner  # unicorn is loaded only by hosts that run x86 guests
+        # unicorn is loaded only by hosts that run x86 guests; a unicorn whose internals
+        # moved stops the program here, with one line (the probe runs once per process).
+        from pvhyp.cpu import runner, unicorn_quirks
+        unicorn_quirks.require_supported_unicorn()
         runner.attach(hv)
     return hv
 

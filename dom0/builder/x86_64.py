@@ -15,15 +15,13 @@ from dataclasses import dataclass
 
 from abi.arch_x86_xen import VGCF_in_kernel, VGCF_online, vcpu_guest_context
 from abi.cdefs import plain
+from abi.x86_regs import X86_DR6_DEFAULT, X86_DR7_DEFAULT, X86_EFLAGS_IF
 from abi.xen import MAX_GUEST_CMDLINE, start_info
 from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_DS, FLAT_KERNEL_SS
 from dom0.builder.errors import BuildError
 from dom0.builder.image import KernelImage, module_contents, module_size, parse_kernel
 from dom0.builder.layout import PAGE_SHIFT, PAGE_SIZE, Layout, pagetable_entries, plan_layout
 
-X86_DR6_DEFAULT = 0xFFFF0FF0
-X86_DR7_DEFAULT = 0x00000400
-X86_EFLAGS_IF = 1 << 9
 LIBXL_MAXMEM_CONSTANT_KB = 1024     # the slack libxl adds above the target when it sets max_mem
 MAP_BATCH = 1024
 

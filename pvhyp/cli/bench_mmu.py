@@ -32,8 +32,8 @@ def run(args) -> int:
     table_pfns = range(_COVER_PAGES, _COVER_PAGES + nr_l1 + 3)      # the new hierarchy's frames
     scratch_l1_pfn = table_pfns[-1] + 1
     hv = build_hypervisor((nr_pages >> 8) + 32, cpu=False)
-    layout = build_pv_domain(hv, nr_pages, read_only_pfns=list(table_pfns) + [scratch_l1_pfn])
-    d = layout.domain
+    tables = build_pv_domain(hv, nr_pages, read_only_pfns=list(table_pfns) + [scratch_l1_pfn])
+    d = tables.domain
     ctx = HypercallContext(d.vcpus[0])
     table = hv.hypercalls
     nr_mmu_update = X.HYPERCALL_NUMBERS["mmu_update"]

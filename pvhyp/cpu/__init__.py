@@ -1,27 +1,26 @@
 """The CPU engine: x86-64 PV guests on a software CPU (unicorn 2.1.4).
 
-The PV behaviour the engine calls into (entry path, trap bouncing,
-emulation, writable page tables, the hypervisor's area of the address space) is
-engine-independent and lives in pvhyp/pv.
+The PV behaviour the engine calls into (entry path, trap bouncing, emulation,
+writable page tables, the hypervisor's area of the address space) is
+engine-independent and lives in pvhyp/pv; this package is the engine alone.
 
-Layers, bottom up
------------------
+Modules, bottom up
+------------------
 unicorn_quirks  start-up probe of unicorn's private CPU-context fields (the
                 #PF error code, QEMU's double-fault bookkeeping, the GPR
                 block) and of its hook quirks; refuses to run on any other
-                unicorn.  `require_supported_unicorn()` for entry points.
-xen_area        XenArea: the hypervisor's pages and page tables in
-                DOMID_XEN frames (M2P read-only at 0xffff800000000000,
-                per-vCPU GDT + entry stack, CPL0 `iretq` stub, IDT, TSS);
-                `xen_l4_entries()` = the L4 slots every guest L4 gets.
+                unicorn.  The composition root (pvhyp/host.py,
+                `build_hypervisor(..., cpu=True)`) calls
+                `require_supported_unicorn()`, which stops the program with one
+                line; the engine itself uses `verified_offsets()`.
+fastregs        register reads and writes without the binding's allocations.
 engine          CpuEngine: one unicorn per vCPU, whole machine memory as its
-                physical space, hooks -> a VcpuHost; run/kick/flush_tlb.
-                Pure mechanics, no PV policy.
-traps, entry,   the PV behaviour (Xen's bounce frames, iret, events,
-emulate, ptwr   syscall callback, int N DPL rule, privileged instructions,
-                CPUID policy, port I/O, writable page tables).  entry.PvEntry
-                is the VcpuHost and is installed as `vcpu.arch`.
-runner          attach(hv) and the vCPU threads under the scheduler.
+                physical space, hooks -> a VcpuHost (pvhyp.pv.entry.PvEntry);
+                run/kick/flush_tlb.  Pure mechanics, no PV policy.
+watchpoints     data breakpoints (%dr0-3/%dr7) as unicorn memory hooks.
+runner          `attach(hv)`, which the composition root calls: the XenArea
+                (pvhyp.pv.xen_area) and `hv.cpu`, a CpuSubsystem that runs each
+                vCPU on a host thread under the scheduler.
 bench           null_hypercall_roundtrip_us(), compute_mips().
 
 Interfaces with the rest of pvhyp
@@ -39,27 +38,22 @@ Uses:
   hv.mmu.new_guest_cr3(vcpu, mfn) (mov to %cr3), hv.mmu.ptwr_emulate(vcpu,
                                addr, data, width) -> 0/True on success
                                (stores to the guest's own page tables)
-Provides (attach(hv), from pvhyp.cpu.runner):
+Provides (runner.attach(hv)):
   hv.xen_l4_slots              {slot: L4 entry} for slots 256-271
   hv.cpu.start_domain(d) / start_vcpu(v) / stop_domain(d)
   vcpu.arch (PvEntry):         kick(), flush_tlb() (reloads CR3 from the
                                vCPU's current table, queued if another thread
                                runs it), pv_changed(PvChange), set_user_regs(regs),
                                post(fn) (what vcpu.post calls)
-  attach(hv) must run before any guest L4 is validated (it fills
+  runner.attach(hv) must run before any guest L4 is validated (it fills
   hv.xen_l4_slots).
 Starting a vCPU: the builder/VCPUOP_initialise leaves cpu_user_regs in
 vcpu.pv.initial_user_regs (or vcpu.initial_context["user_regs"]) with the
 PV state set, or calls vcpu.arch.set_user_regs(); the vCPU thread loads them
-on its first run.  Without the runner: `cpu = PvEntry(memory, xen_area, vcpu,
-dispatch)`; `cpu.start(entry.initial_state(rip, rsp, start_info_va, l4_mfn))`;
-`cpu.run(max_insns=..., timeout_us=...)` -> ExitReason (BUDGET, KICKED,
-REQUESTED, GUEST_CRASH, HYPERVISOR_ERROR with cpu.engine.error).  An engine
+on its first run.  Without the runner (pvhyp.pv.entry): `cpu = PvEntry(memory,
+xen_area, vcpu, dispatch)`; `cpu.start(initial_state(rip, rsp, start_info_va,
+l4_mfn))`; `cpu.run(max_insns=..., timeout_us=...)` -> ExitReason (BUDGET,
+KICKED, REQUESTED, GUEST_CRASH, HYPERVISOR_ERROR with cpu.engine.error).  An engine
 runs either always with an instruction budget or never (unicorn_quirks);
 the vCPU threads count, with a 10 ms time slice.
 """
-
-
-def attach(hv) -> None:
-    from pvhyp.cpu.runner import attach as attach_runner
-    attach_runner(hv)

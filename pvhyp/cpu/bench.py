@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 import time
 
+from abi.x86_pte import l1_table_offset, l2_table_offset, l3_table_offset, l4_table_offset
 from pvhyp.cpu.engine import ExitReason
 from pvhyp.domain import Domain
 from pvhyp.memory import MachineMemory
@@ -42,14 +43,14 @@ class _Machine:
         tables = {}
         for va, mfn in ((_CODE_VA, _CODE_MFN), (_DATA_VA, _DATA_MFN), (_STACK_VA, _STACK_MFN)):
             table = l4
-            for shift in (39, 30, 21):
-                index = (va >> shift) & 0x1FF
+            for table_offset in (l4_table_offset, l3_table_offset, l2_table_offset):
+                index = table_offset(va)
                 key = (table, index)
                 if key not in tables:
                     tables[key] = next(frames)
                     self.memory.write_u64((table << 12) + index * 8, (tables[key] << 12) | 0x7)
                 table = tables[key]
-            self.memory.write_u64((table << 12) + ((va >> 12) & 0x1FF) * 8, (mfn << 12) | 0x7)
+            self.memory.write_u64((table << 12) + l1_table_offset(va) * 8, (mfn << 12) | 0x7)
         self.memory.write(_CODE_MFN << 12, code + _EXIT)
         # No hypervisor: the engine alone is measured, and nothing on this path reaches domain.hv.
         vcpu = Domain(None, domid=1, max_vcpus=1, max_pages=0).vcpus[0]  # type: ignore[arg-type]

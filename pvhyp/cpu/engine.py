@@ -35,15 +35,30 @@ from unicorn import (
 )
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
+from abi.x86_regs import (
+    EFER_LMA,
+    EFER_LME,
+    EFER_NXE,
+    EFER_SCE,
+    MSR_EFER,
+    X86_CR0_ET,
+    X86_CR0_MP,
+    X86_CR0_NE,
+    X86_CR0_PE,
+    X86_CR0_PG,
+    X86_CR0_TS,
+    X86_CR4_OSFXSR,
+    X86_CR4_OSXMMEXCPT,
+    X86_CR4_PAE,
+    X86_EFLAGS_IF,
+    X86_EFLAGS_MBS,
+    TRAP_gp_fault,
+    TRAP_page_fault,
+)
 from pvhyp.cpu import unicorn_quirks as quirks
 from pvhyp.cpu.fastregs import FastRegisters
 from pvhyp.guest_access import read_guest_virtual
 from pvhyp.pv import xen_area as L
-
-VECTOR_GP, VECTOR_PF = 13, 14
-RFLAGS_FIXED = 0x2
-RFLAGS_IF = 0x200
-_CR0_TS = 1 << 3
 
 # Instructions per emu_start: the longest a kick waits (about 1 ms of guest code).
 SLICE_INSNS = 50_000
@@ -75,7 +90,7 @@ class CpuState:
     """Architectural register state of a vCPU (Xen's cpu_user_regs plus bases)."""
     gprs: dict = field(default_factory=lambda: {name: 0 for name in GPR_NAMES})
     rip: int = 0
-    rflags: int = RFLAGS_FIXED | RFLAGS_IF
+    rflags: int = X86_EFLAGS_MBS | X86_EFLAGS_IF
     cs: int = L.FLAT_KERNEL_CS
     ss: int = L.FLAT_KERNEL_SS
     ds: int = 0
@@ -148,13 +163,13 @@ class CpuEngine:
     # --- machine setup ---------------------------------------------------
     def _setup_control_state(self) -> None:
         uc = self.uc
-        uc.reg_write(x86_const.UC_X86_REG_CR4, quirks.CR4_PAE | quirks.CR4_OSFXSR | quirks.CR4_OSXMMEXCPT)
-        uc.msr_write(quirks.MSR_EFER, quirks.EFER_SCE | quirks.EFER_LME | quirks.EFER_LMA | quirks.EFER_NXE)
+        uc.reg_write(x86_const.UC_X86_REG_CR4, X86_CR4_PAE | X86_CR4_OSFXSR | X86_CR4_OSXMMEXCPT)
+        uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
         # WP off: the CPU's implicit supervisor writes (descriptor accessed
         # bits) must not fault on the read-only guest GDT frames; guest code
         # is CPL3 and stays bound by RW.
         uc.reg_write(x86_const.UC_X86_REG_CR0,
-                     quirks.CR0_PE | quirks.CR0_MP | quirks.CR0_ET | quirks.CR0_NE | quirks.CR0_PG)
+                     X86_CR0_PE | X86_CR0_MP | X86_CR0_ET | X86_CR0_NE | X86_CR0_PG)
         uc.reg_write(x86_const.UC_X86_REG_GDTR, (0, self.xen_area.gdt_va(self.window), L.GDT_LIMIT, 0))
         uc.reg_write(x86_const.UC_X86_REG_IDTR, (0, L.IDT_VA, 0xFFF, 0))
         uc.reg_write(x86_const.UC_X86_REG_TR, (L.TSS_SELECTOR, L.TSS_VA, L.TSS_SIZE - 1, 0x8B))
@@ -266,7 +281,7 @@ class CpuEngine:
         """The guest's virtual CR0.TS: with it set, FPU/SSE use raises #NM (Xen's lazy FPU)."""
         self._cr0_ts = ts
         cr0 = self.uc.reg_read(x86_const.UC_X86_REG_CR0)
-        wanted = (cr0 | _CR0_TS) if ts else (cr0 & ~_CR0_TS)
+        wanted = (cr0 | X86_CR0_TS) if ts else (cr0 & ~X86_CR0_TS)
         if wanted != cr0:
             self.uc.reg_write(x86_const.UC_X86_REG_CR0, wanted)
 
@@ -390,7 +405,7 @@ class CpuEngine:
         state = self._pending_state
         if state is None:       # run() reports it as a hypervisor error
             raise RuntimeError("run() before load_state(): no register state to enter with")
-        frame = struct.pack("<5Q", state.rip, state.cs | 3, state.rflags | RFLAGS_FIXED, state.gprs["rsp"], state.ss | 3)
+        frame = struct.pack("<5Q", state.rip, state.cs | 3, state.rflags | X86_EFLAGS_MBS, state.gprs["rsp"], state.ss | 3)
         frame_va = self.xen_area.entry_stack_top(self.window) - len(frame)
         frame_maddr = self.xen_area.entry_stack_maddr(self.window) + L.PAGE_SIZE - len(frame)
         self.memory.write(frame_maddr, frame)
@@ -430,7 +445,7 @@ class CpuEngine:
             rip = uc.reg_read(x86_const.UC_X86_REG_RIP)
             self.host.on_software_interrupt(self, vector, self._software_int_length(rip, vector))
         else:
-            cr2 = uc.reg_read(x86_const.UC_X86_REG_CR2) if vector == VECTOR_PF else 0
+            cr2 = uc.reg_read(x86_const.UC_X86_REG_CR2) if vector == TRAP_page_fault else 0
             self.host.on_exception(self, vector, error_code, cr2)
 
     def _software_int_length(self, rip: int, vector: int) -> int:
@@ -478,5 +493,5 @@ class CpuEngine:
         # Only reachable if a page table names a frame beyond machine memory
         # (the PV MMU refuses those); the guest gets #GP, never the host an error.
         self.unmapped_accesses += 1
-        self._unmapped_fault = (VECTOR_GP, 0, 0)
+        self._unmapped_fault = (TRAP_gp_fault, 0, 0)
         return False

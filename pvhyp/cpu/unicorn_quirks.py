@@ -46,19 +46,23 @@ from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc, UcEr
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from abi.x86_pte import _PAGE_PRESENT, _PAGE_RW
+from abi.x86_regs import (
+    EFER_LMA,
+    EFER_LME,
+    EFER_NXE,
+    EFER_SCE,
+    MSR_EFER,
+    X86_CR0_ET,
+    X86_CR0_NE,
+    X86_CR0_PE,
+    X86_CR0_PG,
+    X86_CR0_WP,
+    X86_CR4_PAE,
+    TRAP_gp_fault,
+    TRAP_page_fault,
+)
 
 REQUIRED_UNICORN_VERSION = "2.1.4"
-
-# Control-register setup shared with the engine: long mode with paging, NX
-# and SYSCALL enabled, write protection off (see pvhyp/pv/xen_area.py: implicit
-# supervisor writes such as descriptor accessed bits must not fault on the
-# read-only guest GDT frames).
-MSR_EFER = 0xC000_0080
-EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
-CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 31
-CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
-
-VECTOR_GP, VECTOR_PF = 13, 14
 
 
 class UnicornInternalsChanged(RuntimeError):
@@ -182,9 +186,9 @@ def _probe_machine() -> tuple[Uc, mmap.mmap]:
         flags = _PAGE_PRESENT if pfn == _RO_PAGE >> 12 else _PAGE_PRESENT | _PAGE_RW
         struct.pack_into("<Q", mem, _L1 + pfn * 8, (pfn << 12) | flags)
     uc.reg_write(x86_const.UC_X86_REG_CR3, _L4)
-    uc.reg_write(x86_const.UC_X86_REG_CR4, uc.reg_read(x86_const.UC_X86_REG_CR4) | CR4_PAE)
+    uc.reg_write(x86_const.UC_X86_REG_CR4, uc.reg_read(x86_const.UC_X86_REG_CR4) | X86_CR4_PAE)
     uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
-    uc.reg_write(x86_const.UC_X86_REG_CR0, CR0_PE | CR0_ET | CR0_NE | CR0_WP | CR0_PG)
+    uc.reg_write(x86_const.UC_X86_REG_CR0, X86_CR0_PE | X86_CR0_ET | X86_CR0_NE | X86_CR0_WP | X86_CR0_PG)
     return uc, mem
 
 
@@ -222,10 +226,10 @@ def discover_offsets() -> ContextOffsets:
     # pin the error-code field between them.
     before, not_present, vec1 = _context_after_fault(store, {x86_const.UC_X86_REG_RBX: _HOLE})
     _, read_only, vec2 = _context_after_fault(store, {x86_const.UC_X86_REG_RBX: _RO_PAGE})
-    if vec1 != VECTOR_PF or vec2 != VECTOR_PF:
+    if vec1 != TRAP_page_fault or vec2 != TRAP_page_fault:
         raise UnicornInternalsChanged(f"probe expected #PF, got vectors {vec1} and {vec2}")
     error_code = (_u32_offsets(not_present, 2) & _u32_offsets(read_only, 3)) - _u32_offsets(before, 2)
-    old_exception = _u32_offsets(not_present, VECTOR_PF) & _u32_offsets(read_only, VECTOR_PF)
+    old_exception = _u32_offsets(not_present, TRAP_page_fault) & _u32_offsets(read_only, TRAP_page_fault)
     old_exception &= {off for off in range(0, len(before) - 3, 4) if before[off:off + 4] == b"\xff\xff\xff\xff"}
     # `int $0x40` and `int3` mark the exception as software-generated.
     _, int_n, vec3 = _context_after_fault(bytes.fromhex("cd40"), {})
@@ -258,7 +262,7 @@ def self_test(offsets: ContextOffsets, rounds: int = 50) -> None:
     def on_intr(uc, vector, _):
         error_code, software = bookkeeping.consume()
         rip = uc.reg_read(x86_const.UC_X86_REG_RIP)
-        cr2 = uc.reg_read(x86_const.UC_X86_REG_CR2) if vector == VECTOR_PF else 0
+        cr2 = uc.reg_read(x86_const.UC_X86_REG_CR2) if vector == TRAP_page_fault else 0
         seen.append((vector + 0x100 * software, error_code, cr2, rip))
         uc.reg_write(x86_const.UC_X86_REG_RIP, rip + 2)
 
@@ -266,8 +270,8 @@ def self_test(offsets: ContextOffsets, rounds: int = 50) -> None:
     uc.emu_start(_CODE, _CODE + len(loop), count=rounds * 6)
     expected = []
     for i in range(rounds):
-        expected.append((VECTOR_PF, 2, _HOLE + i * 0x1000, _CODE))
-        expected.append((VECTOR_GP, 0, 0, _CODE + 2))
+        expected.append((TRAP_page_fault, 2, _HOLE + i * 0x1000, _CODE))
+        expected.append((TRAP_gp_fault, 0, 0, _CODE + 2))
     if seen != expected:
         first_bad = next((i for i, (a, b) in enumerate(zip(seen, expected)) if a != b), min(len(seen), len(expected)))
         got = seen[first_bad] if first_bad < len(seen) else None

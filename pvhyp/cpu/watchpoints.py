@@ -13,10 +13,10 @@ from __future__ import annotations
 import capstone
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
 
+from abi.x86_regs import DR_CONTROL_SHIFT, DR_CONTROL_SIZE, DR_RW_READ, DR_RW_WRITE
 from pvhyp.guest_access import GuestFault, read_guest_virtual, walk
 
 _LENGTHS = {0: 1, 1: 2, 2: 8, 3: 4}        # %dr7 LEN field -> bytes
-_RW_WRITE, _RW_READWRITE = 1, 3
 _DISASSEMBLER = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
 
@@ -40,12 +40,12 @@ class Watchpoints:
         for index in range(4):
             if not (dr7 >> (2 * index)) & 3:
                 continue
-            rw = (dr7 >> (16 + 4 * index)) & 3
-            if rw not in (_RW_WRITE, _RW_READWRITE):
+            rw = (dr7 >> (DR_CONTROL_SHIFT + DR_CONTROL_SIZE * index)) & 3
+            if rw not in (DR_RW_WRITE, DR_RW_READ):
                 continue        # instruction and I/O breakpoints are not modelled
             length = _LENGTHS[(dr7 >> (18 + 4 * index)) & 3]
             start = self.pv.dr[index] & ~(length - 1)
-            kinds = UC_HOOK_MEM_WRITE | (UC_HOOK_MEM_READ if rw == _RW_READWRITE else 0)
+            kinds = UC_HOOK_MEM_WRITE | (UC_HOOK_MEM_READ if rw == DR_RW_READ else 0)
             maddr = self._machine_address(start)
             if maddr is None:
                 continue        # not mapped now: the breakpoint arms when %dr7 is next written

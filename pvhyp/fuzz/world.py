@@ -38,9 +38,9 @@ class World:
         table_pfns: list[int] = []
         if kind == "x86":
             from pvhyp.mm.testbed import build_pv_domain
-            layout = build_pv_domain(hv, ATTACKER_PAGES, privileged=privileged, domid=attacker_domid)
-            self.attacker = layout.domain
-            table_pfns = list(layout.table_pfns)
+            tables = build_pv_domain(hv, ATTACKER_PAGES, privileged=privileged, domid=attacker_domid)
+            self.attacker = tables.domain
+            table_pfns = list(tables.table_pfns)
         elif kind == "process":
             self.attacker = create_process_domain(hv, ATTACKER_PAGES, privileged=privileged,
                                                   domid=attacker_domid)

@@ -17,7 +17,15 @@ Every -errno is the one Xen 4.17 gives in the same situation.
 from __future__ import annotations
 
 from abi import errno as E
-from abi.x86_pte import _PAGE_PRESENT, _PAGE_PSE, pte_mfn
+from abi.x86_pte import (
+    _PAGE_PRESENT,
+    _PAGE_PSE,
+    l1_table_offset,
+    l2_table_offset,
+    l3_table_offset,
+    l4_table_offset,
+    pte_mfn,
+)
 from abi.xen import DOMID_IO, DOMID_SELF, DOMID_XEN, MMU_PT_UPDATE_PRESERVE_AD, VMASST_TYPE_m2p_strict
 from abi.xen_x86_64 import INVALID_M2P_ENTRY
 from pvhyp.domain import INVALID_MFN
@@ -244,16 +252,16 @@ class PVMMU(FrameRefs):
             return None
         table = v.guest_table
         nr = self.frames.nr_frames
-        for shift in (39, 30, 21):
+        for table_offset in (l4_table_offset, l3_table_offset, l2_table_offset):
             if not 0 < table < nr:
                 return None
-            e = self.read_entry((table << 12) + ((va >> shift) & 0x1FF) * 8)
+            e = self.read_entry((table << 12) + table_offset(va) * 8)
             if e & (_PAGE_PRESENT | _PAGE_PSE) != _PAGE_PRESENT:
                 return None
             table = pte_mfn(e)
         if not 0 < table < nr:
             return None
-        return (table << 12) + ((va >> 12) & 0x1FF) * 8
+        return (table << 12) + l1_table_offset(va) * 8
 
     def update_va_mapping(self, v, va: int, val: int, pg_owner) -> int:
         """__do_update_va_mapping up to (not including) the flush."""

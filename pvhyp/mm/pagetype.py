@@ -36,8 +36,8 @@ from abi.x86_pte import (
     _PAGE_USER,
     PAGE_SHIFT,
     PTE_FRAME_MASK,
+    l4_table_offset,
     pte_mfn,
-    table_index,
 )
 from abi.xen_x86_64 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, INVALID_M2P_ENTRY, MACH2PHYS_VIRT_START
 from pvhyp.mm.flush import flush_tlb
@@ -61,9 +61,9 @@ PGT_NAMES = {0: "none", 1: "L1", 2: "L2", 3: "L3", 4: "L4", 5: "seg_desc", 7: "w
 # --- Xen's own PTE bit, cache attributes, the hypervisor's L4 slots ---
 _PAGE_GUEST_KERNEL = 1 << 52          # Xen's marker for "guest kernel mapping" (ignored by the CPU)
 PAGE_CACHE_ATTRS = _PAGE_PAT | _PAGE_PCD | _PAGE_PWT
-ROOT_PAGETABLE_FIRST_XEN_SLOT = table_index(HYPERVISOR_VIRT_START, 4)      # 256
-ROOT_PAGETABLE_LAST_XEN_SLOT = table_index(HYPERVISOR_VIRT_END - 1, 4)     # 271
-RO_MPT_SLOT = table_index(MACH2PHYS_VIRT_START, 4)
+ROOT_PAGETABLE_FIRST_XEN_SLOT = l4_table_offset(HYPERVISOR_VIRT_START)      # 256
+ROOT_PAGETABLE_LAST_XEN_SLOT = l4_table_offset(HYPERVISOR_VIRT_END - 1)     # 271
+RO_MPT_SLOT = l4_table_offset(MACH2PHYS_VIRT_START)
 
 # Xen computes masks on 24-bit "flags" (pte bits 0-11 and 52-63); here they are
 # kept as masks on the PTE itself. base_disallow_mask is everything but

@@ -10,15 +10,28 @@ shows only features unicorn's TCG really executes.
 """
 from __future__ import annotations
 
+from abi.x86_regs import (
+    EFER_LMA,
+    EFER_LME,
+    EFER_NXE,
+    EFER_SCE,
+    MSR_EFER,
+    X86_CR0_TS,
+    X86_CR4_OSFXSR,
+    X86_CR4_OSXMMEXCPT,
+    X86_CR4_PAE,
+    X86_CR4_PGE,
+)
 from pvhyp.guest_access import is_canonical_address, read_guest_virtual
+from pvhyp.pv.state import CR4_GUEST_CONTROLLED
 
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 FORCED_EMULATION_PREFIX = bytes.fromhex("0f0b") + b"xen"
 # SERIALIZE (CPUID.7.0:EDX[14]); TCG does not know it, so its #UD is completed here.
 SERIALIZE_INSN = bytes.fromhex("0f01e8")
 
-MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE = 0xC000_0080, 0xC000_0100, 0xC000_0101, 0xC000_0102
-EFER_VALUE = 0xD01                         # SCE | LME | LMA | NXE
+MSR_FS_BASE, MSR_GS_BASE, MSR_SHADOW_GS_BASE = 0xC000_0100, 0xC000_0101, 0xC000_0102
+EFER_VALUE = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
 MSR_PLATFORM_ID, MSR_UCODE_REV, MSR_MISC_ENABLE, MSR_PAT = 0x17, 0x8B, 0x1A0, 0x277
 MSR_DEBUGCTL = 0x1D9
 MSR_PLATFORM_INFO, MSR_MISC_FEATURES_ENABLES = 0xCE, 0x140
@@ -31,11 +44,7 @@ _CONSTANT_MSRS = {MSR_PLATFORM_ID: 0, MSR_UCODE_REV: 0, MSR_MISC_ENABLE: MISC_EN
                   MSR_DEBUGCTL: 0}
 
 CR0_HOST = 0x8005_003B                     # PE MP ET NE WP AM PG (+TS from the guest)
-CR0_TS = 1 << 3
-CR4_PAE, CR4_PGE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 7, 1 << 9, 1 << 10
-CR4_TSD, CR4_DE = 1 << 2, 1 << 3
-CR4_FIXED = CR4_PAE | CR4_PGE | CR4_OSFXSR | CR4_OSXMMEXCPT
-CR4_GUEST_CONTROLLED = CR4_TSD | CR4_DE
+CR4_FIXED = X86_CR4_PAE | X86_CR4_PGE | X86_CR4_OSFXSR | X86_CR4_OSXMMEXCPT
 
 _GPR_BY_NUMBER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                   "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
@@ -234,7 +243,7 @@ class PrivilegedOps:
                 self.engine.write("gs_base", value)
             return True
         if index == MSR_EFER:
-            return value == EFER_VALUE or (value ^ EFER_VALUE) & ~0x1 == 0
+            return value == EFER_VALUE or (value ^ EFER_VALUE) & ~EFER_SCE == 0
         if index == MSR_MISC_FEATURES_ENABLES:
             if value & ~MISC_FEATURES_CPUID_FAULTING:
                 return False
@@ -245,7 +254,7 @@ class PrivilegedOps:
     # --- control and debug registers ----------------------------------------
     def _read_cr(self, cr: int, gpr: str) -> bool:
         if cr == 0:
-            value = CR0_HOST | (CR0_TS if self.pv.cr0_ts else 0)
+            value = CR0_HOST | (X86_CR0_TS if self.pv.cr0_ts else 0)
         elif cr == 2:
             value = self.pv.cr2
         elif cr == 3:
@@ -260,9 +269,9 @@ class PrivilegedOps:
     def _write_cr(self, cr: int, gpr: str) -> bool:
         value = self.engine.read(gpr)
         if cr == 0:
-            if (value ^ CR0_HOST) & ~CR0_TS & 0xFFFF_FFFF:
+            if (value ^ CR0_HOST) & ~X86_CR0_TS & 0xFFFF_FFFF:
                 return False                  # only TS may change
-            self.pv.cr0_ts = bool(value & CR0_TS)
+            self.pv.cr0_ts = bool(value & X86_CR0_TS)
             self.engine.set_cr0_ts(self.pv.cr0_ts)
             return True
         if cr == 2:

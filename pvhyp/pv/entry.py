@@ -19,6 +19,16 @@ from typing import TYPE_CHECKING, Callable
 
 from abi import errno as E
 from abi import xen as X
+from abi.x86_regs import (
+    X86_EFLAGS_IF,
+    X86_EFLAGS_MBS,
+    PFEC_page_present,
+    PFEC_write_access,
+    TRAP_debug,
+    TRAP_gp_fault,
+    TRAP_invalid_op,
+    TRAP_page_fault,
+)
 from abi.xen import VMASST_TYPE_writable_pagetables
 from pvhyp.cpu.engine import GPR_NAMES, CpuEngine, CpuState, ExitReason
 from pvhyp.cpu.watchpoints import Watchpoints
@@ -34,8 +44,6 @@ if TYPE_CHECKING:
     from pvhyp.pv.state import PvState
 
 HYPERVISOR_IRET = X.HYPERCALL_NUMBERS["iret"]   # __HYPERVISOR_iret, which a class body would mangle
-VECTOR_DB, VECTOR_UD, VECTOR_GP, VECTOR_PF = 1, 6, 13, 14
-PFEC_PRESENT, PFEC_WRITE = 0x1, 0x2
 
 _HYPERCALL_ARGS = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "cs", "rip")
 
@@ -78,7 +86,7 @@ class PvEntry:
         self.bouncer = TrapBouncer(self.engine, self.pv)
         self.priv = PrivilegedOps(self.engine, self.pv, self.bouncer, self.vcpu_id, on_new_cr3, debug_registers)
         self.watchpoints = Watchpoints(self.engine, self.pv,
-                                       lambda: self._guarded(self.bouncer.bounce_exception, VECTOR_DB))
+                                       lambda: self._guarded(self.bouncer.bounce_exception, TRAP_debug))
         # emulated: privileged instructions and cpuid; ptwr: guest writes to its page tables
         self.counts = {"hypercall": 0, "exception": 0, "emulated": 0, "ptwr": 0}
         self._running_thread: threading.Thread | None = None
@@ -96,7 +104,7 @@ class PvEntry:
     def set_user_regs(self, regs: dict) -> None:
         """A cpu_user_regs (VCPUOP_initialise / the builder) with the PV state already loaded."""
         state = CpuState(gprs={name: regs.get(name, 0) for name in GPR_NAMES},
-                         rip=regs.get("rip", 0), rflags=regs.get("rflags", 0x202),
+                         rip=regs.get("rip", 0), rflags=regs.get("rflags", X86_EFLAGS_MBS | X86_EFLAGS_IF),
                          cs=regs.get("cs", L.FLAT_KERNEL_CS), ss=regs.get("ss", L.FLAT_KERNEL_SS),
                          ds=regs.get("ds", 0), es=regs.get("es", 0), fs=regs.get("fs", 0), gs=regs.get("gs", 0))
         pv = self.pv
@@ -242,12 +250,12 @@ class PvEntry:
 
     def _exception(self, vector: int, error_code: int, cr2: int) -> None:
         self.counts["exception"] += 1
-        if vector == VECTOR_GP and error_code == 0:
+        if vector == TRAP_gp_fault and error_code == 0:
             if self.priv.emulate_privileged(self.engine.read("rip")):
                 self.counts["emulated"] += 1
                 return
-        if (vector == VECTOR_PF and self.ptwr_emulate is not None and self._writable_pagetables()
-                and error_code & (PFEC_PRESENT | PFEC_WRITE) == PFEC_PRESENT | PFEC_WRITE):
+        if (vector == TRAP_page_fault and self.ptwr_emulate is not None and self._writable_pagetables()
+                and error_code & (PFEC_page_present | PFEC_write_access) == PFEC_page_present | PFEC_write_access):
             if emulate_pagetable_write(self, cr2):
                 self.counts["ptwr"] += 1
                 return
@@ -267,18 +275,18 @@ class PvEntry:
         if self.priv.serialize(rip):
             self.counts["emulated"] += 1
         elif not self.priv.is_forced_cpuid(rip):
-            self.bouncer.bounce_exception(VECTOR_UD)
+            self.bouncer.bounce_exception(TRAP_invalid_op)
         elif self.priv.cpuid_faults():
             # Xen steps over the prefix first: the #GP names the cpuid itself.
             self.engine.write("rip", rip + len(FORCED_EMULATION_PREFIX))
-            self.bouncer.bounce_exception(VECTOR_GP, 0)
+            self.bouncer.bounce_exception(TRAP_gp_fault, 0)
         else:
             self.priv.forced_cpuid(rip)
             self.counts["emulated"] += 1
 
     def on_cpuid(self, engine: CpuEngine) -> None:
         if self.priv.cpuid_faults():
-            self._fault_at_instruction(engine, VECTOR_GP)
+            self._fault_at_instruction(engine, TRAP_gp_fault)
             return
         # No event delivery here: a plain cpuid does not enter Xen, and this
         # hook cannot move RIP anyway.
@@ -298,5 +306,5 @@ class PvEntry:
             if self.io_handler is not None:
                 return self.io_handler(self, port, size, value)
             return None if value is not None else (1 << (8 * size)) - 1
-        self._fault_at_instruction(engine, VECTOR_GP)
+        self._fault_at_instruction(engine, TRAP_gp_fault)
         return None if value is not None else 0

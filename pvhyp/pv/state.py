@@ -54,6 +54,26 @@ from abi.arch_x86_xen import (
     VGCF_in_kernel,
     VGCF_syscall_disables_events,
 )
+from abi.x86_regs import (
+    DR7_ACTIVE_MASK,
+    DR_CONTROL_RESERVED_ONE,
+    DR_CONTROL_RESERVED_ZERO,
+    DR_CONTROL_SHIFT,
+    DR_CONTROL_SIZE,
+    DR_GENERAL_DETECT,
+    DR_IO,
+    DR_STATUS_RESERVED_ONE,
+    DR_STATUS_RESERVED_ZERO,
+    X86_CR0_TS,
+    X86_CR4_DE,
+    X86_CR4_TSD,
+    X86_DR6_DEFAULT,
+    X86_DR7_DEFAULT,
+    X86_EFLAGS_IF,
+    X86_EFLAGS_IOPL,
+    X86_EFLAGS_IOPL_BIT,
+    TRAP_nmi,
+)
 from abi.xen import VMASST_TYPE_architectural_iopl, vcpu_info
 from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS
 from pvhyp.domain import INVALID_MFN, pv_of
@@ -72,23 +92,9 @@ from pvhyp.pv.descriptors import (
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
 
-TRAP_nmi = 2
 MAX_LDT_ENTRIES = 8192
 VCPU_INFO_SIZE = vcpu_info.sizeof()
 VCPU_INFO_ALIGN = 8                 # alignof(vcpu_info_t): its widest member is 64-bit
-
-# Debug registers (Xen's asm/debugreg.h values).
-DR_STATUS_RESERVED_ZERO = ~0xFFFF_EFFF & 0xFFFF_FFFF_FFFF_FFFF
-DR_STATUS_RESERVED_ONE = 0xFFFF_0FF0
-DR_CONTROL_RESERVED_ZERO = ~0xFFFF_27FF & 0xFFFF_FFFF_FFFF_FFFF
-DR_CONTROL_RESERVED_ONE = 0x400
-DR_GENERAL_DETECT = 0x2000
-DR7_ACTIVE_MASK = 0xFF
-DR_CONTROL_SHIFT, DR_CONTROL_SIZE = 16, 4
-DR_IO = 2
-X86_CR4_DE = 1 << 3
-X86_DR6_DEFAULT = 0xFFFF_0FF0
-X86_DR7_DEFAULT = 0x400
 
 
 
@@ -403,10 +409,9 @@ def local_event_delivery_enable(vcpu: "VCPU") -> None:
 
 _CANONICAL_FIELDS = ("kernel_sp", "fs_base", "gs_base_kernel", "gs_base_user",
                      "event_callback_eip", "syscall_callback_eip", "failsafe_callback_eip")
-X86_EFLAGS_IF = 1 << 9
-X86_EFLAGS_IOPL = 3 << 12
-X86_CR0_TS = 1 << 3
-CR4_GUEST_CONTROLLED = (1 << 2) | X86_CR4_DE | (1 << 9) | (1 << 10)   # TSD, DE, OSFXSR, OSXMMEXCPT
+# The CR4 bits a PV guest controls (Xen: PV_CR4_GUEST_MASK, less FSGSBASE and OSXSAVE);
+# the rest of what it reads is pvhyp's (pvhyp/pv/emulate.py: CR4_FIXED).
+CR4_GUEST_CONTROLLED = X86_CR4_TSD | X86_CR4_DE
 # arch_vm_assist_valid_mask for a 64-bit PV domain (PV64_VM_ASSIST_MASK).
 PV64_VM_ASSIST_MASK = (
     1 << X.VMASST_TYPE_4gb_segments
@@ -484,7 +489,7 @@ def arch_set_info_guest(vcpu: "VCPU", ctxt: dict) -> int:
     if vcpu.vcpu_id == 0:
         domain.vm_assist = ctxt["vm_assist"]
 
-    pv.iopl = (regs["rflags"] & X86_EFLAGS_IOPL) >> 12
+    pv.iopl = (regs["rflags"] & X86_EFLAGS_IOPL) >> X86_EFLAGS_IOPL_BIT
     regs["rflags"] = (regs["rflags"] & ~X86_EFLAGS_IOPL) | X86_EFLAGS_IF
     regs["ss"] = fixup_guest_selector(regs["ss"])
     regs["cs"] = fixup_guest_selector(regs["cs"])

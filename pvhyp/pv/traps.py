@@ -17,6 +17,20 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from abi.x86_regs import (
+    X86_EFLAGS_AC,
+    X86_EFLAGS_DF,
+    X86_EFLAGS_IF,
+    X86_EFLAGS_IOPL,
+    X86_EFLAGS_IOPL_BIT,
+    X86_EFLAGS_MBS,
+    X86_EFLAGS_NT,
+    X86_EFLAGS_RF,
+    X86_EFLAGS_TF,
+    X86_EFLAGS_VM,
+    PFEC_user_mode,
+    TRAP_page_fault,
+)
 from abi.xen_x86_64 import HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, VGCF_IN_SYSCALL
 from pvhyp.guest_access import is_canonical_address, read_guest_virtual, write_guest_virtual
 from pvhyp.pv import xen_area as L
@@ -30,14 +44,9 @@ TBF_EXCEPTION_ERRCODE = 0x2
 TBF_INTERRUPT = 0x8          # mask events on entry
 TBF_FAILSAFE = 0x10
 
-RFLAGS_TF, RFLAGS_IF, RFLAGS_DF = 1 << 8, 1 << 9, 1 << 10
-RFLAGS_IOPL = 3 << 12
-RFLAGS_NT, RFLAGS_RF, RFLAGS_VM, RFLAGS_AC = 1 << 14, 1 << 16, 1 << 17, 1 << 18
-RFLAGS_CLEARED_ON_TRAP = RFLAGS_AC | RFLAGS_VM | RFLAGS_RF | RFLAGS_NT | RFLAGS_TF
+RFLAGS_CLEARED_ON_TRAP = X86_EFLAGS_AC | X86_EFLAGS_VM | X86_EFLAGS_RF | X86_EFLAGS_NT | X86_EFLAGS_TF
 
 VECTORS_WITH_ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
-VECTOR_PF = 14
-PFEC_USER = 0x4
 VCPU_INFO_UPCALL_PENDING, VCPU_INFO_UPCALL_MASK, VCPU_INFO_CR2 = 0, 1, 16
 _IRET_CONTEXT = struct.Struct("<9Q")    # rax r11 rcx flags rip cs rflags rsp ss
 
@@ -122,11 +131,11 @@ class TrapBouncer:
         saved_mask = self.upcall_mask()
         if flags & TBF_INTERRUPT:
             self.set_upcall_mask(True)
-        rflags = regs["rflags"] & ~RFLAGS_IF
+        rflags = regs["rflags"] & ~X86_EFLAGS_IF
         if not saved_mask:
-            rflags |= RFLAGS_IF
+            rflags |= X86_EFLAGS_IF
         if pv.architectural_iopl:
-            rflags = (rflags & ~RFLAGS_IOPL) | (pv.iopl << 12)
+            rflags = (rflags & ~X86_EFLAGS_IOPL) | (pv.iopl << X86_EFLAGS_IOPL_BIT)
         frame = [regs["rcx"], regs["r11"]]
         if flags & TBF_FAILSAFE:
             frame += list(engine.read_many(("ds", "es", "fs", "gs")))
@@ -148,12 +157,12 @@ class TrapBouncer:
         trap = self.pv.trap_table.get(vector)
         if trap is None or not trap.address:
             raise GuestCrash(f"unhandled exception vector {vector} (error code {error_code:#x})")
-        if vector == VECTOR_PF:
+        if vector == TRAP_page_fault:
             if cr2 is not None:
                 self.set_cr2(cr2)
             # The CPU saw CPL3 either way; the guest must see its kernel as
             # supervisor mode, as Xen rewrites the user bit.
-            error_code = (error_code & ~PFEC_USER) | (0 if self.pv.kernel_mode else PFEC_USER)
+            error_code = (error_code & ~PFEC_user_mode) | (0 if self.pv.kernel_mode else PFEC_user_mode)
         self._trace("trap", vector=vector, error_code=error_code, cr2=cr2, handler=trap.address)
         flags = TBF_INTERRUPT if trap.masks_events else 0
         if vector in VECTORS_WITH_ERROR_CODE:
@@ -190,7 +199,7 @@ class TrapBouncer:
         regs = {"rip": next_rip, "rsp": rsp, "rflags": rflags, "cs": frame_cs, "ss": L.FLAT_USER_SS,
                 "rcx": next_rip, "r11": rflags}
         self.bounce(cb.address, TBF_INTERRUPT if cb.masks_events else 0, regs=regs)
-        self.engine.write("rflags", self.engine.read("rflags") & ~RFLAGS_DF)
+        self.engine.write("rflags", self.engine.read("rflags") & ~X86_EFLAGS_DF)
 
     def events_deliverable(self) -> bool:
         if not self.pv.vcpu_info_maddr or not self.pv.event_callback.address:
@@ -270,15 +279,15 @@ class TrapBouncer:
                            "ss": ss, "rcx": rcx, "r11": r11})
             return
         if pv.architectural_iopl:
-            pv.iopl = (rflags & RFLAGS_IOPL) >> 12
+            pv.iopl = (rflags & X86_EFLAGS_IOPL) >> X86_EFLAGS_IOPL_BIT
         values = {
             "rax": rax,
             "rip": rip,
-            "rflags": (rflags & ~(RFLAGS_IOPL | RFLAGS_VM)) | RFLAGS_IF | 0x2,
+            "rflags": (rflags & ~(X86_EFLAGS_IOPL | X86_EFLAGS_VM)) | X86_EFLAGS_IF | X86_EFLAGS_MBS,
             "rsp": new_rsp,
         }
         if not flags & VGCF_IN_SYSCALL:
             values["r11"] = r11
             values["rcx"] = rcx
         engine.write_many(values)
-        self.set_upcall_mask(not rflags & RFLAGS_IF)
+        self.set_upcall_mask(not rflags & X86_EFLAGS_IF)

@@ -33,6 +33,10 @@ from abi.x86_pte import (
     L1_PAGETABLE_ENTRIES,
     PAGE_SIZE,
     PTE_FRAME_MASK,
+    l1_table_offset,
+    l2_table_offset,
+    l3_table_offset,
+    l4_table_offset,
 )
 
 # The flat selectors are read by the PV layer as L.FLAT_*, hence the noqa.
@@ -91,10 +95,6 @@ _IRETQ = bytes.fromhex("48cf")
 _UD2 = bytes.fromhex("0f0b")
 
 
-def l4_slot(va: int) -> int:
-    return (va >> 39) & 0x1FF
-
-
 def frames_from_range(first_mfn: int, count: int) -> Callable[[], int]:
     """A frame source for tests and early bring-up: hands out a fixed range."""
     it = iter(range(first_mfn, first_mfn + count))
@@ -139,7 +139,7 @@ class XenArea:
         """L4 slot -> entry to install in every guest L4 (slots 256-271)."""
         entries = {}
         for slot, l3 in self._l3.items():
-            flags = _TABLE | _PAGE_USER if slot == l4_slot(RO_MPT_VIRT_START) else _TABLE
+            flags = _TABLE | _PAGE_USER if slot == l4_table_offset(RO_MPT_VIRT_START) else _TABLE
             entries[slot] = (l3 << 12) | flags
         return entries
 
@@ -203,13 +203,13 @@ class XenArea:
 
     def _table_for(self, va: int, level_leaf: int = 1) -> int:
         """The table at `level_leaf` (1 = L1) covering `va`, created on demand."""
-        slot = l4_slot(va)
+        slot = l4_table_offset(va)
         table = self._l3.get(slot)
         if table is None:
             table = self._l3[slot] = self._new_frame()
-        user = _PAGE_USER if slot == l4_slot(RO_MPT_VIRT_START) else 0
-        for shift in (30, 21)[: 3 - level_leaf]:
-            entry_addr = (table << 12) + ((va >> shift) & 0x1FF) * 8
+        user = _PAGE_USER if slot == l4_table_offset(RO_MPT_VIRT_START) else 0
+        for table_offset in (l3_table_offset, l2_table_offset)[: 3 - level_leaf]:
+            entry_addr = (table << 12) + table_offset(va) * 8
             entry = self.memory.read_u64(entry_addr)
             if not entry & _PAGE_PRESENT:
                 child = self._new_frame()
@@ -221,7 +221,7 @@ class XenArea:
 
     def _map_page(self, va: int, pte: int) -> None:
         l1 = self._table_for(va)
-        self.memory.write_u64((l1 << 12) + ((va >> 12) & 0x1FF) * 8, pte)
+        self.memory.write_u64((l1 << 12) + l1_table_offset(va) * 8, pte)
 
     def _build_xen_text(self) -> None:
         stub = self._new_frame()

@@ -8,6 +8,11 @@ pvguest/ and fails on:
   function of the same name as one abi defines (``pte_mfn``);
 * a PTE bit or frame mask under another name (``PTE_P = 0x1``): any
   page-table-looking name whose value is one of abi.x86_pte's;
+* a register bit or default under another name (``RFLAGS_IF = 0x200``,
+  ``_CR0_TS = 1 << 3``): any flags-, CRn-, DRn- or EFER-looking name whose value
+  is one of abi.x86_regs's;
+* an exception vector or page-fault error code bit under another name
+  (``VECTOR_PF = 14``, ``PFEC_WRITE = 0x2``);
 * a literal negated errno (``return -38``): results come from ``abi.errno``.
 
 Importing a name (``from abi.x86_pte import PAGE_SIZE``) is not a definition.
@@ -21,7 +26,7 @@ import re
 import types
 
 from abi import errno as abi_errno
-from abi import registry, x86_pte
+from abi import registry, x86_pte, x86_regs
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGES = ("hypercalls", "pvhyp", "dom0", "pvguest")
@@ -30,6 +35,14 @@ PACKAGES = ("hypercalls", "pvhyp", "dom0", "pvguest")
 PTE_LOOKING = re.compile(r"PTE|^_?PAGE_|PADDR|ADDR_MASK")
 PTE_VALUES = {value for name, value in vars(x86_pte).items()
               if isinstance(value, int) and (name.startswith("_PAGE_") or name == "PTE_FRAME_MASK")}
+# Names that look like register bits (EFLAGS/RFLAGS, CR0-CR4, DR0-DR7, EFER).
+REG_LOOKING = re.compile(r"FLAGS|^_?(X86_)?CR[0-8]_|^_?(X86_)?DR([0-7]|_)|EFER")
+REG_VALUES = {value for name, value in vars(x86_regs).items()
+              if registry.is_constant(name, value) and not name.endswith(("_BIT", "_SHIFT", "_SIZE"))}
+# Names that look like exception vectors or page-fault error code bits.
+EXC_LOOKING = re.compile(r"VECTOR|^_?TRAP_|^_?X86_EXC|PFEC")
+EXC_VALUES = {value for name, value in vars(x86_regs).items()
+              if registry.is_constant(name, value) and name.startswith(("TRAP_", "PFEC_"))}
 ERRNO_VALUES = {value for name, value in vars(abi_errno).items()
                 if name.isupper() and isinstance(value, int) and value > 1}   # -1 is every API's "no"
 
@@ -120,6 +133,10 @@ def redefinitions(root: pathlib.Path = ROOT) -> list[str]:
                     found.append(f"{where}:{line}: {name} (abi defines it)")
                 elif number in PTE_VALUES and PTE_LOOKING.search(name):
                     found.append(f"{where}:{line}: {name} = {number:#x} (a PTE bit of abi.x86_pte)")
+                elif number in REG_VALUES and REG_LOOKING.search(name):
+                    found.append(f"{where}:{line}: {name} = {number:#x} (a register bit of abi.x86_regs)")
+                elif number in EXC_VALUES and EXC_LOOKING.search(name):
+                    found.append(f"{where}:{line}: {name} = {number} (an exception vector or PFEC bit of abi.x86_regs)")
             for node in tree.body:
                 if isinstance(node, ast.FunctionDef) and node.name in abi_functions:
                     found.append(f"{where}:{node.lineno}: def {node.name} (abi defines it)")
@@ -143,7 +160,15 @@ def test_the_checker_sees_each_kind_of_copy(tmp_path):
         "def pte_mfn(entry):\n    return entry >> 12\n"
         "def f(x):\n    return x[-2] if x else -38\n"
         "DOMID_ORPHAN = -2\n"            # a named sentinel, not an errno
-        "PFEC_PRESENT = 0x1\n")          # a page-fault error code bit, not a PTE bit
+        "PFEC_PRESENT = 0x1\n"           # a page-fault error code bit (abi.x86_regs), not a PTE bit
+        "VECTOR_GP, VECTOR_PF = 13, 14\n"
+        "X86_DR7_DEFAULT = 0x400\n"
+        "RFLAGS_TF, RFLAGS_IF = 1 << 8, 1 << 9\n"
+        "_CR0_TS = 1 << 3\n"
+        "TBF_INTERRUPT = 0x8\n"          # CR0.TS's value, not a register name
+        "MSR_EFER = 0xC000_0080\n")
     found = redefinitions(tmp_path)
     assert [line.split(": ", 1)[1].split(" ")[0] for line in found] == [
-        "PAGE_SIZE", "PTE_P", "PTE_RW", "PTE_ADDR_MASK", "SHUTDOWN_NAMES", "def", "-38"]
+        "PAGE_SIZE", "PTE_P", "PTE_RW", "PTE_ADDR_MASK", "SHUTDOWN_NAMES", "PFEC_PRESENT", "VECTOR_GP",
+        "VECTOR_PF", "X86_DR7_DEFAULT",
+        "RFLAGS_TF", "RFLAGS_IF", "_CR0_TS", "MSR_EFER", "def", "-38"]

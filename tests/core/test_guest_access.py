@@ -131,11 +131,11 @@ def test_dom0_cannot_map_a_validated_page_table_writable(hv):
     from pvhyp.mm.testbed import build_pv_domain
     dom0 = create_process_domain(hv, nr_pages=8, privileged=True, domid=0)
     chan = InProcessChannel(hv, dom0)
-    layout = build_pv_domain(hv, 64)
-    l4_pfn = layout.domain.p2m.index(layout.l4)
+    tables = build_pv_domain(hv, 64)
+    l4_pfn = tables.domain.p2m.index(tables.l4)
     with pytest.raises(ChannelError):
-        chan.map_foreign(layout.domain.domid, [l4_pfn], writable=True)
-    (view,) = chan.map_foreign(layout.domain.domid, [l4_pfn], writable=False)
+        chan.map_foreign(tables.domain.domid, [l4_pfn], writable=True)
+    (view,) = chan.map_foreign(tables.domain.domid, [l4_pfn], writable=False)
     assert view.readonly
-    (data,) = chan.map_foreign(layout.domain.domid, [0], writable=True)   # an ordinary page: fine
+    (data,) = chan.map_foreign(tables.domain.domid, [0], writable=True)   # an ordinary page: fine
     assert not data.readonly

@@ -19,8 +19,8 @@ MAP_VA = 20 << 12           # mapped by the boot L1 (pfn 20), writable
 class PVGuest:
     def __init__(self, hv, nr_pages=64):
         self.hv = hv
-        self.layout = testbed.build_pv_domain(hv, nr_pages)
-        self.domain = self.layout.domain
+        self.tables = testbed.build_pv_domain(hv, nr_pages)
+        self.domain = self.tables.domain
         self.domid = self.domain.domid
         self.ctx = HypercallContext(self.domain.vcpus[0])
 
@@ -43,11 +43,14 @@ class PVGuest:
         assert rc == 0
         return outs[0]["status"]
 
+    def mfn(self, pfn):
+        return self.domain.p2m[pfn]
+
     def read(self, va, n):
         return copy_from_guest(self.domain.vcpus[0], va, n)
 
     def pte(self, pfn):
-        return self.hv.memory.read_u64(self.layout.l1s[pfn // 512] * 4096 + (pfn % 512) * 8)
+        return self.hv.memory.read_u64(self.tables.l1s[pfn // 512] * 4096 + (pfn % 512) * 8)
 
 
 @pytest.fixture
@@ -75,7 +78,7 @@ def test_map_into_page_tables_and_unmap(hv, a, pv):
 def test_contains_pte_and_readonly(hv, a, pv):
     a.page(DATA_PAGE)[:4] = b"ro!!"
     a.grant(11, pv.domid, DATA_PAGE, GA.GTF_permit_access | GA.GTF_readonly)
-    pte_maddr = pv.layout.l1s[0] * 4096 + 21 * 8
+    pte_maddr = pv.tables.l1s[0] * 4096 + 21 * 8
     out = pv.map(a.domid, 11, GA.GNTMAP_host_map | GA.GNTMAP_contains_pte | GA.GNTMAP_readonly, pte_maddr)
     assert out["status"] == GA.GNTST_okay
     assert pv.read(21 << 12, 4) == b"ro!!"
@@ -101,7 +104,7 @@ def test_unmap_at_the_wrong_address(hv, a, pv):
 
 def test_pv_granter_grants_by_mfn(hv, b, pv):
     # The PV guest grants one of its own frames (by MFN, as PV guests do) to process domain b.
-    mfn = pv.layout.mfn(30)
+    mfn = pv.mfn(30)
     hv.memory.write(mfn << 12, b"pv data")
     rc, outs = pv.ops(GA.GNTTABOP_setup_table, GA.gnttab_setup_table,
                       [{"dom": X.DOMID_SELF, "nr_frames": 1, "frame_list": ARGS_VA + 256}])
@@ -117,7 +120,7 @@ def test_pv_granter_grants_by_mfn(hv, b, pv):
 
 def _unmap_own_page(pv, pfn):
     """The guest drops its own mapping of pfn (mmu_update on its boot L1), as it must before giving it away."""
-    maddr = pv.layout.l1s[pfn // 512] * 4096 + (pfn % 512) * 8
+    maddr = pv.tables.l1s[pfn // 512] * 4096 + (pfn % 512) * 8
     pv.ctx.write(ARGS_VA, struct.pack("<QQ", maddr, 0))
     assert pv.hv.hypercalls.dispatch(pv.ctx, X.HYPERCALL_NUMBERS["mmu_update"],
                                      [ARGS_VA, 1, 0, X.DOMID_SELF, 0, 0]) == 0
@@ -130,7 +133,7 @@ def transfer(pv, items):
 
 
 def test_transfer_gives_the_page_to_the_receiver(hv, b, pv):
-    mfn = pv.layout.mfn(30)
+    mfn = pv.mfn(30)
     hv.memory.write(mfn << 12, b"flipped page")
     b.grant(9, pv.domid, 77, GA.GTF_accept_transfer)
     assert transfer(pv, [{"mfn": mfn, "domid": b.domid, "ref": 9}]) == [GA.GNTST_bad_page]   # still mapped
@@ -148,12 +151,12 @@ def test_transfer_gives_the_page_to_the_receiver(hv, b, pv):
 def test_transfer_refusals_lose_the_stolen_page(hv, b, pv):
     _unmap_own_page(pv, 31)
     _unmap_own_page(pv, 32)
-    m31, m32 = pv.layout.mfn(31), pv.layout.mfn(32)
+    m31, m32 = pv.mfn(31), pv.mfn(32)
     b.grant(9, pv.domid, 0, GA.GTF_permit_access)               # not an accept_transfer entry
     assert transfer(pv, [{"mfn": m31, "domid": b.domid, "ref": 9},
                          {"mfn": m32, "domid": 0x7000, "ref": 9},
                          {"mfn": b.domain.pfn_to_mfn(DATA_PAGE), "domid": b.domid, "ref": 9},
-                         {"mfn": pv.layout.l4, "domid": b.domid, "ref": 9}]) == \
+                         {"mfn": pv.tables.l4, "domid": b.domid, "ref": 9}]) == \
         [GA.GNTST_general_error, GA.GNTST_bad_domain, GA.GNTST_bad_page, GA.GNTST_bad_page]
     assert hv.frames.owner[m31] == -1 and hv.frames.owner[m32] == -1    # gone, as in Xen
 
@@ -167,5 +170,5 @@ def test_unmap_and_replace_moves_the_other_pte_in(hv, a, pv):
                       [{"host_addr": MAP_VA, "new_addr": 22 << 12, "handle": out["handle"]}])
     assert rc == 0 and outs[0]["status"] == GA.GNTST_okay
     assert pv.pte(20) == pte22 and pv.pte(22) == 0
-    assert pv.read(MAP_VA, 4) == hv.memory.read(pv.layout.mfn(22) << 12, 4)
+    assert pv.read(MAP_VA, 4) == hv.memory.read(pv.mfn(22) << 12, 4)
     assert a.gstatus(14) == 0

@@ -23,8 +23,8 @@ def make_hv(memory_mb: int = 16) -> Hypervisor:
 class Guest:
     def __init__(self, hv, nr_pages: int = 64, privileged: bool = False, read_only_pfns=(), **kw):
         self.hv = hv
-        self.layout = build_pv_domain(hv, nr_pages, privileged=privileged, read_only_pfns=read_only_pfns, **kw)
-        self.domain = self.layout.domain
+        self.tables = build_pv_domain(hv, nr_pages, privileged=privileged, read_only_pfns=read_only_pfns, **kw)
+        self.domain = self.tables.domain
         self.vcpu = self.domain.vcpus[0]
         self.ctx = HypercallContext(self.vcpu)
 
@@ -67,4 +67,4 @@ class Guest:
 
     def l1_slot_maddr(self, pfn: int) -> int:
         """Machine address of the boot L1 entry that maps `pfn`."""
-        return (self.layout.l1s[pfn // 512] << 12) + (pfn % 512) * 8
+        return (self.tables.l1s[pfn // 512] << 12) + (pfn % 512) * 8

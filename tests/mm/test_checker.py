@@ -25,7 +25,7 @@ def _expect(hv, fragment):
 
 def test_page_table_mapped_writable(world):
     hv, g, v = world
-    hv.memory.write_u64(g.l1_slot_maddr(20), g.layout.l1s[0] << 12 | P | RW)
+    hv.memory.write_u64(g.l1_slot_maddr(20), g.tables.l1s[0] << 12 | P | RW)
     _expect(hv, "writable")
 
 
@@ -40,16 +40,16 @@ def test_reference_counts(world):
     hv.frames.count[g.mfn(9)] += 1
     _expect(hv, "count")
     hv.frames.count[g.mfn(9)] -= 1
-    hv.frames.type_count[g.layout.l2] += 1
+    hv.frames.type_count[g.tables.l2] += 1
     _expect(hv, "type count")
 
 
 def test_disallowed_flags_and_hypervisor_slots(world):
     hv, g, v = world
-    hv.memory.write_u64((g.layout.l2 << 12) + 8 * 100, 0)
-    hv.memory.write_u64((g.layout.l3 << 12), hv.memory.read_u64(g.layout.l3 << 12) | 0x80)
+    hv.memory.write_u64((g.tables.l2 << 12) + 8 * 100, 0)
+    hv.memory.write_u64((g.tables.l3 << 12), hv.memory.read_u64(g.tables.l3 << 12) | 0x80)
     _expect(hv, "disallowed")
-    hv.memory.write_u64((g.layout.l4 << 12) + 8 * 260, 0x1007)
+    hv.memory.write_u64((g.tables.l4 << 12) + 8 * 260, 0x1007)
     _expect(hv, "hypervisor slot")
 
 

@@ -30,7 +30,7 @@ def test_unknown_command(guest):
 
 
 def test_table_of_another_domain_or_nowhere(hv, guest, other):
-    assert guest.mmu_update([((other.layout.l1s[0] << 12), 0)]) == (-E.EINVAL, 0)
+    assert guest.mmu_update([((other.tables.l1s[0] << 12), 0)]) == (-E.EINVAL, 0)
     assert guest.mmu_update([(hv.frames.nr_frames << 12, 0)]) == (-E.EINVAL, 0)
     assert guest.mmu_update([((1 << 63) | 8, 0)]) == (-E.EINVAL, 0)
 
@@ -49,7 +49,7 @@ def test_preserve_ad_keeps_accessed_and_dirty(hv, guest):
 
 
 def test_flags_that_change_validation_rules(hv, guest):
-    l2 = guest.layout.l2
+    l2 = guest.tables.l2
     assert guest.mmu_update([((l2 << 12) + 100 * 8, guest.mfn(24) << 12 | P | RW | 0x80)]) == (-E.EINVAL, 0)
     assert guest.mmu_update([(guest.l1_slot_maddr(20), guest.mfn(20) << 12 | P | 0x10)]) == (-E.EINVAL, 0)
 
@@ -66,10 +66,10 @@ def test_privileged_foreign_mapping(hv, other):
     assert dom0.mmu_update([(maddr, other.mfn(9) << 12 | P | RW)], other.domid) == (0, 1)
     assert dom0.domain.mm.foreign_maps[other.mfn(9) << 1 | 1] == 1
     # Never another domain's page table, writable.
-    assert dom0.mmu_update([(maddr, other.layout.l1s[0] << 12 | P | RW)], other.domid) == (-E.EBUSY, 0)
-    assert dom0.mmu_update([(maddr, other.layout.l1s[0] << 12 | P)], other.domid) == (0, 1)
+    assert dom0.mmu_update([(maddr, other.tables.l1s[0] << 12 | P | RW)], other.domid) == (-E.EBUSY, 0)
+    assert dom0.mmu_update([(maddr, other.tables.l1s[0] << 12 | P)], other.domid) == (0, 1)
     # Not the foreign domain's tables above L1 through a foreign pg_owner.
-    assert dom0.mmu_update([((dom0.layout.l2 << 12) + 9 * 8, 0)], other.domid) == (-E.EINVAL, 0)
+    assert dom0.mmu_update([((dom0.tables.l2 << 12) + 9 * 8, 0)], other.domid) == (-E.EINVAL, 0)
     assert dom0.mmu_update([(maddr, 0)]) == (0, 1)
     assert not dom0.domain.mm.foreign_maps
 

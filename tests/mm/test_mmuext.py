@@ -12,7 +12,7 @@ P, RW = 0x1, 0x2
 def _l4_with_buffers(guest, pfn):
     """A second L4 sharing the boot L3 (so hypercall buffers stay reachable)."""
     l4 = guest.mfn(pfn)
-    guest.write_frame_entries(l4, {0: guest.layout.l3 << 12 | P | RW})
+    guest.write_frame_entries(l4, {0: guest.tables.l3 << 12 | P | RW})
     return l4
 
 
@@ -21,17 +21,17 @@ def test_new_baseptr_moves_the_type_reference(hv, guest, flushes):
     f = hv.frames
     assert guest.mmuext([(X.MMUEXT_NEW_BASEPTR, l4, 0)]) == (0, 1)
     assert guest.vcpu.guest_table == l4 and f.type_count[l4] == 1
-    assert f.type_count[guest.layout.l4] == 1         # only the pin is left
+    assert f.type_count[guest.tables.l4] == 1         # only the pin is left
     assert flushes.flushes >= 1
-    assert guest.mmuext([(X.MMUEXT_NEW_BASEPTR, guest.layout.l4, 0)]) == (0, 1)
+    assert guest.mmuext([(X.MMUEXT_NEW_BASEPTR, guest.tables.l4, 0)]) == (0, 1)
     assert f.type_count[l4] == 0
 
 
 def test_new_baseptr_refusals(hv, guest, other):
     assert guest.mmuext([(X.MMUEXT_NEW_BASEPTR, guest.mfn(9), 0)]) == (-E.EINVAL, 0)
-    assert guest.mmuext([(X.MMUEXT_NEW_BASEPTR, other.layout.l4, 0)]) == (-E.EINVAL, 0)
+    assert guest.mmuext([(X.MMUEXT_NEW_BASEPTR, other.tables.l4, 0)]) == (-E.EINVAL, 0)
     dom0 = Guest(hv, 64, privileged=True, domid=0)
-    assert dom0.mmuext([(X.MMUEXT_NEW_BASEPTR, other.layout.l4, 0)], other.domid) == (-E.EPERM, 0)
+    assert dom0.mmuext([(X.MMUEXT_NEW_BASEPTR, other.tables.l4, 0)], other.domid) == (-E.EPERM, 0)
 
 
 def test_new_user_baseptr(hv, guest):
@@ -74,8 +74,8 @@ def test_clear_and_copy_page(hv, guest, other):
     assert hv.memory.read(dst << 12, 4096) == b"x" * 4096
     assert guest.mmuext([(X.MMUEXT_CLEAR_PAGE, dst, 0)]) == (0, 1)
     assert hv.memory.read(dst << 12, 4096) == bytes(4096)
-    assert guest.mmuext([(X.MMUEXT_CLEAR_PAGE, guest.layout.l1s[0], 0)]) == (-E.EINVAL, 0)
-    assert guest.mmuext([(X.MMUEXT_COPY_PAGE, guest.layout.l1s[0], src)]) == (-E.EINVAL, 0)
+    assert guest.mmuext([(X.MMUEXT_CLEAR_PAGE, guest.tables.l1s[0], 0)]) == (-E.EINVAL, 0)
+    assert guest.mmuext([(X.MMUEXT_COPY_PAGE, guest.tables.l1s[0], src)]) == (-E.EINVAL, 0)
     assert guest.mmuext([(X.MMUEXT_COPY_PAGE, dst, other.mfn(3))]) == (-E.EINVAL, 0)
     assert guest.mmuext([(X.MMUEXT_CLEAR_PAGE, other.mfn(3), 0)]) == (-E.EINVAL, 0)
 

@@ -53,7 +53,7 @@ def test_linux_style_batch(hv, guest):
     guest.ctx.write(BUF_VA + 1056, struct.pack("<I4xQQ", X.MMUEXT_TLB_FLUSH_LOCAL, 0, 0))
     guest.ctx.write(BUF_VA, _entries(
         (NR["mmu_update"], BUF_VA + 1024, 1, BUF_VA + 1040, X.DOMID_SELF),
-        (NR["update_va_mapping"], 22 << 12, guest.layout.l1s[0] << 12 | 0x7, X.UVMF_INVLPG),
+        (NR["update_va_mapping"], 22 << 12, guest.tables.l1s[0] << 12 | 0x7, X.UVMF_INVLPG),
         (NR["mmuext_op"], BUF_VA + 1056, 1, 0, X.DOMID_SELF),
     ))
     assert guest.call("multicall", BUF_VA, 3) == 0

@@ -86,7 +86,7 @@ def test_l4_hypervisor_slots_are_filled_and_protected(hv):
 
 
 def test_linear_page_tables_read_only(hv, guest):
-    l4 = guest.layout.l4
+    l4 = guest.tables.l4
     rc, _ = guest.mmu_update([((l4 << 12) + 5 * 8, l4 << 12 | P | RW)])
     assert rc == -E.EINVAL
     rc, _ = guest.mmu_update([((l4 << 12) + 5 * 8, l4 << 12 | P)])

@@ -58,8 +58,8 @@ class HostileGuest(RuleBasedStateMachine):
         a, v = self.a, self.v
         self.pools = {
             "own": [a.mfn(p) for p in range(8, 96)],
-            "tables": [a.mfn(p) for p in range(48, 92)] + [a.layout.l4, a.layout.l3, a.layout.l2, a.layout.l1s[0]],
-            "victim": [v.mfn(p) for p in (0, 9, 20)] + v.layout.l1s + [v.layout.l4, v.domain.shared_info_mfn],
+            "tables": [a.mfn(p) for p in range(48, 92)] + [a.tables.l4, a.tables.l3, a.tables.l2, a.tables.l1s[0]],
+            "victim": [v.mfn(p) for p in (0, 9, 20)] + v.tables.l1s + [v.tables.l4, v.domain.shared_info_mfn],
             "odd": [0, hv.m2p_first_mfn, hv.frames.nr_frames - 1, hv.frames.nr_frames, (1 << 40) - 1,
                     a.domain.shared_info_mfn],
         }
@@ -83,7 +83,7 @@ class HostileGuest(RuleBasedStateMachine):
     def _live_tables(self):
         f = self.hv.frames
         owners = (self.a.domid, self.v.domid) if self.privileged else (self.a.domid,)
-        return [m for m in self.pools["tables"] + self.v.layout.l1s
+        return [m for m in self.pools["tables"] + self.v.tables.l1s
                 if f.owner[m] in owners and f.type_count[m] and 1 <= f.type[m] <= 4]
 
     def _ptr(self, data):
@@ -95,9 +95,9 @@ class HostileGuest(RuleBasedStateMachine):
         elif choice <= 5:
             frame, slot = self._frame(data, tables=True), data.draw(st.integers(0, 511))
         elif choice == 6:
-            frame, slot = a.layout.l1s[0], data.draw(st.integers(8, 95))
+            frame, slot = a.tables.l1s[0], data.draw(st.integers(8, 95))
         elif choice == 7:
-            frame, slot = a.layout.l4, data.draw(st.sampled_from([1, 2, 255, 256, 258, 271, 272, 511]))
+            frame, slot = a.tables.l4, data.draw(st.sampled_from([1, 2, 255, 256, 258, 271, 272, 511]))
         else:
             frame, slot = self._frame(data), data.draw(st.integers(0, 511))
         return frame << 12 | slot * 8 | data.draw(CMDS)
@@ -168,7 +168,7 @@ class HostileGuest(RuleBasedStateMachine):
     def back_to_the_boot_table(self):
         a = self.a
         with self.hv.mmu.lock:
-            self.hv.mmu.new_guest_cr3(a.vcpu, a.layout.l4)
+            self.hv.mmu.new_guest_cr3(a.vcpu, a.tables.l4)
 
     @invariant()
     def audit(self):

@@ -8,14 +8,14 @@ P, RW = 0x1, 0x2
 
 def test_linear_entries_may_not_chain(hv, guest):
     other_l4 = guest.mfn(40)
-    guest.write_frame_entries(other_l4, {5: guest.layout.l4 << 12 | P})
+    guest.write_frame_entries(other_l4, {5: guest.tables.l4 << 12 | P})
     assert guest.pin(4, other_l4) == 0
     # The boot L4 is used linearly now: it may not hold linear entries itself.
-    assert guest.mmu_update([((guest.layout.l4 << 12) + 7 * 8, other_l4 << 12 | P)]) == (-22, 0)
+    assert guest.mmu_update([((guest.tables.l4 << 12) + 7 * 8, other_l4 << 12 | P)]) == (-22, 0)
     assert guest.unpin(other_l4) == 0
-    assert guest.mmu_update([((guest.layout.l4 << 12) + 7 * 8, other_l4 << 12 | P)]) == (-22, 0)
+    assert guest.mmu_update([((guest.tables.l4 << 12) + 7 * 8, other_l4 << 12 | P)]) == (-22, 0)
     assert guest.pin(4, other_l4) == 0
-    assert hv.frames.linear_pt_count[guest.layout.l4] == -1
+    assert hv.frames.linear_pt_count[guest.tables.l4] == -1
 
 
 def test_everything_is_freed(hv):
@@ -23,9 +23,9 @@ def test_everything_is_freed(hv):
     g = Guest(hv, 128, read_only_pfns=range(40, 60))
     l4, l1 = g.mfn(40), g.mfn(41)
     g.write_frame_entries(l1, {0: g.mfn(9) << 12 | P | RW})
-    g.write_frame_entries(l4, {0: g.layout.l3 << 12 | P | RW, 3: l4 << 12 | P})
+    g.write_frame_entries(l4, {0: g.tables.l3 << 12 | P | RW, 3: l4 << 12 | P})
     assert g.pin(4, l4) == 0 and g.pin(1, l1) == 0
-    assert g.mmu_update([((g.layout.l4 << 12) + 7 * 8, l4 << 12 | P)]) == (0, 1)   # linear cycle
+    assert g.mmu_update([((g.tables.l4 << 12) + 7 * 8, l4 << 12 | P)]) == (0, 1)   # linear cycle
     hv.destroy_domain(g.domid)
     assert hv.frames.free_frames == free
     assert all(hv.frames.count[m] == 0 and hv.frames.type_count[m] == 0 for m in range(hv.frames.nr_frames)

@@ -17,7 +17,7 @@ def test_remap_a_virtual_address(hv, guest, flushes):
 
 
 def test_refusals(hv, guest, other):
-    assert guest.call("update_va_mapping", 20 << 12, guest.layout.l1s[0] << 12 | P | RW, 0) == -E.EBUSY
+    assert guest.call("update_va_mapping", 20 << 12, guest.tables.l1s[0] << 12 | P | RW, 0) == -E.EBUSY
     assert guest.call("update_va_mapping", 20 << 12, other.mfn(3) << 12 | P, 0) == -E.EBUSY
     assert guest.call("update_va_mapping", 1 << 39, guest.mfn(22) << 12 | P, 0) == -E.EINVAL
     assert guest.call("update_va_mapping", 0xFFFF_8000_0000_0000, 0, 0) == -E.EINVAL
