@@ -72,8 +72,8 @@ class Caller:
     """An x86 PV domain making hypercalls through the real table, arguments in its own memory."""
 
     def __init__(self, hv, privileged: bool = False, domid: int | None = None):
-        self.layout = build_pv_domain(hv, 64, privileged=privileged, domid=domid)
-        self.domain = self.layout.domain
+        self.tables = build_pv_domain(hv, 64, privileged=privileged, domid=domid)
+        self.domain = self.tables.domain
         self.domid = self.domain.domid
         self.hv = hv
         self.ctx = HypercallContext(self.domain.vcpus[0])
@@ -182,7 +182,7 @@ def _evtchn_reset(dom0, domu) -> int:
 def _pt_of_another_domain(dom0, domu) -> int:
     # dom0 writes into domU's L1 (pt_owner domU, pg_owner dom0): it passes on its
     # right to map domU's frame (priv_mapping) for the new entry.
-    slot = (domu.layout.l1s[0] << 12) + 10 * 8
+    slot = (domu.tables.l1s[0] << 12) + 10 * 8
     return dom0.mmu_update([(slot | X.MMU_NORMAL_PT_UPDATE, domu.mfn(11) << 12 | PRESENT)],
                            (domu.domid + 1) << 16 | X.DOMID_SELF)
 
