@@ -191,8 +191,10 @@ class HostileGuest(RuleBasedStateMachine):
 
 def test_hostile_guest_cannot_break_the_mmu():
     STEPS["count"] = 0
+    # Hypothesis ends many runs before stateful_step_count: 30 examples gave 2,368-2,892
+    # steps in twelve runs, close enough to the floor to fail now and then; 40 keep clear of it.
     run_state_machine_as_test(HostileGuest, settings=settings(
-        max_examples=30, stateful_step_count=100, deadline=None,
+        max_examples=40, stateful_step_count=100, deadline=None,
         phases=[Phase.explicit, Phase.reuse, Phase.generate],
         suppress_health_check=list(HealthCheck)))
     assert STEPS["count"] >= 2000, STEPS
