@@ -13,7 +13,7 @@ another domain) walk hv.domains.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 if TYPE_CHECKING:
     from pvhyp.console import DomainConsole
@@ -37,40 +37,37 @@ class SlotUnset(RuntimeError):
 # running vCPU, the engine's loop, a timer armed after the create hooks ran): they
 # narrow `X | None` to `X` and say which slot was missing. Code that can legitimately
 # meet None (teardown, threads walking hv.domains) tests the slot itself.
+_Slot = TypeVar("_Slot")
+
+def _set_up(value: _Slot | None, where: str) -> _Slot:
+    if value is None:
+        raise SlotUnset(f"{where} is not set up")
+    return value
+
 
 def pv_of(vcpu: VCPU) -> PvState:
     """`vcpu.pv`, set by pvhyp/pv/state's create hook."""
-    if vcpu.pv is None:
-        raise SlotUnset(f"d{vcpu.domain.domid}v{vcpu.vcpu_id}: vcpu.pv is not set up")
-    return vcpu.pv
+    return _set_up(vcpu.pv, f"d{vcpu.domain.domid}v{vcpu.vcpu_id}: vcpu.pv")
 
 
 def timers_of(vcpu: VCPU) -> VcpuTimers:
     """`vcpu.timer`, set by pvhyp/time's create hook."""
-    if vcpu.timer is None:
-        raise SlotUnset(f"d{vcpu.domain.domid}v{vcpu.vcpu_id}: vcpu.timer is not set up")
-    return vcpu.timer
+    return _set_up(vcpu.timer, f"d{vcpu.domain.domid}v{vcpu.vcpu_id}: vcpu.timer")
 
 
 def sched_unit_of(vcpu: VCPU) -> SchedUnit:
     """`vcpu.sched`, set by pvhyp/sched's create hook."""
-    if vcpu.sched is None:
-        raise SlotUnset(f"d{vcpu.domain.domid}v{vcpu.vcpu_id}: vcpu.sched is not set up")
-    return vcpu.sched
+    return _set_up(vcpu.sched, f"d{vcpu.domain.domid}v{vcpu.vcpu_id}: vcpu.sched")
 
 
 def mm_of(domain: Domain) -> DomainMM:
     """`domain.mm`, set by pvhyp/mm's create hook."""
-    if domain.mm is None:
-        raise SlotUnset(f"d{domain.domid}: domain.mm is not set up")
-    return domain.mm
+    return _set_up(domain.mm, f"d{domain.domid}: domain.mm")
 
 
 def evtchn_of(domain: Domain) -> DomainEvtchn:
     """`domain.evtchn`, set by pvhyp/event_channel's create hook."""
-    if domain.evtchn is None:
-        raise SlotUnset(f"d{domain.domid}: domain.evtchn is not set up")
-    return domain.evtchn
+    return _set_up(domain.evtchn, f"d{domain.domid}: domain.evtchn")
 
 
 class VCPU:
