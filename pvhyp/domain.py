@@ -39,6 +39,7 @@ class SlotUnset(RuntimeError):
 # meet None (teardown, threads walking hv.domains) tests the slot itself.
 _Slot = TypeVar("_Slot")
 
+
 def _set_up(value: _Slot | None, where: str) -> _Slot:
     if value is None:
         raise SlotUnset(f"{where} is not set up")
