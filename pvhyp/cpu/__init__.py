@@ -51,7 +51,8 @@ Starting a vCPU: the builder/VCPUOP_initialise leaves cpu_user_regs in
 vcpu.pv.initial_user_regs (or vcpu.initial_context["user_regs"]) with the
 PV state set, or calls vcpu.arch.set_user_regs(); the vCPU thread loads them
 on its first run.  Without the runner (pvhyp.pv.entry): `cpu = PvEntry(memory,
-xen_area, vcpu, dispatch)`; `cpu.start(initial_state(rip, rsp, start_info_va,
+xen_area, vcpu, CpuEngine, dispatch=...)` (CpuEngine is this package's engine;
+PvEntry only knows pvhyp.pv.engine_interface's Engine and VcpuHost); `cpu.start(initial_state(rip, rsp, start_info_va,
 l4_mfn))`; `cpu.run(max_insns=..., timeout_us=...)` -> ExitReason (BUDGET,
 KICKED, REQUESTED, GUEST_CRASH, HYPERVISOR_ERROR with cpu.engine.error).  An engine
 runs either always with an instruction budget or never (unicorn_quirks);

@@ -10,10 +10,11 @@ import struct
 import time
 
 from abi.x86_pte import l1_table_offset, l2_table_offset, l3_table_offset, l4_table_offset
-from pvhyp.cpu.engine import ExitReason
+from pvhyp.cpu.engine import CpuEngine
 from pvhyp.domain import Domain
 from pvhyp.memory import MachineMemory
 from pvhyp.pv import xen_area as L
+from pvhyp.pv.engine_interface import ExitReason
 from pvhyp.pv.entry import PvEntry, initial_state
 from pvhyp.pv.state import PvState
 
@@ -55,7 +56,7 @@ class _Machine:
         # No hypervisor: the engine alone is measured, and nothing on this path reaches domain.hv.
         vcpu = Domain(None, domid=1, max_vcpus=1, max_pages=0).vcpus[0]  # type: ignore[arg-type]
         vcpu.pv = PvState(vcpu)
-        self.entry = vcpu.arch = PvEntry(self.memory, xen_area, vcpu, dispatch=self._dispatch)
+        self.entry = vcpu.arch = PvEntry(self.memory, xen_area, vcpu, CpuEngine, dispatch=self._dispatch)
         self.state = initial_state(_CODE_VA, _STACK_VA + 0x1000, 0, l4)
 
     def _dispatch(self, entry, nr, args):

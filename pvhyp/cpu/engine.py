@@ -14,12 +14,10 @@ reported as ExitReason.HYPERVISOR_ERROR; it never propagates into unicorn.
 """
 from __future__ import annotations
 
-import enum
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable
 
 from unicorn import (
     UC_ARCH_X86,
@@ -50,15 +48,16 @@ from abi.x86_regs import (
     X86_CR4_OSFXSR,
     X86_CR4_OSXMMEXCPT,
     X86_CR4_PAE,
-    X86_EFLAGS_IF,
     X86_EFLAGS_MBS,
     TRAP_gp_fault,
     TRAP_page_fault,
 )
 from pvhyp.cpu import unicorn_quirks as quirks
 from pvhyp.cpu.fastregs import FastRegisters
+from pvhyp.cpu.watchpoints import Watchpoints
 from pvhyp.guest_access import read_guest_virtual
 from pvhyp.pv import xen_area as L
+from pvhyp.pv.engine_interface import GPR_NAMES, CpuState, ExitReason, VcpuHost
 
 # Instructions per emu_start: the longest a kick waits (about 1 ms of guest code).
 SLICE_INSNS = 50_000
@@ -67,68 +66,12 @@ SLICE_INSNS = 50_000
 # stops, budgets and errors end a run.
 _NEVER_REACHED = 0x8000_0000_0000_0000
 
-GPR_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 SEGMENT_NAMES = ("cs", "ss", "ds", "es", "fs", "gs")
 REG = {name: getattr(x86_const, f"UC_X86_REG_{name.upper()}") for name in
        GPR_NAMES + SEGMENT_NAMES + ("rip", "rflags", "cr0", "cr2", "cr3", "cr4", "fs_base", "gs_base")}
 
 _GPR_BLOCK_INDEX = {name: i for i, name in enumerate(quirks.SNAPSHOT_ORDER)}
 _GPR_BLOCK_NAMES = frozenset(_GPR_BLOCK_INDEX)
-
-
-class ExitReason(enum.Enum):
-    BUDGET = "budget"                     # instruction/time budget used up
-    KICKED = "kicked"                     # kick() from another thread
-    REQUESTED = "requested"               # the host asked to leave (block, yield, shutdown)
-    GUEST_CRASH = "guest_crash"           # the guest made itself unrunnable (Xen: domain_crash)
-    HYPERVISOR_ERROR = "hypervisor_error"  # a bug in a host callback: crash the domain, not us
-
-
-@dataclass
-class CpuState:
-    """Architectural register state of a vCPU (Xen's cpu_user_regs plus bases)."""
-    gprs: dict = field(default_factory=lambda: {name: 0 for name in GPR_NAMES})
-    rip: int = 0
-    rflags: int = X86_EFLAGS_MBS | X86_EFLAGS_IF
-    cs: int = L.FLAT_KERNEL_CS
-    ss: int = L.FLAT_KERNEL_SS
-    ds: int = 0
-    es: int = 0
-    fs: int = 0
-    gs: int = 0
-    fs_base: int = 0
-    gs_base: int = 0
-    cr3: int = 0        # machine address of the active L4
-    cr2: int = 0
-
-
-class VcpuHost(Protocol):
-    """What the engine asks of the PV layer.  Each call runs on the vCPU thread
-    inside a hook; it reads/writes registers through the engine and may call
-    `engine.request_exit()` to leave the run loop."""
-
-    def on_resume(self, engine: "CpuEngine") -> None:
-        """Just before guest code runs again after run() was entered (event delivery)."""
-
-    def on_hypercall(self, engine: "CpuEngine") -> None:
-        """`syscall` executed; RIP is at the instruction."""
-
-    def on_exception(self, engine: "CpuEngine", vector: int, error_code: int, cr2: int) -> None:
-        """A fault/trap raised by the CPU; RIP at the faulting instruction."""
-
-    def on_software_interrupt(self, engine: "CpuEngine", vector: int, insn_len: int) -> None:
-        """`int N`/`int3`/`into`; RIP past it.  The gate DPL rule is the host's to apply."""
-
-    def on_invalid_opcode(self, engine: "CpuEngine") -> None:
-        """#UD (incl. `ud2` and the forced-emulation prefix); RIP at the instruction."""
-
-    def on_cpuid(self, engine: "CpuEngine") -> None:
-        """Plain `cpuid`; set rax/rbx/rcx/rdx, the engine skips the instruction."""
-
-    def on_io(self, engine: "CpuEngine", port: int, size: int, value: int | None) -> int | None:
-        """`in` (value None, return the result) or `out`.  Return None from
-        `in` when it must fault instead (see defer_after_stop)."""
 
 
 class CpuEngine:
@@ -303,6 +246,10 @@ class CpuEngine:
             return False
 
     # --- TLB / address space -------------------------------------------
+    def make_watchpoints(self, pv, raise_debug_exception: Callable[[], None]) -> Watchpoints:
+        """%dr0-3/%dr7 data breakpoints as unicorn memory hooks on this engine."""
+        return Watchpoints(self, pv, raise_debug_exception)
+
     def flush_tlb(self) -> None:
         """Forget cached translations (after PTE changes the CPU may have cached)."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)

@@ -14,9 +14,10 @@ import weakref
 from typing import TYPE_CHECKING
 
 from abi.sched import SHUTDOWN_crash
-from pvhyp.cpu.engine import ExitReason
+from pvhyp.cpu.engine import CpuEngine
 from pvhyp.hypercall_table import HypercallContext
 from pvhyp.mm.frametable import DOMID_XEN
+from pvhyp.pv.engine_interface import ExitReason
 from pvhyp.pv.entry import PvEntry
 from pvhyp.pv.state import get_debugreg, set_debugreg
 from pvhyp.pv.xen_area import XenArea
@@ -56,7 +57,7 @@ class CpuSubsystem:
         context = HypercallContext(vcpu)
         mmu = hv.mmu
         cpu = PvEntry(
-            hv.memory, self.xen_area, vcpu,
+            hv.memory, self.xen_area, vcpu, CpuEngine,
             dispatch=lambda _cpu, nr, args: hv.hypercalls.dispatch(context, nr, args),
             on_crash=self._guest_crashed,
             ptwr_emulate=mmu.ptwr_emulate,

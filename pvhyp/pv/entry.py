@@ -1,6 +1,6 @@
 """The PV entry path: what happens when a PV guest traps into the hypervisor.
 
-`PvEntry` is the VcpuHost of one CpuEngine.  It turns the engine's raw events
+`PvEntry` is the VcpuHost of one CPU engine (pvhyp.pv.engine_interface).  It turns the engine's raw events
 into Xen PV behaviour: hypercalls (raw `syscall` from guest kernel mode, the
 iret hypercall handled here), the syscall callback for guest user mode,
 exception and software-interrupt bounces through the trap table, privileged
@@ -30,11 +30,10 @@ from abi.x86_regs import (
     TRAP_page_fault,
 )
 from abi.xen import VMASST_TYPE_writable_pagetables
-from pvhyp.cpu.engine import GPR_NAMES, CpuEngine, CpuState, ExitReason
-from pvhyp.cpu.watchpoints import Watchpoints
 from pvhyp.pv import xen_area as L
 from pvhyp.pv.change import PvChange
 from pvhyp.pv.emulate import FORCED_EMULATION_PREFIX, PrivilegedOps
+from pvhyp.pv.engine_interface import GPR_NAMES, CpuState, Engine, EngineFactory, ExitReason
 from pvhyp.pv.ro_page_fault import emulate_pagetable_write
 from pvhyp.pv.traps import GuestCrash, TrapBouncer
 
@@ -66,6 +65,7 @@ class PvEntry:
     """
 
     def __init__(self, memory: "MachineMemory", xen_area: L.XenArea, vcpu: "VCPU",
+                 make_engine: EngineFactory,
                  dispatch: HypercallDispatch | None = None,
                  on_crash: Callable[["PvEntry", str], None] | None = None,
                  ptwr_emulate: Callable | None = None,
@@ -82,11 +82,11 @@ class PvEntry:
         self.ptwr_emulate = ptwr_emulate
         self.io_handler = io_handler
         self.crash_reason: str | None = None
-        self.engine = CpuEngine(memory, xen_area, self)
+        self.engine: Engine = make_engine(memory, xen_area, self)
         self.bouncer = TrapBouncer(self.engine, self.pv)
         self.priv = PrivilegedOps(self.engine, self.pv, self.bouncer, self.vcpu_id, on_new_cr3, debug_registers)
-        self.watchpoints = Watchpoints(self.engine, self.pv,
-                                       lambda: self._guarded(self.bouncer.bounce_exception, TRAP_debug))
+        self.watchpoints = self.engine.make_watchpoints(
+            self.pv, lambda: self._guarded(self.bouncer.bounce_exception, TRAP_debug))
         # emulated: privileged instructions and cpuid; ptwr: guest writes to its page tables
         self.counts = {"hypercall": 0, "exception": 0, "emulated": 0, "ptwr": 0}
         self._running_thread: threading.Thread | None = None
@@ -206,10 +206,10 @@ class PvEntry:
         except GuestCrash as err:
             self.crash(str(err))
 
-    def on_resume(self, engine: CpuEngine) -> None:
+    def on_resume(self, engine: Engine) -> None:
         self._guarded(lambda: None)
 
-    def on_hypercall(self, engine: CpuEngine) -> None:
+    def on_hypercall(self, engine: Engine) -> None:
         self._guarded(self._hypercall)
 
     def _hypercall(self) -> None:
@@ -245,7 +245,7 @@ class PvEntry:
         return (domain.is_shut_down or domain.is_dying or domain.pause_count > 0
                 or vcpu.pause_count > 0 or not vcpu.online)
 
-    def on_exception(self, engine: CpuEngine, vector: int, error_code: int, cr2: int) -> None:
+    def on_exception(self, engine: Engine, vector: int, error_code: int, cr2: int) -> None:
         self._guarded(self._exception, vector, error_code, cr2)
 
     def _exception(self, vector: int, error_code: int, cr2: int) -> None:
@@ -264,10 +264,10 @@ class PvEntry:
     def _writable_pagetables(self) -> bool:
         return bool(self.vcpu.domain.vm_assist >> VMASST_TYPE_writable_pagetables & 1)
 
-    def on_software_interrupt(self, engine: CpuEngine, vector: int, insn_len: int) -> None:
+    def on_software_interrupt(self, engine: Engine, vector: int, insn_len: int) -> None:
         self._guarded(self.bouncer.bounce_software_interrupt, vector, insn_len)
 
-    def on_invalid_opcode(self, engine: CpuEngine) -> None:
+    def on_invalid_opcode(self, engine: Engine) -> None:
         self._guarded(self._invalid_opcode)
 
     def _invalid_opcode(self) -> None:
@@ -284,7 +284,7 @@ class PvEntry:
             self.priv.forced_cpuid(rip)
             self.counts["emulated"] += 1
 
-    def on_cpuid(self, engine: CpuEngine) -> None:
+    def on_cpuid(self, engine: Engine) -> None:
         if self.priv.cpuid_faults():
             self._fault_at_instruction(engine, TRAP_gp_fault)
             return
@@ -295,13 +295,13 @@ class PvEntry:
         except GuestCrash as err:
             self.crash(str(err))
 
-    def _fault_at_instruction(self, engine: CpuEngine, vector: int) -> None:
+    def _fault_at_instruction(self, engine: Engine, vector: int) -> None:
         """Raise `vector` at the instruction whose hook cannot move RIP (cpuid, in,
         out): the instruction's effects are undone once unicorn has stopped."""
         rip = engine.read("rip")      # exact: runs are counted
         engine.rewind_after_stop(rip, lambda: self._guarded(self.bouncer.bounce_exception, vector, 0))
 
-    def on_io(self, engine: CpuEngine, port: int, size: int, value: int | None):
+    def on_io(self, engine: Engine, port: int, size: int, value: int | None):
         if self.pv.iopl_ok(self.pv.kernel_mode):
             if self.io_handler is not None:
                 return self.io_handler(self, port, size, value)

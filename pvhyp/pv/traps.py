@@ -36,7 +36,7 @@ from pvhyp.guest_access import is_canonical_address, read_guest_virtual, write_g
 from pvhyp.pv import xen_area as L
 
 if TYPE_CHECKING:
-    from pvhyp.cpu.engine import CpuEngine
+    from pvhyp.pv.engine_interface import Engine
     from pvhyp.pv.state import PvState
 
 # Trap bounce flags
@@ -64,7 +64,7 @@ class TrapBouncer:
     callbacks, kernel stack, mode, page-table bases, segment bases).
     """
 
-    def __init__(self, engine: "CpuEngine", pv: "PvState"):
+    def __init__(self, engine: "Engine", pv: "PvState"):
         self.engine = engine
         self.pv = pv
         self.memory = engine.memory

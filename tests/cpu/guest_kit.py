@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from abi.x86_pte import PTE_FRAME_MASK
+from pvhyp.cpu.engine import CpuEngine
 from pvhyp.domain import Domain
 from pvhyp.memory import MachineMemory
 from pvhyp.pv import state as pv_state
@@ -205,7 +206,7 @@ class GuestMachine:
         vcpu.pv = pv = pv_state.PvState(vcpu)
         vcpu.vcpu_info_maddr = self.guest_maddr(VCPU_INFO_VA)
         self.memory.buf[vcpu.vcpu_info_maddr + 1] = 1          # events masked, as Xen starts a vCPU
-        cpu = PvEntry(self.memory, self.xen_area, vcpu, dispatch=recorder)
+        cpu = PvEntry(self.memory, self.xen_area, vcpu, CpuEngine, dispatch=recorder)
         vcpu.arch = cpu
         cpu.start(initial_state(symbols["_start"], KERNEL_STACK_TOP, 0, self.guest_address_space()))
         for vec in TRAP_VECTORS:

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from pvhyp.cpu.engine import ExitReason
 from pvhyp.cpu.unicorn_quirks import verified_offsets
 from pvhyp.pv import state as pv_state
 from pvhyp.pv import xen_area as L
+from pvhyp.pv.engine_interface import ExitReason
 from tests.cpu.guest_kit import HOLE_VA, RO_PAGE_VA, USER_STACK_TOP, GuestMachine
 
 MASK64 = (1 << 64) - 1

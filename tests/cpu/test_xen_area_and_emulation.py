@@ -6,9 +6,9 @@ import struct
 import pytest
 
 from abi.x86_pte import _PAGE_USER
-from pvhyp.cpu.engine import ExitReason
 from pvhyp.mm.pagetype import ROOT_PAGETABLE_FIRST_XEN_SLOT, ROOT_PAGETABLE_LAST_XEN_SLOT
 from pvhyp.pv import xen_area as L
+from pvhyp.pv.engine_interface import ExitReason
 from pvhyp.pv.ro_page_fault import FLAG_ZF
 from tests.cpu.guest_kit import GUEST_FIRST_MFN, RO_PAGE_VA, GuestMachine
 
