@@ -27,9 +27,9 @@ import types
 
 from abi import errno as abi_errno
 from abi import registry, x86_pte, x86_regs
+from tests.core.source_kit import ROOT, python_files
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-PACKAGES = ("hypercalls", "pvhyp", "dom0", "pvguest")
+PACKAGES = ("hypercalls", "pvhyp", "dom0", "pvguest")     # every package but abi itself
 
 # Names that look like page-table bits or masks.
 PTE_LOOKING = re.compile(r"PTE|^_?PAGE_|PADDR|ADDR_MASK")
@@ -121,7 +121,7 @@ def redefinitions(root: pathlib.Path = ROOT) -> list[str]:
     abi_values, abi_functions = abi_exports()
     found = []
     for package in PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
+        for path in python_files(package, root):
             where = path.relative_to(root)
             tree = ast.parse(path.read_text(), str(path))
             known: dict[str, int] = {}

@@ -1,13 +1,11 @@
 """The composition root: one place builds a hypervisor, with every subsystem, in a fixed order."""
 from __future__ import annotations
 
-import pathlib
 import re
 
 from pvhyp.host import build_hypervisor
 from pvhyp.hypervisor import Hypervisor
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.core.source_kit import ROOT, python_files
 
 
 def test_every_declared_subsystem_is_attached():
@@ -34,6 +32,6 @@ def test_only_the_root_installs_the_handlers():
     # `hypercalls.install(table)`, the package's installer; a table's own slot is set with register(nr, name, fn)
     call = re.compile(r"(?<![\w.])hypercalls\.install\(")
     installers = [str(p.relative_to(ROOT)) for package in ("pvhyp", "dom0", "tests")
-                  for p in sorted((ROOT / package).rglob("*.py"))
+                  for p in python_files(package)
                   if call.search(p.read_text()) and p.name != "test_host.py"]
     assert installers == ["pvhyp/host.py"]

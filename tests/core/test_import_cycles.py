@@ -13,13 +13,13 @@ import ast
 import functools
 import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-PACKAGES = ("abi", "hypercalls", "pvhyp", "dom0", "pvguest")
+from tests.core.source_kit import PACKAGES, ROOT, python_files
+
 
 def our_modules() -> dict[str, pathlib.Path]:
     modules = {}
     for package in PACKAGES:
-        for path in (ROOT / package).rglob("*.py"):
+        for path in python_files(package):
             parts = list(path.relative_to(ROOT).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()

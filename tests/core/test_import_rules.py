@@ -4,31 +4,35 @@ from __future__ import annotations
 import ast
 import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-OURS = {"abi", "hypercalls", "pvhyp", "dom0", "pvguest"}
+from tests.core.source_kit import PACKAGES, ROOT, python_files
+
+OURS = set(PACKAGES)
 # In pvhyp, the CLI and the composition root (which builds a whole host) may import everything.
 MAY_IMPORT_EVERYTHING = ("cli", "host.py")
 
 
-def imported_packages(path: pathlib.Path) -> set[str]:
+def imported_modules(path: pathlib.Path) -> set[str]:
+    """The dotted names a file imports anywhere in it: `import a.b`, `from a.b import c`
+    (as a.b), importlib.import_module("a.b")."""
     tree = ast.parse(path.read_text(), str(path))
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
+            found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
+            found.add(node.module)
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
             if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
-                found.add(node.args[0].value.split(".")[0])
-    return found & OURS
+                found.add(node.args[0].value)
+    return found
+
+
+def imported_packages(path: pathlib.Path) -> set[str]:
+    return {name.split(".")[0] for name in imported_modules(path)} & OURS
 
 
 def sources(package: str, exclude: tuple[str, ...] = ()):
-    for path in sorted((ROOT / package).rglob("*.py")):
-        if set(exclude) & set(path.relative_to(ROOT).parts):
-            continue
-        yield path
+    return python_files(package, exclude=exclude)
 
 
 def violations(package: str, forbidden: set[str], exclude: tuple[str, ...] = ()) -> list[str]:
@@ -56,25 +60,15 @@ def test_hypercalls_do_not_import_dom0_or_guests():
 
 
 def test_the_hypervisor_core_does_not_reach_into_its_cli():
-    offenders = []
-    for path in sources("pvhyp", exclude=("cli",)):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            if any(n == "pvhyp.cli" or n.startswith("pvhyp.cli.") for n in names):
-                offenders.append(str(path.relative_to(ROOT)))
+    offenders = [str(path.relative_to(ROOT)) for path in sources("pvhyp", exclude=("cli",))
+                 if any(n == "pvhyp.cli" or n.startswith("pvhyp.cli.") for n in imported_modules(path))]
     assert offenders == []
 
 
 def test_pv_logic_does_not_depend_on_a_cpu_engine():
     # pvhyp/pv is the PV behaviour every engine shares (Xen's arch/x86/pv); an engine is
     # handed to PvEntry as a factory (pvhyp.pv.engine_interface), never imported by it.
-    offenders = []
-    for path in sources("pvhyp/pv"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            for name in names:
-                if name == "unicorn" or name.startswith(("unicorn.", "pvhyp.cpu")):
-                    offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    offenders = [f"{path.relative_to(ROOT)} imports {name}" for path in sources("pvhyp/pv")
+                 for name in sorted(imported_modules(path))
+                 if name == "unicorn" or name.startswith(("unicorn.", "pvhyp.cpu"))]
     assert offenders == []

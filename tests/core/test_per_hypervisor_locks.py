@@ -6,20 +6,20 @@ reader, unicorn's probed context layout), never a hypervisor's state.
 from __future__ import annotations
 
 import ast
-import pathlib
 import threading
 
 from pvhyp import event_channel as ev
 from pvhyp.channel import create_process_domain
 from pvhyp.host import build_hypervisor
+from tests.core.source_kit import ROOT, python_files
 
-PVHYP = pathlib.Path(__file__).resolve().parents[2] / "pvhyp"
+PVHYP = ROOT / "pvhyp"
 PROCESS_WIDE_LOCKS = {("time.py", "_host_tsc_lock"), ("cpu/unicorn_quirks.py", "_cache_lock")}
 
 
 def _module_level_locks() -> set[tuple[str, str]]:
     found = set()
-    for path in PVHYP.rglob("*.py"):
+    for path in python_files("pvhyp"):
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Call):
                 func = node.value.func
