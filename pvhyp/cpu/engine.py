@@ -34,10 +34,6 @@ from unicorn import (
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 
 from abi.x86_regs import (
-    EFER_LMA,
-    EFER_LME,
-    EFER_NXE,
-    EFER_SCE,
     MSR_EFER,
     X86_CR0_ET,
     X86_CR0_MP,
@@ -107,7 +103,7 @@ class CpuEngine:
     def _setup_control_state(self) -> None:
         uc = self.uc
         uc.reg_write(x86_const.UC_X86_REG_CR4, X86_CR4_PAE | X86_CR4_OSFXSR | X86_CR4_OSXMMEXCPT)
-        uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
+        uc.msr_write(MSR_EFER, quirks.LONG_MODE_EFER)
         # WP off: the CPU's implicit supervisor writes (descriptor accessed
         # bits) must not fault on the read-only guest GDT frames; guest code
         # is CPL3 and stays bound by RW.

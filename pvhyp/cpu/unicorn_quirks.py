@@ -64,6 +64,10 @@ from abi.x86_regs import (
 
 REQUIRED_UNICORN_VERSION = "2.1.4"
 
+# Long mode with NX and SYSCALL: the engine runs every guest so, and the probe
+# provokes its faults in the same mode so that what it learns holds for the engine.
+LONG_MODE_EFER = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
+
 
 class UnicornInternalsChanged(RuntimeError):
     """The installed unicorn is not the one whose internals the engine knows."""
@@ -187,7 +191,7 @@ def _probe_machine() -> tuple[Uc, mmap.mmap]:
         struct.pack_into("<Q", mem, _L1 + pfn * 8, (pfn << 12) | flags)
     uc.reg_write(x86_const.UC_X86_REG_CR3, _L4)
     uc.reg_write(x86_const.UC_X86_REG_CR4, uc.reg_read(x86_const.UC_X86_REG_CR4) | X86_CR4_PAE)
-    uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
+    uc.msr_write(MSR_EFER, LONG_MODE_EFER)
     uc.reg_write(x86_const.UC_X86_REG_CR0, X86_CR0_PE | X86_CR0_ET | X86_CR0_NE | X86_CR0_WP | X86_CR0_PG)
     return uc, mem
 
