@@ -320,7 +320,7 @@ class OneShot:
 
     def _drain_ring(self) -> None:
         """dom0 drains the ring once more when it sees the shutdown, then marks the log."""
-        log_path = os.path.join(self.run_dir, "console", f"guest-{self._config.name}.log")
+        log_path = self._console_log
         deadline = time.monotonic() + CONSOLE_DRAIN_SECONDS
         while time.monotonic() < deadline:
             self.pump(0.05)
@@ -337,9 +337,14 @@ class OneShot:
         from dom0.toolstack.config import parse_config
         return parse_config(self.config_text, self.source)
 
+    @property
+    def _console_log(self) -> str:
+        """The guest's console log that dom0's console backend writes."""
+        return os.path.join(self.run_dir, "console", f"guest-{self._config.name}.log")
+
     def ring_text(self) -> bytes:
         """Everything the guest wrote on its console ring (the pty may have dropped some; the log has it)."""
-        log_path = os.path.join(self.run_dir, "console", f"guest-{self._config.name}.log")
+        log_path = self._console_log
         try:
             with open(log_path, "rb") as f:
                 return f.read()
