@@ -42,6 +42,9 @@ class Hypervisor:
     cpu: CpuSubsystem | None = None
     # XEN_DOMCTL_createdomain's rover: the last domid it handed out (pvhyp/domctl.py).
     domid_rover: int = 0
+    # What every privileged op asks (pvhyp/xsm.py). The dummy policy is stateless, so
+    # the class-wide default is shared safely; `hv.xsm = ...` installs another on one hypervisor.
+    xsm: DummyPolicy = DUMMY_POLICY
 
     def __init__(self, memory_mb: int = DEFAULT_MEMORY_MB):
         self.memory = MachineMemory(memory_mb << 20)
@@ -145,9 +148,3 @@ class Hypervisor:
     def domain_by_any_id(self, current: Domain, domid: int) -> Domain | None:
         """Xen's rcu_lock_domain_by_any_id: DOMID_SELF names the caller; None (-ESRCH) if no such domain."""
         return current if domid == DOMID_SELF else self.domains.get(domid)
-
-    # --- policy ---
-
-    # What every privileged op asks (pvhyp/xsm.py). The dummy policy is stateless, so
-    # the class-wide default is shared safely; `hv.xsm = ...` installs another on one hypervisor.
-    xsm: DummyPolicy = DUMMY_POLICY
