@@ -40,35 +40,37 @@ class SlotUnset(RuntimeError):
 _Slot = TypeVar("_Slot")
 
 
-def _set_up(value: _Slot | None, where: str) -> _Slot:
-    if value is None:
-        raise SlotUnset(f"{where} is not set up")
+def _set_up(value: _Slot | None, owner: VCPU | Domain, slot: str) -> _Slot:
+    if value is None:      # the message is made only here: the accessors sit on hot paths
+        where = (f"d{owner.domain.domid}v{owner.vcpu_id}" if isinstance(owner, VCPU)
+                 else f"d{owner.domid}")
+        raise SlotUnset(f"{where}: {slot} is not set up")
     return value
 
 
 def pv_of(vcpu: VCPU) -> PvState:
     """`vcpu.pv`, set by pvhyp/pv/state's create hook."""
-    return _set_up(vcpu.pv, f"d{vcpu.domain.domid}v{vcpu.vcpu_id}: vcpu.pv")
+    return _set_up(vcpu.pv, vcpu, "vcpu.pv")
 
 
 def timers_of(vcpu: VCPU) -> VcpuTimers:
     """`vcpu.timer`, set by pvhyp/time's create hook."""
-    return _set_up(vcpu.timer, f"d{vcpu.domain.domid}v{vcpu.vcpu_id}: vcpu.timer")
+    return _set_up(vcpu.timer, vcpu, "vcpu.timer")
 
 
 def sched_unit_of(vcpu: VCPU) -> SchedUnit:
     """`vcpu.sched`, set by pvhyp/sched's create hook."""
-    return _set_up(vcpu.sched, f"d{vcpu.domain.domid}v{vcpu.vcpu_id}: vcpu.sched")
+    return _set_up(vcpu.sched, vcpu, "vcpu.sched")
 
 
 def mm_of(domain: Domain) -> DomainMM:
     """`domain.mm`, set by pvhyp/mm's create hook."""
-    return _set_up(domain.mm, f"d{domain.domid}: domain.mm")
+    return _set_up(domain.mm, domain, "domain.mm")
 
 
 def evtchn_of(domain: Domain) -> DomainEvtchn:
     """`domain.evtchn`, set by pvhyp/event_channel's create hook."""
-    return _set_up(domain.evtchn, f"d{domain.domid}: domain.evtchn")
+    return _set_up(domain.evtchn, domain, "domain.evtchn")
 
 
 class VCPU:
