@@ -15,6 +15,7 @@ import time
 
 from abi.xen import VIRQ_DOM_EXC
 from dom0.console.backend import ConsoleBackend, HypervisorLog
+from dom0.rundir import open_nofollow
 from dom0.toolstack.api import ApiServer
 from dom0.toolstack.domains import Toolstack, ToolstackError
 from dom0.xenstored import LocalClient, XenStore
@@ -115,8 +116,10 @@ def serve(channel, run_dir: str, ready_file: str | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: dom0.stop())
     if ready_file:
-        with open(ready_file, "w") as f:
-            f.write(f"{os.getpid()}\n")
+        # new (O_EXCL), never through a symlink planted where it goes (dom0.rundir)
+        fd = open_nofollow(ready_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
     log.info("dom0 ready: toolstack %s, xenstored %s", dom0.api.path, dom0.xs_server.path)
     dom0.run()
     return 0

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Callable
 import hypercalls
 from abi import sched as sched_abi
 from abi.sched import SHUTDOWN_NAMES
+from dom0.rundir import STATE_FILE, RunDir
+from pvguest.spawn import start_python_module
 from pvhyp import console, event_channel, grant_table, sched
 from pvhyp import time as timekeeping
 from pvhyp.channel import create_process_domain
@@ -79,20 +81,14 @@ def build_hypervisor(memory_mb: int, *, cpu: bool) -> Hypervisor:
     return hv
 
 
-def _write_state(run_dir: str, **state: object) -> None:
-    tmp = os.path.join(run_dir, "hostd.state.tmp")
-    with open(tmp, "w") as f:
-        json.dump(state, f)
-    os.replace(tmp, os.path.join(run_dir, "hostd.state"))
-
-
 class Host:
     """The hypervisor of `pvhyp up` with dom0 as a privileged process domain (domid 0) whose
     process, `python -m dom0`, holds the client end of its channel socket."""
 
     def __init__(self, run_dir: str, memory_mb: int, dom0_mb: int, verbose: bool = False):
-        self.run_dir = os.path.abspath(run_dir)
-        os.makedirs(self.run_dir, exist_ok=True)
+        # Checked (ours, 0700) and held open: every file of ours in it is reached through it.
+        self.rundir = RunDir.open(run_dir)
+        self.run_dir = self.rundir.path
         self.hv = build_hypervisor(memory_mb, cpu=True)
         self.hv.domain_create_hooks.append(self._start_x86_vcpus)
         self.channels = ChannelServer(self.hv, on_disconnect=self._on_disconnect)
@@ -117,16 +113,17 @@ class Host:
 
     def start_dom0(self) -> None:
         sock = self.channels.attach(self.dom0)
-        ready = os.path.join(self.run_dir, "dom0.ready")
-        if os.path.exists(ready):
-            os.unlink(ready)
-        cmd = [sys.executable, "-m", "dom0", "--run-dir", self.run_dir,
-               "--channel-fd", str(sock.fileno()), "--ready-file", ready]
+        ready = self.rundir.join("dom0.ready")
+        self.rundir.remove("dom0.ready")
+        args = ["--run-dir", self.run_dir, "--channel-fd", str(sock.fileno()), "--ready-file", ready]
         if self.verbose:
-            cmd.append("--verbose")
-        with open(os.path.join(self.run_dir, "dom0.log"), "ab") as dom0_log:
-            self.dom0_proc = subprocess.Popen(cmd, pass_fds=[sock.fileno()], stdin=subprocess.DEVNULL,
-                                              stdout=dom0_log, stderr=dom0_log)
+            args.append("--verbose")
+        dom0_log = self.rundir.open_log("dom0.log")
+        try:
+            self.dom0_proc = start_python_module("dom0", args, pass_fds=[sock.fileno()],
+                                                 stdin=subprocess.DEVNULL, stdout=dom0_log, stderr=dom0_log)
+        finally:
+            os.close(dom0_log)
         sock.close()
         deadline = time.monotonic() + DOM0_READY_TIMEOUT
         while not os.path.exists(ready):
@@ -138,8 +135,9 @@ class Host:
 
     def _report(self, note: str = "") -> None:
         guests = sorted(d for d in self.hv.domains if d != 0)
-        _write_state(self.run_dir, pid=os.getpid(), dom0_pid=self.dom0_proc.pid if self.dom0_proc else None,
+        state = dict(pid=os.getpid(), dom0_pid=self.dom0_proc.pid if self.dom0_proc else None,
                      dom0_alive=self.dom0_alive, guests=guests, note=note)
+        self.rundir.write_atomically(STATE_FILE, json.dumps(state).encode())
 
     def run(self) -> int:
         while not self.stopping.is_set():
@@ -361,6 +359,7 @@ class OneShot:
         try:
             self.host.shutdown()
         finally:
+            self.host.rundir.close()
             # The machine memory stays mapped: a vCPU thread may still be leaving unicorn.
             shutil.rmtree(self.run_dir, ignore_errors=True)
 

@@ -16,6 +16,7 @@ import termios
 import time
 import tty
 
+from dom0.rundir import open_log
 from pvguest.console import console_rings
 from pvguest.ring import RingError
 
@@ -32,7 +33,7 @@ class ConsoleSession:
         self.name = name
         self.into_guest, self.from_guest = console_rings(page)
         self.notify = notify
-        self.log = open(log_path, "ab", buffering=0)
+        self.log = open(open_log(log_path), "ab", buffering=0)
         self.log_path = log_path
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave, termios.TCSANOW)
@@ -138,7 +139,7 @@ class HypervisorLog:
     def __init__(self, log_dir: str):
         os.makedirs(log_dir, exist_ok=True)
         self.path = os.path.join(log_dir, "hypervisor.log")
-        self.file = open(self.path, "ab", buffering=0)
+        self.file = open(open_log(self.path), "ab", buffering=0)
         self.offsets: dict[int, int] = {}
         self.partial: dict[int, bytes] = {}
 

@@ -12,6 +12,8 @@ import os
 import socket
 import traceback
 
+from dom0.rundir import check_listener
+
 log = logging.getLogger("dom0.api")
 MAX_LINE = 1 << 20
 
@@ -113,6 +115,7 @@ def call(path: str, cmd: str, timeout: float = 30.0, **args) -> dict:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
+        check_listener(sock, path)      # nothing is sent to a socket a stranger listens on
         sock.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from abi.errno import ENOSYS
 from abi.sched import SHUTDOWN_NAMES
 from abi.xen import start_info
 from dom0.builder import BuildError, build_pv_domain
+from dom0.rundir import open_log
 from dom0.toolstack import xenstore_entries as entries
 from dom0.toolstack.config import ConfigError, DomainConfig, parse_config
 from dom0.xc import XenCtrl, XenError
@@ -31,6 +31,7 @@ from dom0.xenstored import XsError
 from pvguest import kernel as layout
 from pvguest.evtchn import EventChannelError
 from pvguest.hypercall_channel import ChannelError
+from pvguest.spawn import start_python_module
 
 log = logging.getLogger("dom0.toolstack")
 
@@ -222,15 +223,14 @@ class Toolstack:
         assert module is not None           # only Python guests are spawned (create() chose by it)
         sock = self.channel.connect_domain(guest.domid)
         env = dict(os.environ, PVHYP_CHANNEL_FD=str(sock.fileno()))
-        stderr = open(os.path.join(self.consoles.log_dir, f"guest-{guest.name}.stderr"), "ab")
+        stderr = open_log(os.path.join(self.consoles.log_dir, f"guest-{guest.name}.stderr"))
         try:
-            return subprocess.Popen(
-                [sys.executable, "-m", "pvguest.run", module],
-                pass_fds=[sock.fileno()], env=env, stdin=subprocess.DEVNULL,
+            return start_python_module(
+                "pvguest.run", [module], pass_fds=[sock.fileno()], env=env, stdin=subprocess.DEVNULL,
                 stdout=stderr, stderr=stderr, start_new_session=True)
         finally:
             sock.close()
-            stderr.close()
+            os.close(stderr)
 
     # --- destroy and friends ---
 

@@ -34,8 +34,7 @@ def main(argv=None) -> int:
     host = Host(args.run_dir, args.memory, args.dom0_memory, args.verbose)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: host.stopping.set())
-    with open(os.path.join(host.run_dir, "hostd.pid"), "w") as f:
-        f.write(f"{os.getpid()}\n")
+    host.rundir.record_pid(os.getpid())
     try:
         host.start_dom0()
     except RuntimeError as e:

@@ -1,41 +1,47 @@
 """`pvhyp up` / `pvhyp down`: start and stop the hypervisor process and dom0 in the background.
 
-Sockets live under the run directory (default $PVHYP_RUN_DIR, else
-/tmp/pvhyp-UID): DIR/pvhyp.sock for the toolstack, DIR/xenstored/socket for
-xenstore clients (XENSTORED_PATH=DIR/xenstored/socket xenstore-ls).
+Sockets live under the run directory (--run-dir, else $PVHYP_RUN_DIR, else
+/run/pvhyp for root and $XDG_RUNTIME_DIR/pvhyp for others: dom0.rundir says
+why and what is checked before it is used): DIR/pvhyp.sock for the toolstack,
+DIR/xenstored/socket for xenstore clients (XENSTORED_PATH=DIR/xenstored/socket
+xenstore-ls).
 """
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
-import sys
 import time
 
+from dom0.rundir import PID_FILE, STATE_FILE, RunDir, RunDirError, default_path
+from pvguest.spawn import start_python_module
 from pvhyp.cli.errors import UserError
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
 
-def default_run_dir() -> str:
-    return os.environ.get("PVHYP_RUN_DIR") or f"/tmp/pvhyp-{os.getuid()}"
+def run_dir_path(args) -> str:
+    return os.path.abspath(args.run_dir or os.environ.get("PVHYP_RUN_DIR") or default_path())
+
+
+def open_run_dir(args, create: bool = False) -> RunDir:
+    """The checked run directory the command names (UserError if it may not be used or is absent)."""
+    path = run_dir_path(args)
+    try:
+        return RunDir.open(path, create=create)
+    except RunDirError as e:
+        raise UserError(str(e)) from None
+    except FileNotFoundError:
+        raise UserError(f"not up in {path} (no such run directory)") from None
 
 
 def add_run_dir(parser) -> None:
     parser.add_argument("--run-dir", default=None,
-                        help="directory of the sockets and logs (default $PVHYP_RUN_DIR or /tmp/pvhyp-UID)")
-
-
-def running_pid(run_dir: str) -> int | None:
-    try:
-        with open(os.path.join(run_dir, "hostd.pid")) as f:
-            pid = int(f.read().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
+                        help="directory of the sockets and logs (default $PVHYP_RUN_DIR, else /run/pvhyp "
+                             "for root and $XDG_RUNTIME_DIR/pvhyp for others); must be yours, mode 0700")
 
 
 def add_parser(sub) -> None:
@@ -51,59 +57,72 @@ def add_parser(sub) -> None:
 
 
 def up(args) -> int:
-    run_dir = os.path.abspath(args.run_dir or default_run_dir())
-    if running_pid(run_dir):
-        raise UserError(f"already up in {run_dir} (pvhyp down --run-dir {run_dir} first)")
-    if len(os.path.join(run_dir, "xenstored", "socket")) > 100:
-        raise UserError(f"run directory path too long for a Unix socket: {run_dir}")
+    run_dir = open_run_dir(args, create=True)
+    with run_dir:
+        return _up(args, run_dir)
+
+
+def _up(args, run_dir: RunDir) -> int:
+    if run_dir.running_pid():
+        raise UserError(f"already up in {run_dir.path} (pvhyp down --run-dir {run_dir.path} first)")
+    if len(run_dir.join("xenstored", "socket")) > 100:
+        raise UserError(f"run directory path too long for a Unix socket: {run_dir.path}")
     if args.memory < args.dom0_memory + 8:
         raise UserError(f"--memory {args.memory} leaves no room beside dom0's {args.dom0_memory} MiB")
-    os.makedirs(run_dir, exist_ok=True)
-    for stale in ("hostd.state", "hostd.pid", "dom0.ready"):
-        try:
-            os.unlink(os.path.join(run_dir, stale))
-        except FileNotFoundError:
-            pass
-    cmd = [sys.executable, "-m", "pvhyp.cli.hostd", "--run-dir", run_dir,
-           "--memory", str(args.memory), "--dom0-memory", str(args.dom0_memory)]
+    for stale in (STATE_FILE, PID_FILE, "dom0.ready"):
+        run_dir.remove(stale)
+    hostd_args = ["--run-dir", run_dir.path, "--memory", str(args.memory), "--dom0-memory", str(args.dom0_memory)]
     if args.verbose:
-        cmd.append("--verbose")
-    with open(os.path.join(run_dir, "hostd.log"), "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
-    state_path = os.path.join(run_dir, "hostd.state")
+        hostd_args.append("--verbose")
+    log = run_dir.open_log("hostd.log")
+    try:
+        proc = start_python_module("pvhyp.cli.hostd", hostd_args, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=log, start_new_session=True)
+    finally:
+        os.close(log)
+    where = run_dir.path
     deadline = time.monotonic() + START_TIMEOUT
     while True:
-        if os.path.exists(state_path):
-            with open(state_path) as f:
-                state = json.load(f)
-            if state.get("dom0_alive"):
-                break
+        state = _read_state(run_dir)
+        if state.get("dom0_alive"):
+            break
         if proc.poll() is not None:
             raise UserError(f"the hypervisor exited at start-up (status {proc.returncode}); "
-                            f"see {run_dir}/hostd.log and {run_dir}/dom0.log")
+                            f"see {where}/hostd.log and {where}/dom0.log")
         if time.monotonic() > deadline:
             proc.terminate()
-            raise UserError(f"dom0 did not come up within {START_TIMEOUT:.0f}s; see {run_dir}/dom0.log")
+            raise UserError(f"dom0 did not come up within {START_TIMEOUT:.0f}s; see {where}/dom0.log")
         time.sleep(0.05)
     print(f"pvhyp up: hypervisor pid {proc.pid}, dom0 pid {state['dom0_pid']}, {args.memory} MiB")
-    print(f"  toolstack: {run_dir}/pvhyp.sock")
-    print(f"  xenstore:  XENSTORED_PATH={run_dir}/xenstored/socket")
-    print(f"  logs:      {run_dir}/hostd.log {run_dir}/dom0.log {run_dir}/console/")
+    print(f"  toolstack: {where}/pvhyp.sock")
+    print(f"  xenstore:  XENSTORED_PATH={where}/xenstored/socket")
+    print(f"  logs:      {where}/hostd.log {where}/dom0.log {where}/console/")
     return 0
 
 
+def _read_state(run_dir: RunDir) -> dict:
+    raw = run_dir.read_small(STATE_FILE)
+    try:
+        state = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 def down(args) -> int:
-    run_dir = os.path.abspath(args.run_dir or default_run_dir())
-    pid = running_pid(run_dir)
-    if pid is None:
-        raise UserError(f"not up in {run_dir}")
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while running_pid(run_dir) == pid:
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    print(f"pvhyp down: stopped {run_dir}")
+    with open_run_dir(args) as run_dir:
+        pidfd = run_dir.open_hostd()
+        if pidfd is None:
+            raise UserError(f"not up in {run_dir.path}")
+        try:
+            # Signalled through the pidfd: the process checked, even if its pid were reused meanwhile.
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            if not select.select([pidfd], [], [], STOP_TIMEOUT)[0]:      # readable once it exited
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                select.select([pidfd], [], [], STOP_TIMEOUT)
+        except ProcessLookupError:
+            pass        # it exited by itself meanwhile
+        finally:
+            os.close(pidfd)
+        print(f"pvhyp down: stopped {run_dir.path}")
     return 0

@@ -12,20 +12,23 @@ import sys
 import termios
 import tty
 
+from dom0.rundir import UntrustedListener
 from pvhyp.cli.errors import UserError
-from pvhyp.cli.up_cmd import add_run_dir, default_run_dir
+from pvhyp.cli.up_cmd import add_run_dir, open_run_dir
 
 DETACH = 0x1D           # Ctrl-]
 
 
 def _request(args, cmd: str, **kwargs) -> dict:
     from dom0.toolstack.api import call
-    run_dir = os.path.abspath(args.run_dir or default_run_dir())
-    path = os.path.join(run_dir, "pvhyp.sock")
+    with open_run_dir(args) as run_dir:         # checked as ours before its socket is trusted
+        path = run_dir.join("pvhyp.sock")
     try:
         reply = call(path, cmd, **kwargs)
     except (FileNotFoundError, ConnectionRefusedError):
         raise UserError(f"no dom0 toolstack at {path} (is `pvhyp up` running?)") from None
+    except UntrustedListener as e:
+        raise UserError(str(e)) from None
     except (ConnectionError, OSError) as e:
         raise UserError(f"talking to dom0 at {path}: {e}") from None
     if not reply.get("ok"):
