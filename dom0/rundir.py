@@ -29,6 +29,7 @@ import struct
 from dataclasses import dataclass
 
 PID_FILE = "hostd.pid"
+HOSTD_MODULE = "pvhyp.cli.hostd"      # what `pvhyp up` starts (python -P -m HOSTD_MODULE --run-dir DIR)
 STATE_FILE = "hostd.state"
 # What a file of ours in the run directory may hold (pid and state files are a line).
 MAX_SMALL_FILE = 64 << 10
@@ -92,7 +93,9 @@ class RunDir:
         except FileNotFoundError:
             raise
         except OSError as e:
-            why = {errno.ELOOP: "is a symlink", errno.ENOTDIR: "is not a directory"}.get(e.errno, e.strerror)
+            # O_DIRECTORY | O_NOFOLLOW reports a symlink as ENOTDIR: say which it was
+            why = "is a symlink" if os.path.islink(path) else \
+                {errno.ELOOP: "is a symlink", errno.ENOTDIR: "is not a directory"}.get(e.errno, e.strerror)
             raise RunDirError(f"run directory {path}: {why}: refusing to use it") from None
         try:
             check_private(path, os.fstat(fd))
@@ -171,7 +174,14 @@ class RunDir:
             return None
         if pid <= 0 or process_start_time(pid) != start or process_uid(pid) != os.getuid():
             return None
+        if not self._is_hostd(process_argv(pid)):
+            return None
         return pid
+
+    def _is_hostd(self, argv: list[str]) -> bool:
+        """The command line hostd is started with (pvhyp.cli.up_cmd), for this directory."""
+        return HOSTD_MODULE in argv and any(
+            argv[i] == "--run-dir" and argv[i + 1] == self.path for i in range(len(argv) - 1))
 
     def open_hostd(self) -> int | None:
         """A pidfd of the recorded hostd, verified after it was opened (so the fd is that process,
@@ -231,6 +241,15 @@ def _proc_stat(pid: int) -> _ProcStat | None:
 def process_start_time(pid: int) -> int | None:
     found = _proc_stat(pid)
     return None if found is None else found.start_time
+
+
+def process_argv(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read(MAX_SMALL_FILE)
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0")]
 
 
 def process_uid(pid: int) -> int | None:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 
-from dom0.rundir import PID_FILE, STATE_FILE, RunDir, RunDirError, default_path
+from dom0.rundir import HOSTD_MODULE, PID_FILE, STATE_FILE, RunDir, RunDirError, default_path
 from pvguest.spawn import start_python_module
 from pvhyp.cli.errors import UserError
 
@@ -74,9 +74,12 @@ def _up(args, run_dir: RunDir) -> int:
     hostd_args = ["--run-dir", run_dir.path, "--memory", str(args.memory), "--dom0-memory", str(args.dom0_memory)]
     if args.verbose:
         hostd_args.append("--verbose")
-    log = run_dir.open_log("hostd.log")
     try:
-        proc = start_python_module("pvhyp.cli.hostd", hostd_args, stdin=subprocess.DEVNULL, stdout=log,
+        log = run_dir.open_log("hostd.log")
+    except OSError as e:
+        raise UserError(f"{run_dir.join('hostd.log')}: cannot open: {e.strerror}") from None
+    try:
+        proc = start_python_module(HOSTD_MODULE, hostd_args, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=log, start_new_session=True)
     finally:
         os.close(log)
