@@ -14,6 +14,7 @@ caller sharing the channel should give each XenCtrl its own region.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 from abi import domctl as D
 from abi import errno as xen_errno
@@ -217,7 +218,7 @@ class XenCtrl:
 
     # --- memory ---------------------------------------------------------------------------
 
-    def populate_physmap(self, domid: int, pfns: list[int], extent_order: int = 0, mem_flags: int = 0,
+    def populate_physmap(self, domid: int, pfns: Sequence[int], extent_order: int = 0, mem_flags: int = 0,
                          batch: int = 256) -> list[int]:
         """xc_domain_populate_physmap_exact: give `domid` these pfns; the machine frames back (PV)."""
         mfns: list[int] = []

@@ -259,8 +259,10 @@ class Connection:
         rc = self.hv.xsm.domctl(self.domain, None, XEN_DOMCTL_createdomain)
         if rc:
             return RESULT.pack(rc), []
-        if not 1 <= nr_pages <= self.hv.frames.nr_frames or not 1 <= max_vcpus <= 128:
+        if nr_pages < 1 or not 1 <= max_vcpus <= 128:
             return RESULT.pack(-xen_errno.EINVAL), []
+        if nr_pages > self.hv.frames.free_frames:      # as Xen's allocator: more than there is
+            return RESULT.pack(-xen_errno.ENOMEM), []
         try:
             d = create_process_domain(self.hv, nr_pages, max_vcpus=max_vcpus,
                                       domid=self.server.next_free_domid())

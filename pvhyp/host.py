@@ -57,8 +57,24 @@ SUBSYSTEMS = (mmu, event_channel, grant_table, pv_state, timekeeping, sched, con
 
 DOM0_READY_TIMEOUT = 30.0
 DOM0_MB = 16                    # dom0's memory under `pvhyp run`
+ONESHOT_SLACK_MB = 64           # beside the guest and dom0 under `pvhyp run` (hypervisor tables, rings)
 HISTORY_SHOWN = 6               # hypercalls named in a crash line
 CONSOLE_DRAIN_SECONDS = 2.0
+
+
+class MachineTooSmall(ValueError):
+    """More machine memory asked for than this host has: one line, before anything is allocated."""
+
+
+def host_memory_mb() -> int:
+    """This host's physical memory in MiB: the most a hypervisor of ours may be given (its machine
+    memory is touched page by page as guests are populated, so more would end in the OOM killer)."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+
+
+def oneshot_memory_mb(guest_mb: int) -> int:
+    """The machine memory `pvhyp run` gives its hypervisor for a guest of `guest_mb` MiB."""
+    return guest_mb + DOM0_MB + ONESHOT_SLACK_MB
 
 
 def build_hypervisor(memory_mb: int, *, cpu: bool) -> Hypervisor:
@@ -68,6 +84,8 @@ def build_hypervisor(memory_mb: int, *, cpu: bool) -> Hypervisor:
     any guest L4 is validated, as it fills hv.xen_l4_slots). Without it, guests are
     process domains or are driven straight through the hypercall table (tests, the fuzzer).
     """
+    if memory_mb > host_memory_mb():
+        raise MachineTooSmall(f"{memory_mb} MiB of machine memory is more than this host's {host_memory_mb()} MiB")
     hv = Hypervisor(memory_mb)
     for subsystem in SUBSYSTEMS:
         subsystem.attach(hv)
@@ -185,7 +203,7 @@ class OneShot:
         self.console_io_sink = console_io_sink
         self.ring_sink = ring_sink
         self.run_dir = tempfile.mkdtemp(prefix="pvhyp-run-", dir="/tmp")
-        self.host = Host(self.run_dir, memory_mb + DOM0_MB + 64, DOM0_MB)
+        self.host = Host(self.run_dir, oneshot_memory_mb(memory_mb), DOM0_MB)
         self.hv = self.host.hv
         self.done = threading.Event()
         self.domid: int | None = None

@@ -5,12 +5,16 @@ libxenguest tries its loaders in turn: a bzImage (setup header at 0x1f1 with
 payload_offset/payload_length and decompressed by its magic; a plain file
 that is gzip-compressed is gunzipped; the result must be an ELF Xen kernel.
 Decompression is bounded (MAX_KERNEL_SIZE) so a hostile image cannot
-exhaust dom0's memory.
+exhaust dom0's memory, and so is reading the files (read_image_file): a kernel
+or ramdisk must be a regular file of at most MAX_KERNEL_FILE /
+MAX_RAMDISK_SIZE bytes (`kernel = "/dev/zero"` is refused, not read forever).
 """
 from __future__ import annotations
 
 import bz2
 import lzma
+import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ from dom0.builder.elf import ElfFile, XenParams, xen_parse
 from dom0.builder.errors import BuildError
 
 MAX_KERNEL_SIZE = 512 << 20        # libxc's default cap on a decompressed kernel is of this order
+MAX_KERNEL_FILE = MAX_KERNEL_SIZE  # the file is the compressed form: never larger than what it holds
 GUEST_TYPE_X86_64 = "xen-3.0-x86_64"
 
 _SETUP_SECTS = 0x1F1
@@ -206,6 +211,50 @@ def parse_kernel(data: bytes) -> KernelImage:
 # --- modules (the ramdisk) -----------------------------------------------------------------
 
 XC_DOM_DECOMPRESS_MAX = 1 << 30
+MAX_RAMDISK_SIZE = XC_DOM_DECOMPRESS_MAX    # libxc's cap on a module, as read
+
+
+# --- reading the files ----------------------------------------------------------------------
+
+def _open_image(path: str, setting: str, limit: int) -> tuple[int, int]:
+    """(fd, size) of a regular file of at most `limit` bytes; otherwise a BuildError that starts with
+    `setting` (the caller's name for it: "kernel", or "FILE:LINE: kernel").
+
+    O_NONBLOCK: a FIFO named as a kernel must not hang the open (it is refused just after)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise BuildError(f"{setting}: {path}: cannot read: {e.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise BuildError(f"{setting}: {path} is not a regular file")
+    if st.st_size > limit:
+        os.close(fd)
+        raise BuildError(f"{setting}: {path} is larger than {limit >> 20} MiB ({st.st_size} bytes)")
+    return fd, st.st_size
+
+
+def check_image_file(path: str, setting: str, limit: int) -> int:
+    """The size of the image file at `path`, after read_image_file's checks (nothing read)."""
+    fd, size = _open_image(path, setting, limit)
+    os.close(fd)
+    return size
+
+
+def read_image_file(path: str, setting: str, limit: int) -> bytes:
+    """A kernel or ramdisk file, read with a bound (it may grow while we read: never past `limit`)."""
+    fd, _ = _open_image(path, setting, limit)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise BuildError(f"{setting}: {path}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise BuildError(f"{setting}: {path} is larger than {limit >> 20} MiB")
+    return data
 
 
 def module_size(blob: bytes) -> tuple[int, int]:

@@ -118,7 +118,9 @@ def build_pv_domain(xc, domid: int, kernel: bytes | KernelImage, memory_mb: int,
         cmdline = cmdline.encode()
 
     xc.domain_setmaxmem(domid, (nr_pages << (PAGE_SHIFT - 10)) + LIBXL_MAXMEM_CONSTANT_KB)
-    p2m = xc.populate_physmap(domid, list(range(nr_pages)))
+    # a range, not a list: nothing proportional to the request exists before the hypervisor
+    # has given the frames (it answers ENOMEM at the first batch it cannot)
+    p2m = xc.populate_physmap(domid, range(nr_pages))
 
     # kernel: every PT_LOAD segment at its physical address (bss zeroed)
     kernel_bytes = bytearray(lay.kernel.pages * PAGE_SIZE)

@@ -6,6 +6,11 @@ span lines. Every error names its line: "FILE:LINE: message". disk and vif
 specs are parsed in xl's syntax (xl-disk-configuration(5), xl-network-
 configuration(5)) and validated even where no backend serves them yet.
 pvhyp extension: `kernel = "python:MODULE[:FUNCTION]"` boots a Python guest.
+
+The file is hostile input like any other: it is read with a bound
+(MAX_CONFIG_BYTES), must be UTF-8 (a bad byte is an error naming its line),
+and sizes are bounded here (MAX_MEMORY_MB) before anything is allocated for
+them; whether they fit the host or the hypervisor is for the caller to ask.
 """
 from __future__ import annotations
 
@@ -25,6 +30,10 @@ _VDEV = re.compile(r"^(xvd[a-z]+\d*|hd[a-z]\d*|sd[a-z]+\d*|d\d+(p\d+)?|\d+)$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# A PV guest's pages are counted in 32 bits on the way to the hypervisor (and no host of
+# ours has 8 TiB): a larger memory/maxmem is a config error, not an allocation attempt.
+MAX_MEMORY_MB = 1 << 23
+MAX_CONFIG_BYTES = 1 << 20          # xl.cfg files are a few lines; this is far beyond any
 _DISK_PREFIXES = ("phy:", "file:", "tap:aio:", "tap:qcow2:", "tap2:aio:", "aio:", "qcow2:", "vhd:", "raw:")
 
 
@@ -75,6 +84,14 @@ class DomainConfig:
     on_crash: str = "destroy"
     source: str = "<config>"
     warnings: list[str] = field(default_factory=list)  # settings accepted but not acted on
+    lines: dict[str, int] = field(default_factory=dict)    # setting -> the line it is on
+
+    def where(self, key: str) -> str:
+        """"FILE:LINE: key" for a message about a setting ("FILE: key" when it was a default)."""
+        line = self.lines.get(key)
+        if self.source.startswith("<"):        # "<command line>" and such: made up, no line to point at
+            line = None
+        return f"{self.source}:{line}: {key}" if line else f"{self.source}: {key}"
 
     @property
     def python_guest(self) -> str | None:
@@ -290,7 +307,30 @@ _IGNORED_KNOWN = {"builder", "bootloader", "bootloader_args", "localtime", "cpus
                   "max_event_channels", "driver_domain", "device_tree", "altp2m", "bios"}
 
 
+def decode_config(data: bytes, source: str = "<config>") -> str:
+    """A config file's bytes as text: UTF-8, at most MAX_CONFIG_BYTES, or a ConfigError naming the line."""
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_CONFIG_BYTES} bytes: not a domain configuration")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{source}:{line}: not UTF-8 text (byte {data[e.start]:#04x})") from None
+
+
+def read_config(path: str) -> str:
+    """The config file at `path`, read with a bound (ConfigError for anything wrong with it)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    return decode_config(data, path)
+
+
 def parse_config(text: str, source: str = "<config>") -> DomainConfig:
+    # Text from a socket may hold what no file can (lone surrogates from JSON escapes).
+    decode_config(text.encode("utf-8", "surrogatepass"), source)
     settings = parse_assignments(text, source)
 
     def error(key: str, message: str) -> ConfigError:
@@ -324,16 +364,20 @@ def parse_config(text: str, source: str = "<config>") -> DomainConfig:
         raise ConfigError(f"{source}: no name (every domain needs `name = \"...\"`)")
     if not _NAME.match(name) or name == "Domain-0":
         raise error("name", f"invalid domain name {name!r}")
-    cfg = DomainConfig(name=name, source=source)
+    cfg = DomainConfig(name=name, source=source, lines={key: line for key, (_, line) in settings.items()})
     cfg.type = get("type", str, "pv")
     if cfg.type != "pv":
         raise error("type", f"only type = \"pv\" is supported, not {cfg.type!r}")
     cfg.memory = get("memory", int, cfg.memory)
     if cfg.memory < 1:
         raise error("memory", "must be at least 1 (MiB)")
+    if cfg.memory > MAX_MEMORY_MB:
+        raise error("memory", f"must be at most {MAX_MEMORY_MB} (MiB), not {cfg.memory}")
     cfg.maxmem = get("maxmem", int, cfg.memory)
     if cfg.maxmem < cfg.memory:
         raise error("maxmem", f"maxmem {cfg.maxmem} is below memory {cfg.memory}")
+    if cfg.maxmem > MAX_MEMORY_MB:
+        raise error("maxmem", f"must be at most {MAX_MEMORY_MB} (MiB), not {cfg.maxmem}")
     cfg.vcpus = get("vcpus", int, 1)
     if not 1 <= cfg.vcpus <= 128:
         raise error("vcpus", "must be between 1 and 128")

@@ -23,6 +23,7 @@ from abi.errno import ENOSYS
 from abi.sched import SHUTDOWN_NAMES
 from abi.xen import start_info
 from dom0.builder import BuildError, build_pv_domain
+from dom0.builder.image import MAX_KERNEL_FILE, MAX_RAMDISK_SIZE, read_image_file
 from dom0.rundir import open_log
 from dom0.toolstack import xenstore_entries as entries
 from dom0.toolstack.config import ConfigError, DomainConfig, parse_config
@@ -105,15 +106,14 @@ class Toolstack:
 
     def _create_x86(self, cfg: DomainConfig, uuid: str | None = None) -> Guest:
         """xl create of a PV kernel: createdomain, the builder, the rings, unpause."""
+        self._check_memory(cfg)
         try:
-            with open(cfg.kernel, "rb") as f:
-                kernel = f.read()
-            ramdisk = b""
-            if cfg.ramdisk:
-                with open(cfg.ramdisk, "rb") as f:
-                    ramdisk = f.read()
-        except OSError as e:
-            raise ToolstackError(f"{e.filename}: cannot read: {e.strerror}") from None
+            kernel = read_image_file(cfg.kernel, cfg.where("kernel"), MAX_KERNEL_FILE)
+            # a ramdisk is loaded into the guest's memory: it cannot be larger than that
+            ramdisk = read_image_file(cfg.ramdisk, cfg.where("ramdisk"), min(MAX_RAMDISK_SIZE, cfg.memory << 20)) \
+                if cfg.ramdisk else b""
+        except BuildError as e:
+            raise ToolstackError(str(e)) from None
         if self.xc is None:
             self.xc = XenCtrl(self.channel)
         xc = self.xc
@@ -143,10 +143,20 @@ class Toolstack:
             raise ToolstackError(f"building {cfg.name!r} failed: {e}") from None
         return guest
 
+    def _check_memory(self, cfg: DomainConfig) -> None:
+        """Refuse, before anything is built, a guest bigger than the hypervisor's free memory: the
+        answer Xen's populate_physmap would give at the end (ENOMEM), without dom0 first making
+        a page list of that size."""
+        free_pages = self.channel.domain_info(0)["host"]["free_pages"]
+        if cfg.memory * 256 > free_pages:
+            raise ToolstackError(f"{cfg.where('memory')}: cannot allocate {cfg.memory} MiB, the hypervisor "
+                                 f"has {free_pages // 256} MiB free (-ENOMEM)")
+
     def _create_python(self, cfg: DomainConfig, uuid: str | None = None) -> Guest:
         nr_pages = cfg.memory * 256
         if nr_pages < layout.MIN_PAGES:
             raise ToolstackError(f"memory {cfg.memory} MiB is too small")
+        self._check_memory(cfg)
         try:
             domid = self.channel.create_domain(nr_pages, cfg.vcpus)
         except ChannelError as e:

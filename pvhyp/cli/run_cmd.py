@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from pvhyp.cli.errors import UserError
-from pvhyp.cli.xl_cmd import DETACH
+from pvhyp.cli.xl_cmd import DETACH, read_config_file
 
 # Exit status by shutdown reason (documented in --help).
 EXIT_STATUS = {"poweroff": 0, "crash": 1, "reboot": 3, "watchdog": 4, "suspend": 5, "soft_reset": 6,
@@ -49,11 +49,7 @@ class RunResult:
 def build_config(args) -> tuple[str, str]:
     """The xl.cfg text and its name, from CONFIG or from --kernel and friends."""
     if args.config:
-        try:
-            with open(args.config) as f:
-                text = f.read()
-        except OSError as e:
-            raise UserError(f"{args.config}: cannot read: {e.strerror}") from None
+        text = read_config_file(args.config)
         source = args.config
     elif args.kernel:
         text = f'name = "{os.path.basename(args.kernel)}"\ntype = "pv"\nkernel = "{os.path.abspath(args.kernel)}"\n'
@@ -81,20 +77,26 @@ def _quote(s: str) -> str:
 
 
 def check_config(text: str, source: str):
-    """Parse as dom0 will, and check the files are readable: bad input is a UserError (exit 2)."""
+    """Parse as dom0 will, check the files are kernels' and ramdisks' size and kind, and the guest
+    fits this host: bad input is a UserError (exit 2), before any memory is allocated for it."""
+    from dom0.builder.errors import BuildError
+    from dom0.builder.image import MAX_KERNEL_FILE, MAX_RAMDISK_SIZE, check_image_file
     from dom0.toolstack.config import ConfigError, parse_config
+    from pvhyp.host import host_memory_mb, oneshot_memory_mb
     try:
         cfg = parse_config(text, source)
     except ConfigError as e:
         raise UserError(str(e)) from None
-    for path in filter(None, (cfg.kernel, cfg.ramdisk)):
-        if cfg.python_guest and path == cfg.kernel:
-            continue
-        try:
-            with open(path, "rb") as f:
-                f.read(1)
-        except OSError as e:
-            raise UserError(f"{path}: cannot read: {e.strerror}") from None
+    if oneshot_memory_mb(cfg.memory) > host_memory_mb():
+        raise UserError(f"{cfg.where('memory')}: {cfg.memory} MiB does not fit in this host's "
+                        f"{host_memory_mb()} MiB of memory")
+    try:
+        if not cfg.python_guest:
+            check_image_file(cfg.kernel, cfg.where("kernel"), MAX_KERNEL_FILE)
+        if cfg.ramdisk:
+            check_image_file(cfg.ramdisk, cfg.where("ramdisk"), min(MAX_RAMDISK_SIZE, cfg.memory << 20))
+    except BuildError as e:
+        raise UserError(str(e)) from None
     return cfg
 
 

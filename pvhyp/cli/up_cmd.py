@@ -67,6 +67,9 @@ def _up(args, run_dir: RunDir) -> int:
         raise UserError(f"already up in {run_dir.path} (pvhyp down --run-dir {run_dir.path} first)")
     if len(run_dir.join("xenstored", "socket")) > 100:
         raise UserError(f"run directory path too long for a Unix socket: {run_dir.path}")
+    from pvhyp.host import host_memory_mb
+    if args.memory > host_memory_mb():
+        raise UserError(f"--memory {args.memory} MiB is more than this host's {host_memory_mb()} MiB")
     if args.memory < args.dom0_memory + 8:
         raise UserError(f"--memory {args.memory} leaves no room beside dom0's {args.dom0_memory} MiB")
     for stale in (STATE_FILE, PID_FILE, "dom0.ready"):

@@ -36,6 +36,15 @@ def _request(args, cmd: str, **kwargs) -> dict:
     return reply
 
 
+def read_config_file(path: str) -> str:
+    """A config file as text (bounded, UTF-8): anything wrong with it is a UserError (exit 2)."""
+    from dom0.toolstack.config import ConfigError, read_config
+    try:
+        return read_config(path)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+
+
 def _console(args, dom) -> int:
     reply = _request(args, "console", dom=dom)
     return attach_console(reply["tty"], sys.stdin, sys.stdout)
@@ -74,11 +83,7 @@ def attach_console(tty_path: str, stdin, stdout) -> int:
 
 
 def create(args) -> int:
-    try:
-        with open(args.config) as f:
-            text = f.read()
-    except OSError as e:
-        raise UserError(f"{args.config}: cannot read: {e.strerror}") from None
+    text = read_config_file(args.config)
     if args.overrides:
         # xl create's trailing KEY=VALUE arguments: extra config lines, later ones win
         text = text.rstrip("\n") + "\n" + "\n".join(args.overrides) + "\n"

@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from tests.toolstack.conftest import Host
+
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="planting another user's files needs root")
 
@@ -36,7 +38,6 @@ def private_dir(path) -> str:
 
 @needs_root
 def test_a_run_directory_another_user_made_is_refused(tmp_path, start_host):
-    from conftest import Host
     planted = private_dir(tmp_path / "run")
     os.chown(planted, NOBODY, NOBODY)
     host = Host(planted)
@@ -50,7 +51,6 @@ def test_a_run_directory_another_user_made_is_refused(tmp_path, start_host):
 
 
 def test_a_run_directory_others_may_enter_is_refused(tmp_path):
-    from conftest import Host
     shared = private_dir(tmp_path / "run")
     os.chmod(shared, 0o755)
     host = Host(shared)
@@ -62,7 +62,6 @@ def test_a_run_directory_others_may_enter_is_refused(tmp_path):
 
 
 def test_a_run_directory_that_is_a_symlink_is_refused(tmp_path):
-    from conftest import Host
     real = private_dir(tmp_path / "elsewhere")
     link = str(tmp_path / "run")
     os.symlink(real, link)
@@ -106,7 +105,6 @@ def _sleeper() -> subprocess.Popen:
 
 
 def test_down_signals_no_pid_it_has_not_verified(tmp_path):
-    from conftest import Host
     run_dir = private_dir(tmp_path / "run")
     host = Host(run_dir)
     bystander = _sleeper()
@@ -129,7 +127,6 @@ def test_down_signals_no_pid_it_has_not_verified(tmp_path):
 
 @needs_root
 def test_create_sends_nothing_to_a_socket_a_stranger_listens_on(tmp_path):
-    from conftest import Host
     run_dir = private_dir(tmp_path / "run")
     fake = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import os, socket, sys

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
+from tests.toolstack.conftest import ROOT
 
 # Imported by dom0 (tty: the console backend; selectors: its loop), hostd (unicorn, capstone),
 # every process of ours (construct, through abi) and the Python guest runner (importlib's users).
