@@ -94,8 +94,12 @@ class RunDir:
             raise
         except OSError as e:
             # O_DIRECTORY | O_NOFOLLOW reports a symlink as ENOTDIR: say which it was
-            why = "is a symlink" if os.path.islink(path) else \
-                {errno.ELOOP: "is a symlink", errno.ENOTDIR: "is not a directory"}.get(e.errno, e.strerror)
+            if os.path.islink(path) or e.errno == errno.ELOOP:
+                why = "is a symlink"
+            elif e.errno == errno.ENOTDIR:
+                why = "is not a directory"
+            else:
+                why = e.strerror or str(e)
             raise RunDirError(f"run directory {path}: {why}: refusing to use it") from None
         try:
             check_private(path, os.fstat(fd))

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable
 import hypercalls
 from abi import sched as sched_abi
 from abi.sched import SHUTDOWN_NAMES
+from dom0.console.bounded import TailBuffer
 from dom0.rundir import STATE_FILE, RunDir
 from pvguest.spawn import start_python_module
 from pvhyp import console, event_channel, grant_table, sched
@@ -60,6 +61,7 @@ DOM0_MB = 16                    # dom0's memory under `pvhyp run`
 ONESHOT_SLACK_MB = 64           # beside the guest and dom0 under `pvhyp run` (hypervisor tables, rings)
 HISTORY_SHOWN = 6               # hypercalls named in a crash line
 CONSOLE_DRAIN_SECONDS = 2.0
+RUN_TAIL_BYTES = 1 << 20        # of console_io and of the ring, kept in memory by `pvhyp run`
 
 
 class MachineTooSmall(ValueError):
@@ -209,9 +211,10 @@ class OneShot:
         self.domid: int | None = None
         self.shutdown_reason: int | None = None
         self.crash_line: str | None = None
-        self.console_io = bytearray()
+        # What `pvhyp run` keeps of each stream in memory: the last RUN_TAIL_BYTES (a guest may print forever).
+        self.console_io = TailBuffer(RUN_TAIL_BYTES)
         self._ring_fd: int | None = None
-        self._ring = bytearray()
+        self._ring = TailBuffer(RUN_TAIL_BYTES)
         self._closed = False
         self.stdin_closed = False
         # stdin is a terminal in keystroke mode (pvhyp.cli.run_cmd.terminal_keystrokes): bytes go as typed
@@ -233,7 +236,7 @@ class OneShot:
     def _on_console_io(self, domid: int, data: bytes) -> None:
         if domid == 0:
             return
-        self.console_io += data
+        self.console_io.append(data)
         if self.console_io_sink is not None:
             self.console_io_sink(domid, data)
 
@@ -316,7 +319,7 @@ class OneShot:
                 return
             if not data:
                 return
-            self._ring += data
+            self._ring.append(data)
             if self.ring_sink is not None:
                 self.ring_sink(data)
 
@@ -365,7 +368,7 @@ class OneShot:
             with open(log_path, "rb") as f:
                 return f.read()
         except OSError:
-            return bytes(self._ring)
+            return self._ring.getvalue()
 
     def close(self) -> None:
         if self._closed:

@@ -6,7 +6,11 @@ input ring. The ring page is the guest's to scribble on: indexes are checked
 on every pass (pvguest.ring), and a ring with impossible indexes is skipped,
 as xenconsoled skips it, without touching any other domain's console. When
 nobody has the pty open its buffer fills and further output only reaches
-the log (dom0 holds the slave end open so the master never reports EIO).
+the log (dom0 holds the slave end open so the master never reports EIO):
+writes to the pty never block dom0's loop, and what the pty could not take is
+counted and announced there ("[pvhyp: N bytes dropped ...]") once it takes
+bytes again. Logs are bounded per file, across a guest's reboots
+(dom0.console.bounded), and so are hypervisor.log and its unfinished lines.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import termios
 import time
 import tty
 
-from dom0.rundir import open_log
+from dom0.console.bounded import CappedLog, LineAssembler
 from pvguest.console import console_rings
 from pvguest.ring import RingError
 
@@ -25,6 +29,7 @@ MAX_PENDING_INPUT = 4096
 # A guest may print forever; its log may not fill dom0's disk. Past this the ring is
 # still drained (the guest never stalls) but only the pty sees the output.
 MAX_LOG_BYTES = 16 << 20
+MAX_HYPERVISOR_LOG_BYTES = 16 << 20     # hypervisor.log: every domain's console_io, one file
 
 
 class ConsoleSession:
@@ -33,7 +38,7 @@ class ConsoleSession:
         self.name = name
         self.into_guest, self.from_guest = console_rings(page)
         self.notify = notify
-        self.log = open(open_log(log_path), "ab", buffering=0)
+        self.log = CappedLog(log_path, MAX_LOG_BYTES, f"the log of {name}")
         self.log_path = log_path
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave, termios.TCSANOW)
@@ -42,6 +47,7 @@ class ConsoleSession:
         self.pending_input = b""
         self.ring_broken = False
         self.bytes_out = 0
+        self.pty_dropped = 0        # output the pty had no room for since it last took some
 
     def service(self) -> None:
         """Move output to the log and pty, pending input into the ring."""
@@ -56,22 +62,29 @@ class ConsoleSession:
             if not self.ring_broken:
                 self.ring_broken = True
                 log.warning("d%d console ring: %s (skipped until it makes sense again)", self.domid, e)
-                self.log.write(f"\n[pvhyp: console ring of d{self.domid} is corrupt: {e}]\n".encode())
+                self.log.note(f"\n[pvhyp: console ring of d{self.domid} is corrupt: {e}]\n")
             return
         self.ring_broken = False
         if data:
-            if self.bytes_out < MAX_LOG_BYTES <= self.bytes_out + len(data):
-                self.log.write(f"\n[pvhyp: log of {self.name} reached {MAX_LOG_BYTES} bytes; "
-                               f"further output goes to the pty only]\n".encode())
-            elif self.bytes_out < MAX_LOG_BYTES:
-                self.log.write(data)
+            self.log.write(data)
             self.bytes_out += len(data)
-            try:
-                os.write(self.master, data)
-            except (BlockingIOError, OSError):
-                pass        # nobody reading the pty: the log still has it
+            self._to_pty(data)
         if moved:
             self.notify()
+
+    def _to_pty(self, data: bytes) -> None:
+        """Non-blocking: what the pty has no room for is dropped and counted; the count goes
+        first the next time it takes bytes (if that note only partly fits, it is sent again)."""
+        note = (f"\r\n[pvhyp: {self.pty_dropped} bytes dropped: nobody read this console]\r\n".encode()
+                if self.pty_dropped else b"")
+        try:
+            written = os.write(self.master, note + data)
+        except OSError:             # BlockingIOError: full; anything else: no pty to speak of
+            written = 0
+        if written < len(note):
+            self.pty_dropped += len(data)
+            return
+        self.pty_dropped = len(data) - (written - len(note))
 
     def on_pty_input(self) -> None:
         try:
@@ -104,8 +117,7 @@ class ConsoleBackend:
     def add_domain(self, domid: int, name: str, page: memoryview, notify) -> ConsoleSession:
         self.remove_domain(domid)
         session = ConsoleSession(domid, name, page, notify, self.log_path(name))
-        session.log.write(f"[pvhyp: console of {name} (d{domid}) opened "
-                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}]\n".encode())
+        session.log.note(f"[pvhyp: console of {name} (d{domid}) opened {time.strftime('%Y-%m-%d %H:%M:%S')}]\n")
         self.sessions[domid] = session
         self.add_reader(session.master, session.on_pty_input)
         return session
@@ -133,38 +145,38 @@ class HypervisorLog:
 
     Lines carry Xen's "(dN) " prefix for guests; offsets are kept per domain
     so each byte is logged once, and a domain's buffer that wrapped past
-    unread bytes is noted rather than silently skipped.
+    unread bytes is noted rather than silently skipped. A line is written
+    when it ends, or when it reaches MAX_LINE_BYTES (a guest that never
+    writes a newline cannot grow dom0); the file is capped as a guest log is.
     """
 
     def __init__(self, log_dir: str):
         os.makedirs(log_dir, exist_ok=True)
         self.path = os.path.join(log_dir, "hypervisor.log")
-        self.file = open(open_log(self.path), "ab", buffering=0)
+        self.file = CappedLog(self.path, MAX_HYPERVISOR_LOG_BYTES, "hypervisor.log")
         self.offsets: dict[int, int] = {}
-        self.partial: dict[int, bytes] = {}
+        self.lines: dict[int, LineAssembler] = {}
 
     def poll(self, channel, domids) -> None:
         for domid in domids:
             offset = self.offsets.get(domid, 0)
             data, next_offset = channel.readconsole(domid, offset)
             if next_offset - len(data) > offset:
-                self.file.write(f"[pvhyp: d{domid} console_io output lost "
-                                f"({next_offset - len(data) - offset} bytes)]\n".encode())
+                self.file.note(f"[pvhyp: d{domid} console_io output lost "
+                               f"({next_offset - len(data) - offset} bytes)]\n")
             self.offsets[domid] = next_offset
             if data:
-                self._write(domid, self.partial.pop(domid, b"") + data)
+                self._write(domid, self.lines.setdefault(domid, LineAssembler()).feed(data))
         for gone in set(self.offsets) - set(domids):
             self.offsets.pop(gone)
-            rest = self.partial.pop(gone, b"")
+            rest = self.lines.pop(gone, LineAssembler()).flush()
             if rest:
-                self._write(gone, rest + b"\n")
+                self._write(gone, [rest])
 
-    def _write(self, domid: int, data: bytes) -> None:
-        *lines, rest = data.split(b"\n")
-        if rest:
-            self.partial[domid] = rest
+    def _write(self, domid: int, lines: list[bytes]) -> None:
         prefix = b"" if domid == 0 else f"(d{domid}) ".encode()
-        self.file.write(b"".join(prefix + line + b"\n" for line in lines))
+        if lines:
+            self.file.write(b"".join(prefix + line + b"\n" for line in lines))
 
     def close(self) -> None:
         self.file.close()

@@ -432,7 +432,7 @@ class Toolstack:
         session = self.consoles.sessions.get(guest.domid)
         if session is not None:
             session.service()
-            session.log.write(f"[pvhyp: {guest.name} shut down ({reason}), action {action}]\n".encode())
+            session.log.note(f"[pvhyp: {guest.name} shut down ({reason}), action {action}]\n")
         if action in ("destroy", "coredump-destroy"):
             self.destroy(guest.domid)
         elif action in ("restart", "rename-restart", "coredump-restart", "soft-reset"):

@@ -19,6 +19,7 @@ import termios
 import time
 from dataclasses import dataclass, field
 
+from dom0.console.bounded import LineAssembler
 from pvhyp.cli.errors import UserError
 from pvhyp.cli.xl_cmd import DETACH, read_config_file
 
@@ -191,13 +192,11 @@ def run_in_foreground(text: str, source: str, timeout: float | None = None, trac
         out.write(data)
         out.flush()
 
-    pending: dict[int, bytes] = {}     # domid -> its unfinished line
+    lines_of: dict[int, LineAssembler] = {}     # domid -> its unfinished line (bounded)
 
     def console_io_out(domid: int, data: bytes) -> None:
         # Xen's serial console: whole lines, each tagged with the domain
-        buf = pending.get(domid, b"") + data
-        *lines, pending[domid] = buf.split(b"\n")
-        for line in lines:
+        for line in lines_of.setdefault(domid, LineAssembler()).feed(data):
             err.write(f"(d{domid}) {line.decode(errors='replace')}\n")
         err.flush()
 
