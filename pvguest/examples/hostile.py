@@ -23,3 +23,16 @@ def crasher(kernel, *args) -> None:
     """Prints a line and dies of an exception: the runner reports it and shuts down as a crash."""
     kernel.console.write("crasher: going down\n")
     raise RuntimeError("deliberate guest failure")
+
+
+def console_flooder(kernel, *args) -> None:
+    """Writes `bytes=N` (its command line; default 1 MiB) to its console ring and as much through
+    console_io, never a newline, then powers off: whoever keeps its output must bound it."""
+    size = 1 << 20
+    for word in kernel.cmdline.split():
+        if word.startswith("bytes="):
+            size = int(word[len("bytes="):])
+    chunk = b"f" * 4096
+    for _ in range(0, size, len(chunk)):
+        kernel.console.write(chunk)
+        kernel.console_io_write(chunk)
