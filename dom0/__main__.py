@@ -5,7 +5,9 @@ import argparse
 import logging
 import sys
 
+from dom0.console.bounded import CappedStreamHandler
 from dom0.daemon import serve
+from dom0.rundir import RunDir, RunDirError
 from pvguest.hypercall_channel import SocketChannel
 
 
@@ -17,8 +19,14 @@ def main(argv=None) -> int:
     parser.add_argument("--ready-file", help="written once every socket accepts connections")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
+    # bounded: guests' misdeeds are logged here, and a guest may misbehave forever
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="dom0: %(name)s: %(message)s", stream=sys.stderr)
+                        format="dom0: %(name)s: %(message)s", handlers=[CappedStreamHandler(sys.stderr)])
+    try:
+        RunDir.open(args.run_dir, create=False).close()     # ours and private, as hostd found it
+    except (RunDirError, OSError) as e:
+        print(f"dom0: {e}", file=sys.stderr)
+        return 2
     return serve(SocketChannel.from_fd(args.channel_fd), args.run_dir, args.ready_file)
 
 

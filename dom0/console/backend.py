@@ -30,6 +30,7 @@ MAX_PENDING_INPUT = 4096
 # still drained (the guest never stalls) but only the pty sees the output.
 MAX_LOG_BYTES = 16 << 20
 MAX_HYPERVISOR_LOG_BYTES = 16 << 20     # hypervisor.log: every domain's console_io, one file
+MAX_CORRUPTION_REPORTS = 8              # per console session, in dom0.log (its log notes are bounded)
 
 
 class ConsoleSession:
@@ -48,6 +49,7 @@ class ConsoleSession:
         self.ring_broken = False
         self.bytes_out = 0
         self.pty_dropped = 0        # output the pty had no room for since it last took some
+        self.corruptions = 0
 
     def service(self) -> None:
         """Move output to the log and pty, pending input into the ring."""
@@ -61,7 +63,12 @@ class ConsoleSession:
         except RingError as e:
             if not self.ring_broken:
                 self.ring_broken = True
-                log.warning("d%d console ring: %s (skipped until it makes sense again)", self.domid, e)
+                # a guest may break and mend its ring forever: dom0.log hears of the first few times
+                self.corruptions += 1
+                if self.corruptions <= MAX_CORRUPTION_REPORTS:
+                    more = "; no more reports of it" if self.corruptions == MAX_CORRUPTION_REPORTS else ""
+                    log.warning("d%d console ring: %s (skipped until it makes sense again%s)",
+                                self.domid, e, more)
                 self.log.note(f"\n[pvhyp: console ring of d{self.domid} is corrupt: {e}]\n")
             return
         self.ring_broken = False

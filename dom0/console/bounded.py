@@ -9,18 +9,22 @@ passes, and says once that it dropped output rather than growing (a guest may pr
   let out as a line of its own (as Xen's console flushes a domain's full line buffer), so a
   guest that never writes a newline holds at most `max_line` bytes.
 - TailBuffer: the last `limit` bytes of a stream in memory, and how many came before them.
+- CappedStreamHandler: a process's own logging (hostd.log, dom0.log, where guests' misdeeds are
+  reported) stops at MAX_PROCESS_LOG_BYTES per process, with one note.
 
 Used by the console backend (guest logs, hypervisor.log) and by `pvhyp run` (what it keeps of
 the rings and prints of console_io).
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from dom0.rundir import open_log
 
 MARKER_RESERVE = 64 << 10
 MAX_LINE_BYTES = 4096
+MAX_PROCESS_LOG_BYTES = 16 << 20
 
 
 class CappedLog:
@@ -114,3 +118,32 @@ class TailBuffer:
         """The tail, after a note of what was dropped before it (once, at its head)."""
         head = f"[pvhyp: {self.dropped} bytes dropped before this]\n".encode() if self.dropped else b""
         return head + bytes(self._buf)
+
+
+class CappedStreamHandler(logging.StreamHandler):
+    def __init__(self, stream, cap: int = MAX_PROCESS_LOG_BYTES):
+        super().__init__(stream)
+        self.cap = cap
+        self.written = 0
+        self.dropped = 0            # messages not written once the cap was reached
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.written >= self.cap:
+            self.dropped += 1
+            return
+        try:
+            text = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        if self.written + len(text) > self.cap:
+            text = f"[pvhyp: this log reached {self.cap} bytes; further messages are dropped]\n"
+            self.written = self.cap
+            self.dropped += 1
+        else:
+            self.written += len(text)
+        try:
+            self.stream.write(text)
+            self.flush()
+        except Exception:
+            self.handleError(record)

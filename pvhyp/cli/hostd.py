@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 
+from dom0.console.bounded import CappedStreamHandler
 from pvhyp.host import Host
 
 
@@ -29,8 +30,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dom0-memory", type=int, default=16, help="dom0's memory in MiB")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
+    # bounded: guests' misdeeds are logged here, and a guest may misbehave forever
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="hostd: %(name)s: %(message)s", stream=sys.stderr)
+                        format="hostd: %(name)s: %(message)s", handlers=[CappedStreamHandler(sys.stderr)])
     host = Host(args.run_dir, args.memory, args.dom0_memory, args.verbose)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: host.stopping.set())

@@ -176,3 +176,42 @@ def test_pvhyp_run_keeps_tails_of_what_a_guest_floods(monkeypatch):
     assert sum(printed) >= 262144                           # all of it went by, live
     assert kept["ring"] <= (16 << 10) + 100 and kept["console_io"] <= (16 << 10) + 100, kept
     assert b"bytes dropped before this" in result.console_io
+
+
+def test_process_logs_are_capped():
+    import io
+    import logging
+
+    from dom0.console.bounded import CappedStreamHandler
+    stream = io.StringIO()
+    handler = CappedStreamHandler(stream, cap=1000)
+    logger = logging.getLogger("test_console_bounds.capped")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for i in range(1000):
+            logger.warning("guest misbehaved again (%d)", i)
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert len(text) <= 1000 + 100 and text.count("reached 1000 bytes") == 1
+    assert handler.dropped > 900
+
+
+def test_a_ring_broken_and_mended_forever_is_reported_a_few_times(tmp_path, caplog):
+    import struct
+
+    from abi.io.console import XENCONS_OUT_CONS_OFFSET, XENCONS_OUT_PROD_OFFSET
+    backend = ConsoleBackend(str(tmp_path), lambda f, cb: None, lambda f: None)
+    front, session = session_of(backend, 8, "flipper")
+    page = front.from_guest.page
+    with caplog.at_level("WARNING", logger="dom0.console"):
+        for _ in range(200):
+            struct.pack_into("<I", page, XENCONS_OUT_CONS_OFFSET, 0)
+            struct.pack_into("<I", page, XENCONS_OUT_PROD_OFFSET, 0xFFFF_0000)     # broken
+            backend.service_all()
+            struct.pack_into("<I", page, XENCONS_OUT_PROD_OFFSET, 0)               # mended
+            backend.service_all()
+    assert 1 <= len([r for r in caplog.records if "console ring" in r.getMessage()]) <= 8
+    backend.remove_domain(8)
+    assert os.path.getsize(session.log_path) <= console_backend.MAX_LOG_BYTES + (64 << 10)
