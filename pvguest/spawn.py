@@ -24,12 +24,17 @@ from collections.abc import Mapping, Sequence
 CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def python_command(args: Sequence[str]) -> list[str]:
+    """argv running this interpreter on `args` (["-m", MODULE, ...] or ["-c", CODE, ...]) with -P."""
+    return [sys.executable, "-P", *args]
+
+
 def python_module_command(module: str, args: Sequence[str] = ()) -> list[str]:
     """argv that runs `module` as __main__ in this interpreter, the working directory off sys.path."""
-    return [sys.executable, "-P", "-m", module, *args]
+    return python_command(["-m", module, *args])
 
 
-def python_module_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+def python_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """`base` (default os.environ) with PYTHONSAFEPATH set and PYTHONPATH holding absolute entries only."""
     env = dict(os.environ if base is None else base)
     env["PYTHONSAFEPATH"] = "1"
@@ -41,5 +46,5 @@ def python_module_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 def start_python_module(module: str, args: Sequence[str] = (), *, env: Mapping[str, str] | None = None,
                         **popen_kwargs: object) -> subprocess.Popen[bytes]:
     """Popen of `module` (see python_module_command); `env` defaults to ours, cleaned the same way."""
-    return subprocess.Popen(python_module_command(module, args), env=python_module_env(env),
+    return subprocess.Popen(python_module_command(module, args), env=python_env(env),
                             **popen_kwargs)  # type: ignore[call-overload]

@@ -103,7 +103,7 @@ def build_hypervisor(memory_mb: int, *, cpu: bool) -> Hypervisor:
 
 class Host:
     """The hypervisor of `pvhyp up` with dom0 as a privileged process domain (domid 0) whose
-    process, `python -m dom0`, holds the client end of its channel socket."""
+    process, `python -P -m dom0`, holds the client end of its channel socket."""
 
     def __init__(self, run_dir: str, memory_mb: int, dom0_mb: int, verbose: bool = False):
         # Checked (ours, 0700) and held open: every file of ours in it is reached through it.

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
+
+from pvguest.spawn import python_command, python_env
 
 DESCRIPTION = "hypercall latency over the socket channel vs in-process; map_foreign latency"
 
@@ -53,8 +54,8 @@ def run(args) -> int:
 
     sock = server.attach(dom0)
     env = dict(os.environ, PVHYP_CHANNEL_FD=str(sock.fileno()))
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(nr), str(args.count), str(guest.domid)],
-                         pass_fds=[sock.fileno()], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(python_command(["-c", _CHILD, str(nr), str(args.count), str(guest.domid)]),
+                         pass_fds=[sock.fileno()], env=python_env(env), capture_output=True, text=True, check=True)
     sock.close()
     socket_hc, map_foreign = (float(x) for x in out.stdout.split())
     server.close()

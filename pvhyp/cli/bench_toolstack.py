@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
+
+from pvguest.spawn import python_command, python_env
 
 DESCRIPTION = "pvhyp up, create a Python guest until its console greets, list, destroy, down"
 
@@ -15,8 +16,8 @@ def add_arguments(parser) -> None:
 
 
 def _pvhyp(env, *args) -> None:
-    subprocess.run([sys.executable, "-c", "import sys; from pvhyp.cli import main; sys.exit(main())", *args],
-                   env=env, check=True, capture_output=True)
+    subprocess.run(python_command(["-c", "import sys; from pvhyp.cli import main; sys.exit(main())", *args]),
+                   env=python_env(env), check=True, capture_output=True)
 
 
 def run(args) -> int:

@@ -64,8 +64,8 @@ def test_nothing_in_the_working_directory_is_imported(tmp_path):
 
 
 def test_the_module_starter_cleans_the_path():
-    from pvguest.spawn import CODE_ROOT, python_module_command, python_module_env
+    from pvguest.spawn import CODE_ROOT, python_env, python_module_command
     assert python_module_command("dom0", ["--x"])[1:] == ["-P", "-m", "dom0", "--x"]
-    env = python_module_env({"PYTHONPATH": os.pathsep.join(["", ".", "rel/dir", "/abs/dir"]), "HOME": "/root"})
+    env = python_env({"PYTHONPATH": os.pathsep.join(["", ".", "rel/dir", "/abs/dir"]), "HOME": "/root"})
     assert env["PYTHONSAFEPATH"] == "1" and env["HOME"] == "/root"
     assert env["PYTHONPATH"].split(os.pathsep) == [CODE_ROOT, "/abs/dir"]
