@@ -78,7 +78,10 @@ class RunDir:
 
         FileNotFoundError when it is absent and not to be made; RunDirError when it may not be used.
         """
+        # The parent canonical (so /var/run/pvhyp and /run/pvhyp are one directory, and the path
+        # hostd records matches the one `pvhyp down` is given); the last component is never followed.
         path = os.path.abspath(path)
+        path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
         if create:
             parent = os.path.dirname(path)
             try:

@@ -186,6 +186,9 @@ def test_rundir_writes_replace_and_never_follow(tmp_path):
         run_dir.record_pid(os.getpid())
         # this test is not hostd (its command line says so): the pid is not taken for one
         assert run_dir.running_pid() is None
+    os.symlink(tmp_path, tmp_path / "parent-link")
+    with RunDir.open(str(tmp_path / "parent-link" / "run")) as same:       # a symlinked parent is fine
+        assert same.path == str(tmp_path.resolve() / "run")
     with pytest.raises(RunDirError):
         os.chmod(tmp_path / "run", 0o750)
         RunDir.open(str(tmp_path / "run"))
