@@ -384,6 +384,8 @@ def parse_config(text: str, source: str = "<config>") -> DomainConfig:
     cfg.maxvcpus = get("maxvcpus", int, cfg.vcpus)
     if cfg.maxvcpus < cfg.vcpus:
         raise error("maxvcpus", f"maxvcpus {cfg.maxvcpus} is below vcpus {cfg.vcpus}")
+    if cfg.maxvcpus > 128:
+        raise error("maxvcpus", f"must be at most 128, not {cfg.maxvcpus}")
     cfg.kernel = get("kernel", str, "")
     if not cfg.kernel:
         raise ConfigError(f"{source}: no kernel (pvhyp boots PV kernels directly: set `kernel = \"...\"`)")

@@ -123,3 +123,15 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT,
                           capture_output=True, text=True, timeout=120, preexec_fn=capped)
     assert proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+
+
+def test_every_size_setting_is_bounded_in_the_config():
+    from dom0.toolstack.config import ConfigError, parse_config
+    for text, where in (("memory = 1000000000", "g.cfg:3: memory"), ("maxmem = 1000000000", "g.cfg:3: maxmem"),
+                        ("maxvcpus = 1000000000", "g.cfg:3: maxvcpus"), ("vcpus = 1000000000", "g.cfg:3: vcpus")):
+        with pytest.raises(ConfigError) as e:
+            parse_config(f'name = "g"\nkernel = "k"\n{text}\n', "g.cfg")
+        assert str(e.value).startswith(where), e.value
+    with pytest.raises(ConfigError) as e:          # JSON on the toolstack socket can carry a lone surrogate
+        parse_config('name = "g"\nkernel = "k"\n# \udcff\n', "g.cfg")
+    assert str(e.value).startswith("g.cfg:3: not UTF-8")
