@@ -38,6 +38,28 @@ def running_pid(run_dir: str) -> int | None:
     return pid
 
 
+def dom0_death(run_dir: str) -> str | None:
+    """If the hypervisor of `run_dir` runs on without its dom0: what happened and what to do (one line).
+
+    A new dom0 cannot take over running guests (their xenstore tree, rings and consoles
+    lived in the dead one), so the only way back is `pvhyp down` (which destroys them) and
+    `pvhyp up`; this says so rather than offering a restart that would leave them orphaned.
+    """
+    if running_pid(run_dir) is None:
+        return None
+    try:
+        with open(os.path.join(run_dir, "hostd.state")) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("dom0_alive") is not False:
+        return None
+    what = str(state.get("note") or "dom0 died")
+    return (f"{what} (its log: {run_dir}/dom0.log). A new dom0 cannot take over running guests (their "
+            f"xenstore and consoles died with it): `pvhyp down --run-dir {run_dir}` (destroys them), "
+            f"then `pvhyp up`")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("up", help="start the hypervisor and dom0 in the background")
     add_run_dir(p)
@@ -53,7 +75,9 @@ def add_parser(sub) -> None:
 def up(args) -> int:
     run_dir = os.path.abspath(args.run_dir or default_run_dir())
     if running_pid(run_dir):
-        raise UserError(f"already up in {run_dir} (pvhyp down --run-dir {run_dir} first)")
+        died = dom0_death(run_dir)
+        raise UserError(f"already up in {run_dir}, but {died}" if died
+                        else f"already up in {run_dir} (pvhyp down --run-dir {run_dir} first)")
     if len(os.path.join(run_dir, "xenstored", "socket")) > 100:
         raise UserError(f"run directory path too long for a Unix socket: {run_dir}")
     if args.memory < args.dom0_memory + 8:

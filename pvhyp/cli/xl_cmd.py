@@ -13,7 +13,7 @@ import termios
 import tty
 
 from pvhyp.cli.errors import UserError
-from pvhyp.cli.up_cmd import add_run_dir, default_run_dir
+from pvhyp.cli.up_cmd import add_run_dir, default_run_dir, dom0_death, running_pid
 
 DETACH = 0x1D           # Ctrl-]
 
@@ -24,9 +24,14 @@ def _request(args, cmd: str, **kwargs) -> dict:
     path = os.path.join(run_dir, "pvhyp.sock")
     try:
         reply = call(path, cmd, **kwargs)
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise UserError(f"no dom0 toolstack at {path} (is `pvhyp up` running?)") from None
-    except (ConnectionError, OSError) as e:
+    except OSError as e:        # refused, missing, closed, timed out: say why, if we can tell
+        died = dom0_death(run_dir)
+        if died:
+            raise UserError(died) from None
+        if running_pid(run_dir) is None:
+            raise UserError(f"pvhyp is not up in {run_dir} (start it with `pvhyp up`)") from None
+        if isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
+            raise UserError(f"no dom0 toolstack at {path} yet (is `pvhyp up` still starting?)") from None
         raise UserError(f"talking to dom0 at {path}: {e}") from None
     if not reply.get("ok"):
         raise UserError(reply.get("error", "dom0 refused"))
