@@ -384,8 +384,9 @@ class OneShot:
     def explain_failure(self, what: str) -> str:
         """`what` went wrong: with how dom0 ended and the end of its log, quoted here because
         close() removes the run directory the log is in."""
-        if self.host.dom0_proc is not None and self.host.dom0_proc.poll() is not None:
-            what = f"{what} (dom0: {self.host.dom0_exit()})"
+        ended = self.host.dom0_exit()
+        if self.host.dom0_proc is not None and self.host.dom0_proc.poll() is not None and ended not in what:
+            what = f"{what} (dom0: {ended})"
         tail = self.host.dom0_log_tail()
         if not tail:
             return f"{what}; dom0's log was empty"
