@@ -182,7 +182,7 @@ class ApiServer:
 
     @staticmethod
     def _too_long() -> bytes:
-        return encode_reply({"ok": False, "error": f"request line longer than {MAX_LINE} bytes"})
+        return encode_reply({"ok": False, "error": f"request longer than the toolstack's limit of {MAX_LINE} bytes per line"})
 
     def _send(self, conn: _Connection) -> bool:
         """As much of the queue as the socket takes now; False if the connection is gone."""

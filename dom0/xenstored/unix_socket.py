@@ -142,6 +142,8 @@ class SocketServer:
 
     def _dispatch(self, key: selectors.SelectorKey, events: int) -> None:
         watch: _Watch = key.data
+        if self._watch_of(key.fileobj) is not watch:
+            return      # an earlier callback of this turn dropped or re-watched the file
         try:
             if events & selectors.EVENT_READ and watch.reader is not None:
                 watch.reader()

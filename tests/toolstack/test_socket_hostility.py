@@ -171,3 +171,26 @@ def test_clients_that_never_read_delay_nobody(hostile_host):
         for sock in slow:
             sock.close()
     assert_dom0_answers(hostile_host)
+
+
+def test_pipelined_lines_are_answered_one_each_in_order(hostile_host):
+    """Many lines in one write, read only once all are sent: the reply queue's back-pressure
+    path (no line is read while a reply waits) loses and reorders nothing."""
+    lines = [b'{"cmd": "uptime"}', b"not json", b'{"cmd": "domname", "args": {"domid": 0}}'] * 700
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(REPLY_TIMEOUT)
+        sock.connect(hostile_host.sock)
+        sender = threading.Thread(target=sock.sendall, args=(b"\n".join(lines) + b"\n",), daemon=True)
+        sender.start()
+        buf = b""
+        while buf.count(b"\n") < len(lines):
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {len(buf.splitlines())} replies"
+            buf += chunk
+        sender.join(REPLY_TIMEOUT)
+    replies = [json.loads(x) for x in buf.splitlines()]
+    assert len(replies) == len(lines)
+    for i in range(0, len(replies), 3):
+        assert replies[i]["ok"] and replies[i]["domains"][0]["name"] == "Domain-0"
+        assert replies[i + 1] == {"ok": False, "error": "malformed request: not a JSON object"}
+        assert replies[i + 2] == {"ok": True, "name": "Domain-0"}
