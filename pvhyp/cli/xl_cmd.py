@@ -29,7 +29,7 @@ def _request(args, cmd: str, **kwargs) -> dict:
         if died:
             raise UserError(died) from None
         if running_pid(run_dir) is None:
-            raise UserError(f"pvhyp is not up in {run_dir} (start it with `pvhyp up`)") from None
+            raise UserError(f"not up in {run_dir} (no hypervisor process; start one with `pvhyp up`)") from None
         if isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
             raise UserError(f"no dom0 toolstack at {path} yet (is `pvhyp up` still starting?)") from None
         raise UserError(f"talking to dom0 at {path}: {e}") from None

@@ -154,6 +154,10 @@ def test_the_guests_survive_dom0_dying(tmp_path_factory, start_host):
             assert done.returncode == 2 and done.stderr.count("\n") == 1, (args, done.stderr)
             assert "died: it was killed by SIGKILL" in done.stderr and dom0_log in done.stderr, done.stderr
             assert "cannot take over running guests" in done.stderr and "pvhyp down" in done.stderr
+        host.pvhyp("down")
+        done = host.pvhyp("list", check=False)
+        assert done.returncode == 2 and done.stderr == f"pvhyp: not up in {host.run_dir} " \
+            "(no hypervisor process; start one with `pvhyp up`)\n", done.stderr
     finally:
         host.pvhyp("down", check=False)
 
