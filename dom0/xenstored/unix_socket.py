@@ -14,6 +14,7 @@ until ``stop()`` is called (``serve_forever``).
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import selectors
@@ -138,7 +139,7 @@ class SocketServer:
         with self.engine.lock:
             for key, events in ready:
                 self._dispatch(key, events)
-            self.isolate("moving xenstore output", self._flush_dirty)
+            self._flush_dirty()     # isolates each client and transport itself
 
     def _dispatch(self, key: selectors.SelectorKey, events: int) -> None:
         watch: _Watch = key.data
@@ -298,11 +299,13 @@ class SocketServer:
         # Broken socket connections are dirty too, so they get dropped here.
         for conn_id in dirty:
             client = self.clients.get(conn_id)
-            if client is not None:
-                self._write(client)
+            # each client on its own: one failing is dropped, the others still get their output
+            if client is not None and not self.isolate(f"xenstore socket connection {conn_id}",
+                                                       functools.partial(self._write, client)):
+                self._drop(client)
         others = {conn_id for conn_id in dirty if conn_id not in self.clients}
         for transport in self.other_transports:
-            transport.flush(others)
+            self.isolate("serving the guests' rings", functools.partial(transport.flush, others))
 
     def close(self) -> None:
         if self.engine.wakeup == self._wake:
