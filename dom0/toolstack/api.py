@@ -18,7 +18,9 @@ still hostile input, and these are the rules every connection lives by:
 * Nothing blocks dom0's loop: replies wait in the connection's output queue and
   are sent when the socket is writable; while any reply is unsent no further line
   is handled or read (the client's own kernel buffer fills instead), so a client
-  that never reads holds one reply of dom0's memory and delays nobody.
+  that never reads holds one reply of dom0's memory and delays nobody. A client's
+  pipelined lines are answered LINES_PER_TURN per turn of the loop, so a burst from
+  one does not keep the others (or the guests' rings) waiting either.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ log = logging.getLogger("dom0.api")
 MAX_LINE = 1 << 20              # bytes in one request line, newline excluded
 MAX_ERROR = 400                 # characters of an error reply
 _RECV_BYTES = 65536
+LINES_PER_TURN = 64             # requests of one connection answered per turn of dom0's loop
 
 DOM = (str, int)                # xl takes a domain by name or by id
 # command -> {parameter: (JSON types accepted, required)}. A command missing here is
@@ -135,11 +138,14 @@ class ApiServer:
         conn = self.clients[sock] = _Connection(sock)
         self._rewatch(conn)
 
-    def _rewatch(self, conn: _Connection) -> None:
-        """Read only while no reply waits (the queue stays one reply long); write while one does."""
+    def _rewatch(self, conn: _Connection, more: bool = False) -> None:
+        """Read only while no reply waits (the queue stays one reply long); write while one
+        does, or while whole lines wait for their turn (`more`: the socket is writable at once,
+        so they are served on the loop's next turn, after every other ready file)."""
+        busy = bool(conn.out) or more
         self.loop.watch(conn.sock, "a toolstack connection",
-                        None if conn.out else (lambda: self._read(conn)),
-                        (lambda: self._write(conn)) if conn.out else None,
+                        None if busy else (lambda: self._read(conn)),
+                        (lambda: self._write(conn)) if busy else None,
                         on_failure=lambda: self._drop(conn))
 
     def _drop(self, conn: _Connection) -> None:
@@ -166,8 +172,11 @@ class ApiServer:
         self._serve(conn)
 
     def _serve(self, conn: _Connection) -> None:
-        """Answer whole lines while the output queue is empty; then watch for what is left."""
-        while not conn.out:
+        """Answer whole lines while the output queue is empty, LINES_PER_TURN at most (one
+        client's pipelined burst waits for the loop's next turn); then watch for what is left."""
+        for _ in range(LINES_PER_TURN):
+            if conn.out:
+                break
             if b"\n" in conn.inbuf:
                 line, conn.inbuf = conn.inbuf.split(b"\n", 1)
                 conn.out = self.handle_line(line) if len(line) <= MAX_LINE else self._too_long()
@@ -178,7 +187,7 @@ class ApiServer:
                 break
             if not self._send(conn):
                 return
-        self._rewatch(conn)
+        self._rewatch(conn, more=b"\n" in conn.inbuf)
 
     @staticmethod
     def _too_long() -> bytes:
