@@ -128,6 +128,11 @@ def _xs_message(msg_type: int, payload: bytes, req_id: int = 1) -> bytes:
     return wire.xsd_sockmsg.build(dict(type=msg_type, req_id=req_id, tx_id=0, len=len(payload))) + payload
 
 
+LOOKING_TYPES = (wire.XS_READ, wire.XS_DIRECTORY, wire.XS_GET_PERMS, wire.XS_WATCH, wire.XS_UNWATCH,
+                 wire.XS_TRANSACTION_START, wire.XS_GET_DOMAIN_PATH, wire.XS_IS_DOMAIN_INTRODUCED,
+                 wire.XS_DIRECTORY_PART, wire.XS_ERROR, wire.XS_WATCH_EVENT)
+
+
 def _xs_read(path: str, node: str) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(REPLY_TIMEOUT)
@@ -194,3 +199,21 @@ def test_pipelined_lines_are_answered_one_each_in_order(hostile_host):
         assert replies[i]["ok"] and replies[i]["domains"][0]["name"] == "Domain-0"
         assert replies[i + 1] == {"ok": False, "error": "malformed request: not a JSON object"}
         assert replies[i + 2] == {"ok": True, "name": "Domain-0"}
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.binary(max_size=120) | st.builds(
+    _xs_message, st.sampled_from(LOOKING_TYPES) | st.integers(wire.XS_TYPE_COUNT, (1 << 32) - 1),
+    st.binary(max_size=60)), max_size=6))
+def test_any_bytes_on_the_xenstored_socket_leave_dom0_serving(hostile_host, chunks):
+    """Random bytes and well-framed requests (of types that only look, or no type at all: the
+    connection is privileged, a random XS_RM could remove what the test reads back)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(hostile_host.xenstored_socket)
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+        except OSError:
+            pass                # xenstored closed a connection that broke the protocol
+    assert _xs_read(hostile_host.xenstored_socket, "/local/domain/0/name") == b"Domain-0"
+    assert_dom0_answers(hostile_host)
