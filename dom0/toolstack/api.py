@@ -21,6 +21,7 @@ still hostile input, and these are the rules every connection lives by:
   that never reads holds one reply of dom0's memory and delays nobody. A client's
   pipelined lines are answered LINES_PER_TURN per turn of the loop, so a burst from
   one does not keep the others (or the guests' rings) waiting either.
+* At most MAX_CONNECTIONS are held: past it, the one idle longest is closed.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import json
 import logging
 import os
 import socket
+import time
 import traceback
 
 log = logging.getLogger("dom0.api")
@@ -35,6 +37,10 @@ MAX_LINE = 1 << 20              # bytes in one request line, newline excluded
 MAX_ERROR = 400                 # characters of an error reply
 _RECV_BYTES = 65536
 LINES_PER_TURN = 64             # requests of one connection answered per turn of dom0's loop
+# Connections held at once. Each is one short request and reply (the CLI's `call`), so
+# at the bound the one idle longest is closed to make room: idle connections can neither
+# use up dom0's file descriptors nor lock the toolstack out.
+MAX_CONNECTIONS = 64
 
 DOM = (str, int)                # xl takes a domain by name or by id
 # command -> {parameter: (JSON types accepted, required)}. A command missing here is
@@ -109,6 +115,7 @@ class _Connection:
         self.inbuf = b""            # received, not yet a whole line
         self.out = b""              # replies not yet accepted by the kernel
         self.skipping = False       # inside an over-long line: dropping bytes up to its newline
+        self.last_active = time.monotonic()
 
 
 class ApiServer:
@@ -135,6 +142,10 @@ class ApiServer:
         except OSError:
             return
         sock.setblocking(False)
+        if len(self.clients) >= MAX_CONNECTIONS:
+            idlest = min(self.clients.values(), key=lambda c: c.last_active)
+            log.warning("%d toolstack connections: closing the one idle longest", len(self.clients))
+            self._drop(idlest)
         conn = self.clients[sock] = _Connection(sock)
         self._rewatch(conn)
 
@@ -163,6 +174,7 @@ class ApiServer:
         if not data:
             self._drop(conn)
             return
+        conn.last_active = time.monotonic()
         if conn.skipping:
             if b"\n" not in data:
                 return

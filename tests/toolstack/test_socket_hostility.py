@@ -217,3 +217,25 @@ def test_any_bytes_on_the_xenstored_socket_leave_dom0_serving(hostile_host, chun
             pass                # xenstored closed a connection that broke the protocol
     assert _xs_read(hostile_host.xenstored_socket, "/local/domain/0/name") == b"Domain-0"
     assert_dom0_answers(hostile_host)
+
+
+def test_idle_connections_neither_pile_up_nor_lock_the_toolstack_out(hostile_host):
+    from dom0.toolstack.api import MAX_CONNECTIONS
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS + 40):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(hostile_host.sock)
+            idle.append(sock)
+        assert_dom0_answers(hostile_host)           # a new client still gets in
+        closed = 0
+        for sock in idle:
+            sock.settimeout(REPLY_TIMEOUT if closed < 40 else 0.01)
+            try:
+                closed += sock.recv(1) == b""
+            except TimeoutError:
+                pass
+        assert closed >= 40, closed                 # the idlest were closed to make room
+    finally:
+        for sock in idle:
+            sock.close()
