@@ -228,14 +228,16 @@ def test_idle_connections_neither_pile_up_nor_lock_the_toolstack_out(hostile_hos
             sock.connect(hostile_host.sock)
             idle.append(sock)
         assert_dom0_answers(hostile_host)           # a new client still gets in
-        closed = 0
+        # dom0 closed the idlest before it answered: what is still open is within the bound
+        still_open = 0
         for sock in idle:
-            sock.settimeout(REPLY_TIMEOUT if closed < 40 else 0.01)
+            sock.settimeout(0.05)
             try:
-                closed += sock.recv(1) == b""
+                assert sock.recv(1) == b""
             except TimeoutError:
-                pass
-        assert closed >= 40, closed                 # the idlest were closed to make room
+                still_open += 1
+        assert still_open <= MAX_CONNECTIONS, still_open
+        assert still_open > 0                       # only the idlest, not every one
     finally:
         for sock in idle:
             sock.close()
