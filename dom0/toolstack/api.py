@@ -41,6 +41,7 @@ LINES_PER_TURN = 64             # requests of one connection answered per turn o
 # at the bound the one idle longest is closed to make room: idle connections can neither
 # use up dom0's file descriptors nor lock the toolstack out.
 MAX_CONNECTIONS = 64
+ACCEPTS_PER_TURN = 16           # a burst of connects is taken in a few turns of the loop
 
 DOM = (str, int)                # xl takes a domain by name or by id
 # command -> {parameter: (JSON types accepted, required)}. A command missing here is
@@ -131,16 +132,20 @@ class ApiServer:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         os.chmod(path, 0o600)
-        self.listener.listen(16)
+        self.listener.listen(socket.SOMAXCONN)
         self.listener.setblocking(False)
         self.clients: dict[socket.socket, _Connection] = {}
         loop.watch(self.listener, "the toolstack's listening socket", self._accept, on_failure=lambda: None)
 
     def _accept(self) -> None:
-        try:
-            sock, _ = self.listener.accept()
-        except OSError:
-            return
+        for _ in range(ACCEPTS_PER_TURN):
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self._add_connection(sock)
+
+    def _add_connection(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         if len(self.clients) >= MAX_CONNECTIONS:
             idlest = min(self.clients.values(), key=lambda c: c.last_active)
@@ -255,9 +260,9 @@ def encode_reply(reply: dict) -> bytes:
 
 def call(path: str, cmd: str, timeout: float = 30.0, **args) -> dict:
     """Client side: one request, one reply (used by the CLI and tests)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
+    deadline = time.monotonic() + timeout
+    with _connect(path, deadline) as sock:
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
         sock.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
@@ -266,3 +271,23 @@ def call(path: str, cmd: str, timeout: float = 30.0, **args) -> dict:
                 raise ConnectionError("dom0 closed the toolstack connection")
             buf += chunk
     return json.loads(buf)
+
+
+def _connect(path: str, deadline: float) -> socket.socket:
+    """A connection to dom0's socket by `deadline`. A Unix socket with a timeout does not
+    wait for room in a full listen queue (connect fails with EAGAIN at once, as when many
+    clients connect together), so that wait is done here."""
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            sock.connect(path)
+            return sock
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{path}: dom0 accepted no connection in time") from None
+            time.sleep(0.01)
+        except BaseException:
+            sock.close()
+            raise

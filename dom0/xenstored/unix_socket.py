@@ -47,6 +47,7 @@ _MAX_BACKLOG = 4 << 20
 # line every _LOG_EVERY failures: the log stays bounded.
 _TRACEBACKS_LOGGED = 3
 _LOG_EVERY = 1000
+_ACCEPTS_PER_TURN = 16  # a burst of connects is taken in a few turns of the loop
 
 
 @dataclass(eq=False)
@@ -219,14 +220,15 @@ class SocketServer:
     # -- clients -----------------------------------------------------------------
 
     def _accept(self) -> None:
-        try:
-            sock, _ = self.listener.accept()
-        except OSError:
-            return
-        sock.setblocking(False)
-        client = _Client(sock, self.engine.open_connection(domid=0))
-        self.clients[client.conn_id] = client
-        self._rewatch(client)
+        for _ in range(_ACCEPTS_PER_TURN):
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            sock.setblocking(False)
+            client = _Client(sock, self.engine.open_connection(domid=0))
+            self.clients[client.conn_id] = client
+            self._rewatch(client)
 
     def _rewatch(self, client: _Client) -> None:
         conn = self.engine.connections.get(client.conn_id)
