@@ -46,8 +46,9 @@ class Dom0:
         self.hypervisor_log = HypervisorLog(os.path.join(run_dir, "console"))
         self.toolstack = Toolstack(channel, self.xs, self.rings, self.consoles, self.evtchn, run_dir)
         self.api = ApiServer(os.path.join(run_dir, "pvhyp.sock"), self.toolstack.commands(),
-                             self.add_reader, self.remove_reader, user_errors=(ToolstackError,))
-        self.add_reader(channel, self._on_event)
+                             self.xs_server, user_errors=(ToolstackError,))
+        # dom0's own channel stays watched whatever a guest's ring made its handler raise
+        self.xs_server.add_reader(channel, self._on_event, on_failure=lambda: None)
         self.stopping = False
         self._next_state_check = 0.0
         # Xen raises VIRQ_DOM_EXC in dom0 when a domain shuts down or dies: react at once
@@ -62,10 +63,7 @@ class Dom0:
         self.xs_server.add_reader(fileobj, callback)
 
     def remove_reader(self, fileobj) -> None:
-        try:
-            self.xs_server.selector.unregister(fileobj)
-        except (KeyError, ValueError):
-            pass
+        self.xs_server.unwatch(fileobj)
 
     def _on_event(self) -> None:
         try:
@@ -82,20 +80,26 @@ class Dom0:
         self.rings.flush()
         self.consoles.service_all()
 
+    def _check_domains(self) -> None:
+        try:
+            self.toolstack.periodic()
+            domids = [d["domid"] for d in self.channel.domain_info()["domains"]]
+            self.hypervisor_log.poll(self.channel, domids)
+        except ChannelClosed:
+            log.error("the hypervisor closed dom0's channel")
+            self.stopping = True
+
     def run(self) -> None:
+        # Every step runs isolated (the loop's callbacks inside poll(), the passes here):
+        # a failure is logged and the loop goes on, so no guest and no client ends dom0.
+        isolate = self.xs_server.isolate
         while not self.stopping:
             self.xs_server.poll(POLL_SECONDS)
-            self._serve_rings()
+            isolate("serving the rings", self._serve_rings)
             now = time.monotonic()
             if now >= self._next_state_check:
                 self._next_state_check = now + STATE_SECONDS
-                try:
-                    self.toolstack.periodic()
-                    domids = [d["domid"] for d in self.channel.domain_info()["domains"]]
-                    self.hypervisor_log.poll(self.channel, domids)
-                except ChannelClosed:
-                    log.error("the hypervisor closed dom0's channel")
-                    self.stopping = True
+                isolate("the periodic domain check", self._check_domains)
         self.close()
 
     def stop(self) -> None:

@@ -20,6 +20,7 @@ import logging
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,7 @@ DOM0_READY_TIMEOUT = 30.0
 DOM0_MB = 16                    # dom0's memory under `pvhyp run`
 ONESHOT_SLACK_MB = 64           # beside the guest and dom0 under `pvhyp run` (hypervisor tables, rings)
 HISTORY_SHOWN = 6               # hypercalls named in a crash line
+DOM0_LOG_LINES_SHOWN = 15       # lines of dom0's log quoted when a one-shot run loses dom0
 CONSOLE_DRAIN_SECONDS = 2.0
 RUN_TAIL_BYTES = 1 << 20        # of console_io and of the ring, kept in memory by `pvhyp run`
 
@@ -147,11 +149,39 @@ class Host:
         sock.close()
         deadline = time.monotonic() + DOM0_READY_TIMEOUT
         while not os.path.exists(ready):
-            if self.dom0_proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"dom0 did not start (see {self.run_dir}/dom0.log)")
+            if self.dom0_proc.poll() is not None:
+                raise RuntimeError(f"dom0 did not start: {self.dom0_exit()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dom0 was not ready within {DOM0_READY_TIMEOUT:.0f}s")
             time.sleep(0.02)
         self.dom0_alive = True
         self._report()
+
+    @property
+    def dom0_log(self) -> str:
+        return os.path.join(self.run_dir, "dom0.log")
+
+    def dom0_exit(self) -> str:
+        """How dom0's process ended, in words ("it exited with status 1", "it was killed by SIGKILL")."""
+        code = self.dom0_proc.poll() if self.dom0_proc is not None else None
+        if code is None:
+            return "it is still running"
+        if code < 0:
+            try:
+                return f"it was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"it was killed by signal {-code}"
+        return f"it exited with status {code}"
+
+    def dom0_log_tail(self, lines: int = DOM0_LOG_LINES_SHOWN) -> list[str]:
+        """The last lines of dom0's log, for a report that outlives the run directory."""
+        try:
+            with open(self.dom0_log, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 64 * 1024))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return []
+        return text.splitlines()[-lines:]
 
     def _report(self, note: str = "") -> None:
         guests = sorted(d for d in self.hv.domains if d != 0)
@@ -164,7 +194,7 @@ class Host:
             if self.dom0_alive and self.dom0_proc is not None and self.dom0_proc.poll() is not None:
                 self.dom0_alive = False
                 guests = sorted(d for d in self.hv.domains if d != 0)
-                note = (f"dom0 (pid {self.dom0_proc.pid}) exited with status {self.dom0_proc.returncode}; "
+                note = (f"dom0 (pid {self.dom0_proc.pid}) died: {self.dom0_exit()}; "
                         f"the hypervisor keeps running {len(guests)} guest(s): {guests}")
                 print(f"pvhyp: {note}", file=sys.stderr, flush=True)
                 self._report(note)
@@ -369,6 +399,18 @@ class OneShot:
                 return f.read()
         except OSError:
             return self._ring.getvalue()
+
+    def explain_failure(self, what: str) -> str:
+        """`what` went wrong: with how dom0 ended and the end of its log, quoted here because
+        close() removes the run directory the log is in."""
+        ended = self.host.dom0_exit()
+        if self.host.dom0_proc is not None and self.host.dom0_proc.poll() is not None and ended not in what:
+            what = f"{what} (dom0: {ended})"
+        tail = self.host.dom0_log_tail()
+        if not tail:
+            return f"{what}; dom0's log was empty"
+        return f"{what}; the end of dom0's log (removed with the run directory):\n" + "\n".join(
+            f"    {line}" for line in tail)
 
     def close(self) -> None:
         if self._closed:

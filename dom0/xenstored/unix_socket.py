@@ -13,12 +13,15 @@ until ``stop()`` is called (``serve_forever``).
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
 import os
 import selectors
 import socket
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from .core import Engine
@@ -30,9 +33,37 @@ if TYPE_CHECKING:
 log = logging.getLogger("dom0.xenstored.socket")
 
 _RECV_BYTES = 65536
-# A tool that sends requests without reading replies is not read from
-# while this much output is waiting for it.
+# Input is handed to the engine in slices this big, and only while the client's unread
+# output is below _MAX_UNREAD_OUTPUT: the replies to one slice are bounded (at most
+# 4096 / 16 requests of at most XENSTORE_PAYLOAD_MAX each), so a tool that writes
+# requests without reading replies stops being read instead of growing dom0's memory.
+_FEED_BYTES = 4096
 _MAX_UNREAD_OUTPUT = 1 << 20
+# Replies alone stay below about 2 MiB (above); only watch events the tool never
+# collects take a client past this, and such a client is dropped (as a guest over
+# its memory quota loses events, a socket client loses its connection).
+_MAX_BACKLOG = 4 << 20
+# A callback that keeps failing has its traceback logged this many times, then one
+# line every _LOG_EVERY failures: the log stays bounded.
+_TRACEBACKS_LOGGED = 3
+_LOG_EVERY = 1000
+_ACCEPTS_PER_TURN = 16  # a burst of connects is taken in a few turns of the loop
+
+
+@dataclass(eq=False)
+class _Watch:
+    """What the loop does with one file: call ``reader`` when it is readable, ``writer``
+    when it is writable (each None: not wanted), and ``on_failure`` when either raised
+    (None: stop watching the file)."""
+    what: str
+    reader: Callable[[], None] | None
+    writer: Callable[[], None] | None = None
+    on_failure: Callable[[], None] | None = None
+
+    @property
+    def events(self) -> int:
+        return ((selectors.EVENT_READ if self.reader else 0)
+                | (selectors.EVENT_WRITE if self.writer else 0))
 
 
 class _Client:
@@ -40,9 +71,25 @@ class _Client:
         self.sock = sock
         self.conn_id = conn_id
         self.pending = b""  # taken from the engine, not yet accepted by the kernel
+        self.unfed = b""    # received, not yet handed to the engine
+        self.watching: tuple[bool, bool] | None = None  # (reading, writing) as last asked of the loop
 
 
 class SocketServer:
+    """xenstored's socket, and the one event loop of the process that serves it.
+
+    Rules of the loop (dom0 runs everything on it, so these are its safety rules):
+    * Every file is watched through ``watch()``, and every callback the loop makes
+      (a reader, a writer, accepting, a xenstore client's bytes) runs behind the same
+      guard: an exception is logged (bounded) and ends only that file's watch (its
+      ``on_failure``: a client is dropped), never the loop.
+    * Nothing in a callback blocks: sockets are non-blocking, output waits in a
+      per-client queue and is sent when the selector says the socket is writable.
+    * A client's queued output is bounded: it stops being read while much output is
+      unread, and is dropped once past the hard bound, so no client can hold up
+      another or a guest's ring.
+    """
+
     def __init__(self, engine: Engine, path: str,
                  other_transports: Iterable[RingServer] = ()) -> None:
         self.engine = engine
@@ -50,11 +97,13 @@ class SocketServer:
         self.other_transports = list(other_transports)
         self.selector = selectors.DefaultSelector()
         self.clients: dict[int, _Client] = {}  # by engine connection id
+        self.failures: collections.Counter[str] = collections.Counter()
         self._stopping = threading.Event()
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._wakeup_r.setblocking(False)
         self._wakeup_w.setblocking(False)
-        self.selector.register(self._wakeup_r, selectors.EVENT_READ, None)
+        self.watch(self._wakeup_r, "the loop's wake-up socket", self._drain_wakeup,
+                   on_failure=lambda: None)
 
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if os.path.exists(path):
@@ -64,7 +113,7 @@ class SocketServer:
         os.chmod(path, 0o600)  # dom0 root tools only
         self.listener.listen(64)
         self.listener.setblocking(False)
-        self.selector.register(self.listener, selectors.EVENT_READ, "listener")
+        self.watch(self.listener, "xenstored's listening socket", self._accept, on_failure=lambda: None)
         # Output queued by other threads (LocalClient, ring kicks) wakes us.
         engine.wakeup = self._wake
 
@@ -89,29 +138,78 @@ class SocketServer:
     def poll(self, timeout: float | None = 0.0) -> None:
         ready = self.selector.select(timeout)
         with self.engine.lock:
-            self._handle(ready)
-            self._flush_dirty()
+            for key, events in ready:
+                self._dispatch(key, events)
+            self._flush_dirty()     # isolates each client and transport itself
 
-    def _handle(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
-        for key, events in ready:
-            if key.data == "listener":
-                self._accept()
-            elif key.data is None:
-                self._drain_wakeup()
-            elif callable(key.data):
-                key.data()
+    def _dispatch(self, key: selectors.SelectorKey, events: int) -> None:
+        watch: _Watch = key.data
+        if self._watch_of(key.fileobj) is not watch:
+            return      # an earlier callback of this turn dropped or re-watched the file
+        try:
+            if events & selectors.EVENT_READ and watch.reader is not None:
+                watch.reader()
+            # the reader may have dropped the file, or changed what is watched
+            if events & selectors.EVENT_WRITE and self._watch_of(key.fileobj) is watch \
+                    and watch.writer is not None:
+                watch.writer()
+        except Exception:
+            self._log_failure(watch.what)
+            if watch.on_failure is None:
+                self.unwatch(key.fileobj)
             else:
-                client = key.data
-                if events & selectors.EVENT_READ:
-                    self._read(client)
-                if events & selectors.EVENT_WRITE and client.conn_id in self.clients:
-                    self._write(client)
+                self.isolate(f"cleaning up after {watch.what}", watch.on_failure)
 
-    def add_reader(self, fileobj: FileDescriptorLike, callback: Callable[[], None]) -> None:
+    def isolate(self, what: str, fn: Callable[[], None]) -> bool:
+        """Run ``fn()``; an exception is logged (bounded) and reported as False, never raised.
+        The loop calls every callback this way; dom0 runs its periodic passes through it."""
+        try:
+            fn()
+        except Exception:
+            self._log_failure(what)
+            return False
+        return True
+
+    def _log_failure(self, what: str) -> None:
+        self.failures[what] += 1
+        count = self.failures[what]
+        if count <= _TRACEBACKS_LOGGED:
+            log.exception("%s failed (isolated; the loop goes on)", what)
+        elif count % _LOG_EVERY == 0:
+            log.error("%s failed %d times so far", what, count)
+
+    def watch(self, fileobj: FileDescriptorLike, what: str, reader: Callable[[], None] | None,
+              writer: Callable[[], None] | None = None,
+              on_failure: Callable[[], None] | None = None) -> None:
+        """Watch ``fileobj`` (again: this replaces what was watched) for the callbacks given;
+        with neither a reader nor a writer, stop watching it."""
+        entry = _Watch(what, reader, writer, on_failure)
+        if not entry.events:
+            self.unwatch(fileobj)
+        elif self._watch_of(fileobj) is None:
+            self.selector.register(fileobj, entry.events, entry)
+        else:
+            self.selector.modify(fileobj, entry.events, entry)
+
+    def unwatch(self, fileobj: FileDescriptorLike) -> None:
+        try:
+            self.selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    def _watch_of(self, fileobj: FileDescriptorLike) -> _Watch | None:
+        try:
+            watch: _Watch = self.selector.get_key(fileobj).data
+        except (KeyError, ValueError):
+            return None
+        return watch
+
+    def add_reader(self, fileobj: FileDescriptorLike, callback: Callable[[], None],
+                   on_failure: Callable[[], None] | None = None) -> None:
         """Run ``callback()`` in this loop whenever ``fileobj`` is readable
         (e.g. the event-channel fd whose kicks go to RingServer.kick), so
         that the single-threaded engine is only ever touched from here."""
-        self.selector.register(fileobj, selectors.EVENT_READ, callback)
+        self.watch(fileobj, getattr(callback, "__qualname__", "a reader"), callback, on_failure=on_failure)
 
     def _drain_wakeup(self) -> None:
         try:
@@ -122,14 +220,28 @@ class SocketServer:
     # -- clients -----------------------------------------------------------------
 
     def _accept(self) -> None:
-        try:
-            sock, _ = self.listener.accept()
-        except OSError:
+        for _ in range(_ACCEPTS_PER_TURN):
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            sock.setblocking(False)
+            client = _Client(sock, self.engine.open_connection(domid=0))
+            self.clients[client.conn_id] = client
+            self._rewatch(client)
+
+    def _rewatch(self, client: _Client) -> None:
+        conn = self.engine.connections.get(client.conn_id)
+        backlog = len(client.pending) + (conn.out_bytes if conn is not None else 0)
+        wanted = (backlog < _MAX_UNREAD_OUTPUT and not client.unfed, bool(client.pending))
+        if wanted == client.watching:
             return
-        sock.setblocking(False)
-        client = _Client(sock, self.engine.open_connection(domid=0))
-        self.clients[client.conn_id] = client
-        self.selector.register(sock, selectors.EVENT_READ, client)
+        client.watching = wanted
+        reading, writing = wanted
+        self.watch(client.sock, f"xenstore socket connection {client.conn_id}",
+                   (lambda: self._read(client)) if reading else None,
+                   (lambda: self._write(client)) if writing else None,
+                   on_failure=lambda: self._drop(client))
 
     def _read(self, client: _Client) -> None:
         try:
@@ -141,37 +253,46 @@ class SocketServer:
         if not data:
             self._drop(client)
             return
-        self.engine.feed(client.conn_id, data)
+        client.unfed += data
+        self._write(client)
 
     def _write(self, client: _Client) -> None:
+        """Move bytes both ways as far as they go without blocking, then watch for the rest."""
+        conn = self.engine.connections.get(client.conn_id)
         while True:
+            backlog = len(client.pending) + (conn.out_bytes if conn is not None else 0)
+            fed = b""
+            if client.unfed and backlog < _MAX_UNREAD_OUTPUT:
+                fed, client.unfed = client.unfed[:_FEED_BYTES], client.unfed[_FEED_BYTES:]
+                self.engine.feed(client.conn_id, fed)
             if not client.pending:
                 client.pending = self.engine.data_to_send(client.conn_id, _RECV_BYTES)
-                if not client.pending:
-                    break
-            try:
-                sent = client.sock.send(client.pending)
-            except (BlockingIOError, InterruptedError):
+            sent = 0
+            if client.pending:
+                try:
+                    sent = client.sock.send(client.pending)
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    self._drop(client)
+                    return
+                client.pending = client.pending[sent:]
+            if not fed and not sent:
                 break
-            except OSError:
-                self._drop(client)
-                return
-            client.pending = client.pending[sent:]
-        conn = self.engine.connections.get(client.conn_id)
         if conn is not None and conn.broken is not None and not client.pending:
             self._drop(client)  # protocol violation: nothing more to say
             return
         backlog = len(client.pending) + (conn.out_bytes if conn is not None else 0)
-        wanted = ((selectors.EVENT_READ if backlog < _MAX_UNREAD_OUTPUT else 0)
-                  | (selectors.EVENT_WRITE if client.pending else 0))
-        self.selector.modify(client.sock, wanted or selectors.EVENT_READ, client)
+        if backlog > _MAX_BACKLOG:
+            log.warning("xenstore socket connection %d dropped: %d bytes of output it does not read",
+                        client.conn_id, backlog)
+            self._drop(client)
+            return
+        self._rewatch(client)
 
     def _drop(self, client: _Client) -> None:
         self.clients.pop(client.conn_id, None)
-        try:
-            self.selector.unregister(client.sock)
-        except (KeyError, ValueError):
-            pass
+        self.unwatch(client.sock)
         client.sock.close()
         self.engine.close_connection(client.conn_id)
 
@@ -180,11 +301,13 @@ class SocketServer:
         # Broken socket connections are dirty too, so they get dropped here.
         for conn_id in dirty:
             client = self.clients.get(conn_id)
-            if client is not None:
-                self._write(client)
+            # each client on its own: one failing is dropped, the others still get their output
+            if client is not None and not self.isolate(f"xenstore socket connection {conn_id}",
+                                                       functools.partial(self._write, client)):
+                self._drop(client)
         others = {conn_id for conn_id in dirty if conn_id not in self.clients}
         for transport in self.other_transports:
-            transport.flush(others)
+            self.isolate("serving the guests' rings", functools.partial(transport.flush, others))
 
     def close(self) -> None:
         if self.engine.wakeup == self._wake:
@@ -192,10 +315,7 @@ class SocketServer:
         for client in list(self.clients.values()):
             self._drop(client)
         for sock in (self.listener, self._wakeup_r, self._wakeup_w):
-            try:
-                self.selector.unregister(sock)
-            except (KeyError, ValueError):
-                pass
+            self.unwatch(sock)
             sock.close()
         self.selector.close()
         try:

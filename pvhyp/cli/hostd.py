@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     try:
         host.start_dom0()
     except RuntimeError as e:
-        print(f"pvhyp: {e}", file=sys.stderr)
+        print(f"pvhyp: {e} (see {host.dom0_log})", file=sys.stderr)
         host.shutdown()
         return 1
     return host.run()

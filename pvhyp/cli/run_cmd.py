@@ -127,12 +127,13 @@ def run_guest(config_text: str, source: str = "<config>", timeout: float | None 
         except GuestRefused as e:
             raise UserError(str(e)) from None
         except Exception as e:
-            return RunResult(None, "error", time.monotonic() - started, error=f"start-up failed: {e!r}")
+            return RunResult(None, "error", time.monotonic() - started,
+                             error=run.explain_failure(f"start-up failed: {e}"))
         try:
             reason = run.wait(timeout, stdin_fd)
         except KeyboardInterrupt:
             reason = "interrupted"
-        error = "dom0 exited" if reason == "error" else None
+        error = run.explain_failure("dom0 exited") if reason == "error" else None
         return RunResult(domid, reason, time.monotonic() - started, bytes(run.console_io), run.ring_text(),
                          run.crash_line, error, run.hv.trace.history(domid))
     finally:

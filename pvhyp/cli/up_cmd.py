@@ -44,6 +44,25 @@ def add_run_dir(parser) -> None:
                              "for root and $XDG_RUNTIME_DIR/pvhyp for others); must be yours, mode 0700")
 
 
+def dom0_death(run_dir: RunDir) -> str | None:
+    """If the hypervisor of `run_dir` runs on without its dom0: what happened and what to do (one line).
+
+    A new dom0 cannot take over running guests (their xenstore tree, rings and consoles
+    lived in the dead one), so the only way back is `pvhyp down` (which destroys them) and
+    `pvhyp up`; this says so rather than offering a restart that would leave them orphaned.
+    """
+    if run_dir.running_pid() is None:
+        return None
+    state = _read_state(run_dir)
+    if state.get("dom0_alive") is not False:
+        return None
+    what = str(state.get("note") or "dom0 died")
+    where = run_dir.path
+    return (f"{what} (its log: {where}/dom0.log). A new dom0 cannot take over running guests (their "
+            f"xenstore and consoles died with it): `pvhyp down --run-dir {where}` (destroys them), "
+            f"then `pvhyp up`")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("up", help="start the hypervisor and dom0 in the background")
     add_run_dir(p)
@@ -64,7 +83,9 @@ def up(args) -> int:
 
 def _up(args, run_dir: RunDir) -> int:
     if run_dir.running_pid():
-        raise UserError(f"already up in {run_dir.path} (pvhyp down --run-dir {run_dir.path} first)")
+        died = dom0_death(run_dir)
+        raise UserError(f"already up in {run_dir.path}, but {died}" if died
+                        else f"already up in {run_dir.path} (pvhyp down --run-dir {run_dir.path} first)")
     if len(run_dir.join("xenstored", "socket")) > 100:
         raise UserError(f"run directory path too long for a Unix socket: {run_dir.path}")
     from pvhyp.host import host_memory_mb

@@ -14,7 +14,7 @@ import tty
 
 from dom0.rundir import UntrustedListener
 from pvhyp.cli.errors import UserError
-from pvhyp.cli.up_cmd import add_run_dir, open_run_dir
+from pvhyp.cli.up_cmd import add_run_dir, dom0_death, open_run_dir
 
 DETACH = 0x1D           # Ctrl-]
 
@@ -25,11 +25,17 @@ def _request(args, cmd: str, **kwargs) -> dict:
         path = run_dir.join("pvhyp.sock")
     try:
         reply = call(path, cmd, **kwargs)
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise UserError(f"no dom0 toolstack at {path} (is `pvhyp up` running?)") from None
     except UntrustedListener as e:
         raise UserError(str(e)) from None
-    except (ConnectionError, OSError) as e:
+    except OSError as e:        # refused, missing, closed, timed out: say why, if we can tell
+        with open_run_dir(args) as run_dir:
+            died = dom0_death(run_dir)
+            if died:
+                raise UserError(died) from None
+            if run_dir.running_pid() is None:
+                raise UserError(f"not up in {run_dir.path} (no hypervisor process; start one with `pvhyp up`)") from None
+        if isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
+            raise UserError(f"no dom0 toolstack at {path} yet (is `pvhyp up` still starting?)") from None
         raise UserError(f"talking to dom0 at {path}: {e}") from None
     if not reply.get("ok"):
         raise UserError(reply.get("error", "dom0 refused"))

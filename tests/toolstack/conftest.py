@@ -90,7 +90,7 @@ def start_host(run_dir: str, memory_mb: int = 192) -> Host:
     return host
 
 
-@pytest.fixture(name="start_host")
+@pytest.fixture(name="start_host", scope="session")
 def start_host_fixture():
     return start_host
 

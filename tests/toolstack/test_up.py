@@ -147,6 +147,17 @@ def test_the_guests_survive_dom0_dying(tmp_path_factory, start_host):
         assert state["guests"] == [1] and "dom0 (pid" in state["note"] and "keeps running 1 guest" in state["note"]
         with open(os.path.join(host.run_dir, "hostd.log")) as f:
             assert "the hypervisor keeps running 1 guest(s): [1]" in f.read()
+        # the toolstack commands say what happened, where dom0's log is, and the way back
+        dom0_log = os.path.join(host.run_dir, "dom0.log")
+        for args in (("list",), ("destroy", "survivor"), ("up",)):
+            done = host.pvhyp(*args, check=False)
+            assert done.returncode == 2 and done.stderr.count("\n") == 1, (args, done.stderr)
+            assert "died: it was killed by SIGKILL" in done.stderr and dom0_log in done.stderr, done.stderr
+            assert "cannot take over running guests" in done.stderr and "pvhyp down" in done.stderr
+        host.pvhyp("down")
+        done = host.pvhyp("list", check=False)
+        assert done.returncode == 2 and done.stderr == f"pvhyp: not up in {host.run_dir} " \
+            "(no hypervisor process; start one with `pvhyp up`)\n", done.stderr
     finally:
         host.pvhyp("down", check=False)
 
