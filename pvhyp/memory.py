@@ -11,11 +11,10 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import struct
 
+from abi.shared_memory import SharedWords
 from abi.x86_pte import PAGE_SHIFT, PAGE_SIZE
 
-_U64 = struct.Struct("<Q")
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
 
@@ -31,6 +30,9 @@ class MachineMemory:
         os.ftruncate(self.fd, size)
         self.buf = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.buf)
+        # Guests, dom0 and other vCPUs read PTEs, grant flags and vcpu_info words while we
+        # write them: every such field goes through these one-store accessors.
+        self.words = SharedWords(self.buf)
 
     @property
     def host_address(self) -> int:
@@ -57,10 +59,11 @@ class MachineMemory:
         self.buf[maddr:maddr + len(data)] = data
 
     def read_u64(self, maddr: int) -> int:
-        return _U64.unpack_from(self.buf, maddr)[0]
+        return self.words.load_u64(maddr)
 
     def write_u64(self, maddr: int, value: int) -> None:
-        _U64.pack_into(self.buf, maddr, value & 0xFFFF_FFFF_FFFF_FFFF)
+        """One aligned 8-byte store: a vCPU walking this PTE sees the old or the new entry."""
+        self.words.store_u64(maddr, value)
 
     def scrub(self, mfn: int) -> None:
         """Zero a frame: no frame is handed on still holding old contents."""
@@ -72,6 +75,7 @@ class MachineMemory:
         if self.fd < 0:
             return
         self.view.release()
+        self.words.release()
         try:
             self.buf.close()
         except BufferError:
