@@ -5,7 +5,8 @@ and validated, pfn N mapped at virtual N << 12, so it can pin, update and
 unpin tables, and its argument pointers go through its page tables), or a
 process domain (kind "process": pseudo-physical pointers, frames that can
 never become page tables). Either way an argument at address A lives in pfn
-A >> 12. The attacker is unprivileged unless asked otherwise; the victim is a
+A >> 12. Kind "x86cpu" is the x86 attacker with a running vCPU as well: its
+code comes from pvhyp.fuzz.x86, which gives the world a `kernel`. The attacker is unprivileged unless asked otherwise; the victim is a
 passive process domain, and nothing an unprivileged attacker does may change
 its memory.
 """
@@ -36,7 +37,7 @@ class World:
         if not privileged:
             self.dom0 = create_process_domain(hv, 16, privileged=True, domid=0)
         table_pfns: list[int] = []
-        if kind == "x86":
+        if kind in ("x86", "x86cpu"):
             from pvhyp.mm.testbed import build_pv_domain
             tables = build_pv_domain(hv, ATTACKER_PAGES, privileged=privileged, domid=attacker_domid)
             self.attacker = tables.domain
@@ -46,6 +47,7 @@ class World:
                                                   domid=attacker_domid)
         else:
             raise ValueError(f"unknown attacker kind {kind!r}")
+        self.table_pfns = table_pfns
         self.attacker_frames = tuple(self.attacker.p2m)
         self.victim = create_process_domain(hv, VICTIM_PAGES, domid=2)
         rng = random.Random(seed)
@@ -77,6 +79,10 @@ class World:
             "handle": [0, 1, 2, 0xFFFF_FFFF],
             "vcpu": [0, 1, 31, 0xFFFF_FFFF],
         }
+        self.kernel = None
+        if kind == "x86cpu":
+            from pvhyp.fuzz.x86 import GuestKernel
+            self.kernel = GuestKernel(self, rng)
 
     def _wake_blocked(self) -> None:
         while not self._closing.wait(WAKE_AFTER_S):
@@ -89,6 +95,8 @@ class World:
         for vcpu in self.attacker.vcpus:
             vcpu.kick()
         self._waker.join(1.0)
+        if self.kernel is not None:
+            self.kernel.close()
         self.hv.close()
 
     # --- attacker memory (argument buffers) ---
@@ -141,7 +149,7 @@ class World:
         PTEs still do not map writable). A process attacker stores through the
         mapping of its original frames, while it still owns them.
         """
-        if self.kind == "x86":
+        if self.kind != "process":
             from pvhyp.guest_access import GuestFault, translate
             try:
                 return translate(self.attacker.vcpus[0], addr, write)
