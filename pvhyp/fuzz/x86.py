@@ -10,7 +10,8 @@ slot after the one that trapped, so one step runs every gadget it holds.
 
 An x86 step (`Step.op` "x86:<family>") is a page of 128-byte code slots,
 each one gadget: register loads (mov r64, imm64) from the world's pools
-followed by the instruction under attack. Families: privileged instructions
+followed by the instruction under attack, then nops into the next slot; the
+first empty slot spins (jmp .) until the budget ends the step. Families: privileged instructions
 (cpuid, rdmsr/wrmsr, in/out, cli/sti, mov cr/dr, hlt, lgdt, ltr, swapgs, ...),
 memory accesses (its own page tables through ptwr, read-only and hypervisor
 addresses, non-canonical ones), segment loads (mov to ss/ds/es/fs/gs, far
@@ -42,8 +43,8 @@ from pvhyp.pv import xen_area as L
 from pvhyp.pv.engine_interface import ExitReason
 
 MASK64 = (1 << 64) - 1
-HANDLER_PFN, CODE_PFN, STACK_PFNS = 8, 9, (10, 11)
-HANDLER_VA, CODE_VA = HANDLER_PFN << 12, CODE_PFN << 12
+HANDLER_PFN, CODE_PFN, STACK_PFNS, STAGING_PFN = 8, 9, (10, 11), 12
+HANDLER_VA, CODE_VA, STAGING_VA = HANDLER_PFN << 12, CODE_PFN << 12, STAGING_PFN << 12
 STACK_TOP = (STACK_PFNS[-1] + 1) << 12
 SLOT = 128                      # one gadget per slot; a trap returns to the next slot
 SLOTS = 4096 // SLOT
@@ -73,41 +74,72 @@ def _iret_hypercall() -> bytes:
     return mov_imm(RAX, HYPERVISOR_IRET) + b"\x0f\x05\x0f\x0b"       # syscall; ud2 should it return
 
 
-def handler_code(has_error_code: bool, next_slot: bool) -> bytes:
+def handler_code(extra_words: int, next_slot: bool) -> bytes:
     """A trap/callback entry: drop the error code, move the saved rip to the next slot, iret.
 
-    Xen's 64-bit bounce frame is rcx, r11, [error code], rip, cs, rflags, rsp, ss;
-    HYPERVISOR_iret wants rax, r11, rcx, flags, rip, cs, rflags, rsp, ss.
+    Xen's 64-bit bounce frame is rcx, r11, [extra words], rip, cs, rflags, rsp, ss, the
+    extra words being the error code of some exceptions or the failsafe callback's ds-gs;
+    HYPERVISOR_iret wants rax, r11, rcx, flags, rip, cs, rflags, rsp, ss. A rip
+    outside the code page (a wild jump) resumes at its last slot, which spins:
+    that ends the step instead of iret-ing somewhere that crashes the domain.
     """
     code = b"\x59\x41\x5b"                                   # pop rcx; pop r11
-    if has_error_code:
-        code += b"\x48\x83\xc4\x08"                          # add rsp, 8
+    if extra_words:
+        code += b"\x48\x83\xc4" + bytes([8 * extra_words])   # add rsp, 8 * extra_words
     if next_slot:
         code += (b"\x48\x8b\x04\x24"                         # mov rax, [rsp]
-                 + b"\x48\x0d" + (SLOT - 1).to_bytes(4, "little")   # or rax, SLOT-1
+                 + b"\x48\x89\xc2"                           # mov rdx, rax
+                 + b"\x48\x81\xea" + CODE_VA.to_bytes(4, "little")       # sub rdx, CODE_VA
+                 + b"\x48\x81\xfa" + (4096).to_bytes(4, "little")        # cmp rdx, 4096
+                 + b"\x72\x0c"                                # jb in_page
+                 + mov_imm(RAX, CODE_VA + 4096 - SLOT)         # the last slot
+                 + b"\xeb\x09"                                # jmp store
+                 + b"\x48\x0d" + (SLOT - 1).to_bytes(4, "little")   # in_page: or rax, SLOT-1
                  + b"\x48\xff\xc0"                           # inc rax
-                 + b"\x48\x89\x04\x24")                      # mov [rsp], rax
+                 + b"\x48\x89\x04\x24")                      # store: mov [rsp], rax
+    # A sane kernel stack again for the next bounce from user mode (a gadget's
+    # stack_switch may have left a hostile one; Xen would crash on the next trap).
+    code += (b"\xb8" + HYPERCALL_NUMBERS["stack_switch"].to_bytes(4, "little")      # mov eax, nr
+             + b"\xbf" + FLAT_KERNEL_SS.to_bytes(4, "little")                       # mov edi, ss
+             + mov_imm(RSI, STACK_TOP - 8) + b"\x0f\x05")                           # mov rsi, sp; syscall
     code += b"\x6a\x00\x51\x41\x53\x50"                      # push 0 (flags); push rcx; push r11; push rax
     return code + _iret_hypercall()
 
 
-# Where the handlers live in HANDLER_PFN: 64 bytes each, vector v at v * 64; callbacks after.
-HANDLER_STRIDE = 64
+# Where the handlers live in HANDLER_PFN: 104 bytes each, vector v at v * 104; callbacks after.
+HANDLER_STRIDE = 104
 EVENT_CALLBACK_VA = HANDLER_VA + 32 * HANDLER_STRIDE
 FAILSAFE_CALLBACK_VA = EVENT_CALLBACK_VA + HANDLER_STRIDE
 SYSCALL_CALLBACK_VA = FAILSAFE_CALLBACK_VA + HANDLER_STRIDE
 SOFT_INT_VA = SYSCALL_CALLBACK_VA + HANDLER_STRIDE
+LOADER_VA = SOFT_INT_VA + HANDLER_STRIDE
+
+
+def loader_code() -> bytes:
+    """Where every step starts: the guest copies the step's code from the staging page.
+
+    unicorn keeps translations of code it ran and does not see stores made through
+    the host mapping of machine memory, but it does see the guest's own stores
+    (self-modifying code): so the fuzzer stages the code as data and the guest
+    copies it into place, and only the code page's stale translations go.
+    """
+    return (mov_imm(RSI, STAGING_VA) + mov_imm(RDI, CODE_VA) + mov_imm(RCX, 4096 // 8)
+            + b"\xfc\xf3\x48\xa5"                            # cld; rep movsq
+            + mov_imm(RAX, CODE_VA) + b"\xff\xe0")              # jmp rax
 
 
 def handler_page() -> bytes:
     page = bytearray(JMP_SELF * 2048)
     for vector in range(32):
-        code = handler_code(vector in VECTORS_WITH_ERROR_CODE, next_slot=True)
+        code = handler_code(int(vector in VECTORS_WITH_ERROR_CODE), next_slot=True)
+        assert len(code) <= HANDLER_STRIDE
         page[vector * HANDLER_STRIDE:vector * HANDLER_STRIDE + len(code)] = code
-    for va, code in ((EVENT_CALLBACK_VA, handler_code(False, next_slot=False)),
-                     (FAILSAFE_CALLBACK_VA, handler_code(False, next_slot=True)),
-                     (SYSCALL_CALLBACK_VA, handler_code(False, next_slot=True)),
-                     (SOFT_INT_VA, handler_code(False, next_slot=True))):
+    assert LOADER_VA + len(loader_code()) <= HANDLER_VA + 4096
+    for va, code in ((EVENT_CALLBACK_VA, handler_code(0, next_slot=False)),
+                     (FAILSAFE_CALLBACK_VA, handler_code(4, next_slot=True)),     # + ds, es, fs, gs
+                     (SYSCALL_CALLBACK_VA, handler_code(0, next_slot=True)),
+                     (SOFT_INT_VA, handler_code(0, next_slot=True)),
+                     (LOADER_VA, loader_code())):
         offset = va - HANDLER_VA
         page[offset:offset + len(code)] = code
     return bytes(page)
@@ -233,8 +265,8 @@ _SEGMENT_LOADS = (b"\x8e\xd0", b"\x8e\xd8", b"\x8e\xc0", b"\x8e\xe0", b"\x8e\xe8
 def gadget_segment(world: World, rng: random.Random) -> bytes:
     selector = rng.choice(_SELECTORS) if rng.random() < 0.85 else rng.getrandbits(16)
     if rng.random() < 0.35:          # a far return or iretq through a hostile frame
-        rip = rng.choice((CODE_VA + SLOT * rng.randrange(SLOTS), hostile_address(world, rng)))
-        rsp = rng.choice((STACK_TOP - 64, hostile_address(world, rng)))
+        rip = _mostly(rng, CODE_VA + SLOT * rng.randrange(SLOTS), hostile_address(world, rng))
+        rsp = _mostly(rng, STACK_TOP - 64, hostile_address(world, rng))
         rflags = rng.choice((0x2, 0x202, 0x3202, 0x200, 0x40202, 0x20202, 0x4202, 0x102, rng.getrandbits(32)))
         ss = rng.choice(_SELECTORS)
         if rng.random() < 0.5:
@@ -246,6 +278,16 @@ def gadget_segment(world: World, rng: random.Random) -> bytes:
     return setup + rng.choice(_SEGMENT_LOADS)
 
 
+def _mostly(rng: random.Random, usual: int, hostile: int) -> int:
+    """A stack or return address that works, now and then one that does not.
+
+    A kernel stack or iret target Xen cannot use crashes the domain (as it
+    should), which ends the world: kept rare, so runs spend their time inside
+    a live domain rather than building new ones.
+    """
+    return usual if rng.random() < 0.9 else hostile
+
+
 def gadget_trap(world: World, rng: random.Random) -> bytes:
     roll = rng.random()
     if roll < 0.4:
@@ -253,7 +295,7 @@ def gadget_trap(world: World, rng: random.Random) -> bytes:
         return bytes([0xCD, vector])                                 # int N
     if roll < 0.55:
         return rng.choice((b"\xcc", b"\xf1", b"\xce", b"\x0f\x0b", b"\x0f\xff"))   # int3, int1, into, ud2, ud0
-    if roll < 0.7:                    # divide by zero, a bad stack, a non-canonical jump
+    if roll < 0.97:                   # divide by zero, a wild jump
         return rng.choice((b"\x31\xc9\x48\xf7\xf1",                                 # xor ecx,ecx; div rcx
                            mov_imm(RAX, hostile_address(world, rng)) + b"\xff\xe0"))   # jmp rax
     # A hostile kernel stack: the next bounce has nowhere good to go.
@@ -264,11 +306,11 @@ def gadget_trap(world: World, rng: random.Random) -> bytes:
 
 def gadget_hypercall(world: World, rng: random.Random) -> bytes:
     if rng.random() < 0.3:           # the iret hypercall on a hostile frame
-        frame = [hostile_value(world, rng) if rng.random() < 0.2 else v for v in (
-            rng.choice((CODE_VA + SLOT * rng.randrange(SLOTS), hostile_address(world, rng))),   # rip
+        frame = [hostile_value(world, rng) if rng.random() < 0.03 else v for v in (
+            _mostly(rng, CODE_VA + SLOT * rng.randrange(SLOTS), hostile_address(world, rng)),   # rip
             rng.choice(_SELECTORS),                                                              # cs
             rng.choice((0x202, 0x2, 0x3202, 0x200, 0x100, rng.getrandbits(32))),                # rflags
-            rng.choice((STACK_TOP - 64, hostile_address(world, rng))),                           # rsp
+            _mostly(rng, STACK_TOP - 64, hostile_address(world, rng)),                           # rsp
             rng.choice(_SELECTORS))]                                                             # ss
         flags = rng.choice((0, 0, 1 << 8, 0xFFFF_FFFF, rng.getrandbits(64)))                      # VGCF_in_syscall...
         regs = [hostile_value(world, rng) for _ in range(3)]                                     # rax, r11, rcx
@@ -299,9 +341,10 @@ def generate_step(world: World, rng: random.Random):
     page = bytearray(JMP_SELF * (4096 // 2))
     for slot in range(rng.randrange(1, 9)):
         name = family if rng.random() < 0.75 else rng.choice(list(FAMILIES))
-        code = FAMILIES[name][0](world, rng)[:SLOT - 2]
-        page[slot * SLOT:slot * SLOT + len(code)] = code
-    return Step(f"x86:{family}", X86_NR, [CODE_VA, STACK_TOP - 256], [(CODE_VA, bytes(page))])
+        # Padded with nops, a gadget that does not trap runs on into the next slot's.
+        code = FAMILIES[name][0](world, rng)[:SLOT].ljust(SLOT, NOP)
+        page[slot * SLOT:(slot + 1) * SLOT] = code
+    return Step(f"x86:{family}", X86_NR, [LOADER_VA, STACK_TOP - 256], [(STAGING_VA, bytes(page))])
 
 
 # --- the guest kernel and one step's run ------------------------------------------------
@@ -367,11 +410,12 @@ class GuestKernel:
             return "domain_dead", None
         for addr, data in step.writes:
             world.write(addr, data)
-        # unicorn keeps translations of code it ran and does not see stores made through the
-        # host mapping of machine memory: without a flush the vCPU runs the previous step's
-        # code. Reloading the watchpoints is the engine interface's call that flushes them.
-        cpu.watchpoints.reload()
-        rip, rsp = (list(step.args) + [CODE_VA, STACK_TOP - 256])[:2]
+            if addr < CODE_VA + 4096 and addr + len(data) > CODE_VA:
+                # Code stored from outside the guest (a hand-made step; generated ones go
+                # through loader_code): unicorn would run its old translation. Reloading the
+                # watchpoints is the engine interface's call that drops them all.
+                cpu.watchpoints.reload()
+        rip, rsp = (list(step.args) + [LOADER_VA, STACK_TOP - 256])[:2]
         kernel = pv.kernel_mode
         try:
             cpu.set_user_regs({"rip": rip, "rsp": rsp, "rflags": 0x202,
@@ -394,8 +438,10 @@ class GuestKernel:
             return problem
         engine = self.cpu.engine
         if engine.entered and not (self.world.attacker.is_shut_down or self.world.attacker.is_dying):
-            cs = engine.read("cs")
-            if cs & 3 != 3:
+            cs, rip = engine.read_many(("cs", "rip"))
+            # The one place the vCPU runs at CPL0 is the hypervisor's entry stub: a run that
+            # ends (a kick) after entering through it but before its iretq resumes there.
+            if cs & 3 != 3 and rip != L.ENTRY_STUB_VA:
                 return f"guest left running with cs={cs:#x} (RPL {cs & 3}): hypervisor privilege"
         if self.hypervisor_text_digest() != self.hypervisor_digest:
             return "the hypervisor's text, IDT, TSS or reserved GDT changed"
