@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import struct
 import traceback
 
 from abi.sched import SHUTDOWN_crash
@@ -39,8 +40,10 @@ from abi.x86_regs import MSR_EFER
 from abi.xen import DOMID_SELF, HYPERCALL_NUMBERS, MMUEXT_NEW_USER_BASEPTR, VMASST_TYPE_writable_pagetables
 from abi.xen_x86_64 import FLAT_KERNEL_CS, FLAT_KERNEL_SS, FLAT_USER_CS, FLAT_USER_SS, MACH2PHYS_VIRT_START
 from pvhyp.fuzz.world import PTE_FLAG_CHOICES, World
+from pvhyp.hypercall_table import HypercallContext
 from pvhyp.pv import xen_area as L
 from pvhyp.pv.engine_interface import ExitReason
+from pvhyp.pv.state import set_trap_entry
 
 MASK64 = (1 << 64) - 1
 HANDLER_PFN, CODE_PFN, STACK_PFNS, STAGING_PFN = 8, 9, (10, 11), 12
@@ -358,8 +361,7 @@ class GuestKernel:
         self.vcpu = vcpu = domain.vcpus[0]
         self.cpu = hv.cpu.cpu_for(vcpu)
         world.write(HANDLER_VA, handler_page())
-        pv = vcpu.pv
-        from pvhyp.pv.state import set_trap_entry
+        pv = self.cpu.pv
         for vector in range(32):
             # DPL 0 (int N from the guest kernel must still reach them) or 3, sometimes event-masking.
             flags = rng.choice((0, 3, 3 | 4, 0 | 4))
@@ -367,13 +369,11 @@ class GuestKernel:
         for vector in (0x80, 0x82, 0x20, 0x21, 0xFF):
             set_trap_entry(pv, vector, rng.choice((0, 3)), FLAT_KERNEL_CS, SOFT_INT_VA)
         ctx_call = world.hv.hypercalls.dispatch
-        from pvhyp.hypercall_table import HypercallContext
         ctx = HypercallContext(vcpu)
         ctx_call(ctx, HYPERCALL_NUMBERS["set_callbacks"], [EVENT_CALLBACK_VA, FAILSAFE_CALLBACK_VA,
                                                            SYSCALL_CALLBACK_VA, 0, 0, 0])
         ctx_call(ctx, HYPERCALL_NUMBERS["stack_switch"], [FLAT_KERNEL_SS, STACK_TOP - 8, 0, 0, 0, 0])
         # User mode shares the kernel's L4 (so an iret to user mode is possible at all).
-        import struct
         world.write(0, struct.pack("<IIQQ", MMUEXT_NEW_USER_BASEPTR, 0, vcpu.guest_table, 0))
         ctx_call(ctx, HYPERCALL_NUMBERS["mmuext_op"], [0, 1, 0, DOMID_SELF, 0, 0])
         if rng.random() < 0.8:
@@ -404,7 +404,7 @@ class GuestKernel:
 
     def run_step(self, step) -> tuple[str, Exception | None]:
         """Run one x86 step: (what the run ended with, an exception that escaped, if any)."""
-        world, cpu, pv = self.world, self.cpu, self.vcpu.pv
+        world, cpu, pv = self.world, self.cpu, self.cpu.pv
         domain = world.attacker
         if domain.is_shut_down or domain.is_dying:
             return "domain_dead", None
