@@ -11,21 +11,23 @@ slot after the one that trapped, so one step runs every gadget it holds.
 An x86 step (`Step.op` "x86:<family>") is a page of 128-byte code slots,
 each one gadget: register loads (mov r64, imm64) from the world's pools
 followed by the instruction under attack, then nops into the next slot; the
-first empty slot spins (jmp .) until the budget ends the step. Families: privileged instructions
-(cpuid, rdmsr/wrmsr, in/out, cli/sti, mov cr/dr, hlt, lgdt, ltr, swapgs, ...),
-memory accesses (its own page tables through ptwr, read-only and hypervisor
-addresses, non-canonical ones), segment loads (mov to ss/ds/es/fs/gs, far
-returns, iretq frames), trap raisers (int N, int3, ud2, the forced-emulation
-prefix, hostile stacks), hypercalls by `syscall` (the iret hypercall with a
-hostile frame among them) and raw bytes. Steps run with an instruction
-budget; each starts from fresh registers (set_user_regs, the path
-VCPUOP_initialise takes) at the code page.
+first empty slot spins (jmp .) until the instruction budget ends the step.
+Families: privileged instructions (cpuid, rdmsr/wrmsr, in/out, cli/sti, mov
+cr/dr, hlt, lgdt, ltr, swapgs, ...), memory accesses (its own page tables
+through ptwr, read-only and hypervisor addresses, non-canonical ones),
+segment loads (mov to ss/ds/es/fs/gs, far returns, iretq frames), trap
+raisers (int N, int3, ud2, wild jumps, hostile stacks), hypercalls by
+`syscall` (the iret hypercall with a hostile frame among them) and raw
+bytes. The step's page is staged as data and each step starts, from fresh
+registers (set_user_regs, the path VCPUOP_initialise takes), at a loader in
+the guest that copies it into the code page (see `loader_code`).
 
 The oracle adds to the hypercall fuzzer's: the run ends with a reason Xen
 could have (budget, kick, request, or the guest crashing itself, which ends
 the world as Xen's domain_crash does), never with a hypervisor error or an
-exception out of the engine; the guest never runs with RPL 0 code; the
-hypervisor's own text, IDT, TSS and reserved GDT are unchanged.
+exception out of the engine; no ring-0 instruction is emulated for guest
+user mode; the guest never runs with RPL 0 code; the hypervisor's own text,
+IDT, TSS and reserved GDT are unchanged.
 """
 from __future__ import annotations
 
