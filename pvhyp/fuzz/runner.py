@@ -111,7 +111,10 @@ class Fuzzer:
 
     def _start_world(self) -> None:
         kind = self.rng.choice(self.kinds)
-        self.world = World(self.make_hv(), privileged=self.privileged, seed=self.rng.getrandbits(32), kind=kind)
+        seed = self.rng.getrandbits(32)
+        self.world = World(self.make_hv(), privileged=self.privileged, seed=seed, kind=kind)
+        if kind == x86.WORLD_KIND:
+            self.world.kernel = x86.GuestKernel(self.world, random.Random(seed))
         self.ctx = HypercallContext(self.world.attacker.vcpus[0])
         self.history: list[Step] = []
 

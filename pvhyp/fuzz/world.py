@@ -6,7 +6,7 @@ unpin tables, and its argument pointers go through its page tables), or a
 process domain (kind "process": pseudo-physical pointers, frames that can
 never become page tables). Either way an argument at address A lives in pfn
 A >> 12. Kind "x86cpu" is the x86 attacker with a running vCPU as well: its
-code comes from pvhyp.fuzz.x86, which gives the world a `kernel`. The attacker is unprivileged unless asked otherwise; the victim is a
+code comes from pvhyp.fuzz.x86, whose GuestKernel the runner sets as `kernel`. The attacker is unprivileged unless asked otherwise; the victim is a
 passive process domain, and nothing an unprivileged attacker does may change
 its memory.
 """
@@ -15,10 +15,14 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
+from typing import TYPE_CHECKING
 
 from abi.xen import DOMID_COW, DOMID_INVALID, DOMID_IO, DOMID_SELF, DOMID_XEN
 from pvhyp.channel import InProcessChannel, create_process_domain  # noqa: F401
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
+
+if TYPE_CHECKING:
+    from pvhyp.fuzz.x86 import GuestKernel
 
 ATTACKER_PAGES = 96
 BUFFER_PAGES = 8            # pfns 0..7 hold argument buffers; the rest are frames to play with
@@ -79,10 +83,9 @@ class World:
             "handle": [0, 1, 2, 0xFFFF_FFFF],
             "vcpu": [0, 1, 31, 0xFFFF_FFFF],
         }
-        self.kernel = None
-        if kind == "x86cpu":
-            from pvhyp.fuzz.x86 import GuestKernel
-            self.kernel = GuestKernel(self, rng)
+        # Kind "x86cpu": the runner gives the attacker its vCPU and little kernel
+        # (pvhyp.fuzz.x86.GuestKernel); close() releases it with the world.
+        self.kernel: GuestKernel | None = None
 
     def _wake_blocked(self) -> None:
         while not self._closing.wait(WAKE_AFTER_S):
