@@ -59,10 +59,19 @@ class MachineMemory:
         self.buf[maddr:maddr + len(data)] = data
 
     def read_u64(self, maddr: int) -> int:
+        if maddr & 7:           # no shared field is unaligned; a plain read of the bytes
+            return int.from_bytes(self.read(maddr, 8), "little")
         return self.words.load_u64(maddr)
 
     def write_u64(self, maddr: int, value: int) -> None:
-        """One aligned 8-byte store: a vCPU walking this PTE sees the old or the new entry."""
+        """One aligned 8-byte store: a vCPU walking this PTE sees the old or the new entry.
+
+        An unaligned value (no PTE, grant or vcpu_info field is) is copied in as
+        bytes: that cannot be one store, but it is never zero-filled first either.
+        """
+        if maddr & 7:
+            self.write(maddr, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
+            return
         self.words.store_u64(maddr, value)
 
     def scrub(self, mfn: int) -> None:

@@ -220,3 +220,15 @@ def test_a_frontend_facing_impossible_indexes_drops_output_instead_of_dying():
     out.words.store_u32(out.prod_offset, 0)
     console.write(b"back\n")
     assert bytes(ByteRing(page, out.data_offset, out.size, out.cons_offset, out.prod_offset).read()) == b"back\n"
+
+
+def test_machine_memory_keeps_unaligned_u64_access_byte_exact():
+    """No shared field is unaligned, but callers may read or write one: the bytes, never an error."""
+    memory = MachineMemory(2 * 4096)
+    try:
+        memory.write_u64(4096 + 3, 0x1122_3344_5566_7788)
+        assert memory.read(4096 + 3, 8) == bytes.fromhex("8877665544332211")
+        assert memory.read_u64(4096 + 3) == 0x1122_3344_5566_7788
+        assert memory.read(4096, 3) == bytes(3) and memory.read(4096 + 11, 1) == b"\0"
+    finally:
+        memory.close()
