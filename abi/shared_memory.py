@@ -48,6 +48,10 @@ def _cast(raw: memoryview, fmt: Literal["H", "I", "Q"], width: int) -> memoryvie
     return view
 
 
+def _misaligned(offset: int, width: int) -> ValueError:
+    return ValueError(f"shared field at byte {offset:#x} is not a {width}-byte aligned offset")
+
+
 class SharedWords:
     """Aligned 16/32/64-bit loads and stores over one shared buffer (a page, or all machine memory).
 
@@ -66,32 +70,45 @@ class SharedWords:
     def __len__(self) -> int:
         return len(self._raw)
 
-    @staticmethod
-    def _index(offset: int, width: int) -> int:
-        if offset < 0 or offset & (width - 1):
-            raise ValueError(f"shared field at byte {offset:#x} is not a {width}-byte aligned offset")
-        return offset // width
+    @property
+    def u64(self) -> memoryview:
+        """The 64-bit cast itself, for a hot caller that checks alignment on its own
+        (MachineMemory: one call less per PTE); index = offset // 8."""
+        return self._u64
 
+    # The alignment check is inlined in each accessor: PTE and ring paths call these a lot.
     def load_u16(self, offset: int) -> int:
-        value: int = self._u16[self._index(offset, 2)]
+        if offset & 1 or offset < 0:
+            raise _misaligned(offset, 2)
+        value: int = self._u16[offset >> 1]
         return value
 
     def store_u16(self, offset: int, value: int) -> None:
-        self._u16[self._index(offset, 2)] = value & _U16_MASK
+        if offset & 1 or offset < 0:
+            raise _misaligned(offset, 2)
+        self._u16[offset >> 1] = value & _U16_MASK
 
     def load_u32(self, offset: int) -> int:
-        value: int = self._u32[self._index(offset, 4)]
+        if offset & 3 or offset < 0:
+            raise _misaligned(offset, 4)
+        value: int = self._u32[offset >> 2]
         return value
 
     def store_u32(self, offset: int, value: int) -> None:
-        self._u32[self._index(offset, 4)] = value & _U32_MASK
+        if offset & 3 or offset < 0:
+            raise _misaligned(offset, 4)
+        self._u32[offset >> 2] = value & _U32_MASK
 
     def load_u64(self, offset: int) -> int:
-        value: int = self._u64[self._index(offset, 8)]
+        if offset & 7 or offset < 0:
+            raise _misaligned(offset, 8)
+        value: int = self._u64[offset >> 3]
         return value
 
     def store_u64(self, offset: int, value: int) -> None:
-        self._u64[self._index(offset, 8)] = value & _U64_MASK
+        if offset & 7 or offset < 0:
+            raise _misaligned(offset, 8)
+        self._u64[offset >> 3] = value & _U64_MASK
 
     def store_u64_changed(self, offset: int, values: list[int] | tuple[int, ...]) -> None:
         """Write a run of 64-bit entries (a page table), each changed one in one store.
@@ -99,7 +116,9 @@ class SharedWords:
         Entries that already hold their value are not touched, so a concurrent
         walker of the table sees every entry either old or new, never cleared.
         """
-        first = self._index(offset, 8)
+        if offset & 7 or offset < 0:
+            raise _misaligned(offset, 8)
+        first = offset >> 3
         table = self._u64
         for i, value in enumerate(values):
             value &= _U64_MASK

@@ -16,6 +16,7 @@ from abi.shared_memory import SharedWords
 from abi.x86_pte import PAGE_SHIFT, PAGE_SIZE
 
 _ZERO_PAGE = bytes(PAGE_SIZE)
+_U64_MASK = 0xFFFF_FFFF_FFFF_FFFF
 
 
 class MachineMemory:
@@ -33,6 +34,7 @@ class MachineMemory:
         # Guests, dom0 and other vCPUs read PTEs, grant flags and vcpu_info words while we
         # write them: every such field goes through these one-store accessors.
         self.words = SharedWords(self.buf)
+        self._u64 = self.words.u64      # read_u64/write_u64 index it directly (the PTE hot path)
 
     @property
     def host_address(self) -> int:
@@ -59,9 +61,10 @@ class MachineMemory:
         self.buf[maddr:maddr + len(data)] = data
 
     def read_u64(self, maddr: int) -> int:
-        if maddr & 7:           # no shared field is unaligned; a plain read of the bytes
+        if maddr & 7 or maddr < 0:      # no shared field is unaligned: a plain read of the bytes
             return int.from_bytes(self.read(maddr, 8), "little")
-        return self.words.load_u64(maddr)
+        value: int = self._u64[maddr >> 3]
+        return value
 
     def write_u64(self, maddr: int, value: int) -> None:
         """One aligned 8-byte store: a vCPU walking this PTE sees the old or the new entry.
@@ -69,10 +72,10 @@ class MachineMemory:
         An unaligned value (no PTE, grant or vcpu_info field is) is copied in as
         bytes: that cannot be one store, but it is never zero-filled first either.
         """
-        if maddr & 7:
-            self.write(maddr, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
+        if maddr & 7 or maddr < 0:
+            self.write(maddr, (value & _U64_MASK).to_bytes(8, "little"))
             return
-        self.words.store_u64(maddr, value)
+        self._u64[maddr >> 3] = value & _U64_MASK
 
     def scrub(self, mfn: int) -> None:
         """Zero a frame: no frame is handed on still holding old contents."""
@@ -84,6 +87,7 @@ class MachineMemory:
         if self.fd < 0:
             return
         self.view.release()
+        del self._u64
         self.words.release()
         try:
             self.buf.close()
