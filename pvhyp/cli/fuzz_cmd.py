@@ -96,7 +96,9 @@ def _summary(fz, coverage_percent, coverage_areas=None) -> None:
     print(f"{'hypercall':<32} {'calls':>10} {'ok':>9}  top results")
     for name, counter in sorted(s.per_hypercall.items(), key=lambda kv: -sum(kv[1].values())):
         total = sum(counter.values())
-        ok = sum(n for r, n in counter.items() if isinstance(r, int) and r >= 0)
+        # x86 steps end with a run outcome: ok unless the guest crashed or something escaped
+        ok = sum(n for r, n in counter.items()
+                 if (isinstance(r, int) and r >= 0) or r in ("budget", "kicked", "requested"))
         top = ", ".join(f"{_result_name(r, ERRNO_NAMES)}x{n}" for r, n in counter.most_common(4))
         print(f"{name:<32} {total:>10,} {ok:>9,}  {top}")
     print(f"execs: {s.execs}")
