@@ -129,7 +129,7 @@ MODULES: tuple[HeaderModule, ...] = (
 
 # Modules under abi/ that are tooling, not headers.
 HELPER_MODULES = frozenset(
-    {"abi", "abi.io", "abi.cdefs", "abi.registry", "abi.fast", "abi.strategies"}
+    {"abi", "abi.io", "abi.cdefs", "abi.registry", "abi.fast", "abi.strategies", "abi.shared_memory"}
 )
 
 

@@ -1,8 +1,14 @@
-"""The PV console frontend: the guest end of a struct xencons_interface page (hvc_xen's job)."""
+"""The PV console frontend: the guest end of a struct xencons_interface page (hvc_xen's job).
+
+The backend shares the page, so its indexes are input like any other: a ring
+whose indexes no honest backend could leave is a protocol error, and as
+hvc_xen (which returns -EINVAL after "Illegal ring page indices") the
+frontend drops that output rather than letting the guest die of it.
+"""
 from __future__ import annotations
 
 from abi.io import console as c
-from pvguest.ring import ByteRing
+from pvguest.ring import ByteRing, RingError
 
 
 def console_rings(page: memoryview) -> tuple[ByteRing, ByteRing]:
@@ -20,13 +26,18 @@ class ConsoleFrontend:
         self.notify = notify
         self.wait = wait
         self.poll_interval = poll_interval
+        self.dropped = 0        # bytes given up on because the ring's indexes were impossible
 
     def write(self, data: bytes | str) -> None:
         """All of `data` to the backend, waiting while the output ring is full (as hvc_xen yields)."""
         if isinstance(data, str):
             data = data.encode()
         while data:
-            n = self.from_guest.write(data)
+            try:
+                n = self.from_guest.write(data)
+            except RingError:
+                self.dropped += len(data)
+                return
             data = data[n:]
             if n:
                 self.notify()
@@ -34,8 +45,11 @@ class ConsoleFrontend:
                 self.wait(self.poll_interval)
 
     def read(self) -> bytes:
-        """Whatever input the backend has put in the ring."""
-        data = self.into_guest.read()
+        """Whatever input the backend has put in the ring (nothing while its indexes are impossible)."""
+        try:
+            data = self.into_guest.read()
+        except RingError:
+            return b""
         if data:
             self.notify()
         return data

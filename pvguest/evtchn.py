@@ -7,16 +7,15 @@ process is woken through its channel instead of an upcall.
 from __future__ import annotations
 
 import ctypes
-import struct
 
 from abi import event_channel as ev
+from abi.shared_memory import SharedWords
 from abi.xen import DOMID_SELF, HYPERCALL_NUMBERS
 
 EVENT_CHANNEL_OP = HYPERCALL_NUMBERS["event_channel_op"]
 _EVTCHN_PENDING = 32 * 64           # after vcpu_info[XEN_LEGACY_MAX_VCPUS]
 _EVTCHN_MASK = _EVTCHN_PENDING + 64 * 8
 _PENDING_SEL = 8                    # vcpu_info.evtchn_pending_sel
-_U64 = struct.Struct("<Q")
 
 
 def _atomic_fetch_and_u8():
@@ -51,6 +50,9 @@ class EventChannels:
         self.channel = channel
         self.scratch = scratch_addr
         self.shared_info = channel.shared_info
+        # The hypervisor sets bits in these words while we read and clear them: whole-word
+        # accesses are single aligned loads/stores (abi.shared_memory).
+        self.shared_words = SharedWords(self.shared_info)
         self._si_address = ctypes.addressof(ctypes.c_char.from_buffer(self.shared_info))
 
     def _op(self, name: str, struct_, args: dict, out: str | None = None) -> int:
@@ -87,17 +89,18 @@ class EventChannels:
 
     def take_pending(self) -> list[int]:
         """Pending, unmasked ports; their pending bits are cleared."""
-        si = self.shared_info
-        si[0] = 0       # vcpu_info[0].evtchn_upcall_pending
-        sel = _U64.unpack_from(si, _PENDING_SEL)[0]
-        if sel:
-            _U64.pack_into(si, _PENDING_SEL, 0)
+        words = self.shared_words
+        self.shared_info[0] = 0       # vcpu_info[0].evtchn_upcall_pending
+        # Every word is scanned below, so a selector bit set after this load and lost by
+        # the store costs nothing.
+        if words.load_u64(_PENDING_SEL):
+            words.store_u64(_PENDING_SEL, 0)
         ports = []
         for word in range(64):
-            pending = _U64.unpack_from(si, _EVTCHN_PENDING + word * 8)[0]
+            pending = words.load_u64(_EVTCHN_PENDING + word * 8)
             if not pending:
                 continue
-            ready = pending & ~_U64.unpack_from(si, _EVTCHN_MASK + word * 8)[0]
+            ready = pending & ~words.load_u64(_EVTCHN_MASK + word * 8)
             for bit in range(64):
                 if ready >> bit & 1:
                     port = word * 64 + bit

@@ -3,13 +3,16 @@
 The granting side writes v1 entries into its own grant frames (learnt with
 GNTTABOP_setup_table, mapped from the memfd); the mapping side asks
 GNTTABOP_map_grant_ref with `host_addr` naming a pseudo-physical slot of its
-own, and maps the frame the hypervisor reports in dev_bus_addr.
+own, and maps the frame the hypervisor reports in dev_bus_addr. The
+hypervisor reads and sets an entry's flags while we write it, so every field
+is one aligned store (abi.shared_memory), the flags last.
 """
 from __future__ import annotations
 
 import struct
 
 from abi import grant_table as G
+from abi.shared_memory import SharedWords
 from abi.x86_pte import PAGE_SIZE
 from abi.xen import DOMID_SELF, HYPERCALL_NUMBERS
 
@@ -29,6 +32,7 @@ class GrantTable:
         self.scratch = scratch_addr
         frames = self._setup_table(nr_frames)
         self.frames = [channel.map_machine_frame(mfn) for mfn in frames]
+        self.frame_words = [SharedWords(frame) for frame in self.frames]
         self.next_ref = G.GNTTAB_NR_RESERVED_ENTRIES      # below: the toolstack's references
 
     def _op(self, cmd: int, struct_, args: dict, extra: bytes = b"") -> dict:
@@ -49,30 +53,29 @@ class GrantTable:
         raw = bytes(self.channel.memory[frame_list:frame_list + 8 * nr_frames])
         return list(struct.unpack(f"<{nr_frames}Q", raw))
 
-    def _entry_at(self, ref: int) -> tuple[memoryview, int]:
+    def _entry_at(self, ref: int) -> tuple[SharedWords, int]:
         per_frame = PAGE_SIZE // ENTRY.size
         if not 0 <= ref < per_frame * len(self.frames):
             raise ValueError(f"grant ref {ref} outside the table")
-        return self.frames[ref // per_frame], (ref % per_frame) * ENTRY.size
+        return self.frame_words[ref // per_frame], (ref % per_frame) * ENTRY.size
 
     def grant_access(self, domid: int, pfn: int, readonly: bool = False) -> int:
         """gnttab_grant_foreign_access: a new reference letting `domid` map our page `pfn`."""
         ref = self.next_ref
         self.next_ref += 1
-        frame, off = self._entry_at(ref)
+        words, off = self._entry_at(ref)
         # frame and domid first; flags last, so the hypervisor never sees a half-written entry
-        struct.pack_into("<HI", frame, off + 2, domid, pfn)
-        flags = G.GTF_permit_access | (G.GTF_readonly if readonly else 0)
-        struct.pack_into("<H", frame, off, flags)
+        words.store_u16(off + 2, domid)
+        words.store_u32(off + 4, pfn)
+        words.store_u16(off, G.GTF_permit_access | (G.GTF_readonly if readonly else 0))
         return ref
 
     def end_access(self, ref: int) -> bool:
         """Revoke `ref` unless the grantee still has it mapped (gnttab_end_foreign_access_ref)."""
-        frame, off = self._entry_at(ref)
-        flags = struct.unpack_from("<H", frame, off)[0]
-        if flags & (G.GTF_reading | G.GTF_writing):
+        words, off = self._entry_at(ref)
+        if words.load_u16(off) & (G.GTF_reading | G.GTF_writing):
             return False
-        struct.pack_into("<H", frame, off, 0)
+        words.store_u16(off, 0)
         return True
 
     def map_grant_ref(self, dom: int, ref: int, host_addr: int, readonly: bool = False) -> tuple[int, memoryview]:

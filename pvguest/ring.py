@@ -6,15 +6,16 @@ the xenstore page into its two rings, pvguest.console's `console_rings` the
 console page. The other side may write anything into the page at any moment,
 so each index is read once per operation and `prod - cons` is checked against
 the ring size before any byte moves; an impossible pair raises RingError and
-moves nothing.
+moves nothing. The peer runs in another process and reads our index while
+we write it, so each index is loaded and stored as one aligned 32-bit access
+(abi.shared_memory): a zero-filling `struct.pack_into` once let the peer read
+`cons=0` mid-store and call a healthy ring corrupt.
 """
 from __future__ import annotations
 
-import struct
-
 from abi.io import xs_wire as w
+from abi.shared_memory import SharedWords
 
-_U32 = struct.Struct("<I")
 MASK32 = 0xFFFF_FFFF
 
 
@@ -28,14 +29,15 @@ class ByteRing:
         if size & (size - 1):
             raise ValueError("ring size must be a power of two")
         self.page = page
+        self.words = SharedWords(page)
         self.data_offset = data_offset
         self.size = size
         self.cons_offset = cons_offset
         self.prod_offset = prod_offset
 
     def _indexes(self) -> tuple[int, int]:
-        cons = _U32.unpack_from(self.page, self.cons_offset)[0]
-        prod = _U32.unpack_from(self.page, self.prod_offset)[0]
+        cons = self.words.load_u32(self.cons_offset)
+        prod = self.words.load_u32(self.prod_offset)
         if (prod - cons) & MASK32 > self.size:
             raise RingError(f"ring indexes cons={cons:#x} prod={prod:#x} exceed size {self.size}")
         return cons, prod
@@ -56,7 +58,7 @@ class ByteRing:
         base = self.data_offset
         self.page[base + offset:base + offset + first] = data[:first]
         self.page[base:base + n - first] = data[first:n]
-        _U32.pack_into(self.page, self.prod_offset, (prod + n) & MASK32)
+        self.words.store_u32(self.prod_offset, prod + n)
         return n
 
     def read(self, max_bytes: int | None = None) -> bytes:
@@ -69,7 +71,7 @@ class ByteRing:
         first = min(n, self.size - offset)
         base = self.data_offset
         data = bytes(self.page[base + offset:base + offset + first]) + bytes(self.page[base:base + n - first])
-        _U32.pack_into(self.page, self.cons_offset, (cons + n) & MASK32)
+        self.words.store_u32(self.cons_offset, cons + n)
         return data
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import struct
 
+from abi.shared_memory import SharedWords
 from abi.x86_pte import PAGE_SHIFT, PAGE_SIZE
 
-_U64 = struct.Struct("<Q")
 _ZERO_PAGE = bytes(PAGE_SIZE)
+_U64_MASK = 0xFFFF_FFFF_FFFF_FFFF
 
 
 class MachineMemory:
@@ -31,6 +31,10 @@ class MachineMemory:
         os.ftruncate(self.fd, size)
         self.buf = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self.buf)
+        # Guests, dom0 and other vCPUs read PTEs, grant flags and vcpu_info words while we
+        # write them: every such field goes through these one-store accessors.
+        self.words = SharedWords(self.buf)
+        self._u64 = self.words.u64      # read_u64/write_u64 index it directly (the PTE hot path)
 
     @property
     def host_address(self) -> int:
@@ -57,10 +61,21 @@ class MachineMemory:
         self.buf[maddr:maddr + len(data)] = data
 
     def read_u64(self, maddr: int) -> int:
-        return _U64.unpack_from(self.buf, maddr)[0]
+        if maddr & 7 or maddr < 0:      # no shared field is unaligned: a plain read of the bytes
+            return int.from_bytes(self.read(maddr, 8), "little")
+        value: int = self._u64[maddr >> 3]
+        return value
 
     def write_u64(self, maddr: int, value: int) -> None:
-        _U64.pack_into(self.buf, maddr, value & 0xFFFF_FFFF_FFFF_FFFF)
+        """One aligned 8-byte store: a vCPU walking this PTE sees the old or the new entry.
+
+        An unaligned value (no PTE, grant or vcpu_info field is) is copied in as
+        bytes: that cannot be one store, but it is never zero-filled first either.
+        """
+        if maddr & 7 or maddr < 0:
+            self.write(maddr, (value & _U64_MASK).to_bytes(8, "little"))
+            return
+        self._u64[maddr >> 3] = value & _U64_MASK
 
     def scrub(self, mfn: int) -> None:
         """Zero a frame: no frame is handed on still holding old contents."""
@@ -72,6 +87,8 @@ class MachineMemory:
         if self.fd < 0:
             return
         self.view.release()
+        del self._u64
+        self.words.release()
         try:
             self.buf.close()
         except BufferError:

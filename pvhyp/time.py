@@ -410,11 +410,11 @@ class TimeKeeper:
         maddr = vcpu.vcpu_info_maddr
         if maddr:
             at = maddr + VCPU_INFO_TIME_OFFSET
-            version = _U32.unpack(memory.read(at, 4))[0]
-            odd = ((version + 1) | 1) & 0xFFFF_FFFF
-            memory.write(at, _U32.pack(odd))
+            # The version word is what a reading vCPU trusts: one aligned store each time.
+            odd = ((memory.words.load_u32(at) + 1) | 1) & 0xFFFF_FFFF
+            memory.words.store_u32(at, odd)
             memory.write(at + 4, body)
-            memory.write(at, _U32.pack((odd + 1) & 0xFFFF_FFFF))
+            memory.words.store_u32(at, odd + 1)
         pv = vcpu.pv
         if pv is not None and pv.time_info_guest:
             self._write_time_area(vcpu, pv.time_info_guest, body)
@@ -439,11 +439,10 @@ class TimeKeeper:
         at = (domain.shared_info_mfn << PAGE_SHIFT) + _WC_OFFSET
         wall = self.clock.boot_wallclock_ns
         sec, nsec = divmod(wall, NSEC_PER_SEC)
-        version = _U32.unpack(memory.read(at, 4))[0]
-        odd = ((version + 1) | 1) & 0xFFFF_FFFF
-        memory.write(at, _U32.pack(odd))
+        odd = ((memory.words.load_u32(at) + 1) | 1) & 0xFFFF_FFFF
+        memory.words.store_u32(at, odd)
         memory.write(at + 4, struct.pack("<III", sec & 0xFFFF_FFFF, nsec, sec >> 32))
-        memory.write(at, _U32.pack((odd + 1) & 0xFFFF_FFFF))
+        memory.words.store_u32(at, odd + 1)
 
     # --- vCPU timers (Xen: common/sched/core.c) --------------------------------
     def send_timer_event(self, vcpu: "VCPU") -> None:

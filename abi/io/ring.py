@@ -16,18 +16,20 @@ C).  The index arithmetic of the macros is here as plain functions and the
 ``FrontRing`` / ``BackRing`` classes, working on a writable buffer (e.g. a
 memoryview of the guest's ring page).  C's memory barriers have no
 counterpart: pvhyp runs the guest and backend in one thread, so every store
-here is seen in program order.
+here is seen in program order. Each header index is loaded and stored as one
+aligned 32-bit access (abi.shared_memory): the peer may be another process
+reading it mid-store.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from construct import Struct
 
 from abi.cdefs import CUnion, Typedef, uint8_t, uint32_t
+from abi.shared_memory import SharedWords
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -140,18 +142,16 @@ def nr_unconsumed_requests(req_prod: int, req_cons: int, rsp_prod_pvt: int, nr_e
 class SharedRing:
     """The shared page's header fields, read and written in place."""
 
-    _u32 = struct.Struct("<I")
-
     def __init__(self, page: WriteableBuffer, layout: RingLayout) -> None:
         self.page = memoryview(page).cast("B")
+        self.words = SharedWords(self.page)
         self.layout = layout
 
     def _get(self, offset: int) -> int:
-        value: int = self._u32.unpack_from(self.page, offset)[0]
-        return value
+        return self.words.load_u32(offset)
 
     def _set(self, offset: int, value: int) -> None:
-        self._u32.pack_into(self.page, offset, _wrap(value))
+        self.words.store_u32(offset, value)
 
     req_prod = property(lambda s: s._get(REQ_PROD_OFFSET), lambda s, v: s._set(REQ_PROD_OFFSET, v))
     req_event = property(lambda s: s._get(REQ_EVENT_OFFSET), lambda s, v: s._set(REQ_EVENT_OFFSET, v))

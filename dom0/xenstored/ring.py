@@ -21,7 +21,6 @@ Usage by the toolstack:
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dom0.xenstored.ring")
 
-_U32 = struct.Struct("<I")
 # Never buffer more than one maximal message per guest: beyond that, the
 # bytes stay in the guest's ring, which is the guest's problem.
 _MAX_BUFFERED = wire.XSD_SOCKMSG_SIZE + wire.XENSTORE_PAYLOAD_MAX
@@ -60,11 +58,13 @@ class _Ring:
     requests: ByteRing  # the guest produces, we consume
     replies: ByteRing  # we produce, the guest consumes
 
+    # The guest reads the page's words while we write them: one aligned store each,
+    # through the rings' view of the whole page (pvguest.ring / abi.shared_memory).
     def load(self, offset: int) -> int:
-        return int(_U32.unpack_from(self.page, offset)[0])
+        return self.requests.words.load_u32(offset)
 
     def store(self, offset: int, value: int) -> None:
-        _U32.pack_into(self.page, offset, value & 0xFFFFFFFF)
+        self.requests.words.store_u32(offset, value)
 
 
 class RingServer:

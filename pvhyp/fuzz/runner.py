@@ -9,7 +9,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from pvhyp.fuzz import oracle
+from pvhyp.fuzz import oracle, x86
 from pvhyp.fuzz.ops import Op, Step, all_ops
 from pvhyp.fuzz.world import World
 from pvhyp.host import build_hypervisor
@@ -23,6 +23,20 @@ SAMPLE_PERIOD, SAMPLED = 1000, 100   # coverage traces 100 steps in every 1,000 
 def make_hv():
     """A fresh hypervisor for one world: every handler, no CPU engine (steps go straight into the table)."""
     return build_hypervisor(MEMORY_MB, cpu=False)
+
+
+def make_cpu_hv():
+    """A fresh hypervisor with the CPU engine, for the x86 target's worlds (pvhyp.fuzz.x86)."""
+    return build_hypervisor(MEMORY_MB, cpu=True)
+
+
+def make_hv_for(world: str):
+    """The hypervisor factory a reproducer of attacker kind `world` replays on."""
+    return make_cpu_hv if world == x86.WORLD_KIND else make_hv
+
+
+TARGETS = ("hypercall", "x86")
+X86_SHARE = 0.7             # of an x86 target's steps, how many run guest code (the rest: hypercalls)
 
 
 @dataclass
@@ -41,6 +55,7 @@ class Stats:
     ops_seen: set = field(default_factory=set)
     ops_succeeded: set = field(default_factory=set)
     failures: list = field(default_factory=list)
+    cpu_events: collections.Counter = field(default_factory=collections.Counter)   # x86: PvEntry.counts summed
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -54,7 +69,12 @@ class Stats:
 class Fuzzer:
     def __init__(self, make_hv, seed: int = 0, hypercalls: list[str] | None = None,
                  privileged: bool = False, full_every: int = 1000, out_dir: str | None = None,
-                 kinds: tuple[str, ...] = ("x86", "x86", "process"), checkers=None):
+                 kinds: tuple[str, ...] = ("x86", "x86", "process"), checkers=None, target: str = "hypercall"):
+        if target not in TARGETS:
+            raise ValueError(f"unknown fuzz target {target!r} (one of: {', '.join(TARGETS)})")
+        if target == "x86":
+            kinds = (x86.WORLD_KIND,)
+        self.target = target
         self.make_hv = make_hv
         self.rng = random.Random(seed)
         self.seed = seed
@@ -75,17 +95,26 @@ class Fuzzer:
 
     def close(self) -> None:
         """Stop the current world's threads and release its hypervisor."""
-        self.world.close()
+        self._close_world()
 
     # --- the world ---
 
-    def _new_world(self) -> None:
+    def _close_world(self) -> None:
+        kernel = self.world.kernel
+        if kernel is not None and kernel.vcpu.arch is not None:
+            self.stats.cpu_events.update(kernel.cpu.counts)
         self.world.close()
+
+    def _new_world(self) -> None:
+        self._close_world()
         self._start_world()
 
     def _start_world(self) -> None:
         kind = self.rng.choice(self.kinds)
-        self.world = World(self.make_hv(), privileged=self.privileged, seed=self.rng.getrandbits(32), kind=kind)
+        seed = self.rng.getrandbits(32)
+        self.world = World(self.make_hv(), privileged=self.privileged, seed=seed, kind=kind)
+        if kind == x86.WORLD_KIND:
+            self.world.kernel = x86.GuestKernel(self.world, random.Random(seed))
         self.ctx = HypercallContext(self.world.attacker.vcpus[0])
         self.history: list[Step] = []
 
@@ -93,6 +122,8 @@ class Fuzzer:
 
     def generate(self) -> Step:
         from abi.xen import HYPERCALL_NUMBERS
+        if self.world.kernel is not None and self.rng.random() < X86_SHARE:
+            return x86.generate_step(self.world, self.rng)
         op = self.rng.choice(self.ops)
         if op.hypercall == "multicall":
             return self._multicall()
@@ -145,6 +176,11 @@ class Fuzzer:
     def step_once(self, step: Step | None = None, full: bool = False) -> Failure | None:
         step = step or self.generate()
         self.history.append(step)
+        if step.nr == x86.X86_NR:
+            failure = self._x86_step(step)
+            if failure is None and full:
+                failure = self._final_check()
+            return failure
         result, exc = self.execute(step)
         name = self.world.hv.hypercalls.name(step.nr)
         self.stats.execs += 1
@@ -167,6 +203,29 @@ class Fuzzer:
                                list(self.history))
         return None
 
+    def _x86_step(self, step: Step) -> Failure | None:
+        """Guest code on the engine: the run's end must be one Xen could have, nothing may escape."""
+        kernel = self.world.kernel
+        if kernel is None:          # a reproducer's x86 step on a world without a vCPU: nothing runs
+            return None
+        outcome, exc = kernel.run_step(step)
+        self.stats.execs += 1
+        self.stats.per_hypercall[step.op][outcome if exc is None else "exception"] += 1
+        self.stats.ops_seen.add(step.op)
+        if exc is not None:
+            return Failure(f"{outcome} {x86.describe(exc)}", "".join(traceback.format_exception(exc)),
+                           list(self.history))
+        self.stats.ops_succeeded.add(step.op)
+        problem = kernel.check_after_step()
+        if problem:
+            return Failure(f"cpu {problem.split(':')[0]}", problem, list(self.history))
+        return None
+
+    def _world_is_dead(self) -> bool:
+        """An x86 attacker that crashed (or shut down) runs no more code: start a new world."""
+        attacker = self.world.attacker
+        return self.world.kernel is not None and (attacker.is_shut_down or attacker.is_dying)
+
     # --- the loop ---
 
     def run(self, steps: int | None = None, seconds: float | None = None, progress=None,
@@ -187,7 +246,7 @@ class Fuzzer:
                 break
             full = (self.stats.execs + 1) % self.full_every == 0
             failure = self.step_once(full=full)
-            if failure is None and len(self.history) >= RESET_EVERY:
+            if failure is None and (len(self.history) >= RESET_EVERY or self._world_is_dead()):
                 failure = self._final_check()
                 self._new_world()
             if failure is not None:

@@ -5,7 +5,8 @@ and validated, pfn N mapped at virtual N << 12, so it can pin, update and
 unpin tables, and its argument pointers go through its page tables), or a
 process domain (kind "process": pseudo-physical pointers, frames that can
 never become page tables). Either way an argument at address A lives in pfn
-A >> 12. The attacker is unprivileged unless asked otherwise; the victim is a
+A >> 12. Kind "x86cpu" is the x86 attacker with a running vCPU as well: its
+code comes from pvhyp.fuzz.x86, whose GuestKernel the runner sets as `kernel`. The attacker is unprivileged unless asked otherwise; the victim is a
 passive process domain, and nothing an unprivileged attacker does may change
 its memory.
 """
@@ -14,10 +15,14 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
+from typing import TYPE_CHECKING
 
 from abi.xen import DOMID_COW, DOMID_INVALID, DOMID_IO, DOMID_SELF, DOMID_XEN
 from pvhyp.channel import InProcessChannel, create_process_domain  # noqa: F401
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
+
+if TYPE_CHECKING:
+    from pvhyp.fuzz.x86 import GuestKernel
 
 ATTACKER_PAGES = 96
 BUFFER_PAGES = 8            # pfns 0..7 hold argument buffers; the rest are frames to play with
@@ -36,7 +41,7 @@ class World:
         if not privileged:
             self.dom0 = create_process_domain(hv, 16, privileged=True, domid=0)
         table_pfns: list[int] = []
-        if kind == "x86":
+        if kind in ("x86", "x86cpu"):
             from pvhyp.mm.testbed import build_pv_domain
             tables = build_pv_domain(hv, ATTACKER_PAGES, privileged=privileged, domid=attacker_domid)
             self.attacker = tables.domain
@@ -46,6 +51,7 @@ class World:
                                                   domid=attacker_domid)
         else:
             raise ValueError(f"unknown attacker kind {kind!r}")
+        self.table_pfns = table_pfns
         self.attacker_frames = tuple(self.attacker.p2m)
         self.victim = create_process_domain(hv, VICTIM_PAGES, domid=2)
         rng = random.Random(seed)
@@ -77,6 +83,9 @@ class World:
             "handle": [0, 1, 2, 0xFFFF_FFFF],
             "vcpu": [0, 1, 31, 0xFFFF_FFFF],
         }
+        # Kind "x86cpu": the runner gives the attacker its vCPU and little kernel
+        # (pvhyp.fuzz.x86.GuestKernel); close() releases it with the world.
+        self.kernel: GuestKernel | None = None
 
     def _wake_blocked(self) -> None:
         while not self._closing.wait(WAKE_AFTER_S):
@@ -89,6 +98,8 @@ class World:
         for vcpu in self.attacker.vcpus:
             vcpu.kick()
         self._waker.join(1.0)
+        if self.kernel is not None:
+            self.kernel.close()
         self.hv.close()
 
     # --- attacker memory (argument buffers) ---
@@ -141,7 +152,7 @@ class World:
         PTEs still do not map writable). A process attacker stores through the
         mapping of its original frames, while it still owns them.
         """
-        if self.kind == "x86":
+        if self.kind != "process":
             from pvhyp.guest_access import GuestFault, translate
             try:
                 return translate(self.attacker.vcpus[0], addr, write)

@@ -5,11 +5,10 @@ entries. The shared and status frames are machine frames owned by the
 domain (Xen shares its Xen-heap pages with the guest), so the guest maps
 them like its own memory; entries are read from and written to those
 frames directly. Xen updates the flags word with cmpxchg against a racing
-guest; pvhyp writes the 16-bit word in one store, which is as narrow.
+guest; pvhyp writes the 16-bit word in one aligned store (abi.shared_memory),
+which is as narrow: the guest never sees it half written or cleared.
 """
 from __future__ import annotations
-
-import struct
 
 from abi import grant_table as G
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE
@@ -61,10 +60,6 @@ STGNT_PER_PAGE = PAGE_SIZE // STATUS_SIZE
 MAPTRACK_PER_PAGE = PAGE_SIZE // 16
 MAPTRACK_TAIL = 0xFFFF_FFFF
 INVALID_MAPTRACK_HANDLE = 0xFFFF_FFFF
-
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 
 
 def grant_to_status_frames(grant_frames: int) -> int:
@@ -189,8 +184,8 @@ class GrantTable:
 
     # --- guest-visible entries ---
     @property
-    def _buf(self):
-        return self.hv.memory.buf
+    def _words(self):
+        return self.hv.memory.words
 
     def entry_maddr(self, ref: int) -> int:
         if self.gt_version == 1:
@@ -205,14 +200,14 @@ class GrantTable:
 
     def header(self, ref: int) -> tuple[int, int]:
         """(flags, domid) of an entry, read once as Xen reads the combined word."""
-        raw = _U32.unpack_from(self._buf, self.entry_maddr(ref) + HDR_FLAGS)[0]
+        raw = self._words.load_u32(self.entry_maddr(ref) + HDR_FLAGS)
         return raw & 0xFFFF, raw >> 16
 
     def read_u16(self, maddr: int) -> int:
-        return _U16.unpack_from(self._buf, maddr)[0]
+        return self._words.load_u16(maddr)
 
     def write_u16(self, maddr: int, value: int) -> None:
-        _U16.pack_into(self._buf, maddr, value & 0xFFFF)
+        self._words.store_u16(maddr, value)
 
     def set_flags(self, maddr: int, bits: int) -> None:
         self.write_u16(maddr, self.read_u16(maddr) | bits)
@@ -224,27 +219,26 @@ class GrantTable:
     def frame(self, ref: int) -> int:
         base = self.entry_maddr(ref)
         if self.gt_version == 1:
-            return _U32.unpack_from(self._buf, base + V1_FRAME)[0]
-        return _U64.unpack_from(self._buf, base + V2_FULL_FRAME)[0]
+            return self._words.load_u32(base + V1_FRAME)
+        return self._words.load_u64(base + V2_FULL_FRAME)
 
     def set_frame(self, ref: int, frame: int) -> None:
         base = self.entry_maddr(ref)
         if self.gt_version == 1:
-            _U32.pack_into(self._buf, base + V1_FRAME, frame & 0xFFFF_FFFF)
+            self._words.store_u32(base + V1_FRAME, frame)
         else:
-            _U64.pack_into(self._buf, base + V2_FULL_FRAME, frame)
+            self._words.store_u64(base + V2_FULL_FRAME, frame)
 
     def sub_page(self, ref: int) -> tuple[int, int, int]:
         """v2 sub-page entry: (frame, page_off, length)."""
         base = self.entry_maddr(ref)
-        return (_U64.unpack_from(self._buf, base + V2_SUB_FRAME)[0],
-                _U16.unpack_from(self._buf, base + V2_SUB_OFF)[0],
-                _U16.unpack_from(self._buf, base + V2_SUB_LEN)[0])
+        words = self._words
+        return (words.load_u64(base + V2_SUB_FRAME), words.load_u16(base + V2_SUB_OFF),
+                words.load_u16(base + V2_SUB_LEN))
 
     def transitive(self, ref: int) -> tuple[int, int]:
         base = self.entry_maddr(ref)
-        return (_U16.unpack_from(self._buf, base + V2_TRANS_DOMID)[0],
-                _U32.unpack_from(self._buf, base + V2_TRANS_GREF)[0])
+        return self._words.load_u16(base + V2_TRANS_DOMID), self._words.load_u32(base + V2_TRANS_GREF)
 
     def clear_frames(self) -> None:
         for mfn in self.shared:

@@ -79,7 +79,6 @@ FASTPATH_FLAG_WHITELIST = (_PAGE_NX | _AVAIL_HIGH | _PAGE_AVAIL | _PAGE_GLOBAL
 _FASTPATH_COMPARE = PTE_FRAME_MASK | (0xFFF & ~FASTPATH_FLAG_WHITELIST) | _PAGE_PRESENT
 
 _TABLE = struct.Struct("<512Q")
-_U64 = struct.Struct("<Q")
 
 
 def l1_disallow_mask(d) -> int:
@@ -173,13 +172,14 @@ class FrameRefs:
         return _TABLE.unpack_from(self.memory.buf, mfn << 12)
 
     def write_table(self, mfn: int, entries) -> None:
-        _TABLE.pack_into(self.memory.buf, mfn << 12, *entries)
+        """Entry by entry, changed ones only: other vCPUs may be walking this table."""
+        self.memory.words.store_u64_changed(mfn << 12, entries)
 
     def read_entry(self, maddr: int) -> int:
-        return _U64.unpack_from(self.memory.buf, maddr)[0]
+        return self.memory.read_u64(maddr)
 
     def write_entry(self, maddr: int, value: int) -> None:
-        _U64.pack_into(self.memory.buf, maddr, value)
+        self.memory.write_u64(maddr, value)
 
     # ------------------------------------------------------- general references
     def page_get_owner_and_reference(self, mfn: int):

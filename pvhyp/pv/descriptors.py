@@ -79,7 +79,8 @@ def validate_segdesc_page(memory, mfn: int) -> int:
         if fixed is None:
             return -E.EINVAL
         descriptors[i] = fixed
-    _DESCRIPTORS.pack_into(memory.buf, base, *descriptors)
+    # Fixed-up descriptors only, each in one store: the GDT may be live on another vCPU.
+    memory.words.store_u64_changed(base, descriptors)
     return 0
 
 

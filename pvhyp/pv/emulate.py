@@ -171,6 +171,10 @@ class PrivilegedOps:
         opcode = code[i:i + 2]
         if len(opcode) < 2 or opcode[0] != 0x0F:
             return False
+        if not self.pv.kernel_mode:
+            # Xen's emulator runs guest user mode at CPL3 (only kernel mode gets the faked
+            # DPL 0 of read_segment), so every ring-0 instruction below is the #GP it was.
+            return False
         op = opcode[1]
         if op == 0x32:
             done, length = self._rdmsr(), i + 2

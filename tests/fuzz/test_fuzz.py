@@ -30,7 +30,7 @@ def test_privileged_attacker_short_run():
 @pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
 def test_regression_corpus(path):
     steps, privileged, kind, world = runner.load_reproducer(str(path))
-    failure = runner.replay(make_hv, steps, privileged, world=world)
+    failure = runner.replay(runner.make_hv_for(world), steps, privileged, world=world)
     assert failure is None, f"{path.name} ({kind}) fails again: {failure.kind}\n{failure.detail}"
 
 

@@ -66,11 +66,27 @@ def test_version_is_odd_while_the_record_is_written(guest):
             seen.append(("body", time_info(guest)[0] % 2))
         real_write(maddr, data)
 
+    class SpyingWords:
+        """The version word is stored through the one-store accessors (abi.shared_memory)."""
+        def __init__(self, words):
+            self.words = words
+
+        def __getattr__(self, name):
+            return getattr(self.words, name)
+
+        def store_u32(self, maddr, value):
+            if maddr == at:
+                seen.append(value & 0xFFFF_FFFF)
+            self.words.store_u32(maddr, value)
+
+    real_words = hv.memory.words
     hv.memory.write = spying_write
+    hv.memory.words = SpyingWords(real_words)
     try:
         hv.time.update_vcpu_system_time(guest.vcpu)
     finally:
         del hv.memory.write
+        hv.memory.words = real_words
     assert seen == [before + 1, ("body", 1), before + 2]
 
 
