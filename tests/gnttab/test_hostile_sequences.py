@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 from abi import errno as E
 from abi import grant_table as GA
 from abi import xen as X
+from abi.xen import vcpu_time_info
 from pvhyp import event_channel as ev
 from pvhyp import grant_table as gnt
+from pvhyp.time import FakeClock
 from tests.evtchn.evtchn_kit import DATA_PAGE, Guest
 
 u16 = st.integers(0, 0xFFFF)
@@ -59,15 +61,48 @@ def _digest(guest: Guest) -> str:
     return h.hexdigest()
 
 
-def run_sequence(hv, players, ops) -> None:
+def build_world():
+    """The hypervisor, three players (the third privileged) and a bystander.
+
+    Time stands still (a FakeClock nobody advances): with the host clock the
+    hypervisor restamps every vCPU's vcpu_time_info once a second (Xen's time
+    calibration), the bystander's included. That write is Xen's own, and under
+    load an example outlived that second: the bystander's digest changed and
+    hypothesis reported the example as Flaky. No op here reads time.
+    """
+    from pvhyp.host import build_hypervisor
+    hv = build_hypervisor(32, cpu=False)
+    hv.time.use_clock(FakeClock())          # before the first domain: nothing armed yet
+    players = [Guest(hv, nr_pages=128, vcpus=2) for _ in range(2)] + [Guest(hv, nr_pages=128, privileged=True)]
+    return hv, players, Guest(hv, nr_pages=16)
+
+
+# A domid no domain holds: what a player's attempt to act for the bystander names instead.
+UNUSED_DOMID = X.DOMID_FIRST_RESERVED - 1
+
+
+def run_sequence(hv, players, ops, bystander: Guest | None = None) -> None:
     def domid(i):
         return X.DOMID_SELF if i == -1 else players[i].domid if i < len(players) else i
+
+    def acting_for(g, i):
+        """The domain player g acts for (alloc_unbound's `dom`).
+
+        A privileged domain may open an unbound port in any domain, and the peer it
+        names may bind it and send: the bystander's pending bits then change, as in
+        Xen. The bystander is the domain nobody offered anything to, so a privileged
+        player never acts for it (an unprivileged one still tries, and meets EPERM).
+        """
+        d = domid(i)
+        if bystander is not None and d == bystander.domid and g.domain.is_privileged:
+            return UNUSED_DOMID
+        return d
 
     tampered = False        # a guest rewrote an entry in use: its GTF bits are its own business
     for op in ops:
         kind, g = op[0], players[op[1]]
         if kind == "alloc_unbound":
-            rc = g.evtchn("alloc_unbound", dom=domid(op[2]), remote_dom=domid(op[3]))[0]
+            rc = g.evtchn("alloc_unbound", dom=acting_for(g, op[2]), remote_dom=domid(op[3]))[0]
         elif kind == "bind_interdomain":
             rc = g.evtchn("bind_interdomain", remote_dom=domid(op[2]), remote_port=op[3])[0]
         elif kind in ("send", "close", "unmask"):
@@ -121,13 +156,10 @@ def run_sequence(hv, players, ops) -> None:
 @settings(max_examples=int(os.environ.get("PVHYP_HOSTILE_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(OPS, min_size=1, max_size=25))
 def test_hostile_sequences_keep_state_consistent(ops):
-    from pvhyp.host import build_hypervisor
-    hv = build_hypervisor(32, cpu=False)
+    hv, players, bystander = build_world()
     try:
-        players = [Guest(hv, nr_pages=128, vcpus=2) for _ in range(2)] + [Guest(hv, nr_pages=128, privileged=True)]
-        bystander = Guest(hv, nr_pages=16)
         before = _digest(bystander)
-        run_sequence(hv, players, ops)
+        run_sequence(hv, players, ops, bystander)
         assert _digest(bystander) == before
         for p in players:                   # tearing down in any state leaves nothing behind
             hv.destroy_domain(p.domid)
@@ -137,6 +169,56 @@ def test_hostile_sequences_keep_state_consistent(ops):
         # Every frame the players or their grants held is back (orphans freed or none left).
         assert all(o in (-1, bystander.domid) or o == 0x7FF2 for o in hv.frames.owner), \
             sorted({o for o in hv.frames.owner})
+    finally:
+        hv.close()
+
+
+def test_time_calibration_rewrites_only_the_bystanders_time_record():
+    """Why the fuzz runs on a still clock (it was Flaky under load): with the host
+    clock the once-a-second calibration restamps vcpu_info[0].time of every domain,
+    the bystander's too. Only those bytes change, and only in shared_info."""
+    from pvhyp.host import build_hypervisor
+    from pvhyp.time import VCPU_INFO_TIME_OFFSET
+    hv = build_hypervisor(32, cpu=False)
+    try:
+        bystander = Guest(hv, nr_pages=16)
+        assert hv.time.next_deadline() is not None          # the calibration is armed
+        memory = bytes(bystander.ch.memory)
+        shared = bytes(bystander._shared())
+        hv.time._calibrate()                                # what its timer does a second later
+        changed = [i for i, (x, y) in enumerate(zip(shared, bytes(bystander._shared()))) if x != y]
+        time_record = range(VCPU_INFO_TIME_OFFSET, VCPU_INFO_TIME_OFFSET + vcpu_time_info.sizeof())
+        assert changed and all(i in time_record for i in changed), changed
+        assert bytes(bystander.ch.memory) == memory
+    finally:
+        hv.close()
+
+
+def test_nothing_writes_the_bystander_while_the_fuzz_world_waits():
+    hv, players, bystander = build_world()
+    try:
+        before = _digest(bystander)
+        assert hv.time.next_deadline() is None              # no timer that could write behind the ops
+        hv.time.clock.advance(60 * 1_000_000_000)
+        assert _digest(bystander) == before
+    finally:
+        hv.close()
+
+
+def test_a_privileged_player_never_acts_for_the_bystander():
+    """alloc_unbound(dom=bystander) by the privileged player, then bind and send: Xen
+    lets this reach the bystander's pending bits (dom0 may act for any domain), so the
+    fuzz names an unused domid instead. Both halves are checked."""
+    hv, players, bystander = build_world()
+    try:
+        assert bystander.domid >= len(players)              # domref's raw domids can name it
+        opener = [("alloc_unbound", 2, bystander.domid, -1), ("bind_interdomain", 2, bystander.domid, 1)]
+        sends = [("send", 2, port) for port in range(1, 8)]
+        before = _digest(bystander)
+        run_sequence(hv, players, opener + sends, bystander)
+        assert _digest(bystander) == before
+        run_sequence(hv, players, opener + sends)           # without the rule: Xen's own semantics
+        assert bystander.pending(1) and bystander.upcall_pending()
     finally:
         hv.close()
 
