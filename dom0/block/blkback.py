@@ -173,11 +173,12 @@ class BlockConnection:
         return P.response(req_id, operation, status)
 
     def _views(self, grefs: list[int], writable: bool) -> list[memoryview]:
-        views = self.grants.get(grefs, writable)
-        for v in views:
+        views = []
+        for v in self.grants.get(grefs, writable):
             if isinstance(v, GrantMapError):
                 raise P.Refused(B.BLKIF_RSP_ERROR, str(v))
-        return views            # type: ignore[return-value]
+            views.append(v)
+        return views
 
     def _execute(self, req: P.Request) -> None:
         op = req.op

@@ -53,7 +53,6 @@ CMD_DISC = 2
 CMD_FLUSH = 3
 CMD_TRIM = 4
 
-TFLAG_HAS_FLAGS = 1 << 0
 TFLAG_READ_ONLY = 1 << 1
 TFLAG_SEND_FLUSH = 1 << 2
 TFLAG_SEND_TRIM = 1 << 5
@@ -326,13 +325,13 @@ class QemuNbd:
         deadline = time.monotonic() + start_timeout
         while not os.path.exists(socket_path):
             if self.process.poll() is not None:
-                raise OSError(host_errno.EIO, f"qemu-nbd could not serve {image}: {self._last_log_line()}")
+                raise OSError(host_errno.EIO, f"qemu-nbd could not serve {image}: {self.last_log_line()}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise OSError(host_errno.ETIMEDOUT, f"qemu-nbd did not start serving {image}")
             time.sleep(0.02)
 
-    def _last_log_line(self) -> str:
+    def last_log_line(self) -> str:
         try:
             with open(self.log_path, errors="replace") as f:
                 lines = [line.strip() for line in f if line.strip()]

@@ -106,3 +106,60 @@ def hostile(kernel, *args) -> None:
     except Exception:
         report["error"] = traceback.format_exc()
     _report(kernel, report)
+
+
+def commands(kernel, *args) -> None:
+    """Does what the test writes to data/cmd ("SEQ OP ARGS"), answering in data/result/SEQ.
+
+    OPs: attach DEVID [ORDER] | read SECTOR | write SECTOR BYTE | flush | close | quit.
+    A disk whose backend starts closing (block-detach) is closed from here, as
+    xen-blkfront does, and data/detached says which.
+    """
+    xs = kernel.xenbus
+    home = xs.get_domain_path(kernel.domid)
+    xs.watch(f"{home}/data/cmd", "cmd")
+    fronts: dict[int, BlkFront] = {}
+    done: set[str] = set()
+    while True:
+        event = xs.read_watch(timeout=0.1)
+        for devid, front in list(fronts.items()):
+            if front.backend_state() == 5:
+                front.close()
+                del fronts[devid]
+                xs.write(f"{home}/data/detached", str(devid))
+        if event is None:
+            continue
+        try:
+            words = xs.read(f"{home}/data/cmd").decode().split()
+        except Exception:
+            continue
+        if not words or words[0] in done:
+            continue
+        seq, op, rest = words[0], words[1], words[2:]
+        done.add(seq)
+        try:
+            if op == "quit":
+                xs.write(f"{home}/data/result/{seq}", "ok")
+                return
+            if op == "attach":
+                front = BlkFront(kernel, int(rest[0]), ring_page_order=int(rest[1]) if len(rest) > 1 else 0)
+                fronts[int(rest[0])] = front
+                result = json.dumps({"sectors": front.sectors, "info": front.info})
+            else:
+                front = next(iter(fronts.values()))
+                if op == "read":
+                    status, data = front.read(int(rest[0]), 512)
+                    result = json.dumps([status, data[0]])
+                elif op == "write":
+                    result = json.dumps(front.write(int(rest[0]), bytes([int(rest[1])]) * 512))
+                elif op == "flush":
+                    result = json.dumps(front.flush())
+                elif op == "close":
+                    front.close()
+                    fronts.clear()
+                    result = "closed"
+                else:
+                    result = f"unknown op {op}"
+        except Exception as e:
+            result = f"error: {e}"
+        xs.write(f"{home}/data/result/{seq}", result)
