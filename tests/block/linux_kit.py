@@ -1,13 +1,13 @@
 """Debian's kernel with its own xen-blkfront and ext4 modules, for the disk tests.
 
 The image `pvhyp image debian` builds has a busybox initramfs without
-modules; the kernel unpacks concatenated initramfs archives in turn, so this
-appends one holding the modules (taken from the same linux-image package, in
+modules; this one adds them (taken from the same linux-image package, in
 dependency order) and an /init that loads them before the usual shell.
 """
 from __future__ import annotations
 
 import glob
+import gzip
 import os
 import re
 
@@ -39,8 +39,10 @@ def disk_ramdisk(image: dict, out_dir: str) -> str:
     assert "insmod" in script
     w.file("init", script.encode(), 0o755)
     with open(image["ramdisk"], "rb") as f:
-        base = f.read()
+        base = gzip.decompress(f.read())
+    # one archive: the image's entries up to its trailer, then ours (a later /init replaces the first)
+    trailer = base.rindex(b"070701", 0, base.rindex(b"TRAILER!!!"))
     with open(path + ".tmp", "wb") as f:
-        f.write(base + w.finish())
+        f.write(gzip.compress(base[:trailer] + w.finish()))
     os.replace(path + ".tmp", path)
     return path

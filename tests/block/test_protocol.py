@@ -67,6 +67,8 @@ def test_good_requests_decode():
     assert (req.op, req.id, req.sector, req.data_sectors) == (B.BLKIF_OP_WRITE, 42, 16, 10)
     assert [s.gref for s in req.segments] == [5, 6]
     assert P.parse(rw(op=B.BLKIF_OP_FLUSH_DISKCACHE, segs=()), RO).segments == []    # empty flush: fine
+    # xen-blkfront's empty flush names sector (sector_t)-1: no sectors, no range to check
+    assert P.parse(rw(op=B.BLKIF_OP_FLUSH_DISKCACHE, sector=(1 << 64) - 1, segs=()), DISK).sector == (1 << 64) - 1
     assert P.parse(rw(sector=2040), DISK).sector == 2040                               # the last page
     d = P.parse(discard(sector=8, count=16), DISK)
     assert (d.sector, d.nr_sectors) == (8, 16)
