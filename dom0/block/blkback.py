@@ -81,7 +81,7 @@ class BlockKind:
             "feature-max-indirect-segments": str(MAX_INDIRECT_SEGMENTS),
             "max-ring-page-order": str(MAX_RING_PAGE_ORDER),
         }
-        if image.can_discard:
+        if image.can_discard and device.params.get("discard-enable", "1") != "0":     # xl's no-discard
             keys.update({"feature-discard": "1", "discard-granularity": str(DISCARD_GRANULARITY),
                          "discard-alignment": "0", "discard-secure": "0"})
         return keys
@@ -96,7 +96,9 @@ class BlockKind:
         persistent = parse_uint(frontend, "feature-persistent", 1, default=0) == 1
         pages = device.map_ring(frontend, "ring-ref", MAX_RING_PAGE_ORDER)
         device.bind_event(frontend)
-        return BlockConnection(device, image, pages, device.grant_cache(persistent, MAX_PERSISTENT_GRANTS))
+        discard = image.can_discard and device.params.get("discard-enable", "1") != "0"
+        return BlockConnection(device, image, pages, device.grant_cache(persistent, MAX_PERSISTENT_GRANTS),
+                               discard)
 
     def release(self, device: BackendDevice) -> None:
         image = self.images.pop((device.domid, device.devid), None)
@@ -117,12 +119,13 @@ class BlockKind:
 
 
 class BlockConnection:
-    def __init__(self, device: BackendDevice, image: DiskImage, pages: list[memoryview], grants):
+    def __init__(self, device: BackendDevice, image: DiskImage, pages: list[memoryview], grants,
+                 discard: bool):
         self.device = device
         self.image = image
         self.ring = device.back_ring(pages, P.ENTRY_SIZE)
         self.grants = grants
-        self.disk = P.Disk(image.sectors, image.readonly, image.can_discard, MAX_INDIRECT_SEGMENTS)
+        self.disk = P.Disk(image.sectors, image.readonly, discard, MAX_INDIRECT_SEGMENTS)
         self.stats = {"requests": 0, "refused": 0, "io_errors": 0}
         self._last_log = 0.0
         self._quiet = 0

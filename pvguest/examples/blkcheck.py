@@ -163,3 +163,27 @@ def commands(kernel, *args) -> None:
         except Exception as e:
             result = f"error: {e}"
         xs.write(f"{home}/data/result/{seq}", result)
+
+
+def bad_handshake(kernel, *args) -> None:
+    """Publishes a ring ref nobody granted and a port that is not one; the backend must refuse and close."""
+    report: dict = {}
+    try:
+        xs = kernel.xenbus
+        home = xs.get_domain_path(kernel.domid)
+        path = f"{home}/device/vbd/{kernel.params.get('devid', '51712')}"
+        backend = xs.read(f"{path}/backend").decode()
+        for key, value in (("ring-page-order", kernel.params.get("order", "1")), ("ring-ref0", "4000"),
+                           ("ring-ref1", "4001"), ("event-channel", "junk"), ("protocol", "x86_64-abi")):
+            xs.write(f"{path}/{key}", value)
+        xs.write(f"{path}/state", "3")
+        for _ in range(200):
+            state = xs.read(f"{backend}/state").decode()
+            if state == "5":
+                break
+            kernel.wait(0.05)
+        report["backend_state"] = state
+        report["backend_error"] = xs.read(f"{backend}/error").decode()
+    except Exception:
+        report["error"] = traceback.format_exc()
+    _report(kernel, report)

@@ -147,3 +147,13 @@ def test_bad_disk_lines_fail_create_with_one_line(bhost):
     out = bhost.pvhyp("create", cfg, check=False)
     assert out.returncode == 2 and "cannot open /nonexistent.img" in out.stderr
     assert "nodisk" not in bhost.pvhyp("list").stdout
+
+
+@pytest.mark.parametrize("order,reason", [("1", "ring page not mapped"), ("9", "ring-page-order")])
+def test_a_bad_handshake_is_refused_with_a_reason(bhost, order, reason):
+    path = raw_image(bhost, f"bad-handshake{order}.img")
+    name = f"badshake{order}"
+    bhost.pvhyp("create", bhost.config(name, "python:pvguest.examples.blkcheck:bad_handshake",
+                                       disk=[f"{path},raw,xvda,w,no-discard"], extra=f"order={order}"))
+    report = bhost.report(name)
+    assert report["backend_state"] == "5" and reason in report["backend_error"], report
