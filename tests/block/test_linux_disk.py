@@ -21,7 +21,6 @@ import time
 
 import pytest
 
-from tests.block.linux_kit import disk_ramdisk
 from tests.debian.test_toolstack import BOOT_TIMEOUT, type_line
 from tests.toolstack.conftest import start_host
 
@@ -40,7 +39,7 @@ def linux_host(tmp_path_factory):
         pytest.skip(str(e))
     host = start_host(str(tmp_path_factory.mktemp("linux-disk")), memory_mb=512)
     host.image = image
-    host.ramdisk = disk_ramdisk(image, host.run_dir)
+    host.ramdisk = image["ramdisk"]     # its initramfs loads xen-blkfront and ext4 (coldplug)
     yield host
     host.pvhyp("down", check=False)
 
@@ -129,7 +128,7 @@ def test_sigkill_mid_workload_keeps_every_synced_write(tmp_path_factory):
         pytest.skip(str(e))
     host = start_host(str(tmp_path_factory.mktemp("sigkill")), memory_mb=512)
     try:
-        host.image, host.ramdisk = image, disk_ramdisk(image, host.run_dir)
+        host.image, host.ramdisk = image, image["ramdisk"]
         disk = ext4_image(host, "work.ext4")
         boot(host, "victim", [f"{disk},raw,xvda,w"])
         type_line(host, "victim", "mount -t ext4 /dev/xvda /mnt && i=0 && while true; do i=$((i+1)); "
