@@ -30,7 +30,7 @@ from abi.io import blkif as B
 from dom0.block import protocol as P
 from dom0.block.image import DiskImage, open_image
 from dom0.block.vdev import vdev_name
-from dom0.xenbus import DeviceError, GrantMapError, parse_uint
+from dom0.xenbus import DeviceError, GrantCache, GrantMapError, parse_uint
 from dom0.xenbus.backend import MAX_RING_PAGE_ORDER, BackendDevice
 from dom0.xenbus.ring import RingOverflow
 
@@ -109,7 +109,7 @@ class BlockKind:
                 log.warning("%s: flushing on release: %s", device.name, e)
             image.close()
 
-    def describe(self, device: BackendDevice) -> dict:
+    def describe(self, device: BackendDevice) -> dict[str, object]:
         image = self.images.get((device.domid, device.devid))
         return {"devid": device.devid, "vdev": device.params.get("dev") or vdev_name(device.devid),
                 "target": parse_params(device.params.get("params", ""))[1],
@@ -119,7 +119,7 @@ class BlockKind:
 
 
 class BlockConnection:
-    def __init__(self, device: BackendDevice, image: DiskImage, pages: list[memoryview], grants,
+    def __init__(self, device: BackendDevice, image: DiskImage, pages: list[memoryview], grants: GrantCache,
                  discard: bool):
         self.device = device
         self.image = image

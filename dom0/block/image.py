@@ -16,7 +16,7 @@ import errno
 import os
 import tempfile
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 from abi.io.blkif import BLKIF_SECTOR_SIZE
 from dom0.block.nbd import QEMU_FORMATS, NbdConnection, QemuNbd
@@ -46,7 +46,7 @@ class DiskImage(Protocol):
     def sectors(self) -> int: ...
 
 
-def _fallocate():
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
     try:
         fn = ctypes.CDLL(None, use_errno=True).fallocate
     except (OSError, AttributeError):
@@ -133,7 +133,7 @@ class NbdImage:
                     self.server.stop()
                     raise
                 time.sleep(0.02)
-        self.size = self.conn.size
+        self.size: int = self.conn.size
         self.readonly = readonly or self.conn.readonly
         self.can_discard = not self.readonly and self.conn.can_trim
         self.description = f"{fmt} {path} via qemu-nbd"
