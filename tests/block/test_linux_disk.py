@@ -80,7 +80,7 @@ def test_ext4_on_xvda_write_sync_and_the_host_sees_it(linux_host):
         f.truncate(256 << 20)
     boot(host, "lin", [f"{disk},raw,xvda,w", f"format=raw, vdev=xvdb, access=rw, target={scratch}"])
     assert "xvda" in run(host, "lin", "cat /proc/partitions", "PARTS")
-    out = run(host, "lin", "mount -t ext4 /dev/xvda /mnt && echo pvhyp-was-here > /mnt/hello && "
+    out = run(host, "lin", "mkdir -p /mnt && mount -t ext4 /dev/xvda /mnt && echo pvhyp-was-here > /mnt/hello && "
                            "dd if=/dev/urandom of=/mnt/blob bs=64k count=128 && sync && "
                            "sha256sum /mnt/blob && umount /mnt", "WROTE")
     sha = re.search(r"^([0-9a-f]{64})  /mnt/blob", out, re.M).group(1)
@@ -131,7 +131,7 @@ def test_sigkill_mid_workload_keeps_every_synced_write(tmp_path_factory):
         host.image, host.ramdisk = image, image["ramdisk"]
         disk = ext4_image(host, "work.ext4")
         boot(host, "victim", [f"{disk},raw,xvda,w"])
-        type_line(host, "victim", "mount -t ext4 /dev/xvda /mnt && i=0 && while true; do i=$((i+1)); "
+        type_line(host, "victim", "mkdir -p /mnt && mount -t ext4 /dev/xvda /mnt && i=0 && while true; do i=$((i+1)); "
                                   "dd if=/dev/urandom of=/mnt/f$i bs=4k count=64 2>/dev/null; "
                                   "s=$(sha256sum /mnt/f$i); sync; echo \"SYNCED $s\"; done")
         synced = re.compile(r"^SYNCED ([0-9a-f]{64})  /mnt/(f\d+)", re.M)
