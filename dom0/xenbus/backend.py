@@ -375,5 +375,5 @@ class XenbusBackends:
         log.info("%s: released", device.name)
 
     def state_of(self, device: BackendDevice) -> str:
-        return S.state_name(device.machine.state) if not device.machine.released else S.state_name(
-            XenbusStateClosed)
+        """The backend state's name, as published (a released device is Closed)."""
+        return S.state_name(XenbusStateClosed if device.machine.released else device.machine.state)
