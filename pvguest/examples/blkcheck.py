@@ -83,6 +83,9 @@ def hostile(kernel, *args) -> None:
             "sector_wraps": front.request(B.BLKIF_OP_READ, (1 << 64) - 2, [(ref, 0, 7)]),
             "bad_gref": front.request(B.BLKIF_OP_READ, 0, [(4000, 0, 7)]),
             "ungranted_gref": front.request(B.BLKIF_OP_WRITE, 0, [(front.ring_refs[-1] + 900, 0, 7)]),
+            # a page granted to another domain, not to the backend
+            "foreign_gref": front.request(B.BLKIF_OP_READ, 0, [(
+                kernel.gnttab.grant_access(kernel.domid + 100, front.data_pfns[1]), 0, 7)]),
         }
         for name, raw in cases.items():
             r = front.call(raw)
@@ -95,6 +98,18 @@ def hostile(kernel, *args) -> None:
         report["write_after"] = front.write(0, b"ok".ljust(512, b"\0"))
         status, data = front.read(0, 512)
         report["read_after"] = [status, data[:2].decode(errors="replace")]
+        # a frontend that does not take its responses: a ring's worth is answered, nothing queues in dom0
+        n = front.front.nr_ents
+        for _ in range(n):
+            front.submit_raw(front.request(B.BLKIF_OP_READ, 0, [(ref, 0, 7)]), notify=False)
+        kernel.notify(front.port)
+        for _ in range(100):
+            if front.sring.rsp_prod == front.front.req_prod_pvt:
+                break
+            kernel.wait(0.05)
+        report["unconsumed_answered"] = (front.sring.rsp_prod - front.front.rsp_cons) & 0xFFFFFFFF
+        report["unconsumed_state"] = front.backend_state()
+        front.responses(n)
         # a producer index far ahead of the ring: the backend disconnects this frontend
         front.set_req_prod(front.front.req_prod_pvt + 10 * front.front.nr_ents)
         try:

@@ -101,10 +101,12 @@ def test_hostile_frontend_gets_errors_and_is_disconnected_others_go_on(bhost):
     assert report == {**report, "unknown_op": eopnotsupp, "reserved_op": eopnotsupp, "no_segments": error,
                       "too_many_segments": error, "segment_past_page": error, "segment_backwards": error,
                       "past_the_disk": error, "sector_wraps": error, "bad_gref": error,
-                      "ungranted_gref": error, "discard_secure": eopnotsupp, "discard_past_end": error,
+                      "ungranted_gref": error, "foreign_gref": error, "unconsumed_state": 4,
+                      "discard_secure": eopnotsupp, "discard_past_end": error,
                       "indirect_bad_op": error, "indirect_too_many": error, "write_after": 0,
                       "read_after": [0, "ok"], "overflow": "closing"}
     assert "past our responses" in report["backend_error"]
+    assert report["unconsumed_answered"] == 128         # order 2: the whole ring, answered
     # the backend lives: another guest's disk works, and dom0 logged no exception
     other = raw_image(bhost, "after-hostile.img")
     bhost.pvhyp("create", bhost.config("afterhostile", "python:pvguest.examples.blkcheck:roundtrip",
