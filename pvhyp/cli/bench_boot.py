@@ -37,18 +37,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cmdline", default="", help="extra kernel command line for pvhyp (e.g. loglevel=8)")
 
 
-def guest_config(image: dict, memory: int = 256, name: str = "debian", extra: str = "") -> str:
+def guest_config(image: dict, memory: int = 256, name: str = "debian", extra: str = "",
+                 disks: list[str] | None = None) -> str:
     cmdline = " ".join(filter(None, (PVHYP_CMDLINE, extra)))
+    disk_line = "disk = [ " + ", ".join(f"'{d}'" for d in disks) + " ]\n" if disks else ""
     return (f'name = "{name}"\nkernel = "{image["kernel"]}"\nramdisk = "{image["ramdisk"]}"\n'
-            f'memory = {memory}\nvcpus = 1\nextra = "{cmdline}"\n')
+            f'memory = {memory}\nvcpus = 1\nextra = "{cmdline}"\n' + disk_line)
 
 
 class PvhypBoot:
     """One Debian guest under a fresh pvhyp (hypervisor here, dom0 as a process), console in hand."""
 
-    def __init__(self, image: dict, memory: int = 256, extra: str = ""):
+    def __init__(self, image: dict, memory: int = 256, extra: str = "", disks: list[str] | None = None):
         from pvhyp.host import OneShot
-        self.run = OneShot(guest_config(image, memory, extra=extra), "<bench boot>", memory)
+        self.run = OneShot(guest_config(image, memory, extra=extra, disks=disks), "<bench boot>", memory)
         self.kernel_path = image["kernel"]
         self.hv = self.run.hv
         self.started = 0.0
