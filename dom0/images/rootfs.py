@@ -139,11 +139,11 @@ def build(out_dir: pathlib.Path | str | None = None, size: str = DEFAULT_SIZE,
           packages: list[str] | None = None, root_password: str = ROOT_PASSWORD) -> dict:
     """Build (or reuse) the disk image and its kernel in `out_dir`; the manifest, paths absolute."""
     out_dir = pathlib.Path(out_dir) if out_dir else DEFAULT_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
     size = validate_size(size)
     extra = validate_packages(packages or [])
     if size_bytes(size) < 512 << 20:
         raise ImageError(f"--size: {size} is too small for a Debian system (at least 512M)")
+    out_dir.mkdir(parents=True, exist_ok=True)
     for tool in ("mmdebstrap", "mke2fs", "tar"):
         if shutil.which(tool) is None:
             raise ImageError(f"{tool} not found: building the Debian disk needs it (apt-get install {tool})")

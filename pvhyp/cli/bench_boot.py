@@ -35,6 +35,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per boot (default 900)")
     parser.add_argument("--no-qemu", action="store_true", help="skip the QEMU half")
     parser.add_argument("--cmdline", default="", help="extra kernel command line for pvhyp (e.g. loglevel=8)")
+    parser.add_argument("--rootfs", action="store_true",
+                        help="the disk-based Debian (pvhyp image debian --rootfs) to its login prompt instead")
 
 
 def guest_config(image: dict, memory: int = 256, name: str = "debian", extra: str = "",
@@ -176,6 +178,9 @@ def boot_qemu(binary: str, image: dict, timeout: float) -> dict:
 
 
 def run(args) -> int:
+    if args.rootfs:
+        from pvhyp.cli.bench_disk import run_boot
+        return run_boot(args)
     try:
         image = debian.find_or_build(args.dir)
     except debian.ImageError as e:
