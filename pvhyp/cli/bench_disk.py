@@ -96,7 +96,7 @@ class ConsoleMixin:
             raise TimeoutError(f"{line!r}: no answer in {timeout:.0f}s")
         seconds = time.monotonic() - started
         text = self.output()[mark:].decode(errors="replace").replace("\r", "")
-        body = text.rsplit(f"\n{tag}-begin\n", 1)[-1]
+        body = text.split(f"{tag}-begin\n", 1)[-1]       # the echoed line has {tag}"-"begin
         return body.split(f"{tag}-end", 1)[0], seconds
 
 
