@@ -50,7 +50,7 @@ ROOT_DEVICE = "/dev/xvda"
 CMDLINE = f"console=hvc0 root={ROOT_DEVICE} ro"
 TEMPLATE_HOSTNAME = "debian"
 # Bumped when what the tree or disk stages make from the same base changes.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 DEFAULT_DIR = debian.DEFAULT_DIR.parent / "debian-rootfs"
 _PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _SIZE = re.compile(r"^[1-9][0-9]*[KMGT]?$")
@@ -245,7 +245,14 @@ def configure(tree: pathlib.Path, release: str, root_password: str) -> None:
     (generators / "systemd-getty-generator").symlink_to("/dev/null")
     _chroot(tree, ["systemctl", "enable", "console-getty.service", "pvhyp-identity.service"])
     _chroot(tree, ["systemctl", "disable", "getty@tty1.service", *DISABLED_UNITS])
-    _chroot(tree, ["chpasswd"], input=f"root:{root_password}\n")
+    # A console login on the software CPU is slow, so: SHA-512 crypt rather than
+    # yescrypt (memory-hard by design, seconds of emulated work per login), login's
+    # timeout 60 s -> 600 s, and no per-user systemd manager for root (user@0.service,
+    # which pam_systemd would start and wait for before the shell).
+    _chroot(tree, ["chpasswd", "--crypt-method", "SHA512"], input=f"root:{root_password}\n")
+    login_defs = etc / "login.defs"
+    login_defs.write_text(re.sub(r"(?m)^LOGIN_TIMEOUT\s+\d+", "LOGIN_TIMEOUT\t\t600", login_defs.read_text()))
+    _chroot(tree, ["systemctl", "mask", "user@0.service"])
 
 
 def _chroot(tree: pathlib.Path, cmd: list[str], **kw) -> None:

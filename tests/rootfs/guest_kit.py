@@ -14,6 +14,7 @@ import pytest
 
 from tests.debian.test_toolstack import type_line
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 BOOT_TIMEOUT = float(os.environ.get("PVHYP_ROOTFS_BOOT_TIMEOUT", "1800"))
 
 
@@ -43,7 +44,8 @@ class Console:
         self.host, self.name = host, name
 
     def text(self) -> str:
-        return self.host.console_log(self.name)
+        """The console so far, without terminal escapes (bash's bracketed-paste toggles)."""
+        return ANSI_ESCAPE.sub("", self.host.console_log(self.name))
 
     def wait(self, pattern: str, timeout: float = BOOT_TIMEOUT, after: int = 0) -> re.Match:
         regex = re.compile(pattern, re.M)
@@ -60,22 +62,22 @@ class Console:
         type_line(self.host, self.name, line)
 
     def login(self, password: str, after: int = 0, timeout: float = BOOT_TIMEOUT) -> None:
-        self.wait(r"login: *$", timeout, after)
+        self.wait(r"login: *\r?$", timeout, after)
         start = len(self.text())
         self.type("root")
-        self.wait(r"Password: *$", 300, start)
+        self.wait(r"Password: *\r?$", 300, start)
         start = len(self.text())
         self.type(password)
-        self.wait(r"^root@[^ ]+:~# *$", 300, start)
+        self.wait(r"root@[^ ]+:~# *\r?$", 600, start)     # bash may put an escape first
 
     def run(self, command: str, timeout: float = 600) -> str:
         """`command`'s output (its status must be 0)."""
         tag = f"END{time.monotonic_ns()}"
         start = len(self.text())
         self.type(f"{command}; echo {tag}-$?")
-        found = self.wait(rf"^{tag}-(\d+)", timeout, start)
+        found = self.wait(rf"{tag}-(\d+)", timeout, start)     # the echoed line has $?, not digits
         out = self.text()[start:].replace("\r", "")
         body = out.split("\n", 1)[1] if "\n" in out else ""
-        body = body.split(f"{tag}-", 1)[0]
+        body = body.rsplit(f"{tag}-", 1)[0]
         assert found.group(1) == "0", f"{command!r} failed ({found.group(1)}):\n{out[-2000:]}"
         return body
