@@ -8,7 +8,7 @@ Three stages, each cached in DIR (default ~/.cache/pvhyp/debian-rootfs):
 2. tree: the tarball unpacked (ownership, modes and xattrs kept), then made a Xen
    PV guest: the kernel's own modules (/lib/modules/RELEASE from the same
    linux-image package the guest boots, `depmod` run in the tree), /etc/fstab
-   for /dev/xvda, a serial getty on hvc0, the documented root password, an empty
+   for /dev/xvda, a getty on the console (hvc0), the documented root password, an empty
    /etc/machine-id (each copy's first boot makes its own), and the identity unit
    (see IDENTITY_SCRIPT) that gives clones their hostname.
 3. disk: `mke2fs -t ext4 -d TREE` into a sparse raw image: no loop device, no mount.
@@ -38,9 +38,10 @@ MIRRORS = (
     "deb http://deb.debian.org/debian bookworm-updates main",
     "deb http://deb.debian.org/debian-security bookworm-security main",
 )
-# minbase has apt, dpkg, login, passwd, util-linux (agetty); these make it a system.
+# minbase has apt, dpkg, login, passwd, util-linux (agetty); these make it a system
+# (ioping, libc only, is what `pvhyp bench disk` measures random reads with).
 BASE_PACKAGES = ("systemd-sysv", "udev", "kmod", "dbus", "e2fsprogs", "xenstore-utils", "iproute2",
-                 "ifupdown", "netbase", "procps", "less")
+                 "ifupdown", "netbase", "procps", "less", "ioping")
 DEFAULT_SIZE = "2G"
 ROOT_PASSWORD = "pvhyp"         # documented in README; console-only (no ssh server is installed)
 IMAGE = "debian-12.img"
@@ -49,7 +50,7 @@ ROOT_DEVICE = "/dev/xvda"
 CMDLINE = f"console=hvc0 root={ROOT_DEVICE} ro"
 TEMPLATE_HOSTNAME = "debian"
 # Bumped when what the tree or disk stages make from the same base changes.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 3
 DEFAULT_DIR = debian.DEFAULT_DIR.parent / "debian-rootfs"
 _PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _SIZE = re.compile(r"^[1-9][0-9]*[KMGT]?$")
@@ -138,11 +139,11 @@ def build(out_dir: pathlib.Path | str | None = None, size: str = DEFAULT_SIZE,
           packages: list[str] | None = None, root_password: str = ROOT_PASSWORD) -> dict:
     """Build (or reuse) the disk image and its kernel in `out_dir`; the manifest, paths absolute."""
     out_dir = pathlib.Path(out_dir) if out_dir else DEFAULT_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
     size = validate_size(size)
     extra = validate_packages(packages or [])
     if size_bytes(size) < 512 << 20:
         raise ImageError(f"--size: {size} is too small for a Debian system (at least 512M)")
+    out_dir.mkdir(parents=True, exist_ok=True)
     for tool in ("mmdebstrap", "mke2fs", "tar"):
         if shutil.which(tool) is None:
             raise ImageError(f"{tool} not found: building the Debian disk needs it (apt-get install {tool})")
@@ -152,7 +153,7 @@ def build(out_dir: pathlib.Path | str | None = None, size: str = DEFAULT_SIZE,
         raise ImageError("the kernel package is missing from the cache")
     base = base_tarball(out_dir, sorted(set(BASE_PACKAGES) | set(extra)))
     want = {"recipe": RECIPE_VERSION, "base": base.name, "size": size, "release": kernel_image["release"],
-            "kernel_sources": kernel_image["sources"],
+            "kernel_sources": kernel_image["sources"], "kernel_recipe": kernel_image["recipe"],
             "password": hashlib.sha256(root_password.encode()).hexdigest()}
     manifest = cached(out_dir)
     if manifest is not None and all(manifest.get(k) == v for k, v in want.items()):
@@ -234,9 +235,24 @@ def configure(tree: pathlib.Path, release: str, root_password: str) -> None:
     (etc / "network/interfaces.d").mkdir(parents=True, exist_ok=True)
     (etc / "network/interfaces.d/eth0").write_text("allow-hotplug eth0\niface eth0 inet dhcp\n")
     _chroot(tree, ["depmod", "-a", release])
-    _chroot(tree, ["systemctl", "enable", "serial-getty@hvc0.service", "pvhyp-identity.service"])
-    _chroot(tree, ["systemctl", "disable", *DISABLED_UNITS])
-    _chroot(tree, ["chpasswd"], input=f"root:{root_password}\n")
+    # The login prompt is console-getty.service, agetty on /dev/console: the kernel's
+    # console=, hvc0 under pvhyp (ttyS0 under QEMU). Not serial-getty@hvc0, which is
+    # bound to dev-hvc0.device: on the software CPU udev's coldplug announces the tty
+    # after systemd's 90 s device timeout, and the getty never starts. The getty
+    # generator, which would add that unit (and a second getty on the same tty), is off.
+    generators = etc / "systemd/system-generators"
+    generators.mkdir(parents=True, exist_ok=True)
+    (generators / "systemd-getty-generator").symlink_to("/dev/null")
+    _chroot(tree, ["systemctl", "enable", "console-getty.service", "pvhyp-identity.service"])
+    _chroot(tree, ["systemctl", "disable", "getty@tty1.service", *DISABLED_UNITS])
+    # A console login on the software CPU is slow, so: SHA-512 crypt rather than
+    # yescrypt (memory-hard by design, seconds of emulated work per login), login's
+    # timeout 60 s -> 600 s, and no per-user systemd manager for root (user@0.service,
+    # which pam_systemd would start and wait for before the shell).
+    _chroot(tree, ["chpasswd", "--crypt-method", "SHA512"], input=f"root:{root_password}\n")
+    login_defs = etc / "login.defs"
+    login_defs.write_text(re.sub(r"(?m)^LOGIN_TIMEOUT\s+\d+", "LOGIN_TIMEOUT\t\t600", login_defs.read_text()))
+    _chroot(tree, ["systemctl", "mask", "user@0.service"])
 
 
 def _chroot(tree: pathlib.Path, cmd: list[str], **kw) -> None:
