@@ -45,11 +45,12 @@ LINES_PER_TURN = 64             # requests of one connection answered per turn o
 MAX_CONNECTIONS = 64
 ACCEPTS_PER_TURN = 16           # a burst of connects is taken in a few turns of the loop
 
+JSON_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
 DOM = (str, int)                # xl takes a domain by name or by id
 # command -> {parameter: (JSON types accepted, required)}. A command missing here is
 # refused even if the toolstack has it: every entry point is declared.
 REQUESTS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
-    "create": {"config": ((str,), True), "source": ((str,), False)},
+    "create": {"config": ((str,), True), "source": ((str,), False), "cwd": ((str,), False)},
     "destroy": {"dom": (DOM, True)},
     "shutdown": {"dom": (DOM, True)},
     "reboot": {"dom": (DOM, True)},
@@ -63,6 +64,9 @@ REQUESTS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "uptime": {},
     "domid": {"name": (DOM, True)},
     "domname": {"domid": (DOM, True)},
+    "block-attach": {"dom": (DOM, True), "spec": ((str,), True), "cwd": ((str,), False)},
+    "block-detach": {"dom": (DOM, True), "vdev": ((str,), True), "force": ((bool,), False)},
+    "block-list": {"dom": (DOM, True)},
 }
 
 
@@ -102,9 +106,10 @@ def parse_request(line: bytes) -> tuple[str, dict]:
         types, required = params[name]
         if value is None and not required:
             continue                            # null: as if left out
-        if isinstance(value, bool) or not isinstance(value, types):
+        # JSON true/false are Python bools, and bool is an int: only a bool parameter takes them.
+        if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
             raise RequestError(f"bad arguments for {cmd}: {name} must be "
-                               + " or ".join("a string" if t is str else "an integer" for t in types))
+                               + " or ".join(JSON_TYPE_NAMES[t] for t in types))
         checked[name] = value
     missing = [name for name, (_, required) in params.items() if required and name not in checked]
     if missing:
