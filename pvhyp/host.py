@@ -59,12 +59,14 @@ HISTORY_SHOWN = 6               # hypercalls named in a crash line
 CONSOLE_DRAIN_SECONDS = 2.0
 
 
-def build_hypervisor(memory_mb: int, *, cpu: bool) -> Hypervisor:
+def build_hypervisor(memory_mb: int, *, cpu: bool, accel: str | None = None) -> Hypervisor:
     """A hypervisor with `memory_mb` MiB of machine memory, every subsystem and every handler.
 
     `cpu`: attach the CPU engine (x86 PV guests run on vCPU threads; it must come before
     any guest L4 is validated, as it fills hv.xen_l4_slots). Without it, guests are
     process domains or are driven straight through the hypercall table (tests, the fuzzer).
+    `accel`: auto|kvm|unicorn (pvhyp.kvm.choice); default $PVHYP_ACCEL, else unicorn (the
+    CLI's commands default to auto). hv.cpu.engine_line says which engine runs and why.
     """
     hv = Hypervisor(memory_mb)
     for subsystem in SUBSYSTEMS:
@@ -76,7 +78,19 @@ def build_hypervisor(memory_mb: int, *, cpu: bool) -> Hypervisor:
         from pvhyp.cpu import runner, unicorn_quirks
         unicorn_quirks.require_supported_unicorn()
         runner.attach(hv)
+        _attach_accelerator(hv, accel)
     return hv
+
+
+def _attach_accelerator(hv: Hypervisor, accel: str | None) -> None:
+    """KVM replaces the software CPU's engine when chosen (pvhyp.kvm.choice)."""
+    from pvhyp.kvm import choice
+    chosen = choice.choose_engine(accel or choice.accel_from_environment("unicorn"))
+    assert hv.cpu is not None
+    if chosen.quirks is not None:
+        from pvhyp.kvm import machine
+        machine.attach(hv, chosen.quirks)
+    hv.cpu.engine_line = chosen.line
 
 
 def _write_state(run_dir: str, **state: object) -> None:

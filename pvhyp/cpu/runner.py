@@ -49,6 +49,8 @@ class CpuSubsystem:
         # The engine each new vCPU runs on (pvhyp.kvm.machine.attach replaces it with KVM's).
         self.make_engine: EngineFactory = CpuEngine
         self.engine_name = "unicorn"
+        self.engine_line = "CPU engine: unicorn"     # which engine and why (pvhyp.host sets it)
+        self.kvm_machine = None
         _live_subsystems.add(self)
 
     # --- per vCPU ----------------------------------------------------------

@@ -45,7 +45,9 @@ from abi.x86_regs import (
     EFER_LMA,
     EFER_LME,
     EFER_NXE,
+    PFEC_insn_fetch,
     PFEC_reserved_bit,
+    PFEC_write_access,
     TRAP_debug,
     TRAP_gp_fault,
     TRAP_invalid_op,
@@ -54,6 +56,7 @@ from abi.x86_regs import (
 from pvhyp.guest_access import read_guest_virtual
 from pvhyp.kvm import area as A
 from pvhyp.kvm import kvm_abi as K
+from pvhyp.kvm.m2p import complete_m2p_load, in_m2p
 from pvhyp.pv import xen_area as L
 from pvhyp.pv.engine_interface import GPR_NAMES, CpuState, ExitReason, VcpuHost
 from pvhyp.pv.traps import VECTORS_WITH_ERROR_CODE
@@ -503,6 +506,10 @@ class KvmEngine:
             self._count("hypercall")
             self._count("syscall_at_lstar")
             host.on_hypercall(self)
+        elif (vector == TRAP_page_fault and self.quirks.m2p_slot_reserved and in_m2p(cr2)
+              and not error_code & (PFEC_write_access | PFEC_insn_fetch) and complete_m2p_load(self, cr2)):
+            self._count("m2p_load")
+            host.on_resume(self)
         elif vector == TRAP_page_fault:
             self._count("page_fault")
             if self.quirks.pfec_spurious_reserved_bit:

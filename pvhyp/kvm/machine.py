@@ -23,9 +23,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from abi.x86_pte import PAGE_SHIFT
+from abi.x86_pte import PAGE_SHIFT, l4_table_offset
+from abi.xen_x86_64 import MACH2PHYS_VIRT_START
 from pvhyp.kvm import area as A
 from pvhyp.kvm.engine import KvmEngine
+from pvhyp.kvm.m2p import M2P_ALIAS_VIRT_START
 from pvhyp.kvm.vm import Kvm, KvmVcpu, KvmVm, install_kick_handler
 from pvhyp.mm.frametable import DOMID_XEN
 from pvhyp.mm.pagetype import PGT_l1_page_table, PGT_l4_page_table
@@ -204,6 +206,10 @@ def attach(hv, quirks: "KvmQuirks") -> KvmMachine:
     machine = KvmMachine(hv.memory, lambda: hv.frames.alloc(DOMID_XEN, 1)[0], lambda mfn: hv.frames.owner[mfn],
                          quirks)
     hv.xen_l4_slots.update(machine.area.xen_l4_entries())
+    if quirks.m2p_slot_reserved:
+        # The same read-only M2P tables one slot up, where Linux finds them (m2p.py).
+        hv.xen_l4_slots[l4_table_offset(M2P_ALIAS_VIRT_START)] = hv.xen_l4_slots[l4_table_offset(MACH2PHYS_VIRT_START)]
+        hv.m2p_virt_start = M2P_ALIAS_VIRT_START
     hv.cpu.make_engine = machine.make_engine
     hv.cpu.engine_name = "kvm"
     hv.cpu.kvm_machine = machine

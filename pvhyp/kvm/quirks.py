@@ -17,6 +17,9 @@ instructions, as pvhyp/cpu/unicorn_quirks.py proves unicorn's internals:
   measured  shadow_paging: a host write to a PTE stays invisible without the replay
             (kvm_pvm); with EPT/NPT it is seen, and no replay is queued
   measured  pfec_spurious_reserved_bit: #PF error codes carry RSVD on a not-present fault
+  measured  m2p_slot_reserved: a user page mapped in L4 slot 256 (Xen's read-only M2P) is not
+            present for the guest (kvm_pvm keeps that slot); then a load from it is completed
+            by the hypervisor (m2p.py), which is checked too
   measured  cpuid_faulting: KVM's CPUID faulting makes a CPL3 cpuid trap (else plain cpuid
             runs natively and answers with the host's values)
 
@@ -31,7 +34,8 @@ import time
 from dataclasses import dataclass, field
 
 from abi.x86_pte import _PAGE_ACCESSED, _PAGE_PRESENT, _PAGE_RW, _PAGE_USER, PAGE_SIZE
-from abi.x86_regs import PFEC_reserved_bit, PFEC_user_mode, TRAP_gp_fault, TRAP_page_fault
+from abi.x86_regs import PFEC_page_present, PFEC_reserved_bit, PFEC_user_mode, TRAP_gp_fault, TRAP_page_fault
+from abi.xen_x86_64 import MACH2PHYS_VIRT_START
 from pvhyp.kvm.vm import KVM_DEVICE, KvmUnavailable
 from pvhyp.memory import MachineMemory
 from pvhyp.pv import xen_area as L
@@ -51,12 +55,14 @@ class KvmQuirks:
     pfec_spurious_reserved_bit: bool = False
     int_n_raises_ud: bool = False
     syscall_jumps_to_lstar: bool = False
+    m2p_slot_reserved: bool = False
     cpuid_faulting: bool = False
     timings_us: dict = field(default_factory=dict)
 
     def describe(self) -> str:
         paging = "shadow paging (page-table writes replayed at CPL0)" if self.shadow_paging else "EPT/NPT"
-        extra = [name for name in ("pfec_spurious_reserved_bit", "int_n_raises_ud", "syscall_jumps_to_lstar")
+        extra = [name for name in ("pfec_spurious_reserved_bit", "int_n_raises_ud", "syscall_jumps_to_lstar",
+                                             "m2p_slot_reserved")
                  if getattr(self, name)]
         cpuid = "cpuid faulting" if self.cpuid_faulting else "plain cpuid native"
         return f"{paging}, {cpuid}" + (f", quirks: {', '.join(extra)}" if extra else "")
@@ -74,6 +80,7 @@ _SNIPPETS = {
     "read_data": bytes.fromhex("488b0425") + struct.pack("<I", DATA_VA) + bytes.fromhex("0f0b"),  # mov rax, [DATA]; ud2
     "loop": bytes.fromhex("ebfe"),
     "add": bytes.fromhex("4889c3" "4883c301" "0f0b"),              # mov rbx, rax; add rbx, 1; ud2
+    "read_m2p": bytes.fromhex("48b8") + struct.pack("<Q", MACH2PHYS_VIRT_START) + bytes.fromhex("488b00" "0f0b"),
 }
 _OFFSETS = {name: 16 * i for i, name in enumerate(_SNIPPETS)}
 
@@ -154,6 +161,13 @@ def _run_probe() -> KvmQuirks:
         memory.write_u64(pte(STACK_VA), (stack << 12) | _USER_TABLE)
         memory.write_u64(data_a << 12, VALUE_A)
         memory.write_u64(data_b << 12, VALUE_B)
+        m2p_l3, m2p_l2, m2p_l1 = (alloc() for _ in range(3))
+        for mfn in (m2p_l3, m2p_l2, m2p_l1):
+            memory.write(mfn << 12, bytes(PAGE_SIZE))
+        memory.write_u64((l4 << 12) + 256 * 8, (m2p_l3 << 12) | _USER_TABLE)
+        memory.write_u64(m2p_l3 << 12, (m2p_l2 << 12) | _USER_TABLE)
+        memory.write_u64(m2p_l2 << 12, (m2p_l1 << 12) | _USER_TABLE)
+        memory.write_u64(m2p_l1 << 12, (data_a << 12) | _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED)
         for name, snippet in _SNIPPETS.items():
             memory.write((code << 12) + _OFFSETS[name], snippet)
 
@@ -196,6 +210,19 @@ def _run_probe() -> KvmQuirks:
             _check(event == ("software_interrupt", 3, 1, at("int3") + 1), f"int3 gave {event}")
             event = run("add", rax=0x1234_5678_9ABC)
             _check(engine.read("rbx") == 0x1234_5678_9ABD, "registers did not round-trip through the guest")
+
+            # Xen's read-only M2P slot.
+            event = run("read_m2p")
+            if event[0] == "exception":
+                # kvm_pvm reports it not present, or present with a reserved bit set
+                _check(event[1] == TRAP_page_fault and event[3] == MACH2PHYS_VIRT_START
+                       and event[2] & ~(PFEC_page_present | PFEC_reserved_bit) == PFEC_user_mode,
+                       f"a read of the M2P slot gave {event}")
+                quirks.m2p_slot_reserved = True
+                _check(run("read_m2p")[0] == "invalid_opcode" and engine.read("rax") == VALUE_A,
+                       "a load from the M2P slot is not completed by the hypervisor")
+            else:
+                _check(engine.read("rax") == VALUE_A, "the M2P slot reads wrong")
 
             # CPUID faulting, as KVM offers it.
             engine.kvm_vcpu.set_msrs({0x140: 1})
