@@ -153,6 +153,7 @@ class Host:
     def _report(self, note: str = "") -> None:
         guests = sorted(d for d in self.hv.domains if d != 0)
         _write_state(self.run_dir, pid=os.getpid(), dom0_pid=self.dom0_proc.pid if self.dom0_proc else None,
+                     engine=self.hv.cpu.engine_line if self.hv.cpu is not None else "",
                      dom0_alive=self.dom0_alive, guests=guests, note=note)
 
     def run(self) -> int:

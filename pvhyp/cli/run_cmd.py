@@ -19,6 +19,7 @@ import termios
 import time
 from dataclasses import dataclass, field
 
+from pvhyp.cli.accel import add_accel_argument, apply_accel
 from pvhyp.cli.errors import UserError
 from pvhyp.cli.xl_cmd import DETACH
 
@@ -152,6 +153,7 @@ def add_parser(sub) -> None:
     p.add_argument("--trace", metavar="FILE",
                    help="write one line per hypercall, trap and event delivery of the guest to FILE")
     p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 7)")
+    add_accel_argument(p)
     p.set_defaults(func=run)
 
 
@@ -177,6 +179,7 @@ def terminal_keystrokes(fd: int | None):
 
 def run(args) -> int:
     text, source = build_config(args)
+    apply_accel(args)
     return run_in_foreground(text, source, args.timeout, args.trace)
 
 

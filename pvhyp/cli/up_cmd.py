@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+from pvhyp.cli.accel import add_accel_argument, apply_accel
 from pvhyp.cli.errors import UserError
 
 START_TIMEOUT = 60.0
@@ -44,6 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--memory", type=int, default=1024, help="machine memory in MiB (default 1024)")
     p.add_argument("--dom0-memory", type=int, default=16, help="dom0's memory in MiB (default 16)")
     p.add_argument("--verbose", action="store_true", help="log every dom0/hypervisor step")
+    add_accel_argument(p)
     p.set_defaults(func=up)
     p = sub.add_parser("down", help="stop dom0 (destroying its guests) and the hypervisor")
     add_run_dir(p)
@@ -59,6 +61,7 @@ def up(args) -> int:
     if args.memory < args.dom0_memory + 8:
         raise UserError(f"--memory {args.memory} leaves no room beside dom0's {args.dom0_memory} MiB")
     os.makedirs(run_dir, exist_ok=True)
+    apply_accel(args)
     for stale in ("hostd.state", "hostd.pid", "dom0.ready"):
         try:
             os.unlink(os.path.join(run_dir, stale))
@@ -87,6 +90,7 @@ def up(args) -> int:
             raise UserError(f"dom0 did not come up within {START_TIMEOUT:.0f}s; see {run_dir}/dom0.log")
         time.sleep(0.05)
     print(f"pvhyp up: hypervisor pid {proc.pid}, dom0 pid {state['dom0_pid']}, {args.memory} MiB")
+    print(f"  cpu:       {state.get('engine', '')}")
     print(f"  toolstack: {run_dir}/pvhyp.sock")
     print(f"  xenstore:  XENSTORED_PATH={run_dir}/xenstored/socket")
     print(f"  logs:      {run_dir}/hostd.log {run_dir}/dom0.log {run_dir}/console/")

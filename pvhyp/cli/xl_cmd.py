@@ -6,6 +6,7 @@ xl lays it out.
 """
 from __future__ import annotations
 
+import json
 import os
 import select
 import sys
@@ -106,9 +107,19 @@ def list_(args) -> int:
 def info(args) -> int:
     reply = _request(args, "info")
     reply.pop("ok")
+    reply["cpu_engine"] = _engine_line(args)
     for key, value in reply.items():
         print(f"{key:<22}: {value}")
     return 0
+
+
+def _engine_line(args) -> str:
+    """Which CPU engine the running hypervisor chose, and why (hostd writes it to hostd.state)."""
+    try:
+        with open(os.path.join(os.path.abspath(args.run_dir or default_run_dir()), "hostd.state")) as f:
+            return str(json.load(f).get("engine", "unknown"))
+    except (OSError, ValueError):
+        return "unknown"
 
 
 def dmesg(args) -> int:

@@ -1,0 +1,31 @@
+"""`--accel auto|kvm|unicorn` for the commands that run x86 guests (run, up, xtf).
+
+The choice reaches every process the command starts (hostd, XTF's workers) as
+$PVHYP_ACCEL, which pvhyp.host.build_hypervisor reads; `auto` is decided once,
+here, and the one line saying which engine runs and why goes to stderr.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from pvhyp.cli.errors import UserError
+
+
+def add_accel_argument(parser) -> None:
+    parser.add_argument("--accel", choices=("auto", "kvm", "unicorn"), default="auto",
+                        help="CPU engine: kvm (/dev/kvm), unicorn (software), auto (kvm when its "
+                             "self-test passes; default)")
+
+
+def apply_accel(args) -> str:
+    """Decide the engine, say so on stderr, and pass it on to child processes; its line."""
+    from pvhyp.kvm.choice import ACCEL_ENV, choose_engine
+    from pvhyp.kvm.vm import KvmUnavailable
+    try:
+        chosen = choose_engine(args.accel)
+    except KvmUnavailable as err:
+        raise UserError(f"--accel kvm: {err}") from None
+    os.environ[ACCEL_ENV] = chosen.name
+    print(f"pvhyp: {chosen.line}", file=sys.stderr, flush=True)
+    return chosen.line
