@@ -13,9 +13,9 @@ from pvhyp.cli.errors import UserError
 
 
 def add_accel_argument(parser) -> None:
-    parser.add_argument("--accel", choices=("auto", "kvm", "unicorn"), default="auto",
+    parser.add_argument("--accel", choices=("auto", "kvm", "unicorn"), default=os.environ.get("PVHYP_ACCEL") or "auto",
                         help="CPU engine: kvm (/dev/kvm), unicorn (software), auto (kvm when its "
-                             "self-test passes; default)")
+                             "self-test passes; the default, unless $PVHYP_ACCEL names one)")
 
 
 def apply_accel(args) -> str:

@@ -113,6 +113,14 @@ def vector_of_stub_exit(rip: int) -> int | None:
     return None
 
 
+def in_vector_stubs(rip: int) -> bool:
+    return STUB_VA <= rip < STUB_VA + 256 * VECTOR_STUB_SIZE
+
+
+def in_return_stub(rip: int) -> bool:
+    return RETURN_STUB_VA <= rip < RETURN_STUB_VA + len(_RETURN_STUB)
+
+
 def directmap_va(maddr: int) -> int:
     return DIRECTMAP_VIRT_START + maddr
 

@@ -290,6 +290,10 @@ class KvmEngine:
                          db=0, g=0, present=0)
             segment.unusable = 1
             return
+        self._set_from_descriptor(segment, selector, desc)
+
+    @staticmethod
+    def _set_from_descriptor(segment, selector: int, desc: int) -> None:
         base = ((desc >> 16) & 0xFFFFFF) | ((desc >> 56) & 0xFF) << 24
         limit = (desc & 0xFFFF) | ((desc >> 48) & 0xF) << 16
         g = desc >> 55 & 1
@@ -307,8 +311,9 @@ class KvmEngine:
     watchpoints = None
 
     def flush_tlb(self) -> None:
-        """A `mov cr3` in the return stub (KVM flushes); the GDT window's mappings are replayed."""
-        self._load_cr3 = True
+        """Nothing cached needs dropping but KVM's shadows of what the hypervisor wrote, which
+        every entry replays anyway (guest code cannot write its page tables: they are mapped
+        read-only); the GDT window's own entries are replayed when they changed."""
         ptes = tuple(self.xen_area._window_pte(self.window, page) for page in range(L.MAX_GUEST_GDT_FRAMES))
         if ptes != self._gdt_ptes:
             first = self.xen_area._window_pte_addr(self.window, 0)
@@ -388,14 +393,54 @@ class KvmEngine:
 
     # --- entering the guest ---------------------------------------------------
     def _enter(self) -> None:
-        """Make KVM's state the guest's: nothing to do, or through the return stub."""
+        """Make KVM's state the guest's: nothing to do, ioctls, or the return stub.
+
+        The stub (about 20 instructions kvm_pvm emulates one by one) is used only when
+        page-table writes must be replayed; otherwise KVM_SET_SREGS/KVM_SET_REGS put the
+        guest's CPL3 state back directly, which costs a fraction of it."""
         writes = self.vm_state.take_writes(MAX_REPLAYED_WRITES)
         if writes is None:                      # too many: every shadow page goes
             self.vm_state.vm.reset_shadow_pages()
+            self._count("shadow_reset")
             writes = []
         if self._at == self.GUEST and not (self._dirty or self._load_cr3 or writes or self._sregs_changes):
             self._regs_fresh = False
             return
+        if writes:
+            self._enter_through_stub(writes)
+        else:
+            self._enter_directly()
+
+    def _enter_directly(self) -> None:
+        vcpu = self.kvm_vcpu
+        s = vcpu.get_sregs()
+        if self._at == self.GUEST and not self._regs_fresh:
+            self._fetch_guest_state(s)
+        for change in self._sregs_changes:
+            change(s)
+        self._sregs_changes = []
+        self._load_segment(s.cs, self.cs)
+        self._load_segment(s.ss, self.ss)
+        if self._load_cr3:
+            s.cr3 = self.cr3
+        vcpu.set_sregs()
+        regs = self.regs
+        regs.rip, regs.rsp, regs.rflags = self.rip, self.rsp, self.rflags | X86_EFLAGS_MBS
+        vcpu.set_regs()
+        self._at = self.GUEST
+        self._regs_fresh = True
+        self._load_cr3 = False
+        self._dirty = False
+        self._count("entries_direct")
+
+    def _load_segment(self, segment, selector: int) -> None:
+        """CS or SS as the CPU loads them at CPL3 (the PV layer validated the selector)."""
+        desc = self._descriptor(selector)
+        if desc is None:
+            raise RuntimeError(f"guest selector {selector:#x} has no descriptor")
+        self._set_from_descriptor(segment, selector, desc)
+
+    def _enter_through_stub(self, writes: list[int]) -> None:
         vcpu = self.kvm_vcpu
         if self._at == self.GUEST or self._sregs_changes:
             s = vcpu.get_sregs()
@@ -413,8 +458,9 @@ class KvmEngine:
         frame_va = self._stack_top_va - _FRAME.size
         block_size = 8 * (A.BLOCK_HEADER + len(writes))
         block_va = frame_va - block_size
-        header = struct.pack("<7Q", len(writes), self.cr3 if self._load_cr3 else A.NO_CR3, regs.rax, regs.rcx,
-                             regs.rsi, regs.rdi, frame_va)
+        # CR3 is always loaded after a replay: KVM then also syncs any shadow page it had
+        # let go unsync, and flushes the TLB.
+        header = struct.pack("<7Q", len(writes), self.cr3, regs.rax, regs.rcx, regs.rsi, regs.rdi, frame_va)
         block = header + b"".join(_U64.pack(A.directmap_va(w)) for w in writes) + frame
         self.memory.write(self._stack_top_maddr - len(block), block)
         saved = regs.rip, regs.rsp, regs.rflags
@@ -425,7 +471,7 @@ class KvmEngine:
         self._replaying = writes
         self._load_cr3 = False
         self._dirty = False
-        self.exits["entries_through_stub"] = self.exits.get("entries_through_stub", 0) + 1
+        self._count("entries_through_stub")
 
     def _fetch_guest_state(self, sregs=None) -> None:
         """KVM holds the guest at CPL3 (a kick ended the run): copy its state into Python."""
@@ -442,11 +488,24 @@ class KvmEngine:
         self.exits[kind] = self.exits.get(kind, 0) + 1
 
     def _handle_exit(self, exit_reason: int) -> None:
-        if exit_reason == K.KVM_EXIT_INTR:
-            # A kick; where the vCPU was is unknown until asked (GUEST if it ran at all).
+        while exit_reason == K.KVM_EXIT_INTR:
+            # A kick. Where the vCPU stopped decides what the Python copy is worth.
             self._count("kick")
-            if self._at == self.STUB:
-                self._at_stub_after_kick()
+            rip = int(self.kvm_vcpu.get_regs().rip)
+            if A.in_vector_stubs(rip):
+                # An exception was being delivered: its frame is on the CPL0 stack, and the
+                # stub must reach its exit before anything else touches the vCPU.
+                exit_reason = self.kvm_vcpu.run()
+                continue
+            if A.in_return_stub(rip):
+                # Not back in the guest yet: the Python copy is the truth; enter again, with
+                # the writes this stub had not finished replaying.
+                self.vm_state.queue_writes(self._replaying)
+                self._at = self.STUB
+                self._dirty = True
+            else:
+                self._at = self.GUEST
+                self._regs_fresh = False
             return
         if exit_reason != K.KVM_EXIT_IO:
             raise RuntimeError(f"KVM exit {K.KVM_EXIT_NAMES.get(exit_reason, exit_reason)}"
@@ -459,19 +518,6 @@ class KvmEngine:
         self._regs_fresh = True
         self._rip_written = False
         self._take_exception(vector, regs)
-
-    def _at_stub_after_kick(self) -> None:
-        """KVM_RUN was interrupted before or while the return stub ran: where is the vCPU now?"""
-        s = self.kvm_vcpu.get_sregs()
-        if s.cs.dpl == 3:
-            self._at = self.GUEST           # the stub finished: the guest is running
-            self._regs_fresh = False
-        else:
-            # Still in (or before) the return stub: enter again with the same Python copy; the
-            # writes it had not replayed are rewritten again (rewriting the same value is harmless).
-            self.vm_state.queue_writes(self._replaying)
-            self._dirty = True
-            self._load_cr3 = True
 
     def _exit_detail(self, exit_reason: int) -> str:
         run = self.kvm_vcpu.run_struct
@@ -496,6 +542,9 @@ class KvmEngine:
             raw = self.memory.read(top - 5 * 8, 5 * 8)
             rip, cs, rflags, rsp, ss = struct.unpack("<5Q", raw)
             error_code = 0
+        if cs & 3 != 3:
+            raise RuntimeError(f"vector {vector} (error code {error_code:#x}) raised by the hypervisor's own "
+                               f"stub at {rip:#x}")
         self.rip, self.cs, self.rflags, self.rsp, self.ss = rip, cs & 0xFFFF, rflags, rsp, ss & 0xFFFF
         self._dirty = True
         host = self.host
