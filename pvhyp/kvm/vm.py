@@ -13,7 +13,8 @@ import threading
 
 from pvhyp.kvm import kvm_abi as K
 
-KVM_DEVICE = "/dev/kvm"
+# $PVHYP_KVM_DEVICE stands in for /dev/kvm (the tests simulate a machine without one).
+KVM_DEVICE = os.environ.get("PVHYP_KVM_DEVICE") or "/dev/kvm"
 # The signal that kicks a vCPU thread out of KVM_RUN (pthread_kill); its handler does nothing.
 KICK_SIGNAL = signal.SIGUSR1
 
@@ -179,7 +180,10 @@ class KvmVcpu:
 
     def kick(self) -> None:
         """From any thread: end the current (or next) KVM_RUN with KVM_EXIT_INTR."""
-        self.run_struct.immediate_exit = 1
+        run = self.run_struct
+        if run is None:
+            return              # closed: nothing runs any more
+        run.immediate_exit = 1
         thread_id = self.thread_id
         if thread_id is not None:
             try:
