@@ -44,6 +44,7 @@ from abi.x86_pte import (
     l3_table_offset,
     l4_table_offset,
 )
+from abi.x86_regs import TRAP_page_fault
 from pvhyp.pv import xen_area as L
 
 DIRECTMAP_VIRT_START = 0xFFFF_8300_0000_0000      # slot 262, Xen's own direct map slot
@@ -53,7 +54,7 @@ IDT_VA = KVM_TEXT_VIRT_START + PAGE_SIZE
 IDT_LIMIT = 256 * 16 - 1
 
 STUB_PORT = 0x11
-VECTOR_STUB_SIZE = 8
+STUB_STRIDE = 8
 RETURN_STUB_OFFSET = 0x800
 RETURN_STUB_VA = STUB_VA + RETURN_STUB_OFFSET
 # MSR_LSTAR: supervisor-only, so a `syscall` that jumps there at CPL3 (kvm_pvm ignores
@@ -62,7 +63,6 @@ SYSCALL_TRAP_VA = STUB_VA + 0xF00
 NO_CR3 = 0xFFFF_FFFF_FFFF_FFFF          # the return block's "keep CR3"
 # A rewrite at this offset of a frame straddles two entries: KVM drops its shadows of the frame.
 SHADOW_ZAP_OFFSET = 4
-PAGE_FAULT_VECTOR_STUB = 14             # pushes rax and CR2 before its exit
 
 # Vectors whose gate a CPL3 `int N` may use: int3 and into, as in Xen's IDT.
 USER_GATES = (3, 4)
@@ -108,13 +108,13 @@ _RETURN_STUB = bytes.fromhex(
 def vector_of_stub_exit(rip: int) -> int | None:
     """The vector whose stub exited with RIP just past its `out` (None: not a vector stub)."""
     offset = rip - STUB_VA
-    if 0 <= offset < 256 * VECTOR_STUB_SIZE:
-        return offset // VECTOR_STUB_SIZE
+    if 0 <= offset < 256 * STUB_STRIDE:
+        return offset // STUB_STRIDE
     return None
 
 
 def in_vector_stubs(rip: int) -> bool:
-    return STUB_VA <= rip < STUB_VA + 256 * VECTOR_STUB_SIZE
+    return STUB_VA <= rip < STUB_VA + 256 * STUB_STRIDE
 
 
 def in_return_stub(rip: int) -> bool:
@@ -180,16 +180,16 @@ class KvmArea:
     def _build_text(self) -> None:
         stubs = bytearray(PAGE_SIZE)
         for vector in range(256):
-            code = _PAGE_FAULT_STUB if vector == PAGE_FAULT_VECTOR_STUB else _OUT
-            code = (code + _UD2)[:VECTOR_STUB_SIZE]      # RIP is always reset after the exit
-            stubs[vector * VECTOR_STUB_SIZE:vector * VECTOR_STUB_SIZE + len(code)] = code
+            code = _PAGE_FAULT_STUB if vector == TRAP_page_fault else _OUT   # it pushes rax and CR2 first
+            code = (code + _UD2)[:STUB_STRIDE]      # RIP is always reset after the exit
+            stubs[vector * STUB_STRIDE:vector * STUB_STRIDE + len(code)] = code
         stubs[RETURN_STUB_OFFSET:RETURN_STUB_OFFSET + len(_RETURN_STUB)] = _RETURN_STUB
         stub_mfn = self._new_frame()
         self.memory.write(stub_mfn << 12, bytes(stubs))
         self._map_page(STUB_VA, stub_mfn, _CODE)
         idt = bytearray(PAGE_SIZE)
         for vector in range(256):
-            target = STUB_VA + vector * VECTOR_STUB_SIZE
+            target = STUB_VA + vector * STUB_STRIDE
             dpl = 3 if vector in USER_GATES else 0
             type_attr = 0x80 | (dpl << 5) | 0xE           # present, 64-bit interrupt gate
             low = (target & 0xFFFF) | (L.HYPERVISOR_CS << 16) | (type_attr << 40) | ((target >> 16) & 0xFFFF) << 48

@@ -32,6 +32,9 @@ from typing import TYPE_CHECKING, Callable
 
 from abi.arch_x86_xen import FIRST_RESERVED_GDT_ENTRY
 from abi.x86_regs import (
+    EFER_LMA,
+    EFER_LME,
+    EFER_NXE,
     X86_CR0_ET,
     X86_CR0_MP,
     X86_CR0_NE,
@@ -42,9 +45,6 @@ from abi.x86_regs import (
     X86_CR4_OSXMMEXCPT,
     X86_CR4_PAE,
     X86_EFLAGS_MBS,
-    EFER_LMA,
-    EFER_LME,
-    EFER_NXE,
     PFEC_insn_fetch,
     PFEC_reserved_bit,
     PFEC_write_access,
@@ -63,6 +63,7 @@ from pvhyp.pv.traps import VECTORS_WITH_ERROR_CODE
 
 if TYPE_CHECKING:
     from pvhyp.kvm.machine import KvmMachine, VmState
+    from pvhyp.kvm.watchpoints import KvmWatchpoints
 
 # The CPU state guest code runs with: long mode, PAE paging, SSE; WP off so that the
 # stubs' and the CPU's implicit supervisor writes (descriptor accessed bits) never
@@ -308,7 +309,7 @@ class KvmEngine:
         self.watchpoints = KvmWatchpoints(self, pv, raise_debug_exception)
         return self.watchpoints
 
-    watchpoints = None
+    watchpoints: "KvmWatchpoints | None" = None
 
     def flush_tlb(self) -> None:
         """Nothing cached needs dropping but KVM's shadows of what the hypervisor wrote, which
@@ -531,7 +532,7 @@ class KvmEngine:
         """Pop the CPU's exception frame from the CPL0 stack and tell the host."""
         top = self._stack_top_maddr
         cr2 = 0
-        if vector == A.PAGE_FAULT_VECTOR_STUB:
+        if vector == TRAP_page_fault:           # its stub pushed rax and CR2 too
             raw = self.memory.read(top - 8 * 8, 8 * 8)
             cr2, rax, error_code, rip, cs, rflags, rsp, ss = struct.unpack("<8Q", raw)
             regs.rax = rax

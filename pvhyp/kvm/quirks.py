@@ -135,7 +135,7 @@ def _check(condition: bool, what: str) -> None:
 
 
 def _run_probe() -> KvmQuirks:
-    from pvhyp.kvm.machine import KvmMachine     # the engine's modules load only once KVM opened
+    from pvhyp.kvm.machine import KvmMachine  # the engine's modules load only once KVM opened
     from pvhyp.kvm.vm import Kvm
     kvm = Kvm()
     memory = MachineMemory(PROBE_MEMORY, "pvhyp-kvm-probe")
