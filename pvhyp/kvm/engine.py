@@ -492,7 +492,7 @@ class KvmEngine:
         while exit_reason == K.KVM_EXIT_INTR:
             # A kick. Where the vCPU stopped decides what the Python copy is worth.
             self._count("kick")
-            rip = int(self.kvm_vcpu.get_regs().rip)
+            rip = self.kvm_vcpu.current_rip()
             if A.in_vector_stubs(rip):
                 # An exception was being delivered: its frame is on the CPL0 stack, and the
                 # stub must reach its exit before anything else touches the vCPU.

@@ -123,12 +123,19 @@ class KvmVcpu:
                                mmap.PROT_READ | mmap.PROT_WRITE)
         self.run_struct = K.ffi.cast("struct kvm_run *", K.ffi.from_buffer(self._mmap))
         self.regs = K.new("struct kvm_regs *")
+        self._scratch_regs = K.new("struct kvm_regs *")
         self.sregs = K.new("struct kvm_sregs *")
         self.thread_id: int | None = None       # the thread inside run(), for kick()
 
     def get_regs(self):
         K.ioctl(self.fd, K.KVM_GET_REGS, self.regs)
         return self.regs
+
+    def current_rip(self) -> int:
+        """Where the vCPU stopped, read into a scratch struct: `regs` may hold a copy
+        the caller still needs (the guest's registers while a stub runs)."""
+        K.ioctl(self.fd, K.KVM_GET_REGS, self._scratch_regs)
+        return int(self._scratch_regs.rip)
 
     def set_regs(self) -> None:
         K.ioctl(self.fd, K.KVM_SET_REGS, self.regs)
