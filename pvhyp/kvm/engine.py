@@ -493,9 +493,10 @@ class KvmEngine:
             # A kick. Where the vCPU stopped decides what the Python copy is worth.
             self._count("kick")
             rip = self.kvm_vcpu.current_rip()
-            if A.in_vector_stubs(rip):
-                # An exception was being delivered: its frame is on the CPL0 stack, and the
-                # stub must reach its exit before anything else touches the vCPU.
+            if A.in_vector_stubs(rip) or self.kvm_vcpu.exception_in_flight():
+                # An exception is on its way (still in KVM, or its frame on the CPL0 stack):
+                # its stub must reach its exit before anything touches the vCPU, or KVM would
+                # deliver it at whatever RIP the guest was given meanwhile.
                 exit_reason = self.kvm_vcpu.run()
                 continue
             if A.in_return_stub(rip):

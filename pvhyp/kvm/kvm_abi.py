@@ -116,6 +116,25 @@ struct kvm_debugregs {
     uint64_t flags;
     uint64_t reserved[9];
 };
+struct kvm_vcpu_events_exception {
+    uint8_t  injected;
+    uint8_t  nr;
+    uint8_t  has_error_code;
+    uint8_t  pending;
+    uint32_t error_code;
+};
+struct kvm_vcpu_events {
+    struct kvm_vcpu_events_exception exception;
+    uint8_t  interrupt[4];
+    uint8_t  nmi[4];
+    uint32_t sipi_vector;
+    uint32_t flags;
+    uint8_t  smi[4];
+    uint8_t  triple_fault[1];
+    uint8_t  reserved[26];
+    uint8_t  exception_has_payload;
+    uint64_t exception_payload;
+};
 int ioctl(int fd, unsigned long request, ...);
 """
 
@@ -152,6 +171,7 @@ KVM_SET_SREGS = _ioc(_IOC_WRITE, 0x84, "struct kvm_sregs")
 KVM_GET_MSRS = _ioc(_IOC_READ | _IOC_WRITE, 0x88, "struct kvm_msrs")
 KVM_SET_MSRS = _ioc(_IOC_WRITE, 0x89, "struct kvm_msrs")
 KVM_SET_CPUID2 = _ioc(_IOC_WRITE, 0x90, "struct kvm_cpuid2")
+KVM_GET_VCPU_EVENTS = _ioc(_IOC_READ, 0x9F, "struct kvm_vcpu_events")
 KVM_GET_DEBUGREGS = _ioc(_IOC_READ, 0xA1, "struct kvm_debugregs")
 KVM_SET_DEBUGREGS = _ioc(_IOC_WRITE, 0xA2, "struct kvm_debugregs")
 
@@ -184,13 +204,16 @@ CHECKED_STRUCTS = {
     "kvm_cpuid_entry2": ("function", "index", "flags", "eax", "ebx", "ecx", "edx"),
     "kvm_msr_entry": ("index", "data"),
     "kvm_debugregs": ("db", "dr6", "dr7", "flags"),
+    "kvm_vcpu_events": ("exception", "exception.injected", "exception.nr", "exception.pending",
+                        "exception.error_code", "sipi_vector", "flags", "exception_has_payload",
+                        "exception_payload"),
 }
 # kvm_run's members are checked by offset (the C union members are anonymous there too).
 CHECKED_RUN_MEMBERS = ("immediate_exit", "exit_reason", "io", "internal", "fail_entry")
 CHECKED_IOCTLS = ("KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GET_VCPU_MMAP_SIZE",
                   "KVM_GET_SUPPORTED_CPUID", "KVM_CREATE_VCPU", "KVM_SET_USER_MEMORY_REGION",
                   "KVM_SET_TSS_ADDR", "KVM_RUN", "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS",
-                  "KVM_SET_SREGS", "KVM_GET_MSRS", "KVM_SET_MSRS", "KVM_SET_CPUID2", "KVM_GET_DEBUGREGS",
+                  "KVM_SET_SREGS", "KVM_GET_MSRS", "KVM_SET_MSRS", "KVM_SET_CPUID2", "KVM_GET_VCPU_EVENTS", "KVM_GET_DEBUGREGS",
                   "KVM_SET_DEBUGREGS", "KVM_API_VERSION", "KVM_CAP_IMMEDIATE_EXIT", "KVM_EXIT_IO",
                   "KVM_EXIT_INTR", "KVM_EXIT_SHUTDOWN", "KVM_EXIT_INTERNAL_ERROR", "KVM_EXIT_FAIL_ENTRY",
                   "KVM_EXIT_HLT", "KVM_EXIT_MMIO", "KVM_EXIT_EXCEPTION", "KVM_EXIT_IO_OUT")
@@ -201,7 +224,7 @@ class KvmError(OSError):
 
 
 _IOCTL_NAMES = {value: name for name, value in globals().items()
-                if name.startswith("KVM_") and isinstance(value, int) and name in CHECKED_IOCTLS[:18]}
+                if name.startswith("KVM_") and isinstance(value, int) and value > 0xFFFF}   # request numbers
 
 
 def ioctl(fd: int, request: int, arg=0) -> int:

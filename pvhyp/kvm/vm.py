@@ -124,6 +124,7 @@ class KvmVcpu:
         self.run_struct = K.ffi.cast("struct kvm_run *", K.ffi.from_buffer(self._mmap))
         self.regs = K.new("struct kvm_regs *")
         self._scratch_regs = K.new("struct kvm_regs *")
+        self._events = K.new("struct kvm_vcpu_events *")
         self.sregs = K.new("struct kvm_sregs *")
         self.thread_id: int | None = None       # the thread inside run(), for kick()
 
@@ -136,6 +137,13 @@ class KvmVcpu:
         the caller still needs (the guest's registers while a stub runs)."""
         K.ioctl(self.fd, K.KVM_GET_REGS, self._scratch_regs)
         return int(self._scratch_regs.rip)
+
+    def exception_in_flight(self) -> bool:
+        """KVM holds an exception it has not delivered yet (a kick came between the fault and
+        its delivery through the IDT): the vCPU must run on before its state is touched."""
+        K.ioctl(self.fd, K.KVM_GET_VCPU_EVENTS, self._events)
+        exception = self._events.exception
+        return bool(exception.injected or exception.pending)
 
     def set_regs(self) -> None:
         K.ioctl(self.fd, K.KVM_SET_REGS, self.regs)
