@@ -224,7 +224,7 @@ class KvmError(OSError):
 
 
 _IOCTL_NAMES = {value: name for name, value in globals().items()
-                if name.startswith("KVM_") and isinstance(value, int) and value > 0xFFFF}   # request numbers
+                if name.startswith("KVM_") and isinstance(value, int) and (value >> 8) & 0xFF == KVMIO}
 
 
 def ioctl(fd: int, request: int, arg=0) -> int:
