@@ -1,8 +1,9 @@
 """`--accel auto|kvm|unicorn` for the commands that run x86 guests (run, up, xtf).
 
 The choice reaches every process the command starts (hostd, XTF's workers) as
-$PVHYP_ACCEL, which pvhyp.host.build_hypervisor reads; `auto` is decided once,
-here, and the one line saying which engine runs and why goes to stderr.
+$PVHYP_ACCEL, which pvhyp.host.build_hypervisor reads (and decides the same way:
+the self-test is per process); the one line saying which engine runs and why goes
+to stderr here.
 """
 from __future__ import annotations
 
@@ -26,6 +27,6 @@ def apply_accel(args) -> str:
         chosen = choose_engine(args.accel)
     except KvmUnavailable as err:
         raise UserError(f"--accel kvm: {err}") from None
-    os.environ[ACCEL_ENV] = chosen.name
+    os.environ[ACCEL_ENV] = args.accel      # each process decides again, from the same question
     print(f"pvhyp: {chosen.line}", file=sys.stderr, flush=True)
     return chosen.line
