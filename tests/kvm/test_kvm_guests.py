@@ -166,3 +166,14 @@ def test_every_xtf_verdict_on_kvm_is_the_software_cpus():
         out = _pvhyp("xtf", "--accel", accel, XTF_DIR, timeout=1800).stdout
         verdicts[accel] = dict(re.findall(r"^(\S+)\s+(SUCCESS|SKIP|ERROR|FAILURE|CRASH)", out, re.M))
     assert verdicts["kvm"] == verdicts["unicorn"]
+
+
+@pytest.mark.slow
+@needs_kvm
+def test_debian_shell_suite_on_kvm():
+    """tests/debian/test_boot.py (boot to the busybox shell, commands, poweroff) on KVM."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests/debian/test_boot.py"], capture_output=True, text=True, timeout=1800,
+                            env={**os.environ, "PVHYP_ACCEL": "kvm"})
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "skipped" not in result.stdout.splitlines()[-1], result.stdout[-500:]
