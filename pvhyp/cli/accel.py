@@ -19,8 +19,9 @@ def add_accel_argument(parser) -> None:
                              "self-test passes; the default, unless $PVHYP_ACCEL names one)")
 
 
-def apply_accel(args) -> str:
-    """Decide the engine, say so on stderr, and pass it on to child processes; its line."""
+def apply_accel(args, announce: bool = True) -> str:
+    """Decide the engine, say so on stderr (unless the caller does, once its guest started:
+    bad input stays a one-line error), and pass the question on to child processes; its line."""
     from pvhyp.kvm.choice import ACCEL_ENV, choose_engine
     from pvhyp.kvm.vm import KvmUnavailable
     try:
@@ -28,5 +29,6 @@ def apply_accel(args) -> str:
     except KvmUnavailable as err:
         raise UserError(f"--accel kvm: {err}") from None
     os.environ[ACCEL_ENV] = args.accel      # each process decides again, from the same question
-    print(f"pvhyp: {chosen.line}", file=sys.stderr, flush=True)
+    if announce:
+        print(f"pvhyp: {chosen.line}", file=sys.stderr, flush=True)
     return chosen.line

@@ -102,7 +102,7 @@ def check_config(text: str, source: str):
 def run_guest(config_text: str, source: str = "<config>", timeout: float | None = None,
               trace_path: str | None = None, console_io_sink=None, ring_sink=None,
               stdin_fd: int | None = None, input_after: bytes | None = None,
-              input_at_end: bytes = b"") -> RunResult:
+              input_at_end: bytes = b"", on_started=None) -> RunResult:
     """Boot one guest in a fresh hypervisor, wait for its shutdown (or the timeout), tear down.
 
     Lines read from `stdin_fd` go to the guest's console, once it printed
@@ -122,6 +122,8 @@ def run_guest(config_text: str, source: str = "<config>", timeout: float | None 
     try:
         try:
             domid = run.start()
+            if on_started is not None:
+                on_started()
         except GuestRefused as e:
             raise UserError(str(e)) from None
         except Exception as e:
@@ -179,12 +181,12 @@ def terminal_keystrokes(fd: int | None):
 
 def run(args) -> int:
     text, source = build_config(args)
-    apply_accel(args)
-    return run_in_foreground(text, source, args.timeout, args.trace)
+    engine_line = apply_accel(args, announce=False)
+    return run_in_foreground(text, source, args.timeout, args.trace, announce=f"pvhyp: {engine_line}")
 
 
 def run_in_foreground(text: str, source: str, timeout: float | None = None, trace: str | None = None,
-                      input_after: bytes | None = None, input_at_end: bytes = b"") -> int:
+                      input_after: bytes | None = None, input_at_end: bytes = b"", announce: str | None = None) -> int:
     """`pvhyp run`'s console and exit status: ring on stdout, console_io on stderr, stdin to the guest."""
     out, err = sys.stdout.buffer, sys.stderr
 
@@ -206,7 +208,8 @@ def run_in_foreground(text: str, source: str, timeout: float | None = None, trac
     stdin_fd = None if sys.stdin is None or sys.stdin.closed else sys.stdin.fileno()
     with terminal_keystrokes(stdin_fd):
         result = run_guest(text, source, timeout, trace, console_io_out, ring_out, stdin_fd,
-                           input_after, input_at_end)
+                           input_after, input_at_end,
+                           on_started=(lambda: print(announce, file=err, flush=True)) if announce else None)
     if result.reason == "crash" and result.crash_line:
         print(f"pvhyp: {result.crash_line}", file=sys.stderr)
     elif result.reason == "error":
