@@ -20,6 +20,8 @@ instructions, as pvhyp/cpu/unicorn_quirks.py proves unicorn's internals:
   measured  m2p_slot_reserved: a user page mapped in L4 slot 256 (Xen's read-only M2P) is not
             present for the guest (kvm_pvm keeps that slot); then a load from it is completed
             by the hypervisor (m2p.py), which is checked too
+  measured  debug_registers: a data breakpoint set with KVM_SET_DEBUGREGS raises #DB (kvm_pvm
+            ignores the debug registers: the guest's %dr7 breakpoints then never fire)
   measured  cpuid_faulting: KVM's CPUID faulting makes a CPL3 cpuid trap (else plain cpuid
             runs natively and answers with the host's values)
 
@@ -56,6 +58,7 @@ class KvmQuirks:
     int_n_raises_ud: bool = False
     syscall_jumps_to_lstar: bool = False
     m2p_slot_reserved: bool = False
+    debug_registers: bool = True
     cpuid_faulting: bool = False
     timings_us: dict = field(default_factory=dict)
 
@@ -65,6 +68,8 @@ class KvmQuirks:
                                              "m2p_slot_reserved")
                  if getattr(self, name)]
         cpuid = "cpuid faulting" if self.cpuid_faulting else "plain cpuid native"
+        if not self.debug_registers:
+            extra.append("no_debug_registers")
         return f"{paging}, {cpuid}" + (f", quirks: {', '.join(extra)}" if extra else "")
 
 
@@ -80,6 +85,7 @@ _SNIPPETS = {
     "read_data": bytes.fromhex("488b0425") + struct.pack("<I", DATA_VA) + bytes.fromhex("0f0b"),  # mov rax, [DATA]; ud2
     "loop": bytes.fromhex("ebfe"),
     "add": bytes.fromhex("4889c3" "4883c301" "0f0b"),              # mov rbx, rax; add rbx, 1; ud2
+    "write_data": bytes.fromhex("c70425") + struct.pack("<I", DATA_VA) + bytes.fromhex("01000000" "0f0b"),
     "read_m2p": bytes.fromhex("48b8") + struct.pack("<Q", MACH2PHYS_VIRT_START) + bytes.fromhex("488b00" "0f0b"),
 }
 _OFFSETS = {name: 16 * i for i, name in enumerate(_SNIPPETS)}
@@ -245,6 +251,15 @@ def _run_probe() -> KvmQuirks:
             engine.vm_state.queue_writes([(l1 << 12) + 4])
             run("read_data")
             _check(engine.read("rax") == VALUE_A, "the misaligned rewrite does not drop a table's shadows")
+
+            # Hardware data breakpoints (%dr0 on DATA_VA, write, 4 bytes, enabled).
+            debug = engine.kvm_vcpu.get_debugregs()
+            debug.db[0], debug.dr7 = DATA_VA, 0x400 | 0x1 | (0xD << 16)
+            engine.kvm_vcpu.set_debugregs(debug)
+            event = run("write_data")
+            quirks.debug_registers = event[0] == "exception" and event[1] == 1
+            debug.db[0], debug.dr7 = 0, 0x400
+            engine.kvm_vcpu.set_debugregs(debug)
 
             # A kick from another thread.
             engine.write("rip", at("loop"))
