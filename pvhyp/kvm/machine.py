@@ -158,7 +158,7 @@ class KvmMachine:
             was_present = read_entry(maddr) & _PAGE_PRESENT
             write_entry(maddr, value)
             # KVM shadows present entries only; a new one it finds by walking the tables
-            # when the guest first faults on it. Half the boot's replays, measured.
+            # when the guest first faults on it (Debian boot: 55k replays -> 30k).
             if was_present:
                 self.page_table_written(maddr)
 
