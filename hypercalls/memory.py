@@ -167,7 +167,8 @@ def _machphys_mapping(ctx: HypercallContext, arg: int) -> int:
     max_mfn = X64.MACH2PHYS_NR_ENTRIES - 1
     if ctx.domain.is_privileged:
         max_mfn = ctx.hv.frames.nr_frames - 1
-    ctx.write(arg, _MACHPHYS_MAPPING.pack(X64.MACH2PHYS_VIRT_START, X64.MACH2PHYS_VIRT_END, max_mfn))
+    start = ctx.hv.m2p_virt_start        # Xen's, unless the CPU engine moved it (pvhyp/kvm/m2p.py)
+    ctx.write(arg, _MACHPHYS_MAPPING.pack(start, start + X64.MACH2PHYS_VIRT_END - X64.MACH2PHYS_VIRT_START, max_mfn))
     return 0
 
 

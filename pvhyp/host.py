@@ -81,12 +81,14 @@ def oneshot_memory_mb(guest_mb: int) -> int:
     return guest_mb + DOM0_MB + ONESHOT_SLACK_MB
 
 
-def build_hypervisor(memory_mb: int, *, cpu: bool) -> Hypervisor:
+def build_hypervisor(memory_mb: int, *, cpu: bool, accel: str | None = None) -> Hypervisor:
     """A hypervisor with `memory_mb` MiB of machine memory, every subsystem and every handler.
 
     `cpu`: attach the CPU engine (x86 PV guests run on vCPU threads; it must come before
     any guest L4 is validated, as it fills hv.xen_l4_slots). Without it, guests are
     process domains or are driven straight through the hypercall table (tests, the fuzzer).
+    `accel`: auto|kvm|unicorn (pvhyp.kvm.choice); default $PVHYP_ACCEL, else unicorn (the
+    CLI's commands default to auto). hv.cpu.engine_line says which engine runs and why.
     """
     if memory_mb > host_memory_mb():
         raise MachineTooSmall(f"{memory_mb} MiB of machine memory is more than this host's {host_memory_mb()} MiB")
@@ -100,7 +102,19 @@ def build_hypervisor(memory_mb: int, *, cpu: bool) -> Hypervisor:
         from pvhyp.cpu import runner, unicorn_quirks
         unicorn_quirks.require_supported_unicorn()
         runner.attach(hv)
+        _attach_accelerator(hv, accel)
     return hv
+
+
+def _attach_accelerator(hv: Hypervisor, accel: str | None) -> None:
+    """KVM replaces the software CPU's engine when chosen (pvhyp.kvm.choice)."""
+    from pvhyp.kvm import choice
+    chosen = choice.choose_engine(accel or choice.accel_from_environment("unicorn"))
+    assert hv.cpu is not None
+    if chosen.quirks is not None:
+        from pvhyp.kvm import machine
+        machine.attach(hv, chosen.quirks)
+    hv.cpu.engine_line = chosen.line
 
 
 class Host:
@@ -186,6 +200,7 @@ class Host:
     def _report(self, note: str = "") -> None:
         guests = sorted(d for d in self.hv.domains if d != 0)
         state = dict(pid=os.getpid(), dom0_pid=self.dom0_proc.pid if self.dom0_proc else None,
+                     engine=self.hv.cpu.engine_line if self.hv.cpu is not None else "",
                      dom0_alive=self.dom0_alive, guests=guests, note=note)
         self.rundir.write_atomically(STATE_FILE, json.dumps(state).encode())
 

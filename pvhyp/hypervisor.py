@@ -12,7 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Callable
 
 from abi.xen import DOMID_FIRST_RESERVED, DOMID_SELF
-from abi.xen_x86_64 import INVALID_M2P_ENTRY
+from abi.xen_x86_64 import INVALID_M2P_ENTRY, MACH2PHYS_VIRT_START
 from pvhyp.domain import Domain
 from pvhyp.hypercall_table import HypercallTable
 from pvhyp.memory import PAGE_SHIFT, PAGE_SIZE, MachineMemory
@@ -45,6 +45,9 @@ class Hypervisor:
     # What every privileged op asks (pvhyp/xsm.py). The dummy policy is stateless, so
     # the class-wide default is shared safely; `hv.xsm = ...` installs another on one hypervisor.
     xsm: DummyPolicy = DUMMY_POLICY
+    # Where XENMEM_machphys_mapping says the read-only M2P is: Xen's address, or an alias
+    # when the CPU engine cannot map that slot (pvhyp/kvm/m2p.py: kvm_pvm keeps slot 256).
+    m2p_virt_start: int = MACH2PHYS_VIRT_START
 
     def __init__(self, memory_mb: int = DEFAULT_MEMORY_MB):
         self.memory = MachineMemory(memory_mb << 20)

@@ -27,6 +27,7 @@ import threading
 import time
 
 from dom0.images import debian
+from pvhyp.cli.boot_kvm_column import accel, kvm_column
 from pvhyp.cli.errors import UserError
 
 DESCRIPTION = "boot Debian 12's kernel to its shell marker: pvhyp vs qemu-system-x86_64 -accel tcg (s)"
@@ -132,6 +133,15 @@ class PvhypBoot:
         domain = self.domain
         return counters(domain) if domain is not None else {}
 
+    def kvm_exits(self) -> dict[str, int]:
+        """Exits by kind of every vCPU, when they ran on the KVM engine (pvhyp/kvm)."""
+        domain = self.domain
+        totals: dict[str, int] = {}
+        for vcpu in domain.vcpus if domain is not None else ():
+            for kind, count in getattr(getattr(vcpu.arch, "engine", None), "exits", {}).items():
+                totals[kind] = totals.get(kind, 0) + count
+        return totals
+
     def close(self) -> None:
         self.run.close()
 
@@ -142,7 +152,7 @@ def boot_pvhyp(image: dict, memory: int, timeout: float, extra: str = "") -> dic
         boot.start()
         reached = boot.wait_for(MARKER, timeout)
         result = {"reached": reached, "seconds": time.monotonic() - boot.started,
-                  "last_line": boot.last_line(), "counters": boot.counters()}
+                  "last_line": boot.last_line(), "counters": boot.counters(), "kvm_exits": boot.kvm_exits()}
         if not reached:
             result["diagnosis"] = boot.diagnosis()
         return result
@@ -192,7 +202,8 @@ def run(args) -> int:
     except debian.ImageError as e:
         raise UserError(str(e)) from None
     print(f"kernel: {image.get('release', image['kernel'])}", flush=True)
-    pv = boot_pvhyp(image, args.memory, args.timeout, args.cmdline)
+    with accel("unicorn"):
+        pv = boot_pvhyp(image, args.memory, args.timeout, args.cmdline)
     if pv["reached"]:
         print(f"pvhyp_boot_to_marker: {pv['seconds']:.2f} s", flush=True)
     else:
@@ -204,6 +215,8 @@ def run(args) -> int:
     print(f"pvhyp_traps: {counts.get('exception', 0)} traps")
     print(f"pvhyp_emulated: {counts.get('emulated', 0)} privileged instructions")
     print(f"pvhyp_pagetable_writes: {counts.get('ptwr', 0)} emulated page-table writes")
+    kvm_lines, kvm_seconds = kvm_column(boot_pvhyp, image, args.memory, args.timeout, args.cmdline)
+    print("\n".join(kvm_lines), flush=True)
     if args.no_qemu:
         print("qemu_boot_to_marker: skipped (--no-qemu)")
         return 0 if pv["reached"] else 1
@@ -216,6 +229,8 @@ def run(args) -> int:
         print(f"qemu_tcg_boot_to_marker: {qemu['seconds']:.2f} s")
         if pv["reached"]:
             print(f"pvhyp_over_qemu: {pv['seconds'] / qemu['seconds']:.2f} x")
+        if kvm_seconds is not None:
+            print(f"pvhyp_kvm_over_qemu: {kvm_seconds / qemu['seconds']:.2f} x")
     else:
         print(f"qemu_tcg_boot_to_marker: not reached in {qemu['seconds']:.0f} s (last line: {qemu['last_line']})")
     return 0 if pv["reached"] else 1

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from dom0.console.bounded import LineAssembler
+from pvhyp.cli.accel import add_accel_argument, apply_accel
 from pvhyp.cli.errors import UserError
 from pvhyp.cli.xl_cmd import DETACH, read_config_file
 
@@ -104,7 +105,7 @@ def check_config(text: str, source: str):
 def run_guest(config_text: str, source: str = "<config>", timeout: float | None = None,
               trace_path: str | None = None, console_io_sink=None, ring_sink=None,
               stdin_fd: int | None = None, input_after: bytes | None = None,
-              input_at_end: bytes = b"") -> RunResult:
+              input_at_end: bytes = b"", on_started=None) -> RunResult:
     """Boot one guest in a fresh hypervisor, wait for its shutdown (or the timeout), tear down.
 
     Lines read from `stdin_fd` go to the guest's console, once it printed
@@ -124,6 +125,8 @@ def run_guest(config_text: str, source: str = "<config>", timeout: float | None 
     try:
         try:
             domid = run.start()
+            if on_started is not None:
+                on_started()
         except GuestRefused as e:
             raise UserError(str(e)) from None
         except Exception as e:
@@ -156,6 +159,7 @@ def add_parser(sub) -> None:
     p.add_argument("--trace", metavar="FILE",
                    help="write one line per hypercall, trap and event delivery of the guest to FILE")
     p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 7)")
+    add_accel_argument(p)
     p.set_defaults(func=run)
 
 
@@ -181,11 +185,12 @@ def terminal_keystrokes(fd: int | None):
 
 def run(args) -> int:
     text, source = build_config(args)
-    return run_in_foreground(text, source, args.timeout, args.trace)
+    engine_line = apply_accel(args, announce=False)
+    return run_in_foreground(text, source, args.timeout, args.trace, announce=f"pvhyp: {engine_line}")
 
 
 def run_in_foreground(text: str, source: str, timeout: float | None = None, trace: str | None = None,
-                      input_after: bytes | None = None, input_at_end: bytes = b"") -> int:
+                      input_after: bytes | None = None, input_at_end: bytes = b"", announce: str | None = None) -> int:
     """`pvhyp run`'s console and exit status: ring on stdout, console_io on stderr, stdin to the guest."""
     out, err = sys.stdout.buffer, sys.stderr
 
@@ -205,7 +210,8 @@ def run_in_foreground(text: str, source: str, timeout: float | None = None, trac
     stdin_fd = None if sys.stdin is None or sys.stdin.closed else sys.stdin.fileno()
     with terminal_keystrokes(stdin_fd):
         result = run_guest(text, source, timeout, trace, console_io_out, ring_out, stdin_fd,
-                           input_after, input_at_end)
+                           input_after, input_at_end,
+                           on_started=(lambda: print(announce, file=err, flush=True)) if announce else None)
     if result.reason == "crash" and result.crash_line:
         print(f"pvhyp: {result.crash_line}", file=sys.stderr)
     elif result.reason == "error":

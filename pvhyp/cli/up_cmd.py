@@ -17,6 +17,7 @@ import time
 
 from dom0.rundir import HOSTD_MODULE, PID_FILE, STATE_FILE, RunDir, RunDirError, default_path
 from pvguest.spawn import start_python_module
+from pvhyp.cli.accel import add_accel_argument, apply_accel
 from pvhyp.cli.errors import UserError
 
 START_TIMEOUT = 60.0
@@ -53,7 +54,7 @@ def dom0_death(run_dir: RunDir) -> str | None:
     """
     if run_dir.running_pid() is None:
         return None
-    state = _read_state(run_dir)
+    state = read_state(run_dir)
     if state.get("dom0_alive") is not False:
         return None
     what = str(state.get("note") or "dom0 died")
@@ -69,6 +70,7 @@ def add_parser(sub) -> None:
     p.add_argument("--memory", type=int, default=1024, help="machine memory in MiB (default 1024)")
     p.add_argument("--dom0-memory", type=int, default=16, help="dom0's memory in MiB (default 16)")
     p.add_argument("--verbose", action="store_true", help="log every dom0/hypervisor step")
+    add_accel_argument(p)
     p.set_defaults(func=up)
     p = sub.add_parser("down", help="stop dom0 (destroying its guests) and the hypervisor")
     add_run_dir(p)
@@ -93,6 +95,7 @@ def _up(args, run_dir: RunDir) -> int:
         raise UserError(f"--memory {args.memory} MiB is more than this host's {host_memory_mb()} MiB")
     if args.memory < args.dom0_memory + 8:
         raise UserError(f"--memory {args.memory} leaves no room beside dom0's {args.dom0_memory} MiB")
+    apply_accel(args, announce=False)     # the "cpu:" line below says which engine runs
     for stale in (STATE_FILE, PID_FILE, "dom0.ready"):
         run_dir.remove(stale)
     hostd_args = ["--run-dir", run_dir.path, "--memory", str(args.memory), "--dom0-memory", str(args.dom0_memory)]
@@ -110,7 +113,7 @@ def _up(args, run_dir: RunDir) -> int:
     where = run_dir.path
     deadline = time.monotonic() + START_TIMEOUT
     while True:
-        state = _read_state(run_dir)
+        state = read_state(run_dir)
         if state.get("dom0_alive"):
             break
         if proc.poll() is not None:
@@ -121,13 +124,14 @@ def _up(args, run_dir: RunDir) -> int:
             raise UserError(f"dom0 did not come up within {START_TIMEOUT:.0f}s; see {where}/dom0.log")
         time.sleep(0.05)
     print(f"pvhyp up: hypervisor pid {proc.pid}, dom0 pid {state['dom0_pid']}, {args.memory} MiB")
+    print(f"  cpu:       {state.get('engine', '')}")
     print(f"  toolstack: {where}/pvhyp.sock")
     print(f"  xenstore:  XENSTORED_PATH={where}/xenstored/socket")
     print(f"  logs:      {where}/hostd.log {where}/dom0.log {where}/console/")
     return 0
 
 
-def _read_state(run_dir: RunDir) -> dict:
+def read_state(run_dir: RunDir) -> dict:
     raw = run_dir.read_small(STATE_FILE)
     try:
         state = json.loads(raw) if raw else {}

@@ -14,7 +14,7 @@ import tty
 
 from dom0.rundir import UntrustedListener
 from pvhyp.cli.errors import UserError
-from pvhyp.cli.up_cmd import add_run_dir, dom0_death, open_run_dir
+from pvhyp.cli.up_cmd import add_run_dir, dom0_death, open_run_dir, read_state
 
 DETACH = 0x1D           # Ctrl-]
 
@@ -120,9 +120,17 @@ def list_(args) -> int:
 def info(args) -> int:
     reply = _request(args, "info")
     reply.pop("ok")
+    reply["cpu_engine"] = _engine_line(args)
     for key, value in reply.items():
         print(f"{key:<22}: {value}")
     return 0
+
+
+def _engine_line(args) -> str:
+    """Which CPU engine the running hypervisor chose, and why (hostd writes it to hostd.state)."""
+    with open_run_dir(args) as run_dir:
+        state = read_state(run_dir)
+    return str(state.get("engine", "unknown"))
 
 
 def dmesg(args) -> int:

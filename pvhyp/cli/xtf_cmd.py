@@ -16,6 +16,7 @@ import re
 import sys
 from dataclasses import dataclass
 
+from pvhyp.cli.accel import add_accel_argument, apply_accel
 from pvhyp.cli.errors import UserError
 
 KERNEL_PREFIX = "test-pv64-"
@@ -149,6 +150,7 @@ def add_parser(sub) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per test (default 120)")
     p.add_argument("--jobs", type=int, default=2, help="tests run in parallel (default 2)")
     p.add_argument("-v", "--verbose", action="store_true", help="print each verdict's reason line")
+    add_accel_argument(p)
     p.set_defaults(func=run)
 
 
@@ -157,6 +159,7 @@ def run(args) -> int:
     if directory is None:
         raise UserError("no XTF directory given (and no $PVHYP_XTF_DIR or ../shared/xtf)")
     cases = find_cases(directory, args.only)
+    apply_accel(args)
     width = max(len(c.name) for c in cases)
 
     def show(o: Outcome) -> None:

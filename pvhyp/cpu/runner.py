@@ -17,7 +17,7 @@ from abi.sched import SHUTDOWN_crash
 from pvhyp.cpu.engine import CpuEngine
 from pvhyp.hypercall_table import HypercallContext
 from pvhyp.mm.frametable import DOMID_XEN
-from pvhyp.pv.engine_interface import ExitReason
+from pvhyp.pv.engine_interface import EngineFactory, ExitReason
 from pvhyp.pv.entry import PvEntry
 from pvhyp.pv.state import get_debugreg, set_debugreg
 from pvhyp.pv.xen_area import XenArea
@@ -46,6 +46,11 @@ class CpuSubsystem:
         self.xen_area = XenArea(hv.memory, lambda: hv.frames.alloc(DOMID_XEN, 1)[0], hv.m2p_mfns)
         self.threads: dict[tuple[int, int], threading.Thread] = {}
         self.stopping = False
+        # The engine each new vCPU runs on (pvhyp.kvm.machine.attach replaces it with KVM's).
+        self.make_engine: EngineFactory = CpuEngine
+        self.engine_name = "unicorn"
+        self.engine_line = "CPU engine: unicorn"     # which engine and why (pvhyp.host sets it)
+        self.kvm_machine = None
         _live_subsystems.add(self)
 
     # --- per vCPU ----------------------------------------------------------
@@ -57,7 +62,7 @@ class CpuSubsystem:
         context = HypercallContext(vcpu)
         mmu = hv.mmu
         cpu = PvEntry(
-            hv.memory, self.xen_area, vcpu, CpuEngine,
+            hv.memory, self.xen_area, vcpu, self.make_engine,
             dispatch=lambda _cpu, nr, args: hv.hypercalls.dispatch(context, nr, args),
             on_crash=self._guest_crashed,
             ptwr_emulate=mmu.ptwr_emulate,

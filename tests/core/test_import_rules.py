@@ -70,5 +70,15 @@ def test_pv_logic_does_not_depend_on_a_cpu_engine():
     # handed to PvEntry as a factory (pvhyp.pv.engine_interface), never imported by it.
     offenders = [f"{path.relative_to(ROOT)} imports {name}" for path in sources("pvhyp/pv")
                  for name in sorted(imported_modules(path))
-                 if name == "unicorn" or name.startswith(("unicorn.", "pvhyp.cpu"))]
+                 if name == "unicorn" or name.startswith(("unicorn.", "pvhyp.cpu", "pvhyp.kvm"))]
     assert offenders == []
+
+
+def test_the_engines_do_not_depend_on_each_other():
+    # pvhyp/cpu (unicorn) and pvhyp/kvm (KVM) each import abi and the pvhyp core/pv only; the
+    # composition root (pvhyp/host.py) and the CLI choose between them.
+    for engine, other in (("pvhyp/cpu", ("pvhyp.kvm",)), ("pvhyp/kvm", ("pvhyp.cpu", "unicorn"))):
+        offenders = [f"{path.relative_to(ROOT)} imports {name}" for path in sources(engine)
+                     for name in sorted(imported_modules(path))
+                     if name in other or name.startswith(tuple(f"{o}." for o in other))]
+        assert offenders == [], engine

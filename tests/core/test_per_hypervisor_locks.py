@@ -14,7 +14,9 @@ from pvhyp.host import build_hypervisor
 from tests.core.source_kit import ROOT, python_files
 
 PVHYP = ROOT / "pvhyp"
-PROCESS_WIDE_LOCKS = {("time.py", "_host_tsc_lock"), ("cpu/unicorn_quirks.py", "_cache_lock")}
+PROCESS_WIDE_LOCKS = {("time.py", "_host_tsc_lock"), ("cpu/unicorn_quirks.py", "_cache_lock"),
+                      ("kvm/quirks.py", "_cache_lock"),        # the KVM self-test's result, once per process
+                      ("kvm/vm.py", "_kick_handler_lock")}     # the process's one kick-signal handler
 
 
 def _module_level_locks() -> set[tuple[str, str]]:

@@ -1,0 +1,47 @@
+"""Which CPU engine runs x86 guests: `--accel auto|kvm|unicorn`, and why, in one line.
+
+`auto` is KVM when /dev/kvm opens and its self-test (pvhyp/kvm/quirks.py) passes,
+the software CPU (unicorn) otherwise. The CLI's --accel reaches every process
+it starts (hostd, XTF's workers) as PVHYP_ACCEL; build_hypervisor reads it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from pvhyp.kvm.quirks import KvmQuirks, probe
+from pvhyp.kvm.vm import KVM_DEVICE, KvmUnavailable
+
+ACCELS = ("auto", "kvm", "unicorn")
+ACCEL_ENV = "PVHYP_ACCEL"
+
+
+@dataclass
+class EngineChoice:
+    name: str                       # "kvm" or "unicorn"
+    reason: str
+    quirks: KvmQuirks | None = None
+
+    @property
+    def line(self) -> str:
+        return f"CPU engine: {self.name} ({self.reason})"
+
+
+def accel_from_environment(default: str) -> str:
+    return os.environ.get(ACCEL_ENV) or default
+
+
+def choose_engine(accel: str) -> EngineChoice:
+    """Raises KvmUnavailable only when KVM was asked for by name and cannot run."""
+    if accel not in ACCELS:
+        raise ValueError(f"accel {accel!r}: one of {', '.join(ACCELS)}")
+    if accel == "unicorn":
+        return EngineChoice("unicorn", "asked for")
+    try:
+        quirks = probe()
+    except KvmUnavailable as err:
+        if accel == "kvm":
+            raise
+        return EngineChoice("unicorn", f"KVM not usable: {err}")
+    how = "asked for" if accel == "kvm" else f"{KVM_DEVICE} opens and its self-test passed"
+    return EngineChoice("kvm", f"{how}: {quirks.describe()}", quirks)
