@@ -50,13 +50,16 @@ from abi.x86_regs import (
 )
 from pvhyp.cpu import unicorn_quirks as quirks
 from pvhyp.cpu.fastregs import FastRegisters
+from pvhyp.cpu.native_gate import NativeGate
 from pvhyp.cpu.watchpoints import Watchpoints
 from pvhyp.guest_access import read_guest_virtual
 from pvhyp.pv import xen_area as L
 from pvhyp.pv.engine_interface import GPR_NAMES, CpuState, ExitReason, VcpuHost
 
-# Instructions per emu_start: the longest a kick waits (about 1 ms of guest code).
-SLICE_INSNS = 50_000
+# Wall time one emu_start aims at before the engine looks at its clock again:
+# the gate's block budget is resized after every slice to about this.
+SLICE_US = 1_000
+SLICE_BLOCKS_MIN, SLICE_BLOCKS_MAX = 2_000, 4_000_000
 
 # A RIP no instruction can have: `until` for emu_start, so only our own
 # stops, budgets and errors end a run.
@@ -86,6 +89,13 @@ class CpuEngine:
         # CPL0 again for the stub; only a context restore can lower the CPL.
         self._cpl0_context = uc.context_save()
         self._add_hooks()
+        self.gate = NativeGate(uc)
+        # IN/OUT/CPUID go through the gate's stubs, which can end the run before
+        # the instruction retires (a refused `in`, a faulting `cpuid`).
+        self.gate.add_instruction_exits(quirks.cpu_state_of(uc, self._context_offsets.cpu_state_offset),
+                                        self._native_in, self._native_out, self._native_cpuid)
+        self._hook_error: BaseException | None = None
+        self._slice_blocks = SLICE_BLOCKS_MIN
         self._entered = False
         self._pending_state: CpuState | None = None
         self._cr0_ts = False
@@ -117,11 +127,11 @@ class CpuEngine:
         uc = self.uc
         uc.hook_add(UC_HOOK_INTR, self._hook_intr)
         uc.hook_add(UC_HOOK_INSN, self._hook_syscall, None, 1, 0, x86_const.UC_X86_INS_SYSCALL)
-        uc.hook_add(UC_HOOK_INSN, self._hook_cpuid, None, 1, 0, x86_const.UC_X86_INS_CPUID)
-        uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, x86_const.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, x86_const.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._hook_invalid)
-        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._hook_unmapped)
+        # Bounded to addresses past machine memory: an unbounded memory hook of any
+        # kind makes unicorn take its slow path (and a TB-invalidation check) on every
+        # guest store, which cost ~10x on store-heavy code.
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._hook_unmapped, None, self.memory.size, (1 << 64) - 1)
 
     def close(self) -> None:
         self.xen_area.release_vcpu_window(self.window)
@@ -199,7 +209,8 @@ class CpuEngine:
             if self._hook_rip_seen is None or target != self._hook_rip_seen + 2 or bias != 2:
                 self.uc.reg_write(x86_const.UC_X86_REG_RIP, (target - bias) & 0xFFFF_FFFF_FFFF_FFFF)
         else:
-            self.defer_after_stop(lambda: self.uc.reg_write(x86_const.UC_X86_REG_RIP, target))
+            self.gate.exit_before_instruction()
+            self.defer_to_next_stop(lambda: self.uc.reg_write(x86_const.UC_X86_REG_RIP, target))
 
     def load_state(self, state: CpuState) -> None:
         """Replace the register state; the next run() enters through the stub."""
@@ -257,9 +268,10 @@ class CpuEngine:
 
     # --- running -----------------------------------------------------------
     def kick(self) -> None:
-        """From any thread: make run() return with KICKED at the end of the
-        current slice (never an emu_stop from here: see run())."""
+        """From any thread: make run() return with KICKED before the guest's next
+        block (the native gate stops unicorn from this vCPU's thread: see run())."""
         self._kick_pending.set()
+        self.gate.request_stop()
 
     def request_exit(self, reason: ExitReason = ExitReason.REQUESTED) -> None:
         """From a host callback: leave run() once the current hook returns."""
@@ -267,19 +279,23 @@ class CpuEngine:
         self.uc.emu_stop()
 
     def rewind_after_stop(self, rip: int, action: Callable[[], None]) -> None:
-        """Undo the hooked instruction's effect on the registers, then `action`.
+        """From an IN/OUT/CPUID hook: the instruction does not retire; the run ends
+        with RIP = `rip` (the instruction) and nothing after it executed, then `action`.
 
-        Unicorn completes the hooked instruction (an IN writes RAX) and stops
-        before the next one; the CPU state captured here (the registers at
-        the instruction) then comes back, with RIP = `rip`.
+        The gate's stub leaves unicorn through QEMU's cpu_loop_exit once the hook
+        returns (pvhyp.cpu.native_gate), as QEMU's helpers do to raise a fault.
         """
-        snapshot = self.uc.context_save()
+        self.gate.exit_before_instruction()
 
-        def rewind() -> None:
-            self.uc.context_restore(snapshot)
+        def at_instruction() -> None:
             self.uc.reg_write(x86_const.UC_X86_REG_RIP, rip)
             action()
-        self.defer_after_stop(rewind)
+        self.defer_to_next_stop(at_instruction)
+
+    def defer_to_next_stop(self, action: Callable[[], None]) -> None:
+        """Run `action` outside unicorn once the run stops, without asking for the stop:
+        for a hook that has armed a precise stop with the gate (watchpoints)."""
+        self._deferred.append(action)
 
     def defer_after_stop(self, action: Callable[[], None]) -> None:
         """Run `action` after the current instruction retires, outside unicorn.
@@ -293,22 +309,25 @@ class CpuEngine:
     def run(self, max_insns: int = 0, timeout_us: int = 0) -> ExitReason:
         """Run guest code until a budget is used, a kick, or a host request.
 
-        `max_insns` caps the instructions (0: no cap), `timeout_us` the wall
-        time (0: none); either ends the run with BUDGET.
+        `max_insns` caps the guest's blocks (0: no cap; a block is one or more
+        instructions, so this is a safety bound, not an exact count),
+        `timeout_us` the wall time (0: none); either ends the run with BUDGET.
 
-        Guest code always runs in slices of SLICE_INSNS counted instructions,
-        and nothing but the slice's own count or a hook on this thread ever
-        stops unicorn.  A stop from another thread (`emu_stop`, or
-        `emu_start`'s timeout, which is a timer thread calling it) lands right
-        after the guest's next memory access, and unicorn then resumes at the
-        start of that instruction: an `incl mem` or `lock cmpxchg` that had
-        already stored runs twice (measured: about one in every stop).  Kicks
-        therefore only raise a flag, looked at between slices.
+        Runs are not counted: unicorn executes translated code with no
+        per-instruction hook.  Nothing but this vCPU's own thread ever stops
+        unicorn.  A stop from another thread (`emu_stop`, or `emu_start`'s
+        timeout, which is a timer thread calling it) lands right after the
+        guest's next memory access, and unicorn then resumes at the start of
+        that instruction: an `incl mem` or `lock cmpxchg` that had already
+        stored runs twice (measured: about one in every stop).  So a kick only
+        sets the native gate's flag (pvhyp.cpu.native_gate), and the gate's
+        block hook, on this thread, stops unicorn before the next block, where
+        nothing of the block has run.  The same hook ends each slice after a
+        budget of blocks sized to about SLICE_US, so the wall-time budget is
+        looked at within about a millisecond even in a guest loop that never exits.
         """
         self._stop_reason = None
-        if self._kick_pending.is_set():
-            self._kick_pending.clear()
-            return ExitReason.KICKED
+        gate = self.gate
         deadline = time.monotonic_ns() + timeout_us * 1000 if timeout_us else None
         remaining = max_insns or None
         try:
@@ -316,6 +335,8 @@ class CpuEngine:
                 self._enter_through_stub()
             self.host.on_resume(self)
             while True:
+                # Clear the gate first: a kick landing after this sets it again.
+                gate.clear_stop()
                 if self._stop_reason is not None:
                     return self._stop_reason
                 if self._kick_pending.is_set():
@@ -323,19 +344,28 @@ class CpuEngine:
                     return ExitReason.KICKED
                 if remaining is not None and remaining <= 0:
                     return ExitReason.BUDGET
-                if deadline is not None and time.monotonic_ns() >= deadline:
+                started = time.monotonic_ns()
+                if deadline is not None and started >= deadline:
                     return ExitReason.BUDGET
-                budget = SLICE_INSNS if remaining is None else min(SLICE_INSNS, remaining)
-                if remaining is not None:
-                    remaining -= budget
+                budget = self._slice_blocks if remaining is None else min(self._slice_blocks, remaining)
+                gate.set_budget(budget)
+                blocks_before = gate.blocks
                 rip = self.uc.reg_read(x86_const.UC_X86_REG_RIP)
                 try:
-                    self.uc.emu_start(rip, _NEVER_REACHED, 0, budget)
+                    self.uc.emu_start(rip, _NEVER_REACHED)
                     self._bookkeeping.rearm()
+                    if self._hook_error is not None:
+                        error, self._hook_error = self._hook_error, None
+                        raise error
                 except UcError as err:
                     if not self._recover_from_unicorn_error(err):
                         raise
                     continue
+                ran = gate.blocks - blocks_before
+                if remaining is not None:
+                    remaining -= max(ran, 1)
+                self._resize_slice(ran, time.monotonic_ns() - started)
+                gate.absorb_samples()
                 if self._deferred:
                     actions, self._deferred = self._deferred, []
                     for action in actions:
@@ -343,6 +373,17 @@ class CpuEngine:
         except Exception as err:   # a hypervisor bug must crash the domain, not the process
             self.error = err
             return ExitReason.HYPERVISOR_ERROR
+
+    def _resize_slice(self, blocks: int, elapsed_ns: int) -> None:
+        """Aim the next slice's block budget at about SLICE_US (only from slices that used theirs)."""
+        if blocks < self._slice_blocks or elapsed_ns <= 0:
+            return
+        wanted = blocks * SLICE_US * 1000 // elapsed_ns
+        self._slice_blocks = max(SLICE_BLOCKS_MIN, min(SLICE_BLOCKS_MAX, (self._slice_blocks + wanted) // 2))
+
+    def guest_instructions(self) -> int | None:
+        """Guest instructions run so far, estimated from sampled blocks (runs are not counted)."""
+        return self.gate.estimated_instructions()
 
     def _enter_through_stub(self) -> None:
         state = self._pending_state
@@ -427,6 +468,32 @@ class CpuEngine:
             self.host.on_io(self, port, size, value)
         finally:
             self._finish_hook()
+
+    # The stubs' callbacks: a Python exception must not unwind into C.
+    def _native_in(self, _uc, port, size, _gate) -> int:
+        try:
+            return self._hook_in(self.uc, port, size, None)
+        except BaseException as err:
+            self._fail_in_hook(err)
+            return 0
+
+    def _native_out(self, _uc, port, size, value, _gate) -> None:
+        try:
+            self._hook_out(self.uc, port, size, value, None)
+        except BaseException as err:
+            self._fail_in_hook(err)
+
+    def _native_cpuid(self, _uc, _gate) -> int:
+        try:
+            return self._hook_cpuid(self.uc, None)
+        except BaseException as err:
+            self._fail_in_hook(err)
+            return 1
+
+    def _fail_in_hook(self, err: BaseException) -> None:
+        """run() raises it once unicorn has stopped (a HYPERVISOR_ERROR)."""
+        self._hook_error = err
+        self.gate.exit_before_instruction()
 
     def _hook_invalid(self, uc, _):
         self.host.on_invalid_opcode(self)

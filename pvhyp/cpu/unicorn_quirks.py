@@ -37,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import mmap
+import os
 import struct
 import threading
 from dataclasses import dataclass
@@ -85,6 +86,8 @@ class ContextOffsets:
     # QEMU's regs[16] then eip, contiguous: read all GPRs with one context save
     gpr_block_offset: int = -1
     cs_selector_offset: int = -1
+    # where uc_struct keeps QEMU's CPUState (precise exits from IN/OUT/CPUID hooks)
+    cpu_state_offset: int = -1
 
 
 # QEMU's register numbering, the order of env->regs[], followed by eip.
@@ -319,7 +322,8 @@ def verified_offsets() -> ContextOffsets:
                 self_test(offsets)
                 offsets = dataclasses.replace(offsets, syscall_rip_bias=measure_syscall_rip_bias(),
                                               gpr_block_offset=discover_gpr_block(),
-                                              cs_selector_offset=discover_cs_selector())
+                                              cs_selector_offset=discover_cs_selector(),
+                                              cpu_state_offset=discover_cpu_state_offset())
             except UcError as err:
                 raise UnicornInternalsChanged(f"unicorn probe failed: {err}") from err
             _cached = offsets
@@ -332,3 +336,84 @@ def require_supported_unicorn() -> ContextOffsets:
         return verified_offsets()
     except UnicornInternalsChanged as err:
         raise SystemExit(f"pvhyp: CPU engine unavailable: {err}") from None
+
+
+# --- the CPU state behind a unicorn handle (for precise exits) ------------------
+#
+# A hook that must end the run *before* its instruction retires (a refused `in`,
+# a faulting `cpuid`) cannot use uc_emu_stop: the stop lands after the next guest
+# memory access.  QEMU's own helpers raise exceptions with cpu_loop_exit(cpu),
+# which unwinds to the execution loop with the instruction not executed; unicorn
+# syncs RIP to the instruction before calling IN/OUT/CPUID hooks, so the run then
+# ends exactly there.  cpu_loop_exit needs QEMU's CPUState, which unicorn keeps in
+# its private uc_struct right after a run of about 39 function pointers
+# (query ... context_restore).  Found here by that shape, and proven by finding the
+# registers just written through the public API inside the CPUState it names.
+
+_MIN_FUNCTION_POINTERS = 30
+_UC_STRUCT_SCAN = 2048
+_CPU_STATE_SCAN = 8192
+_ENV_DISTANCE = 0x20000
+
+
+def _libunicorn_range() -> tuple[int, int]:
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "libunicorn" in line:
+                low, high = (int(x, 16) for x in line.split()[0].split("-"))
+                ranges.append((low, high))
+    if not ranges:
+        raise UnicornInternalsChanged("libunicorn is not mapped in this process")
+    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+
+def _read_process_memory(address: int, size: int) -> bytes | None:
+    """Bytes of this process at `address`, or None if unmapped (never a crash)."""
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    try:
+        return os.pread(fd, size, address)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def discover_cpu_state_offset() -> int:
+    """Offset of `CPUState *cpu` in unicorn's uc_struct (see above)."""
+    uc, _ = _probe_machine()
+    handle = ctypes.cast(uc._uch, ctypes.c_void_p).value or 0
+    raw = _read_process_memory(handle, _UC_STRUCT_SCAN)
+    if raw is None:
+        raise UnicornInternalsChanged("cannot read the unicorn handle")
+    low, high = _libunicorn_range()
+    words = struct.unpack(f"<{len(raw) // 8}Q", raw)
+    code_pointers = 0
+    for index, word in enumerate(words):
+        if word == 0 or low <= word < high:
+            code_pointers += word != 0
+            continue
+        if code_pointers >= _MIN_FUNCTION_POINTERS and _names_this_cpu(uc, word):
+            return index * 8
+        code_pointers = 0
+    raise UnicornInternalsChanged("the CPU state pointer was not found in the unicorn handle")
+
+
+def _names_this_cpu(uc: Uc, candidate: int) -> bool:
+    magic = (0x5EED_C0DE_0000_0001, 0x5EED_C0DE_0000_0002)
+    uc.reg_write(x86_const.UC_X86_REG_RAX, magic[0])
+    uc.reg_write(x86_const.UC_X86_REG_RCX, magic[1])
+    raw = _read_process_memory(candidate, _CPU_STATE_SCAN)
+    if raw is None:
+        return False
+    wanted = struct.pack("<2Q", *magic)
+    for (env,) in struct.iter_unpack("<Q", raw):
+        if candidate < env < candidate + _ENV_DISTANCE and _read_process_memory(env, 16) == wanted:
+            return True
+    return False
+
+
+def cpu_state_of(uc: Uc, offset: int) -> int:
+    """The CPUState pointer of `uc` (offset from discover_cpu_state_offset)."""
+    handle = ctypes.cast(uc._uch, ctypes.c_void_p).value or 0
+    return ctypes.c_uint64.from_address(handle + offset).value
