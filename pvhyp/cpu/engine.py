@@ -207,7 +207,10 @@ class CpuEngine:
         if mode == self._RIP_AFTER_SYSCALL:
             bias = self._context_offsets.syscall_rip_bias
             if self._hook_rip_seen is None or target != self._hook_rip_seen + 2 or bias != 2:
-                self.uc.reg_write(x86_const.UC_X86_REG_RIP, (target - bias) & 0xFFFF_FFFF_FFFF_FFFF)
+                # Through the batch call: uc_reg_write(RIP) inside a run also sets unicorn's
+                # skip_sync_pc_on_exit, which nothing clears until the next emu_start, and
+                # from then on IN/OUT/CPUID/memory hooks see a stale RIP.
+                self._regs.write(("rip",), ((target - bias) & 0xFFFF_FFFF_FFFF_FFFF,))
         else:
             self.gate.exit_before_instruction()
             self.defer_to_next_stop(lambda: self.uc.reg_write(x86_const.UC_X86_REG_RIP, target))

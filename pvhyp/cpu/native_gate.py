@@ -214,7 +214,8 @@ class NativeGate:
         if armed and self._code_hook is None:
             self._code_hook = self._add(UC_HOOK_CODE, CODE_HOOK_OFFSET)
         elif not armed and self._code_hook is not None:
-            self._uc.hook_del(self._code_hook)
+            # Not Uc.hook_del: the binding only knows the hooks it added itself.
+            uclib.uc_hook_del(self._uc._uch, ctypes.c_size_t(self._code_hook))
             self._code_hook = None
         else:
             return
