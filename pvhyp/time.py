@@ -385,6 +385,10 @@ class TimeKeeper:
             return self.clock.now_ns() * TSC_HZ // NSEC_PER_SEC
         return host_tsc().read()
 
+    def tsc_khz(self) -> int:
+        """The TSC frequency the guests' time records are scaled for (CPUID leaf 0x16 says it too)."""
+        return TSC_HZ // 1000 if self.synthetic_tsc else host_tsc().hz() // 1000
+
     def next_deadline(self) -> int | None:
         return self.timers.next_deadline()
 
