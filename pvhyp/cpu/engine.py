@@ -368,7 +368,7 @@ class CpuEngine:
                 if remaining is not None:
                     remaining -= max(ran, 1)
                 self._resize_slice(ran, time.monotonic_ns() - started)
-                gate.absorb_samples()
+                gate.absorb_samples(self._read_code)
                 if self._deferred:
                     actions, self._deferred = self._deferred, []
                     for action in actions:
@@ -383,6 +383,9 @@ class CpuEngine:
             return
         wanted = blocks * SLICE_US * 1000 // elapsed_ns
         self._slice_blocks = max(SLICE_BLOCKS_MIN, min(SLICE_BLOCKS_MAX, (self._slice_blocks + wanted) // 2))
+
+    def _read_code(self, address: int, size: int) -> bytes | None:
+        return read_guest_virtual(self.memory, self.cr3, address, size)
 
     def guest_instructions(self) -> int | None:
         """Guest instructions run so far, estimated from sampled blocks (runs are not counted)."""

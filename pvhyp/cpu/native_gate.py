@@ -12,7 +12,7 @@ microsecond per block; these stubs cost a few nanoseconds, and they are called
 by unicorn as plain C callbacks on the vCPU's own thread.
 
 `block_hook` (a UC_HOOK_BLOCK over every address) counts blocks, samples one
-block address in 256 (for the instruction estimate), and calls uc_emu_stop when
+block in 256 (address and size, for the instruction estimate), and calls uc_emu_stop when
 `stop` is set (a kick, from any thread: a plain aligned store) or when
 `budget` blocks have run (the engine then looks at its wall-clock budget).
 
@@ -30,6 +30,7 @@ import ctypes
 import mmap
 import threading
 
+import capstone
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, x86_const
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -37,7 +38,7 @@ STUB_ASSEMBLY = r"""
     .intel_syntax noprefix
     .text
 /* struct gate: 0 stop, 8 budget, 16 emu_stop, 24 blocks, 32 step,
-   40 sample_index, 48 samples[64] */
+   40 sample_index, 48 samples[32] of (address, size) */
 /* void block_hook(uc_engine *uc, uint64_t address, uint32_t size, struct gate *gate) */
 block_hook:
     mov rax, [rcx+24]
@@ -46,8 +47,11 @@ block_hook:
     test eax, 0xff
     jnz 2f
     mov rax, [rcx+40]
-    and eax, 63
-    mov [rcx+48+rax*8], rsi
+    and eax, 31
+    shl eax, 4
+    mov [rcx+48+rax], rsi
+    mov r8d, edx
+    mov [rcx+56+rax], r8
     inc qword ptr [rcx+40]
 2:  cmp qword ptr [rcx], 0
     jne 1f
@@ -105,17 +109,15 @@ cpuid_hook:
     ud2
 """
 STUB_CODE = bytes.fromhex(
-    "488b411848ffc048894118a9ff0000007510488b412883e03f488974c13048ff4128"
-    "48833900750748ff49087801c3ff6110"
-    "48837920007501c348ff49207401c3ff6110"
-    "5341544883ec084889cb4989fcff9348020000eb28"
-    "5341544883ec084c89c34989fcff9350020000eb13"
-    "5341544883ec084889f34989fcff9358020000"
-    "4883bb300200000075084883c408415c5bc3"
-    "48c78330020000000000004c89e7ff5310488bbb38020000ff93400200000f0b")
-STUB_SYMBOLS = {"block_hook": 0x00, "code_hook": 0x32, "in_hook": 0x44, "out_hook": 0x59, "cpuid_hook": 0x6E}
+    "488b411848ffc048894118a9ff000000751b488b412883e01fc1e00448897401304189d0"
+    "4c8944013848ff412848833900750748ff49087801c3ff611048837920007501c348ff49"
+    "207401c3ff61105341544883ec084889cb4989fcff9348020000eb285341544883ec084c"
+    "89c34989fcff9350020000eb135341544883ec084889f34989fcff93580200004883bb30"
+    "0200000075084883c408415c5bc348c78330020000000000004c89e7ff5310488bbb3802"
+    "0000ff93400200000f0b")
+STUB_SYMBOLS = {"block_hook": 0x00, "code_hook": 0x3D, "in_hook": 0x4F, "out_hook": 0x64, "cpuid_hook": 0x79}
 BLOCK_HOOK_OFFSET, CODE_HOOK_OFFSET = STUB_SYMBOLS["block_hook"], STUB_SYMBOLS["code_hook"]
-SAMPLE_SLOTS = 64          # ring of sampled block addresses (one block in SAMPLE_EVERY)
+SAMPLE_SLOTS = 32          # ring of sampled blocks, (address, size) pairs (one block in SAMPLE_EVERY)
 SAMPLE_EVERY = 256
 
 
@@ -123,7 +125,7 @@ class Gate(ctypes.Structure):
     """What the stubs read and write; one per engine, shared with other threads only via `stop`."""
     _fields_ = [("stop", ctypes.c_int64), ("budget", ctypes.c_int64), ("emu_stop", ctypes.c_void_p),
                 ("blocks", ctypes.c_uint64), ("step", ctypes.c_int64), ("sample_index", ctypes.c_uint64),
-                ("samples", ctypes.c_uint64 * SAMPLE_SLOTS),
+                ("samples", ctypes.c_uint64 * (2 * SAMPLE_SLOTS)),
                 ("exit_now", ctypes.c_int64), ("cpu", ctypes.c_void_p), ("cpu_loop_exit", ctypes.c_void_p),
                 ("in_callback", ctypes.c_void_p), ("out_callback", ctypes.c_void_p),
                 ("cpuid_callback", ctypes.c_void_p)]
@@ -134,6 +136,8 @@ OutCallback = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_
                                ctypes.c_void_p)
 CpuidCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 
+
+_DISASSEMBLER = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
 _STUB_PAGE: mmap.mmap | None = None
 _STUB_ADDRESS = 0
@@ -234,23 +238,29 @@ class NativeGate:
     def blocks(self) -> int:
         return self.gate.blocks
 
-    def absorb_samples(self, limit: int = 4) -> None:
-        """Learn the instruction count of a few newly sampled blocks (TB cache look-ups)."""
+    def absorb_samples(self, read_code, limit: int = 4) -> None:
+        """Count the instructions of a few newly sampled blocks.
+
+        `read_code(address, size)` returns the block's bytes (None if unmapped now);
+        they are decoded here.  Not unicorn's own TB look-up (uc_ctl
+        UC_CTL_TB_REQUEST_CACHE): it translates, and a fault while translating
+        outside a run longjmps to a dead frame and kills the process.
+        """
         index = self.gate.sample_index
         new = min(index - self._samples_seen, limit)
         self._samples_seen = index
-        uc = self._uc
         for slot in range(index - new, index):
-            address = self.gate.samples[slot % SAMPLE_SLOTS]
-            icount = self._icounts.get(address)
+            at = 2 * (slot % SAMPLE_SLOTS)
+            key = (self.gate.samples[at], self.gate.samples[at + 1])
+            icount = self._icounts.get(key)
             if icount is None:
-                try:
-                    icount = uc.ctl_request_cache(address).icount
-                except Exception:       # unicorn refuses (unmapped under the current CR3): skip it
+                code = read_code(*key)
+                if code is None:
                     continue
+                icount = sum(1 for _ in _DISASSEMBLER.disasm_lite(code, key[0]))
                 if len(self._icounts) > 65536:
                     self._icounts.clear()
-                self._icounts[address] = icount
+                self._icounts[key] = icount
             self._sampled_blocks += 1
             self._sampled_instructions += icount
 
