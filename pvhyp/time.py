@@ -260,10 +260,15 @@ class TimerQueue:
         with self._cond:
             timer._generation += 1
             timer.deadline = deadline
+            # The timer thread sleeps until the heap's head (stale entries included); it only
+            # needs waking when this deadline comes first.  A guest re-arming its one-shot
+            # timer later and later (Linux does, thousands of times a boot) wakes nobody.
+            wake = not self._heap or deadline < self._heap[0][0]
             heapq.heappush(self._heap, (deadline, next(self._order), timer._generation, timer))
             if not isinstance(self.clock, FakeClock):
                 self._ensure_thread()
-            self._cond.notify()
+            if wake:
+                self._cond.notify()
 
     def stop_timer(self, timer: Timer) -> None:
         with self._cond:

@@ -14,6 +14,7 @@ reported as ExitReason.HYPERVISOR_ERROR; it never propagates into unicorn.
 """
 from __future__ import annotations
 
+import operator
 import struct
 import threading
 import time
@@ -73,6 +74,19 @@ _GPR_BLOCK_INDEX = {name: i for i, name in enumerate(quirks.SNAPSHOT_ORDER)}
 _GPR_BLOCK_NAMES = frozenset(_GPR_BLOCK_INDEX)
 
 
+class _ReadPlan:
+    """How read_many gets one tuple of registers: picked from the GPR block when it can."""
+    __slots__ = ("names", "from_block", "rip_index")
+
+    def __init__(self, names: tuple):
+        self.names = names
+        self.from_block = None
+        if _GPR_BLOCK_NAMES.issuperset(names):
+            picker = operator.itemgetter(*(_GPR_BLOCK_INDEX[n] for n in names))
+            self.from_block = picker if len(names) > 1 else (lambda block, p=picker: (p(block),))
+        self.rip_index = names.index("rip") if "rip" in names else None
+
+
 class CpuEngine:
     def __init__(self, memory, xen_area: L.XenArea, host: VcpuHost):
         self._context_offsets = quirks.verified_offsets()
@@ -103,6 +117,7 @@ class CpuEngine:
         self._stop_reason: ExitReason | None = None
         self._kick_pending = threading.Event()
         self._deferred: list[Callable[[], None]] = []
+        self._read_plans: dict[tuple, _ReadPlan] = {}
         self._rip_mode = self._RIP_DIRECT
         self._pending_rip: int | None = None
         self._hook_rip_seen: int | None = None
@@ -168,18 +183,21 @@ class CpuEngine:
         self._regs.write((name,), (value,))
 
     def read_many(self, names: tuple) -> tuple:
-        names = tuple(names)
-        if _GPR_BLOCK_NAMES.issuperset(names):
-            block = self._bookkeeping.snapshot_gprs()
-            values = tuple(block[_GPR_BLOCK_INDEX[n]] for n in names)
+        """Several registers in one unicorn call (the hypercall path reads its
+        six arguments, number, CS and RIP with one context save)."""
+        plan = self._read_plans.get(names)
+        if plan is None:
+            plan = self._read_plans[names] = _ReadPlan(tuple(names))
+        if plan.from_block is not None:
+            values = plan.from_block(self._bookkeeping.snapshot_gprs())
         else:
-            values = self._regs.read(names)
-        if "rip" in names:
-            index = names.index("rip")
+            values = self._regs.read(plan.names)
+        if plan.rip_index is not None:
             if self._pending_rip is not None:
-                values = values[:index] + (self._pending_rip,) + values[index + 1:]
+                i = plan.rip_index
+                values = values[:i] + (self._pending_rip,) + values[i + 1:]
             else:
-                self._hook_rip_seen = values[index]
+                self._hook_rip_seen = values[plan.rip_index]
         return values
 
     def write_many(self, values: dict) -> None:
