@@ -20,14 +20,23 @@ Other unicorn 2.1.4 behaviour the engine is built around (measured here):
   then restarts at the start of that instruction.  A stop from another
   thread (emu_stop, or emu_start's timeout thread) therefore re-executes an
   instruction that already stored: `incl mem` counts twice, a won `lock
-  cmpxchg` is retried and fails.  Only the instruction count (checked before
-  each instruction) and hooks on the vCPU thread stop a run cleanly; the
-  engine runs counted slices and other threads only raise a flag.
+  cmpxchg` is retried and fails.  Block hooks run before a block's first
+  instruction with a stop check right after them: the engine's native gate
+  (native_gate.py) stops runs there, and other threads only raise its flag.
 - Switching a unicorn between counted and uncounted runs flushes its
   translations and touches the previous start address; from CPL3 on a
   supervisor page that is a hidden #PF that turns the next #GP into #DF.
-  The engine always counts, and the CPL0 stub runs as the first
-  instructions of the first run rather than as a run of its own.
+  The engine never counts (nor steps with count=1), and the CPL0 stub runs
+  as the first instructions of the first run rather than as a run of its own.
+- uc_reg_write(RIP) during a run sets skip_sync_pc_on_exit, which only the
+  next emu_start clears; until then IN/OUT/CPUID/memory hooks see a stale
+  RIP.  uc_reg_write_batch does not set it: the engine writes RIP with it.
+- An unbounded memory hook of any kind (even UC_HOOK_MEM_UNMAPPED) keeps
+  every page's TLB entry "not dirty", so each guest store takes the slow path
+  with a TB-invalidation check (about 10x on store-heavy loops): the engine
+  bounds its unmapped hook to addresses past machine memory.
+- uc_ctl(UC_CTL_TB_REQUEST_CACHE) translates; a guest fault while it does,
+  outside emu_start, longjmps to a dead frame and kills the process.
 - reg_write(CS/SS) loads any selector without checks and never leaves 64-bit
   mode: iret validates descriptors itself, and compat-mode code cannot run.
 - Writes to DR0-DR7 have no effect: no hardware breakpoints or watchpoints.

@@ -313,7 +313,7 @@ class PvEntry:
     def _fault_at_instruction(self, engine: Engine, vector: int) -> None:
         """Raise `vector` at the instruction whose hook cannot move RIP (cpuid, in,
         out): the instruction's effects are undone once unicorn has stopped."""
-        rip = engine.read("rip")      # exact: runs are counted
+        rip = engine.read("rip")      # exact: unicorn syncs RIP before IN/OUT/CPUID hooks
         engine.rewind_after_stop(rip, lambda: self._guarded(self.bouncer.bounce_exception, vector, 0))
 
     def on_io(self, engine: Engine, port: int, size: int, value: int | None):
