@@ -283,9 +283,11 @@ class CpuEngine:
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def set_cr3(self, maddr: int) -> None:
+        """Load CR3; unicorn's CR3 write flushes the TLB itself (cpu_x86_update_cr3 with
+        paging on), and the batch call costs one C call (the PV MMU calls this after
+        every page-table update)."""
         self.cr3 = maddr
-        self.uc.reg_write(x86_const.UC_X86_REG_CR3, maddr)
-        self.flush_tlb()
+        self._regs.write(("cr3",), (maddr,))
 
     # --- running -----------------------------------------------------------
     def kick(self) -> None:
