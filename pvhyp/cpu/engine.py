@@ -103,7 +103,8 @@ class CpuEngine:
         # CPL0 again for the stub; only a context restore can lower the CPL.
         self._cpl0_context = uc.context_save()
         self._add_hooks()
-        self.gate = NativeGate(uc)
+        offsets = self._context_offsets
+        self.gate = NativeGate(uc, lambda on: quirks.set_exit_checks(uc, offsets.no_exit_request_offset, on))
         # IN/OUT/CPUID go through the gate's stubs, which can end the run before
         # the instruction retires (a refused `in`, a faulting `cpuid`).
         self.gate.add_instruction_exits(quirks.cpu_state_of(uc, self._context_offsets.cpu_state_offset),

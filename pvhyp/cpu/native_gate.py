@@ -163,8 +163,13 @@ _CPU_LOOP_EXIT = ctypes.cast(uclib.cpu_loop_exit_x86_64, ctypes.c_void_p).value
 class NativeGate:
     """The gate and its hooks on one unicorn instance."""
 
-    def __init__(self, uc):
+    def __init__(self, uc, set_exit_checks=None):
         self._uc = uc
+        # unicorn's per-access exit checks (unicorn_quirks.set_exit_checks): off for
+        # speed, on while the per-instruction stub is armed, whose stop needs the
+        # check unicorn emits right after a code hook.
+        self._set_exit_checks = set_exit_checks or (lambda enabled: None)
+        self._set_exit_checks(False)
         self.gate = Gate(stop=0, budget=0, emu_stop=_EMU_STOP)
         self._gate_pointer = ctypes.c_void_p(ctypes.addressof(self.gate))
         self._code_hook: int | None = None
@@ -224,6 +229,7 @@ class NativeGate:
         else:
             return
         self.gate.step = 0
+        self._set_exit_checks(armed)
         self._uc.ctl_flush_tb()
 
     def stop_before_instruction(self, after: int = 0) -> None:

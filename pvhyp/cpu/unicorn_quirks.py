@@ -97,6 +97,8 @@ class ContextOffsets:
     cs_selector_offset: int = -1
     # where uc_struct keeps QEMU's CPUState (precise exits from IN/OUT/CPUID hooks)
     cpu_state_offset: int = -1
+    # uc_struct.no_exit_request (per-access exit checks off)
+    no_exit_request_offset: int = -1
 
 
 # QEMU's register numbering, the order of env->regs[], followed by eip.
@@ -332,7 +334,8 @@ def verified_offsets() -> ContextOffsets:
                 offsets = dataclasses.replace(offsets, syscall_rip_bias=measure_syscall_rip_bias(),
                                               gpr_block_offset=discover_gpr_block(),
                                               cs_selector_offset=discover_cs_selector(),
-                                              cpu_state_offset=discover_cpu_state_offset())
+                                              cpu_state_offset=discover_cpu_state_offset(),
+                                              no_exit_request_offset=discover_no_exit_request_offset())
             except UcError as err:
                 raise UnicornInternalsChanged(f"unicorn probe failed: {err}") from err
             _cached = offsets
@@ -426,3 +429,64 @@ def cpu_state_of(uc: Uc, offset: int) -> int:
     """The CPUState pointer of `uc` (offset from discover_cpu_state_offset)."""
     handle = ctypes.cast(uc._uch, ctypes.c_void_p).value or 0
     return ctypes.c_uint64.from_address(handle + offset).value
+
+
+# --- unicorn's per-access exit checks -----------------------------------------
+#
+# Unicorn emits a helper call after every guest load and store that checks for a
+# stop request (check_exit_request); TCG spills and reloads the guest registers
+# around it, which measured ~10% of a Debian boot's CPU and 2-3x on store-heavy
+# loops.  It exists so that a stop from another thread lands soon, and that stop
+# is exactly the re-execution bug (see the module docstring): the engine never
+# stops a run from another thread, so it turns the checks off with the flag
+# unicorn keeps for ARM IT blocks, `uc_struct.no_exit_request` (read when code is
+# translated).  Blocks still check at their start (gen_tb_start), where the
+# native gate stops runs.  The flag sits in a recognisable run of fields:
+# target_page_size (u32 4096), target_page_align (u32 4095), two host page sizes
+# (u64 4096), icache line size, context mode, context size, next_pc (u64), then
+# the bools hook_insert, first_tb, no_exit_request, init_done (1).
+_NO_EXIT_REQUEST_AFTER_PAGE_SIZE = 50
+
+
+def discover_no_exit_request_offset() -> int:
+    uc, _ = _probe_machine()
+    handle = ctypes.cast(uc._uch, ctypes.c_void_p).value or 0
+    raw = _read_process_memory(handle, 16384)
+    if raw is None:
+        raise UnicornInternalsChanged("cannot read the unicorn handle")
+    anchor = struct.Struct("<IIQQ")
+    candidates = [x for x in range(0, len(raw) - 64, 8)
+                  if anchor.unpack_from(raw, x) == (4096, 4095, 4096, 4096)
+                  and raw[x + _NO_EXIT_REQUEST_AFTER_PAGE_SIZE] == 0
+                  and raw[x + _NO_EXIT_REQUEST_AFTER_PAGE_SIZE + 1] == 1]
+    if len(candidates) != 1:
+        raise UnicornInternalsChanged(f"no_exit_request not found in the unicorn handle ({len(candidates)} candidates)")
+    offset = candidates[0] + _NO_EXIT_REQUEST_AFTER_PAGE_SIZE
+    _prove_no_exit_request(offset)
+    return offset
+
+
+def set_exit_checks(uc: Uc, offset: int, enabled: bool) -> None:
+    """Per-access exit checks on or off for code translated from now on."""
+    handle = ctypes.cast(uc._uch, ctypes.c_void_p).value or 0
+    ctypes.c_uint8.from_address(handle + offset).value = 0 if enabled else 1
+
+
+def _prove_no_exit_request(offset: int) -> None:
+    """A stop asked for by a store hook mid-block: with the checks it lands right after
+    the store (RIP back at it); without them the block runs to its end."""
+    from unicorn import UC_HOOK_MEM_WRITE
+    # mov [rbx], al ; inc rcx ; inc rcx ; nop
+    code = bytes.fromhex("8803" "48ffc1" "48ffc1" "90")
+    outcomes = []
+    for checks in (True, False):
+        uc, mem = _probe_machine()
+        mem[_CODE:_CODE + len(code)] = code
+        set_exit_checks(uc, offset, checks)
+        uc.reg_write(x86_const.UC_X86_REG_RBX, _CODE + 0x1000)
+        uc.reg_write(x86_const.UC_X86_REG_RCX, 0)
+        uc.hook_add(UC_HOOK_MEM_WRITE, lambda uc, *_: uc.emu_stop())
+        uc.emu_start(_CODE, _CODE + len(code))
+        outcomes.append((uc.reg_read(x86_const.UC_X86_REG_RCX), uc.reg_read(x86_const.UC_X86_REG_RIP) - _CODE))
+    if outcomes != [(0, 0), (2, len(code))]:
+        raise UnicornInternalsChanged(f"no_exit_request did not behave as expected: {outcomes}")
