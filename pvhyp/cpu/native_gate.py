@@ -174,7 +174,7 @@ class NativeGate:
         self._gate_pointer = ctypes.c_void_p(ctypes.addressof(self.gate))
         self._code_hook: int | None = None
         self._add(UC_HOOK_BLOCK, BLOCK_HOOK_OFFSET)
-        self._icounts: dict[int, int] = {}
+        self._icounts: dict[tuple[int, int], int] = {}
         self._samples_seen = 0
         self._sampled_blocks = 0
         self._sampled_instructions = 0
