@@ -22,7 +22,6 @@ from typing import Callable
 
 from unicorn import (
     UC_ARCH_X86,
-    UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
     UC_HOOK_MEM_UNMAPPED,
@@ -60,7 +59,7 @@ from pvhyp.pv.engine_interface import GPR_NAMES, CpuState, ExitReason, VcpuHost
 # Wall time one emu_start aims at before the engine looks at its clock again:
 # the gate's block budget is resized after every slice to about this.
 SLICE_US = 1_000
-SLICE_BLOCKS_MIN, SLICE_BLOCKS_MAX = 2_000, 4_000_000
+SLICE_BLOCKS_MIN, SLICE_BLOCKS_MAX = 2_000, 1_000_000
 
 # A RIP no instruction can have: `until` for emu_start, so only our own
 # stops, budgets and errors end a run.
@@ -110,6 +109,7 @@ class CpuEngine:
         self.gate.add_instruction_exits(quirks.cpu_state_of(uc, self._context_offsets.cpu_state_offset),
                                         self._native_in, self._native_out, self._native_cpuid)
         self._hook_error: BaseException | None = None
+        self.gate.add_syscall_hook(self._native_syscall)
         self._slice_blocks = SLICE_BLOCKS_MIN
         self._entered = False
         self._pending_state: CpuState | None = None
@@ -142,7 +142,6 @@ class CpuEngine:
     def _add_hooks(self) -> None:
         uc = self.uc
         uc.hook_add(UC_HOOK_INTR, self._hook_intr)
-        uc.hook_add(UC_HOOK_INSN, self._hook_syscall, None, 1, 0, x86_const.UC_X86_INS_SYSCALL)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._hook_invalid)
         # Bounded to addresses past machine memory: an unbounded memory hook of any
         # kind makes unicorn take its slow path (and a TB-invalidation check) on every
@@ -509,6 +508,13 @@ class CpuEngine:
             self._hook_out(self.uc, port, size, value, None)
         except BaseException as err:
             self._fail_in_hook(err)
+
+    def _native_syscall(self, _uc, _user_data) -> None:
+        try:
+            self._hook_syscall(self.uc, None)
+        except BaseException as err:
+            self._hook_error = err
+            self.uc.emu_stop()      # the syscall ends its block: the stop is clean
 
     def _native_cpuid(self, _uc, _gate) -> int:
         try:

@@ -135,6 +135,7 @@ InCallback = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint32,
 OutCallback = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint32,
                                ctypes.c_void_p)
 CpuidCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+SyscallCallback = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 
 
 _DISASSEMBLER = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
@@ -212,6 +213,18 @@ class NativeGate:
         self._add(UC_HOOK_INSN, STUB_SYMBOLS["in_hook"], x86_const.UC_X86_INS_IN)
         self._add(UC_HOOK_INSN, STUB_SYMBOLS["out_hook"], x86_const.UC_X86_INS_OUT)
         self._add(UC_HOOK_INSN, STUB_SYMBOLS["cpuid_hook"], x86_const.UC_X86_INS_CPUID)
+
+    def add_syscall_hook(self, on_syscall) -> None:
+        """The SYSCALL hook as a bare ctypes callback: the binding's hook_add wraps it in
+        three Python frames, a measurable part of a null hypercall.  `on_syscall(uc, _)`
+        must not raise (unicorn's C frames are below it)."""
+        self._syscall_callback = SyscallCallback(on_syscall)
+        handle = ctypes.c_size_t()
+        err = uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), UC_HOOK_INSN,
+                                ctypes.cast(self._syscall_callback, ctypes.c_void_p), None,
+                                ctypes.c_uint64(1), ctypes.c_uint64(0), ctypes.c_int(x86_const.UC_X86_INS_SYSCALL))
+        if err != 0:
+            raise RuntimeError(f"unicorn refused the syscall hook (error {err})")
 
     def exit_before_instruction(self) -> None:
         """From an IN/OUT/CPUID callback: leave the run before the instruction retires."""
