@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import threading
 
 import capstone
 from unicorn import UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, x86_const
@@ -140,21 +139,14 @@ SyscallCallback = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 
 _DISASSEMBLER = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
-_STUB_PAGE: mmap.mmap | None = None
-_STUB_ADDRESS = 0
-_stub_lock = threading.Lock()
+def _load_stubs() -> tuple[mmap.mmap, int]:
+    """The stubs in one executable page, once per process (at import: no lock needed)."""
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page[:len(STUB_CODE)] = STUB_CODE
+    return page, ctypes.addressof(ctypes.c_char.from_buffer(page))
 
 
-def _stub_address() -> int:
-    """The stubs, copied once per process into one executable page."""
-    global _STUB_PAGE, _STUB_ADDRESS
-    with _stub_lock:
-        if _STUB_PAGE is None:
-            page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-            page[:len(STUB_CODE)] = STUB_CODE
-            _STUB_ADDRESS = ctypes.addressof(ctypes.c_char.from_buffer(page))
-            _STUB_PAGE = page
-        return _STUB_ADDRESS
+_STUB_PAGE, _STUB_ADDRESS = _load_stubs()
 
 
 _EMU_STOP = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
@@ -182,7 +174,7 @@ class NativeGate:
 
     def _add(self, kind: int, offset: int, *instruction: int) -> int:
         handle = ctypes.c_size_t()
-        err = uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(_stub_address() + offset),
+        err = uclib.uc_hook_add(self._uc._uch, ctypes.byref(handle), kind, ctypes.c_void_p(_STUB_ADDRESS + offset),
                                 self._gate_pointer, ctypes.c_uint64(1), ctypes.c_uint64(0),
                                 *(ctypes.c_int(i) for i in instruction))
         if err != 0:
