@@ -122,3 +122,44 @@ touched: .quad 0
     assert entry.run(max_insns=100_000) is ExitReason.REQUESTED, entry.crash_reason
     assert rec.log[0][:3] == (13, 0, syms["denied_out"])
     assert rec.log[1][0] == 1          # incl ran once, after the #GP: not before it as well
+
+
+def test_write_watchpoint_on_incl_traps_once_after_it(machine):
+    """A data breakpoint stops the run before the next instruction, no step with count=1:
+    the `incl` that hit retires exactly once and #DB reports the instruction after it."""
+    from pvhyp.pv import state as pv_state
+    from pvhyp.pv import xen_area as L
+    entry, rec, syms = machine.load_kernel(r"""
+main:
+    HYPERCALL 42                 /* test hook: arm %dr0 on `data` (write, 4 bytes) */
+    incl data(%rip)
+after_incl:
+    nop
+    mov data(%rip), %rdi
+    HYPERCALL HC_LOG
+    HYPERCALL HC_EXIT
+db_handler:
+    pop %rcx
+    pop %r11
+    pushq $-1
+    pushq $1
+    jmp common_trap
+.data
+.align 8
+data: .quad 0
+""")
+    pv_state.set_trap_entry(entry.pv, 1, 0, L.FLAT_KERNEL_CS, syms["db_handler"])
+    recorder = entry.dispatch
+
+    def dispatch(v, nr, args):
+        if nr == 42:
+            v.pv.dr[0] = syms["data"]
+            v.pv.dr7 = 1 | (1 << 16) | (3 << 18)        # L0, write, 4 bytes
+            v.watchpoints.reload()
+            return 0
+        return recorder(v, nr, args)
+    entry.dispatch = dispatch
+    assert entry.run(max_insns=100_000) is ExitReason.REQUESTED, (entry.crash_reason, entry.engine.error)
+    assert rec.log[0][:3] == (1, (1 << 64) - 1, syms["after_incl"])
+    assert rec.log[1][0] == 1
+    assert entry.pv.dr6 & 1
