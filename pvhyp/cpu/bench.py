@@ -72,9 +72,12 @@ class _Machine:
     def run(self, rcx: int, rdi: int = _DATA_VA) -> float:
         self.state.gprs.update(rcx=rcx, rdi=rdi)
         self.entry.start(self.state)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         reason = self.entry.run()
         elapsed = time.perf_counter() - start
+        # CPU time of this process (only this thread runs): on a shared machine the
+        # wall time also counts the time other processes held the core.
+        self.cpu_seconds = time.process_time() - cpu_start
         if reason is not ExitReason.REQUESTED:
             raise RuntimeError(f"benchmark kernel stopped with {reason}: {self.entry.engine.error or self.entry.crash_reason}")
         return elapsed
@@ -82,9 +85,15 @@ class _Machine:
 
 def null_hypercall_roundtrip_us(iterations: int = 20_000) -> float:
     """Microseconds per guest `syscall` -> dispatcher -> back to guest."""
+    return null_hypercall_roundtrip(iterations)[0]
+
+
+def null_hypercall_roundtrip(iterations: int = 20_000) -> tuple[float, float]:
+    """(wall, CPU) microseconds per guest `syscall` -> dispatcher -> back to guest."""
     machine = _Machine(_HYPERCALL_LOOP)
     machine.run(100)                           # warm the translation cache
-    return machine.run(iterations) / iterations * 1e6
+    wall = machine.run(iterations)
+    return wall / iterations * 1e6, machine.cpu_seconds / iterations * 1e6
 
 
 def emulated_rdmsr_roundtrip_us(iterations: int = 5_000) -> float:
@@ -96,9 +105,15 @@ def emulated_rdmsr_roundtrip_us(iterations: int = 5_000) -> float:
 
 def compute_mips(iterations: int = 20_000_000) -> float:
     """Guest instructions per second (millions) for a register/memory loop, uncounted."""
+    return compute_rates(iterations)[0]
+
+
+def compute_rates(iterations: int = 20_000_000) -> tuple[float, float]:
+    """(per wall second, per CPU second) millions of guest instructions of the compute loop."""
     machine = _Machine(_COMPUTE_LOOP)
     machine.run(1000)
-    return iterations * 5 / machine.run(iterations) / 1e6
+    wall = machine.run(iterations)
+    return iterations * 5 / wall / 1e6, iterations * 5 / max(machine.cpu_seconds, 1e-9) / 1e6
 
 
 # The same loop as a host function: rcx = iterations (from rsi), rdi = a buffer.
