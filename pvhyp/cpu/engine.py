@@ -71,6 +71,8 @@ REG = {name: getattr(x86_const, f"UC_X86_REG_{name.upper()}") for name in
 
 _GPR_BLOCK_INDEX = {name: i for i, name in enumerate(quirks.SNAPSHOT_ORDER)}
 _GPR_BLOCK_NAMES = frozenset(_GPR_BLOCK_INDEX)
+# The general registers written in place (env->regs[]); not RIP, whose writes unicorn must see.
+_GPR_STORE_INDEX = {name: i for i, name in enumerate(quirks.GPR_BLOCK_ORDER) if name != "rip"}
 
 
 class _ReadPlan:
@@ -96,6 +98,7 @@ class CpuEngine:
         uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.host_address)
         self.window = xen_area.allocate_vcpu_window()
         self._bookkeeping = quirks.ExceptionBookkeeping(uc, self._context_offsets)
+        self._gprs = self._bookkeeping.gprs
         self._regs = FastRegisters(uc, REG)
         self._setup_control_state()
         # Reloading a state later (VCPUOP_initialise, a benchmark rerun) needs
@@ -180,7 +183,11 @@ class CpuEngine:
         if name == "rip" and self._rip_mode != self._RIP_DIRECT:
             self._pending_rip = value & 0xFFFF_FFFF_FFFF_FFFF
             return
-        self._regs.write((name,), (value,))
+        index = _GPR_STORE_INDEX.get(name)
+        if index is not None:
+            self._gprs[index] = value & 0xFFFF_FFFF_FFFF_FFFF
+        else:
+            self._regs.write((name,), (value,))
 
     def read_many(self, names: tuple) -> tuple:
         """Several registers in one unicorn call (the hypercall path reads its
@@ -201,11 +208,21 @@ class CpuEngine:
         return values
 
     def write_many(self, values: dict) -> None:
-        if "rip" in values and self._rip_mode != self._RIP_DIRECT:
-            values = dict(values)
-            self._pending_rip = values.pop("rip") & 0xFFFF_FFFF_FFFF_FFFF
-        if values:
-            self._regs.write(tuple(values), tuple(values.values()))
+        """GPRs are stored straight into the CPU's state (what uc_reg_write does for
+        them, without the call); RIP and the rest go through unicorn, which must
+        know of those writes."""
+        others = {}
+        gprs = self._gprs
+        for name, value in values.items():
+            index = _GPR_STORE_INDEX.get(name)
+            if index is not None:
+                gprs[index] = value & 0xFFFF_FFFF_FFFF_FFFF
+            elif name == "rip" and self._rip_mode != self._RIP_DIRECT:
+                self._pending_rip = value & 0xFFFF_FFFF_FFFF_FFFF
+            else:
+                others[name] = value
+        if others:
+            self._regs.write(tuple(others), tuple(others.values()))
 
     @property
     def rip_moved(self) -> bool:

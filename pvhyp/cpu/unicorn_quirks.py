@@ -35,6 +35,8 @@ Other unicorn 2.1.4 behaviour the engine is built around (measured here):
   every page's TLB entry "not dirty", so each guest store takes the slow path
   with a TB-invalidation check (about 10x on store-heavy loops): the engine
   bounds its unmapped hook to addresses past machine memory.
+- An x86 context save/restore is a memcpy of CPUX86State: the engine reads the
+  GPRs, RIP, CS and the exception fields in place and writes GPRs there (not RIP).
 - uc_ctl(UC_CTL_TB_REQUEST_CACHE) translates; a guest fault while it does,
   outside emu_start, longjmps to a dead frame and kills the process.
 - reg_write(CS/SS) loads any selector without checks and never leaves 64-bit
@@ -53,7 +55,6 @@ from dataclasses import dataclass
 
 import unicorn
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc, UcError, x86_const
-from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from abi.x86_pte import _PAGE_PRESENT, _PAGE_RW
 from abi.x86_regs import (
@@ -99,6 +100,8 @@ class ContextOffsets:
     cpu_state_offset: int = -1
     # uc_struct.no_exit_request (per-access exit checks off)
     no_exit_request_offset: int = -1
+    # CPUState.env_ptr (the GPRs read and written in place, without a unicorn call)
+    env_pointer_offset: int = -1
 
 
 # QEMU's register numbering, the order of env->regs[], followed by eip.
@@ -136,21 +139,29 @@ def discover_gpr_block() -> int:
 
 
 class ExceptionBookkeeping:
-    """Reads the error code and rearms fault delivery from inside an INTR hook."""
+    """The CPU's own fields, read and written in place in QEMU's CPUX86State.
+
+    unicorn's context save/restore of an x86 CPU is a plain memcpy of that
+    structure (no context_save callback for x86), so the context blob's offsets
+    (found by discover_offsets) are its offsets shifted by the blob header; the
+    structure itself is found through the CPUState (env_of).  Reading and writing
+    it directly saves one or two unicorn calls per hook (about 1 us each from Python).
+    """
 
     def __init__(self, uc: Uc, offsets: ContextOffsets):
-        self._uc = uc
-        self._ctx = uc.context_save()
-        base = ctypes.cast(self._ctx.context, ctypes.c_void_p).value
-        assert base is not None         # context_save() allocated it (NULL only if that failed)
-        self._error_code = ctypes.c_uint32.from_address(base + offsets.error_code_offset)
-        self._is_software_int = ctypes.c_int32.from_address(base + offsets.is_software_int_offset)
-        self._old_exception = ctypes.c_int32.from_address(base + offsets.old_exception_offset)
-        self._blob = (ctypes.c_char * offsets.context_size).from_address(base)
-        self._handle = uc._uch
-        self._gpr_offset = offsets.gpr_block_offset
+        env = env_of(uc, offsets)
+        shift = offsets.gpr_block_offset      # env->regs[0] sits there in the context blob
+
+        def field(ctype, blob_offset: int):
+            return ctype.from_address(env + blob_offset - shift)
+        self._error_code = field(ctypes.c_uint32, offsets.error_code_offset)
+        self._is_software_int = field(ctypes.c_int32, offsets.is_software_int_offset)
+        self._old_exception = field(ctypes.c_int32, offsets.old_exception_offset)
+        span = offsets.cs_selector_offset - shift + 4
+        self._env = (ctypes.c_char * span).from_address(env)
+        self.gprs = (ctypes.c_uint64 * len(GPR_BLOCK_ORDER)).from_address(env)
         self._gpr_block = struct.Struct(f"<{len(GPR_BLOCK_ORDER)}Q")
-        self._cs_offset = offsets.cs_selector_offset
+        self._cs_offset = offsets.cs_selector_offset - shift
         self._cs_selector = struct.Struct("<I")
 
     def consume(self) -> tuple[int, bool]:
@@ -158,30 +169,21 @@ class ExceptionBookkeeping:
 
         Returns its error code and whether it came from `int N`/`int3`/`into`
         (RIP is then past the instruction and the gate DPL rule applies).
-
-        Must run first in the hook, before any register access: restoring the
-        context afterwards would undo register writes.
         """
-        self._uc.context_update(self._ctx)
         error_code = self._error_code.value
         is_software_int = self._is_software_int.value == 1
         self._old_exception.value = -1
-        self._uc.context_restore(self._ctx)
         return error_code, is_software_int
 
     def snapshot_gprs(self) -> tuple:
-        """All GPRs, RIP and the CS selector (SNAPSHOT_ORDER) with one context save."""
-        if _uclib.uc_context_save(self._handle, self._ctx.context) != 0:
-            raise UnicornInternalsChanged("context save failed")
-        return self._gpr_block.unpack_from(self._blob, self._gpr_offset) + \
-            (self._cs_selector.unpack_from(self._blob, self._cs_offset)[0] & 0xFFFF,)
+        """All GPRs, RIP and the CS selector (SNAPSHOT_ORDER), read in place."""
+        return self._gpr_block.unpack_from(self._env, 0) + \
+            (self._cs_selector.unpack_from(self._env, self._cs_offset)[0] & 0xFFFF,)
 
     def rearm(self) -> None:
         """Clear `old_exception` between runs: a run stopped by its instruction
         count leaves it set to #GP, which would turn the next #GP/#DE into #DF."""
-        self._uc.context_update(self._ctx)
         self._old_exception.value = -1
-        self._uc.context_restore(self._ctx)
 
 
 # --- the probe -------------------------------------------------------------
@@ -330,12 +332,14 @@ def verified_offsets() -> ContextOffsets:
                     f"pvhyp needs unicorn {REQUIRED_UNICORN_VERSION}, found {unicorn.__version__}")
             try:
                 offsets = discover_offsets()
-                self_test(offsets)
                 offsets = dataclasses.replace(offsets, syscall_rip_bias=measure_syscall_rip_bias(),
                                               gpr_block_offset=discover_gpr_block(),
                                               cs_selector_offset=discover_cs_selector(),
                                               cpu_state_offset=discover_cpu_state_offset(),
                                               no_exit_request_offset=discover_no_exit_request_offset())
+                offsets = dataclasses.replace(
+                    offsets, env_pointer_offset=discover_env_pointer_offset(offsets.cpu_state_offset))
+                self_test(offsets)
             except UcError as err:
                 raise UnicornInternalsChanged(f"unicorn probe failed: {err}") from err
             _cached = offsets
@@ -412,17 +416,38 @@ def discover_cpu_state_offset() -> int:
 
 
 def _names_this_cpu(uc: Uc, candidate: int) -> bool:
+    return _env_pointer_offset(uc, candidate) is not None
+
+
+def _env_pointer_offset(uc: Uc, cpu: int) -> int | None:
+    """Where in the CPUState `cpu` its env_ptr is: the pointer, close after it, to
+    the registers just written through the public API (None: not this CPU's state)."""
     magic = (0x5EED_C0DE_0000_0001, 0x5EED_C0DE_0000_0002)
     uc.reg_write(x86_const.UC_X86_REG_RAX, magic[0])
     uc.reg_write(x86_const.UC_X86_REG_RCX, magic[1])
-    raw = _read_process_memory(candidate, _CPU_STATE_SCAN)
+    raw = _read_process_memory(cpu, _CPU_STATE_SCAN)
     if raw is None:
-        return False
+        return None
     wanted = struct.pack("<2Q", *magic)
-    for (env,) in struct.iter_unpack("<Q", raw):
-        if candidate < env < candidate + _ENV_DISTANCE and _read_process_memory(env, 16) == wanted:
-            return True
-    return False
+    for index, (env,) in enumerate(struct.iter_unpack("<Q", raw)):
+        if cpu < env < cpu + _ENV_DISTANCE and _read_process_memory(env, 16) == wanted:
+            return index * 8
+    return None
+
+
+def discover_env_pointer_offset(cpu_state_offset: int) -> int:
+    """Offset of env_ptr in QEMU's CPUState: the guest registers live at *env_ptr."""
+    uc, _ = _probe_machine()
+    found = _env_pointer_offset(uc, cpu_state_of(uc, cpu_state_offset))
+    if found is None:
+        raise UnicornInternalsChanged("the CPU's register state was not found behind its CPUState")
+    return found
+
+
+def env_of(uc: Uc, offsets: "ContextOffsets") -> int:
+    """Address of `uc`'s CPUX86State: env->regs[] first, as in the context blob at gpr_block_offset."""
+    cpu = cpu_state_of(uc, offsets.cpu_state_offset)
+    return ctypes.c_uint64.from_address(cpu + offsets.env_pointer_offset).value
 
 
 def cpu_state_of(uc: Uc, offset: int) -> int:
