@@ -260,10 +260,15 @@ class TimerQueue:
         with self._cond:
             timer._generation += 1
             timer.deadline = deadline
+            # The timer thread sleeps until the heap's head (stale entries included); it only
+            # needs waking when this deadline comes first.  A guest re-arming its one-shot
+            # timer later and later (Linux does, thousands of times a boot) wakes nobody.
+            wake = not self._heap or deadline < self._heap[0][0]
             heapq.heappush(self._heap, (deadline, next(self._order), timer._generation, timer))
             if not isinstance(self.clock, FakeClock):
                 self._ensure_thread()
-            self._cond.notify()
+            if wake:
+                self._cond.notify()
 
     def stop_timer(self, timer: Timer) -> None:
         with self._cond:
@@ -384,6 +389,10 @@ class TimeKeeper:
         if self.synthetic_tsc:
             return self.clock.now_ns() * TSC_HZ // NSEC_PER_SEC
         return host_tsc().read()
+
+    def tsc_khz(self) -> int:
+        """The TSC frequency the guests' time records are scaled for (CPUID leaf 0x16 says it too)."""
+        return TSC_HZ // 1000 if self.synthetic_tsc else host_tsc().hz() // 1000
 
     def next_deadline(self) -> int | None:
         return self.timers.next_deadline()

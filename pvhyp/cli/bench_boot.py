@@ -142,6 +142,24 @@ class PvhypBoot:
                 totals[kind] = totals.get(kind, 0) + count
         return totals
 
+    def exits(self) -> dict[str, int]:
+        """Entries into the hypervisor by kind, summed over vCPUs (PvEntry.exits)."""
+        total: dict[str, int] = {}
+        for arch in self._vcpu_archs():
+            for kind, count in arch.exits.items():
+                total[kind] = total.get(kind, 0) + count
+        return total
+
+    def guest_instructions(self) -> int | None:
+        """Guest instructions the CPU engines ran (None: the engine does not know)."""
+        counts = [arch.engine.guest_instructions() for arch in self._vcpu_archs()
+                  if hasattr(arch.engine, "guest_instructions")]
+        return sum(counts) if counts and None not in counts else None
+
+    def _vcpu_archs(self) -> list:
+        domain = self.domain
+        return [v.arch for v in domain.vcpus if v.arch is not None] if domain is not None else []
+
     def close(self) -> None:
         self.run.close()
 
@@ -152,12 +170,20 @@ def boot_pvhyp(image: dict, memory: int, timeout: float, extra: str = "") -> dic
         boot.start()
         reached = boot.wait_for(MARKER, timeout)
         result = {"reached": reached, "seconds": time.monotonic() - boot.started,
-                  "last_line": boot.last_line(), "counters": boot.counters(), "kvm_exits": boot.kvm_exits()}
+                  "last_line": boot.last_line(), "counters": boot.counters(),
+                  "exits": boot.exits(), "instructions": boot.guest_instructions(), "kvm_exits": boot.kvm_exits()}
         if not reached:
             result["diagnosis"] = boot.diagnosis()
         return result
     finally:
         boot.close()
+
+
+def print_exits(exits: dict[str, int]) -> None:
+    """The boot's exits into the hypervisor, most frequent first."""
+    print(f"pvhyp_exits: {sum(exits.values())} total")
+    for kind, count in sorted(exits.items(), key=lambda item: (-item[1], item[0])):
+        print(f"  {kind}: {count}")
 
 
 def qemu_binary() -> str | None:
@@ -215,6 +241,13 @@ def run(args) -> int:
     print(f"pvhyp_traps: {counts.get('exception', 0)} traps")
     print(f"pvhyp_emulated: {counts.get('emulated', 0)} privileged instructions")
     print(f"pvhyp_pagetable_writes: {counts.get('ptwr', 0)} emulated page-table writes")
+    print_exits(pv["exits"])
+    instructions = pv["instructions"]
+    if instructions is None:
+        print("pvhyp_guest_instructions: not counted by this engine")
+    else:
+        print(f"pvhyp_guest_instructions: {instructions / 1e9:.2f} G instructions, "
+              f"{instructions / pv['seconds'] / 1e6:.0f} M instructions/s")
     kvm_lines, kvm_seconds = kvm_column(boot_pvhyp, image, args.memory, args.timeout, args.cmdline)
     print("\n".join(kvm_lines), flush=True)
     if args.no_qemu:

@@ -14,6 +14,8 @@ unicorn_quirks  start-up probe of unicorn's private CPU-context fields (the
                 `require_supported_unicorn()`, which stops the program with one
                 line; the engine itself uses `verified_offsets()`.
 fastregs        register reads and writes without the binding's allocations.
+native_gate     the machine-code hooks that stop uncounted runs safely (kicks,
+                block budgets, exits before IN/OUT/CPUID, watchpoint steps).
 engine          CpuEngine: one unicorn per vCPU, whole machine memory as its
                 physical space, hooks -> a VcpuHost (pvhyp.pv.entry.PvEntry);
                 run/kick/flush_tlb.  Pure mechanics, no PV policy.
@@ -21,7 +23,7 @@ watchpoints     data breakpoints (%dr0-3/%dr7) as unicorn memory hooks.
 runner          `attach(hv)`, which the composition root calls: the XenArea
                 (pvhyp.pv.xen_area) and `hv.cpu`, a CpuSubsystem that runs each
                 vCPU on a host thread under the scheduler.
-bench           null_hypercall_roundtrip_us(), compute_mips().
+bench           null_hypercall_roundtrip_us(), compute_mips(), native_compute_mips().
 
 Interfaces with the rest of pvhyp
 ---------------------------------
@@ -54,7 +56,7 @@ on its first run.  Without the runner (pvhyp.pv.entry): `cpu = PvEntry(memory,
 xen_area, vcpu, CpuEngine, dispatch=...)` (CpuEngine is this package's engine;
 PvEntry only knows pvhyp.pv.engine_interface's Engine and VcpuHost); `cpu.start(initial_state(rip, rsp, start_info_va,
 l4_mfn))`; `cpu.run(max_insns=..., timeout_us=...)` -> ExitReason (BUDGET,
-KICKED, REQUESTED, GUEST_CRASH, HYPERVISOR_ERROR with cpu.engine.error).  An engine
-runs either always with an instruction budget or never (unicorn_quirks);
-the vCPU threads count, with a 10 ms time slice.
+KICKED, REQUESTED, GUEST_CRASH, HYPERVISOR_ERROR with cpu.engine.error).  Runs
+are never counted (max_insns caps blocks); the native gate stops them
+(native_gate); the vCPU threads run with a 10 ms time slice.
 """

@@ -6,10 +6,12 @@ register/memory compute loop with a known instruction count.
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
 import struct
 import time
 
-from abi.x86_pte import l1_table_offset, l2_table_offset, l3_table_offset, l4_table_offset
+from abi.x86_pte import _PAGE_NX, l1_table_offset, l2_table_offset, l3_table_offset, l4_table_offset
 from pvhyp.cpu.engine import CpuEngine
 from pvhyp.domain import Domain
 from pvhyp.memory import MachineMemory
@@ -51,7 +53,10 @@ class _Machine:
                     tables[key] = next(frames)
                     self.memory.write_u64((table << 12) + index * 8, (tables[key] << 12) | 0x7)
                 table = tables[key]
-            self.memory.write_u64((table << 12) + l1_table_offset(va) * 8, (mfn << 12) | 0x7)
+            # Data and stack no-execute, as any kernel maps them: unicorn sends every
+            # store to an executable page down its self-modifying-code check.
+            no_execute = 0 if va == _CODE_VA else _PAGE_NX
+            self.memory.write_u64((table << 12) + l1_table_offset(va) * 8, (mfn << 12) | 0x7 | no_execute)
         self.memory.write(_CODE_MFN << 12, code + _EXIT)
         # No hypervisor: the engine alone is measured, and nothing on this path reaches domain.hv.
         vcpu = Domain(None, domid=1, max_vcpus=1, max_pages=0).vcpus[0]  # type: ignore[arg-type]
@@ -67,9 +72,12 @@ class _Machine:
     def run(self, rcx: int, rdi: int = _DATA_VA) -> float:
         self.state.gprs.update(rcx=rcx, rdi=rdi)
         self.entry.start(self.state)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         reason = self.entry.run()
         elapsed = time.perf_counter() - start
+        # CPU time of this process (only this thread runs): on a shared machine the
+        # wall time also counts the time other processes held the core.
+        self.cpu_seconds = time.process_time() - cpu_start
         if reason is not ExitReason.REQUESTED:
             raise RuntimeError(f"benchmark kernel stopped with {reason}: {self.entry.engine.error or self.entry.crash_reason}")
         return elapsed
@@ -77,9 +85,15 @@ class _Machine:
 
 def null_hypercall_roundtrip_us(iterations: int = 20_000) -> float:
     """Microseconds per guest `syscall` -> dispatcher -> back to guest."""
+    return null_hypercall_roundtrip(iterations)[0]
+
+
+def null_hypercall_roundtrip(iterations: int = 20_000) -> tuple[float, float]:
+    """(wall, CPU) microseconds per guest `syscall` -> dispatcher -> back to guest."""
     machine = _Machine(_HYPERCALL_LOOP)
     machine.run(100)                           # warm the translation cache
-    return machine.run(iterations) / iterations * 1e6
+    wall = machine.run(iterations)
+    return wall / iterations * 1e6, machine.cpu_seconds / iterations * 1e6
 
 
 def emulated_rdmsr_roundtrip_us(iterations: int = 5_000) -> float:
@@ -89,11 +103,37 @@ def emulated_rdmsr_roundtrip_us(iterations: int = 5_000) -> float:
     return machine.run(iterations) / iterations * 1e6
 
 
-def compute_mips(iterations: int = 4_000_000) -> float:
-    """Guest instructions per second (millions) for a register/memory loop."""
+def compute_mips(iterations: int = 20_000_000) -> float:
+    """Guest instructions per second (millions) for a register/memory loop, uncounted."""
+    return compute_rates(iterations)[0]
+
+
+def compute_rates(iterations: int = 20_000_000) -> tuple[float, float]:
+    """(per wall second, per CPU second) millions of guest instructions of the compute loop."""
     machine = _Machine(_COMPUTE_LOOP)
     machine.run(1000)
-    return iterations * 5 / machine.run(iterations) / 1e6
+    wall = machine.run(iterations)
+    return iterations * 5 / wall / 1e6, iterations * 5 / max(machine.cpu_seconds, 1e-9) / 1e6
+
+
+# The same loop as a host function: rcx = iterations (from rsi), rdi = a buffer.
+# mov %rsi,%rcx; xor %eax,%eax; xor %ebx... (rbx is callee-saved: push/pop it)
+_NATIVE_LOOP = bytes.fromhex("53" "4889f1" "31c0" "31db" "31d2") + _COMPUTE_LOOP + bytes.fromhex("5b" "c3")
+
+
+def native_compute_mips(iterations: int = 200_000_000) -> float:
+    """The compute loop's instructions per second (millions) run natively on the host CPU."""
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page[:len(_NATIVE_LOOP)] = _NATIVE_LOOP
+    data = ctypes.create_string_buffer(64)
+    loop = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
+    loop(ctypes.addressof(data), 1000)
+    start = time.perf_counter()
+    loop(ctypes.addressof(data), iterations)
+    elapsed = time.perf_counter() - start
+    del loop
+    page.close()
+    return iterations * 5 / elapsed / 1e6
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ reported as ExitReason.HYPERVISOR_ERROR; it never propagates into unicorn.
 """
 from __future__ import annotations
 
+import operator
 import struct
 import threading
 import time
@@ -21,7 +22,6 @@ from typing import Callable
 
 from unicorn import (
     UC_ARCH_X86,
-    UC_HOOK_INSN,
     UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
     UC_HOOK_MEM_UNMAPPED,
@@ -50,13 +50,16 @@ from abi.x86_regs import (
 )
 from pvhyp.cpu import unicorn_quirks as quirks
 from pvhyp.cpu.fastregs import FastRegisters
+from pvhyp.cpu.native_gate import NativeGate
 from pvhyp.cpu.watchpoints import Watchpoints
 from pvhyp.guest_access import read_guest_virtual
 from pvhyp.pv import xen_area as L
 from pvhyp.pv.engine_interface import GPR_NAMES, CpuState, ExitReason, VcpuHost
 
-# Instructions per emu_start: the longest a kick waits (about 1 ms of guest code).
-SLICE_INSNS = 50_000
+# Wall time one emu_start aims at before the engine looks at its clock again:
+# the gate's block budget is resized after every slice to about this.
+SLICE_US = 1_000
+SLICE_BLOCKS_MIN, SLICE_BLOCKS_MAX = 2_000, 1_000_000
 
 # A RIP no instruction can have: `until` for emu_start, so only our own
 # stops, budgets and errors end a run.
@@ -68,6 +71,21 @@ REG = {name: getattr(x86_const, f"UC_X86_REG_{name.upper()}") for name in
 
 _GPR_BLOCK_INDEX = {name: i for i, name in enumerate(quirks.SNAPSHOT_ORDER)}
 _GPR_BLOCK_NAMES = frozenset(_GPR_BLOCK_INDEX)
+# The general registers written in place (env->regs[]); not RIP, whose writes unicorn must see.
+_GPR_STORE_INDEX = {name: i for i, name in enumerate(quirks.GPR_BLOCK_ORDER) if name != "rip"}
+
+
+class _ReadPlan:
+    """How read_many gets one tuple of registers: picked from the GPR block when it can."""
+    __slots__ = ("names", "from_block", "rip_index")
+
+    def __init__(self, names: tuple):
+        self.names = names
+        self.from_block = None
+        if _GPR_BLOCK_NAMES.issuperset(names):
+            picker = operator.itemgetter(*(_GPR_BLOCK_INDEX[n] for n in names))
+            self.from_block = picker if len(names) > 1 else (lambda block, p=picker: (p(block),))
+        self.rip_index = names.index("rip") if "rip" in names else None
 
 
 class CpuEngine:
@@ -80,12 +98,22 @@ class CpuEngine:
         uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.host_address)
         self.window = xen_area.allocate_vcpu_window()
         self._bookkeeping = quirks.ExceptionBookkeeping(uc, self._context_offsets)
+        self._gprs = self._bookkeeping.gprs
         self._regs = FastRegisters(uc, REG)
         self._setup_control_state()
         # Reloading a state later (VCPUOP_initialise, a benchmark rerun) needs
         # CPL0 again for the stub; only a context restore can lower the CPL.
         self._cpl0_context = uc.context_save()
         self._add_hooks()
+        offsets = self._context_offsets
+        self.gate = NativeGate(uc, lambda on: quirks.set_exit_checks(uc, offsets.no_exit_request_offset, on))
+        # IN/OUT/CPUID go through the gate's stubs, which can end the run before
+        # the instruction retires (a refused `in`, a faulting `cpuid`).
+        self.gate.add_instruction_exits(quirks.cpu_state_of(uc, self._context_offsets.cpu_state_offset),
+                                        self._native_in, self._native_out, self._native_cpuid)
+        self._hook_error: BaseException | None = None
+        self.gate.add_syscall_hook(self._native_syscall)
+        self._slice_blocks = SLICE_BLOCKS_MIN
         self._entered = False
         self._pending_state: CpuState | None = None
         self._cr0_ts = False
@@ -93,6 +121,7 @@ class CpuEngine:
         self._stop_reason: ExitReason | None = None
         self._kick_pending = threading.Event()
         self._deferred: list[Callable[[], None]] = []
+        self._read_plans: dict[tuple, _ReadPlan] = {}
         self._rip_mode = self._RIP_DIRECT
         self._pending_rip: int | None = None
         self._hook_rip_seen: int | None = None
@@ -116,12 +145,11 @@ class CpuEngine:
     def _add_hooks(self) -> None:
         uc = self.uc
         uc.hook_add(UC_HOOK_INTR, self._hook_intr)
-        uc.hook_add(UC_HOOK_INSN, self._hook_syscall, None, 1, 0, x86_const.UC_X86_INS_SYSCALL)
-        uc.hook_add(UC_HOOK_INSN, self._hook_cpuid, None, 1, 0, x86_const.UC_X86_INS_CPUID)
-        uc.hook_add(UC_HOOK_INSN, self._hook_in, None, 1, 0, x86_const.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._hook_out, None, 1, 0, x86_const.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._hook_invalid)
-        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._hook_unmapped)
+        # Bounded to addresses past machine memory: an unbounded memory hook of any
+        # kind makes unicorn take its slow path (and a TB-invalidation check) on every
+        # guest store, which cost ~10x on store-heavy code.
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._hook_unmapped, None, self.memory.size, (1 << 64) - 1)
 
     def close(self) -> None:
         self.xen_area.release_vcpu_window(self.window)
@@ -155,29 +183,46 @@ class CpuEngine:
         if name == "rip" and self._rip_mode != self._RIP_DIRECT:
             self._pending_rip = value & 0xFFFF_FFFF_FFFF_FFFF
             return
-        self._regs.write((name,), (value,))
+        index = _GPR_STORE_INDEX.get(name)
+        if index is not None:
+            self._gprs[index] = value & 0xFFFF_FFFF_FFFF_FFFF
+        else:
+            self._regs.write((name,), (value,))
 
     def read_many(self, names: tuple) -> tuple:
-        names = tuple(names)
-        if _GPR_BLOCK_NAMES.issuperset(names):
-            block = self._bookkeeping.snapshot_gprs()
-            values = tuple(block[_GPR_BLOCK_INDEX[n]] for n in names)
+        """Several registers in one unicorn call (the hypercall path reads its
+        six arguments, number, CS and RIP with one context save)."""
+        plan = self._read_plans.get(names)
+        if plan is None:
+            plan = self._read_plans[names] = _ReadPlan(tuple(names))
+        if plan.from_block is not None:
+            values = plan.from_block(self._bookkeeping.snapshot_gprs())
         else:
-            values = self._regs.read(names)
-        if "rip" in names:
-            index = names.index("rip")
+            values = self._regs.read(plan.names)
+        if plan.rip_index is not None:
             if self._pending_rip is not None:
-                values = values[:index] + (self._pending_rip,) + values[index + 1:]
+                i = plan.rip_index
+                values = values[:i] + (self._pending_rip,) + values[i + 1:]
             else:
-                self._hook_rip_seen = values[index]
+                self._hook_rip_seen = values[plan.rip_index]
         return values
 
     def write_many(self, values: dict) -> None:
-        if "rip" in values and self._rip_mode != self._RIP_DIRECT:
-            values = dict(values)
-            self._pending_rip = values.pop("rip") & 0xFFFF_FFFF_FFFF_FFFF
-        if values:
-            self._regs.write(tuple(values), tuple(values.values()))
+        """GPRs are stored straight into the CPU's state (what uc_reg_write does for
+        them, without the call); RIP and the rest go through unicorn, which must
+        know of those writes."""
+        others = {}
+        gprs = self._gprs
+        for name, value in values.items():
+            index = _GPR_STORE_INDEX.get(name)
+            if index is not None:
+                gprs[index] = value & 0xFFFF_FFFF_FFFF_FFFF
+            elif name == "rip" and self._rip_mode != self._RIP_DIRECT:
+                self._pending_rip = value & 0xFFFF_FFFF_FFFF_FFFF
+            else:
+                others[name] = value
+        if others:
+            self._regs.write(tuple(others), tuple(others.values()))
 
     @property
     def rip_moved(self) -> bool:
@@ -197,9 +242,13 @@ class CpuEngine:
         if mode == self._RIP_AFTER_SYSCALL:
             bias = self._context_offsets.syscall_rip_bias
             if self._hook_rip_seen is None or target != self._hook_rip_seen + 2 or bias != 2:
-                self.uc.reg_write(x86_const.UC_X86_REG_RIP, (target - bias) & 0xFFFF_FFFF_FFFF_FFFF)
+                # Through the batch call: uc_reg_write(RIP) inside a run also sets unicorn's
+                # skip_sync_pc_on_exit, which nothing clears until the next emu_start, and
+                # from then on IN/OUT/CPUID/memory hooks see a stale RIP.
+                self._regs.write(("rip",), ((target - bias) & 0xFFFF_FFFF_FFFF_FFFF,))
         else:
-            self.defer_after_stop(lambda: self.uc.reg_write(x86_const.UC_X86_REG_RIP, target))
+            self.gate.exit_before_instruction()
+            self.defer_to_next_stop(lambda: self.uc.reg_write(x86_const.UC_X86_REG_RIP, target))
 
     def load_state(self, state: CpuState) -> None:
         """Replace the register state; the next run() enters through the stub."""
@@ -251,15 +300,18 @@ class CpuEngine:
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
 
     def set_cr3(self, maddr: int) -> None:
+        """Load CR3; unicorn's CR3 write flushes the TLB itself (cpu_x86_update_cr3 with
+        paging on), and the batch call costs one C call (the PV MMU calls this after
+        every page-table update)."""
         self.cr3 = maddr
-        self.uc.reg_write(x86_const.UC_X86_REG_CR3, maddr)
-        self.flush_tlb()
+        self._regs.write(("cr3",), (maddr,))
 
     # --- running -----------------------------------------------------------
     def kick(self) -> None:
-        """From any thread: make run() return with KICKED at the end of the
-        current slice (never an emu_stop from here: see run())."""
+        """From any thread: make run() return with KICKED before the guest's next
+        block (the native gate stops unicorn from this vCPU's thread: see run())."""
         self._kick_pending.set()
+        self.gate.request_stop()
 
     def request_exit(self, reason: ExitReason = ExitReason.REQUESTED) -> None:
         """From a host callback: leave run() once the current hook returns."""
@@ -267,19 +319,23 @@ class CpuEngine:
         self.uc.emu_stop()
 
     def rewind_after_stop(self, rip: int, action: Callable[[], None]) -> None:
-        """Undo the hooked instruction's effect on the registers, then `action`.
+        """From an IN/OUT/CPUID hook: the instruction does not retire; the run ends
+        with RIP = `rip` (the instruction) and nothing after it executed, then `action`.
 
-        Unicorn completes the hooked instruction (an IN writes RAX) and stops
-        before the next one; the CPU state captured here (the registers at
-        the instruction) then comes back, with RIP = `rip`.
+        The gate's stub leaves unicorn through QEMU's cpu_loop_exit once the hook
+        returns (pvhyp.cpu.native_gate), as QEMU's helpers do to raise a fault.
         """
-        snapshot = self.uc.context_save()
+        self.gate.exit_before_instruction()
 
-        def rewind() -> None:
-            self.uc.context_restore(snapshot)
+        def at_instruction() -> None:
             self.uc.reg_write(x86_const.UC_X86_REG_RIP, rip)
             action()
-        self.defer_after_stop(rewind)
+        self.defer_to_next_stop(at_instruction)
+
+    def defer_to_next_stop(self, action: Callable[[], None]) -> None:
+        """Run `action` outside unicorn once the run stops, without asking for the stop:
+        for a hook that has armed a precise stop with the gate (watchpoints)."""
+        self._deferred.append(action)
 
     def defer_after_stop(self, action: Callable[[], None]) -> None:
         """Run `action` after the current instruction retires, outside unicorn.
@@ -293,22 +349,25 @@ class CpuEngine:
     def run(self, max_insns: int = 0, timeout_us: int = 0) -> ExitReason:
         """Run guest code until a budget is used, a kick, or a host request.
 
-        `max_insns` caps the instructions (0: no cap), `timeout_us` the wall
-        time (0: none); either ends the run with BUDGET.
+        `max_insns` caps the guest's blocks (0: no cap; a block is one or more
+        instructions, so this is a safety bound, not an exact count),
+        `timeout_us` the wall time (0: none); either ends the run with BUDGET.
 
-        Guest code always runs in slices of SLICE_INSNS counted instructions,
-        and nothing but the slice's own count or a hook on this thread ever
-        stops unicorn.  A stop from another thread (`emu_stop`, or
-        `emu_start`'s timeout, which is a timer thread calling it) lands right
-        after the guest's next memory access, and unicorn then resumes at the
-        start of that instruction: an `incl mem` or `lock cmpxchg` that had
-        already stored runs twice (measured: about one in every stop).  Kicks
-        therefore only raise a flag, looked at between slices.
+        Runs are not counted: unicorn executes translated code with no
+        per-instruction hook.  Nothing but this vCPU's own thread ever stops
+        unicorn.  A stop from another thread (`emu_stop`, or `emu_start`'s
+        timeout, which is a timer thread calling it) lands right after the
+        guest's next memory access, and unicorn then resumes at the start of
+        that instruction: an `incl mem` or `lock cmpxchg` that had already
+        stored runs twice (measured: about one in every stop).  So a kick only
+        sets the native gate's flag (pvhyp.cpu.native_gate), and the gate's
+        block hook, on this thread, stops unicorn before the next block, where
+        nothing of the block has run.  The same hook ends each slice after a
+        budget of blocks sized to about SLICE_US, so the wall-time budget is
+        looked at within about a millisecond even in a guest loop that never exits.
         """
         self._stop_reason = None
-        if self._kick_pending.is_set():
-            self._kick_pending.clear()
-            return ExitReason.KICKED
+        gate = self.gate
         deadline = time.monotonic_ns() + timeout_us * 1000 if timeout_us else None
         remaining = max_insns or None
         try:
@@ -316,6 +375,8 @@ class CpuEngine:
                 self._enter_through_stub()
             self.host.on_resume(self)
             while True:
+                # Clear the gate first: a kick landing after this sets it again.
+                gate.clear_stop()
                 if self._stop_reason is not None:
                     return self._stop_reason
                 if self._kick_pending.is_set():
@@ -323,19 +384,28 @@ class CpuEngine:
                     return ExitReason.KICKED
                 if remaining is not None and remaining <= 0:
                     return ExitReason.BUDGET
-                if deadline is not None and time.monotonic_ns() >= deadline:
+                started = time.monotonic_ns()
+                if deadline is not None and started >= deadline:
                     return ExitReason.BUDGET
-                budget = SLICE_INSNS if remaining is None else min(SLICE_INSNS, remaining)
-                if remaining is not None:
-                    remaining -= budget
+                budget = self._slice_blocks if remaining is None else min(self._slice_blocks, remaining)
+                gate.set_budget(budget)
+                blocks_before = gate.blocks
                 rip = self.uc.reg_read(x86_const.UC_X86_REG_RIP)
                 try:
-                    self.uc.emu_start(rip, _NEVER_REACHED, 0, budget)
+                    self.uc.emu_start(rip, _NEVER_REACHED)
                     self._bookkeeping.rearm()
+                    if self._hook_error is not None:
+                        error, self._hook_error = self._hook_error, None
+                        raise error
                 except UcError as err:
                     if not self._recover_from_unicorn_error(err):
                         raise
                     continue
+                ran = gate.blocks - blocks_before
+                if remaining is not None:
+                    remaining -= max(ran, 1)
+                self._resize_slice(ran, time.monotonic_ns() - started)
+                gate.absorb_samples(self._read_code)
                 if self._deferred:
                     actions, self._deferred = self._deferred, []
                     for action in actions:
@@ -343,6 +413,20 @@ class CpuEngine:
         except Exception as err:   # a hypervisor bug must crash the domain, not the process
             self.error = err
             return ExitReason.HYPERVISOR_ERROR
+
+    def _resize_slice(self, blocks: int, elapsed_ns: int) -> None:
+        """Aim the next slice's block budget at about SLICE_US (only from slices that used theirs)."""
+        if blocks < self._slice_blocks or elapsed_ns <= 0:
+            return
+        wanted = blocks * SLICE_US * 1000 // elapsed_ns
+        self._slice_blocks = max(SLICE_BLOCKS_MIN, min(SLICE_BLOCKS_MAX, (self._slice_blocks + wanted) // 2))
+
+    def _read_code(self, address: int, size: int) -> bytes | None:
+        return read_guest_virtual(self.memory, self.cr3, address, size)
+
+    def guest_instructions(self) -> int | None:
+        """Guest instructions run so far, estimated from sampled blocks (runs are not counted)."""
+        return self.gate.estimated_instructions()
 
     def _enter_through_stub(self) -> None:
         state = self._pending_state
@@ -427,6 +511,39 @@ class CpuEngine:
             self.host.on_io(self, port, size, value)
         finally:
             self._finish_hook()
+
+    # The stubs' callbacks: a Python exception must not unwind into C.
+    def _native_in(self, _uc, port, size, _gate) -> int:
+        try:
+            return self._hook_in(self.uc, port, size, None)
+        except BaseException as err:
+            self._fail_in_hook(err)
+            return 0
+
+    def _native_out(self, _uc, port, size, value, _gate) -> None:
+        try:
+            self._hook_out(self.uc, port, size, value, None)
+        except BaseException as err:
+            self._fail_in_hook(err)
+
+    def _native_syscall(self, _uc, _user_data) -> None:
+        try:
+            self._hook_syscall(self.uc, None)
+        except BaseException as err:
+            self._hook_error = err
+            self.uc.emu_stop()      # the syscall ends its block: the stop is clean
+
+    def _native_cpuid(self, _uc, _gate) -> int:
+        try:
+            return self._hook_cpuid(self.uc, None)
+        except BaseException as err:
+            self._fail_in_hook(err)
+            return 1
+
+    def _fail_in_hook(self, err: BaseException) -> None:
+        """run() raises it once unicorn has stopped (a HYPERVISOR_ERROR)."""
+        self._hook_error = err
+        self.gate.exit_before_instruction()
 
     def _hook_invalid(self, uc, _):
         self.host.on_invalid_opcode(self)

@@ -20,14 +20,25 @@ Other unicorn 2.1.4 behaviour the engine is built around (measured here):
   then restarts at the start of that instruction.  A stop from another
   thread (emu_stop, or emu_start's timeout thread) therefore re-executes an
   instruction that already stored: `incl mem` counts twice, a won `lock
-  cmpxchg` is retried and fails.  Only the instruction count (checked before
-  each instruction) and hooks on the vCPU thread stop a run cleanly; the
-  engine runs counted slices and other threads only raise a flag.
+  cmpxchg` is retried and fails.  Block hooks run before a block's first
+  instruction with a stop check right after them: the engine's native gate
+  (native_gate.py) stops runs there, and other threads only raise its flag.
 - Switching a unicorn between counted and uncounted runs flushes its
   translations and touches the previous start address; from CPL3 on a
   supervisor page that is a hidden #PF that turns the next #GP into #DF.
-  The engine always counts, and the CPL0 stub runs as the first
-  instructions of the first run rather than as a run of its own.
+  The engine never counts (nor steps with count=1), and the CPL0 stub runs
+  as the first instructions of the first run rather than as a run of its own.
+- uc_reg_write(RIP) during a run sets skip_sync_pc_on_exit, which only the
+  next emu_start clears; until then IN/OUT/CPUID/memory hooks see a stale
+  RIP.  uc_reg_write_batch does not set it: the engine writes RIP with it.
+- An unbounded memory hook of any kind (even UC_HOOK_MEM_UNMAPPED) keeps
+  every page's TLB entry "not dirty", so each guest store takes the slow path
+  with a TB-invalidation check (about 10x on store-heavy loops): the engine
+  bounds its unmapped hook to addresses past machine memory.
+- An x86 context save/restore is a memcpy of CPUX86State: the engine reads the
+  GPRs, RIP, CS and the exception fields in place and writes GPRs there (not RIP).
+- uc_ctl(UC_CTL_TB_REQUEST_CACHE) translates; a guest fault while it does,
+  outside emu_start, longjmps to a dead frame and kills the process.
 - reg_write(CS/SS) loads any selector without checks and never leaves 64-bit
   mode: iret validates descriptors itself, and compat-mode code cannot run.
 - Writes to DR0-DR7 have no effect: no hardware breakpoints or watchpoints.
@@ -37,13 +48,13 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import mmap
+import os
 import struct
 import threading
 from dataclasses import dataclass
 
 import unicorn
 from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_64, UC_PROT_ALL, Uc, UcError, x86_const
-from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from abi.x86_pte import _PAGE_PRESENT, _PAGE_RW
 from abi.x86_regs import (
@@ -85,6 +96,12 @@ class ContextOffsets:
     # QEMU's regs[16] then eip, contiguous: read all GPRs with one context save
     gpr_block_offset: int = -1
     cs_selector_offset: int = -1
+    # where uc_struct keeps QEMU's CPUState (precise exits from IN/OUT/CPUID hooks)
+    cpu_state_offset: int = -1
+    # uc_struct.no_exit_request (per-access exit checks off)
+    no_exit_request_offset: int = -1
+    # CPUState.env_ptr (the GPRs read and written in place, without a unicorn call)
+    env_pointer_offset: int = -1
 
 
 # QEMU's register numbering, the order of env->regs[], followed by eip.
@@ -122,21 +139,29 @@ def discover_gpr_block() -> int:
 
 
 class ExceptionBookkeeping:
-    """Reads the error code and rearms fault delivery from inside an INTR hook."""
+    """The CPU's own fields, read and written in place in QEMU's CPUX86State.
+
+    unicorn's context save/restore of an x86 CPU is a plain memcpy of that
+    structure (no context_save callback for x86), so the context blob's offsets
+    (found by discover_offsets) are its offsets shifted by the blob header; the
+    structure itself is found through the CPUState (env_of).  Reading and writing
+    it directly saves one or two unicorn calls per hook (about 1 us each from Python).
+    """
 
     def __init__(self, uc: Uc, offsets: ContextOffsets):
-        self._uc = uc
-        self._ctx = uc.context_save()
-        base = ctypes.cast(self._ctx.context, ctypes.c_void_p).value
-        assert base is not None         # context_save() allocated it (NULL only if that failed)
-        self._error_code = ctypes.c_uint32.from_address(base + offsets.error_code_offset)
-        self._is_software_int = ctypes.c_int32.from_address(base + offsets.is_software_int_offset)
-        self._old_exception = ctypes.c_int32.from_address(base + offsets.old_exception_offset)
-        self._blob = (ctypes.c_char * offsets.context_size).from_address(base)
-        self._handle = uc._uch
-        self._gpr_offset = offsets.gpr_block_offset
+        env = env_of(uc, offsets)
+        shift = offsets.gpr_block_offset      # env->regs[0] sits there in the context blob
+
+        def field(ctype, blob_offset: int):
+            return ctype.from_address(env + blob_offset - shift)
+        self._error_code = field(ctypes.c_uint32, offsets.error_code_offset)
+        self._is_software_int = field(ctypes.c_int32, offsets.is_software_int_offset)
+        self._old_exception = field(ctypes.c_int32, offsets.old_exception_offset)
+        span = offsets.cs_selector_offset - shift + 4
+        self._env = (ctypes.c_char * span).from_address(env)
+        self.gprs = (ctypes.c_uint64 * len(GPR_BLOCK_ORDER)).from_address(env)
         self._gpr_block = struct.Struct(f"<{len(GPR_BLOCK_ORDER)}Q")
-        self._cs_offset = offsets.cs_selector_offset
+        self._cs_offset = offsets.cs_selector_offset - shift
         self._cs_selector = struct.Struct("<I")
 
     def consume(self) -> tuple[int, bool]:
@@ -144,30 +169,21 @@ class ExceptionBookkeeping:
 
         Returns its error code and whether it came from `int N`/`int3`/`into`
         (RIP is then past the instruction and the gate DPL rule applies).
-
-        Must run first in the hook, before any register access: restoring the
-        context afterwards would undo register writes.
         """
-        self._uc.context_update(self._ctx)
         error_code = self._error_code.value
         is_software_int = self._is_software_int.value == 1
         self._old_exception.value = -1
-        self._uc.context_restore(self._ctx)
         return error_code, is_software_int
 
     def snapshot_gprs(self) -> tuple:
-        """All GPRs, RIP and the CS selector (SNAPSHOT_ORDER) with one context save."""
-        if _uclib.uc_context_save(self._handle, self._ctx.context) != 0:
-            raise UnicornInternalsChanged("context save failed")
-        return self._gpr_block.unpack_from(self._blob, self._gpr_offset) + \
-            (self._cs_selector.unpack_from(self._blob, self._cs_offset)[0] & 0xFFFF,)
+        """All GPRs, RIP and the CS selector (SNAPSHOT_ORDER), read in place."""
+        return self._gpr_block.unpack_from(self._env, 0) + \
+            (self._cs_selector.unpack_from(self._env, self._cs_offset)[0] & 0xFFFF,)
 
     def rearm(self) -> None:
         """Clear `old_exception` between runs: a run stopped by its instruction
         count leaves it set to #GP, which would turn the next #GP/#DE into #DF."""
-        self._uc.context_update(self._ctx)
         self._old_exception.value = -1
-        self._uc.context_restore(self._ctx)
 
 
 # --- the probe -------------------------------------------------------------
@@ -316,10 +332,14 @@ def verified_offsets() -> ContextOffsets:
                     f"pvhyp needs unicorn {REQUIRED_UNICORN_VERSION}, found {unicorn.__version__}")
             try:
                 offsets = discover_offsets()
-                self_test(offsets)
                 offsets = dataclasses.replace(offsets, syscall_rip_bias=measure_syscall_rip_bias(),
                                               gpr_block_offset=discover_gpr_block(),
-                                              cs_selector_offset=discover_cs_selector())
+                                              cs_selector_offset=discover_cs_selector(),
+                                              cpu_state_offset=discover_cpu_state_offset(),
+                                              no_exit_request_offset=discover_no_exit_request_offset())
+                offsets = dataclasses.replace(
+                    offsets, env_pointer_offset=discover_env_pointer_offset(offsets.cpu_state_offset))
+                self_test(offsets)
             except UcError as err:
                 raise UnicornInternalsChanged(f"unicorn probe failed: {err}") from err
             _cached = offsets
@@ -332,3 +352,166 @@ def require_supported_unicorn() -> ContextOffsets:
         return verified_offsets()
     except UnicornInternalsChanged as err:
         raise SystemExit(f"pvhyp: CPU engine unavailable: {err}") from None
+
+
+# --- the CPU state behind a unicorn handle (for precise exits) ------------------
+#
+# A hook that must end the run *before* its instruction retires (a refused `in`,
+# a faulting `cpuid`) cannot use uc_emu_stop: the stop lands after the next guest
+# memory access.  QEMU's own helpers raise exceptions with cpu_loop_exit(cpu),
+# which unwinds to the execution loop with the instruction not executed; unicorn
+# syncs RIP to the instruction before calling IN/OUT/CPUID hooks, so the run then
+# ends exactly there.  cpu_loop_exit needs QEMU's CPUState, which unicorn keeps in
+# its private uc_struct right after a run of about 39 function pointers
+# (query ... context_restore).  Found here by that shape, and proven by finding the
+# registers just written through the public API inside the CPUState it names.
+
+_MIN_FUNCTION_POINTERS = 30
+_UC_STRUCT_SCAN = 2048
+_CPU_STATE_SCAN = 8192
+_ENV_DISTANCE = 0x20000
+
+
+def _libunicorn_range() -> tuple[int, int]:
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "libunicorn" in line:
+                low, high = (int(x, 16) for x in line.split()[0].split("-"))
+                ranges.append((low, high))
+    if not ranges:
+        raise UnicornInternalsChanged("libunicorn is not mapped in this process")
+    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+
+def _read_process_memory(address: int, size: int) -> bytes | None:
+    """Bytes of this process at `address`, or None if unmapped (never a crash)."""
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    try:
+        return os.pread(fd, size, address)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def discover_cpu_state_offset() -> int:
+    """Offset of `CPUState *cpu` in unicorn's uc_struct (see above)."""
+    uc, _ = _probe_machine()
+    handle = ctypes.cast(uc._uch, ctypes.c_void_p).value or 0
+    raw = _read_process_memory(handle, _UC_STRUCT_SCAN)
+    if raw is None:
+        raise UnicornInternalsChanged("cannot read the unicorn handle")
+    low, high = _libunicorn_range()
+    words = struct.unpack(f"<{len(raw) // 8}Q", raw)
+    code_pointers = 0
+    for index, word in enumerate(words):
+        if word == 0 or low <= word < high:
+            code_pointers += word != 0
+            continue
+        if code_pointers >= _MIN_FUNCTION_POINTERS and _names_this_cpu(uc, word):
+            return index * 8
+        code_pointers = 0
+    raise UnicornInternalsChanged("the CPU state pointer was not found in the unicorn handle")
+
+
+def _names_this_cpu(uc: Uc, candidate: int) -> bool:
+    return _env_pointer_offset(uc, candidate) is not None
+
+
+def _env_pointer_offset(uc: Uc, cpu: int) -> int | None:
+    """Where in the CPUState `cpu` its env_ptr is: the pointer, close after it, to
+    the registers just written through the public API (None: not this CPU's state)."""
+    magic = (0x5EED_C0DE_0000_0001, 0x5EED_C0DE_0000_0002)
+    uc.reg_write(x86_const.UC_X86_REG_RAX, magic[0])
+    uc.reg_write(x86_const.UC_X86_REG_RCX, magic[1])
+    raw = _read_process_memory(cpu, _CPU_STATE_SCAN)
+    if raw is None:
+        return None
+    wanted = struct.pack("<2Q", *magic)
+    for index, (env,) in enumerate(struct.iter_unpack("<Q", raw)):
+        if cpu < env < cpu + _ENV_DISTANCE and _read_process_memory(env, 16) == wanted:
+            return index * 8
+    return None
+
+
+def discover_env_pointer_offset(cpu_state_offset: int) -> int:
+    """Offset of env_ptr in QEMU's CPUState: the guest registers live at *env_ptr."""
+    uc, _ = _probe_machine()
+    found = _env_pointer_offset(uc, cpu_state_of(uc, cpu_state_offset))
+    if found is None:
+        raise UnicornInternalsChanged("the CPU's register state was not found behind its CPUState")
+    return found
+
+
+def env_of(uc: Uc, offsets: "ContextOffsets") -> int:
+    """Address of `uc`'s CPUX86State: env->regs[] first, as in the context blob at gpr_block_offset."""
+    cpu = cpu_state_of(uc, offsets.cpu_state_offset)
+    return ctypes.c_uint64.from_address(cpu + offsets.env_pointer_offset).value
+
+
+def cpu_state_of(uc: Uc, offset: int) -> int:
+    """The CPUState pointer of `uc` (offset from discover_cpu_state_offset)."""
+    handle = ctypes.cast(uc._uch, ctypes.c_void_p).value or 0
+    return ctypes.c_uint64.from_address(handle + offset).value
+
+
+# --- unicorn's per-access exit checks -----------------------------------------
+#
+# Unicorn emits a helper call after every guest load and store that checks for a
+# stop request (check_exit_request); TCG spills and reloads the guest registers
+# around it, which measured ~10% of a Debian boot's CPU and 2-3x on store-heavy
+# loops.  It exists so that a stop from another thread lands soon, and that stop
+# is exactly the re-execution bug (see the module docstring): the engine never
+# stops a run from another thread, so it turns the checks off with the flag
+# unicorn keeps for ARM IT blocks, `uc_struct.no_exit_request` (read when code is
+# translated).  Blocks still check at their start (gen_tb_start), where the
+# native gate stops runs.  The flag sits in a recognisable run of fields:
+# target_page_size (u32 4096), target_page_align (u32 4095), two host page sizes
+# (u64 4096), icache line size, context mode, context size, next_pc (u64), then
+# the bools hook_insert, first_tb, no_exit_request, init_done (1).
+_NO_EXIT_REQUEST_AFTER_PAGE_SIZE = 50
+
+
+def discover_no_exit_request_offset() -> int:
+    uc, _ = _probe_machine()
+    handle = ctypes.cast(uc._uch, ctypes.c_void_p).value or 0
+    raw = _read_process_memory(handle, 16384)
+    if raw is None:
+        raise UnicornInternalsChanged("cannot read the unicorn handle")
+    anchor = struct.Struct("<IIQQ")
+    candidates = [x for x in range(0, len(raw) - 64, 8)
+                  if anchor.unpack_from(raw, x) == (4096, 4095, 4096, 4096)
+                  and raw[x + _NO_EXIT_REQUEST_AFTER_PAGE_SIZE] == 0
+                  and raw[x + _NO_EXIT_REQUEST_AFTER_PAGE_SIZE + 1] == 1]
+    if len(candidates) != 1:
+        raise UnicornInternalsChanged(f"no_exit_request not found in the unicorn handle ({len(candidates)} candidates)")
+    offset = candidates[0] + _NO_EXIT_REQUEST_AFTER_PAGE_SIZE
+    _prove_no_exit_request(offset)
+    return offset
+
+
+def set_exit_checks(uc: Uc, offset: int, enabled: bool) -> None:
+    """Per-access exit checks on or off for code translated from now on."""
+    handle = ctypes.cast(uc._uch, ctypes.c_void_p).value or 0
+    ctypes.c_uint8.from_address(handle + offset).value = 0 if enabled else 1
+
+
+def _prove_no_exit_request(offset: int) -> None:
+    """A stop asked for by a store hook mid-block: with the checks it lands right after
+    the store (RIP back at it); without them the block runs to its end."""
+    from unicorn import UC_HOOK_MEM_WRITE
+    # mov [rbx], al ; inc rcx ; inc rcx ; nop
+    code = bytes.fromhex("8803" "48ffc1" "48ffc1" "90")
+    outcomes = []
+    for checks in (True, False):
+        uc, mem = _probe_machine()
+        mem[_CODE:_CODE + len(code)] = code
+        set_exit_checks(uc, offset, checks)
+        uc.reg_write(x86_const.UC_X86_REG_RBX, _CODE + 0x1000)
+        uc.reg_write(x86_const.UC_X86_REG_RCX, 0)
+        uc.hook_add(UC_HOOK_MEM_WRITE, lambda uc, *_: uc.emu_stop())
+        uc.emu_start(_CODE, _CODE + len(code))
+        outcomes.append((uc.reg_read(x86_const.UC_X86_REG_RCX), uc.reg_read(x86_const.UC_X86_REG_RIP) - _CODE))
+    if outcomes != [(0, 0), (2, len(code))]:
+        raise UnicornInternalsChanged(f"no_exit_request did not behave as expected: {outcomes}")

@@ -21,6 +21,15 @@ _DISASSEMBLER = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
 
 class Watchpoints:
+    """The enabled data breakpoints of one engine.
+
+    A hit is seen by a memory hook, inside the access (RIP is the hitting
+    instruction: unicorn syncs it before memory hooks).  Stopping the run there
+    would re-execute the instruction (unicorn resumes at its start), so the hook
+    only asks the native gate to stop before the *next* instruction; while any
+    breakpoint is armed the gate's per-instruction stub is installed for that.
+    """
+
     def __init__(self, engine, pv, raise_debug_exception):
         self.engine = engine
         self.pv = pv
@@ -28,7 +37,6 @@ class Watchpoints:
         self._hooks: list = []
         self._hit_bits = 0
         self._hit_rip = 0
-        self._stepping = False
 
     def reload(self) -> None:
         """%dr0-3 or %dr7 changed: hooks for exactly the enabled data breakpoints."""
@@ -50,7 +58,9 @@ class Watchpoints:
             if maddr is None:
                 continue        # not mapped now: the breakpoint arms when %dr7 is next written
             self._hooks.append(uc.hook_add(kinds, self._hit, 1 << index, maddr, maddr + length - 1))
-        # Hooks take effect in code translated after this: stop at this instruction's end.
+        # Hooks take effect in code translated after this (arming flushes the
+        # translations): stop at this instruction's end.
+        self.engine.gate.arm_instruction_stops(bool(self._hooks))
         uc.ctl_flush_tb()
         self.engine.defer_after_stop(lambda: None)
 
@@ -63,36 +73,34 @@ class Watchpoints:
             return None
 
     def _hit(self, uc, access, address, size, value, bit) -> None:
-        if self._stepping:
-            return
         if not self._hit_bits:
             self._hit_rip = self.engine.read("rip")
-            self.engine.defer_after_stop(self._raise)
+            self.engine.gate.stop_before_instruction()
+            self.engine.defer_to_next_stop(self._raise)
         self._hit_bits |= bit
 
     def _instruction(self, rip: int):
         code = read_guest_virtual(self.engine.memory, self.engine.cr3, rip, 16) or b""
         return next(_DISASSEMBLER.disasm(code, rip, 1), None)
 
-    def _step(self, rip: int, insn) -> None:
-        """Retire one instruction outside the main run (its own breakpoint hits ignored)."""
-        self._stepping = True
-        try:
-            self.engine.uc.emu_start(rip, rip + insn.size, 0, 1)
-        finally:
-            self._stepping = False
-
     def _raise(self) -> None:
+        """The hitting instruction has retired (the run stopped before the next one)."""
+        self.engine.gate.cancel_instruction_stop()
         bits, self._hit_bits = self._hit_bits, 0
+        if not bits:
+            return
         self.pv.dr6 |= bits
         done = self._instruction(self._hit_rip)
-        if done is not None and self.engine.read("rip") == self._hit_rip:
-            # unicorn stopped inside the access, before the instruction retired
-            self._step(self._hit_rip, done)
         if done is not None and done.mnemonic in ("mov", "pop") and done.op_str.startswith("ss"):
-            following = self.engine.read("rip")
-            nxt = self._instruction(following)
+            nxt = self._instruction(self.engine.read("rip"))
             if nxt is None or nxt.mnemonic in ("syscall", "sysenter", "int", "int3", "into", "int1"):
                 return          # the #DB lands in the hypervisor, which keeps only %dr6
-            self._step(following, nxt)
+            # The CPU holds the #DB for one more instruction.
+            self.engine.gate.stop_before_instruction(after=1)
+            self.engine.defer_to_next_stop(self._raise_held)
+            return
+        self.raise_debug_exception()
+
+    def _raise_held(self) -> None:
+        self.engine.gate.cancel_instruction_stop()
         self.raise_debug_exception()

@@ -67,11 +67,23 @@ def _ascii_regs(text: str) -> tuple[int, int, int]:
 XEN_VERSION_MAJOR, XEN_VERSION_MINOR = 4, 17
 
 
-def cpuid_policy(leaf: int, subleaf: int, vcpu_id: int = 0) -> tuple[int, int, int, int]:
-    """(eax, ebx, ecx, edx) for a PV guest: what TCG runs, nothing more."""
+# The highest basic leaf: 0x16 (processor frequency), one past Xen 4.17's guest
+# limit of 0xd.  Linux's native_calibrate_cpu_early, which an x86-64 PV kernel
+# keeps (arch/x86/xen/time.c only replaces calibrate_tsc, with the pvclock), asks
+# leaf 0x16 first; without it it polls the PIT with ~100,000 `in al,0x42`, which
+# on Xen are cheap trapped reads of ~0 and here are exits.  The frequency given is
+# the TSC's, the one the pvclock already publishes, so the guest learns nothing new.
+MAX_BASIC_LEAF = 0x16
+PIT_BUS_MHZ = 100
+
+
+def cpuid_policy(leaf: int, subleaf: int, vcpu_id: int = 0, tsc_khz: int = 0) -> tuple[int, int, int, int]:
+    """(eax, ebx, ecx, edx) for a PV guest: what TCG runs, nothing more.
+
+    `tsc_khz` is the TSC frequency of the guest's pvclock (0: leaf 0x16 reads as zeros)."""
     if leaf == 0:
         ebx, edx, ecx = _ascii_regs("GenuineIntel")
-        return 0xD, ebx, ecx, edx
+        return MAX_BASIC_LEAF, ebx, ecx, edx
     if leaf == 1:
         ecx = (1 << 0) | (1 << 9) | (1 << 13) | (1 << 19) | (1 << 20) | (1 << 23) | (1 << 31)  # SSE3 SSSE3 CX16 SSE4.1/2 POPCNT HYPERVISOR
         edx = sum(1 << b for b in (0, 4, 5, 6, 8, 15, 16, 19, 23, 24, 25, 26))  # FPU TSC MSR PAE CX8 CMOV PAT CLFSH MMX FXSR SSE SSE2
@@ -84,11 +96,14 @@ def cpuid_policy(leaf: int, subleaf: int, vcpu_id: int = 0) -> tuple[int, int, i
     if leaf == 0x4000_0002:
         return 1, 0x4000_0000, 0, 0          # one hypercall page, via MSR 0x40000000
     if leaf == 7:
-        # Xen hands SERIALIZE to PV guests. Linux then serialises after text
-        # patching with it instead of an `iretq` to itself, which misbehaves
-        # now and then on unicorn at CPL3 (the guest lands on a stack or data
-        # address right after patching kernel text).
-        return (0, 0, 0, 1 << 14) if subleaf == 0 else (0, 0, 0, 0)
+        # No SERIALIZE: TCG does not implement it, so each one was a #UD completed
+        # in Python (about 100,000 in a Debian boot, from text_poke_early).  Without
+        # it Linux's sync_core() serialises with an `iretq` to itself, which TCG
+        # runs with no exit at all.
+        return 0, 0, 0, 0
+    if leaf == 0x16:
+        mhz = tsc_khz // 1000
+        return (mhz, mhz, PIT_BUS_MHZ, 0) if mhz else (0, 0, 0, 0)
     if 0x4000_0003 <= leaf <= 0x4000_0005:
         return 0, 0, 0, 0
     if leaf == 0x8000_0000:
@@ -129,8 +144,12 @@ class PrivilegedOps:
     def cpuid(self) -> None:
         """Answer cpuid from rax/rcx into rax/rbx/rcx/rdx (RIP untouched)."""
         eax, ecx = self.engine.read_many(("rax", "rcx"))
-        a, b, c, d = cpuid_policy(eax & 0xFFFF_FFFF, ecx & 0xFFFF_FFFF, self.vcpu_id)
+        a, b, c, d = cpuid_policy(eax & 0xFFFF_FFFF, ecx & 0xFFFF_FFFF, self.vcpu_id, self._tsc_khz())
         self.engine.write_many({"rax": a, "rbx": b, "rcx": c, "rdx": d})
+
+    def _tsc_khz(self) -> int:
+        hv = self.pv.vcpu.domain.hv
+        return hv.time.tsc_khz() if hv is not None else 0
 
     def is_forced_cpuid(self, rip: int) -> bool:
         """`ud2; "xen"; cpuid` at RIP (Xen's forced-emulation prefix)."""

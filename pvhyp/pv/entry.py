@@ -46,6 +46,8 @@ HYPERVISOR_IRET = X.HYPERCALL_NUMBERS["iret"]   # __HYPERVISOR_iret, which a cla
 
 _HYPERCALL_ARGS = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9", "cs", "rip")
 
+_HYPERCALL_KINDS = {nr: f"hypercall {name}" for name, nr in X.HYPERCALL_NUMBERS.items()}
+
 HypercallDispatch = Callable[["PvEntry", int, tuple], int]
 
 
@@ -89,6 +91,9 @@ class PvEntry:
             self.pv, lambda: self._guarded(self.bouncer.bounce_exception, TRAP_debug))
         # emulated: privileged instructions and cpuid; ptwr: guest writes to its page tables
         self.counts = {"hypercall": 0, "exception": 0, "emulated": 0, "ptwr": 0}
+        # Every entry into the hypervisor by kind ("hypercall mmu_update", "#GP emulated",
+        # "in", ...): what `pvhyp bench boot` prints, to show which exits a boot pays for.
+        self.exits: collections.Counter[str] = collections.Counter()
         self._running_thread: threading.Thread | None = None
         self._posted: collections.deque = collections.deque()
         self._flush_requested = False
@@ -202,7 +207,8 @@ class PvEntry:
     def _guarded(self, action, *args) -> None:
         try:
             action(*args)
-            self.bouncer.deliver_pending_events()
+            if self.bouncer.deliver_pending_events():
+                self.exits["event upcall"] += 1
         except GuestCrash as err:
             self.crash(str(err))
 
@@ -222,6 +228,7 @@ class PvEntry:
             # SYSCALL loads Xen's flat selectors and Xen returns with SYSRET:
             # whatever CS the guest had, it comes back with the flat one.
             self.engine.set_stack_and_code_selectors(L.FLAT_KERNEL_CS, L.FLAT_KERNEL_SS)
+        self.exits[_HYPERCALL_KINDS.get(nr, "hypercall other")] += 1
         if nr == HYPERVISOR_IRET:
             self.bouncer.do_iret()
             return
@@ -253,18 +260,22 @@ class PvEntry:
         if vector == TRAP_gp_fault and error_code == 0:
             if self.priv.emulate_privileged(self.engine.read("rip")):
                 self.counts["emulated"] += 1
+                self.exits["#GP emulated"] += 1
                 return
         if (vector == TRAP_page_fault and self.ptwr_emulate is not None and self._writable_pagetables()
                 and error_code & (PFEC_page_present | PFEC_write_access) == PFEC_page_present | PFEC_write_access):
             if emulate_pagetable_write(self, cr2):
                 self.counts["ptwr"] += 1
+                self.exits["#PF page-table write"] += 1
                 return
+        self.exits[f"exception {vector} bounced"] += 1
         self.bouncer.bounce_exception(vector, error_code, cr2)
 
     def _writable_pagetables(self) -> bool:
         return bool(self.vcpu.domain.vm_assist >> VMASST_TYPE_writable_pagetables & 1)
 
     def on_software_interrupt(self, engine: Engine, vector: int, insn_len: int) -> None:
+        self.exits[f"int {vector}"] += 1
         self._guarded(self.bouncer.bounce_software_interrupt, vector, insn_len)
 
     def on_invalid_opcode(self, engine: Engine) -> None:
@@ -274,7 +285,9 @@ class PvEntry:
         rip = self.engine.read("rip")
         if self.priv.serialize(rip):
             self.counts["emulated"] += 1
+            self.exits["#UD serialize"] += 1
         elif not self.priv.is_forced_cpuid(rip):
+            self.exits["exception 6 bounced"] += 1
             self.bouncer.bounce_exception(TRAP_invalid_op)
         elif self.priv.cpuid_faults():
             # Xen steps over the prefix first: the #GP names the cpuid itself.
@@ -283,8 +296,10 @@ class PvEntry:
         else:
             self.priv.forced_cpuid(rip)
             self.counts["emulated"] += 1
+            self.exits["#UD forced cpuid"] += 1
 
     def on_cpuid(self, engine: Engine) -> None:
+        self.exits["cpuid"] += 1
         if self.priv.cpuid_faults():
             self._fault_at_instruction(engine, TRAP_gp_fault)
             return
@@ -298,10 +313,11 @@ class PvEntry:
     def _fault_at_instruction(self, engine: Engine, vector: int) -> None:
         """Raise `vector` at the instruction whose hook cannot move RIP (cpuid, in,
         out): the instruction's effects are undone once unicorn has stopped."""
-        rip = engine.read("rip")      # exact: runs are counted
+        rip = engine.read("rip")      # exact: unicorn syncs RIP before IN/OUT/CPUID hooks
         engine.rewind_after_stop(rip, lambda: self._guarded(self.bouncer.bounce_exception, vector, 0))
 
     def on_io(self, engine: Engine, port: int, size: int, value: int | None):
+        self.exits["in" if value is None else "out"] += 1
         if self.pv.iopl_ok(self.pv.kernel_mode):
             if self.io_handler is not None:
                 return self.io_handler(self, port, size, value)

@@ -167,3 +167,12 @@ refused:
     run(entry, rec)
     assert seen == [entry.vcpu.guest_table, 5]
     assert rec.log[0][:3] == (13, 0, syms["refused"])
+
+
+def test_cpuid_policy_offers_no_serialize_and_the_tsc_frequency():
+    """SERIALIZE would be a #UD exit per use (TCG lacks it); leaf 0x16 spares Linux its PIT polling."""
+    from pvhyp.pv.emulate import MAX_BASIC_LEAF, cpuid_policy
+    assert cpuid_policy(0, 0)[0] == MAX_BASIC_LEAF == 0x16
+    assert cpuid_policy(7, 0)[3] & (1 << 14) == 0
+    assert cpuid_policy(0x16, 0, tsc_khz=2_000_000) == (2000, 2000, 100, 0)
+    assert cpuid_policy(0x16, 0) == (0, 0, 0, 0)          # no clock known: nothing claimed
