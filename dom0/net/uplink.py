@@ -209,6 +209,10 @@ class PasstUplink:
         cmd = [passt, "--foreground", "--quiet", "--ipv4-only", "--one-off", "--socket", self.socket_path,
                "--no-dhcp-dns", "--dns", "none", "--address", self.guest_ip, "--netmask", str(self.prefix),
                "--gateway", self.gateway, "--mtu", str(self.mtu)]
+        if os.geteuid() == 0:
+            # passt run by root turns itself into nobody, who may not reach a socket in a
+            # private run directory: it runs as the user pvhyp runs as (as it does for anyone else)
+            cmd += ["--runas", f"{os.getuid()}:{os.getgid()}"]
         for forward in self.forwards:
             cmd += forward.passt_args()
         return cmd
