@@ -103,6 +103,7 @@ MODULES: tuple[HeaderModule, ...] = (
     HeaderModule("abi.io.console", "io/console.h"),
     HeaderModule("abi.io.blkif", "io/blkif.h"),
     HeaderModule("abi.io.netif", "io/netif.h"),
+    HeaderModule("abi.io.xenbus", "io/xenbus.h"),
     HeaderModule(
         "abi.io.xs_wire",
         "io/xs_wire.h",

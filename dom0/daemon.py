@@ -14,9 +14,11 @@ import signal
 import time
 
 from abi.xen import VIRQ_DOM_EXC
+from dom0.block.blkback import BlockKind
 from dom0.console.backend import ConsoleBackend, HypervisorLog
 from dom0.toolstack.api import ApiServer
 from dom0.toolstack.domains import Toolstack, ToolstackError
+from dom0.xenbus import GrantMapper, XenbusBackends
 from dom0.xenstored import LocalClient, XenStore
 from dom0.xenstored.ring import RingServer
 from dom0.xenstored.unix_socket import SocketServer
@@ -27,6 +29,7 @@ log = logging.getLogger("dom0")
 POLL_SECONDS = 0.05
 STATE_SECONDS = 0.2
 SCRATCH_ADDR = 0        # dom0's pfn 0: argument buffers of its own hypercalls
+GRANT_SCRATCH_ADDR = 4096   # dom0's pfn 1: the backends' grant map/unmap batches
 
 
 class Dom0:
@@ -43,7 +46,12 @@ class Dom0:
         self.consoles = ConsoleBackend(os.path.join(run_dir, "console"), self.add_reader,
                                        self.remove_reader)
         self.hypervisor_log = HypervisorLog(os.path.join(run_dir, "console"))
-        self.toolstack = Toolstack(channel, self.xs, self.rings, self.consoles, self.evtchn, run_dir)
+        # split-driver backends: a xenstore connection of their own (their watch events)
+        self.backends = XenbusBackends(LocalClient(self.engine), self.evtchn,
+                                       GrantMapper(channel, GRANT_SCRATCH_ADDR),
+                                       [BlockKind(os.path.join(run_dir, "block"))])
+        self.toolstack = Toolstack(channel, self.xs, self.rings, self.consoles, self.evtchn, run_dir,
+                                   backends=self.backends)
         self.api = ApiServer(os.path.join(run_dir, "pvhyp.sock"), self.toolstack.commands(),
                              self.add_reader, self.remove_reader, user_errors=(ToolstackError,))
         self.add_reader(channel, self._on_event)
@@ -73,13 +81,16 @@ class Dom0:
             log.error("the hypervisor closed dom0's channel")
             self.stopping = True
             return
-        if self.dom_exc_port in self.evtchn.take_pending():
+        ports = self.evtchn.take_pending()
+        if self.dom_exc_port in ports:
             self._next_state_check = 0.0        # look at the domains on this loop turn
+        self.backends.on_ports(ports)
         self._serve_rings()
 
     def _serve_rings(self) -> None:
         self.rings.flush()
         self.consoles.service_all()
+        self.backends.poll()
 
     def run(self) -> None:
         while not self.stopping:
@@ -105,6 +116,7 @@ class Dom0:
             self.toolstack.destroy_all()
         except Exception:
             log.exception("destroying guests on the way out")
+        self.backends.close()
         self.api.close()
         self.xs_server.close()
         self.hypervisor_log.close()

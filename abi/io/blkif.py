@@ -89,6 +89,18 @@ BLKIF_RSP_OKAY = 0
 
 blkif_sring_entry, blkif_sring = ring.DEFINE_RING_TYPES(blkif_request, blkif_response)
 
+# blkif counts in 512-byte sectors whatever the disk's sector size, and a
+# segment lies inside one 4 KiB page (io/blkif.h says so in prose only).
+BLKIF_SECTOR_SIZE = 512
+BLKIF_SECTORS_PER_PAGE = 4096 // BLKIF_SECTOR_SIZE
+# Segments one indirect page holds (Linux's BLKIF_SEGS_PER_INDIRECT_FRAME).
+BLKIF_SEGS_PER_INDIRECT_FRAME = 4096 // 8
+
+NOT_IN_HEADER = {
+    name: "pvhyp's name for a size io/blkif.h states in prose (Linux's xen-blkfront has them)"
+    for name in ("BLKIF_SECTOR_SIZE", "BLKIF_SECTORS_PER_PAGE", "BLKIF_SEGS_PER_INDIRECT_FRAME")
+}
+
 # virtual disk flags (xenstore "info")
 VDISK_CDROM = 0x1
 VDISK_REMOVABLE = 0x2

@@ -24,6 +24,7 @@ from abi.errno import ENOSYS
 from abi.sched import SHUTDOWN_NAMES
 from abi.xen import start_info
 from dom0.builder import BuildError, build_pv_domain
+from dom0.toolstack import disks
 from dom0.toolstack import xenstore_entries as entries
 from dom0.toolstack.config import ConfigError, DomainConfig, parse_config
 from dom0.xc import XenCtrl, XenError
@@ -54,8 +55,10 @@ class Guest:
 
 
 class Toolstack:
-    def __init__(self, channel, xs, rings, consoles, evtchn, run_dir: str):
+    def __init__(self, channel, xs, rings, consoles, evtchn, run_dir: str, backends=None):
         self.channel = channel
+        self.backends = backends        # dom0.xenbus.XenbusBackends: split-driver devices
+        self.cwd: str | None = None     # the user's directory for the create under way
         self.xs = xs
         self.rings = rings
         self.consoles = consoles
@@ -91,11 +94,12 @@ class Toolstack:
 
     # --- create ---
 
-    def create(self, config: str, source: str = "<config>") -> dict:
+    def create(self, config: str, source: str = "<config>", cwd: str | None = None) -> dict:
         try:
             cfg = parse_config(config, source)
         except ConfigError as e:
             raise ToolstackError(str(e)) from None
+        self.cwd = cwd          # relative disk targets are the user's
         if any(g.name == cfg.name for g in self.guests.values()):
             raise ToolstackError(f"domain {cfg.name!r} already exists")
         guest = self._create_python(cfg) if cfg.python_guest else self._create_x86(cfg)
@@ -216,6 +220,11 @@ class Toolstack:
         self.rings.introduce(domid, store_page, self._notifier(store_local), gfn=store_ref, port=store_port)
         session = self.consoles.add_domain(domid, cfg.name, console_page, self._notifier(console_local))
         entries.write_console_tty(self.xs, domid, session.tty)
+        if cfg.disks and self.backends is not None:
+            try:
+                disks.attach_all(self.xs, self.backends, domid, cfg.disks, self.cwd)
+            except disks.DiskError as e:
+                raise ToolstackError(str(e)) from None
 
     def _spawn(self, guest: Guest) -> subprocess.Popen:
         module = guest.config.python_guest
@@ -244,6 +253,8 @@ class Toolstack:
         if guest.process is not None and guest.process.poll() is None:
             guest.process.kill()
             guest.process.wait()
+        if self.backends is not None:
+            self.backends.destroy_domain(domid)     # unmaps its pages, flushes and closes its images
         try:
             self.rings.release(domid)
         except XsError:
@@ -312,6 +323,33 @@ class Toolstack:
         if session is None:
             raise ToolstackError(f"domain {dom} has no PV console")
         return {"domid": domid, "tty": session.tty, "log": session.log_path}
+
+    # --- devices (xl block-attach/-detach/-list) ---
+
+    def _backends(self):
+        if self.backends is None:
+            raise ToolstackError("this dom0 runs no device backends")
+        return self.backends
+
+    def block_attach(self, dom, spec: str, cwd: str | None = None) -> dict:
+        guest = self._guest(dom)
+        try:
+            devid = disks.attach_spec(self.xs, self._backends(), guest.domid, spec, cwd)
+        except disks.DiskError as e:
+            raise ToolstackError(str(e)) from None
+        return {"domid": guest.domid, "devid": devid}
+
+    def block_detach(self, dom, vdev: str, force: bool = False) -> dict:
+        guest = self._guest(dom)
+        try:
+            devid = disks.detach(self._backends(), guest.domid, vdev, force)
+        except disks.DiskError as e:
+            raise ToolstackError(str(e)) from None
+        return {"domid": guest.domid, "devid": devid}
+
+    def block_list(self, dom) -> dict:
+        guest = self._guest(dom)
+        return {"domid": guest.domid, "disks": disks.listing(self._backends(), guest.domid)}
 
     # --- reports ---
 
@@ -441,4 +479,5 @@ class Toolstack:
                 "reboot": self.reboot, "pause": self.pause, "unpause": self.unpause,
                 "console": self.console, "list": self.list, "info": self.info,
                 "dmesg": self.dmesg, "vcpu-list": self.vcpu_list, "uptime": self.uptime,
-                "domid": self.domid, "domname": self.domname}
+                "domid": self.domid, "domname": self.domname, "block-attach": self.block_attach,
+                "block-detach": self.block_detach, "block-list": self.block_list}
