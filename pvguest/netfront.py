@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from abi.fast import codec
 from abi.io import netif as N
 from abi.io.ring import FrontRing, RingLayout, SharedRing
+from abi.io.xenbus import XenbusStateConnected, XenbusStateInitWait
 from abi.x86_pte import PAGE_SIZE
 
 TX_LAYOUT = RingLayout.of(N.netif_tx_request, N.netif_tx_response)
@@ -28,8 +29,6 @@ _TX_REQ = codec(N.netif_tx_request).format
 _TX_RSP = codec(N.netif_tx_response).format
 _RX_REQ = codec(N.netif_rx_request).format
 _RX_RSP = codec(N.netif_rx_response).format
-XenbusStateInitWait = 2         # io/xenbus.h (abi.io.xenbus once merged)
-XenbusStateConnected = 4
 
 
 @dataclass
