@@ -51,14 +51,18 @@ def data_tar(blob: bytes) -> tarfile.TarFile:
     raise DebError("no data.tar member")
 
 
-def extract(blob: bytes, wanted) -> dict[str, bytes]:
-    """Regular files of the package whose path satisfies `wanted(path)`: path -> contents."""
-    out = {}
+def each_file(blob: bytes, wanted):
+    """(path, contents) of each regular file of the package whose path satisfies `wanted(path)`,
+    streamed: a kernel package's modules are read one at a time, never all held at once."""
     with data_tar(blob) as tar:
         for info in tar:
             path = info.name.lstrip(".")
             if info.isfile() and wanted(path):
                 member = tar.extractfile(info)
                 assert member is not None           # extractfile() is None only for non-regular files
-                out[path] = member.read()
-    return out
+                yield path, member.read()
+
+
+def extract(blob: bytes, wanted) -> dict[str, bytes]:
+    """Regular files of the package whose path satisfies `wanted(path)`: path -> contents."""
+    return dict(each_file(blob, wanted))

@@ -3,8 +3,12 @@
 The stock kernel (linux-image-amd64's dependency, 6.1.0-*-amd64) and
 busybox-static are fetched with `apt-get download`, unpacked here in Python
 (ar + tar, no dpkg), and turned into a kernel file and a gzip'd newc
-initramfs whose /init mounts proc, sys and devtmpfs, prints the marker line
-with `uname -r` and /sys/hypervisor/type, and starts a shell on hvc0.
+initramfs whose /init mounts proc, sys and devtmpfs, loads the kernel's own
+xen-blkfront, ext4 and xen-netfront modules for the Xen devices it has (by
+modalias, with what they need, in the order kmod.load_order gives, by busybox
+insmod; devices added later by a uevent listener), then either switches to the disk
+named by root= on the kernel command line or prints the marker line with
+`uname -r` and /sys/hypervisor/type and starts a shell on hvc0.
 The result is cached in DIR; a rebuild with the same packages does nothing,
 and `find_or_build` takes the image already there without asking apt.
 """
@@ -19,23 +23,89 @@ import shutil
 import subprocess
 import sys
 
-from dom0.images import cpio, debfile, kernel_symbols
+from dom0.images import cpio, debfile, kernel_symbols, kmod
 
 KERNEL_META = "linux-image-amd64"
 BUSYBOX = "busybox-static"
 MARKER = "PVHYP-GUEST-UP"
-# Bumped when what build() makes from the same packages changes (2: System.map from kallsyms).
-RECIPE_VERSION = 2
+# Bumped when what build() makes from the same packages changes (2: System.map from
+# kallsyms; 4: the kernel's own block, ext4 and network modules, loaded by modalias, and
+# root= switches to a disk; 3 was a development build that loaded every module at boot).
+RECIPE_VERSION = 4
 DEFAULT_DIR = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "pvhyp" / "debian"
 
+# Which of the kernel's own modules a Xen device needs, by the modalias the guest's
+# xenbus gives it (/sys/bus/xen/devices/*/modalias, MODALIAS= in its uevent), as
+# udev would load them; a disk brings the filesystem its root is on. kmod.load_order
+# adds what each needs (ext4: jbd2, mbcache, crc16, crc32c).
+DEVICE_MODULES = {"xen:vbd": ("xen-blkfront", "ext4"), "xen:vif": ("xen-netfront",)}
+MODULE_ALIASES = "etc/modules.alias"    # in the initramfs: "ALIAS name:path ..." in load order
+ROOT_WAIT_SECONDS = 120                 # blkfront connects through xenstore; the software CPU is slow
+
+# Loads the modules of one modalias, each once (the coldplug loop and the hotplug
+# listener may ask at the same moment; a mkdir lock orders them).
+LOAD_MODALIAS = f"""#!/bin/busybox sh
+line=$(grep "^$1 " /{MODULE_ALIASES}) || exit 0
+until mkdir /.modules.lock 2>/dev/null; do usleep 100000; done
+for entry in ${{line#* }}; do
+    name="${{entry%%:*}}"
+    [ -d "/sys/module/$name" ] || insmod "/lib/modules/$(uname -r)/${{entry#*:}}" \\
+        || echo "pvhyp init: insmod ${{entry#*:}} failed"
+done
+rmdir /.modules.lock
+"""
+HOTPLUG = """#!/bin/busybox sh
+[ "$ACTION" = add ] && [ -n "$MODALIAS" ] && exec /sbin/load-modalias "$MODALIAS"
+exit 0
+"""
+
+# One /init for both boots. Devices present at boot get their modules (coldplug by
+# modalias), so a guest without disks boots as fast as it did without modules. Without
+# root= on the command line it then listens for devices added later (busybox uevent,
+# hotplug by modalias: block-attach works) and starts the busybox shell on hvc0
+# (examples/debian.cfg); with root=/dev/xvda (as Xen users write it) it waits for the
+# disk, mounts it as `ro`/`rw` says and switch_roots to its init.
 INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin
-mkdir -p /proc /sys /dev /tmp /root
+mkdir -p /proc /sys /dev /tmp /root /newroot
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
+for modalias in /sys/bus/xen/devices/*/modalias; do
+    [ -e "$modalias" ] && /sbin/load-modalias "$(cat "$modalias")"
+done
+root=; rootfstype=ext4; rootmode=ro; rootflags=; init=/sbin/init
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        root=*) root="${{arg#root=}}" ;;
+        rootfstype=*) rootfstype="${{arg#rootfstype=}}" ;;
+        rootflags=*) rootflags=",${{arg#rootflags=}}" ;;
+        init=*) init="${{arg#init=}}" ;;
+        ro) rootmode=ro ;;
+        rw) rootmode=rw ;;
+    esac
+done
+if [ -n "$root" ]; then
+    waited=0
+    while true; do
+        case "$root" in
+            UUID=*|LABEL=*) device=$(findfs "$root" 2>/dev/null) ;;
+            *) device="$root" ;;
+        esac
+        [ -b "$device" ] || [ $waited -ge {ROOT_WAIT_SECONDS} ] && break
+        sleep 1; waited=$((waited + 1))
+    done
+    if [ -b "$device" ] && mount -t "$rootfstype" -o "$rootmode$rootflags" "$device" /newroot; then
+        echo "pvhyp init: root $root mounted $rootmode, starting $init"
+        mount -o move /dev /newroot/dev 2>/dev/null || umount /dev
+        umount /sys /proc
+        exec switch_root /newroot "$init"
+    fi
+    echo "pvhyp init: cannot mount root $root ($rootfstype, $rootmode); starting a shell"
+fi
 mount -t tmpfs tmpfs /tmp
+uevent /sbin/hotplug &
 echo "{MARKER} kernel=$(uname -r) hypervisor=$(cat /sys/hypervisor/type 2>/dev/null || echo none)"
 cd /root
 while true; do
@@ -99,9 +169,13 @@ def download(package: str, dest: pathlib.Path) -> pathlib.Path:
     return found[-1]
 
 
-def build_initramfs(busybox: bytes) -> bytes:
+def build_initramfs(busybox: bytes, release: str = "",
+                    device_modules: dict[str, list[tuple[str, str, bytes]]] | None = None) -> bytes:
+    """The gzip'd newc initramfs: busybox, /init, and for each modalias the modules it
+    needs ((name, path in the modules tree, contents), in load order) under
+    lib/modules/`release`/, listed by modalias in MODULE_ALIASES."""
     w = cpio.CpioWriter()
-    for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "root", "etc", "usr", "usr/bin"):
+    for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "root", "etc", "usr", "usr/bin", "newroot"):
         w.directory(d)
     w.char_device("dev/console", 5, 1)
     w.char_device("dev/null", 1, 3, 0o666)
@@ -109,8 +183,60 @@ def build_initramfs(busybox: bytes) -> bytes:
     w.file("bin/busybox", busybox, 0o755)
     w.symlink("bin/sh", "busybox")
     w.file("init", INIT_SCRIPT.encode(), 0o755)
+    w.file("sbin/load-modalias", LOAD_MODALIAS.encode(), 0o755)
+    w.file("sbin/hotplug", HOTPLUG.encode(), 0o755)
     w.file("etc/profile", PROFILE.encode())
+    made: set[str] = set()
+    aliases = []
+    for alias, modules in (device_modules or {}).items():
+        aliases.append(" ".join([alias] + [f"{name}:{path}" for name, path, _ in modules]) + "\n")
+        for _, path, blob in modules:
+            parts = f"lib/modules/{release}/{path}".split("/")
+            for depth in range(1, len(parts)):
+                directory = "/".join(parts[:depth])
+                if directory not in made:
+                    made.add(directory)
+                    w.directory(directory)
+            if "/".join(parts) not in made:
+                made.add("/".join(parts))
+                w.file("/".join(parts), blob)
+    w.file(MODULE_ALIASES, "".join(aliases).encode())
     return gzip.compress(w.finish(), compresslevel=6, mtime=0)
+
+
+def kernel_parts(kernel_deb: pathlib.Path, device_modules=None) -> dict:
+    """vmlinuz, System.map (if real), release, and for each modalias of `device_modules`
+    (default DEVICE_MODULES) the modules it names with everything they need, in load
+    order, read from the kernel package in two streaming passes (the first learns
+    every module's dependencies, the second keeps only the chosen)."""
+    blob = kernel_deb.read_bytes()
+    boot: dict[str, bytes] = {}
+    described: list[kmod.ModuleInfo] = []
+    try:
+        for path, data in debfile.each_file(blob, lambda p: p.startswith(("/boot/", "/lib/modules/"))):
+            if path.startswith(("/boot/vmlinuz-", "/boot/System.map-")):
+                boot[path] = data
+            elif path.endswith(".ko") and "/kernel/" in path:
+                described.append(kmod.describe(path.split("/", 4)[4], data))
+        vmlinuz_path = next((k for k in boot if "vmlinuz" in k), None)
+        if vmlinuz_path is None:
+            raise ImageError("the kernel package lacks /boot/vmlinuz-*")
+        release = vmlinuz_path.split("vmlinuz-", 1)[1]
+        index = kmod.ModuleIndex(described)
+        orders = {alias: index.load_order(list(names))
+                  for alias, names in (device_modules or DEVICE_MODULES).items()}
+        chosen = {f"/lib/modules/{release}/{m.path}": m.path for order in orders.values() for m in order}
+        blobs = {chosen[p]: data for p, data in debfile.each_file(blob, lambda p: p in chosen)}
+    except debfile.DebError as e:
+        raise ImageError(f"cannot unpack {kernel_deb.name}: {e}") from None
+    except kmod.ModuleError as e:
+        raise ImageError(f"kernel modules of {kernel_deb.name}: {e}") from None
+    system_map = next((v for k, v in boot.items() if "System.map" in k), None)
+    if system_map and b"The real System.map is in" in system_map[:200]:
+        system_map = None           # Debian ships a placeholder; the real one is in the -dbg package
+    return {"release": release, "vmlinuz": boot[vmlinuz_path], "system_map": system_map,
+            "device_modules": {alias: [(m.name, m.path, blobs[m.path]) for m in order]
+                               for alias, order in orders.items()}}
 
 
 def build(out_dir: pathlib.Path | str | None = None) -> dict:
@@ -126,33 +252,39 @@ def build(out_dir: pathlib.Path | str | None = None) -> dict:
     manifest = cached(out_dir)
     if manifest is not None and manifest.get("sources") == sources and manifest.get("recipe") == RECIPE_VERSION:
         return _absolute(manifest, out_dir)
+    kernel = kernel_parts(kernel_deb)
     try:
-        kernel_files = debfile.extract(kernel_deb.read_bytes(),
-                                       lambda p: p.startswith("/boot/vmlinuz-") or p.startswith("/boot/System.map-"))
         busybox_files = debfile.extract(busybox_deb.read_bytes(), lambda p: p == "/bin/busybox")
     except debfile.DebError as e:
-        raise ImageError(f"cannot unpack package: {e}") from None
-    vmlinuz = next((v for k, v in kernel_files.items() if "vmlinuz" in k), None)
-    if vmlinuz is None or "/bin/busybox" not in busybox_files:
-        raise ImageError("the packages lack /boot/vmlinuz-* or /bin/busybox")
-    release = next(k for k in kernel_files if "vmlinuz" in k).split("vmlinuz-", 1)[1]
-    (out_dir / "vmlinuz").write_bytes(vmlinuz)
-    system_map = next((v for k, v in kernel_files.items() if "System.map" in k), None)
-    if system_map and b"The real System.map is in" in system_map[:200]:
-        system_map = None           # Debian ships a placeholder; the real one is in the -dbg package
+        raise ImageError(f"cannot unpack {busybox_deb.name}: {e}") from None
+    if "/bin/busybox" not in busybox_files:
+        raise ImageError(f"{busybox_deb.name} lacks /bin/busybox")
+    release, vmlinuz, system_map = kernel["release"], kernel["vmlinuz"], kernel["system_map"]
+    write_atomically(out_dir / "vmlinuz", vmlinuz)
     if system_map is None:
         try:
             system_map = kernel_symbols.system_map_from_kernel(vmlinuz)
         except kernel_symbols.SymbolsUnavailable as e:
             print(f"pvhyp image: no kernel symbols for diagnostics: {e}", file=sys.stderr)
     if system_map:
-        (out_dir / "System.map").write_bytes(system_map)
-    (out_dir / "initrd.img").write_bytes(build_initramfs(busybox_files["/bin/busybox"]))
+        write_atomically(out_dir / "System.map", system_map)
+    write_atomically(out_dir / "initrd.img",
+                     build_initramfs(busybox_files["/bin/busybox"], release, kernel["device_modules"]))
     manifest = {"release": release, "kernel": "vmlinuz", "ramdisk": "initrd.img",
                 "system_map": "System.map" if system_map else None,
-                "cmdline": "console=hvc0", "marker": MARKER, "sources": sources, "recipe": RECIPE_VERSION}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+                "cmdline": "console=hvc0", "marker": MARKER, "sources": sources, "recipe": RECIPE_VERSION,
+                "modules": {alias: [path for _, path, _ in modules]
+                            for alias, modules in kernel["device_modules"].items()}}
+    write_atomically(out_dir / "manifest.json", json.dumps(manifest, indent=1).encode())
     return _absolute(manifest, out_dir)
+
+
+def write_atomically(path: pathlib.Path, data: bytes) -> None:
+    """Replace `path` in one rename: the cache is shared, and a guest booting from it
+    while another build rewrites it must read the old file or the new, never half."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def cached(out_dir: pathlib.Path) -> dict | None:

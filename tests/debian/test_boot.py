@@ -70,6 +70,15 @@ def test_dd_64_mib(guest):
     assert "67108864" in out, out
 
 
+def test_the_kernels_own_disk_and_network_modules_load(guest):
+    """What a disk or a network device brings (init loads them by modalias; here by hand,
+    the guest having neither), Debian's own signed modules accepted by Debian's kernel."""
+    out = run(guest, "/sbin/load-modalias xen:vbd; /sbin/load-modalias xen:vif; cat /proc/modules")
+    loaded = {line.split()[0] for line in out.splitlines() if line.strip()}
+    assert {"xen_blkfront", "ext4", "jbd2", "mbcache", "crc16", "crc32c_generic", "xen_netfront"} <= loaded, out
+    assert "ext4" in run(guest, "cat /proc/filesystems")
+
+
 def test_poweroff_ends_the_domain(guest):
     guest.send("poweroff -f")
     reason = guest.wait_shutdown(300)

@@ -46,6 +46,30 @@ def test_initramfs_layout():
     init_mode, init = entries["init"]
     assert init_mode & 0o111 and debian.MARKER.encode() in init
     assert b"/sys/hypervisor/type" in init and b"uname -r" in init
+    assert entries[debian.MODULE_ALIASES][1] == b""
+    assert entries["sbin/load-modalias"][0] & 0o111 and entries["sbin/hotplug"][0] & 0o111
+
+
+def test_initramfs_carries_each_devices_modules_in_load_order():
+    jbd2 = ("jbd2", "kernel/fs/jbd2/jbd2.ko", b"JBD2")
+    modules = {"xen:vbd": [jbd2, ("ext4", "kernel/fs/ext4/ext4.ko", b"EXT4")], "xen:other": [jbd2]}
+    image = gzip.decompress(debian.build_initramfs(b"BUSYBOX", "6.1.0-57-amd64", modules))
+    entries = {name: (mode, data) for name, mode, data in cpio.parse(image)}
+    assert entries["lib/modules/6.1.0-57-amd64/kernel/fs/ext4/ext4.ko"][1] == b"EXT4"
+    assert stat.S_ISDIR(entries["lib/modules/6.1.0-57-amd64/kernel/fs"][0])
+    assert entries[debian.MODULE_ALIASES][1] == (b"xen:vbd jbd2:kernel/fs/jbd2/jbd2.ko ext4:kernel/fs/ext4/ext4.ko\n"
+                                                 b"xen:other jbd2:kernel/fs/jbd2/jbd2.ko\n")
+    names = [name for name, _, _ in cpio.parse(image)]
+    assert len(names) == len(set(names))                     # each directory and module once
+
+
+def test_init_loads_by_modalias_and_switches_to_the_root_the_command_line_names():
+    init = debian.INIT_SCRIPT
+    assert "/sys/bus/xen/devices/*/modalias" in init and "uevent /sbin/hotplug" in init
+    assert "root=*)" in init and "switch_root /newroot" in init
+    # without root= it still ends in the shell, the marker first
+    assert init.index(debian.MARKER) > init.index("switch_root") and init.rstrip().endswith("done")
+    assert "insmod" in debian.LOAD_MODALIAS and "MODALIAS" in debian.HOTPLUG
 
 
 @pytest.mark.slow
