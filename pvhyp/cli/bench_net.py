@@ -57,7 +57,9 @@ def free_port() -> int:
 
 
 def has_netfront(image: dict) -> bool:
-    return any("xen-netfront" in m for m in image.get("modules", []))
+    modules = image.get("modules", [])
+    paths = [p for group in modules.values() for p in group] if isinstance(modules, dict) else modules
+    return any("xen-netfront" in p for p in paths)
 
 
 # --- driving a guest's shell ----------------------------------------------------------------
