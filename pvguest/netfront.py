@@ -17,7 +17,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from abi.fast import codec
+from abi.fast import struct_of
 from abi.io import netif as N
 from abi.io.ring import FrontRing, RingLayout, SharedRing
 from abi.io.xenbus import XenbusStateConnected, XenbusStateInitWait
@@ -25,10 +25,10 @@ from abi.x86_pte import PAGE_SIZE
 
 TX_LAYOUT = RingLayout.of(N.netif_tx_request, N.netif_tx_response)
 RX_LAYOUT = RingLayout.of(N.netif_rx_request, N.netif_rx_response)
-_TX_REQ = codec(N.netif_tx_request).format
-_TX_RSP = codec(N.netif_tx_response).format
-_RX_REQ = codec(N.netif_rx_request).format
-_RX_RSP = codec(N.netif_rx_response).format
+_TX_REQ = struct_of(N.netif_tx_request)
+_TX_RSP = struct_of(N.netif_tx_response)
+_RX_REQ = struct_of(N.netif_rx_request)
+_RX_RSP = struct_of(N.netif_rx_response)
 
 
 @dataclass

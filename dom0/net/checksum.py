@@ -44,7 +44,7 @@ def _swap16(value: int) -> int:
     return ((value & 0xFF) << 8) | (value >> 8)
 
 
-def checksum(data: bytes | memoryview, pseudo: bytes = b"") -> int:
+def checksum(data: bytes | bytearray | memoryview, pseudo: bytes = b"") -> int:
     """The Internet checksum (RFC 1071) of pseudo + data, as the big-endian value to store."""
     total = ones_complement_sum(pseudo) + ones_complement_sum(data)
     while total >> 16:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import struct
 
 from abi import grant_table as G
-from abi.fast import codec
+from abi.fast import struct_of
 from abi.x86_pte import PAGE_SHIFT, PAGE_SIZE
 from abi.xen import DOMID_SELF, HYPERCALL_NUMBERS
 
 GRANT_TABLE_OP = HYPERCALL_NUMBERS["grant_table_op"]
-_COPY = codec(G.gnttab_copy).format       # source(u, domid, offset), dest(u, domid, offset), len, flags, status
+_COPY = struct_of(G.gnttab_copy)       # source(u, domid, offset), dest(u, domid, offset), len, flags, status
 OPS_PAGES = 4
 MAX_OPS = OPS_PAGES * PAGE_SIZE // _COPY.size
 _STATUS_OFFSET = _COPY.size - 4            # int16 status, then 2 bytes of padding

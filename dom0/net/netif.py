@@ -48,7 +48,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from abi.fast import codec
+from abi.fast import struct_of
 from abi.grant_table import GNTST_okay
 from abi.io import netif as N
 from abi.io.ring import BackRing, RingLayout, SharedRing, idx_diff
@@ -66,11 +66,11 @@ TX_BUDGET = 64
 
 TX_LAYOUT = RingLayout.of(N.netif_tx_request, N.netif_tx_response)
 RX_LAYOUT = RingLayout.of(N.netif_rx_request, N.netif_rx_response)
-_TX_REQ = codec(N.netif_tx_request).format          # gref, offset, flags, id, size
-_TX_RSP = codec(N.netif_tx_response).format         # id, status
-_EXTRA = codec(N.netif_extra_info).format           # type, flags, union bytes
-_RX_REQ = codec(N.netif_rx_request).format          # id, pad, gref
-_RX_RSP = codec(N.netif_rx_response).format         # id, offset, flags, status
+_TX_REQ = struct_of(N.netif_tx_request)          # gref, offset, flags, id, size
+_TX_RSP = struct_of(N.netif_tx_response)         # id, status
+_EXTRA = struct_of(N.netif_extra_info)           # type, flags, union bytes
+_RX_REQ = struct_of(N.netif_rx_request)          # id, pad, gref
+_RX_RSP = struct_of(N.netif_rx_response)         # id, offset, flags, status
 
 
 class GrantCopier(Protocol):
