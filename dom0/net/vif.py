@@ -14,6 +14,7 @@ reach, through that passt, whatever the host can (off by default).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from dataclasses import dataclass, field
 
 from dom0.net.uplink import DEFAULT_GUEST_IP, Forward, parse_forwards
@@ -78,6 +79,11 @@ def settings_from_spec(spec, domain_name: str, devid: int) -> VifSettings:
     script = extra.get("script", "")
     if script not in SCRIPTS:
         raise ValueError(f"vif script {script!r}: only vif-bridge (dom0's own bridge) is offered")
+    if spec.ip:
+        try:
+            ipaddress.IPv4Address(spec.ip)
+        except ValueError:
+            raise ValueError(f"vif ip={spec.ip!r} is not one IPv4 address") from None
     outbound = extra.get("outbound", "deny")
     if outbound not in ("allow", "deny"):
         raise ValueError(f"vif outbound={outbound!r}: allow or deny")

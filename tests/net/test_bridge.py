@@ -129,3 +129,14 @@ def test_generated_macs_are_xen_stable_and_unicast():
     mac = generated_mac("web", 0)
     assert mac == generated_mac("web", 0) != generated_mac("web", 1) != generated_mac("db", 0)
     assert mac.startswith("00:16:3e:") and int(mac.split(":")[3], 16) < 0x80
+
+
+def test_vif_settings_from_xl_specs():
+    from dom0.net.vif import settings_from_spec
+    from dom0.toolstack.config import parse_vif
+    s = settings_from_spec(parse_vif("bridge=br1, ip=10.0.2.20, forward=tcp:127.0.0.1:8080:80"), "web", 0)
+    assert (s.bridge, s.guest_ip, s.forwards[0].host_port, s.outbound) == ("br1", "10.0.2.20", 8080, False)
+    assert s.backend_keys()["forward"] == "tcp:127.0.0.1:8080:80" and s.frontend_keys()["mac"] == s.mac
+    for bad in ("ip=10.0.0.300", "outbound=sometimes", "script=vif-nat", "devid=x"):
+        with pytest.raises(ValueError):
+            settings_from_spec(parse_vif(bad), "web", 0)
