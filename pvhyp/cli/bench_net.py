@@ -43,7 +43,7 @@ BOOT_TIMEOUT = float(os.environ.get("PVHYP_DEBIAN_BOOT_TIMEOUT", "1200"))
 DHCP_SCRIPT = ("printf '%s\\n' '#!/bin/sh' '[ \"$1\" = bound ] || exit 0' "
                "'ifconfig $interface $ip netmask $subnet up' > /tmp/dhcp.sh; chmod +x /tmp/dhcp.sh")
 DHCP = "ifconfig eth0 up; udhcpc -i eth0 -s /tmp/dhcp.sh -q -n -t 10 -T 2; ifconfig eth0"
-VIRTIO_MODULES = ("drivers/virtio/virtio.ko", "drivers/virtio/virtio_ring.ko",
+VIRTIO_MODULES = ("drivers/virtio/virtio_ring.ko", "drivers/virtio/virtio.ko",     # in load order
                   "drivers/virtio/virtio_pci_legacy_dev.ko", "drivers/virtio/virtio_pci_modern_dev.ko",
                   "drivers/virtio/virtio_pci.ko", "net/core/failover.ko", "drivers/net/net_failover.ko",
                   "drivers/net/virtio_net.ko")
@@ -85,7 +85,8 @@ class Shell:
         """`line`'s output, between sentinels (the quotes keep the echo from matching them)."""
         tag = f"__pvhyp_{time.monotonic_ns()}"
         start = len(self.text())
-        self.send(f'echo {tag}"-"begin; {line}; echo {tag}"-"end $?')
+        after = " " if line.rstrip().endswith("&") else "; "      # `cmd &;` is a syntax error
+        self.send(f'echo {tag}"-"begin; {line}{after}echo {tag}"-"end $?')
         if not self.wait_text(f"{tag}-end ", timeout, start):
             raise TimeoutError(f"{line!r}: no answer in {timeout:.0f}s; console tail: {self.text()[-600:]}")
         text = self.text()[start:].replace("\r", "")
