@@ -41,7 +41,7 @@ DESCRIPTION = "TCP throughput and ping: pvhyp netback + passt vs qemu-system-x86
 SHELL_PROMPT = "pvhyp-guest# "
 BOOT_TIMEOUT = float(os.environ.get("PVHYP_DEBIAN_BOOT_TIMEOUT", "1200"))
 DHCP_SCRIPT = ("printf '%s\\n' '#!/bin/sh' '[ \"$1\" = bound ] || exit 0' "
-               "'ifconfig $interface $ip netmask $subnet up' > /tmp/dhcp.sh; chmod +x /tmp/dhcp.sh")
+               "'ifconfig $interface $ip netmask $subnet ${mtu:+mtu $mtu} up' > /tmp/dhcp.sh; chmod +x /tmp/dhcp.sh")
 DHCP = "ifconfig eth0 up; udhcpc -i eth0 -s /tmp/dhcp.sh -q -n -t 10 -T 2; ifconfig eth0"
 VIRTIO_MODULES = ("drivers/virtio/virtio_ring.ko", "drivers/virtio/virtio.ko",     # in load order
                   "drivers/virtio/virtio_pci_legacy_dev.ko", "drivers/virtio/virtio_pci_modern_dev.ko",
@@ -317,7 +317,7 @@ def run_pvhyp(image: dict, mib: int) -> dict:
         for shell in (a, b):
             wait_for_shell(shell)
         results["address"] = dhcp(a)
-        b.command("ifconfig eth0 10.0.2.16 netmask 255.255.255.0 up", 60)
+        b.command("ifconfig eth0 10.0.2.16 netmask 255.255.255.0 mtu 65520 up", 60)
         results["host_to_guest"] = host_to_guest(a, ports["in"], mib)
         results["guest_to_host"] = guest_to_host(a, ports["out"], mib)
         results["guest_to_guest"] = guest_to_guest(a, b, "10.0.2.16", mib)
