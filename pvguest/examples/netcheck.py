@@ -72,7 +72,9 @@ def hostile(kernel, *args) -> None:
         ring = bad.rings
         gref = ring.tx_free[0].gref
         ungranted = 4000
+        foreign = kernel.gnttab.grant_access(kernel.domid + 100, kernel.pages.alloc())   # granted, not to dom0
         cases = {
+            "foreign_gref": [(foreign, 0, 0, 3, 60)],
             "runt": [(gref, 0, 0, 1, 8)],
             "bad_gref": [(ungranted, 0, 0, 2, 60)],
             "too_many_slots": [(gref, 0, N.NETTXF_more_data if i < 18 else 0, 10 + i, 19 * 60 if i == 0 else 60)

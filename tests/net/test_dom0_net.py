@@ -59,6 +59,7 @@ def test_hostile_frontend_is_answered_and_disconnected_alone(host):
     create(host, "bad", "hostile", ["bridge=h", "bridge=h", "bridge=h"])
     r = report(host, "bad")
     assert r["runt"] == [-1] and r["bad_gref"] == [-1] and r["too_many_slots"] == [-1]
+    assert r["foreign_gref"] == [-1]
     assert r["good_after_drops"] == [True]
     assert "NETTXF_more_data past the producer index" in r["fatal_error"]
     assert r["good_after_fatal"] == [True]
