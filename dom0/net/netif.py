@@ -265,12 +265,10 @@ class NetifEngine:
             frame = self.rx_queue[0]
             chunks = [frame[i:i + PAGE_SIZE] for i in range(0, len(frame), PAGE_SIZE)] or [b""]
             if idx_diff(req_prod, self.rx.req_cons) < len(chunks):
-                # wake me when enough buffers are posted for this frame
+                # wake me when enough buffers are posted for this frame (buffers posted
+                # meanwhile are found by the next kick or dom0's periodic pass)
                 self.rx.sring.req_event = (self.rx.req_cons + len(chunks)) & 0xFFFFFFFF
-                if idx_diff(self.rx.sring.req_prod, self.rx.req_cons) < len(chunks):
-                    break
-                req_prod = self.rx.sring.req_prod
-                continue
+                break
             self.rx_queue.popleft()
             self.rx_queued_bytes -= len(frame)
             for n, chunk in enumerate(chunks):
