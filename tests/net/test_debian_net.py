@@ -77,8 +77,8 @@ def test_two_guests_ping_and_copy_100_mib(host, image):
     b = host.create_debian("gb", image, ["bridge=lan"], memory=320)
     for shell in (a, b):
         wait_for_shell(shell)
-    a.command("ifconfig eth0 10.0.3.1 netmask 255.255.255.0 up", 60)
-    b.command("ifconfig eth0 10.0.3.2 netmask 255.255.255.0 up", 60)
+    a.command("ifconfig eth0 10.0.3.1 netmask 255.255.255.0 mtu 65520 up", 60)
+    b.command("ifconfig eth0 10.0.3.2 netmask 255.255.255.0 mtu 65520 up", 60)
     assert ping_ms(a, "10.0.3.2", count=3) > 0
     assert ping_ms(b, "10.0.3.1", count=3) > 0
     a.command("dd if=/dev/urandom of=/tmp/seed bs=1M count=1 2>/dev/null; "
