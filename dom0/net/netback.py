@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from dom0.net.bridge import Bridge
 from dom0.net.netif import NetifEngine, NetifFatal
@@ -28,6 +29,7 @@ from dom0.xenbus import DeviceError, parse_uint
 log = logging.getLogger("dom0.net")
 
 TX_ROUNDS = 8           # budgets of packets taken per kick before the loop moves on
+REKICK_SECONDS = 0.5    # a frontend asleep on answered slots this long is kicked again
 
 FEATURES = {
     "feature-rx-copy": "1",
@@ -55,6 +57,11 @@ class VifPort:
         self.settings = settings
         self.name = port_name(device.domid, device.devid)
         self.bridge = network.bridge(settings.bridge)
+        self.last_notify = time.monotonic()
+
+    def notify(self) -> None:
+        self.last_notify = time.monotonic()
+        self.device.notify()
 
     def deliver(self, frame: bytes) -> None:
         if self.engine.queue_rx(frame):
@@ -63,7 +70,7 @@ class VifPort:
     def flush_rx(self) -> None:
         try:
             if self.engine.service_rx():
-                self.device.notify()
+                self.notify()
         except NetifFatal as e:
             self.device.fault(str(e))
 
@@ -74,7 +81,7 @@ class VifPort:
             for _ in range(TX_ROUNDS):
                 frames, notify = self.engine.service_tx()
                 if notify:
-                    self.device.notify()
+                    self.notify()
                 for frame in frames:
                     self.bridge.input(self.name, frame)
                 if not self.engine.tx_pending():
@@ -83,6 +90,10 @@ class VifPort:
             self.device.fault(str(e))
         self.network.dirty.add(self)        # buffers may have been posted: fill them
         self.network.flush()
+        # called on dom0's periodic pass too: a wakeup lost on its way must not stall the guest
+        if time.monotonic() - self.last_notify > REKICK_SECONDS and self.engine.asleep_on_responses():
+            self.engine.counters.rekicks += 1
+            self.notify()
 
     def disconnect(self) -> None:
         self.network.dirty.discard(self)
@@ -152,6 +163,7 @@ class Network:
         if port is not None:
             out["counters"] = port.engine.counters.as_dict()
             out["bridge"] = port.bridge.name
+            out["rings"] = port.engine.ring_state()
             if port.engine.fatal:
                 out["fatal"] = port.engine.fatal
         uplink = self.uplinks.get(name)

@@ -97,6 +97,8 @@ class Counters:
     rx_bytes: int = 0
     rx_errors: int = 0          # buffers answered NETIF_RSP_ERROR
     rx_dropped: int = 0         # queue full or frame too large for the frontend
+    foreign_writes: int = 0     # rsp_prod found changed by someone else (a bug somewhere: logged)
+    rekicks: int = 0            # notifications sent again to a frontend asleep on answered slots
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -128,6 +130,7 @@ class NetifEngine:
         self.rx_queued_bytes = 0
         self.counters = Counters()
         self.fatal: str | None = None
+        self.published: dict[str, int] = {}     # the rsp_prod we last wrote, per ring
 
     # --- TX ---------------------------------------------------------------------------------
 
@@ -218,7 +221,7 @@ class NetifEngine:
                 self.counters.tx_errors += 1
             for rsp_id, rsp_status in packet.responses:
                 self.tx.put_response(_TX_RSP.pack(rsp_id, status if rsp_status == 0 else rsp_status))
-        notify = bool(packets) and self.tx.push_responses_and_check_notify()
+        notify = bool(packets) and self._push(self.tx, "TX")
         if not idx_diff(self.tx.sring.req_prod, self.tx.req_cons):
             self.tx.final_check_for_requests()      # ask to be kicked for the next packet
         return frames, notify
@@ -234,6 +237,22 @@ class NetifEngine:
         self.counters.tx_packets += 1
         self.counters.tx_bytes += len(frame)
         return frame
+
+    def asleep_on_responses(self) -> bool:
+        """Has the frontend asked to be woken at a response we have already published?
+
+        A frontend sets rsp_event = rsp_cons + 1 before it sleeps; rsp_prod at or past it
+        means it was (or should have been) notified and has not looked yet: either busy,
+        or the wakeup was lost on the way.  The owner kicks it again after a while."""
+        if self.fatal:
+            return False
+        return any(idx_diff(ring.sring.rsp_prod, ring.sring.rsp_event) < 0x80000000
+                   for ring in (self.tx, self.rx))
+
+    def ring_state(self) -> dict:
+        return {name: {"req_prod": r.sring.req_prod, "req_cons": r.req_cons, "rsp_prod": r.sring.rsp_prod,
+                       "rsp_event": r.sring.rsp_event, "req_event": r.sring.req_event}
+                for name, r in (("tx", self.tx), ("rx", self.rx))} | {"rx_queue": len(self.rx_queue)}
 
     def tx_pending(self) -> bool:
         return not self.fatal and bool(idx_diff(self.tx.sring.req_prod, self.tx.req_cons))
@@ -289,4 +308,15 @@ class NetifEngine:
                 self.rx.put_response(_RX_RSP.pack(req_id, 0, flags, N.NETIF_RSP_ERROR))
             else:
                 self.rx.put_response(_RX_RSP.pack(req_id, 0, flags, length))
-        return self.rx.push_responses_and_check_notify()
+        return self._push(self.rx, "RX")
+
+    def _push(self, ring: BackRing, name: str) -> bool:
+        """Publish responses; rsp_prod is ours alone, so a value we did not write is reported."""
+        seen, ours = ring.sring.rsp_prod, self.published.get(name, 0)
+        if seen != ours:
+            self.counters.foreign_writes += 1
+            log.warning("d%d %s ring: rsp_prod is %d, we published %d (written by someone else)",
+                        self.domid, name, seen, ours)
+        notify = ring.push_responses_and_check_notify()
+        self.published[name] = ring.rsp_prod_pvt
+        return notify
