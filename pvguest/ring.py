@@ -14,7 +14,7 @@ import struct
 
 from abi.io import xs_wire as w
 
-_U32 = struct.Struct("@I")     # one 4-byte load/store (see abi.io.ring.SharedRing._u32)
+_U32 = struct.Struct("<I")
 MASK32 = 0xFFFF_FFFF
 
 

@@ -140,10 +140,7 @@ def nr_unconsumed_requests(req_prod: int, req_cons: int, rsp_prod_pvt: int, nr_e
 class SharedRing:
     """The shared page's header fields, read and written in place."""
 
-    # Native order and size ("@", the x86-64 ABI's little-endian): struct packs and unpacks it
-    # with one 4-byte memcpy, a single load or store; "<I" goes byte by byte, and a peer
-    # running on another CPU (a vCPU thread, dom0's process) could see half an index.
-    _u32 = struct.Struct("@I")
+    _u32 = struct.Struct("<I")
 
     def __init__(self, page: WriteableBuffer, layout: RingLayout) -> None:
         self.page = memoryview(page).cast("B")

@@ -19,7 +19,7 @@ import struct
 from abi.io import ring as R
 from abi.x86_pte import PAGE_SIZE
 
-_U32 = struct.Struct("@I")     # one 4-byte load/store (see abi.io.ring.SharedRing._u32)
+_U32 = struct.Struct("<I")
 
 
 class RingOverflow(Exception):
