@@ -241,10 +241,19 @@ class QemuGuest(Shell):
 
 # --- the measurements --------------------------------------------------------------------------
 
+def wait_listening(shell: Shell, port: int, timeout: float = 120.0) -> None:
+    """Until the guest has a TCP listener on `port` (a connection before that is reset)."""
+    deadline = time.monotonic() + timeout
+    while f":{port} " not in shell.command(f"netstat -ltn | grep ':{port} '; true", 60):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on the guest's port {port}")
+        time.sleep(0.5)
+
+
 def host_to_guest(shell: Shell, host_port: int, mib: int) -> float:
     """MiB/s the host pushes through the forward into the guest's `nc -l | wc -c`."""
     shell.command(f"(sleep 100000 | nc -l -p {GUEST_PORTS['in']} | wc -c > /tmp/h2g) &", 30)
-    time.sleep(1.0)
+    wait_listening(shell, GUEST_PORTS["in"])
     chunk = bytes(range(256)) * 256
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", host_port), timeout=600) as sock:
@@ -263,7 +272,7 @@ def host_to_guest(shell: Shell, host_port: int, mib: int) -> float:
 
 def guest_to_host(shell: Shell, host_port: int, mib: int) -> float:
     shell.command(f"(dd if=/dev/zero bs=64k count={mib * 16} 2>/dev/null | nc -l -p {GUEST_PORTS['out']}) &", 30)
-    time.sleep(1.0)
+    wait_listening(shell, GUEST_PORTS["out"])
     want, got = mib << 20, 0
     with socket.create_connection(("127.0.0.1", host_port), timeout=600) as sock:
         first = sock.recv(65536)
@@ -282,7 +291,7 @@ def guest_to_host(shell: Shell, host_port: int, mib: int) -> float:
 
 def guest_to_guest(sender: Shell, receiver: Shell, receiver_ip: str, mib: int) -> float:
     receiver.command("(sleep 100000 | nc -l -p 5003 | wc -c > /tmp/g2g) &", 30)
-    time.sleep(1.0)
+    wait_listening(receiver, 5003)
     out = sender.command(f"time sh -c 'dd if=/dev/zero bs=64k count={mib * 16} 2>/dev/null | "
                          f"nc {receiver_ip} 5003'", 3600)
     match = re.search(r"real\s+(\d+)m\s*([\d.]+)s", out)

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from pvhyp.cli.bench_net import UpHost, dhcp, free_port, has_netfront, ping_ms, wait_for_shell
+from pvhyp.cli.bench_net import UpHost, dhcp, free_port, has_netfront, ping_ms, wait_for_shell, wait_listening
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +48,7 @@ def test_dhcp_httpd_and_curl_through_the_forward_then_hot_plug(host, image):
     assert dhcp(guest) == "10.0.2.15"
     guest.command("mkdir -p /www && echo served-by-busybox-httpd-in-the-guest > /www/index.html && "
                   "httpd -p 80 -h /www", 60)
+    wait_listening(guest, 80)
     page = subprocess.run(["curl", "-sS", "-m", "120", f"http://127.0.0.1:{port}/"], capture_output=True,
                           text=True, timeout=180)
     assert page.stdout.strip() == "served-by-busybox-httpd-in-the-guest", page.stderr
@@ -85,7 +86,8 @@ def test_two_guests_ping_and_copy_100_mib(host, image):
               "for i in $(seq 100); do cat /tmp/seed; done > /tmp/file; ls -l /tmp/file", 1200)
     sent = a.command("sha256sum /tmp/file", 1200).split()[0]
     b.command("(sleep 100000 | nc -l -p 7000 | sha256sum > /tmp/sum) &", 60)
-    a.command("sleep 1; nc 10.0.3.2 7000 < /tmp/file", 7200)
+    wait_listening(b, 7000)
+    a.command("nc 10.0.3.2 7000 < /tmp/file", 7200)
     received = ""
     for _ in range(600):
         received = b.command("cat /tmp/sum", 60).strip()
