@@ -178,6 +178,25 @@ def encode_frame(frame: bytes) -> bytes:
     return struct.pack("!I", len(frame)) + frame
 
 
+class Pcap:
+    """A bounded libpcap file of Ethernet frames (debugging the uplink)."""
+
+    MAX_BYTES = 16 << 20
+
+    def __init__(self, path: str):
+        self.file = open(path, "wb")
+        self.file.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        self.size = 24
+
+    def write(self, frame: bytes) -> None:
+        if self.size + 16 + len(frame) > self.MAX_BYTES:
+            return
+        now = time.time()
+        self.file.write(struct.pack("<IIII", int(now), int(now % 1 * 1e6), len(frame), len(frame)) + frame)
+        self.file.flush()
+        self.size += 16 + len(frame)
+
+
 class UplinkError(Exception):
     """One line: passt missing, refusing to start, or gone."""
 
@@ -205,6 +224,8 @@ class PasstUplink:
         self.down_reason: str | None = None
         self.on_frames = lambda: None       # called after a batch of frames went into the bridge
         os.makedirs(work_dir, exist_ok=True)
+        # $PVHYP_NET_PCAP=1: both directions of the uplink in WORK_DIR/NAME.pcap (for tcpdump -r)
+        self.pcap = Pcap(os.path.join(work_dir, f"{name}.pcap")) if os.environ.get("PVHYP_NET_PCAP") else None
 
     def command(self, passt: str) -> list[str]:
         cmd = [passt, "--foreground", "--quiet", "--ipv4-only", "--one-off", "--socket", self.socket_path,
@@ -293,12 +314,16 @@ class PasstUplink:
             self._went_down(str(e))
             return
         for frame in frames:
+            if self.pcap is not None:
+                self.pcap.write(frame)
             self.guard.observe_inbound(frame)
             self.bridge.input(self.name, frame)
         if frames:
             self.on_frames()
 
     def deliver(self, frame: bytes) -> None:
+        if self.pcap is not None:
+            self.pcap.write(frame)
         if self.sock is None:
             self.send_dropped += 1
             return
