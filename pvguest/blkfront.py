@@ -87,9 +87,14 @@ class BlkFront:
             self.kernel.wait(0.02)
 
     def close(self) -> None:
+        """Closing, Closed; then wait for the backend to close too (or, unplugged, to be gone)."""
         self.xs.write(f"{self.path}/state", "5")
         self.xs.write(f"{self.path}/state", str(XenbusStateClosed))
-        self.wait_backend_state(XenbusStateClosed)
+        deadline = time.monotonic() + self.timeout
+        while self.backend_state() not in (XenbusStateClosed, 0):
+            if time.monotonic() > deadline:
+                raise BlkfrontError(f"backend state {self.backend_state()} after closing")
+            self.kernel.wait(0.02)
 
     # --- requests ---
 

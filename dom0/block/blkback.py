@@ -30,7 +30,7 @@ from abi.io import blkif as B
 from dom0.block import protocol as P
 from dom0.block.image import DiskImage, open_image
 from dom0.block.vdev import vdev_name
-from dom0.xenbus import DeviceError, GrantMapError, parse_uint
+from dom0.xenbus import DeviceError, GrantCache, GrantMapError, parse_uint
 from dom0.xenbus.backend import MAX_RING_PAGE_ORDER, BackendDevice
 from dom0.xenbus.ring import RingOverflow
 
@@ -81,7 +81,7 @@ class BlockKind:
             "feature-max-indirect-segments": str(MAX_INDIRECT_SEGMENTS),
             "max-ring-page-order": str(MAX_RING_PAGE_ORDER),
         }
-        if image.can_discard:
+        if image.can_discard and device.params.get("discard-enable", "1") != "0":     # xl's no-discard
             keys.update({"feature-discard": "1", "discard-granularity": str(DISCARD_GRANULARITY),
                          "discard-alignment": "0", "discard-secure": "0"})
         return keys
@@ -96,7 +96,9 @@ class BlockKind:
         persistent = parse_uint(frontend, "feature-persistent", 1, default=0) == 1
         pages = device.map_ring(frontend, "ring-ref", MAX_RING_PAGE_ORDER)
         device.bind_event(frontend)
-        return BlockConnection(device, image, pages, device.grant_cache(persistent, MAX_PERSISTENT_GRANTS))
+        discard = image.can_discard and device.params.get("discard-enable", "1") != "0"
+        return BlockConnection(device, image, pages, device.grant_cache(persistent, MAX_PERSISTENT_GRANTS),
+                               discard)
 
     def release(self, device: BackendDevice) -> None:
         image = self.images.pop((device.domid, device.devid), None)
@@ -107,7 +109,7 @@ class BlockKind:
                 log.warning("%s: flushing on release: %s", device.name, e)
             image.close()
 
-    def describe(self, device: BackendDevice) -> dict:
+    def describe(self, device: BackendDevice) -> dict[str, object]:
         image = self.images.get((device.domid, device.devid))
         return {"devid": device.devid, "vdev": device.params.get("dev") or vdev_name(device.devid),
                 "target": parse_params(device.params.get("params", ""))[1],
@@ -117,12 +119,13 @@ class BlockKind:
 
 
 class BlockConnection:
-    def __init__(self, device: BackendDevice, image: DiskImage, pages: list[memoryview], grants):
+    def __init__(self, device: BackendDevice, image: DiskImage, pages: list[memoryview], grants: GrantCache,
+                 discard: bool):
         self.device = device
         self.image = image
         self.ring = device.back_ring(pages, P.ENTRY_SIZE)
         self.grants = grants
-        self.disk = P.Disk(image.sectors, image.readonly, image.can_discard, MAX_INDIRECT_SEGMENTS)
+        self.disk = P.Disk(image.sectors, image.readonly, discard, MAX_INDIRECT_SEGMENTS)
         self.stats = {"requests": 0, "refused": 0, "io_errors": 0}
         self._last_log = 0.0
         self._quiet = 0
@@ -173,11 +176,12 @@ class BlockConnection:
         return P.response(req_id, operation, status)
 
     def _views(self, grefs: list[int], writable: bool) -> list[memoryview]:
-        views = self.grants.get(grefs, writable)
-        for v in views:
+        views = []
+        for v in self.grants.get(grefs, writable):
             if isinstance(v, GrantMapError):
                 raise P.Refused(B.BLKIF_RSP_ERROR, str(v))
-        return views            # type: ignore[return-value]
+            views.append(v)
+        return views
 
     def _execute(self, req: P.Request) -> None:
         op = req.op

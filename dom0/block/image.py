@@ -14,12 +14,14 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import tempfile
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 from abi.io.blkif import BLKIF_SECTOR_SIZE
 from dom0.block.nbd import QEMU_FORMATS, NbdConnection, QemuNbd
 
+MAX_UNIX_PATH = 100
 FALLOC_FL_KEEP_SIZE = 0x01          # linux/falloc.h
 FALLOC_FL_PUNCH_HOLE = 0x02
 
@@ -44,7 +46,7 @@ class DiskImage(Protocol):
     def sectors(self) -> int: ...
 
 
-def _fallocate():
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
     try:
         fn = ctypes.CDLL(None, use_errno=True).fallocate
     except (OSError, AttributeError):
@@ -123,11 +125,15 @@ class NbdImage:
                 self.conn = NbdConnection(socket_path)
                 break
             except OSError:
-                if time.monotonic() > deadline or self.server.process.poll() is not None:
+                if self.server.process.poll() is not None:
+                    self.server.stop()
+                    raise OSError(errno.EIO, f"qemu-nbd could not serve {path}: "
+                                  f"{self.server.last_log_line()}") from None
+                if time.monotonic() > deadline:
                     self.server.stop()
                     raise
                 time.sleep(0.02)
-        self.size = self.conn.size
+        self.size: int = self.conn.size
         self.readonly = readonly or self.conn.readonly
         self.can_discard = not self.readonly and self.conn.can_trim
         self.description = f"{fmt} {path} via qemu-nbd"
@@ -166,5 +172,7 @@ def open_image(path: str, fmt: str, readonly: bool, work_dir: str, name: str) ->
     if not os.path.exists(path):
         raise OSError(errno.ENOENT, f"{path}: no such image")
     os.makedirs(work_dir, exist_ok=True)
-    return NbdImage(path, fmt, readonly, os.path.join(work_dir, f"{name}.nbd"),
-                    os.path.join(work_dir, f"{name}.qemu-nbd.log"))
+    socket_path = os.path.join(work_dir, f"{name}.nbd")
+    if len(socket_path.encode()) > MAX_UNIX_PATH:       # sun_path is 108 bytes
+        socket_path = os.path.join(tempfile.mkdtemp(prefix="pvhyp-nbd-"), f"{name}.nbd")
+    return NbdImage(path, fmt, readonly, socket_path, os.path.join(work_dir, f"{name}.qemu-nbd.log"))

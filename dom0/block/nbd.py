@@ -31,6 +31,9 @@ import struct
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
@@ -53,7 +56,6 @@ CMD_DISC = 2
 CMD_FLUSH = 3
 CMD_TRIM = 4
 
-TFLAG_HAS_FLAGS = 1 << 0
 TFLAG_READ_ONLY = 1 << 1
 TFLAG_SEND_FLUSH = 1 << 2
 TFLAG_SEND_TRIM = 1 << 5
@@ -134,7 +136,7 @@ class NbdProtocol:
             event = self._step()
             if event is None:
                 return events
-            if event is not True:
+            if isinstance(event, (Ready, Reply)):
                 events.append(event)
 
     def _take(self, n: int) -> bytes | None:
@@ -144,7 +146,7 @@ class NbdProtocol:
         del self._in[:n]
         return out
 
-    def _step(self):
+    def _step(self) -> Ready | Reply | bool | None:
         if self.state == self.GREETING:
             raw = self._take(_GREETING.size)
             if raw is None:
@@ -223,7 +225,7 @@ class NbdConnection:
         self.can_flush, self.can_trim = ready.can_flush, ready.can_trim
         self._replies: dict[int, Reply] = {}
 
-    def _until(self, pick):
+    def _until(self, pick: Callable[[list[Ready | Reply]], T | None]) -> T:
         while True:
             out = self.proto.data_to_send()
             if out:
@@ -235,16 +237,17 @@ class NbdConnection:
             if found is not None:
                 return found
 
-    def _call(self, command: int, offset: int, length: int, data=b"") -> bytes:
+    def _call(self, command: int, offset: int, length: int, data: bytes | memoryview = b"") -> bytes:
         if self.broken:
             raise OSError(host_errno.EIO, f"NBD connection broken: {self.broken}")
         try:
             cookie = self.proto.request(command, offset, length, data)
             self.sock.sendall(self.proto.data_to_send())
 
-            def mine(events):
+            def mine(events: list[Ready | Reply]) -> Reply | None:
                 for e in events:
-                    self._replies[e.cookie] = e
+                    if isinstance(e, Reply):
+                        self._replies[e.cookie] = e
                 return self._replies.pop(cookie, None)
             reply = self._replies.pop(cookie, None) or self._until(mine)
         except (OSError, NbdError) as e:
@@ -326,13 +329,13 @@ class QemuNbd:
         deadline = time.monotonic() + start_timeout
         while not os.path.exists(socket_path):
             if self.process.poll() is not None:
-                raise OSError(host_errno.EIO, f"qemu-nbd could not serve {image}: {self._last_log_line()}")
+                raise OSError(host_errno.EIO, f"qemu-nbd could not serve {image}: {self.last_log_line()}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise OSError(host_errno.ETIMEDOUT, f"qemu-nbd did not start serving {image}")
             time.sleep(0.02)
 
-    def _last_log_line(self) -> str:
+    def last_log_line(self) -> str:
         try:
             with open(self.log_path, errors="replace") as f:
                 lines = [line.strip() for line in f if line.strip()]

@@ -30,27 +30,42 @@ BUSYBOX = "busybox-static"
 MARKER = "PVHYP-GUEST-UP"
 # Bumped when what build() makes from the same packages changes (2: System.map from
 # kallsyms; 4: the kernel's own block, ext4 and network modules, loaded by modalias, and
-# root= switches to a disk; 3 was a development build that loaded every module at boot).
-RECIPE_VERSION = 4
+# root= switches to a disk; 5: and virtio's, for QEMU; 3 was a development build).
+RECIPE_VERSION = 5
 DEFAULT_DIR = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "pvhyp" / "debian"
 
-# Which of the kernel's own modules a Xen device needs, by the modalias the guest's
-# xenbus gives it (/sys/bus/xen/devices/*/modalias, MODALIAS= in its uevent), as
-# udev would load them; a disk brings the filesystem its root is on. kmod.load_order
-# adds what each needs (ext4: jbd2, mbcache, crc16, crc32c).
-DEVICE_MODULES = {"xen:vbd": ("xen-blkfront", "ext4"), "xen:vif": ("xen-netfront",)}
-MODULE_ALIASES = "etc/modules.alias"    # in the initramfs: "ALIAS name:path ..." in load order
+# Which of the kernel's own modules a device needs, by the modalias its bus gives it
+# (/sys/bus/*/devices/*/modalias, MODALIAS= in its uevent; patterns as in modules.alias),
+# as udev would load them; a disk brings the filesystem its root is on. kmod.load_order
+# adds what each needs (ext4: jbd2, mbcache, crc16, crc32c). The virtio entries are for
+# QEMU, the benchmarks' peer, which boots this same initramfs with a virtio disk.
+DEVICE_MODULES = {
+    "xen:vbd": ("xen-blkfront", "ext4"),
+    "xen:vif": ("xen-netfront",),
+    "pci:v00001AF4d*": ("virtio_pci",),
+    "virtio:d00000002v*": ("virtio_blk", "ext4"),
+}
+MODULE_ALIASES = "etc/modules.alias"    # in the initramfs: "PATTERN name:path ..." in load order
+# The buses whose devices init looks at; virtio's devices appear once virtio_pci is in.
+COLDPLUG_BUSES = ("xen", "pci", "virtio")
 ROOT_WAIT_SECONDS = 120                 # blkfront connects through xenstore; the software CPU is slow
 
-# Loads the modules of one modalias, each once (the coldplug loop and the hotplug
-# listener may ask at the same moment; a mkdir lock orders them).
+# load-modalias MODALIAS...: the modules of each device, each once (the coldplug loop
+# and the hotplug listener may ask at the same moment; a mkdir lock orders them).
+# The matching is the shell's own `case`, no process per device.
 LOAD_MODALIAS = f"""#!/bin/busybox sh
-line=$(grep "^$1 " /{MODULE_ALIASES}) || exit 0
+release=$(uname -r)
 until mkdir /.modules.lock 2>/dev/null; do usleep 100000; done
-for entry in ${{line#* }}; do
-    name="${{entry%%:*}}"
-    [ -d "/sys/module/$name" ] || insmod "/lib/modules/$(uname -r)/${{entry#*:}}" \\
-        || echo "pvhyp init: insmod ${{entry#*:}} failed"
+for modalias in "$@"; do
+    while read -r pattern entries; do
+        case "$modalias" in
+            $pattern)
+                for entry in $entries; do
+                    [ -d "/sys/module/${{entry%%:*}}" ] || insmod "/lib/modules/$release/${{entry#*:}}" \\
+                        || echo "pvhyp init: insmod ${{entry#*:}} failed"
+                done ;;
+        esac
+    done < /{MODULE_ALIASES}
 done
 rmdir /.modules.lock
 """
@@ -65,6 +80,7 @@ exit 0
 # hotplug by modalias: block-attach works) and starts the busybox shell on hvc0
 # (examples/debian.cfg); with root=/dev/xvda (as Xen users write it) it waits for the
 # disk, mounts it as `ro`/`rw` says and switch_roots to its init.
+_COLDPLUG_GLOBS = " ".join(f"/sys/bus/{bus}/devices/*/modalias" for bus in COLDPLUG_BUSES)
 INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin
@@ -72,8 +88,12 @@ mkdir -p /proc /sys /dev /tmp /root /newroot
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-for modalias in /sys/bus/xen/devices/*/modalias; do
-    [ -e "$modalias" ] && /sbin/load-modalias "$(cat "$modalias")"
+for pass in 1 2; do
+    aliases=
+    for file in {_COLDPLUG_GLOBS}; do
+        [ -e "$file" ] && read -r modalias < "$file" && aliases="$aliases $modalias"
+    done
+    [ -n "$aliases" ] && /sbin/load-modalias $aliases
 done
 root=; rootfstype=ext4; rootmode=ro; rootflags=; init=/sbin/init
 for arg in $(cat /proc/cmdline); do

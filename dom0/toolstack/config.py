@@ -215,6 +215,8 @@ def parse_disk(spec: str) -> DiskSpec:
             fields[key] = val
         elif part in ("cdrom", "devtype=cdrom"):
             fields["devtype"] = "cdrom"
+        elif part in ("discard", "no-discard", "direct-io-safe", "trusted", "untrusted"):
+            fields[part] = ""           # xl's bare flags
         elif part:
             positional.append(part)
     for part in positional:

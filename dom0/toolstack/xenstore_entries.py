@@ -54,6 +54,9 @@ def write_domain(xs, e: DomainEntries) -> None:
         t.write(f"{dom}/vm", vm)
         t.write(f"{dom}/name", e.name)
         t.write(f"{dom}/domid", str(e.domid))
+        # The guest's identity where XenServer's guest agents look (vm-data/, readable by
+        # the guest); the Debian template's pvhyp-identity unit makes it the host name.
+        t.write(f"{dom}/vm-data/hostname", e.name)
         for path in GUEST_WRITABLE:
             t.mkdir(f"{dom}/{path}")
             t.set_perms(f"{dom}/{path}", rwperm)

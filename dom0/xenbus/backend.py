@@ -27,12 +27,13 @@ as a fault of that device only.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from abi.io.xenbus import XenbusStateClosed
 from dom0.xenbus import entries
 from dom0.xenbus import states as S
 from dom0.xenbus.grants import GrantCache, GrantMapError, GrantMapper, Mapping
+from dom0.xenbus.interfaces import EventChannelOps, Xenstore
 from dom0.xenbus.ring import BackRingPages
 from pvguest.evtchn import EventChannelError
 
@@ -189,7 +190,8 @@ class BackendDevice:
 class XenbusBackends:
     """Every backend device of this dom0, driven from its event loop (`poll`, `on_ports`)."""
 
-    def __init__(self, xs, evtchn, mapper: GrantMapper, kinds: list[DeviceKind]):
+    def __init__(self, xs: Xenstore, evtchn: EventChannelOps, mapper: GrantMapper,
+                 kinds: list[DeviceKind]):
         self.xs = xs                    # a LocalClient of its own: its watch events are ours alone
         self.evtchn = evtchn
         self.mapper = mapper
@@ -245,7 +247,7 @@ class XenbusBackends:
 
     # --- the event loop's side ---
 
-    def on_ports(self, ports) -> None:
+    def on_ports(self, ports: Iterable[int]) -> None:
         for port in ports:
             device = self.port_owner.get(port)
             if device is not None:
@@ -373,5 +375,5 @@ class XenbusBackends:
         log.info("%s: released", device.name)
 
     def state_of(self, device: BackendDevice) -> str:
-        return S.state_name(device.machine.state) if not device.machine.released else S.state_name(
-            XenbusStateClosed)
+        """The backend state's name, as published (a released device is Closed)."""
+        return S.state_name(XenbusStateClosed if device.machine.released else device.machine.state)

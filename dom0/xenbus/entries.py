@@ -10,6 +10,8 @@ write only below its own directory.
 """
 from __future__ import annotations
 
+from dom0.xenbus.interfaces import Xenstore
+
 BACKEND_DOMID = 0
 
 
@@ -21,7 +23,7 @@ def backend_path(kind: str, domid: int, devid: int, backend_domid: int = BACKEND
     return f"/local/domain/{backend_domid}/backend/{kind}/{domid}/{devid}"
 
 
-def write_device(xs, kind: str, domid: int, devid: int, backend: dict[str, str],
+def write_device(xs: Xenstore, kind: str, domid: int, devid: int, backend: dict[str, str],
                  frontend: dict[str, str]) -> None:
     """Both directories of a new device, in one transaction (the backend is plugged after)."""
     fe, be = frontend_path(kind, domid, devid), backend_path(kind, domid, devid)
@@ -43,7 +45,7 @@ def write_device(xs, kind: str, domid: int, devid: int, backend: dict[str, str],
             t.write(f"{be}/{key}", value)
 
 
-def remove_device(xs, kind: str, domid: int, devid: int) -> None:
+def remove_device(xs: Xenstore, kind: str, domid: int, devid: int) -> None:
     for path in (frontend_path(kind, domid, devid), backend_path(kind, domid, devid)):
         try:
             xs.rm(path)
@@ -51,7 +53,7 @@ def remove_device(xs, kind: str, domid: int, devid: int) -> None:
             pass        # already gone (the domain's home went first)
 
 
-def device_ids(xs, kind: str, domid: int) -> list[int]:
+def device_ids(xs: Xenstore, kind: str, domid: int) -> list[int]:
     """The devids of `kind` the toolstack wrote for `domid` (backend side)."""
     try:
         names = xs.directory(f"/local/domain/{BACKEND_DOMID}/backend/{kind}/{domid}")

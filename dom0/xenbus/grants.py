@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from abi import grant_table as G
 from abi.x86_pte import PAGE_SIZE
 from abi.xen import HYPERCALL_NUMBERS
+from dom0.xenbus.interfaces import HypercallChannel
 
 log = logging.getLogger("dom0.xenbus.grants")
 
@@ -60,7 +61,7 @@ class GrantMapper:
     (dom0 runs its backends on its one event loop).
     """
 
-    def __init__(self, channel, scratch_addr: int):
+    def __init__(self, channel: HypercallChannel, scratch_addr: int):
         self.channel = channel
         self.scratch = scratch_addr
         self._next_slot = HOST_SLOT_BASE

@@ -77,7 +77,7 @@ class BackRingPages:
         if R.idx_diff(prod, self.rsp_prod_pvt) > self.nr_ents:
             raise RingOverflow(f"req_prod {prod:#x} is more than {self.nr_ents} requests past "
                                f"our responses ({self.rsp_prod_pvt:#x})")
-        taken = []
+        taken: list[bytes] = []
         while self.req_cons != prod and len(taken) < limit:
             if R.idx_diff(self.req_cons, self.rsp_prod_pvt) >= self.nr_ents:
                 break       # RING_REQUEST_CONS_OVERFLOW: wait until the frontend takes responses

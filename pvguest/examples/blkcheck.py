@@ -83,6 +83,9 @@ def hostile(kernel, *args) -> None:
             "sector_wraps": front.request(B.BLKIF_OP_READ, (1 << 64) - 2, [(ref, 0, 7)]),
             "bad_gref": front.request(B.BLKIF_OP_READ, 0, [(4000, 0, 7)]),
             "ungranted_gref": front.request(B.BLKIF_OP_WRITE, 0, [(front.ring_refs[-1] + 900, 0, 7)]),
+            # a page granted to another domain, not to the backend
+            "foreign_gref": front.request(B.BLKIF_OP_READ, 0, [(
+                kernel.gnttab.grant_access(kernel.domid + 100, front.data_pfns[1]), 0, 7)]),
         }
         for name, raw in cases.items():
             r = front.call(raw)
@@ -95,6 +98,18 @@ def hostile(kernel, *args) -> None:
         report["write_after"] = front.write(0, b"ok".ljust(512, b"\0"))
         status, data = front.read(0, 512)
         report["read_after"] = [status, data[:2].decode(errors="replace")]
+        # a frontend that does not take its responses: a ring's worth is answered, nothing queues in dom0
+        n = front.front.nr_ents
+        for _ in range(n):
+            front.submit_raw(front.request(B.BLKIF_OP_READ, 0, [(ref, 0, 7)]), notify=False)
+        kernel.notify(front.port)
+        for _ in range(100):
+            if front.sring.rsp_prod == front.front.req_prod_pvt:
+                break
+            kernel.wait(0.05)
+        report["unconsumed_answered"] = (front.sring.rsp_prod - front.front.rsp_cons) & 0xFFFFFFFF
+        report["unconsumed_state"] = front.backend_state()
+        front.responses(n)
         # a producer index far ahead of the ring: the backend disconnects this frontend
         front.set_req_prod(front.front.req_prod_pvt + 10 * front.front.nr_ents)
         try:
@@ -103,6 +118,87 @@ def hostile(kernel, *args) -> None:
         except Exception as e:
             report["overflow"] = f"not closed: {e}"
         report["backend_error"] = kernel.xenbus.read(f"{front.backend}/error").decode()
+    except Exception:
+        report["error"] = traceback.format_exc()
+    _report(kernel, report)
+
+
+def commands(kernel, *args) -> None:
+    """Does what the test writes to data/cmd ("SEQ OP ARGS"), answering in data/result/SEQ.
+
+    OPs: attach DEVID [ORDER] | read SECTOR | write SECTOR BYTE | flush | close | quit.
+    A disk whose backend starts closing (block-detach) is closed from here, as
+    xen-blkfront does, and data/detached says which.
+    """
+    xs = kernel.xenbus
+    home = xs.get_domain_path(kernel.domid)
+    xs.watch(f"{home}/data/cmd", "cmd")
+    fronts: dict[int, BlkFront] = {}
+    done: set[str] = set()
+    while True:
+        event = xs.read_watch(timeout=0.1)
+        for devid, front in list(fronts.items()):
+            if front.backend_state() == 5:
+                front.close()
+                del fronts[devid]
+                xs.write(f"{home}/data/detached", str(devid))
+        if event is None:
+            continue
+        try:
+            words = xs.read(f"{home}/data/cmd").decode().split()
+        except Exception:
+            continue
+        if not words or words[0] in done:
+            continue
+        seq, op, rest = words[0], words[1], words[2:]
+        done.add(seq)
+        try:
+            if op == "quit":
+                xs.write(f"{home}/data/result/{seq}", "ok")
+                return
+            if op == "attach":
+                front = BlkFront(kernel, int(rest[0]), ring_page_order=int(rest[1]) if len(rest) > 1 else 0)
+                fronts[int(rest[0])] = front
+                result = json.dumps({"sectors": front.sectors, "info": front.info})
+            else:
+                front = next(iter(fronts.values()))
+                if op == "read":
+                    status, data = front.read(int(rest[0]), 512)
+                    result = json.dumps([status, data[0]])
+                elif op == "write":
+                    result = json.dumps(front.write(int(rest[0]), bytes([int(rest[1])]) * 512))
+                elif op == "flush":
+                    result = json.dumps(front.flush())
+                elif op == "close":
+                    front.close()
+                    fronts.clear()
+                    result = "closed"
+                else:
+                    result = f"unknown op {op}"
+        except Exception as e:
+            result = f"error: {e}"
+        xs.write(f"{home}/data/result/{seq}", result)
+
+
+def bad_handshake(kernel, *args) -> None:
+    """Publishes a ring ref nobody granted and a port that is not one; the backend must refuse and close."""
+    report: dict = {}
+    try:
+        xs = kernel.xenbus
+        home = xs.get_domain_path(kernel.domid)
+        path = f"{home}/device/vbd/{kernel.params.get('devid', '51712')}"
+        backend = xs.read(f"{path}/backend").decode()
+        for key, value in (("ring-page-order", kernel.params.get("order", "1")), ("ring-ref0", "4000"),
+                           ("ring-ref1", "4001"), ("event-channel", "junk"), ("protocol", "x86_64-abi")):
+            xs.write(f"{path}/{key}", value)
+        xs.write(f"{path}/state", "3")
+        for _ in range(200):
+            state = xs.read(f"{backend}/state").decode()
+            if state == "5":
+                break
+            kernel.wait(0.05)
+        report["backend_state"] = state
+        report["backend_error"] = xs.read(f"{backend}/error").decode()
     except Exception:
         report["error"] = traceback.format_exc()
     _report(kernel, report)

@@ -9,6 +9,11 @@ If pvhyp does not reach the marker, it says how far the guest got (its last
 console line, the time) and prints the crash diagnosis (pvhyp.diagnose).
 
 `PvhypBoot` is the programmatic form (tests/debian drive the shell with it).
+
+With --rootfs the guest is the disk-based Debian (`pvhyp image debian --rootfs`),
+each side on its own raw copy of the disk, and the clock stops at systemd's login
+prompt; `DiskGuest` and `QemuGuest` (one console interface: login, commands) are
+also `pvhyp bench disk`'s guests.
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import select
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 from dom0.images import debian
@@ -35,20 +42,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per boot (default 900)")
     parser.add_argument("--no-qemu", action="store_true", help="skip the QEMU half")
     parser.add_argument("--cmdline", default="", help="extra kernel command line for pvhyp (e.g. loglevel=8)")
+    parser.add_argument("--rootfs", action="store_true",
+                        help="the disk-based Debian (pvhyp image debian --rootfs) to its login prompt instead")
 
 
-def guest_config(image: dict, memory: int = 256, name: str = "debian", extra: str = "") -> str:
+def guest_config(image: dict, memory: int = 256, name: str = "debian", extra: str = "",
+                 disks: list[str] | None = None) -> str:
     cmdline = " ".join(filter(None, (PVHYP_CMDLINE, extra)))
+    disk_line = "disk = [ " + ", ".join(f"'{d}'" for d in disks) + " ]\n" if disks else ""
     return (f'name = "{name}"\nkernel = "{image["kernel"]}"\nramdisk = "{image["ramdisk"]}"\n'
-            f'memory = {memory}\nvcpus = 1\nextra = "{cmdline}"\n')
+            f'memory = {memory}\nvcpus = 1\nextra = "{cmdline}"\n' + disk_line)
 
 
 class PvhypBoot:
     """One Debian guest under a fresh pvhyp (hypervisor here, dom0 as a process), console in hand."""
 
-    def __init__(self, image: dict, memory: int = 256, extra: str = ""):
+    def __init__(self, image: dict, memory: int = 256, extra: str = "", disks: list[str] | None = None):
         from pvhyp.host import OneShot
-        self.run = OneShot(guest_config(image, memory, extra=extra), "<bench boot>", memory)
+        self.run = OneShot(guest_config(image, memory, extra=extra, disks=disks), "<bench boot>", memory)
         self.kernel_path = image["kernel"]
         self.hv = self.run.hv
         self.started = 0.0
@@ -174,6 +185,8 @@ def boot_qemu(binary: str, image: dict, timeout: float) -> dict:
 
 
 def run(args) -> int:
+    if args.rootfs:
+        return run_rootfs(args)
     try:
         image = debian.find_or_build(args.dir)
     except debian.ImageError as e:
@@ -206,3 +219,192 @@ def run(args) -> int:
     else:
         print(f"qemu_tcg_boot_to_marker: not reached in {qemu['seconds']:.0f} s (last line: {qemu['last_line']})")
     return 0 if pv["reached"] else 1
+
+
+# --- the disk-based Debian (`--rootfs`; also `pvhyp bench disk`'s guests) ---
+
+LOGIN_PROMPT = b"login: "
+
+
+def rootfs_image(directory: str | None) -> dict:
+    from dom0.images import rootfs
+    try:
+        return rootfs.find_or_build(directory)
+    except rootfs.ImageError as e:
+        raise UserError(str(e)) from None
+
+
+def scratch_copy(image: dict, directory: str, name: str) -> str:
+    """A raw copy of the template's disk (sparse, reflinked where the file system can)."""
+    path = os.path.join(directory, f"{name}.img")
+    subprocess.run(["cp", "--sparse=always", "--reflink=auto", image["image"], path], check=True)
+    return path
+
+
+class ConsoleMixin:
+    """Login and commands over a serial console: needs send(line), output() and wait_for()."""
+
+    def send(self, line: str) -> None:
+        raise NotImplementedError
+
+    def output(self) -> bytes:
+        raise NotImplementedError
+
+    def wait_for(self, needle: bytes, timeout: float, after: int = 0) -> bool:
+        raise NotImplementedError
+
+    def login(self, password: str, timeout: float) -> None:
+        if not self.wait_for(LOGIN_PROMPT, timeout):
+            raise TimeoutError(f"no login prompt in {timeout:.0f}s")
+        mark = len(self.output())
+        self.send("root")
+        if not self.wait_for(b"Password: ", 300, mark):
+            raise TimeoutError("no password prompt")
+        mark = len(self.output())
+        self.send(password)
+        if not self.wait_for(b"# ", 300, mark):
+            raise TimeoutError("no root shell after logging in")
+
+    def command(self, line: str, timeout: float) -> tuple[str, float]:
+        """(output, wall seconds) of one shell command; TimeoutError if it does not finish."""
+        tag = f"__pvhyp_{time.monotonic_ns()}"
+        mark = len(self.output())
+        started = time.monotonic()
+        # The quotes keep the tty's echo of this line from matching the markers.
+        self.send(f'echo {tag}"-"begin; {line}; echo {tag}"-"end $?')
+        if not self.wait_for(f"{tag}-end ".encode(), timeout, mark):
+            raise TimeoutError(f"{line!r}: no answer in {timeout:.0f}s")
+        seconds = time.monotonic() - started
+        text = self.output()[mark:].decode(errors="replace").replace("\r", "")
+        body = text.split(f"{tag}-begin\n", 1)[-1]       # the echoed line has {tag}"-"begin
+        return body.split(f"{tag}-end", 1)[0], seconds
+
+
+class DiskGuest(ConsoleMixin):
+    """The disk-booted Debian under a fresh pvhyp (bench boot's PvhypBoot, with the disk)."""
+
+    def __init__(self, image: dict, disk: str, memory: int):
+        extra = image["cmdline"].replace("console=hvc0", "").strip()
+        self.boot = PvhypBoot(image, memory, extra=extra,
+                              disks=[f"format=raw, vdev=xvda, access=rw, target={disk}"])
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.boot.start()
+        self.started = self.boot.started
+
+    def send(self, line: str) -> None:
+        self.boot.send(line)
+
+    def output(self) -> bytes:
+        return self.boot.run.ring_text()
+
+    def wait_for(self, needle: bytes, timeout: float, after: int = 0) -> bool:
+        return self.boot.wait_for(needle, timeout, after)
+
+    def last_line(self) -> str:
+        return self.boot.last_line()
+
+    def close(self) -> None:
+        self.boot.close()
+
+
+class QemuGuest(ConsoleMixin):
+    """The same kernel, initramfs and disk in qemu-system-x86_64 -accel tcg, virtio-blk, ttyS0."""
+
+    def __init__(self, binary: str, image: dict, disk: str, memory: int):
+        cmdline = image["cmdline"].replace("console=hvc0", "console=ttyS0").replace("/dev/xvda", "/dev/vda")
+        self.cmd = [binary, "-accel", "tcg", "-m", str(memory), "-smp", "1",
+                    "-kernel", image["kernel"], "-initrd", image["ramdisk"], "-append", cmdline,
+                    "-drive", f"file={disk},format=raw,if=virtio",
+                    "-nographic", "-no-reboot", "-monitor", "none", "-nic", "none"]
+        self.proc: subprocess.Popen | None = None
+        self.seen = bytearray()
+        self.lock = threading.Lock()
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while True:
+            readable, _, _ = select.select([fd], [], [], 0.5)
+            if not readable:
+                if self.proc.poll() is not None:
+                    return
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                return
+            with self.lock:
+                self.seen += data
+
+    def send(self, line: str) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\r")
+        self.proc.stdin.flush()
+
+    def output(self) -> bytes:
+        with self.lock:
+            return bytes(self.seen)
+
+    def wait_for(self, needle: bytes, timeout: float, after: int = 0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.output()[after:]:
+                return True
+            if self.proc is not None and self.proc.poll() is not None:
+                return needle in self.output()[after:]
+            time.sleep(0.1)
+        return False
+
+    def last_line(self) -> str:
+        lines = self.output().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else "<nothing printed>"
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def boot_to_login(guest, timeout: float) -> dict:
+    """Seconds from the guest's start to its login prompt, or why it did not get there."""
+    try:
+        guest.start()
+        if guest.wait_for(LOGIN_PROMPT, timeout):
+            return {"seconds": time.monotonic() - guest.started}
+        return {"error": f"no login prompt in {timeout:.0f}s (last console line: {guest.last_line()})"}
+    finally:
+        guest.close()
+
+
+def run_rootfs(args) -> int:
+    """`pvhyp bench boot --rootfs`: the disk-based Debian to its login prompt, pvhyp and QEMU TCG,
+    each on its own raw copy of the disk, with the same kernel and initramfs."""
+    image = rootfs_image(args.dir)
+    memory = max(args.memory, 384)          # systemd wants more than the busybox shell's 256
+    print(f"disk: {image['image']} ({image['release']}); to the login prompt, {memory} MiB", flush=True)
+    with tempfile.TemporaryDirectory(prefix="pvhyp-bench-boot-") as scratch:
+        pv = boot_to_login(DiskGuest(image, scratch_copy(image, scratch, "pvhyp"), memory), args.timeout)
+        print(f"pvhyp_boot_to_login: {pv['seconds']:.2f} s" if "error" not in pv
+              else f"pvhyp_boot_to_login: {pv['error']}", flush=True)
+        if args.no_qemu:
+            print("qemu_tcg_boot_to_login: skipped (--no-qemu)")
+            return 0 if "error" not in pv else 1
+        binary = qemu_binary()
+        if binary is None:
+            print("qemu_tcg_boot_to_login: skipped (qemu-system-x86_64 not installed)")
+            return 0 if "error" not in pv else 1
+        qemu = boot_to_login(QemuGuest(binary, image, scratch_copy(image, scratch, "qemu"), memory),
+                             args.timeout)
+    print(f"qemu_tcg_boot_to_login: {qemu['seconds']:.2f} s" if "error" not in qemu
+          else f"qemu_tcg_boot_to_login: {qemu['error']}")
+    if "error" not in pv and "error" not in qemu:
+        print(f"pvhyp_over_qemu: {pv['seconds'] / qemu['seconds']:.2f} x")
+    return 0 if "error" not in pv else 1

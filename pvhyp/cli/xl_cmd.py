@@ -79,7 +79,7 @@ def create(args) -> int:
     if args.overrides:
         # xl create's trailing KEY=VALUE arguments: extra config lines, later ones win
         text = text.rstrip("\n") + "\n" + "\n".join(args.overrides) + "\n"
-    reply = _request(args, "create", config=text, source=args.config)
+    reply = _request(args, "create", config=text, source=args.config, cwd=os.getcwd())
     for warning in reply.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"Parsing config from {args.config}")

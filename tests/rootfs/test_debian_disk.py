@@ -1,0 +1,89 @@
+"""Debian 12 from its disk under pvhyp: login, files that survive a reboot, clones side by side.
+
+Slow: systemd on the software CPU takes minutes per boot (the times are
+printed, `pytest -s`). Everything runs on copy-on-write clones of the
+template (`pvhyp clone`), whose image must come out byte-identical.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from dom0.images import clone, rootfs
+from tests.rootfs.guest_kit import Console, template_config, template_image
+from tests.toolstack.conftest import start_host
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-utils is not installed")]
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    image = template_image()
+    work = str(tmp_path_factory.mktemp("debian-disk"))
+    template = template_config(image, work)
+    before = file_sha256(image["image"])
+    host = start_host(work, memory_mb=1024)
+    host.image, host.template, host.work = image, template, work
+    yield host
+    host.pvhyp("down", check=False)
+    assert file_sha256(image["image"]) == before, "a clone wrote the template's image"
+
+
+def boot_clone(host, name: str) -> tuple[Console, str]:
+    made = clone.clone(host.template, name, out=os.path.join(host.work, f"{name}.cfg"))
+    host.pvhyp("create", made["config"])
+    return Console(host, name), made["disks"][0]
+
+
+def test_boot_login_64_mib_survive_a_reboot_then_poweroff(rig):
+    started = time.monotonic()
+    guest, disk = boot_clone(rig, "batagor")
+    guest.login(rootfs.ROOT_PASSWORD)
+    print(f"\nbatagor: login prompt and root shell after {time.monotonic() - started:.0f} s")
+    assert "multi-user.target" in guest.run("systemctl get-default")
+    assert "systemd" in guest.run("apt list --installed 2>/dev/null | grep -c installed; ps -p 1 -o comm=")
+    out = guest.run("dd if=/dev/urandom of=/root/big bs=1M count=64 2>/dev/null; sync; sha256sum /root/big")
+    digest = out.split()[0]
+    assert len(digest) == 64
+    mark = len(guest.text())
+    guest.type("reboot")
+    guest.login(rootfs.ROOT_PASSWORD, after=mark)
+    print(f"batagor: rebooted, logged in again at {time.monotonic() - started:.0f} s")
+    assert guest.run("sha256sum /root/big").split()[0] == digest
+    guest.type("poweroff")
+    rig.wait_for(lambda: "batagor" not in rig.pvhyp("list").stdout, 600, "batagor to power off")
+    print(f"batagor: powered off at {time.monotonic() - started:.0f} s")
+    raw = os.path.join(rig.work, "batagor-check.raw")
+    subprocess.run(["qemu-img", "convert", "-O", "raw", disk, raw], check=True)
+    fsck = subprocess.run(["e2fsck", "-fn", raw], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    os.unlink(raw)
+
+
+def test_two_clones_side_by_side_have_their_own_names(rig):
+    started = time.monotonic()
+    guests = {name: boot_clone(rig, name)[0] for name in ("mieayam", "ketoprak")}
+    ids = {}
+    for name, guest in guests.items():
+        guest.wait(rf"^{name} login: *\r?$")
+        guest.login(rootfs.ROOT_PASSWORD)
+        assert guest.run("hostname").split()[-1] == name
+        ids[name] = guest.run("cat /etc/machine-id").split()[-1]
+    print(f"\ntwo clones logged in after {time.monotonic() - started:.0f} s: {ids}")
+    assert len(set(ids.values())) == 2 and all(len(i) == 32 for i in ids.values())
+    for name in guests:
+        rig.pvhyp("destroy", name)
