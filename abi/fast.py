@@ -229,3 +229,12 @@ def _union_builder(union: CUnion) -> Callable[[dict[str, Any]], bytes]:
         merged = reduce(lambda acc, b: acc | int.from_bytes(b, "little"), built, 0)
         return merged.to_bytes(size, "little")
     return build_union
+
+
+def struct_of(construct: Construct) -> struct.Struct:
+    """The flat ``struct.Struct`` of a layout, for hot paths that pack and unpack plain tuples
+    (netif ring entries, gnttab_copy ops); a layout the generator cannot flatten is a TypeError."""
+    made = codec(construct)
+    if not isinstance(made, Codec):
+        raise TypeError("this layout has no flat struct format")
+    return made.format

@@ -16,9 +16,12 @@ import time
 from abi.xen import VIRQ_DOM_EXC
 from dom0.block.blkback import BlockKind
 from dom0.console.backend import ConsoleBackend, HypervisorLog
+from dom0.net.grant_copy import ChannelGrantCopier
+from dom0.net.netback import Network
 from dom0.rundir import open_nofollow
 from dom0.toolstack.api import ApiServer
 from dom0.toolstack.domains import Toolstack, ToolstackError
+from dom0.toolstack.network import Vifs
 from dom0.xenbus import GrantMapper, XenbusBackends
 from dom0.xenstored import LocalClient, XenStore
 from dom0.xenstored.ring import RingServer
@@ -31,6 +34,7 @@ POLL_SECONDS = 0.05
 STATE_SECONDS = 0.2
 SCRATCH_ADDR = 0        # dom0's pfn 0: argument buffers of its own hypercalls
 GRANT_SCRATCH_ADDR = 4096   # dom0's pfn 1: the backends' grant map/unmap batches
+NET_STAGING_PFN, NET_STAGING_PAGES = 64, 132    # netback's grant-copy ops and staging pages
 
 
 class Dom0:
@@ -48,11 +52,14 @@ class Dom0:
                                        self.remove_reader)
         self.hypervisor_log = HypervisorLog(os.path.join(run_dir, "console"))
         # split-driver backends: a xenstore connection of their own (their watch events)
+        self.network = Network(ChannelGrantCopier(channel, NET_STAGING_PFN, NET_STAGING_PAGES), run_dir,
+                               self.add_reader, self.remove_reader)
         self.backends = XenbusBackends(LocalClient(self.engine), self.evtchn,
                                        GrantMapper(channel, GRANT_SCRATCH_ADDR),
-                                       [BlockKind(os.path.join(run_dir, "block"))])
+                                       [BlockKind(os.path.join(run_dir, "block")), self.network.kind])
+        self.backends.on_release.append(self.network.released)
         self.toolstack = Toolstack(channel, self.xs, self.rings, self.consoles, self.evtchn, run_dir,
-                                   backends=self.backends)
+                                   backends=self.backends, vifs=Vifs(self.xs, self.backends, self.network))
         self.api = ApiServer(os.path.join(run_dir, "pvhyp.sock"), self.toolstack.commands(),
                              self.xs_server, user_errors=(ToolstackError,))
         # dom0's own channel stays watched whatever a guest's ring made its handler raise
@@ -90,6 +97,7 @@ class Dom0:
         self.rings.flush()
         self.consoles.service_all()
         self.backends.poll()
+        self.network.periodic()
 
     def _check_domains(self) -> None:
         try:
@@ -122,6 +130,7 @@ class Dom0:
         except Exception:
             log.exception("destroying guests on the way out")
         self.backends.close()
+        self.network.close()
         self.api.close()
         self.xs_server.close()
         self.hypervisor_log.close()

@@ -67,6 +67,9 @@ REQUESTS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "block-attach": {"dom": (DOM, True), "spec": ((str,), True), "cwd": ((str,), False)},
     "block-detach": {"dom": (DOM, True), "vdev": ((str,), True), "force": ((bool,), False)},
     "block-list": {"dom": (DOM, True)},
+    "network-attach": {"dom": (DOM, True), "spec": ((str,), True)},
+    "network-detach": {"dom": (DOM, True), "which": (DOM, True)},
+    "network-list": {"dom": (DOM, True)},
 }
 
 

@@ -18,6 +18,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from dom0.net.uplink import parse_forwards
+
 ACTIONS = ("destroy", "restart", "rename-restart", "preserve", "coredump-destroy",
            "coredump-restart", "soft-reset")
 DISK_FORMATS = ("raw", "qcow", "qcow2", "vhd", "qed", "empty")
@@ -25,7 +27,8 @@ DISK_BACKENDS = ("phy", "qdisk", "tap", "standalone")
 DISK_KEYS = ("target", "format", "vdev", "access", "devtype", "backendtype", "backend",
              "script", "direct-io-safe", "discard", "no-discard", "colo", "trusted", "untrusted")
 VIF_KEYS = ("mac", "bridge", "ip", "type", "model", "vifname", "script", "backend", "rate",
-            "mtu", "gatewaydev", "accel", "devid", "trusted", "untrusted", "forwarddev")
+            "mtu", "gatewaydev", "accel", "devid", "trusted", "untrusted", "forwarddev",
+            "forward", "outbound")        # the last two are pvhyp's own (dom0.net.vif)
 _VDEV = re.compile(r"^(xvd[a-z]+\d*|hd[a-z]\d*|sd[a-z]+\d*|d\d+(p\d+)?|\d+)$")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -295,6 +298,8 @@ def parse_vif(spec: str) -> VifSpec:
     vtype = fields.get("type", "vif")
     if vtype not in ("vif", "ioemu"):
         raise ValueError(f"invalid vif type {vtype!r}")
+    if "forward" in fields:
+        parse_forwards(fields["forward"])           # ValueError names the bad forward
     extra = {k: v for k, v in fields.items() if k not in ("mac", "bridge", "ip", "type")}
     return VifSpec(mac=mac, bridge=fields.get("bridge", ""), ip=fields.get("ip", ""),
                    type=vtype, extra=extra)

@@ -28,6 +28,7 @@ from dom0.rundir import open_log
 from dom0.toolstack import disks
 from dom0.toolstack import xenstore_entries as entries
 from dom0.toolstack.config import ConfigError, DomainConfig, parse_config
+from dom0.toolstack.network import NetworkError
 from dom0.xc import XenCtrl, XenError
 from dom0.xenstored import XsError
 from pvguest import kernel as layout
@@ -57,8 +58,9 @@ class Guest:
 
 
 class Toolstack:
-    def __init__(self, channel, xs, rings, consoles, evtchn, run_dir: str, backends=None):
+    def __init__(self, channel, xs, rings, consoles, evtchn, run_dir: str, backends=None, vifs=None):
         self.channel = channel
+        self.vifs = vifs                # dom0.toolstack.network.Vifs: the vif devices
         self.backends = backends        # dom0.xenbus.XenbusBackends: split-driver devices
         self.cwd: str | None = None     # the user's directory for the create under way
         self.xs = xs
@@ -236,6 +238,11 @@ class Toolstack:
                 disks.attach_all(self.xs, self.backends, domid, cfg.disks, self.cwd)
             except disks.DiskError as e:
                 raise ToolstackError(str(e)) from None
+        if cfg.vifs and self.vifs is not None:
+            try:
+                self.vifs.create_all(domid, cfg.name, cfg.vifs)
+            except NetworkError as e:
+                raise ToolstackError(str(e)) from None
 
     def _spawn(self, guest: Guest) -> subprocess.Popen:
         module = guest.config.python_guest
@@ -334,7 +341,27 @@ class Toolstack:
             raise ToolstackError(f"domain {dom} has no PV console")
         return {"domid": domid, "tty": session.tty, "log": session.log_path}
 
-    # --- devices (xl block-attach/-detach/-list) ---
+    # --- devices (xl network-attach/-detach/-list, block-attach/-detach/-list) ---
+
+    def _network(self, call):
+        if self.vifs is None:
+            raise ToolstackError("this dom0 runs no network backend")
+        try:
+            return call(self.vifs)
+        except NetworkError as e:
+            raise ToolstackError(str(e)) from None
+
+    def network_attach(self, dom, spec: str) -> dict:
+        guest = self._guest(dom)
+        return {"domid": guest.domid, **self._network(lambda v: v.attach(guest.domid, guest.name, spec))}
+
+    def network_detach(self, dom, which: str) -> dict:
+        guest = self._guest(dom)
+        return {"domid": guest.domid, **self._network(lambda v: v.detach(guest.domid, str(which)))}
+
+    def network_list(self, dom) -> dict:
+        guest = self._guest(dom)
+        return self._network(lambda v: v.list(guest.domid))
 
     def _backends(self):
         if self.backends is None:
@@ -490,4 +517,6 @@ class Toolstack:
                 "console": self.console, "list": self.list, "info": self.info,
                 "dmesg": self.dmesg, "vcpu-list": self.vcpu_list, "uptime": self.uptime,
                 "domid": self.domid, "domname": self.domname, "block-attach": self.block_attach,
-                "block-detach": self.block_detach, "block-list": self.block_list}
+                "block-detach": self.block_detach, "block-list": self.block_list,
+                "network-attach": self.network_attach, "network-detach": self.network_detach,
+                "network-list": self.network_list}
