@@ -30,11 +30,11 @@ import select
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
 from dom0.images import debian
+from pvguest.spawn import python_command, python_env
 from pvhyp.cli.errors import UserError
 
 DESCRIPTION = "TCP throughput and ping: pvhyp netback + passt vs qemu-system-x86_64 -accel tcg + virtio-net"
@@ -124,9 +124,9 @@ class UpHost:
         self.memory_mb = memory_mb
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([sys.executable, "-c", "import sys; from pvhyp.cli import main; sys.exit(main())",
-                               args[0], "--run-dir", self.run_dir, *args[1:]],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(python_command(["-c", "import sys; from pvhyp.cli import main; sys.exit(main())",
+                                              args[0], "--run-dir", self.run_dir, *args[1:]]),
+                              capture_output=True, text=True, timeout=120, env=python_env())
         if check and proc.returncode != 0:
             raise UserError(f"pvhyp {' '.join(args)}: {proc.stderr.strip() or proc.stdout.strip()}")
         return proc

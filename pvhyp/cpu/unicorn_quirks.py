@@ -194,11 +194,16 @@ _CODE = 0x10000
 _RO_PAGE = 0x20000          # mapped read-only
 _HOLE = 0x80000             # first of many not-present pages
 _NONCANONICAL = 0x8000_0000_0000_0000
+# A probe runs a few instructions: unicorn's default translation buffer (about 1 GiB of
+# address space per instance) times the start-up's dozen probes made hostd need 8.5 GiB of
+# address space before any guest existed. Set before the machine is initialised (mem_map).
+_PROBE_TCG_BUFFER = 16 << 20
 
 
 def _probe_machine() -> tuple[Uc, mmap.mmap]:
     mem = mmap.mmap(-1, _PROBE_MEM)
     uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.ctl_set_tcg_buffer_size(_PROBE_TCG_BUFFER)  # type: ignore[attr-defined]  # in 2.1.4, not in its stubs
     uc.mem_map_ptr(0, _PROBE_MEM, UC_PROT_ALL, ctypes.addressof(ctypes.c_char.from_buffer(mem)))
     for table, nxt in ((_L4, _L3), (_L3, _L2), (_L2, _L1)):
         struct.pack_into("<Q", mem, table, nxt | _PAGE_PRESENT | _PAGE_RW)
