@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -49,6 +50,13 @@ def boot_clone(host, name: str) -> tuple[Console, str]:
     return Console(host, name), made["disks"][0]
 
 
+def sha256_of_big(output: str) -> str:
+    """sha256sum's line for /root/big (kernel messages may share the console)."""
+    found = re.search(r"^([0-9a-f]{64})  /root/big", output, re.M)
+    assert found, output
+    return found.group(1)
+
+
 @pytest.fixture
 def destroy_after(rig):
     """Names of the guests a test starts; whatever is left of them is destroyed after it."""
@@ -68,14 +76,13 @@ def test_boot_login_64_mib_survive_a_reboot_then_poweroff(rig, destroy_after):
     print(f"\nbatagor: login prompt and root shell after {time.monotonic() - started:.0f} s")
     assert guest.run("systemctl is-active multi-user.target").split()[-1] == "active"
     assert "systemd" in guest.run("apt list --installed 2>/dev/null | grep -c installed; ps -p 1 -o comm=")
-    out = guest.run("dd if=/dev/urandom of=/root/big bs=1M count=64 2>/dev/null; sync; sha256sum /root/big")
-    digest = out.split()[0]
-    assert len(digest) == 64
+    digest = sha256_of_big(guest.run("dd if=/dev/urandom of=/root/big bs=1M count=64 2>/dev/null; sync; "
+                                     "sha256sum /root/big"))
     mark = len(guest.text())
     guest.type("reboot")
     guest.login(rootfs.ROOT_PASSWORD, after=mark)
     print(f"batagor: rebooted, logged in again at {time.monotonic() - started:.0f} s")
-    assert guest.run("sha256sum /root/big").split()[0] == digest
+    assert sha256_of_big(guest.run("sha256sum /root/big")) == digest
     guest.type("poweroff")
     rig.wait_for(lambda: "batagor" not in rig.pvhyp("list").stdout, 600, "batagor to power off")
     print(f"batagor: powered off at {time.monotonic() - started:.0f} s")
