@@ -99,7 +99,7 @@ def test_two_clones_side_by_side_have_their_own_names(rig, destroy_after):
     guests = {name: boot_clone(rig, name)[0] for name in ("mieayam", "ketoprak")}
     ids = {}
     for name, guest in guests.items():
-        guest.wait(rf"^{name} login: *\r?$")
+        guest.wait(rf"^{name} login: ")
         guest.login(rootfs.ROOT_PASSWORD)
         assert guest.run("hostname").split()[-1] == name
         ids[name] = guest.run("cat /etc/machine-id").split()[-1]
