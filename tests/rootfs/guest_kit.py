@@ -62,10 +62,12 @@ class Console:
         type_line(self.host, self.name, line)
 
     def login(self, password: str, after: int = 0, timeout: float = BOOT_TIMEOUT) -> None:
-        self.wait(r"login: *\r?$", timeout, after)
+        # Not anchored at the end: a kernel message (e.g. the PC speaker's input device)
+        # may follow the prompt on the console while agetty waits for the name.
+        self.wait(r"login: ", timeout, after)
         start = len(self.text())
         self.type("root")
-        self.wait(r"Password: *\r?$", 300, start)
+        self.wait(r"Password: ", 300, start)
         start = len(self.text())
         self.type(password)
         self.wait(r"root@[^ ]+:~# *\r?$", 600, start)     # bash may put an escape first
