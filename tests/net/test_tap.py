@@ -115,7 +115,7 @@ def test_a_name_that_is_not_a_linux_bridge_is_refused_in_one_line(host, netns, b
                          vif=[f"script=vif-bridge, bridge={bridge}"])
     out = host.pvhyp("create", config, check=False)
     assert out.returncode != 0
-    assert re.search(why, out.stdout + out.stderr), out.stdout + out.stderr
+    assert re.search(why, out.stderr) and out.stderr.count("\n") == 1, out.stdout + out.stderr
     host.pvhyp("destroy", f"nobr-{bridge}", check=False)
     assert not [n for n in links(netns) if n.startswith("vif")]
 
@@ -125,3 +125,28 @@ def test_forward_with_vif_bridge_is_a_config_error(host):
                          vif=["script=vif-bridge, bridge=br0, forward=tcp:127.0.0.1:8080:80"])
     out = host.pvhyp("create", config, check=False)
     assert out.returncode == 2 and "not with script=vif-bridge" in out.stderr, out.stdout + out.stderr
+
+
+def test_network_attach_and_detach_make_and_remove_the_tap(host, netns):
+    host.pvhyp("create", host.config("taphp", "python:pvguest.examples.netcheck:hotplug", memory=8))
+    domid = int(host.pvhyp("domid", "taphp").stdout)
+    ifname = f"vif{domid}.0"
+    host.pvhyp("network-attach", "taphp", "script=vif-bridge", "bridge=br0", "mac=00:16:3e:00:7a:02")
+    host.wait_for(lambda: "Connected" in host.pvhyp("network-list", "taphp").stdout, 20, "the vif to connect")
+    assert links(netns)[ifname]["master"] == "br0"
+    host.pvhyp("network-detach", "taphp", "00:16:3e:00:7a:02")
+    host.wait_for(lambda: ifname not in links(netns), 20, f"{ifname} removed at detach")
+    bad = host.pvhyp("network-attach", "taphp", "script=vif-bridge", "bridge=nosuch0", check=False)
+    assert bad.returncode != 0 and "no such Linux bridge" in bad.stdout + bad.stderr
+    host.pvhyp("destroy", "taphp")
+
+
+def test_without_cap_net_admin_the_tap_is_refused_in_one_line():
+    """dom0 run by root but without CAP_NET_ADMIN (setpriv drops it) says what is missing."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("no setpriv (util-linux)")
+    code = ("from dom0.net.tap import TapLink, TapError\n"
+            "try:\n    TapLink.open('vif9.0', 'br0', None, None)\nexcept TapError as e:\n    print(e)\n")
+    out = subprocess.run(["setpriv", "--bounding-set", "-net_admin", sys.executable, "-P", "-c", code],
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.count("\n") == 1 and "needs root (CAP_NET_ADMIN)" in out.stdout, out.stdout + out.stderr
