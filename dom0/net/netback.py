@@ -9,8 +9,9 @@ has ``forward=`` (a missing passt refuses the device in one line).
 flipping is not offered), maps the TX and RX rings, binds the event channel
 and attaches a ``VifPort`` to the vif's bridge.
 
-``Network`` holds the bridges (made on first use, by name) and the passt
-uplinks, and moves frames: a port's TX frames go to its bridge, which
+``Network`` holds the bridges (made on first use, by name), the passt
+uplinks and the TAP devices of ``script=vif-bridge`` vifs (dom0/net/tap.py:
+such a vif's port talks to its TAP where it would talk to a bridge), and moves frames: a port's TX frames go to its bridge, which
 queues them on the ports they are for; queued frames are written into the
 guests' RX buffers right after (``flush``), one grant-copy batch per port.
 """

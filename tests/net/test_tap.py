@@ -150,3 +150,31 @@ def test_without_cap_net_admin_the_tap_is_refused_in_one_line():
     out = subprocess.run(["setpriv", "--bounding-set", "-net_admin", sys.executable, "-P", "-c", code],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.count("\n") == 1 and "needs root (CAP_NET_ADMIN)" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_a_debian_guest_on_the_linux_bridge_pings_its_address(netns, tmp_path):
+    """Linux's own xen-netfront on br0: the guest pings the bridge's address (the namespace's kernel answers)."""
+    from dom0.images import debian
+    from pvguest.spawn import python_command, python_env
+    from pvhyp.cli.bench_net import UpHost, has_netfront, ping_ms, wait_for_shell
+    try:
+        image = debian.find_or_build(os.environ.get("PVHYP_DEBIAN_DIR"))
+    except debian.ImageError as e:
+        pytest.skip(str(e))
+    if not has_netfront(image):
+        pytest.skip("the Debian image has no xen-netfront module")
+    host = UpHost(str(tmp_path), memory_mb=512)
+    up = subprocess.run(["ip", "netns", "exec", netns, *python_command(
+        ["-c", "import sys; from pvhyp.cli import main; sys.exit(main())", "up", "--run-dir", host.run_dir,
+         "--memory", "512"])], env=python_env(), capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        guest = host.create_debian("tapdeb", image, ["script=vif-bridge, bridge=br0, mac=00:16:3e:00:7a:03"])
+        wait_for_shell(guest)
+        guest.command(f"ifconfig eth0 {GUEST_IP} netmask 255.255.255.0 up", 60)
+        assert ping_ms(guest, BRIDGE_IP, count=3) > 0
+        neigh = ns_run(netns, "ip", "neigh", "show", GUEST_IP, "dev", "br0").stdout
+        assert "00:16:3e:00:7a:03" in neigh         # the namespace's kernel learnt the guest
+    finally:
+        host.down()
