@@ -23,8 +23,8 @@ Rules (checked in ``TapLink.open``, each refusal one line for the toolstack):
     domain destroy, dom0 exit) removes it from the bridge and the host.
 
 ``ip`` (iproute2) does the bridge check and the enslaving: one command each,
-the same calls an administrator types, and measured as reliable as raw
-netlink for a device made once per vif; the TAP itself needs one ioctl.
+the same calls an administrator types, and no new dependency (pyroute2 would
+be one) for something done once per vif; the TAP itself needs one ioctl.
 """
 from __future__ import annotations
 
