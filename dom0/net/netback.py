@@ -9,8 +9,9 @@ has ``forward=`` (a missing passt refuses the device in one line).
 flipping is not offered), maps the TX and RX rings, binds the event channel
 and attaches a ``VifPort`` to the vif's bridge.
 
-``Network`` holds the bridges (made on first use, by name) and the passt
-uplinks, and moves frames: a port's TX frames go to its bridge, which
+``Network`` holds the bridges (made on first use, by name), the passt
+uplinks and the TAP devices of ``script=vif-bridge`` vifs (dom0/net/tap.py:
+such a vif's port talks to its TAP where it would talk to a bridge), and moves frames: a port's TX frames go to its bridge, which
 queues them on the ports they are for; queued frames are written into the
 guests' RX buffers right after (``flush``), one grant-copy batch per port.
 """
@@ -22,6 +23,7 @@ import time
 
 from dom0.net.bridge import Bridge
 from dom0.net.netif import NetifEngine, NetifFatal
+from dom0.net.tap import TapError, TapLink
 from dom0.net.uplink import PasstUplink, UplinkError, UplinkGuard
 from dom0.net.vif import VifSettings, settings_from_backend
 from dom0.xenbus import DeviceError, parse_uint
@@ -56,7 +58,7 @@ class VifPort:
         self.engine = engine
         self.settings = settings
         self.name = port_name(device.domid, device.devid)
-        self.bridge = network.bridge(settings.bridge)
+        self.bridge = network.taps.get(self.name) or network.bridge(settings.bridge)
         self.last_notify = time.monotonic()
 
     def notify(self) -> None:
@@ -111,6 +113,7 @@ class Network:
         self.remove_reader = remove_reader
         self.bridges: dict[str, Bridge] = {}
         self.uplinks: dict[str, PasstUplink] = {}     # by owning vif's port name
+        self.taps: dict[str, TapLink] = {}            # script=vif-bridge vifs, by port name
         self.ports: dict[str, VifPort] = {}
         self.dirty: set[VifPort] = set()
         self.kind = VifKind(self)
@@ -144,12 +147,25 @@ class Network:
             uplink.bridge.detach(uplink.name)
             uplink.stop()
 
+    def start_tap(self, domid: int, settings: VifSettings) -> None:
+        name = port_name(domid, settings.devid)
+        self.stop_tap(name)
+        tap = TapLink.open(name, settings.bridge, self.add_reader, self.remove_reader)
+        tap.on_frames = self.flush
+        self.taps[name] = tap
+
+    def stop_tap(self, name: str) -> None:
+        tap = self.taps.pop(name, None)
+        if tap is not None:
+            tap.close()
+
     def released(self, device) -> None:
         """dom0.xenbus's release callback: a vif went; its uplink goes with it."""
         if device.kind.name == VifKind.name:
             name = port_name(device.domid, device.devid)
             self.ports.pop(name, None)
             self.stop_uplink(name)
+            self.stop_tap(name)
 
     def periodic(self) -> None:
         for uplink in self.uplinks.values():
@@ -166,6 +182,8 @@ class Network:
             out["rings"] = port.engine.ring_state()
             if port.engine.fatal:
                 out["fatal"] = port.engine.fatal
+        if name in self.taps:
+            out["tap"] = dict(self.taps[name].counters)
         uplink = self.uplinks.get(name)
         if uplink is not None:
             out["uplink"] = {"dropped": uplink.guard.dropped, "allowed": uplink.guard.allowed,
@@ -175,6 +193,8 @@ class Network:
     def close(self) -> None:
         for owner in list(self.uplinks):
             self.stop_uplink(owner)
+        for name in list(self.taps):
+            self.stop_tap(name)
 
 
 class VifKind:
@@ -187,7 +207,9 @@ class VifKind:
         settings = settings_from_backend(device.params, device.devid)
         try:
             self.network.start_uplink(device.domid, settings)
-        except (UplinkError, OSError, ValueError) as e:
+            if settings.tap:
+                self.network.start_tap(device.domid, settings)
+        except (UplinkError, TapError, OSError, ValueError) as e:
             raise DeviceError(str(e)) from None
         return dict(FEATURES)
 

@@ -4,8 +4,9 @@ xl-network-configuration(5) keys used here: ``mac`` (missing: one in Xen's
 00:16:3e range, derived from the domain's name and the device number so it
 is the same on every boot of that domain, with the locally-administered
 and multicast bits clear as libxl's), ``bridge`` (default ``xenbr0``),
-``ip`` (the address passt hands out by DHCP), ``script`` (``vif-bridge``
-only: the bridge is dom0's own switch).  pvhyp's own keys, documented in
+``ip`` (the address passt hands out by DHCP), ``script`` (absent: the
+bridge is dom0's own switch; ``vif-bridge`` or its full path, with root: a
+TAP device on the existing Linux bridge named by ``bridge``, dom0/net/tap.py).  pvhyp's own keys, documented in
 README: ``forward=tcp:HOST_ADDR:HOST_PORT:GUEST_PORT`` (several separated
 by ';'): the vif's bridge gets an uplink to a passt of its own that
 forwards those host ports to the guest; ``outbound=allow``: the guest may
@@ -17,11 +18,12 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 
+from dom0.net.tap import TAP_SCRIPTS
 from dom0.net.uplink import DEFAULT_GUEST_IP, Forward, parse_forwards
 
 XEN_OUI = "00:16:3e"
 DEFAULT_BRIDGE = "xenbr0"
-SCRIPTS = ("", "vif-bridge", "/etc/xen/scripts/vif-bridge")
+SCRIPTS = ("", *TAP_SCRIPTS)
 
 
 def generated_mac(domain_name: str, devid: int) -> str:
@@ -42,6 +44,11 @@ class VifSettings:
     ip: str = ""
     forwards: list[Forward] = field(default_factory=list)
     outbound: bool = False
+    script: str = ""            # set: the vif goes on a TAP device enslaved to Linux bridge `bridge`
+
+    @property
+    def tap(self) -> bool:
+        return self.script in TAP_SCRIPTS
 
     @property
     def port_name(self) -> str:
@@ -50,7 +57,9 @@ class VifSettings:
     def backend_keys(self) -> dict[str, str]:
         """What libxl writes in the backend directory (plus pvhyp's own keys)."""
         keys = {"handle": str(self.devid), "mac": self.mac, "bridge": self.bridge,
-                "script": "vif-bridge", "type": "vif"}
+                "type": "vif"}
+        if self.script:
+            keys["script"] = self.script
         if self.ip:
             keys["ip"] = self.ip
         if self.forwards:
@@ -78,7 +87,7 @@ def settings_from_spec(spec, domain_name: str, devid: int) -> VifSettings:
         devid = int(text)
     script = extra.get("script", "")
     if script not in SCRIPTS:
-        raise ValueError(f"vif script {script!r}: only vif-bridge (dom0's own bridge) is offered")
+        raise ValueError(f"vif script {script!r}: only vif-bridge (a TAP on a Linux bridge, with root) is offered")
     if spec.ip:
         try:
             ipaddress.IPv4Address(spec.ip)
@@ -87,13 +96,16 @@ def settings_from_spec(spec, domain_name: str, devid: int) -> VifSettings:
     outbound = extra.get("outbound", "deny")
     if outbound not in ("allow", "deny"):
         raise ValueError(f"vif outbound={outbound!r}: allow or deny")
+    forwards = parse_forwards(extra.get("forward", ""))
+    if script and (forwards or outbound == "allow"):
+        raise ValueError("vif forward=/outbound= are for dom0's own bridges, not with script=vif-bridge")
     return VifSettings(devid=devid, mac=(spec.mac or generated_mac(domain_name, devid)).lower(),
                        bridge=spec.bridge or DEFAULT_BRIDGE, ip=spec.ip,
-                       forwards=parse_forwards(extra.get("forward", "")), outbound=outbound == "allow")
+                       forwards=forwards, outbound=outbound == "allow", script=script)
 
 
 def settings_from_backend(params: dict[str, str], devid: int) -> VifSettings:
     """The settings back from the backend directory dom0 itself wrote (at plug time)."""
     return VifSettings(devid=devid, mac=params.get("mac", ""), bridge=params.get("bridge") or DEFAULT_BRIDGE,
                        ip=params.get("ip", ""), forwards=parse_forwards(params.get("forward", "")),
-                       outbound=params.get("outbound") == "allow")
+                       outbound=params.get("outbound") == "allow", script=params.get("script", ""))
