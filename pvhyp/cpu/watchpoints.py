@@ -13,10 +13,9 @@ from __future__ import annotations
 import capstone
 from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
 
-from abi.x86_regs import DR_CONTROL_SHIFT, DR_CONTROL_SIZE, DR_RW_READ, DR_RW_WRITE
 from pvhyp.guest_access import GuestFault, read_guest_virtual, walk
+from pvhyp.pv.breakpoints import data_breakpoints
 
-_LENGTHS = {0: 1, 1: 2, 2: 8, 3: 4}        # %dr7 LEN field -> bytes
 _DISASSEMBLER = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
 
 
@@ -44,20 +43,13 @@ class Watchpoints:
         for hook in self._hooks:
             uc.hook_del(hook)
         self._hooks = []
-        dr7 = self.pv.dr7
-        for index in range(4):
-            if not (dr7 >> (2 * index)) & 3:
-                continue
-            rw = (dr7 >> (DR_CONTROL_SHIFT + DR_CONTROL_SIZE * index)) & 3
-            if rw not in (DR_RW_WRITE, DR_RW_READ):
-                continue        # instruction and I/O breakpoints are not modelled
-            length = _LENGTHS[(dr7 >> (18 + 4 * index)) & 3]
-            start = self.pv.dr[index] & ~(length - 1)
-            kinds = UC_HOOK_MEM_WRITE | (UC_HOOK_MEM_READ if rw == DR_RW_READ else 0)
+        for bp in data_breakpoints(self.pv.dr7):
+            start = self.pv.dr[bp.index] & ~(bp.length - 1)
+            kinds = UC_HOOK_MEM_WRITE | (UC_HOOK_MEM_READ if bp.on_reads else 0)
             maddr = self._machine_address(start)
             if maddr is None:
                 continue        # not mapped now: the breakpoint arms when %dr7 is next written
-            self._hooks.append(uc.hook_add(kinds, self._hit, 1 << index, maddr, maddr + length - 1))
+            self._hooks.append(uc.hook_add(kinds, self._hit, 1 << bp.index, maddr, maddr + bp.length - 1))
         # Hooks take effect in code translated after this (arming flushes the
         # translations): stop at this instruction's end.
         self.engine.gate.arm_instruction_stops(bool(self._hooks))

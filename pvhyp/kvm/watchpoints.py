@@ -7,7 +7,8 @@ its %dr6 B bits go into the guest's %dr6 before the #DB is bounced.
 """
 from __future__ import annotations
 
-from abi.x86_regs import DR_CONTROL_SHIFT, DR_CONTROL_SIZE, DR_RW_READ, DR_RW_WRITE, X86_DR6_DEFAULT, X86_DR7_DEFAULT
+from abi.x86_regs import X86_DR6_DEFAULT, X86_DR7_DEFAULT
+from pvhyp.pv.breakpoints import data_breakpoints
 
 _HIT_BITS = 0xF
 
@@ -21,13 +22,8 @@ class KvmWatchpoints:
     def reload(self) -> None:
         dr7 = self.pv.dr7
         enabled = X86_DR7_DEFAULT
-        for index in range(4):
-            if not (dr7 >> (2 * index)) & 3:
-                continue
-            rw = (dr7 >> (DR_CONTROL_SHIFT + DR_CONTROL_SIZE * index)) & 3
-            if rw not in (DR_RW_WRITE, DR_RW_READ):
-                continue        # instruction and I/O breakpoints are not modelled
-            enabled |= (1 << (2 * index)) | (0xF << (DR_CONTROL_SHIFT + DR_CONTROL_SIZE * index)) & dr7
+        for bp in data_breakpoints(dr7):
+            enabled |= bp.control
         vcpu = self.engine.kvm_vcpu
         dbg = vcpu.get_debugregs()
         for index in range(4):
