@@ -284,10 +284,18 @@ class NetifEngine:
             frame = self.rx_queue[0]
             chunks = [frame[i:i + PAGE_SIZE] for i in range(0, len(frame), PAGE_SIZE)] or [b""]
             if idx_diff(req_prod, self.rx.req_cons) < len(chunks):
-                # wake me when enough buffers are posted for this frame (buffers posted
-                # meanwhile are found by the next kick or dom0's periodic pass)
+                # RING_FINAL_CHECK_FOR_REQUESTS's order (netback's xenvif_rx_ring_slots_available):
+                # ask to be kicked when enough buffers are posted, then look again.  Buffers
+                # posted between our read of req_prod and this write were checked by the
+                # frontend against the old req_event: without the second look they (and the
+                # frames waiting for them) sat until dom0's periodic pass.
                 self.rx.sring.req_event = (self.rx.req_cons + len(chunks)) & 0xFFFFFFFF
-                break
+                req_prod = self.rx.sring.req_prod
+                if self.rx.request_prod_overflow(req_prod):
+                    raise self._fail(f"RX req_prod {req_prod} is more than a ring ahead of the responses")
+                if idx_diff(req_prod, self.rx.req_cons) < len(chunks):
+                    break
+                continue
             self.rx_queue.popleft()
             self.rx_queued_bytes -= len(frame)
             for n, chunk in enumerate(chunks):

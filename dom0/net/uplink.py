@@ -41,6 +41,8 @@ from dataclasses import dataclass
 log = logging.getLogger("dom0.net")
 
 ETHERTYPE_ARP = 0x0806
+ARP_REQUEST = 1
+ARP_FRAME_BYTES = 14 + 28      # Ethernet header, then an IPv4-over-Ethernet ARP body
 ETHERTYPE_IPV4 = 0x0800
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
@@ -105,10 +107,18 @@ def _ipv4_l4(frame: bytes):
     return proto, src, dst, sport, dport, flags
 
 
+def _arp_request_target(frame: bytes) -> bytes | None:
+    """An ARP request's target address (b"" for any other ARP frame, a short one included)."""
+    if len(frame) < ARP_FRAME_BYTES or struct.unpack_from("!H", frame, 20)[0] != ARP_REQUEST:
+        return b""
+    return frame[38:42]
+
+
 class UplinkGuard:
     def __init__(self, owner: str, forwards: list[Forward], outbound: bool = False,
-                 max_connections: int = MAX_CONNECTIONS):
+                 max_connections: int = MAX_CONNECTIONS, gateway: str = DEFAULT_GATEWAY):
         self.owner = owner
+        self.gateway = socket.inet_aton(gateway)
         self.forwarded = {(IPPROTO_TCP if f.proto == "tcp" else IPPROTO_UDP, f.guest_port) for f in forwards}
         self.outbound = outbound
         self.max_connections = max_connections
@@ -134,16 +144,28 @@ class UplinkGuard:
                 self.connections.popitem(last=False)
 
     def allow(self, in_port: str, frame: bytes) -> bool:
-        ok = in_port == self.owner and (self.outbound or self._permitted(frame))
+        if in_port != self.owner:
+            ok = False
+        elif len(frame) >= 14 and struct.unpack_from("!H", frame, 12)[0] == ETHERTYPE_ARP:
+            ok = self._arp_permitted(frame)
+        else:
+            ok = self.outbound or self._permitted(frame)
         if ok:
             self.allowed += 1
         else:
             self.dropped += 1
         return ok
 
+    def _arp_permitted(self, frame: bytes) -> bool:
+        """passt answers an ARP request for any address but the guest's own with its MAC.
+        Asked for a guest on the bridge, it won the race against that guest's answer (dom0
+        is one hop nearer than another guest's vCPU) and the traffic went to the uplink,
+        where this guard dropped it: guest -> guest TCP stalled in SYN retries.  So only
+        the gateway passt stands for is asked; replies (passt asking for the guest) go."""
+        target = _arp_request_target(frame)
+        return target == self.gateway if target else len(frame) >= ARP_FRAME_BYTES
+
     def _permitted(self, frame: bytes) -> bool:
-        if len(frame) >= 14 and struct.unpack_from("!H", frame, 12)[0] == ETHERTYPE_ARP:
-            return True
         l4 = _ipv4_l4(frame)
         if l4 is None:
             return False

@@ -74,9 +74,27 @@ def test_a_frame_to_its_own_port_is_not_sent_back():
 GUEST, GW = bytes([10, 0, 2, 15]), bytes([10, 0, 2, 2])
 
 
+def arp_frame(op: int, target_ip: bytes, src=MAC_A, dst=BROADCAST) -> bytes:
+    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + src + GUEST + bytes(6) + target_ip
+    return dst + src + b"\x08\x06" + body
+
+
+def test_guard_asks_passt_only_for_the_gateway():
+    """passt answers ARP for every address but the guest's: asked for a bridge-mate, it
+    would take that guest's traffic (dropped here) before the bridge-mate could answer."""
+    guard = UplinkGuard("vif1.0", [])
+    assert guard.allow("vif1.0", arp_frame(1, GW))
+    assert not guard.allow("vif1.0", arp_frame(1, bytes([10, 0, 2, 16])))
+    assert guard.allow("vif1.0", arp_frame(2, GW, dst=MAC_B))             # answering passt
+    assert not guard.allow("vif1.0", arp_frame(1, GW)[:30])                # a short ARP frame
+    outbound = UplinkGuard("vif1.0", [], outbound=True)
+    assert not outbound.allow("vif1.0", arp_frame(1, bytes([10, 0, 2, 16])))
+    assert guard.dropped == 2 and guard.allowed == 2
+
+
 def test_guard_lets_only_arp_dhcp_and_host_opened_connections_out():
     guard = UplinkGuard("vif1.0", [Forward("tcp", "127.0.0.1", 8080, 80)])
-    arp = BROADCAST + MAC_A + b"\x08\x06" + bytes(28)
+    arp = arp_frame(1, GW)
     dhcp = udp_frame(b"discover", dst=BROADCAST, sport=68, dport=67)
     assert guard.allow("vif1.0", arp) and guard.allow("vif1.0", dhcp)
     reply = tcp_frame(0x12, sport=80, dport=40000, src_ip=GUEST, dst_ip=GW)

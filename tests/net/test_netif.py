@@ -202,3 +202,26 @@ def test_rx_impossible_req_prod_is_fatal(setup):
     front.rx_shared.req_prod = 100000
     with pytest.raises(Exception, match="more than a ring"):
         engine.service_rx()
+
+
+def test_buffers_posted_while_the_engine_asks_for_a_kick_are_found_at_once(setup):
+    """The lost wakeup of RX: the frontend posts buffers between our read of req_prod and
+    our write of req_event (so it checks the old req_event and does not kick): the engine
+    looks again after the write, as RING_FINAL_CHECK_FOR_REQUESTS does."""
+    front, engine, _ = setup
+    base = type(engine.rx.sring)
+    posted: list[int] = []
+
+    def set_req_event(sring, value):
+        base.req_event.fset(sring, value)
+        if not posted:
+            posted.append(3)
+            front.post_rx(3)
+
+    engine.rx.sring.__class__ = type("RacingRing", (base,), {"req_event": property(base.req_event.fget,
+                                                                                    set_req_event)})
+    frames = [udp_frame(bytes([i]) * 10) for i in range(2)]
+    for f in frames:
+        engine.queue_rx(f)
+    assert engine.service_rx() is not None
+    assert front.receive() == frames and not engine.rx_queue
