@@ -26,7 +26,7 @@ def run(args) -> int:
         raise UserError(str(e)) from None   # why it cannot, in one line
     interactive = sys.stdin is not None and not sys.stdin.closed and sys.stdin.isatty()
     print(f"pvhyp: booting Debian's {image.get('release', 'kernel')} as a PV guest on the software CPU "
-          f"(about a minute){'; `poweroff -f` in its shell ends it' if interactive else ''}",
+          f"(some ten seconds to its shell){'; `poweroff -f` in its shell ends it' if interactive else ''}",
           file=sys.stderr, flush=True)
     # On a terminal keys go to the guest as typed; otherwise stdin waits for the shell, then poweroff.
     return run_in_foreground(guest_config(image, GUEST_MEMORY_MB), "<main job>",
