@@ -139,14 +139,25 @@ class ImageError(Exception):
     """A clear one-line reason the image could not be built."""
 
 
-def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+def run_tool(cmd: list[str], *, missing: str = "", shown: int | None = None,
+             **kw) -> subprocess.CompletedProcess:
+    """Run a host tool of an image build; its failure is an ImageError in one line.
+
+    `missing` follows "TOOL not found" (what the host lacks); `shown` limits the failed
+    command quoted to its first words (long argument lists say nothing more).
+    """
     try:
         return subprocess.run(cmd, check=True, text=True, **kw)
     except FileNotFoundError:
-        raise ImageError(f"{cmd[0]} not found: building the Debian image needs apt (a Debian-like host)") from None
+        raise ImageError(f"{cmd[0]} not found{missing}") from None
     except subprocess.CalledProcessError as e:
         detail = (e.stderr or e.stdout or "").strip().splitlines()
-        raise ImageError(f"`{' '.join(cmd)}` failed: {detail[-1] if detail else e.returncode}") from None
+        quoted = " ".join(cmd) if shown is None else " ".join(cmd[:shown]) + " ..."
+        raise ImageError(f"`{quoted}` failed: {detail[-1] if detail else e.returncode}") from None
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return run_tool(cmd, missing=": building the Debian image needs apt (a Debian-like host)", **kw)
 
 
 def resolve_kernel_package() -> str:

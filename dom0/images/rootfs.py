@@ -260,13 +260,7 @@ def _chroot(tree: pathlib.Path, cmd: list[str], **kw) -> None:
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(cmd, check=True, text=True, **kw)
-    except FileNotFoundError:
-        raise ImageError(f"{cmd[0]} not found") from None
-    except subprocess.CalledProcessError as e:
-        detail = (e.stderr or e.stdout or "").strip().splitlines()
-        raise ImageError(f"`{' '.join(cmd[:3])} ...` failed: {detail[-1] if detail else e.returncode}") from None
+    return debian.run_tool(cmd, shown=3, **kw)
 
 
 def cached(out_dir: pathlib.Path) -> dict | None:
