@@ -14,12 +14,11 @@ import traceback
 
 from abi.io import blkif as B
 from pvguest.blkfront import BlkFront
+from pvguest.examples import write_report
 
 
 def _report(kernel, report: dict) -> None:
-    home = kernel.xenbus.get_domain_path(kernel.domid)
-    kernel.xenbus.write(f"{home}/data/report", json.dumps(report))
-    kernel.console.write(f"blkcheck: {json.dumps(report)}\n")
+    write_report(kernel, "blkcheck", report)
 
 
 def _front(kernel) -> BlkFront:

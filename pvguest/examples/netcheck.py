@@ -11,13 +11,13 @@ its console.
 """
 from __future__ import annotations
 
-import json
 import struct
 import time
 import traceback
 
 from abi.io import netif as N
 from abi.io.xenbus import XenbusStateClosed, XenbusStateClosing, XenbusStateInitWait
+from pvguest.examples import write_report
 from pvguest.netfront import Netfront, eth_frame
 
 BROADCAST = b"\xff" * 6
@@ -25,9 +25,7 @@ ETHERTYPE_TEST = 0x88B5         # IEEE 802 local experimental: stays on the brid
 
 
 def _report(kernel, report: dict) -> None:
-    home = kernel.xenbus.get_domain_path(kernel.domid)
-    kernel.xenbus.write(f"{home}/data/report", json.dumps(report))
-    kernel.console.write(f"netcheck: {json.dumps(report)}\n")
+    write_report(kernel, "netcheck", report)
     time.sleep(float(kernel.params.get("linger", "0")))     # stay up for the test to look at the vifs
 
 
