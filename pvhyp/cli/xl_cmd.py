@@ -23,20 +23,19 @@ def _request(args, cmd: str, **kwargs) -> dict:
     from dom0.toolstack.api import call
     with open_run_dir(args) as run_dir:         # checked as ours before its socket is trusted
         path = run_dir.join("pvhyp.sock")
-    try:
-        reply = call(path, cmd, **kwargs)
-    except UntrustedListener as e:
-        raise UserError(str(e)) from None
-    except OSError as e:        # refused, missing, closed, timed out: say why, if we can tell
-        with open_run_dir(args) as run_dir:
+        try:
+            reply = call(path, cmd, **kwargs)
+        except UntrustedListener as e:
+            raise UserError(str(e)) from None
+        except OSError as e:    # refused, missing, closed, timed out: say why, if we can tell
             died = dom0_death(run_dir)
             if died:
                 raise UserError(died) from None
             if run_dir.running_pid() is None:
                 raise UserError(f"not up in {run_dir.path} (no hypervisor process; start one with `pvhyp up`)") from None
-        if isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
-            raise UserError(f"no dom0 toolstack at {path} yet (is `pvhyp up` still starting?)") from None
-        raise UserError(f"talking to dom0 at {path}: {e}") from None
+            if isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
+                raise UserError(f"no dom0 toolstack at {path} yet (is `pvhyp up` still starting?)") from None
+            raise UserError(f"talking to dom0 at {path}: {e}") from None
     if not reply.get("ok"):
         raise UserError(reply.get("error", "dom0 refused"))
     return reply
