@@ -84,6 +84,7 @@ class HypercallTable:
             result = -xen_errno.ENOSYS
         else:
             self.counts[number] += 1
+            ctx.domain.hypercall_counts[number] += 1
             try:
                 result = handler.fn(ctx, *[a & MASK64 for a in args[:handler.nargs]])
             except GuestFault:
