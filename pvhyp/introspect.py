@@ -164,6 +164,7 @@ def pagetables(d: "Domain", va: int, vcpu_id: int = 0, verbose: bool = False) ->
               "cr3_mfn": vcpu.current_table, "levels": levels, "maps": None, "stops": None}
     with hv.mmu.lock:
         table = vcpu.current_table
+        result["cr3_frame"] = frame_info(hv, table) if table else None
         if not table:
             result["stops"] = "the vCPU has no page table yet (not started)"
             return result
@@ -293,7 +294,8 @@ def evtchn(d: "Domain", verbose: bool = False) -> dict:
         vcpus.append({"vcpu": v.vcpu_id, "upcall_pending": bool(hv.memory.buf[info + OFF_UPCALL_PENDING]),
                       "pending_sel": hv.memory.read_u64(info + OFF_PENDING_SEL)})
     shown, left_out = _bounded(ports)
-    return {"domid": d.domid, "ports": shown, "left_out": left_out, "bound": len(ports),
+    bound = sum(1 for p in ports if p["state"] != "reserved")
+    return {"domid": d.domid, "ports": shown, "left_out": left_out, "bound": bound,
             "pending": sum(1 for p in ports if p.get("pending")), "vcpus": vcpus}
 
 

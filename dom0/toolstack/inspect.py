@@ -86,8 +86,7 @@ class Inspector:
         va = 0
         if view == "pagetables":
             va = parse_va(arg)
-        if not 0 <= vcpu <= 0xFFFF:
-            raise InspectRequestError(f"no vCPU {vcpu}")
+            self._check_walkable(domid, vcpu)
         try:
             data = self.channel.inspect(domid, view, va, vcpu, verbose)
         except ChannelError as e:
@@ -96,6 +95,18 @@ class Inspector:
         if view == "frames":
             data["dom0_rings"] = self._ring_frames(domid)
         return data
+
+    def _check_walkable(self, domid: int, vcpu: int) -> None:
+        """Say precisely why a walk is impossible (the hypervisor's answer is one errno)."""
+        try:
+            (info,) = self.channel.domain_info(domid)["domains"]
+        except (ChannelError, ValueError):
+            return          # gone meanwhile: the hypervisor's own answer says so
+        if info["process"]:
+            raise InspectRequestError(f"d{domid} is a process domain (dom0 or a Python guest): it has no "
+                                      "page tables; --pagetables is for x86 guests")
+        if not 0 <= vcpu < info["vcpus"]:
+            raise InspectRequestError(f"d{domid} has {info['vcpus']} vCPU(s): no vCPU {vcpu}")
 
     def _ring_frames(self, domid: int) -> dict:
         """The xenstore ring's frame as dom0 was told it (the hypervisor cannot tell a ring
@@ -177,7 +188,7 @@ class Inspector:
 
 # What an errno from OP_INSPECT means, by view (None: any view).
 _HINTS = {
-    ("pagetables", EINVAL): " (a process domain has no page tables; or no such vCPU)",
+    ("pagetables", EINVAL): " (a process domain, or no such vCPU)",
     ("grants", EINVAL): " (the domain has no grant table)",
     (None, EPERM): " (only the privileged domain may inspect)",
     (None, ESRCH): " (no such domain)",

@@ -113,7 +113,8 @@ def _chosen_view(args) -> tuple[str, str | None] | None:
 
 def run(args) -> int:
     view = _chosen_view(args)
-    if os.path.isfile(args.target) and view is None:
+    # A file, or anything path-like (a domain's name holds no "/"), is a kernel.
+    if view is None and (os.path.isfile(args.target) or os.sep in args.target):
         return run_kernel(args)
     if args.memory is not None or args.ramdisk:
         raise UserError(f"--memory and --ramdisk describe a kernel file; {args.target!r} is none")

@@ -41,7 +41,8 @@ def frames(data: dict, verbose: bool) -> list[str]:
                  f"mapped in from other domains: {data['mapped_in']}")
     rings = data.get("dom0_rings") or {}
     if rings.get("xenstore") is not None:
-        lines.append(f"  xenstore ring: frame {rings['xenstore']:#x} (as dom0 was told it)")
+        lines.append(f"  xenstore ring: frame {rings['xenstore']:#x} (as the builder told dom0: mfn for "
+                     "an x86 guest, pfn for a process)")
     for name, listing in (data.get("lists") or {}).items():
         runs = ", ".join(f"{a:#x}" if a == b else f"{a:#x}-{b:#x}" for a, b in listing["ranges"])
         more = f" (+{listing['left_out']} more ranges)" if listing["left_out"] else ""
