@@ -160,7 +160,7 @@ def pagetables(d: "Domain", va: int, vcpu_id: int = 0, verbose: bool = False) ->
         raise InspectError(E.EINVAL, f"virtual address {va:#x} is not canonical")
     vcpu = d.vcpus[vcpu_id]
     levels: list[dict] = []
-    result = {"domid": d.domid, "vcpu": vcpu_id, "va": va, "kernel_mode": vcpu.kernel_mode,
+    result: dict = {"domid": d.domid, "vcpu": vcpu_id, "va": va, "kernel_mode": vcpu.kernel_mode,
               "cr3_mfn": vcpu.current_table, "levels": levels, "maps": None, "stops": None}
     with hv.mmu.lock:
         table = vcpu.current_table
@@ -175,7 +175,7 @@ def pagetables(d: "Domain", va: int, vcpu_id: int = 0, verbose: bool = False) ->
                 return result
             entry = hv.memory.read_u64((table << PAGE_SHIFT) + index * 8)
             mfn = pte_mfn(entry)
-            row = {"level": level, "table_mfn": table, "index": index, "entry": entry,
+            row: dict = {"level": level, "table_mfn": table, "index": index, "entry": entry,
                    "flags": _entry_flags(entry, level), "frame": None}
             levels.append(row)
             if not entry & _PAGE_PRESENT:

@@ -132,7 +132,7 @@ class BlockConnection:
 
     # --- the ring ---
 
-    def rings(self) -> dict:
+    def rings(self) -> dict[str, tuple[memoryview, int, int, int]]:
         """For `pvhyp inspect DOM --rings` (dom0/toolstack/inspect.py): the shared page and
         the private indexes of each ring this connection serves."""
         r = self.ring

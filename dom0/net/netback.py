@@ -78,7 +78,7 @@ class VifPort:
 
     # --- Connection ---
 
-    def rings(self) -> dict:
+    def rings(self) -> dict[str, tuple[memoryview, int, int, int]]:
         """For `pvhyp inspect DOM --rings` (dom0/toolstack/inspect.py): the shared page and
         the private indexes of each ring this connection serves."""
         return {name: (r.sring.page, r.req_cons, r.rsp_prod_pvt, r.nr_ents)
