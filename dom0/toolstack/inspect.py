@@ -21,6 +21,7 @@ from __future__ import annotations
 from abi.errno import EINVAL, EPERM, ERRNO_NAMES, ESRCH
 from abi.io import ring as R
 from dom0.xenstored.core import live_perms
+from dom0.xenstored.nodes import subtree
 from dom0.xenstored.paths import format_permissions, is_same_or_below, is_valid_node_path
 from pvguest.hypercall_channel import ChannelError
 
@@ -156,22 +157,12 @@ class Inspector:
         with self.engine.lock:
             if store.get(path) is None:
                 raise InspectRequestError(f"no xenstore node {path}")
-            nodes: list[dict] = []
-            left_out = 0
-            pending = [path]
-            while pending:
-                node_path = pending.pop()
-                node = store.get(node_path)
-                if node is None:
-                    continue
-                if len(nodes) >= MAX_ITEMS:
-                    left_out += 1
-                    continue
-                perms = format_permissions(live_perms(self.engine, node)).split(b"\0")[:-1]
-                nodes.append({"path": node_path, "value": _shown_value(node.value),
-                              "perms": [p.decode("ascii", "replace") for p in perms]})
-                prefix = "" if node_path == "/" else node_path
-                pending.extend(f"{prefix}/{child}" for child in reversed(node.children))
+            found = sorted(subtree(store, path), key=lambda item: item[0].split("/"))
+            nodes = [{"path": node_path, "value": _shown_value(node.value),
+                      "perms": [p.decode("ascii", "replace")
+                                for p in format_permissions(live_perms(self.engine, node)).split(b"\0")[:-1]]}
+                     for node_path, node in found[:MAX_ITEMS]]
+            left_out = len(found) - len(nodes)
             watches = []
             for conn in self.engine.connections.values():
                 for watch in conn.watches:
