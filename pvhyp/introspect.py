@@ -13,7 +13,7 @@ that holds the real thing:
     frames         the domain's frames by type (L1..L4 pinned or not, writable,
                    descriptor pages, shared_info, grant-table frames, granted out,
                    mapped in) with counts, and with `verbose` the frames themselves
-                   as mfn ranges (xen/arch/x86/mm.c, xen/include/asm-x86/mm.h)
+                   as mfn ranges (xen/arch/x86/mm.c, xen/arch/x86/include/asm/mm.h)
     evtchn         each port's state, binding (VIRQ, IPI, interdomain peer, unbound
                    remote), notify vCPU and its pending/masked bits in shared_info
                    (xen/common/event_channel.c, xen/common/event_2l.c)
@@ -213,11 +213,14 @@ def frames(d: "Domain", verbose: bool = False) -> dict:
             granted_out = {act.mfn for act in gt.active if act.pin}
             mapped_in = {mfn: sum(counts) for mfn, counts in gt.mapped.items()}
     categories: dict[str, list[int]] = {}
+    # Who owns a frame changes only as the domain grows, shrinks or dies, none of which the
+    # MMU lock orders: find the domain's frames first, so the lock (which every guest
+    # page-table update takes) is held only to read their types.
+    owner = ft.owner
+    owned = [mfn for mfn in range(ft.nr_frames) if owner[mfn] == d.domid]
     with hv.mmu.lock:
-        owner, types, type_count, pinned = ft.owner, ft.type, ft.type_count, ft.pinned
-        for mfn in range(ft.nr_frames):
-            if owner[mfn] != d.domid:
-                continue
+        types, type_count, pinned = ft.type, ft.type_count, ft.pinned
+        for mfn in owned:
             name = special.get(mfn)
             if name is None:
                 t = types[mfn]

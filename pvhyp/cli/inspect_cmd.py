@@ -34,7 +34,7 @@ VIEW_HELP = (
     ("pagetables", {"metavar": "VA"}, "the 4-level walk of VA in a vCPU's CR3: each entry, its flags, "
      "the frame's type, counts and owner (xen/arch/x86/mm.c, mm/guest_walk.c)"),
     ("frames", {"action": "store_true"}, "the domain's frames by type: L1-L4 pinned or not, writable, "
-     "granted, shared_info, grant table; -v lists them (xen/arch/x86/mm.c, asm-x86/mm.h)"),
+     "granted, shared_info, grant table; -v lists them (xen/arch/x86/mm.c, arch/x86/include/asm/mm.h)"),
     ("evtchn", {"action": "store_true"}, "ports: state, binding (VIRQ, interdomain peer), notify vCPU, "
      "pending/masked bits (xen/common/event_channel.c, event_2l.c)"),
     ("grants", {"action": "store_true"}, "grant entries in use: flags, grantee, frame, pins; and the "
@@ -48,12 +48,12 @@ VIEW_HELP = (
 
 def add_parser(sub) -> None:
     import argparse
-    views = "\n".join(f"  --{name:<11} {text}" for name, _, text in VIEW_HELP)
     p = sub.add_parser(
         "inspect", help="a kernel file's Xen ELF notes and layout, or a running domain's live state",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="pvhyp inspect KERNEL: the kernel's Xen ELF notes and the layout the builder would use.\n"
-                    "pvhyp inspect DOM --VIEW: one live view of a domain of `pvhyp up`:\n" + views)
+                    "pvhyp inspect DOM --VIEW: one live view of a domain of `pvhyp up` (the views below,\n"
+                    "each with the Xen source that holds the real thing).")
     p.add_argument("target", metavar="KERNEL|DOM",
                    help="a vmlinux/bzImage/XTF kernel file, or a running domain's name or id")
     p.add_argument("--memory", type=int, default=None, metavar="MB", help="KERNEL: domain memory (default 128)")
