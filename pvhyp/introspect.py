@@ -150,7 +150,11 @@ def _ranges(mfns: list[int]) -> list[list[int]]:
 # --- pagetables ----------------------------------------------------------------------------
 
 def pagetables(d: "Domain", va: int, vcpu_id: int = 0, verbose: bool = False) -> dict:
-    """The walk of `va` through vCPU `vcpu_id`'s current L4 (kernel or user, as the CPU uses it)."""
+    """The walk of `va` through vCPU `vcpu_id`'s current L4 (kernel or user, as the CPU uses it).
+
+    Under the MMU lock no validated table changes type, but the guest may still rewrite an
+    entry through ptwr or mmu_update between our reads, so a walk is a snapshot per entry,
+    as the CPU's own walk is; every frame number met is checked before it is followed."""
     hv = d.hv
     if not d.paging:
         raise InspectError(E.EINVAL, f"d{d.domid} is a process domain: it has no page tables")
@@ -161,7 +165,7 @@ def pagetables(d: "Domain", va: int, vcpu_id: int = 0, verbose: bool = False) ->
     vcpu = d.vcpus[vcpu_id]
     levels: list[dict] = []
     result: dict = {"domid": d.domid, "vcpu": vcpu_id, "va": va, "kernel_mode": vcpu.kernel_mode,
-              "cr3_mfn": vcpu.current_table, "levels": levels, "maps": None, "stops": None}
+                    "cr3_mfn": vcpu.current_table, "levels": levels, "maps": None, "stops": None}
     with hv.mmu.lock:
         table = vcpu.current_table
         result["cr3_frame"] = frame_info(hv, table) if table else None
@@ -176,7 +180,7 @@ def pagetables(d: "Domain", va: int, vcpu_id: int = 0, verbose: bool = False) ->
             entry = hv.memory.read_u64((table << PAGE_SHIFT) + index * 8)
             mfn = pte_mfn(entry)
             row: dict = {"level": level, "table_mfn": table, "index": index, "entry": entry,
-                   "flags": _entry_flags(entry, level), "frame": None}
+                         "flags": _entry_flags(entry, level), "frame": None}
             levels.append(row)
             if not entry & _PAGE_PRESENT:
                 result["stops"] = f"L{level} entry not present: the access would #PF"
