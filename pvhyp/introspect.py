@@ -152,9 +152,9 @@ def _ranges(mfns: list[int]) -> list[list[int]]:
 def pagetables(d: "Domain", va: int, vcpu_id: int = 0, verbose: bool = False) -> dict:
     """The walk of `va` through vCPU `vcpu_id`'s current L4 (kernel or user, as the CPU uses it).
 
-    Under the MMU lock no validated table changes type, but the guest may still rewrite an
-    entry through ptwr or mmu_update between our reads, so a walk is a snapshot per entry,
-    as the CPU's own walk is; every frame number met is checked before it is followed."""
+    Under the MMU lock no validated table changes (mmu_update and ptwr take it too), so the
+    walk is consistent; every frame number met is still checked before it is followed, since
+    a table the MMU never validated (a vCPU's CR3 before its first run) promises nothing."""
     hv = d.hv
     if not d.paging:
         raise InspectError(E.EINVAL, f"d{d.domid} is a process domain: it has no page tables")
