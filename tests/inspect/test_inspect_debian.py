@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from tests.toolstack.conftest import ROOT, start_host
+from tests.toolstack.conftest import ROOT, debian_image, start_host
 
 pytestmark = pytest.mark.slow
 BOOT_TIMEOUT = float(os.environ.get("PVHYP_DEBIAN_BOOT_TIMEOUT", "1200"))
@@ -20,11 +20,7 @@ CONFIG = os.path.join(ROOT, "examples", "debian.cfg")
 
 @pytest.fixture(scope="module")
 def debian(tmp_path_factory):
-    from dom0.images import debian as images
-    try:
-        image = images.find_or_build(os.environ.get("PVHYP_DEBIAN_DIR"))
-    except images.ImageError as e:
-        pytest.skip(str(e))
+    image = debian_image()
     host = start_host(str(tmp_path_factory.mktemp("inspect-debian")), memory_mb=512)
     try:
         disk = os.path.join(host.run_dir, "disk.img")

@@ -95,6 +95,17 @@ def start_host_fixture():
     return start_host
 
 
+def debian_image() -> dict:
+    """The Debian guest's kernel, initramfs and System.map (dom0/images/debian.py, built on first
+    use, $PVHYP_DEBIAN_DIR if set); the test is skipped where they cannot be had."""
+    from dom0.images import debian
+    try:
+        image: dict = debian.find_or_build(os.environ.get("PVHYP_DEBIAN_DIR"))
+    except debian.ImageError as e:
+        pytest.skip(str(e))
+    return image
+
+
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     h = start_host(str(tmp_path_factory.mktemp("up")))
