@@ -221,8 +221,12 @@ class XapiServer:
 
     def _serve(self, conn: _Connection) -> None:
         """Handle whole requests while nothing waits to be sent, a few per turn of the loop."""
-        for _ in range(REQUESTS_PER_TURN):
+        more = False
+        for turn in range(REQUESTS_PER_TURN + 1):
             if conn.out or conn.pending is not None or conn.close_after:
+                break
+            if turn == REQUESTS_PER_TURN:
+                more = True         # requests may wait whole in the buffer: the next turn serves them
                 break
             try:
                 request = conn.reader.next_request()
@@ -236,8 +240,7 @@ class XapiServer:
                 return
             self._handle(conn, request)
         if conn.sock in self.clients:
-            # a request may wait whole in the buffer: writable at once, served on the next turn
-            self._rewatch(conn, want_write=bool(conn.reader.buffer) and conn.pending is None)
+            self._rewatch(conn, want_write=more)      # writable at once: served on the loop's next turn
 
     def _hand_over(self, conn: _Connection, request: http.Request) -> None:
         """The contract with dom0.webui: the web app takes the socket; we forget it."""
