@@ -92,14 +92,15 @@ class _Connection:
 
 class XapiServer:
     def __init__(self, api: Api, loop, listen: tuple[str, int] = DEFAULT_LISTEN, web: Any = None,
-                 tls_dir: str | None = None, fallback_port: bool = True):
+                 tls_dir: str | None = None, fallback_port: bool = True, tls: bool | None = None):
+        """`tls`: None = by the address (TLS on any but loopback); True forces it (tests, on loopback)."""
         self.api = api
         self.loop = loop
         self.web = web
         self.clients: dict[socket.socket, _Connection] = {}
         host, port = listen
         self.tls: ssl.SSLContext | None = None
-        if not is_loopback(host):
+        if tls or (tls is None and not is_loopback(host)):
             self.tls = self_signed_context(tls_dir or ".", host)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
@@ -193,6 +194,12 @@ class XapiServer:
         if not data:
             self._drop(conn)
             return
+        # TLS may hold decrypted bytes the socket's fd no longer signals: take them now
+        while isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending() and len(data) <= http.MAX_BODY:
+            try:
+                data += conn.sock.recv(_RECV_BYTES)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, OSError):
+                break
         conn.last_active = time.monotonic()
         conn.reader.feed(data)
         self._serve(conn)

@@ -36,8 +36,10 @@ def _rate(fn, seconds: float) -> float:
 
 
 def run(args) -> int:
-    import XenAPI
-
+    try:
+        import XenAPI
+    except ImportError:
+        raise UserError("the XenAPI SDK is not installed (pip install XenAPI; bin/setup installs it)") from None
     from dom0.toolstack.api import call
     kernel = os.path.join(args.xtf_dir, XTF_KERNEL)
     if not os.path.exists(kernel):
