@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import time
 import traceback
 import uuid as uuidlib
@@ -594,14 +595,36 @@ class Api:
         self._expect(vm, "Paused")
         self.toolstack.unpause(self._guest(vm).domid)
 
-    def vm_clone(self, vm: str, new_name: str, full: bool) -> str:
+    def vm_clone(self, vm: str, new_name: str, full: bool) -> Pending:
+        """`pvhyp clone` into the store, on a thread of its own: a full copy of a disk takes as long
+        as the disk is big, and dom0's loop never waits for it (the answer is a Pending)."""
         entry = self._stored(vm)
         if not entry.is_template:
             self._expect(vm, "Halted")
         out = self.store.path_for(new_name)
-        made = clone(entry.path, new_name, full=full, out=out, cwd=entry.directory)
-        self.store.mark(made["config"], entry.description)
-        return ref_of(made["uuid"])
+        outcome: list[Any] = []
+
+        def work() -> None:
+            try:
+                made = clone(entry.path, new_name, full=full, out=out, cwd=entry.directory)
+                self.store.mark(made["config"], entry.description)
+                outcome.append(ref_of(made["uuid"]))
+            except CloneError as e:
+                outcome.append(ApiError(E.INTERNAL_ERROR, " ".join(str(e).split())[:400]))
+            except Exception as e:
+                log.error("cloning %s failed:\n%s", entry.path, traceback.format_exc())
+                outcome.append(ApiError(E.INTERNAL_ERROR, f"{type(e).__name__} in VM.clone"))
+        worker = threading.Thread(target=work, name=f"xapi clone {new_name}", daemon=True)
+        worker.start()
+
+        def done() -> Any:
+            if not outcome:
+                return None
+            if isinstance(outcome[0], ApiError):
+                raise outcome[0]
+            self.refresh()
+            return outcome[0]
+        return Pending(done, float("inf"), lambda: None)
 
     def vm_destroy(self, session: Session, vm: str) -> None:
         entry = self._stored(vm)

@@ -120,16 +120,16 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2, 1 << 64), st.floats
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_hostile_calls(api, data):
     session = login(api)
-    refs = [ref for cls in ("VM", "VDI", "VBD", "VIF", "SR", "network", "console", "host", "pool", "task")
-            for ref in api.call(f"{cls}.get_all", [session])]
+    refs = sorted(ref for cls in ("VM", "VDI", "VBD", "VIF", "SR", "network", "console", "host", "pool")
+                  for ref in api.call(f"{cls}.get_all", [session]))
     method = data.draw(st.sampled_from(sorted(api.messages) + ["Async.VM.start", "nope", "Async.nope", "VM."]))
     nparams = len(api.messages[method].params) if method in api.messages else 1
     params = data.draw(st.lists(st.one_of(VALUES, st.sampled_from(refs + [session])),
                                 min_size=max(0, nparams - 1), max_size=nparams + 1))
     if data.draw(st.booleans()):
         params = [session] + params[1:]
-    if method in ("session.logout", "VM.destroy", "VDI.destroy"):
-        return      # would take away what the next examples call with
+    if method.removeprefix("Async.") in ("session.logout", "VM.destroy", "VDI.destroy", "VM.clone", "VM.copy"):
+        return      # would change the objects the next examples draw from (the SDK test clones and destroys)
     try:
         result = api.call(method, params)
     except ApiError as e:
