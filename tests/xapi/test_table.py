@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from dom0.toolstack.domains import ToolstackError
 from dom0.xapi.errors import ApiError
 from dom0.xapi.model import Api, Pending
-from dom0.xapi.session import Sessions
+from dom0.xapi.session import FAILURE_WINDOW, MAX_FAILURES, Sessions
 from dom0.xapi.store import VmStore
 
 TEMPLATE = '# xapi: template\nname = "tmpl"\nkernel = "/nonexistent/kernel"\nmemory = 16\n' \
@@ -110,6 +110,26 @@ def test_events_from_token(api):
     assert isinstance(waiting, Pending) and waiting.poll(0) == (False, None)
 
 
+def test_failed_logins_are_rate_limited(tmp_path):
+    creds = tmp_path / "creds"
+    creds.write_text("root:secret\n")
+    creds.chmod(0o600)
+    now = [1000.0]
+    sessions = Sessions(str(creds), clock=lambda: now[0])
+    for _ in range(MAX_FAILURES):
+        with pytest.raises(ApiError):
+            sessions.login("root", "guess", "")
+    with pytest.raises(ApiError) as failure:        # the window is full: even the password is refused
+        sessions.login("root", "secret", "")
+    assert failure.value.description[0] == "SESSION_AUTHENTICATION_FAILED"
+    assert "too many failed logins" in failure.value.description[2]
+    now[0] += FAILURE_WINDOW + 1
+    assert sessions.user_of(sessions.login("root", "secret", "").ref) == "root"
+    creds.chmod(0o644)          # readable by others: not trusted, so nobody logs in with it
+    with pytest.raises(ApiError):
+        sessions.login("root", "secret", "")
+
+
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2, 1 << 64), st.floats(allow_nan=True),
                    st.text(max_size=30), st.sampled_from(["", "OpaqueRef:NULL", "*", "vm", "1.0"]),
                    st.lists(st.text(max_size=5), max_size=3), st.dictionaries(st.text(max_size=5), st.text(max_size=5),
@@ -117,7 +137,7 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2, 1 << 64), st.floats
 
 
 @given(st.data())
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_hostile_calls(api, data):
     session = login(api)
     refs = sorted(ref for cls in ("VM", "VDI", "VBD", "VIF", "SR", "network", "console", "host", "pool")
