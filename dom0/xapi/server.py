@@ -254,7 +254,11 @@ class XapiServer:
         self.clients.pop(conn.sock, None)
         self.loop.unwatch(conn.sock)
         leftover = bytes(conn.reader.buffer)
-        self.web.websocket(request.path, request.query, request.headers, conn.sock, leftover)
+        try:
+            self.web.websocket(request.path, request.query, request.headers, conn.sock, leftover)
+        except Exception:
+            log.exception("the web app failed to take the WebSocket on %s", request.path[:100])
+            conn.sock.close()
 
     def _handle(self, conn: _Connection, request: http.Request) -> None:
         keep = request.keep_alive
