@@ -73,6 +73,12 @@ def test_every_class_lists_and_reads(api):
     assert api.call("network.get_bridge", [session, api.call("VIF.get_network", [session, vif])]) == "xenbr1"
 
 
+def test_console_contract_with_the_web_app(api):
+    session = login(api)
+    assert api.pty_path("OpaqueRef:nothing") is None and api.pty_path(None) is None
+    assert api.sessions.user_of(session) == "root" and api.sessions.user_of("OpaqueRef:forged") is None
+
+
 def test_xapi_error_parameters(api):
     session = login(api)
     template = api.call("VM.get_by_name_label", [session, "tmpl"])[0]
