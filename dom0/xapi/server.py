@@ -120,7 +120,9 @@ class XapiServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        """Where clients reach us (console locations name it): a wildcard bind is named by the host's name."""
+        host = os.uname().nodename if ipaddress.ip_address(self.host).is_unspecified else self.host
+        host = f"[{host}]" if ":" in host else host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     # --- connections ---
