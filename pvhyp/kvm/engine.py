@@ -45,6 +45,7 @@ from abi.x86_regs import (
     X86_CR4_OSXMMEXCPT,
     X86_CR4_PAE,
     X86_EFLAGS_MBS,
+    X86_EFLAGS_TF,
     PFEC_insn_fetch,
     PFEC_reserved_bit,
     PFEC_write_access,
@@ -321,6 +322,23 @@ class KvmEngine:
             self.vm_state.queue_writes(first + 8 * page for page in range(L.MAX_GUEST_GDT_FRAMES))
             self._gdt_ptes = ptes
 
+    def trace_flag_changed(self) -> None:
+        """The watchpoints started or stopped single-stepping: the next entry sets RFLAGS."""
+        self._dirty = True
+
+    def code_segment_is_64bit(self) -> bool:
+        desc = self._descriptor(self.cs)
+        return desc is None or bool(desc >> 53 & 1)
+
+    def _rflags_for_kvm(self) -> int:
+        watchpoints = self.watchpoints
+        stepping = watchpoints is not None and watchpoints.stepping
+        return self.rflags | X86_EFLAGS_MBS | (X86_EFLAGS_TF if stepping else 0)
+
+    def _rflags_from_kvm(self, rflags: int) -> int:
+        watchpoints = self.watchpoints
+        return watchpoints.guest_rflags(rflags) if watchpoints is not None else rflags
+
     def set_cr3(self, maddr: int) -> None:
         self.cr3 = maddr
         self._load_cr3 = True
@@ -382,6 +400,8 @@ class KvmEngine:
                     return ExitReason.KICKED
                 if self._deadline_kick:
                     return ExitReason.BUDGET
+                if self._regs_fresh and self.watchpoints is not None and self.watchpoints.stepping:
+                    self.watchpoints.before_step()
                 self._enter()
                 exit_reason = self.kvm_vcpu.run()
                 self._handle_exit(exit_reason)
@@ -426,7 +446,7 @@ class KvmEngine:
             s.cr3 = self.cr3
         vcpu.set_sregs()
         regs = self.regs
-        regs.rip, regs.rsp, regs.rflags = self.rip, self.rsp, self.rflags | X86_EFLAGS_MBS
+        regs.rip, regs.rsp, regs.rflags = self.rip, self.rsp, self._rflags_for_kvm()
         vcpu.set_regs()
         self._at = self.GUEST
         self._regs_fresh = True
@@ -455,7 +475,7 @@ class KvmEngine:
             vcpu.set_sregs()
         self._regs_fresh = True
         regs = self.regs
-        frame = _FRAME.pack(self.rip, self.cs, self.rflags | X86_EFLAGS_MBS, self.rsp, self.ss)
+        frame = _FRAME.pack(self.rip, self.cs, self._rflags_for_kvm(), self.rsp, self.ss)
         frame_va = self._stack_top_va - _FRAME.size
         block_size = 8 * (A.BLOCK_HEADER + len(writes))
         block_va = frame_va - block_size
@@ -480,7 +500,7 @@ class KvmEngine:
             raise RuntimeError("guest state asked for while the vCPU sits in a stub")
         regs = self.kvm_vcpu.get_regs()
         s = sregs if sregs is not None else self.kvm_vcpu.get_sregs()
-        self.rip, self.rsp, self.rflags = int(regs.rip), int(regs.rsp), int(regs.rflags)
+        self.rip, self.rsp, self.rflags = int(regs.rip), int(regs.rsp), self._rflags_from_kvm(int(regs.rflags))
         self.cs, self.ss = int(s.cs.selector), int(s.ss.selector)
         self._regs_fresh = True
 
@@ -550,10 +570,16 @@ class KvmEngine:
         self.rip, self.cs, self.rflags, self.rsp, self.ss = rip, cs & 0xFFFF, rflags, rsp, ss & 0xFFFF
         self._dirty = True
         host = self.host
+        watchpoints = self.watchpoints
+        if watchpoints is not None and watchpoints.stepping:
+            self.rflags = watchpoints.guest_rflags(rflags)
+            if vector != TRAP_debug:
+                watchpoints.step_interrupted()
         if vector == TRAP_page_fault and rip == A.SYSCALL_TRAP_VA:
             # kvm_pvm runs `syscall` at CPL3 (EFER.SCE or not): it jumped to LSTAR, which faults.
             # rcx/r11 hold the return RIP and RFLAGS, as the hardware leaves them.
-            self.rip, self.rflags = (int(regs.rcx) - 2) & MASK64, int(regs.r11)
+            self.rip, self.rflags = (int(regs.rcx) - 2) & MASK64, self._rflags_from_kvm(int(regs.r11))
+            regs.r11 = self.rflags      # as `syscall` saved them, without the hypervisor's TF
             self._count("hypercall")
             self._count("syscall_at_lstar")
             host.on_hypercall(self)
