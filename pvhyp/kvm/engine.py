@@ -414,11 +414,13 @@ class KvmEngine:
 
     # --- entering the guest ---------------------------------------------------
     def _enter(self) -> None:
-        """Make KVM's state the guest's: nothing to do, ioctls, or the return stub.
+        """Make KVM's state the guest's: nothing to do, ioctls, the iret stub or the return stub.
 
-        The stub (about 20 instructions kvm_pvm emulates one by one) is used only when
-        page-table writes must be replayed; otherwise KVM_SET_SREGS/KVM_SET_REGS put the
-        guest's CPL3 state back directly, which costs a fraction of it."""
+        The return stub (about 20 instructions kvm_pvm emulates one by one) is used only when
+        page-table writes must be replayed. From a vector stub with nothing else to change,
+        the iret stub (one emulated `iretq` after KVM_SET_REGS) is the cheapest way back, the
+        null hypercall's path; otherwise KVM_SET_SREGS/KVM_SET_REGS put the guest's CPL3
+        state back directly."""
         writes = self.vm_state.take_writes(MAX_REPLAYED_WRITES)
         if writes is None:                      # too many: every shadow page goes
             self.vm_state.vm.reset_shadow_pages()
@@ -429,6 +431,8 @@ class KvmEngine:
             return
         if writes:
             self._enter_through_stub(writes)
+        elif self._at == self.STUB and not (self._load_cr3 or self._sregs_changes):
+            self._enter_through_iret()
         else:
             self._enter_directly()
 
@@ -460,6 +464,19 @@ class KvmEngine:
         if desc is None:
             raise RuntimeError(f"guest selector {selector:#x} has no descriptor")
         self._set_from_descriptor(segment, selector, desc)
+
+    def _enter_through_iret(self) -> None:
+        regs = self.regs
+        frame_va = self._stack_top_va - _FRAME.size
+        self.memory.write(self._stack_top_maddr - _FRAME.size,
+                          _FRAME.pack(self.rip, self.cs, self._rflags_for_kvm(), self.rsp, self.ss))
+        saved = regs.rip, regs.rsp, regs.rflags
+        regs.rip, regs.rsp, regs.rflags = A.IRET_STUB_VA, frame_va, X86_EFLAGS_MBS
+        self.kvm_vcpu.set_regs()
+        regs.rip, regs.rsp, regs.rflags = saved
+        self._replaying = []
+        self._dirty = False
+        self._count("entries_through_iret")
 
     def _enter_through_stub(self, writes: list[int]) -> None:
         vcpu = self.kvm_vcpu
