@@ -59,6 +59,7 @@ from pvhyp.kvm import area as A
 from pvhyp.kvm import kvm_abi as K
 from pvhyp.kvm.m2p import complete_m2p_load, in_m2p
 from pvhyp.pv import xen_area as L
+from pvhyp.pv.emulate import MSR_FS_BASE, MSR_GS_BASE
 from pvhyp.pv.engine_interface import GPR_NAMES, CpuState, ExitReason, VcpuHost
 from pvhyp.pv.traps import VECTORS_WITH_ERROR_CODE
 
@@ -190,8 +191,13 @@ class KvmEngine:
                 self._rip_written = True
             setattr(self, name, value)
         elif name in ("fs_base", "gs_base"):
-            seg = name[:2]
-            self._sregs_changes.append(lambda s: setattr(getattr(s, seg), "base", value))
+            if self._sregs_changes:         # after a selector load that is still to be applied
+                seg = name[:2]
+                self._sregs_changes.append(lambda s: setattr(getattr(s, seg), "base", value))
+            else:
+                # One MSR ioctl, and the return can still take the iret stub (a PV guest's
+                # kernel/user switch changes GS's base both ways on every system call).
+                self.kvm_vcpu.set_msr(MSR_FS_BASE if name == "fs_base" else MSR_GS_BASE, value)
         else:
             setattr(self.regs, name, value)
 
@@ -429,8 +435,8 @@ class KvmEngine:
         if self._at == self.GUEST and not (self._dirty or self._load_cr3 or writes or self._sregs_changes):
             self._regs_fresh = False
             return
-        if writes:
-            self._enter_through_stub(writes)
+        if writes or (self._load_cr3 and self._at == self.STUB and not self._sregs_changes):
+            self._enter_through_stub(writes)        # it loads CR3 (emulated) too
         elif self._at == self.STUB and not (self._load_cr3 or self._sregs_changes):
             self._enter_through_iret()
         else:
@@ -439,7 +445,8 @@ class KvmEngine:
     def _enter_directly(self) -> None:
         vcpu = self.kvm_vcpu
         s = vcpu.get_sregs()
-        if self._at == self.GUEST and not self._regs_fresh:
+        entered_from_guest = self._at == self.GUEST
+        if entered_from_guest and not self._regs_fresh:
             self._fetch_guest_state(s)
         for change in self._sregs_changes:
             change(s)
@@ -457,6 +464,7 @@ class KvmEngine:
         self._load_cr3 = False
         self._dirty = False
         self._count("entries_direct")
+        self._count("entries_direct_after_kick" if entered_from_guest else "entries_direct_for_sregs")
 
     def _load_segment(self, segment, selector: int) -> None:
         """CS or SS as the CPU loads them at CPL3 (the PV layer validated the selector)."""

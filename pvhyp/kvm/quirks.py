@@ -21,7 +21,8 @@ instructions, as pvhyp/cpu/unicorn_quirks.py proves unicorn's internals:
             present for the guest (kvm_pvm keeps that slot); then a load from it is completed
             by the hypervisor (m2p.py), which is checked too
   measured  debug_registers: a data breakpoint set with KVM_SET_DEBUGREGS raises #DB (kvm_pvm
-            ignores the debug registers, and KVM_SET_GUEST_DEBUG's breakpoints and single-step)
+            ignores the debug registers; KVM_SET_GUEST_DEBUG's breakpoints and single-step too,
+            measured once by hand, Dec 2026)
   required  without them, EFLAGS.TF at CPL3 raises #DB after one instruction (watchpoints.py
             single-steps the guest while a data breakpoint is armed)
   measured  cpuid_faulting: KVM's CPUID faulting makes a CPL3 cpuid trap (else plain cpuid

@@ -63,7 +63,7 @@ class _Step:
 
 
 class KvmWatchpoints:
-    def __init__(self, engine, pv, raise_debug_exception):
+    def __init__(self, engine, pv, raise_debug_exception) -> None:
         self.engine = engine
         self.pv = pv
         self.raise_debug_exception = raise_debug_exception
