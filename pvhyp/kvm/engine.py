@@ -7,19 +7,23 @@ hypervisor reaches Python through a CPL0 stub that exits at once
 instruction; kvm_pvm ignores SCE and jumps to LSTAR at CPL3, which points at
 a supervisor-only page, so it is a #PF there instead (rcx/r11 clobbered, as Xen's
 hypercall ABI allows).  After an exit
-the engine holds the guest's registers in Python (the GPRs from KVM_GET_REGS,
-RIP/RSP/RFLAGS/CS/SS from the exception frame on the CPL0 stack) and the
-VcpuHost reads and rewrites them as it does with unicorn.  Returning to the
-guest goes through the return stub, which also replays the queued page-table
-writes through the direct map and loads CR3, then `iretq`s to CPL3.
+the engine holds the guest's registers in Python (the GPRs as kvm_run's synced
+registers hold them, RIP/RSP/RFLAGS/CS/SS from the exception frame on the CPL0
+stack) and the VcpuHost reads and rewrites them as it does with unicorn.
+Returning to the guest takes the cheapest way that does what is needed
+(`_enter`): the iret stub when only registers changed (the null hypercall's
+path), the return stub when page-table writes are replayed or CR3 is loaded,
+KVM_SET_SREGS otherwise (selectors, CR0.TS, after a kick). Costs per null
+hypercall on kvm_pvm (CPU, Dec 2026): KVM_RUN about 100 us (kvm_pvm's
+syscall and exception delivery: nothing in Python's hands), the rest about 20.
 
 States (`_at`):
   GUEST  KVM holds the guest's state at CPL3 (first entry aside: after a kick).
          The Python copy is fetched only when a host callback needs it.
   STUB   KVM is at CPL0 in a vector stub; the Python copy is the truth.
 Rules: every KVM_RUN that changes guest state (registers written, CR3,
-queued page-table writes, selectors) enters through the return stub, from
-STUB directly, from GUEST after KVM_SET_SREGS puts the vCPU at CPL0 first.
+queued page-table writes, selectors) enters through a stub (from STUB) or
+after KVM_SET_SREGS (from GUEST, or when segment state changes).
 Nothing but the run loop on the vCPU's own thread touches the KVM vCPU; other
 threads only kick() it (flag, then immediate_exit, then a signal).
 """
