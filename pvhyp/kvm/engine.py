@@ -12,8 +12,8 @@ registers hold them, RIP/RSP/RFLAGS/CS/SS from the exception frame on the CPL0
 stack) and the VcpuHost reads and rewrites them as it does with unicorn.
 Returning to the guest takes the cheapest way that does what is needed
 (`_enter`): the iret stub when only registers changed (the null hypercall's
-path), the return stub when page-table writes are replayed or CR3 is loaded,
-KVM_SET_SREGS otherwise (selectors, CR0.TS, after a kick). Costs per null
+path), the return stub when page-table writes are replayed, KVM_SET_SREGS
+otherwise (CR3, segment bases and selectors, CR0.TS, after a kick). Costs per null
 hypercall on kvm_pvm (CPU, Dec 2026): KVM_RUN about 100 us (kvm_pvm's
 syscall and exception delivery: nothing in Python's hands), the rest about 20.
 
@@ -63,7 +63,6 @@ from pvhyp.kvm import area as A
 from pvhyp.kvm import kvm_abi as K
 from pvhyp.kvm.m2p import complete_m2p_load, in_m2p
 from pvhyp.pv import xen_area as L
-from pvhyp.pv.emulate import MSR_FS_BASE, MSR_GS_BASE
 from pvhyp.pv.engine_interface import GPR_NAMES, CpuState, ExitReason, VcpuHost
 from pvhyp.pv.traps import VECTORS_WITH_ERROR_CODE
 
@@ -195,13 +194,8 @@ class KvmEngine:
                 self._rip_written = True
             setattr(self, name, value)
         elif name in ("fs_base", "gs_base"):
-            if self._sregs_changes:         # after a selector load that is still to be applied
-                seg = name[:2]
-                self._sregs_changes.append(lambda s: setattr(getattr(s, seg), "base", value))
-            else:
-                # One MSR ioctl, and the return can still take the iret stub (a PV guest's
-                # kernel/user switch changes GS's base both ways on every system call).
-                self.kvm_vcpu.set_msr(MSR_FS_BASE if name == "fs_base" else MSR_GS_BASE, value)
+            seg = name[:2]
+            self._sregs_changes.append(lambda s: setattr(getattr(s, seg), "base", value))
         else:
             setattr(self.regs, name, value)
 
@@ -439,8 +433,8 @@ class KvmEngine:
         if self._at == self.GUEST and not (self._dirty or self._load_cr3 or writes or self._sregs_changes):
             self._regs_fresh = False
             return
-        if writes or (self._load_cr3 and self._at == self.STUB and not self._sregs_changes):
-            self._enter_through_stub(writes)        # it loads CR3 (emulated) too
+        if writes:
+            self._enter_through_stub(writes)
         elif self._at == self.STUB and not (self._load_cr3 or self._sregs_changes):
             self._enter_through_iret()
         else:

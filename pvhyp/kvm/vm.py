@@ -134,7 +134,6 @@ class KvmVcpu:
         self._scratch_regs = K.new("struct kvm_regs *")
         self._events = K.new("struct kvm_vcpu_events *")
         self.sregs = K.new("struct kvm_sregs *")
-        self._one_msr = K.new("struct kvm_msrs *", {"nmsrs": 1, "entries": 1})
         self.thread_id: int | None = None       # the thread inside run(), for kick()
 
     def get_regs(self):
@@ -180,13 +179,6 @@ class KvmVcpu:
             msrs.entries[i].index = index
             msrs.entries[i].data = value
         return K.ioctl(self.fd, K.KVM_SET_MSRS, msrs)
-
-    def set_msr(self, index: int, value: int) -> None:
-        """One MSR, through a struct kept for it (the per-mode GS base changes often)."""
-        entry = self._one_msr.entries[0]
-        entry.index, entry.data = index, value
-        if K.ioctl(self.fd, K.KVM_SET_MSRS, self._one_msr) != 1:
-            raise K.KvmError(0, f"KVM_SET_MSRS: MSR {index:#x} refused")
 
     def set_cpuid(self, entries: list[tuple[int, int, int, int, int, int, int]]) -> None:
         """(function, index, flags, eax, ebx, ecx, edx) entries."""
