@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 
 from pvhyp.kvm.choice import ACCEL_ENV
@@ -42,6 +43,8 @@ def kvm_column(boot_pvhyp, image: dict, memory: int, timeout: float, extra: str)
     else:
         lines.append(f"pvhyp_kvm_boot_to_marker: not reached (stopped after {result['seconds']:.2f} s; "
                      f"last line: {result['last_line']})")
+        if result.get("diagnosis"):
+            print(result["diagnosis"], file=sys.stderr)     # why, as the unicorn column prints it
     exits = result.get("kvm_exits") or {}
     for kind, count in sorted(exits.items(), key=lambda item: -item[1]):
         lines.append(f"pvhyp_kvm_exits_{kind}: {count}")

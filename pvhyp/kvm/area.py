@@ -16,6 +16,9 @@ instruction (about 1 us each):
       leaves KVM_RUN with an I/O exit and the RIP names the vector; the CPU has
       pushed the exception frame on the vCPU's CPL0 stack (the TSS's RSP0). The
       #PF stub first pushes rax and CR2 (a GET_SREGS would cost more).
+  iret stub: `iretq` alone, for a return that replays nothing and keeps CR3: the
+      engine writes the frame, KVM_SET_REGS sets every GPR, and one emulated
+      instruction reaches CPL3 (a KVM_GET_SREGS + KVM_SET_SREGS pair costs more).
   return stub: replays the queued page-table writes (`lock or qword [va], 0`: the
       same value again, atomically against host threads), loads CR3 if asked,
       restores the four registers it used and `iretq`s to the guest at CPL3.
@@ -57,6 +60,9 @@ STUB_PORT = 0x11
 STUB_STRIDE = 8
 RETURN_STUB_OFFSET = 0x800
 RETURN_STUB_VA = STUB_VA + RETURN_STUB_OFFSET
+IRET_STUB_OFFSET = 0xA00
+IRET_STUB_VA = STUB_VA + IRET_STUB_OFFSET
+_IRET = bytes.fromhex("48cf")       # iretq
 # MSR_LSTAR: supervisor-only, so a `syscall` that jumps there at CPL3 (kvm_pvm ignores
 # EFER.SCE) faults with this RIP; never executed.
 SYSCALL_TRAP_VA = STUB_VA + 0xF00
@@ -118,7 +124,8 @@ def in_vector_stubs(rip: int) -> bool:
 
 
 def in_return_stub(rip: int) -> bool:
-    return RETURN_STUB_VA <= rip < RETURN_STUB_VA + len(_RETURN_STUB)
+    """Inside the return stub or the iret stub: the guest is not back at CPL3 yet."""
+    return RETURN_STUB_VA <= rip < RETURN_STUB_VA + len(_RETURN_STUB) or rip == IRET_STUB_VA
 
 
 def directmap_va(maddr: int) -> int:
@@ -184,6 +191,7 @@ class KvmArea:
             code = (code + _UD2)[:STUB_STRIDE]      # RIP is always reset after the exit
             stubs[vector * STUB_STRIDE:vector * STUB_STRIDE + len(code)] = code
         stubs[RETURN_STUB_OFFSET:RETURN_STUB_OFFSET + len(_RETURN_STUB)] = _RETURN_STUB
+        stubs[IRET_STUB_OFFSET:IRET_STUB_OFFSET + len(_IRET)] = _IRET
         stub_mfn = self._new_frame()
         self.memory.write(stub_mfn << 12, bytes(stubs))
         self._map_page(STUB_VA, stub_mfn, _CODE)

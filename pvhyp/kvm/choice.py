@@ -3,10 +3,13 @@
 `auto` is KVM when /dev/kvm opens, its self-test (pvhyp/kvm/quirks.py) passes and
 the guest's page tables are walked by hardware (EPT/NPT); the software CPU (unicorn)
 otherwise. Under shadow paging (this machine kind's nested kvm_pvm) every exit costs
-hundreds of microseconds and each page-table write a CPL0 replay: measured with
-`pvhyp bench boot` (Dec 2026), Debian reached its shell in 30.2 s on KVM and 9.1 s on
-unicorn (QEMU TCG 5.2 s), so auto leaves KVM to `--accel kvm` there. The CLI's --accel reaches every process
-it starts (hostd, XTF's workers) as PVHYP_ACCEL; build_hypervisor reads it.
+over a hundred microseconds of CPU, most of it inside KVM_RUN (a null hypercall: about
+100 us in kvm_pvm's syscall and exception delivery, 20 us in Python), and each
+page-table write a CPL0 replay. Measured with `pvhyp bench boot` (Dec 2026): Debian
+reached its shell in 30.2 s on KVM and 9.1 s on unicorn (QEMU TCG 5.2 s); on a loaded
+machine in one run, 52.8 s on KVM, 24.4 s on unicorn, 15.2 s on QEMU TCG. So auto
+leaves KVM to `--accel kvm` there. The CLI's --accel reaches every process it starts
+(hostd, XTF's workers) as PVHYP_ACCEL; build_hypervisor reads it.
 """
 from __future__ import annotations
 

@@ -7,19 +7,23 @@ hypervisor reaches Python through a CPL0 stub that exits at once
 instruction; kvm_pvm ignores SCE and jumps to LSTAR at CPL3, which points at
 a supervisor-only page, so it is a #PF there instead (rcx/r11 clobbered, as Xen's
 hypercall ABI allows).  After an exit
-the engine holds the guest's registers in Python (the GPRs from KVM_GET_REGS,
-RIP/RSP/RFLAGS/CS/SS from the exception frame on the CPL0 stack) and the
-VcpuHost reads and rewrites them as it does with unicorn.  Returning to the
-guest goes through the return stub, which also replays the queued page-table
-writes through the direct map and loads CR3, then `iretq`s to CPL3.
+the engine holds the guest's registers in Python (the GPRs as kvm_run's synced
+registers hold them, RIP/RSP/RFLAGS/CS/SS from the exception frame on the CPL0
+stack) and the VcpuHost reads and rewrites them as it does with unicorn.
+Returning to the guest takes the cheapest way that does what is needed
+(`_enter`): the iret stub when only registers changed (the null hypercall's
+path), the return stub when page-table writes are replayed, KVM_SET_SREGS
+otherwise (CR3, segment bases and selectors, CR0.TS, after a kick). Costs per null
+hypercall on kvm_pvm (CPU, Dec 2026): KVM_RUN about 100 us (kvm_pvm's
+syscall and exception delivery: nothing in Python's hands), the rest about 20.
 
 States (`_at`):
   GUEST  KVM holds the guest's state at CPL3 (first entry aside: after a kick).
          The Python copy is fetched only when a host callback needs it.
   STUB   KVM is at CPL0 in a vector stub; the Python copy is the truth.
 Rules: every KVM_RUN that changes guest state (registers written, CR3,
-queued page-table writes, selectors) enters through the return stub, from
-STUB directly, from GUEST after KVM_SET_SREGS puts the vCPU at CPL0 first.
+queued page-table writes, selectors) enters through a stub (from STUB) or
+after KVM_SET_SREGS (from GUEST, or when segment state changes).
 Nothing but the run loop on the vCPU's own thread touches the KVM vCPU; other
 threads only kick() it (flag, then immediate_exit, then a signal).
 """
@@ -45,6 +49,7 @@ from abi.x86_regs import (
     X86_CR4_OSXMMEXCPT,
     X86_CR4_PAE,
     X86_EFLAGS_MBS,
+    X86_EFLAGS_TF,
     PFEC_insn_fetch,
     PFEC_reserved_bit,
     PFEC_write_access,
@@ -321,6 +326,23 @@ class KvmEngine:
             self.vm_state.queue_writes(first + 8 * page for page in range(L.MAX_GUEST_GDT_FRAMES))
             self._gdt_ptes = ptes
 
+    def trace_flag_changed(self) -> None:
+        """The watchpoints started or stopped single-stepping: the next entry sets RFLAGS."""
+        self._dirty = True
+
+    def code_segment_is_64bit(self) -> bool:
+        desc = self._descriptor(self.cs)
+        return desc is None or bool(desc >> 53 & 1)
+
+    def _rflags_for_kvm(self) -> int:
+        watchpoints = self.watchpoints
+        stepping = watchpoints is not None and watchpoints.stepping
+        return self.rflags | X86_EFLAGS_MBS | (X86_EFLAGS_TF if stepping else 0)
+
+    def _rflags_from_kvm(self, rflags: int) -> int:
+        watchpoints = self.watchpoints
+        return watchpoints.guest_rflags(rflags) if watchpoints is not None else rflags
+
     def set_cr3(self, maddr: int) -> None:
         self.cr3 = maddr
         self._load_cr3 = True
@@ -382,6 +404,8 @@ class KvmEngine:
                     return ExitReason.KICKED
                 if self._deadline_kick:
                     return ExitReason.BUDGET
+                if self._regs_fresh and self.watchpoints is not None and self.watchpoints.stepping:
+                    self.watchpoints.before_step()
                 self._enter()
                 exit_reason = self.kvm_vcpu.run()
                 self._handle_exit(exit_reason)
@@ -394,11 +418,13 @@ class KvmEngine:
 
     # --- entering the guest ---------------------------------------------------
     def _enter(self) -> None:
-        """Make KVM's state the guest's: nothing to do, ioctls, or the return stub.
+        """Make KVM's state the guest's: nothing to do, ioctls, the iret stub or the return stub.
 
-        The stub (about 20 instructions kvm_pvm emulates one by one) is used only when
-        page-table writes must be replayed; otherwise KVM_SET_SREGS/KVM_SET_REGS put the
-        guest's CPL3 state back directly, which costs a fraction of it."""
+        The return stub (about 20 instructions kvm_pvm emulates one by one) is used only when
+        page-table writes must be replayed. From a vector stub with nothing else to change,
+        the iret stub (one emulated `iretq` after KVM_SET_REGS) is the cheapest way back, the
+        null hypercall's path; otherwise KVM_SET_SREGS/KVM_SET_REGS put the guest's CPL3
+        state back directly."""
         writes = self.vm_state.take_writes(MAX_REPLAYED_WRITES)
         if writes is None:                      # too many: every shadow page goes
             self.vm_state.vm.reset_shadow_pages()
@@ -409,13 +435,16 @@ class KvmEngine:
             return
         if writes:
             self._enter_through_stub(writes)
+        elif self._at == self.STUB and not (self._load_cr3 or self._sregs_changes):
+            self._enter_through_iret()
         else:
             self._enter_directly()
 
     def _enter_directly(self) -> None:
         vcpu = self.kvm_vcpu
         s = vcpu.get_sregs()
-        if self._at == self.GUEST and not self._regs_fresh:
+        entered_from_guest = self._at == self.GUEST
+        if entered_from_guest and not self._regs_fresh:
             self._fetch_guest_state(s)
         for change in self._sregs_changes:
             change(s)
@@ -426,13 +455,14 @@ class KvmEngine:
             s.cr3 = self.cr3
         vcpu.set_sregs()
         regs = self.regs
-        regs.rip, regs.rsp, regs.rflags = self.rip, self.rsp, self.rflags | X86_EFLAGS_MBS
+        regs.rip, regs.rsp, regs.rflags = self.rip, self.rsp, self._rflags_for_kvm()
         vcpu.set_regs()
         self._at = self.GUEST
         self._regs_fresh = True
         self._load_cr3 = False
         self._dirty = False
         self._count("entries_direct")
+        self._count("entries_direct_after_kick" if entered_from_guest else "entries_direct_for_sregs")
 
     def _load_segment(self, segment, selector: int) -> None:
         """CS or SS as the CPU loads them at CPL3 (the PV layer validated the selector)."""
@@ -440,6 +470,19 @@ class KvmEngine:
         if desc is None:
             raise RuntimeError(f"guest selector {selector:#x} has no descriptor")
         self._set_from_descriptor(segment, selector, desc)
+
+    def _enter_through_iret(self) -> None:
+        regs = self.regs
+        frame_va = self._stack_top_va - _FRAME.size
+        self.memory.write(self._stack_top_maddr - _FRAME.size,
+                          _FRAME.pack(self.rip, self.cs, self._rflags_for_kvm(), self.rsp, self.ss))
+        saved = regs.rip, regs.rsp, regs.rflags
+        regs.rip, regs.rsp, regs.rflags = A.IRET_STUB_VA, frame_va, X86_EFLAGS_MBS
+        self.kvm_vcpu.set_regs()
+        regs.rip, regs.rsp, regs.rflags = saved
+        self._replaying = []
+        self._dirty = False
+        self._count("entries_through_iret")
 
     def _enter_through_stub(self, writes: list[int]) -> None:
         vcpu = self.kvm_vcpu
@@ -455,7 +498,7 @@ class KvmEngine:
             vcpu.set_sregs()
         self._regs_fresh = True
         regs = self.regs
-        frame = _FRAME.pack(self.rip, self.cs, self.rflags | X86_EFLAGS_MBS, self.rsp, self.ss)
+        frame = _FRAME.pack(self.rip, self.cs, self._rflags_for_kvm(), self.rsp, self.ss)
         frame_va = self._stack_top_va - _FRAME.size
         block_size = 8 * (A.BLOCK_HEADER + len(writes))
         block_va = frame_va - block_size
@@ -480,7 +523,7 @@ class KvmEngine:
             raise RuntimeError("guest state asked for while the vCPU sits in a stub")
         regs = self.kvm_vcpu.get_regs()
         s = sregs if sregs is not None else self.kvm_vcpu.get_sregs()
-        self.rip, self.rsp, self.rflags = int(regs.rip), int(regs.rsp), int(regs.rflags)
+        self.rip, self.rsp, self.rflags = int(regs.rip), int(regs.rsp), self._rflags_from_kvm(int(regs.rflags))
         self.cs, self.ss = int(s.cs.selector), int(s.ss.selector)
         self._regs_fresh = True
 
@@ -550,10 +593,16 @@ class KvmEngine:
         self.rip, self.cs, self.rflags, self.rsp, self.ss = rip, cs & 0xFFFF, rflags, rsp, ss & 0xFFFF
         self._dirty = True
         host = self.host
+        watchpoints = self.watchpoints
+        if watchpoints is not None and watchpoints.stepping:
+            self.rflags = watchpoints.guest_rflags(rflags)
+            if vector != TRAP_debug:
+                watchpoints.step_interrupted()
         if vector == TRAP_page_fault and rip == A.SYSCALL_TRAP_VA:
             # kvm_pvm runs `syscall` at CPL3 (EFER.SCE or not): it jumped to LSTAR, which faults.
             # rcx/r11 hold the return RIP and RFLAGS, as the hardware leaves them.
-            self.rip, self.rflags = (int(regs.rcx) - 2) & MASK64, int(regs.r11)
+            self.rip, self.rflags = (int(regs.rcx) - 2) & MASK64, self._rflags_from_kvm(int(regs.r11))
+            regs.r11 = self.rflags      # as `syscall` saved them, without the hypervisor's TF
             self._count("hypercall")
             self._count("syscall_at_lstar")
             host.on_hypercall(self)

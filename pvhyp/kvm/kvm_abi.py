@@ -70,23 +70,6 @@ struct kvm_run_fail_entry {
     uint64_t hardware_entry_failure_reason;
     uint32_t cpu;
 };
-struct kvm_run {
-    uint8_t  request_interrupt_window;
-    uint8_t  immediate_exit;
-    uint8_t  padding1[6];
-    uint32_t exit_reason;
-    uint8_t  ready_for_interrupt_injection;
-    uint8_t  if_flag;
-    uint16_t flags;
-    uint64_t cr8;
-    uint64_t apic_base;
-    union {
-        struct kvm_run_io io;
-        struct kvm_run_internal internal;
-        struct kvm_run_fail_entry fail_entry;
-        char padding[256];
-    };
-};
 struct kvm_cpuid_entry2 {
     uint32_t function;
     uint32_t index;
@@ -135,6 +118,34 @@ struct kvm_vcpu_events {
     uint8_t  exception_has_payload;
     uint64_t exception_payload;
 };
+struct kvm_sync_regs {
+    struct kvm_regs regs;
+    struct kvm_sregs sregs;
+    struct kvm_vcpu_events events;
+};
+struct kvm_run {
+    uint8_t  request_interrupt_window;
+    uint8_t  immediate_exit;
+    uint8_t  padding1[6];
+    uint32_t exit_reason;
+    uint8_t  ready_for_interrupt_injection;
+    uint8_t  if_flag;
+    uint16_t flags;
+    uint64_t cr8;
+    uint64_t apic_base;
+    union {
+        struct kvm_run_io io;
+        struct kvm_run_internal internal;
+        struct kvm_run_fail_entry fail_entry;
+        char padding[256];
+    };
+    uint64_t kvm_valid_regs;
+    uint64_t kvm_dirty_regs;
+    union {
+        struct kvm_sync_regs regs;
+        char padding[2048];
+    } s;
+};
 int ioctl(int fd, unsigned long request, ...);
 """
 
@@ -177,6 +188,8 @@ KVM_SET_DEBUGREGS = _ioc(_IOC_WRITE, 0xA2, "struct kvm_debugregs")
 
 KVM_API_VERSION = 12
 KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_SYNC_REGS = 74
+KVM_SYNC_X86_REGS = 1 << 0      # kvm_run.kvm_valid_regs / kvm_dirty_regs: s.regs.regs
 
 # kvm_run.exit_reason
 KVM_EXIT_UNKNOWN = 0
@@ -204,17 +217,19 @@ CHECKED_STRUCTS = {
     "kvm_cpuid_entry2": ("function", "index", "flags", "eax", "ebx", "ecx", "edx"),
     "kvm_msr_entry": ("index", "data"),
     "kvm_debugregs": ("db", "dr6", "dr7", "flags"),
+    "kvm_sync_regs": ("regs", "sregs", "events"),
     "kvm_vcpu_events": ("exception", "exception.injected", "exception.nr", "exception.pending",
                         "exception.error_code", "sipi_vector", "flags", "exception_has_payload",
                         "exception_payload"),
 }
 # kvm_run's members are checked by offset (the C union members are anonymous there too).
-CHECKED_RUN_MEMBERS = ("immediate_exit", "exit_reason", "io", "internal", "fail_entry")
+CHECKED_RUN_MEMBERS = ("immediate_exit", "exit_reason", "io", "internal", "fail_entry", "kvm_valid_regs",
+                       "kvm_dirty_regs", "s")
 CHECKED_IOCTLS = ("KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GET_VCPU_MMAP_SIZE",
                   "KVM_GET_SUPPORTED_CPUID", "KVM_CREATE_VCPU", "KVM_SET_USER_MEMORY_REGION",
                   "KVM_SET_TSS_ADDR", "KVM_RUN", "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS",
                   "KVM_SET_SREGS", "KVM_GET_MSRS", "KVM_SET_MSRS", "KVM_SET_CPUID2", "KVM_GET_VCPU_EVENTS", "KVM_GET_DEBUGREGS",
-                  "KVM_SET_DEBUGREGS", "KVM_API_VERSION", "KVM_CAP_IMMEDIATE_EXIT", "KVM_EXIT_IO",
+                  "KVM_SET_DEBUGREGS", "KVM_API_VERSION", "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_SYNC_REGS", "KVM_SYNC_X86_REGS", "KVM_EXIT_IO",
                   "KVM_EXIT_INTR", "KVM_EXIT_SHUTDOWN", "KVM_EXIT_INTERNAL_ERROR", "KVM_EXIT_FAIL_ENTRY",
                   "KVM_EXIT_HLT", "KVM_EXIT_MMIO", "KVM_EXIT_EXCEPTION", "KVM_EXIT_IO_OUT")
 

@@ -44,7 +44,6 @@ CPUID_FAULTING_ENABLE = 1
 _CPUID_LEAVES = (0, 1, 7, 0x4000_0000, 0x4000_0001, 0x4000_0002, 0x8000_0000, 0x8000_0001, 0x8000_0002,
                  0x8000_0003, 0x8000_0004, 0x8000_0008)
 _KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1
-TICK_SECONDS = 0.002        # how late a time slice may end
 
 
 class VmState:
@@ -94,6 +93,7 @@ class KvmMachine:
         self._vms: dict[int, VmState] = {}          # domid -> its VM
         self._lock = threading.Lock()
         self._deadlines: dict[KvmEngine, float] = {}
+        self._deadline_changed = threading.Condition(self._lock)
         self._ticker: threading.Thread | None = None
         self._stopping = False
 
@@ -174,30 +174,37 @@ class KvmMachine:
         mmu.write_entry, mmu.write_table, mmu.validate_page = write_entry_seen, write_table_seen, validate_page_seen
 
     # --- time slices ------------------------------------------------------------
+    # One thread sleeps until the earliest deadline, and only then: with no vCPU running (all
+    # idle guests block in SCHEDOP_block, outside run()) it waits for a deadline to be set,
+    # so idle KVM guests cost no CPU (a 2 ms polling ticker cost two-thirds of a core).
     def set_deadline(self, engine: KvmEngine, deadline: float | None) -> None:
         with self._lock:
             if deadline is None:
                 self._deadlines.pop(engine, None)
                 return
+            earliest = min(self._deadlines.values(), default=None)
             self._deadlines[engine] = deadline
             if self._ticker is None:
                 self._ticker = threading.Thread(target=self._tick, daemon=True, name="kvm-ticker")
                 self._ticker.start()
+            elif earliest is None or deadline < earliest:
+                self._deadline_changed.notify()
 
     def _tick(self) -> None:
-        while not self._stopping:
-            time.sleep(TICK_SECONDS)
-            now = time.monotonic()
-            with self._lock:
+        with self._lock:
+            while not self._stopping:
+                now = time.monotonic()
                 expired = [engine for engine, deadline in self._deadlines.items() if deadline <= now]
                 for engine in expired:
                     del self._deadlines[engine]
-            for engine in expired:
-                engine.deadline_kick()
+                    engine.deadline_kick()      # a flag and a signal: safe under the lock
+                earliest = min(self._deadlines.values(), default=None)
+                self._deadline_changed.wait(None if earliest is None else earliest - now)
 
     def close(self) -> None:
-        self._stopping = True
         with self._lock:
+            self._stopping = True
+            self._deadline_changed.notify()
             states = list(self._vms.values())
             self._vms.clear()
         for state in states:

@@ -21,7 +21,10 @@ instructions, as pvhyp/cpu/unicorn_quirks.py proves unicorn's internals:
             present for the guest (kvm_pvm keeps that slot); then a load from it is completed
             by the hypervisor (m2p.py), which is checked too
   measured  debug_registers: a data breakpoint set with KVM_SET_DEBUGREGS raises #DB (kvm_pvm
-            ignores the debug registers: the guest's %dr7 breakpoints then never fire)
+            ignores the debug registers; KVM_SET_GUEST_DEBUG's breakpoints and single-step too,
+            measured once by hand, Dec 2026)
+  required  without them, EFLAGS.TF at CPL3 raises #DB after one instruction (watchpoints.py
+            single-steps the guest while a data breakpoint is armed)
   measured  cpuid_faulting: KVM's CPUID faulting makes a CPL3 cpuid trap (else plain cpuid
             runs natively and answers with the host's values)
 
@@ -36,7 +39,17 @@ import time
 from dataclasses import dataclass, field
 
 from abi.x86_pte import _PAGE_ACCESSED, _PAGE_PRESENT, _PAGE_RW, _PAGE_USER, PAGE_SIZE
-from abi.x86_regs import PFEC_page_present, PFEC_reserved_bit, PFEC_user_mode, TRAP_gp_fault, TRAP_page_fault
+from abi.x86_regs import (
+    X86_EFLAGS_IF,
+    X86_EFLAGS_MBS,
+    X86_EFLAGS_TF,
+    PFEC_page_present,
+    PFEC_reserved_bit,
+    PFEC_user_mode,
+    TRAP_debug,
+    TRAP_gp_fault,
+    TRAP_page_fault,
+)
 from abi.xen_x86_64 import MACH2PHYS_VIRT_START
 from pvhyp.kvm.vm import KVM_DEVICE, KvmUnavailable
 from pvhyp.memory import MachineMemory
@@ -260,6 +273,11 @@ def _run_probe() -> KvmQuirks:
             quirks.debug_registers = event[0] == "exception" and event[1] == 1
             debug.db[0], debug.dr7 = 0, 0x400
             engine.kvm_vcpu.set_debugregs(debug)
+            if not quirks.debug_registers:
+                event = run("add", rflags=X86_EFLAGS_MBS | X86_EFLAGS_IF | X86_EFLAGS_TF)
+                _check(event == ("exception", TRAP_debug, 0, 0, at("add") + 3),
+                       f"EFLAGS.TF at CPL3 gave {event}, not a #DB after one instruction")
+                engine.write("rflags", X86_EFLAGS_MBS | X86_EFLAGS_IF)
 
             # A kick from another thread.
             engine.write("rip", at("loop"))

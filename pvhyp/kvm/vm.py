@@ -122,6 +122,14 @@ class KvmVcpu:
         self._mmap = mmap.mmap(self.fd, vm.kvm.vcpu_mmap_size, mmap.MAP_SHARED,
                                mmap.PROT_READ | mmap.PROT_WRITE)
         self.run_struct = K.ffi.cast("struct kvm_run *", K.ffi.from_buffer(self._mmap))
+        # With KVM_CAP_SYNC_REGS, KVM stores the GPRs in kvm_run at every exit and loads them
+        # from there when marked dirty: get/set_regs become copies instead of ioctls (two
+        # ioctls of ~10 us saved per exit on kvm_pvm).
+        self._synced_regs = None
+        if K.ioctl(vm.kvm.fd, K.KVM_CHECK_EXTENSION, K.KVM_CAP_SYNC_REGS) & K.KVM_SYNC_X86_REGS:
+            self.run_struct.kvm_valid_regs = K.KVM_SYNC_X86_REGS
+            self._synced_regs = K.ffi.addressof(self.run_struct.s.regs, "regs")
+        self._regs_size = K.ffi.sizeof("struct kvm_regs")
         self.regs = K.new("struct kvm_regs *")
         self._scratch_regs = K.new("struct kvm_regs *")
         self._events = K.new("struct kvm_vcpu_events *")
@@ -129,13 +137,19 @@ class KvmVcpu:
         self.thread_id: int | None = None       # the thread inside run(), for kick()
 
     def get_regs(self):
-        K.ioctl(self.fd, K.KVM_GET_REGS, self.regs)
+        self._read_regs(self.regs)
         return self.regs
+
+    def _read_regs(self, into) -> None:
+        if self._synced_regs is not None:
+            K.ffi.memmove(into, self._synced_regs, self._regs_size)
+        else:
+            K.ioctl(self.fd, K.KVM_GET_REGS, into)
 
     def current_rip(self) -> int:
         """Where the vCPU stopped, read into a scratch struct: `regs` may hold a copy
         the caller still needs (the guest's registers while a stub runs)."""
-        K.ioctl(self.fd, K.KVM_GET_REGS, self._scratch_regs)
+        self._read_regs(self._scratch_regs)
         return int(self._scratch_regs.rip)
 
     def exception_in_flight(self) -> bool:
@@ -146,7 +160,11 @@ class KvmVcpu:
         return bool(exception.injected or exception.pending)
 
     def set_regs(self) -> None:
-        K.ioctl(self.fd, K.KVM_SET_REGS, self.regs)
+        if self._synced_regs is not None:
+            K.ffi.memmove(self._synced_regs, self.regs, self._regs_size)
+            self.run_struct.kvm_dirty_regs |= K.KVM_SYNC_X86_REGS
+        else:
+            K.ioctl(self.fd, K.KVM_SET_REGS, self.regs)
 
     def get_sregs(self):
         K.ioctl(self.fd, K.KVM_GET_SREGS, self.sregs)
