@@ -6,8 +6,9 @@ test ran, and the lessons never rot). The rules, by the fence's info string:
 
 * ```` ```console ````: lines starting with `$ ` are shell commands (bash, in
   the lab directory; a line ending in `\\` continues on the next). The lines
-  after a command, up to the next `$ `, are its expected output (stdout and
-  stderr together, as a terminal shows them):
+  after a command, up to the next `$ `, are its expected output: its stdout,
+  then its stderr (not interleaved as on a terminal: pvhyp's processes write
+  both at once, and a lesson's expectation must not depend on the race):
     - a line that is only `...` matches any number of lines (none too);
     - `...` inside a line matches any text on that line;
     - `<<name>>` matches one word (no spaces) and captures it: later commands
@@ -245,21 +246,22 @@ class Lab:
         env = dict(self.env, **self.captures)
         try:
             proc = subprocess.run(["bash", "-c", step.text], cwd=self.dir, env=env, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=COMMAND_TIMEOUT,
-                                  text=True, errors="replace")
+                                  capture_output=True, timeout=COMMAND_TIMEOUT, text=True, errors="replace")
         except subprocess.TimeoutExpired as e:
-            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            out = "".join(part.decode(errors="replace") if isinstance(part, bytes) else (part or "")
+                          for part in (e.stdout, e.stderr))
             return False, out, f"no exit within {COMMAND_TIMEOUT:.0f} s"
+        output = _normalise(proc.stdout) + _normalise(proc.stderr)
         if proc.returncode != step.exit_status:
-            return False, proc.stdout, f"exit status {proc.returncode}, expected {step.exit_status}"
+            return False, output, f"exit status {proc.returncode}, expected {step.exit_status}"
         if step.expected is None:
-            return True, proc.stdout, ""
-        captures = match_output(step.expected, proc.stdout, self.captures)
+            return True, output, ""
+        captures = match_output(step.expected, output, self.captures)
         if captures is None:
-            return False, proc.stdout, "output differs from the lesson's"
+            return False, output, "output differs from the lesson's"
         self.captures.update(captures)
         self.namespace.update(captures)
-        return True, proc.stdout, ""
+        return True, output, ""
 
     def _run_file(self, step: Step) -> tuple[bool, str, str]:
         (self.dir / step.file_name).write_text(step.text)
