@@ -22,6 +22,7 @@ from dom0.rundir import open_nofollow
 from dom0.toolstack.api import ApiServer
 from dom0.toolstack.domains import Toolstack, ToolstackError
 from dom0.toolstack.network import Vifs
+from dom0.toy import ToyKind
 from dom0.xenbus import GrantMapper, XenbusBackends
 from dom0.xenstored import LocalClient, XenStore
 from dom0.xenstored.ring import RingServer
@@ -56,7 +57,8 @@ class Dom0:
                                self.add_reader, self.remove_reader)
         self.backends = XenbusBackends(LocalClient(self.engine), self.evtchn,
                                        GrantMapper(channel, GRANT_SCRATCH_ADDR),
-                                       [BlockKind(os.path.join(run_dir, "block")), self.network.kind])
+                                       [BlockKind(os.path.join(run_dir, "block")), self.network.kind,
+                                        ToyKind()])
         self.backends.on_release.append(self.network.released)
         self.toolstack = Toolstack(channel, self.xs, self.rings, self.consoles, self.evtchn, run_dir,
                                    backends=self.backends, vifs=Vifs(self.xs, self.backends, self.network))
