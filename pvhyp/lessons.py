@@ -297,6 +297,7 @@ class Lab:
             report = io.StringIO()
             runner = doctest.DocTestRunner(verbose=False, optionflags=doctest.ELLIPSIS)
             result = runner.run(test, out=report.write, clear_globs=False)
+            self.namespace.update(test.globs)       # DocTest ran on a copy: keep what it defined
             return result.failed == 0, report.getvalue(), "doctest failed" if result.failed else ""
         return self._in_lab_dir(action)
 
