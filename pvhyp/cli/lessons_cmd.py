@@ -3,7 +3,7 @@
 Every fenced step of the lesson runs in a fresh lab directory (its own
 `pvhyp up` run directory); each step prints one line, a failure prints what
 the lesson expected beside what came out and ends that lesson. The rules of
-the Markdown are in pvhyp/lessons.py.
+the Markdown are in pvhyp/cli/lessons.py.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pvhyp import lessons
+    from pvhyp.cli import lessons
 
     paths = [pathlib.Path(p) for p in args.lessons]
     for path in paths:
@@ -50,7 +50,7 @@ def run(args) -> int:
 
 def _report(path: pathlib.Path, verbose: bool, result) -> None:
     """One line per step; a failure also shows the lesson's expectation beside the output."""
-    from pvhyp import lessons
+    from pvhyp.cli import lessons
 
     mark = "ok  " if result.ok else "FAIL"
     print(f"{mark} {result.seconds:6.1f}s  line {result.step.line}: {result.step.title()}", flush=True)

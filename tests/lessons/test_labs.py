@@ -1,4 +1,4 @@
-"""The labs of docs/lessons/ run, every command and output checked (pvhyp/lessons.py), and the runner's own rules."""
+"""The labs of docs/lessons/ run, every command and output checked (pvhyp/cli/lessons.py), and the runner's own rules."""
 from __future__ import annotations
 
 import pathlib
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pvhyp import lessons
+from pvhyp.cli import lessons
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 LESSONS = sorted((ROOT / "docs" / "lessons").glob("[0-9][0-9]-*.md"))

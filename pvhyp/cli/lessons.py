@@ -48,12 +48,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 
+from pvguest.spawn import python_command
+
 COMMAND_TIMEOUT = 180.0     # seconds one command may take (a Debian boot fits)
 ELLIPSIS = "..."
 CAPTURE = re.compile(r"<<([A-Za-z_][A-Za-z0-9_]*)>>")
 EXIT_LINE = re.compile(r"^\[exit (\d+)\]$")
 FENCE = re.compile(r"^(`{3,})\s*([^`]*)$")
-CODE_ROOT = pathlib.Path(__file__).resolve().parent.parent
+CODE_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 class LessonError(Exception):
@@ -221,7 +223,7 @@ class Lab:
         self.run_dir = directory / "run"
         self.run_dir.mkdir(mode=0o700, exist_ok=True)
         self.captures: dict[str, str] = {}
-        bin_dir = os.path.dirname(sys.executable)
+        bin_dir = os.path.dirname(python_command([])[0])     # this interpreter's bin: its `pvhyp`
         xtf = find_xtf()
         self.env = dict(os.environ,
                         PVHYP_RUN_DIR=str(self.run_dir),
