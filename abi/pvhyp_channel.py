@@ -21,6 +21,7 @@ OP_CREATE_DOMAIN = 0x06         # CREATE_DOMAIN -> RESULT (domid or -errno)     
 OP_CONNECT_DOMAIN = 0x07        # DOMID_ARG -> RESULT + fd [a new channel socket]      (privileged)
 OP_DESTROY_DOMAIN = 0x08        # DOMID_ARG -> RESULT                                  (privileged)
 OP_DOMAIN_INFO = 0x09           # DOMID_ARG (or ALL_DOMAINS) -> RESULT + JSON          (privileged)
+OP_INSPECT = 0x0A               # INSPECT -> RESULT + JSON                             (privileged)
 OP_REPLY = 0x80                 # a reply's op is the request's op | OP_REPLY
 
 HELLO = struct.Struct("<HHIQQQQ")       # domid, privileged, nr_pages, first_mfn, machine_bytes, shared_info_mfn, 0
@@ -30,6 +31,7 @@ MAP_MACHINE_FRAME = struct.Struct("<QI")  # mfn, writable
 READCONSOLE = struct.Struct("<HHIQ")    # domid, 0, max bytes, offset
 CREATE_DOMAIN = struct.Struct("<II")    # nr_pages, max_vcpus
 DOMID_ARG = struct.Struct("<I")
+INSPECT = struct.Struct("<IHH16sQ")     # domid, vcpu, verbose, view name (NUL-padded ASCII), virtual address
 RESULT = struct.Struct("<q")
 READCONSOLE_RESULT = struct.Struct("<qQ")   # length or -errno, next offset
 ALL_DOMAINS = 0xFFFF_FFFF

@@ -29,6 +29,7 @@ from abi.pvhyp_channel import (  # the wire format both ends share
     HEADER,
     HELLO,
     HYPERCALL,
+    INSPECT,
     MAP_FOREIGN,
     MAP_MACHINE_FRAME,
     MAX_PAYLOAD,
@@ -38,6 +39,7 @@ from abi.pvhyp_channel import (  # the wire format both ends share
     OP_DOMAIN_INFO,
     OP_HELLO,
     OP_HYPERCALL,
+    OP_INSPECT,
     OP_MAP_FOREIGN,
     OP_MAP_MACHINE_FRAME,
     OP_READCONSOLE,
@@ -200,6 +202,14 @@ class SocketChannel:
         """{"domains": [one dict per domain], "host": {total_pages, free_pages, nr_domains}}."""
         reply, _ = self._request(OP_DOMAIN_INFO, DOMID_ARG.pack(ALL_DOMAINS if domid is None else domid))
         self._check(reply, "domain_info")
+        return json.loads(reply[RESULT.size:])
+
+    def inspect(self, domid: int, view: str, va: int = 0, vcpu: int = 0, verbose: bool = False) -> dict:
+        """One of the hypervisor's live views of `domid` (pvhyp/introspect.py), as plain data.
+        A refusal or a view it cannot answer is ChannelError with Xen's errno."""
+        name = view.encode("ascii", "replace")[:16]
+        reply, _ = self._request(OP_INSPECT, INSPECT.pack(domid, vcpu, int(verbose), name, va & MASK64))
+        self._check(reply, f"inspect d{domid} {view[:40]}")
         return json.loads(reply[RESULT.size:])
 
     # --- events ---

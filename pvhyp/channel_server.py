@@ -20,7 +20,8 @@ abi/pvhyp_channel.py (the client is pvguest/hypercall_channel.py).
   OP_CONNECT_DOMAIN        <I domid>                  -> <q status> + fd [a new channel socket]
   OP_DESTROY_DOMAIN        <I domid>                  -> <q status>
   OP_DOMAIN_INFO           <I domid or 0xFFFFFFFF>    -> <q status> + JSON {domains: [...], host: {...}}
-The reply op is the request op | OP_REPLY. MAP_FOREIGN and the last five
+  OP_INSPECT               <IHH16sQ domid, vcpu, verbose, view, va>  -> <q status> + JSON (pvhyp/introspect.py)
+The reply op is the request op | OP_REPLY. MAP_FOREIGN and the last six
 are privcmd-like (dom0's): each asks the policy (hv.xsm) the hook of the Xen
 operation it stands for, and a refusal is its -EPERM:
   OP_MAP_FOREIGN      map_gmfn_foreign (pvhyp/channel.py's foreign_frames)
@@ -29,6 +30,7 @@ operation it stands for, and a refusal is its -EPERM:
   OP_CONNECT_DOMAIN   domctl XEN_DOMCTL_setvcpucontext (vCPU 0 gets what runs it: the process)
   OP_DESTROY_DOMAIN   domctl XEN_DOMCTL_destroydomain
   OP_DOMAIN_INFO      XEN_SYSCTL_getdomaininfolist: sysctl, then getdomaininfo per domain
+  OP_INSPECT          inspect_domain (XSM_PRIV, as the domctls that read a domain's internals)
 OP_MAP_MACHINE_FRAME is no privileged op: any process domain maps its own
 frames and the ones it holds a grant mapping of (hv.may_host_map); the right
 comes from the grant, a mechanism check like Xen's page references.
@@ -58,6 +60,7 @@ from abi.pvhyp_channel import (  # the wire format both ends share
     HEADER,
     HELLO,
     HYPERCALL,
+    INSPECT,
     MAP_FOREIGN,
     MAP_MACHINE_FRAME,
     MAX_PAYLOAD,
@@ -68,6 +71,7 @@ from abi.pvhyp_channel import (  # the wire format both ends share
     OP_DOMAIN_INFO,
     OP_HELLO,
     OP_HYPERCALL,
+    OP_INSPECT,
     OP_MAP_FOREIGN,
     OP_MAP_MACHINE_FRAME,
     OP_READCONSOLE,
@@ -82,6 +86,7 @@ from pvhyp.channel import ChannelError, create_process_domain, foreign_frames
 from pvhyp.domain import Domain
 from pvhyp.hypercall_table import HypercallContext
 from pvhyp.hypervisor import DOMID_FIRST_RESERVED
+from pvhyp.introspect import InspectError, counters, inspect
 from pvhyp.mm.frametable import DOMID_XEN, OutOfMemory
 
 log = logging.getLogger("pvhyp.channel")
@@ -128,6 +133,7 @@ def _domain_info(d: Domain) -> dict:
         "blocked": all(v.blocked for v in d.vcpus), "paused": d.pause_count > 0,
         "dying": d.is_dying, "shutdown": d.is_shut_down, "shutdown_reason": d.shutdown_reason,
         "handle": d.handle.hex(),
+        "counters": counters(d),
     }
 
 
@@ -317,6 +323,23 @@ class Connection:
                          "nr_domains": len(self.hv.domains)}}
         return RESULT.pack(0) + json.dumps(info).encode(), []
 
+    def _op_inspect(self, payload: bytes):
+        domid, vcpu, verbose, raw_view, va = INSPECT.unpack(payload)
+        target = self.hv.get_domain(domid)
+        rc = self.hv.xsm.inspect_domain(self.domain, target)
+        if rc:
+            return RESULT.pack(rc), []
+        if target is None:
+            return RESULT.pack(-xen_errno.ESRCH), []
+        view = raw_view.rstrip(b"\0").decode("ascii", "replace")
+        try:
+            reply = json.dumps(inspect(target, view, va, vcpu, bool(verbose))).encode()
+        except InspectError as e:
+            return RESULT.pack(-e.errno), []
+        if len(reply) > MAX_PAYLOAD - RESULT.size:     # the views bound their lists; a guard all the same
+            return RESULT.pack(-xen_errno.ENOBUFS), []
+        return RESULT.pack(0) + reply, []
+
     _HANDLERS = {
         OP_HYPERCALL: _op_hypercall,
         OP_MAP_FOREIGN: _op_map_foreign,
@@ -326,12 +349,13 @@ class Connection:
         OP_CONNECT_DOMAIN: _op_connect_domain,
         OP_DESTROY_DOMAIN: _op_destroy_domain,
         OP_DOMAIN_INFO: _op_domain_info,
+        OP_INSPECT: _op_inspect,
     }
     _FIXED_SIZES = {
         OP_HYPERCALL: HYPERCALL.size, OP_MAP_MACHINE_FRAME: MAP_MACHINE_FRAME.size,
         OP_READCONSOLE: READCONSOLE.size, OP_CREATE_DOMAIN: CREATE_DOMAIN.size,
         OP_CONNECT_DOMAIN: DOMID_ARG.size, OP_DESTROY_DOMAIN: DOMID_ARG.size,
-        OP_DOMAIN_INFO: DOMID_ARG.size,
+        OP_DOMAIN_INFO: DOMID_ARG.size, OP_INSPECT: INSPECT.size,
     }
 
 

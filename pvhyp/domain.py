@@ -15,6 +15,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Callable, TypeVar
 
+from pvhyp.hypercall_table import NR_HYPERCALLS
+
 if TYPE_CHECKING:
     from pvhyp.console import DomainConsole
     from pvhyp.event_channel import DomainEvtchn
@@ -179,6 +181,9 @@ class Domain:
         # The frame PHYSDEVOP_pirq_eoi_gmfn registered (hypercalls/physdev.py; Xen's
         # d->arch.pirq_eoi_map_mfn); None until then, and a second registration is -EBUSY.
         self.pirq_eoi_map_mfn: int | None = None
+        # Hypercalls this domain made, by number (pvhyp/hypercall_table.py's dispatch counts
+        # them, one list increment; `pvhyp inspect` and the domain list's counters read them).
+        self.hypercall_counts = [0] * NR_HYPERCALLS
 
         # Listeners told when the domain shuts down (toolstack, `pvhyp run`).
         self.on_shutdown: list[Callable[[Domain, int], None]] = []

@@ -59,7 +59,14 @@ class HypercallTable:
     def __init__(self, hv: "Hypervisor"):
         self.hv = hv
         self.handlers: list[Handler | None] = [None] * NR_HYPERCALLS
-        self.counts = [0] * NR_HYPERCALLS
+
+    @property
+    def counts(self) -> list[int]:
+        """Hypercalls made, by number, summed over the live domains (dispatch counts them per
+        domain only, `domain.hypercall_counts`: one increment on the hot path, not two)."""
+        with self.hv.lock:
+            domains = list(self.hv.domains.values())
+        return [sum(col) for col in zip(*(d.hypercall_counts for d in domains))] if domains else [0] * NR_HYPERCALLS
 
     def register(self, number: int, name: str, fn: Callable) -> None:
         params = list(inspect.signature(fn).parameters.values())[1:]   # after ctx
@@ -83,7 +90,7 @@ class HypercallTable:
         if handler is None:
             result = -xen_errno.ENOSYS
         else:
-            self.counts[number] += 1
+            ctx.domain.hypercall_counts[number] += 1
             try:
                 result = handler.fn(ctx, *[a & MASK64 for a in args[:handler.nargs]])
             except GuestFault:

@@ -90,6 +90,14 @@ class DummyPolicy:
         """Per domain listed by XEN_SYSCTL_getdomaininfolist (the sysctl itself is PRIV)."""
         return xsm_default_action(Action.HOOK, src, d)
 
+    def inspect_domain(self, src: "Domain", d: "Domain | None") -> int:
+        """The channel's OP_INSPECT: a debugger's look at `d`'s page tables, frames, ports
+        and grants (`pvhyp inspect`). Xen has no one op for it; the closest are domctls
+        that read another domain's internals, XEN_DOMCTL_getpageframeinfo3 (frame types)
+        and XEN_DOMCTL_gdbsx_guestmemio (a debugger's reads), which xsm_domctl's default
+        makes XSM_PRIV: the privileged domain only."""
+        return xsm_default_action(Action.PRIV, src, d)
+
     def sysctl(self, src: "Domain", cmd: int) -> int:
         return xsm_default_action(Action.PRIV, src, None)
 

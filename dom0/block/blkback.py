@@ -132,6 +132,12 @@ class BlockConnection:
 
     # --- the ring ---
 
+    def rings(self) -> dict[str, tuple[memoryview, int, int, int]]:
+        """For `pvhyp inspect DOM --rings` (dom0/toolstack/inspect.py): the shared page and
+        the private indexes of each ring this connection serves."""
+        r = self.ring
+        return {"blkif": (r.header, r.req_cons, r.rsp_prod_pvt, r.nr_ents)}
+
     def on_event(self) -> None:
         budget = 4 * self.ring.nr_ents          # then give other devices their turn
         while budget > 0:

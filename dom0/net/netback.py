@@ -78,6 +78,12 @@ class VifPort:
 
     # --- Connection ---
 
+    def rings(self) -> dict[str, tuple[memoryview, int, int, int]]:
+        """For `pvhyp inspect DOM --rings` (dom0/toolstack/inspect.py): the shared page and
+        the private indexes of each ring this connection serves."""
+        return {name: (r.sring.page, r.req_cons, r.rsp_prod_pvt, r.nr_ents)
+                for name, r in (("tx", self.engine.tx), ("rx", self.engine.rx))}
+
     def on_event(self) -> None:
         try:
             for _ in range(TX_ROUNDS):

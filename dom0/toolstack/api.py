@@ -70,6 +70,8 @@ REQUESTS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "network-attach": {"dom": (DOM, True), "spec": ((str,), True)},
     "network-detach": {"dom": (DOM, True), "which": (DOM, True)},
     "network-list": {"dom": (DOM, True)},
+    "inspect": {"dom": (DOM, True), "view": ((str,), True), "arg": ((str,), False),
+                "vcpu": ((int,), False), "verbose": ((bool,), False)},
 }
 
 

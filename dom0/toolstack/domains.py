@@ -28,6 +28,7 @@ from dom0.rundir import open_log
 from dom0.toolstack import disks
 from dom0.toolstack import xenstore_entries as entries
 from dom0.toolstack.config import ConfigError, DomainConfig, parse_config
+from dom0.toolstack.inspect import Inspector, InspectRequestError
 from dom0.toolstack.network import NetworkError
 from dom0.toy import attach_all as attach_toys
 from dom0.xc import XenCtrl, XenError
@@ -470,6 +471,17 @@ class Toolstack:
     def domid(self, name) -> dict:
         return {"domid": self.resolve(name)}
 
+    def inspect(self, dom, view: str, arg: str | None = None, vcpu: int = 0, verbose: bool = False) -> dict:
+        """`pvhyp inspect DOM --VIEW`: one live view (dom0/toolstack/inspect.py)."""
+        domid = self.resolve(dom)
+        inspector = Inspector(self.channel, self.rings.engine, self.rings, self.backends, self.consoles)
+        try:
+            data = inspector.inspect(domid, view, arg, vcpu, verbose)
+        except InspectRequestError as e:
+            raise ToolstackError(str(e)) from None
+        name = "Domain-0" if domid == 0 else self.guests[domid].name
+        return {"domid": domid, "name": name, "view": view, "data": data}
+
     def domname(self, domid) -> dict:
         domid = self.resolve(domid)
         return {"name": "Domain-0" if domid == 0 else self.guests[domid].name}
@@ -525,4 +537,4 @@ class Toolstack:
                 "domid": self.domid, "domname": self.domname, "block-attach": self.block_attach,
                 "block-detach": self.block_detach, "block-list": self.block_list,
                 "network-attach": self.network_attach, "network-detach": self.network_detach,
-                "network-list": self.network_list}
+                "network-list": self.network_list, "inspect": self.inspect}

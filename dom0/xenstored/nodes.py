@@ -138,7 +138,9 @@ def do_mkdir(engine: Engine, conn: Connection, view: View, payload: bytes) -> by
     return OK
 
 
-def _subtree_children_first(view: View, path: str) -> list[tuple[str, Node]]:
+def subtree(view: View, path: str) -> list[tuple[str, Node]]:
+    """Every node at and below ``path``, each before its descendants (XS_RM's walk; also
+    `pvhyp inspect DOM --xenstore`)."""
     ordered: list[tuple[str, Node]] = []
     stack = [path]
     while stack:
@@ -148,8 +150,11 @@ def _subtree_children_first(view: View, path: str) -> list[tuple[str, Node]]:
             continue
         ordered.append((name, node))
         stack.extend(child_path(name, child) for child in node.children)
-    ordered.reverse()
     return ordered
+
+
+def _subtree_children_first(view: View, path: str) -> list[tuple[str, Node]]:
+    return subtree(view, path)[::-1]
 
 
 def do_rm(engine: Engine, conn: Connection, view: View, payload: bytes) -> bytes:

@@ -1,18 +1,27 @@
-"""`pvhyp inspect KERNEL [--memory MB] [--ramdisk FILE]`: what the domain builder sees and would do.
+"""`pvhyp inspect`: a kernel file before it runs, or a running domain's live state.
 
-Shows how the image is wrapped (bzImage, compression), its PT_LOAD segments,
-the Xen ELF notes as the kernel declares them, and the 64-bit PV layout the
-builder would lay out in a domain of the given size: pseudo-physical frames
-and virtual addresses of the kernel, ramdisk, P2M list, start_info, xenstore
-and console pages, boot page tables and boot stack, and the start_info
-fields and registers derived from them. No hypervisor is needed: it is the
-builder's own parsing and layout code, stopped before the first hypercall.
+`pvhyp inspect KERNEL [--memory MB] [--ramdisk FILE]` (a path to an existing file):
+what the domain builder sees and would do. Shows how the image is wrapped
+(bzImage, compression), its PT_LOAD segments, the Xen ELF notes as the kernel
+declares them, and the 64-bit PV layout the builder would lay out in a domain
+of the given size: pseudo-physical frames and virtual addresses of the kernel,
+ramdisk, P2M list, start_info, xenstore and console pages, boot page tables
+and boot stack, and the start_info fields and registers derived from them. No
+hypervisor is needed: it is the builder's own parsing and layout code, stopped
+before the first hypercall.
+
+`pvhyp inspect DOM --VIEW [--json]` (a domain name or id of a running `pvhyp up`):
+one live view, from the toolstack's `inspect` request (dom0/toolstack/inspect.py;
+the hypervisor's views are pvhyp/introspect.py). VIEW_HELP below is the list.
 """
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 
 from pvhyp.cli.errors import UserError
+from pvhyp.cli.up_cmd import add_run_dir
 
 FEATURE_BITS = {0: "writable_page_tables", 1: "writable_descriptor_tables", 2: "auto_translated_physmap",
                 3: "supervisor_mode_kernel", 4: "pae_pgdir_above_4gb", 5: "mmu_pt_update_preserve_ad",
@@ -20,11 +29,42 @@ FEATURE_BITS = {0: "writable_page_tables", 1: "writable_descriptor_tables", 2: "
                 10: "hvm_pirqs", 11: "dom0", 13: "memory_op_vnode_supported", 15: "linux_rsdp_unrestricted"}
 
 
+# The live views: (option, argparse extras, one line of help naming the Xen source of the real thing).
+VIEW_HELP = (
+    ("pagetables", {"metavar": "VA"}, "the 4-level walk of VA in a vCPU's CR3: each entry, its flags, "
+     "the frame's type, counts and owner (xen/arch/x86/mm.c, mm/guest_walk.c)"),
+    ("frames", {"action": "store_true"}, "the domain's frames by type: L1-L4 pinned or not, writable, "
+     "granted, shared_info, grant table; -v lists them (xen/arch/x86/mm.c, arch/x86/include/asm/mm.h)"),
+    ("evtchn", {"action": "store_true"}, "ports: state, binding (VIRQ, interdomain peer), notify vCPU, "
+     "pending/masked bits (xen/common/event_channel.c, event_2l.c)"),
+    ("grants", {"action": "store_true"}, "grant entries in use: flags, grantee, frame, pins; and the "
+     "maptrack, who maps what (xen/common/grant_table.c)"),
+    ("rings", {"action": "store_true"}, "each ring dom0 serves for it: backend rings' indexes and "
+     "outstanding requests, xenstore and console (xen/include/public/io/ring.h, Linux xen-blkback)"),
+    ("xenstore", {"nargs": "?", "const": "", "metavar": "PATH"}, "the subtree at PATH (default the "
+     "domain's home) with permissions and watches (tools/xenstore/xenstored_core.c, xenstored_watch.c)"),
+)
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("inspect", help="show a PV kernel's Xen ELF notes and the layout the builder would use")
-    p.add_argument("kernel", help="vmlinux/bzImage/XTF kernel file")
-    p.add_argument("--memory", type=int, default=128, metavar="MB", help="domain memory (default 128)")
-    p.add_argument("--ramdisk", metavar="FILE", help="include a ramdisk of this file's size in the layout")
+    import argparse
+    p = sub.add_parser(
+        "inspect", help="a kernel file's Xen ELF notes and layout, or a running domain's live state",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="pvhyp inspect KERNEL: the kernel's Xen ELF notes and the layout the builder would use.\n"
+                    "pvhyp inspect DOM --VIEW: one live view of a domain of `pvhyp up` (the views below,\n"
+                    "each with the Xen source that holds the real thing).")
+    p.add_argument("target", metavar="KERNEL|DOM",
+                   help="a vmlinux/bzImage/XTF kernel file, or a running domain's name or id")
+    p.add_argument("--memory", type=int, default=None, metavar="MB", help="KERNEL: domain memory (default 128)")
+    p.add_argument("--ramdisk", metavar="FILE", help="KERNEL: include a ramdisk of this file's size in the layout")
+    group = p.add_mutually_exclusive_group()
+    for name, extras, text in VIEW_HELP:
+        group.add_argument(f"--{name}", dest=f"view_{name}", help=text, **extras)
+    p.add_argument("--vcpu", type=int, default=0, metavar="N", help="--pagetables: the vCPU whose CR3 (default 0)")
+    p.add_argument("-v", "--verbose", action="store_true", help="--frames: list the frames, not only count them")
+    p.add_argument("--json", action="store_true", help="the view as JSON")
+    add_run_dir(p)
     p.set_defaults(func=run)
 
 
@@ -63,11 +103,49 @@ def _print_hypercall_stubs(page_va: int) -> None:
         print(f"    {page_va + slot * 32:#x} {HYPERCALL_NAMES.get(slot, slot)}: {text}")
 
 
+def _chosen_view(args) -> tuple[str, str | None] | None:
+    for name, _extras, _ in VIEW_HELP:
+        value = getattr(args, f"view_{name}")
+        if value is not None and value is not False:
+            return name, value if isinstance(value, str) and value else None
+    return None
+
+
 def run(args) -> int:
+    view = _chosen_view(args)
+    # A file, or anything path-like (a domain's name holds no "/"), is a kernel.
+    if view is None and (os.path.isfile(args.target) or os.sep in args.target):
+        return run_kernel(args)
+    if args.memory is not None or args.ramdisk:
+        raise UserError(f"--memory and --ramdisk describe a kernel file; {args.target!r} is none")
+    if view is None:
+        raise UserError("inspect DOM needs a view: " + ", ".join(
+            f"--{name}" + (" VA" if name == "pagetables" else "") for name, _, _ in VIEW_HELP))
+    return run_domain(args, *view)
+
+
+def run_domain(args, view: str, arg: str | None) -> int:
+    from pvhyp.cli.inspect_views import render
+    from pvhyp.cli.xl_cmd import _request
+    dom: str | int = int(args.target) if args.target.isdigit() else args.target
+    request = {"dom": dom, "view": view, "vcpu": args.vcpu, "verbose": args.verbose}
+    if arg is not None:
+        request["arg"] = arg
+    reply = _request(args, "inspect", **request)
+    if args.json:
+        print(json.dumps({k: reply[k] for k in ("domid", "name", "view", "data")}, indent=1))
+    else:
+        print(render(reply, args.verbose))
+    return 0
+
+
+def run_kernel(args) -> int:
     from dom0.builder import BuildError, parse_kernel, plan_layout
     from dom0.builder.image import module_size
     from dom0.builder.layout import PAGE_SIZE
 
+    args.kernel = args.target
+    args.memory = 128 if args.memory is None else args.memory
     data = _read(args.kernel, "kernel")
     ramdisk_size = module_size(_read(args.ramdisk, "ramdisk"))[1] if args.ramdisk else 0
     if args.memory <= 0:

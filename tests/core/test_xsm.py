@@ -267,6 +267,8 @@ ROWS = [
         lambda a, b: a.request("domain_info"), 0, via=ChannelCaller),
     Row("channel domain_info of one domain", {"sysctl", "getdomaininfo"},
         lambda a, b: a.request("domain_info", b.domid), 0, via=ChannelCaller),
+    Row("channel inspect", {"inspect_domain"},
+        lambda a, b: a.request("inspect", b.domid, "evtchn"), 0, via=ChannelCaller),
 ]
 
 
