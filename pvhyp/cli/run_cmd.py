@@ -19,6 +19,7 @@ import termios
 import time
 from dataclasses import dataclass, field
 
+from abi.trace_spool import DEFAULT_LIMIT
 from dom0.console.bounded import LineAssembler
 from pvhyp.cli.accel import add_accel_argument, apply_accel
 from pvhyp.cli.errors import UserError
@@ -105,7 +106,7 @@ def check_config(text: str, source: str):
 def run_guest(config_text: str, source: str = "<config>", timeout: float | None = None,
               trace_path: str | None = None, console_io_sink=None, ring_sink=None,
               stdin_fd: int | None = None, input_after: bytes | None = None,
-              input_at_end: bytes = b"", on_started=None) -> RunResult:
+              input_at_end: bytes = b"", on_started=None, trace_limit: int | None = None) -> RunResult:
     """Boot one guest in a fresh hypervisor, wait for its shutdown (or the timeout), tear down.
 
     Lines read from `stdin_fd` go to the guest's console, once it printed
@@ -115,9 +116,11 @@ def run_guest(config_text: str, source: str = "<config>", timeout: float | None 
     cfg = check_config(config_text, source)
     started = time.monotonic()
     run = OneShot(config_text, source, cfg.memory, console_io_sink, ring_sink)
-    if trace_path:
-        from pvhyp.cli.trace_format import trace_to_file
-        trace_to_file(run.hv.trace, trace_path, skip_domids={0})
+    try:
+        session = open_trace(run, trace_path, trace_limit)
+    except UserError:
+        run.close()
+        raise
     run.input_after, run.input_at_end = input_after, input_at_end
     run.keystrokes = stdin_fd is not None and os.isatty(stdin_fd)
     if run.keystrokes:
@@ -141,6 +144,48 @@ def run_guest(config_text: str, source: str = "<config>", timeout: float | None 
                          run.crash_line, error, run.hv.trace.history(domid))
     finally:
         run.close()
+        if session is not None:         # dom0 has ended: its records are all in the spool
+            for note in session.close():
+                print(f"pvhyp: trace: {note}", file=sys.stderr)
+
+
+def open_trace(run, path: str | None, limit: int | None):
+    """--trace PATH: a text trace of the guest, or (.json/.jsonl) a timeline session with dom0's records."""
+    if not path:
+        return None
+    from pvhyp.timeline.session import TraceSession, output_format
+    if output_format(path) == "text":
+        from pvhyp.cli.trace_format import trace_to_file
+        trace_to_file(run.hv.trace, path, skip_domids={0})
+        return None
+    try:
+        session = TraceSession(run.hv, path, limit or DEFAULT_LIMIT)
+    except OSError as e:
+        raise UserError(f"--trace {path}: {e.strerror or e}") from None
+    run.host.trace_session = session
+    return session
+
+
+def add_trace_arguments(p) -> None:
+    """--trace FILE and --trace-limit MB (`pvhyp run` and `pvhyp up`)."""
+    p.add_argument("--trace", metavar="FILE",
+                   help="trace the run to FILE: .json = a timeline Perfetto and chrome://tracing open "
+                        "(every domain, dom0's backends, flows, counters); .jsonl = the raw records "
+                        "(`pvhyp trace convert` makes the .json later); any other name = one line per "
+                        "hypercall, trap and event delivery of the guest")
+    p.add_argument("--trace-limit", metavar="MB", type=_megabytes, default=DEFAULT_LIMIT,
+                   help=f"stop recording once the trace holds this many MiB (default {DEFAULT_LIMIT >> 20})")
+
+
+def _megabytes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        import argparse
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of MiB")
+    return value << 20
 
 
 def add_parser(sub) -> None:
@@ -156,8 +201,7 @@ def add_parser(sub) -> None:
     p.add_argument("--cmdline", help="kernel command line")
     p.add_argument("--memory", type=int, help="guest memory in MiB (default 128)")
     p.add_argument("--vcpus", type=int, help="number of vCPUs (default 1)")
-    p.add_argument("--trace", metavar="FILE",
-                   help="write one line per hypercall, trap and event delivery of the guest to FILE")
+    add_trace_arguments(p)
     p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 7)")
     add_accel_argument(p)
     p.set_defaults(func=run)
@@ -186,11 +230,13 @@ def terminal_keystrokes(fd: int | None):
 def run(args) -> int:
     text, source = build_config(args)
     engine_line = apply_accel(args, announce=False)
-    return run_in_foreground(text, source, args.timeout, args.trace, announce=f"pvhyp: {engine_line}")
+    return run_in_foreground(text, source, args.timeout, args.trace, announce=f"pvhyp: {engine_line}",
+                             trace_limit=args.trace_limit)
 
 
 def run_in_foreground(text: str, source: str, timeout: float | None = None, trace: str | None = None,
-                      input_after: bytes | None = None, input_at_end: bytes = b"", announce: str | None = None) -> int:
+                      input_after: bytes | None = None, input_at_end: bytes = b"", announce: str | None = None,
+                      trace_limit: int | None = None) -> int:
     """`pvhyp run`'s console and exit status: ring on stdout, console_io on stderr, stdin to the guest."""
     out, err = sys.stdout.buffer, sys.stderr
 
@@ -211,7 +257,8 @@ def run_in_foreground(text: str, source: str, timeout: float | None = None, trac
     with terminal_keystrokes(stdin_fd):
         result = run_guest(text, source, timeout, trace, console_io_out, ring_out, stdin_fd,
                            input_after, input_at_end,
-                           on_started=(lambda: print(announce, file=err, flush=True)) if announce else None)
+                           on_started=(lambda: print(announce, file=err, flush=True)) if announce else None,
+                           trace_limit=trace_limit)
     if result.reason == "crash" and result.crash_line:
         print(f"pvhyp: {result.crash_line}", file=sys.stderr)
     elif result.reason == "error":
