@@ -74,16 +74,22 @@ class SpoolWriter:
     def _flush_locked(self) -> None:
         if not self._pending or self.full:
             return
-        data = b"".join(self._pending)
-        self._pending.clear()
+        lines = self._pending
+        self._pending = []
         self._pending_bytes = 0
         try:
-            size = os.fstat(self.fd).st_size
-            if size + len(data) > self.limit:
+            room = self.limit - os.fstat(self.fd).st_size
+            data = b"".join(lines)
+            if len(data) > room:        # the lines that fit, then the note that the rest is gone
+                kept = 0
+                for count, line in enumerate(lines):
+                    if kept + len(line) > room:
+                        self.dropped += len(lines) - count
+                        break
+                    kept += len(line)
                 self.full = True
                 note = {"t": None, "kind": TRUNCATED_KIND, "dom": -1, "vcpu": -1, "limit": self.limit}
-                os.write(self.fd, (json.dumps(note) + "\n").encode())
-                return
+                data = data[:kept] + (json.dumps(note) + "\n").encode()
             os.write(self.fd, data)
         except OSError:
             self.full = True        # disk full or closed: the run goes on without its trace
@@ -95,17 +101,3 @@ class SpoolWriter:
         except OSError:
             pass
 
-
-def read_records(path: str) -> tuple[dict[str, Any], list[str]]:
-    """The header of a spool and a note per problem; the caller iterates lines itself (bounded memory)."""
-    problems: list[str] = []
-    with open(path, "rb") as f:
-        first = f.readline()
-    try:
-        header = json.loads(first)
-    except ValueError:
-        header = None
-    if not isinstance(header, dict) or header.get("kind") != HEADER_KIND:
-        problems.append(f"{path}: not a pvhyp trace spool (no {HEADER_KIND} header line)")
-        header = {}
-    return header, problems
