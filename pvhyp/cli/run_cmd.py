@@ -19,10 +19,10 @@ import termios
 import time
 from dataclasses import dataclass, field
 
-from abi.trace_spool import DEFAULT_LIMIT
 from dom0.console.bounded import LineAssembler
 from pvhyp.cli.accel import add_accel_argument, apply_accel
 from pvhyp.cli.errors import UserError
+from pvhyp.cli.trace_cmd import add_trace_arguments, open_trace
 from pvhyp.cli.xl_cmd import DETACH, read_config_file
 
 # Exit status by shutdown reason (documented in --help).
@@ -117,7 +117,7 @@ def run_guest(config_text: str, source: str = "<config>", timeout: float | None 
     started = time.monotonic()
     run = OneShot(config_text, source, cfg.memory, console_io_sink, ring_sink)
     try:
-        session = open_trace(run, trace_path, trace_limit)
+        session = open_trace(run.host, trace_path, trace_limit)
     except UserError:
         run.close()
         raise
@@ -147,45 +147,6 @@ def run_guest(config_text: str, source: str = "<config>", timeout: float | None 
         if session is not None:         # dom0 has ended: its records are all in the spool
             for note in session.close():
                 print(f"pvhyp: trace: {note}", file=sys.stderr)
-
-
-def open_trace(run, path: str | None, limit: int | None):
-    """--trace PATH: a text trace of the guest, or (.json/.jsonl) a timeline session with dom0's records."""
-    if not path:
-        return None
-    from pvhyp.timeline.session import TraceSession, output_format
-    if output_format(path) == "text":
-        from pvhyp.cli.trace_format import trace_to_file
-        trace_to_file(run.hv.trace, path, skip_domids={0})
-        return None
-    try:
-        session = TraceSession(run.hv, path, limit or DEFAULT_LIMIT)
-    except OSError as e:
-        raise UserError(f"--trace {path}: {e.strerror or e}") from None
-    run.host.trace_session = session
-    return session
-
-
-def add_trace_arguments(p) -> None:
-    """--trace FILE and --trace-limit MB (`pvhyp run` and `pvhyp up`)."""
-    p.add_argument("--trace", metavar="FILE",
-                   help="trace the run to FILE: .json = a timeline Perfetto and chrome://tracing open "
-                        "(every domain, dom0's backends, flows, counters); .jsonl = the raw records "
-                        "(`pvhyp trace convert` makes the .json later); any other name = one line per "
-                        "hypercall, trap and event delivery of the guest")
-    p.add_argument("--trace-limit", metavar="MB", type=_megabytes, default=DEFAULT_LIMIT,
-                   help=f"stop recording once the trace holds this many MiB (default {DEFAULT_LIMIT >> 20})")
-
-
-def _megabytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        import argparse
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of MiB")
-    return value << 20
 
 
 def add_parser(sub) -> None:

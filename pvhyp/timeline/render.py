@@ -96,7 +96,7 @@ def render_svg(timeline: Timeline, window: Window, width: int = 1200, title: str
     _slices(out, timeline, window, row_y, x_of)
     _flows(out, timeline, window, row_y, x_of)
     y0 = top + len(rows) * ROW_PX
-    for index, (pid, label, points) in enumerate(counter_rows):
+    for index, (_pid, label, points) in enumerate(counter_rows):
         _counter(out, label, points, y0 + index * COUNTER_PX, window, x_of, width)
     _axis(out, window, y0 + len(counter_rows) * COUNTER_PX, x_of, plot_w)
     out.append("</svg>")
