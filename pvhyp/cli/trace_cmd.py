@@ -80,6 +80,17 @@ def add_parser(sub) -> None:
     r.add_argument("--width", type=int, default=1200, help="picture width in pixels (default 1200)")
     r.add_argument("--title", default=None, help="the picture's title")
     r.set_defaults(func=render)
+    d = verbs.add_parser("demo", help="trace a Debian boot that reads a disk, and draw one disk read",
+                         description="Boot Debian's kernel (`pvhyp image debian`, built on first use) with a "
+                                     "scratch disk, trace it to TRACE.json, power it off at its shell, then "
+                                     "draw the first disk read (BLKIF_OP_READ) with what surrounds it. "
+                                     "docs/img/timeline.svg is made by: "
+                                     "bin/pvhyp trace demo /tmp/debian.json docs/img/timeline.svg")
+    d.add_argument("trace", help="the timeline to write (.json)")
+    d.add_argument("picture", nargs="?", help="also draw it here (.svg)")
+    d.add_argument("--focus", default="BLKIF_OP_READ", help="the slice the picture is drawn around")
+    d.add_argument("--duration", type=float, default=0.004, help="seconds drawn (default 0.004)")
+    d.set_defaults(func=demo)
 
 
 def _spool_notes(notes: list[str]) -> None:
@@ -160,3 +171,38 @@ def render(args) -> int:
         raise UserError(f"{args.output}: {e.strerror or e}") from None
     print(f"pvhyp: wrote {args.output} ({window.span / 1e3:,.1f} ms drawn)", file=sys.stderr)
     return 0
+
+
+DEMO_TIMEOUT = 600.0            # seconds: the boot takes some ten on the software CPU
+
+
+def demo(args) -> int:
+    import tempfile
+
+    from dom0.images import debian
+    from pvhyp.cli.bench_boot import MARKER, guest_config
+    from pvhyp.cli.run_cmd import run_guest
+    if not args.trace.endswith(".json"):
+        raise UserError(f"{args.trace}: the demo's trace is written as .json")
+    if args.picture is not None and not args.picture.endswith(".svg"):
+        raise UserError(f"{args.picture}: pictures are written as .svg")
+    try:
+        image = debian.find_or_build()
+    except debian.ImageError as e:
+        raise UserError(str(e)) from None
+    with tempfile.TemporaryDirectory(prefix="pvhyp-demo-") as scratch:
+        disk = os.path.join(scratch, "scratch.img")
+        with open(disk, "wb") as f:
+            f.truncate(8 << 20)         # Linux reads its partition table: the disk reads to follow
+        config = guest_config(image, 256, name="debian-demo", disks=[f"{disk},raw,xvda,w"])
+        with open(os.devnull, "rb") as nothing:
+            result = run_guest(config, "<trace demo>", DEMO_TIMEOUT, args.trace, stdin_fd=nothing.fileno(),
+                               input_after=MARKER, input_at_end=b"poweroff -f\n")
+    if result.reason != "poweroff":
+        raise UserError(f"the demo guest did not power off ({result.reason}{': ' + result.error if result.error else ''})")
+    print(f"pvhyp: wrote {args.trace} ({result.seconds:.1f} s boot and poweroff)", file=sys.stderr)
+    if args.picture is None:
+        return 0
+    return render(argparse.Namespace(trace=args.trace, output=args.picture, start=None, duration=args.duration,
+                                     focus=args.focus, width=1200,
+                                     title=f"One disk read during a Debian boot under pvhyp ({args.focus})"))

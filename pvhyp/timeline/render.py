@@ -136,12 +136,16 @@ def _slices(out: list[str], timeline: Timeline, window: Window, row_y: dict, x_o
     for key, slices in by_row.items():
         y = row_y[key]
         open_ends: list[float] = []
-        merged: dict[int, list[Any]] = {}       # depth -> [x0, x1, colour, title]
+        open_boxes: list[list[Any]] = []        # the boxes of the open slices (their labels yield to children)
+        merged: dict[int, list[Any]] = {}       # depth -> the last box drawn there
         boxes: list[list[Any]] = []
         for s in sorted(slices, key=lambda e: (e["ts"], -e["dur"])):
             while open_ends and open_ends[-1] <= s["ts"]:
                 open_ends.pop()
+                open_boxes.pop()
             depth = min(len(open_ends), MAX_DEPTH)
+            if open_boxes:
+                open_boxes[-1][6] = True
             open_ends.append(s["ts"] + s["dur"])
             x0 = max(x_of(s["ts"]), x_of(window.start_us))
             x1 = min(x_of(s["ts"] + s["dur"]), x_of(window.end_us))
@@ -150,17 +154,19 @@ def _slices(out: list[str], timeline: Timeline, window: Window, row_y: dict, x_o
             if last is not None and x1 - x0 < MERGE_PX and x0 <= last[1] + MERGE_PX and last[2] == colour:
                 last[1] = max(last[1], x1)
                 last[3] += 1
+                open_boxes.append(last)
                 continue
-            box = [x0, x1, colour, 1, s["name"], depth]
+            box = [x0, x1, colour, 1, s["name"], depth, False]
             merged[depth] = box
             boxes.append(box)
-        for x0, x1, colour, count, name, depth in boxes:
+            open_boxes.append(box)
+        for x0, x1, colour, count, name, depth, has_children in boxes:
             inset = 2 + depth * 4
             h = ROW_PX - 2 * inset
             tip = name if count == 1 else f"{name} and {count - 1} more"
             out.append(f'<rect x="{x0:.2f}" y="{y + inset}" width="{max(x1 - x0, 0.5):.2f}" height="{max(h, 2)}" '
                        f'fill="{colour}"><title>{_esc(tip)}</title></rect>')
-            if x1 - x0 > 7 * len(name) and depth <= 1:
+            if x1 - x0 > 7 * len(name) and depth <= 1 and not has_children:
                 out.append(f'<text x="{x0 + 3:.1f}" y="{y + ROW_PX * 0.65:.1f}" fill="{_ink(colour)}">'
                            f'{_esc(name)}</text>')
     for ev in timeline.instants:
