@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import sys
 
@@ -124,7 +123,7 @@ def convert(args) -> int:
 
 def load_timeline(path: str):
     """A trace file (.json, or .jsonl converted in memory), checked: (problems, Timeline)."""
-    from pvhyp.timeline.check import validate
+    from pvhyp.timeline.check import load_strict, validate
     from pvhyp.timeline.chrome import convert, read_spool, sorted_records
     _readable(path)
     if os.path.getsize(path) > RENDER_MAX_BYTES:
@@ -138,7 +137,7 @@ def load_timeline(path: str):
         with open(path, encoding="utf-8", errors="replace") as f:
             raw = f.read()
     try:
-        doc = json.loads(raw)
+        doc = load_strict(raw)
     except ValueError as e:
         raise UserError(f"{path}: not JSON ({e})") from None
     return validate(doc)

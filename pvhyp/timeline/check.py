@@ -22,6 +22,7 @@ JSON importer applies, strictly:
 from __future__ import annotations
 
 import collections
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,13 @@ class Timeline:
         keys = {key for key, name in self.threads.items()
                 if name == thread_name and self.processes.get(key[0]) == process_name}
         return [s for s in self.slices if (s["pid"], s["tid"]) in keys]
+
+
+def load_strict(text: str) -> Any:
+    """JSON as the standard has it: Python's NaN/Infinity extensions are refused (importers choke)."""
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
 
 
 def validate(doc: Any) -> tuple[list[str], Timeline]:
@@ -119,7 +127,7 @@ def validate(doc: Any) -> tuple[list[str], Timeline]:
         if left:
             problems.append(f"thread {key}: {len(left)} B events never ended")
     problems += _nesting(timeline.slices)
-    index = _SliceIndex(timeline.slices)
+    enclosing = _SliceIndex(timeline.slices)
     for f in flow_ends:
         s = flow_starts.get((f.get("cat"), f.get("id")))
         if s is None:
@@ -128,7 +136,7 @@ def validate(doc: Any) -> tuple[list[str], Timeline]:
         if f["ts"] + EPSILON < s["ts"]:
             problems.append(f"flow {f.get('id')}: ends before it starts")
         for end, what in ((s, "start"), (f, "end")):
-            if not index.encloses(end["pid"], end["tid"], end["ts"]):
+            if not enclosing.encloses(end["pid"], end["tid"], end["ts"]):
                 problems.append(f"flow {f.get('id')}: its {what} lies in no slice of its thread")
         timeline.flows.append((s, f))
     return problems, timeline

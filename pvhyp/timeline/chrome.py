@@ -32,12 +32,14 @@ import collections
 import heapq
 import itertools
 import json
+import math
 import os
 import re
 import tempfile
 from typing import IO, Any, Iterable, Iterator
 
 from abi.trace_spool import HEADER_KIND, TRUNCATED_KIND
+from abi.xen import DOMID_FIRST_RESERVED
 from pvhyp.timeline.decode import result_name, subop_name, trap_name
 
 CHUNK_RECORDS = 200_000
@@ -45,6 +47,10 @@ RATE_BIN = 0.1                  # seconds per hypercalls/s sample
 TINY = 1e-6                     # seconds: a flow endpoint's own slice (a 1 us mark)
 MAX_WAITING_FLOWS = 256         # kicks waiting for their receiver, per receiver (a guest may spin)
 STALE_FLOW = 0.5                # seconds: a kick nobody handled by then is left unended (no false arrow)
+MAX_DOMID = DOMID_FIRST_RESERVED - 1
+MAX_VCPUS = 500                 # below DOM0_TRACK_BASE: a vCPU's tid never meets a dom0 track's
+MAX_SECONDS = 366 * 86400.0
+MAX_TRACKS = 64                 # dom0 tracks drawn; more go on "other"
 DOM0_TRACK_BASE = 500           # tid offset of dom0's backend threads (below: vCPUs)
 _DOMAIN_NAME_PATH = re.compile(r"/local/domain/(\d{1,5})/name")
 ADDRESS_FIELDS = ("rip", "cr2", "handler", "mfn", "error_code")
@@ -74,11 +80,34 @@ def read_spool(path: str, notes: list[str]) -> Iterator[dict]:
             if rec["kind"] == TRUNCATED_KIND:
                 notes.append(f"the spool reached its limit ({rec.get('limit')} bytes): later records were dropped")
                 continue
-            if not isinstance(rec.get("t"), (int, float)) or not isinstance(rec.get("dom"), int):
-                if rec["kind"] != HEADER_KIND:
-                    notes.append(f"{path}:{number}: a record without a time or domain")
+            if rec["kind"] == HEADER_KIND:
+                continue
+            problem = _malformed(rec)
+            if problem:
+                if len(notes) < 50:
+                    notes.append(f"{path}:{number}: {problem}")
                 continue
             yield rec
+
+
+def _malformed(rec: dict) -> str | None:
+    """Why a record cannot be drawn (a spool is a file a user hands us: anything may be in it)."""
+    t, dur = rec.get("t"), rec.get("dur", 0.0)
+    if not _seconds(t) or not _seconds(dur) or dur < 0:
+        return "a record without a sane time (t, dur)"
+    if not isinstance(rec.get("dom"), int) or not 0 <= rec["dom"] <= MAX_DOMID:
+        return "a record without a domain"
+    vcpu = rec.get("vcpu", -1)
+    if not isinstance(vcpu, int) or not -1 <= vcpu < MAX_VCPUS or not isinstance(rec["kind"], str):
+        return "a record with a bad vcpu or kind"
+    if "track" in rec and not (isinstance(rec["track"], str) and len(rec["track"]) <= 40):
+        return "a record with a bad track"
+    return None
+
+
+def _seconds(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and -1.0 <= value <= MAX_SECONDS
 
 
 def sorted_records(records: Iterable[dict]) -> Iterator[dict]:
@@ -135,7 +164,8 @@ class ChromeWriter:
 
     # --- output ---
     def event(self, ev: dict[str, Any]) -> None:
-        self.out.write(("" if self.count == 0 else ",\n") + json.dumps(ev, separators=(",", ":"), default=str))
+        text = json.dumps(ev, separators=(",", ":"), default=str, allow_nan=False)   # NaN is no JSON
+        self.out.write(("" if self.count == 0 else ",\n") + text)
         self.count += 1
 
     def begin(self) -> None:
@@ -160,6 +190,8 @@ class ChromeWriter:
     def thread(self, domid: int, which: int | str) -> tuple[int, int]:
         """(pid, tid) of a vCPU (int) or of a dom0 track (str); tids are unique across processes."""
         pid = self.process(domid)
+        if isinstance(which, str) and which not in self.dom0_tracks and len(self.dom0_tracks) >= MAX_TRACKS:
+            which = "other"
         tid = self.threads.get((domid, which))
         if tid is None:
             if isinstance(which, int):
@@ -257,8 +289,9 @@ class ChromeWriter:
             to = (rec.get("to_dom"), rec.get("to_port"))
             pid, tid, ts = self.slice(domid, max(vcpu, 0), f"send port {rec.get('port')} -> d{to[0]}:{to[1]}", t,
                                       TINY, "event", _plain(rec))
-            if domid == 0:              # dom0 kicking a frontend: the end of a backend's notify flow
-                self._end_flows(self.notifies.pop(rec.get("port"), ()), pid, tid, t, ts, "notify")
+            port = rec.get("port")
+            if domid == 0 and isinstance(port, int):    # dom0 kicking a frontend: a backend's notify ends here
+                self._end_flows(self.notifies.pop(port, ()), pid, tid, t, ts, "notify")
             if isinstance(to[0], int) and isinstance(to[1], int) and to[0] != domid:
                 self.kicks[to[0], to[1]].append((self.flow_start(pid, tid, ts, "kick"), t))
         else:
@@ -289,7 +322,7 @@ class ChromeWriter:
         name = str(rec.get("name", "?"))
         args = _plain(rec)
         port = rec.get("port")
-        if name == "notify frontend":
+        if name == "notify frontend" and isinstance(port, int):
             pid, tid, ts = self.slice(0, track, name, t, TINY, "backend", args)
             self.notifies[port].append((self.flow_start(pid, tid, ts, "notify"), t))
         elif "dur" in rec:

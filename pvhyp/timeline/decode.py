@@ -43,7 +43,7 @@ def subop_name(hypercall: str, cmd: int) -> str | None:
     return _names(*spec).get(cmd)
 
 
-def result_name(result: int) -> str:
+def result_name(result: object) -> str:
     """A hypercall's result as Xen's errno name ("-EINVAL"), or the number it is."""
     if isinstance(result, int) and result < 0 and -result in ERRNO_NAMES:
         return "-" + ERRNO_NAMES[-result]

@@ -202,7 +202,7 @@ def _counter(out: list[str], label: str, points, y: float, window: Window, x_of,
     if not shown:
         return
     peak = max(v for _, v in shown) or 1.0
-    path = []
+    path: list[str] = []
     for ts, value in shown:
         px = x_of(ts)
         py = y + COUNTER_PX - 4 - (COUNTER_PX - 8) * value / peak

@@ -3,14 +3,13 @@ counters, sorting in bounded memory, and the offline checker that stands in for 
 from __future__ import annotations
 
 import io
-import json
 
 import pytest
 
 from abi import errno as E
 from abi.trace_spool import SpoolWriter
 from pvhyp.timeline import chrome
-from pvhyp.timeline.check import validate
+from pvhyp.timeline.check import load_strict, validate
 
 
 def hypercall(t, dur, dom=1, vcpu=0, name="event_channel_op", args=(4, 0x1000), result=0):
@@ -39,7 +38,7 @@ def converted(records):
     out = io.StringIO()
     notes: list[str] = []
     chrome.convert(chrome.sorted_records(records), out, notes)
-    doc = json.loads(out.getvalue())
+    doc = load_strict(out.getvalue())
     problems, timeline = validate(doc)
     assert problems == [], problems
     return doc, timeline, notes
@@ -109,7 +108,7 @@ def test_a_spool_with_bad_lines_and_a_truncation_converts_with_notes(tmp_path):
     notes = chrome.convert_file(str(spool), str(out))
     assert any("limit" in n for n in notes) and any("not a JSON record" in n for n in notes)
     assert spool.stat().st_size < 4096 + 200
-    problems, timeline = validate(json.loads(out.read_text()))
+    problems, timeline = validate(load_strict(out.read_text()))
     assert problems == [] and 0 < len(timeline.slices) < 200
 
 
@@ -127,3 +126,40 @@ def test_the_checker_refuses_what_perfettos_importer_would_drop():
     for expected in ("overlaps", "E without a B", "must be numbers", "f without an s", "unknown ph"):
         assert expected in joined, joined
     assert validate([])[0] == ["not a trace-event document: no traceEvents list"]
+
+
+def test_hostile_records_become_notes_never_exceptions_and_the_rest_still_checks(tmp_path):
+    junk = [{"t": float("nan"), "kind": "run", "dom": 1, "vcpu": 0}, {"t": 1, "kind": "run", "dom": -4, "vcpu": 0},
+            {"t": 1, "dur": -1, "kind": "run", "dom": 1, "vcpu": 0}, {"t": 1, "kind": 7, "dom": 1, "vcpu": 0},
+            {"t": 1, "kind": "hypercall", "dom": 1, "vcpu": 0, "args": {"a": 1}, "name": ["x"], "result": "z",
+             "dur": 0.1},
+            {"t": 1, "kind": "dom0", "dom": 0, "vcpu": -1, "track": "x" * 999, "name": "n"},
+            {"t": 1, "kind": "event", "dom": 1, "vcpu": 0, "op": "send", "to_dom": "a", "port": None},
+            {"t": 1, "kind": "dom0", "dom": 0, "vcpu": -1, "track": "blkback", "name": "notify frontend",
+             "port": "p"},
+            {"t": 2, "kind": "mm", "dom": 1, "vcpu": -1, "op": "pin", "level": 99},
+            {"t": 2, "kind": "counter", "dom": 1, "vcpu": -1, "name": "pending events", "value": "many"},
+            {"t": 3, "kind": "no-such-kind", "dom": 1, "vcpu": 3, "x": {"nested": [1, 2]}}]
+    junk += [{"t": 4 + i / 100, "dur": 0.001, "kind": "dom0", "dom": 0, "vcpu": -1, "track": f"t{i}", "name": "n"}
+             for i in range(100)]
+    spool = tmp_path / "junk.jsonl"
+    writer = SpoolWriter.create(str(spool), 0.0)
+    for rec in junk:
+        writer.write(rec)
+    writer.close()
+    with open(spool, "a") as f:
+        f.write('{"t": NaN, "kind": "run", "dom": 1}\n[1, 2]\n\n')
+    out = tmp_path / "junk.json"
+    notes = chrome.convert_file(str(spool), str(out))
+    assert len(notes) >= 5
+    problems, timeline = validate(load_strict(out.read_text()))
+    assert problems == []
+    assert len(timeline.thread_names("d0 Domain-0")) <= chrome.MAX_TRACKS + 1
+
+
+def test_a_nan_in_a_field_is_a_note_not_invalid_json(tmp_path):
+    out = io.StringIO()
+    notes: list[str] = []
+    chrome.convert([{"t": 1.0, "kind": "trap", "dom": 1, "vcpu": 0, "vector": 14, "cr2": float("nan")}], out, notes)
+    load_strict(out.getvalue())
+    assert any("skipped" in n for n in notes)

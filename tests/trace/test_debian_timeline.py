@@ -3,14 +3,13 @@ timeline held to the trace-event rules, with every track the issue names, one di
 followed from the guest's kick through blkback and back, and the counters. Slow: a boot."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from pvhyp.timeline.check import validate
+from pvhyp.timeline.check import load_strict, validate
 from tests.trace.perfetto_kit import HAVE_TRACE_PROCESSOR, SHUTDOWN_SLICE, query
 
 pytestmark = pytest.mark.slow
@@ -27,7 +26,7 @@ def test_a_debian_boot_reads_its_disk_on_the_timeline(tmp_path):
     done = subprocess.run([*PVHYP, "trace", "demo", str(trace), str(picture)], capture_output=True,
                           text=True, timeout=900, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stderr[-2000:]
-    problems, timeline = validate(json.loads(trace.read_text()))
+    problems, timeline = validate(load_strict(trace.read_text()))
     assert problems == [], problems[:10]
     guest = "d1 debian-demo"
     assert set(timeline.processes.values()) == {"d0 Domain-0", guest}

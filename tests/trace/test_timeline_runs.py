@@ -3,7 +3,6 @@ guest reading its disk through dom0's blkback. Each trace is held to the trace-e
 (pvhyp.timeline.check) and must show its tracks and a known slice."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import sys
 import pytest
 
 from pvhyp.cli.xtf_cmd import default_xtf_dir
-from pvhyp.timeline.check import validate
+from pvhyp.timeline.check import load_strict, validate
 
 XTF = default_xtf_dir()
 needs_xtf = pytest.mark.skipif(XTF is None, reason="no XTF kernels (../shared/xtf or $PVHYP_XTF_DIR)")
@@ -23,7 +22,7 @@ def pvhyp(*args, timeout=120):
 
 
 def load(path):
-    problems, timeline = validate(json.loads(path.read_text()))
+    problems, timeline = validate(load_strict(path.read_text()))
     assert problems == [], problems[:10]
     return timeline
 
