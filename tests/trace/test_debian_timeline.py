@@ -4,16 +4,12 @@ followed from the guest's kick through blkback and back, and the counters. Slow:
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from pvhyp.timeline.check import load_strict, validate
-from tests.trace.perfetto_kit import HAVE_TRACE_PROCESSOR, SHUTDOWN_SLICE, query
+from tests.trace.trace_kit import HAVE_TRACE_PROCESSOR, SHUTDOWN_SLICE, checked, pvhyp, query
 
 pytestmark = pytest.mark.slow
-PVHYP = [sys.executable, "-c", "import sys; from pvhyp.cli import main; sys.exit(main())"]
 
 
 def test_a_debian_boot_reads_its_disk_on_the_timeline(tmp_path):
@@ -23,11 +19,9 @@ def test_a_debian_boot_reads_its_disk_on_the_timeline(tmp_path):
     except debian.ImageError as e:
         pytest.skip(str(e))
     trace, picture = tmp_path / "debian.json", tmp_path / "read.svg"
-    done = subprocess.run([*PVHYP, "trace", "demo", str(trace), str(picture)], capture_output=True,
-                          text=True, timeout=900, stdin=subprocess.DEVNULL)
+    done = pvhyp("trace", "demo", str(trace), str(picture), timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
-    problems, timeline = validate(load_strict(trace.read_text()))
-    assert problems == [], problems[:10]
+    timeline = checked(str(trace))
     guest = "d1 debian-demo"
     assert set(timeline.processes.values()) == {"d0 Domain-0", guest}
     assert {"blkback", "xenstored", "vCPU 0"} <= timeline.thread_names("d0 Domain-0")

@@ -4,35 +4,15 @@ guest reading its disk through dom0's blkback. Each trace is held to the trace-e
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
-import pytest
-
-from pvhyp.cli.xtf_cmd import default_xtf_dir
-from pvhyp.timeline.check import load_strict, validate
-
-XTF = default_xtf_dir()
-needs_xtf = pytest.mark.skipif(XTF is None, reason="no XTF kernels (../shared/xtf or $PVHYP_XTF_DIR)")
-PVHYP = [sys.executable, "-c", "import sys; from pvhyp.cli import main; sys.exit(main())"]
-
-
-def pvhyp(*args, timeout=120):
-    return subprocess.run([*PVHYP, *args], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def load(path):
-    problems, timeline = validate(load_strict(path.read_text()))
-    assert problems == [], problems[:10]
-    return timeline
+from tests.trace.trace_kit import checked, needs_xtf, pvhyp, traced_xtf
 
 
 @needs_xtf
 def test_an_xtf_kernel_has_its_vcpu_track_hypercalls_and_counters(tmp_path):
     trace = tmp_path / "xtf.json"
-    done = pvhyp("run", "--kernel", os.path.join(XTF, "test-pv64-example"), "--trace", str(trace))
-    assert done.returncode == 0, done.stderr
-    timeline = load(trace)
+    traced_xtf(str(trace))
+    timeline = checked(str(trace))
     assert set(timeline.processes.values()) == {"d0 Domain-0", "d1 test-pv64-example"}
     assert "xenstored" in timeline.thread_names("d0 Domain-0")
     slices = timeline.slices_on("d1 test-pv64-example", "vCPU 0")
@@ -62,7 +42,7 @@ def test_a_disk_read_through_dom0_on_blkbacks_track(tmp_path):
     trace = tmp_path / "blk.json"
     converted = pvhyp("trace", "convert", str(spool), str(trace))
     assert converted.returncode == 0, converted.stderr
-    timeline = load(trace)
+    timeline = checked(str(trace))
     assert {"blkback", "xenstored", "vCPU 0"} <= timeline.thread_names("d0 Domain-0")
     blkback = timeline.slices_on("d0 Domain-0", "blkback")
     read = next(s for s in blkback if s["name"] == "BLKIF_OP_READ")
