@@ -20,7 +20,7 @@ import sys
 
 from dom0.console.bounded import CappedStreamHandler
 from pvhyp.cli.errors import UserError
-from pvhyp.cli.trace_cmd import open_trace
+from pvhyp.cli.trace_options import open_trace
 from pvhyp.host import Host
 
 

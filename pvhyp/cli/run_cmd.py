@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from dom0.console.bounded import LineAssembler
 from pvhyp.cli.accel import add_accel_argument, apply_accel
 from pvhyp.cli.errors import UserError
-from pvhyp.cli.trace_cmd import add_trace_arguments, open_trace
+from pvhyp.cli.trace_options import add_trace_arguments, open_trace
 from pvhyp.cli.xl_cmd import DETACH, read_config_file
 
 # Exit status by shutdown reason (documented in --help).

@@ -19,7 +19,7 @@ from dom0.rundir import HOSTD_MODULE, PID_FILE, STATE_FILE, RunDir, RunDirError,
 from pvguest.spawn import start_python_module
 from pvhyp.cli.accel import add_accel_argument, apply_accel
 from pvhyp.cli.errors import UserError
-from pvhyp.cli.trace_cmd import add_trace_arguments
+from pvhyp.cli.trace_options import add_trace_arguments
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0

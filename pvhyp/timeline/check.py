@@ -15,9 +15,9 @@ JSON importer applies, strictly:
 - B/E pair up per thread, in order;
 - C events carry numeric args only; i events a scope t, p or g;
 - M events are process_name/thread_name/*_sort_index with their argument;
-- a flow's f has an s with the same id before it, and each end lies inside a
-  slice of its own thread (what the importer binds it to); an s without an
-  f is allowed (a kick nobody handled).
+- a flow's f has an s with the same cat, name and id before it (the importer's
+  v1 flow key), and each end lies inside a slice of its own thread (what the
+  importer binds it to); an s without an f is allowed (a kick nobody handled).
 """
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def validate(doc: Any) -> tuple[list[str], Timeline]:
             if ev.get("id") is None:
                 problems.append(f"{where}: a flow start without an id")
                 continue
-            flow_starts[ev.get("cat"), ev["id"]] = ev
+            flow_starts[ev.get("cat"), ev["name"], ev["id"]] = ev     # a v1 flow is (cat, name, id)
         elif ph == "f":
             flow_ends.append(ev)
     for key, left in begun.items():
@@ -129,7 +129,7 @@ def validate(doc: Any) -> tuple[list[str], Timeline]:
     problems += _nesting(timeline.slices)
     enclosing = _SliceIndex(timeline.slices)
     for f in flow_ends:
-        s = flow_starts.get((f.get("cat"), f.get("id")))
+        s = flow_starts.get((f.get("cat"), f["name"], f.get("id")))
         if s is None:
             problems.append(f"flow {f.get('id')}: f without an s")
             continue
