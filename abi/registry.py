@@ -133,9 +133,11 @@ MODULES: tuple[HeaderModule, ...] = (
     ),
 )
 
-# Modules under abi/ that are tooling, not headers.
+# Modules under abi/ that are tooling, not headers (abi.trace_spool: the trace file the
+# hypervisor and dom0 both append to, pvhyp's own format).
 HELPER_MODULES = frozenset(
-    {"abi", "abi.io", "abi.cdefs", "abi.registry", "abi.fast", "abi.strategies", "abi.shared_memory"}
+    {"abi", "abi.io", "abi.cdefs", "abi.registry", "abi.fast", "abi.strategies", "abi.shared_memory",
+     "abi.trace_spool"}
 )
 
 

@@ -19,6 +19,7 @@ from dom0.console.backend import ConsoleBackend, HypervisorLog
 from dom0.net.grant_copy import ChannelGrantCopier
 from dom0.net.netback import Network
 from dom0.rundir import open_nofollow
+from dom0.timeline import recorder
 from dom0.toolstack.api import ApiServer
 from dom0.toolstack.domains import Toolstack, ToolstackError
 from dom0.toolstack.network import Vifs
@@ -44,6 +45,8 @@ class Dom0:
         self.run_dir = run_dir
         os.makedirs(run_dir, exist_ok=True)
         self.engine = XenStore()
+        if recorder.enabled:            # the timeline's xenstored track (dom0.timeline)
+            self.engine.request_observer = recorder
         self.rings = RingServer(self.engine)
         self.xs_server = SocketServer(self.engine, os.path.join(run_dir, "xenstored", "socket"),
                                       other_transports=[self.rings])
