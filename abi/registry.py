@@ -105,6 +105,11 @@ MODULES: tuple[HeaderModule, ...] = (
     HeaderModule("abi.io.netif", "io/netif.h"),
     HeaderModule("abi.io.xenbus", "io/xenbus.h"),
     HeaderModule(
+        "abi.io.toyif",
+        None,
+        why_no_header="pvhyp's toy split device of lab 6 (docs/lessons); not a Xen protocol",
+    ),
+    HeaderModule(
         "abi.io.xs_wire",
         "io/xs_wire.h",
         # Kept here because xenstored's engineer owns that module; it can move
@@ -128,9 +133,11 @@ MODULES: tuple[HeaderModule, ...] = (
     ),
 )
 
-# Modules under abi/ that are tooling, not headers.
+# Modules under abi/ that are tooling, not headers (abi.trace_spool: the trace file the
+# hypervisor and dom0 both append to, pvhyp's own format).
 HELPER_MODULES = frozenset(
-    {"abi", "abi.io", "abi.cdefs", "abi.registry", "abi.fast", "abi.strategies", "abi.shared_memory"}
+    {"abi", "abi.io", "abi.cdefs", "abi.registry", "abi.fast", "abi.strategies", "abi.shared_memory",
+     "abi.trace_spool"}
 )
 
 

@@ -5,9 +5,11 @@ import argparse
 import logging
 import sys
 
+from abi.trace_spool import DEFAULT_LIMIT
 from dom0.console.bounded import CappedStreamHandler
 from dom0.daemon import serve
 from dom0.rundir import RunDir, RunDirError
+from dom0.timeline import recorder
 from pvguest.hypercall_channel import SocketChannel
 
 
@@ -18,7 +20,12 @@ def main(argv=None) -> int:
                         help="inherited socket of dom0's hypercall channel")
     parser.add_argument("--ready-file", help="written once every socket accepts connections")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--trace-fd", type=int, help="inherited trace spool (O_APPEND) for dom0's own records")
+    parser.add_argument("--trace-start", type=float, default=0.0, help="the spool's t = 0 (CLOCK_MONOTONIC)")
+    parser.add_argument("--trace-limit", type=int, default=DEFAULT_LIMIT, help="the spool's size cap (bytes)")
     args = parser.parse_args(argv)
+    if args.trace_fd is not None:
+        recorder.open(args.trace_fd, args.trace_start, args.trace_limit)
     # bounded: guests' misdeeds are logged here, and a guest may misbehave forever
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="dom0: %(name)s: %(message)s", handlers=[CappedStreamHandler(sys.stderr)])
@@ -27,7 +34,10 @@ def main(argv=None) -> int:
     except (RunDirError, OSError) as e:
         print(f"dom0: {e}", file=sys.stderr)
         return 2
-    return serve(SocketChannel.from_fd(args.channel_fd), args.run_dir, args.ready_file)
+    try:
+        return serve(SocketChannel.from_fd(args.channel_fd), args.run_dir, args.ready_file)
+    finally:
+        recorder.close()
 
 
 if __name__ == "__main__":

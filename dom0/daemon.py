@@ -19,9 +19,11 @@ from dom0.console.backend import ConsoleBackend, HypervisorLog
 from dom0.net.grant_copy import ChannelGrantCopier
 from dom0.net.netback import Network
 from dom0.rundir import open_nofollow
+from dom0.timeline import recorder
 from dom0.toolstack.api import ApiServer
 from dom0.toolstack.domains import Toolstack, ToolstackError
 from dom0.toolstack.network import Vifs
+from dom0.toy import ToyKind
 from dom0.xapi.service import start_xapi
 from dom0.xenbus import GrantMapper, XenbusBackends
 from dom0.xenstored import LocalClient, XenStore
@@ -44,6 +46,8 @@ class Dom0:
         self.run_dir = run_dir
         os.makedirs(run_dir, exist_ok=True)
         self.engine = XenStore()
+        if recorder.enabled:            # the timeline's xenstored track (dom0.timeline)
+            self.engine.request_observer = recorder
         self.rings = RingServer(self.engine)
         self.xs_server = SocketServer(self.engine, os.path.join(run_dir, "xenstored", "socket"),
                                       other_transports=[self.rings])
@@ -57,7 +61,8 @@ class Dom0:
                                self.add_reader, self.remove_reader)
         self.backends = XenbusBackends(LocalClient(self.engine), self.evtchn,
                                        GrantMapper(channel, GRANT_SCRATCH_ADDR),
-                                       [BlockKind(os.path.join(run_dir, "block")), self.network.kind])
+                                       [BlockKind(os.path.join(run_dir, "block")), self.network.kind,
+                                        ToyKind()])
         self.backends.on_release.append(self.network.released)
         self.toolstack = Toolstack(channel, self.xs, self.rings, self.consoles, self.evtchn, run_dir,
                                    backends=self.backends, vifs=Vifs(self.xs, self.backends, self.network))

@@ -61,7 +61,7 @@ def _close(ctx: HypercallContext, f: dict[str, Any]) -> int:
 
 
 def _send(ctx: HypercallContext, f: dict[str, Any]) -> int:
-    return ev.evtchn_send(ctx.domain, f["port"])
+    return ev.evtchn_send(ctx.domain, f["port"], ctx.vcpu.vcpu_id)
 
 
 def _status(ctx: HypercallContext, f: dict[str, Any]) -> int:

@@ -47,6 +47,7 @@ from pvhyp.pv import state as pv_state
 if TYPE_CHECKING:
     from dom0.toolstack.config import DomainConfig
     from pvhyp.domain import Domain
+    from pvhyp.timeline.session import TraceSession
 
 log = logging.getLogger("pvhyp.hostd")
 
@@ -134,6 +135,8 @@ class Host:
         self.stopping = threading.Event()
         self.dom0_alive = False
         self.dom0_proc: subprocess.Popen[bytes] | None = None
+        # --trace: a pvhyp.timeline.session.TraceSession, whose spool dom0 appends its records to
+        self.trace_session: TraceSession | None = None
 
     def _start_x86_vcpus(self, domain: Domain) -> None:
         """Every x86 PV domain's vCPUs get their threads as it is created; they wait in the
@@ -154,9 +157,11 @@ class Host:
         args = ["--run-dir", self.run_dir, "--channel-fd", str(sock.fileno()), "--ready-file", ready]
         if self.verbose:
             args.append("--verbose")
+        trace_args, trace_fds = self.trace_session.dom0_args() if self.trace_session is not None else ([], [])
+        args += trace_args
         dom0_log = self.rundir.open_log("dom0.log")
         try:
-            self.dom0_proc = start_python_module("dom0", args, pass_fds=[sock.fileno()],
+            self.dom0_proc = start_python_module("dom0", args, pass_fds=[sock.fileno(), *trace_fds],
                                                  stdin=subprocess.DEVNULL, stdout=dom0_log, stderr=dom0_log)
         finally:
             os.close(dom0_log)

@@ -87,6 +87,8 @@ class HypercallTable:
         which crashes the calling domain (never the hypervisor) and reports.
         """
         handler = self.handlers[number] if 0 <= number < NR_HYPERCALLS else None
+        trace = self.hv.trace
+        started = trace.now() if trace.enabled else None     # a timeline slice: when it began
         if handler is None:
             result = -xen_errno.ENOSYS
         else:
@@ -95,8 +97,11 @@ class HypercallTable:
                 result = handler.fn(ctx, *[a & MASK64 for a in args[:handler.nargs]])
             except GuestFault:
                 result = -xen_errno.EFAULT
-        trace = self.hv.trace
         vcpu = ctx.vcpu
-        trace.remember("hypercall", vcpu.domain.domid, vcpu.vcpu_id,
+        if started is None:
+            trace.remember("hypercall", vcpu.domain.domid, vcpu.vcpu_id,
+                           nr=number, name=self.name(number), args=list(args[:6]), result=result)
+        else:
+            trace.emit("hypercall", vcpu.domain.domid, vcpu.vcpu_id, t=started, dur=trace.now() - started,
                        nr=number, name=self.name(number), args=list(args[:6]), result=result)
         return result

@@ -30,6 +30,7 @@ from abi.io import blkif as B
 from dom0.block import protocol as P
 from dom0.block.image import DiskImage, open_image
 from dom0.block.vdev import vdev_name
+from dom0.timeline import recorder
 from dom0.xenbus import DeviceError, GrantCache, GrantMapError, parse_uint
 from dom0.xenbus.backend import MAX_RING_PAGE_ORDER, BackendDevice
 from dom0.xenbus.ring import RingOverflow
@@ -43,6 +44,8 @@ DISCARD_GRANULARITY = 4096
 NATIVE_PROTOCOL = "x86_64-abi"
 LOG_EVERY = 5.0                     # seconds between repeated refusal logs of one device
 _ID = struct.Struct("<Q")
+OP_NAMES = {v: k for k, v in sorted(vars(B).items()) if k.startswith("BLKIF_OP_") and isinstance(v, int)}
+STATUS_NAMES = {v: k for k, v in sorted(vars(B).items()) if k.startswith("BLKIF_RSP_") and isinstance(v, int)}
 
 
 def parse_params(params: str) -> tuple[str, str]:
@@ -158,6 +161,8 @@ class BlockConnection:
         """One request in, its response out; nothing the request holds can raise past here."""
         req_id, operation = _ID.unpack_from(raw, 8)[0], raw[0]
         self.stats["requests"] += 1
+        started = recorder.now() if recorder.enabled else None
+        req: P.Request | None = None
         try:
             req = P.parse(raw, self.disk)
             operation = req.op if req.operation == B.BLKIF_OP_INDIRECT else req.operation
@@ -179,6 +184,10 @@ class BlockConnection:
             self.grants.end_request()
         if operation == B.BLKIF_OP_INDIRECT:
             operation = raw[1]          # indirect_op: what xen-blkfront checks the response against
+        if started is not None:         # the timeline: one slice per request, inside its kick's
+            recorder.slice("blkback", OP_NAMES.get(operation, f"op {operation}"), started, id=req_id,
+                           sector=req.sector if req else None, segments=len(req.segments) if req else None,
+                           status=STATUS_NAMES.get(status, status), frontend=self.device.domid)
         return P.response(req_id, operation, status)
 
     def _views(self, grefs: list[int], writable: bool) -> list[memoryview]:

@@ -26,6 +26,7 @@ from dom0.net.netif import NetifEngine, NetifFatal
 from dom0.net.tap import TapError, TapLink
 from dom0.net.uplink import PasstUplink, UplinkError, UplinkGuard
 from dom0.net.vif import VifSettings, settings_from_backend
+from dom0.timeline import recorder
 from dom0.xenbus import DeviceError, parse_uint
 
 log = logging.getLogger("dom0.net")
@@ -66,6 +67,8 @@ class VifPort:
         self.device.notify()
 
     def deliver(self, frame: bytes) -> None:
+        if recorder.enabled:
+            recorder.instant("netback", "rx frame", bytes=len(frame), vif=self.name)
         if self.engine.queue_rx(frame):
             self.network.dirty.add(self)
 
@@ -91,6 +94,8 @@ class VifPort:
                 if notify:
                     self.notify()
                 for frame in frames:
+                    if recorder.enabled:    # the timeline: each frame the guest sent, on netback's track
+                        recorder.instant("netback", "tx frame", bytes=len(frame), vif=self.name)
                     self.bridge.input(self.name, frame)
                 if not self.engine.tx_pending():
                     break

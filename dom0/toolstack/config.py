@@ -82,6 +82,7 @@ class DomainConfig:
     uuid: str = ""
     disks: list[DiskSpec] = field(default_factory=list)
     vifs: list[VifSpec] = field(default_factory=list)
+    toys: list[int] = field(default_factory=list)     # pvhyp's toy devices (dom0/toy, lab 6), by devid
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "destroy"
@@ -436,8 +437,12 @@ def parse_config(text: str, source: str = "<config>") -> DomainConfig:
             cfg.vifs.append(parse_vif(spec))
         except ValueError as e:
             raise error("vif", f"vif {i} {spec!r}: {e}") from None
+    for spec in get("toy", list, []):
+        if not (isinstance(spec, str) and spec.isdigit() and int(spec) < 8) or int(spec) in cfg.toys:
+            raise error("toy", f"toy {spec!r}: a devid 0..7, each once")
+        cfg.toys.append(int(spec))
     known = {"name", "type", "memory", "maxmem", "vcpus", "maxvcpus", "kernel", "ramdisk",
-             "cmdline", "root", "extra", "uuid", "disk", "vif", "on_poweroff", "on_reboot",
+             "cmdline", "root", "extra", "uuid", "disk", "vif", "toy", "on_poweroff", "on_reboot",
              "on_crash", "on_watchdog", "on_soft_reset"}
     for key in settings:
         if key not in known:

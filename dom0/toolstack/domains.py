@@ -30,6 +30,7 @@ from dom0.toolstack import xenstore_entries as entries
 from dom0.toolstack.config import ConfigError, DomainConfig, parse_config
 from dom0.toolstack.inspect import Inspector, InspectRequestError
 from dom0.toolstack.network import NetworkError
+from dom0.toy import attach_all as attach_toys
 from dom0.xc import XenCtrl, XenError
 from dom0.xenstored import XsError
 from pvguest import kernel as layout
@@ -253,6 +254,11 @@ class Toolstack:
             try:
                 self.vifs.create_all(domid, cfg.name, cfg.vifs)
             except NetworkError as e:
+                raise ToolstackError(str(e)) from None
+        if cfg.toys and self.backends is not None:
+            try:
+                attach_toys(self.xs, self.backends, domid, cfg.toys)
+            except ValueError as e:
                 raise ToolstackError(str(e)) from None
 
     def _spawn(self, guest: Guest) -> subprocess.Popen:

@@ -30,6 +30,7 @@ import logging
 from typing import Callable, Iterable, Protocol
 
 from abi.io.xenbus import XenbusStateClosed
+from dom0.timeline import TRACK_OF_KIND, recorder
 from dom0.xenbus import entries
 from dom0.xenbus import states as S
 from dom0.xenbus.grants import GrantCache, GrantMapError, GrantMapper, Mapping
@@ -150,6 +151,9 @@ class BackendDevice:
         """Kick the frontend (on the first bound port unless told)."""
         if not self.ports:
             return
+        if recorder.enabled:            # the timeline: a flow from here to the frontend's upcall
+            recorder.instant(TRACK_OF_KIND.get(self.kind.name, self.kind.name), "notify frontend",
+                             port=self.ports[0] if port is None else port, frontend=self.domid)
         try:
             self.backends.evtchn.send(self.ports[0] if port is None else port)
         except EventChannelError as e:
@@ -251,7 +255,11 @@ class XenbusBackends:
         for port in ports:
             device = self.port_owner.get(port)
             if device is not None:
+                started = recorder.now() if recorder.enabled else None
                 self._service(device)
+                if started is not None:     # the timeline: the kick's handling, where flows arrive
+                    recorder.slice(TRACK_OF_KIND.get(device.kind.name, device.kind.name), f"{device.name} kick",
+                                   started, port=port, frontend=device.domid)
 
     def poll(self) -> None:
         """Watch events, then every connection once (catches lost events)."""

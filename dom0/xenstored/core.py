@@ -47,7 +47,7 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Protocol
 
 from abi.io import xs_wire as wire
 
@@ -159,6 +159,16 @@ def live_perms(engine: Engine, node: Node) -> Perms:
     return node.perms if len(kept) == len(node.perms) - 1 else node.perms[:1] + kept
 
 
+class RequestObserver(Protocol):
+    """Sees every request answered (the timeline's xenstored track, dom0.timeline): a clock of its
+    own, so the engine stays free of time."""
+
+    def now(self) -> float: ...
+
+    def request(self, domid: int, msg_type: int, payload: bytes, reply_type: int, reply: bytes,
+                started: float) -> None: ...
+
+
 def encode_message(msg_type: int, req_id: int, tx_id: int, payload: bytes) -> bytes:
     header: bytes = wire.xsd_sockmsg.build(dict(type=msg_type, req_id=req_id, tx_id=tx_id,
                                                 len=len(payload)))
@@ -210,6 +220,7 @@ class Engine:
         self.introduce_hook = introduce_hook
         self.release_hook = release_hook
         self.trace_enabled = False
+        self.request_observer: RequestObserver | None = None
         self.lock = threading.RLock()
         self.wakeup: Callable[[], None] | None = None
         self.store = Store((Permission(0, PERM_NONE),))
@@ -354,6 +365,8 @@ class Engine:
     def _handle_message(self, conn: Connection, msg_type: int, req_id: int, tx_id: int,
                         payload: bytes) -> None:
         self._after_reply = []
+        observer = self.request_observer
+        started = observer.now() if observer is not None else 0.0
         try:
             reply_type, reply = msg_type, self._dispatch(conn, msg_type, tx_id, payload)
             if len(reply) > wire.XENSTORE_PAYLOAD_MAX:
@@ -367,6 +380,8 @@ class Engine:
             self._after_reply = []
         if self.trace_enabled:
             log.info("conn %d type %d -> %d %r", conn.id, msg_type, reply_type, reply[:64])
+        if observer is not None:
+            observer.request(conn.domid, msg_type, payload, reply_type, reply, started)
         self._queue(conn, _Outgoing(encode_message(reply_type, req_id, tx_id, reply), True))
         for target, path, token in self._after_reply:
             self.queue_watch_event(target, path, token)

@@ -19,6 +19,8 @@ import signal
 import sys
 
 from dom0.console.bounded import CappedStreamHandler
+from pvhyp.cli.errors import UserError
+from pvhyp.cli.trace_options import open_trace
 from pvhyp.host import Host
 
 
@@ -29,6 +31,8 @@ def main(argv=None) -> int:
     parser.add_argument("--memory", type=int, default=1024, help="machine memory in MiB")
     parser.add_argument("--dom0-memory", type=int, default=16, help="dom0's memory in MiB")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--trace", help="trace every domain to this file (see `pvhyp up --trace`)")
+    parser.add_argument("--trace-limit", type=int, default=None, help="the trace's size cap in bytes")
     args = parser.parse_args(argv)
     # bounded: guests' misdeeds are logged here, and a guest may misbehave forever
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -38,12 +42,22 @@ def main(argv=None) -> int:
         signal.signal(signum, lambda *_: host.stopping.set())
     host.rundir.record_pid(os.getpid())
     try:
-        host.start_dom0()
-    except RuntimeError as e:
-        print(f"pvhyp: {e} (see {host.dom0_log})", file=sys.stderr)
-        host.shutdown()
-        return 1
-    return host.run()
+        session = open_trace(host, args.trace, args.trace_limit)
+    except UserError as e:
+        print(f"pvhyp: {e}", file=sys.stderr)
+        return 2
+    try:
+        try:
+            host.start_dom0()
+        except RuntimeError as e:
+            print(f"pvhyp: {e} (see {host.dom0_log})", file=sys.stderr)
+            host.shutdown()
+            return 1
+        return host.run()
+    finally:
+        if session is not None:         # dom0 has ended: the spool is whole
+            for note in session.close():
+                print(f"pvhyp: trace: {note}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from dom0.console.bounded import LineAssembler
 from pvhyp.cli.accel import add_accel_argument, apply_accel
 from pvhyp.cli.errors import UserError
+from pvhyp.cli.trace_options import add_trace_arguments, open_trace
 from pvhyp.cli.xl_cmd import DETACH, read_config_file
 
 # Exit status by shutdown reason (documented in --help).
@@ -105,7 +106,7 @@ def check_config(text: str, source: str):
 def run_guest(config_text: str, source: str = "<config>", timeout: float | None = None,
               trace_path: str | None = None, console_io_sink=None, ring_sink=None,
               stdin_fd: int | None = None, input_after: bytes | None = None,
-              input_at_end: bytes = b"", on_started=None) -> RunResult:
+              input_at_end: bytes = b"", on_started=None, trace_limit: int | None = None) -> RunResult:
     """Boot one guest in a fresh hypervisor, wait for its shutdown (or the timeout), tear down.
 
     Lines read from `stdin_fd` go to the guest's console, once it printed
@@ -115,9 +116,11 @@ def run_guest(config_text: str, source: str = "<config>", timeout: float | None 
     cfg = check_config(config_text, source)
     started = time.monotonic()
     run = OneShot(config_text, source, cfg.memory, console_io_sink, ring_sink)
-    if trace_path:
-        from pvhyp.cli.trace_format import trace_to_file
-        trace_to_file(run.hv.trace, trace_path, skip_domids={0})
+    try:
+        session = open_trace(run.host, trace_path, trace_limit)
+    except UserError:
+        run.close()
+        raise
     run.input_after, run.input_at_end = input_after, input_at_end
     run.keystrokes = stdin_fd is not None and os.isatty(stdin_fd)
     if run.keystrokes:
@@ -141,6 +144,9 @@ def run_guest(config_text: str, source: str = "<config>", timeout: float | None 
                          run.crash_line, error, run.hv.trace.history(domid))
     finally:
         run.close()
+        if session is not None:         # dom0 has ended: its records are all in the spool
+            for note in session.close():
+                print(f"pvhyp: trace: {note}", file=sys.stderr)
 
 
 def add_parser(sub) -> None:
@@ -156,8 +162,7 @@ def add_parser(sub) -> None:
     p.add_argument("--cmdline", help="kernel command line")
     p.add_argument("--memory", type=int, help="guest memory in MiB (default 128)")
     p.add_argument("--vcpus", type=int, help="number of vCPUs (default 1)")
-    p.add_argument("--trace", metavar="FILE",
-                   help="write one line per hypercall, trap and event delivery of the guest to FILE")
+    add_trace_arguments(p)
     p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 7)")
     add_accel_argument(p)
     p.set_defaults(func=run)
@@ -186,11 +191,13 @@ def terminal_keystrokes(fd: int | None):
 def run(args) -> int:
     text, source = build_config(args)
     engine_line = apply_accel(args, announce=False)
-    return run_in_foreground(text, source, args.timeout, args.trace, announce=f"pvhyp: {engine_line}")
+    return run_in_foreground(text, source, args.timeout, args.trace, announce=f"pvhyp: {engine_line}",
+                             trace_limit=args.trace_limit)
 
 
 def run_in_foreground(text: str, source: str, timeout: float | None = None, trace: str | None = None,
-                      input_after: bytes | None = None, input_at_end: bytes = b"", announce: str | None = None) -> int:
+                      input_after: bytes | None = None, input_at_end: bytes = b"", announce: str | None = None,
+                      trace_limit: int | None = None) -> int:
     """`pvhyp run`'s console and exit status: ring on stdout, console_io on stderr, stdin to the guest."""
     out, err = sys.stdout.buffer, sys.stderr
 
@@ -211,7 +218,8 @@ def run_in_foreground(text: str, source: str, timeout: float | None = None, trac
     with terminal_keystrokes(stdin_fd):
         result = run_guest(text, source, timeout, trace, console_io_out, ring_out, stdin_fd,
                            input_after, input_at_end,
-                           on_started=(lambda: print(announce, file=err, flush=True)) if announce else None)
+                           on_started=(lambda: print(announce, file=err, flush=True)) if announce else None,
+                           trace_limit=trace_limit)
     if result.reason == "crash" and result.crash_line:
         print(f"pvhyp: {result.crash_line}", file=sys.stderr)
     elif result.reason == "error":

@@ -1,36 +1,11 @@
 """`--trace FILE` lines: hypercalls with their sub-operation decoded by name (from abi), traps, events."""
 from __future__ import annotations
 
+from pvhyp.timeline.decode import subop_name
 from pvhyp.trace import format_record
 
-# Hypercalls whose first argument is a command, and the abi prefix naming it.
-_SUBOP_PREFIX = {
-    "sched_op": ("abi.sched", "SCHEDOP_"), "event_channel_op": ("abi.event_channel", "EVTCHNOP_"),
-    "memory_op": ("abi.memory", "XENMEM_"), "vcpu_op": ("abi.vcpu", "VCPUOP_"),
-    "grant_table_op": ("abi.grant_table", "GNTTABOP_"), "physdev_op": ("abi.physdev", "PHYSDEVOP_"),
-    "callback_op": ("abi.callback", "CALLBACKOP_"), "xen_version": ("abi.version", "XENVER_"),
-    "console_io": ("abi.xen", "CONSOLEIO_"), "vm_assist": ("abi.xen", "VMASST_CMD_"),
-}
-_names_cache: dict[str, dict[int, str]] = {}
-
-
-def subop_name(hypercall: str, cmd: int) -> str | None:
-    spec = _SUBOP_PREFIX.get(hypercall)
-    if spec is None:
-        return None
-    names = _names_cache.get(hypercall)
-    if names is None:
-        import importlib
-        module = importlib.import_module(spec[0])
-        names = {}
-        for name in sorted(dir(module)):
-            value = getattr(module, name)
-            if name.startswith(spec[1]) and isinstance(value, int) and not isinstance(value, bool):
-                names.setdefault(value, name)
-        _names_cache[hypercall] = names
-    if hypercall == "vcpu_op":
-        cmd &= 0xFFFFFFFF
-    return names.get(cmd)
+# The timeline's own records (pvhyp/timeline): drawn there, noise in a text trace.
+TIMELINE_ONLY = frozenset({"run", "counter", "mm", "domain"})
 
 
 def format_line(rec: dict) -> str:
@@ -54,7 +29,7 @@ def trace_to_file(trace, path: str, skip_domids=frozenset()) -> None:
     f = open(path, "w", buffering=1)
 
     def sink(rec: dict) -> None:
-        if rec["dom"] not in skip_domids:
+        if rec["dom"] not in skip_domids and rec["kind"] not in TIMELINE_ONLY:
             f.write(format_line(rec) + "\n")
 
     trace.add_sink(sink)

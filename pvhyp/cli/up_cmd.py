@@ -20,6 +20,7 @@ from pvguest.spawn import start_python_module
 from pvhyp.cli import xapi_setup
 from pvhyp.cli.accel import add_accel_argument, apply_accel
 from pvhyp.cli.errors import UserError
+from pvhyp.cli.trace_options import add_trace_arguments
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -76,6 +77,8 @@ def add_parser(sub) -> None:
                         "any non-loopback address is served over TLS); off: none")
     p.add_argument("--vm-dir", default=None, help="the XenAPI's VMs and templates: xl configs "
                    "(default RUN_DIR/vms; '# xapi: template' marks a template)")
+    add_trace_arguments(p, "written when `pvhyp down` stops the host (a .json is converted then; "
+                           "should that be cut short, `pvhyp trace convert FILE.json.spool FILE.json`)")
     add_accel_argument(p)
     p.set_defaults(func=up)
     p = sub.add_parser("down", help="stop dom0 (destroying its guests) and the hypervisor")
@@ -108,6 +111,11 @@ def _up(args, run_dir: RunDir) -> int:
     hostd_args = ["--run-dir", run_dir.path, "--memory", str(args.memory), "--dom0-memory", str(args.dom0_memory)]
     if args.verbose:
         hostd_args.append("--verbose")
+    if args.trace:
+        trace = os.path.abspath(args.trace)
+        if not os.path.isdir(os.path.dirname(trace)) or os.path.isdir(trace):
+            raise UserError(f"--trace {args.trace}: not a file in an existing directory")
+        hostd_args += ["--trace", trace, "--trace-limit", str(args.trace_limit)]
     try:
         log = run_dir.open_log("hostd.log")
     except OSError as e:

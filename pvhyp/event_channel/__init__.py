@@ -332,16 +332,20 @@ def evtchn_close(d1, port1: int, guest: bool = True) -> int:
     return 0
 
 
-def evtchn_send(ld, lport: int) -> int:
-    """EVTCHNOP_send from `ld`: notify the other end of an interdomain port, or our own vCPU for an IPI."""
+def evtchn_send(ld, lport: int, vcpu_id: int = 0) -> int:
+    """EVTCHNOP_send from `ld` (its vCPU `vcpu_id`, for the trace): notify the other end of an
+    interdomain port, or our own vCPU for an IPI."""
     with ld.hv.evtchn_lock:
         lchn = ld.evtchn.get(lport)
         if lchn is None:
             return -E.EINVAL
         if lchn.xen_consumer is not None:
             return -E.EINVAL
-        if ld.hv.trace.enabled:
-            ld.hv.trace.emit("event", ld.domid, 0, op="send", port=lport, state=lchn.state)
+        if ld.hv.trace.enabled:         # to_dom/to_port: the timeline draws the kick to its receiver
+            peer = ((lchn.remote_dom.domid, lchn.remote_port) if lchn.state == ECS_INTERDOMAIN
+                    else (ld.domid, lport))
+            ld.hv.trace.emit("event", ld.domid, vcpu_id, op="send", port=lport, state=lchn.state,
+                             to_dom=peer[0], to_port=peer[1])
         consumer = None
         if lchn.state == ECS_INTERDOMAIN:
             rd, rport = lchn.remote_dom, lchn.remote_port

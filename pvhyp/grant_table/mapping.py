@@ -202,7 +202,7 @@ def _map_locked(vcpu, ld, rd, op, flags, readonly, pin_incr) -> None:
     op["handle"] = handle
     op["status"] = G.GNTST_okay
     if hv.trace.enabled:
-        hv.trace.emit("grant", ld.domid, vcpu.vcpu_id, op="map", dom=rd.domid, ref=ref,
+        hv.trace.emit("grant", ld.domid, vcpu.vcpu_id, op="map", granter=rd.domid, ref=ref,
                       flags=flags, handle=handle, mfn=mfn)
 
 
@@ -245,7 +245,7 @@ def unmap_common(vcpu, host_addr: int, dev_bus_addr: int, new_addr: int, handle:
         if done:
             _unmap_complete(ld, rgt, ref, act, mfn, done)
         if ld.hv.trace.enabled:
-            ld.hv.trace.emit("grant", ld.domid, vcpu.vcpu_id, op="unmap", dom=rgt.domid, ref=ref,
+            ld.hv.trace.emit("grant", ld.domid, vcpu.vcpu_id, op="unmap", granter=rgt.domid, ref=ref,
                              handle=handle, done=done)
         return G.GNTST_okay
 

@@ -147,6 +147,8 @@ class PVMMU(FrameRefs):
         if pg_owner is not currd and pg_owner.is_dying:
             f.pinned[mfn] = 0
             self.put_page_and_type(mfn)
+        elif self.hv.trace.enabled:     # the timeline's pinned-tables counter (PGT_lN_page_table = N)
+            self.hv.trace.record("mm", pg_owner.domid, -1, op="pin", level=type_, mfn=mfn)
         return 0
 
     def unpin_table(self, pg_owner, mfn: int) -> int:
@@ -157,6 +159,8 @@ class PVMMU(FrameRefs):
             self.put_page(mfn)
             return -E.EINVAL
         f.pinned[mfn] = 0
+        if self.hv.trace.enabled:
+            self.hv.trace.record("mm", pg_owner.domid, -1, op="unpin", level=f.type[mfn], mfn=mfn)
         self.put_page_and_type(mfn)
         self.put_page(mfn)
         return 0

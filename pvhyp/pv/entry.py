@@ -122,11 +122,19 @@ class PvEntry:
 
     def run(self, max_insns: int = 0, timeout_us: int = 0) -> ExitReason:
         self._running_thread = threading.current_thread()
+        hv = self.vcpu.domain.hv
+        trace = hv.trace if hv is not None and hv.trace.enabled else None    # None: no hypervisor (bench)
+        started = trace.now() if trace is not None else 0.0
+        reason = None
         try:
             self._drain_posted()
-            return self.engine.run(max_insns, timeout_us)
+            reason = self.engine.run(max_insns, timeout_us)
+            return reason
         finally:
             self._running_thread = None
+            if trace is not None:       # the timeline's "vCPU in the engine" slice (hooks nest inside)
+                trace.record("run", self.vcpu.domain.domid, self.vcpu.vcpu_id, t=started,
+                           dur=trace.now() - started, exit=reason.value if reason is not None else "error")
 
     def kick(self) -> None:
         self.engine.kick()
