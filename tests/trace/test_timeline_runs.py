@@ -55,3 +55,18 @@ def test_a_disk_read_through_dom0_on_blkbacks_track(tmp_path):
     assert any(s["name"] == "XS_WRITE" and s["args"]["path"].endswith("/device/vbd/51712/state") for s in xs)
     d0 = read["pid"]
     assert (d0, "mapped grants") in timeline.counters
+
+
+def test_frames_between_two_vifs_on_netbacks_track(tmp_path):
+    config = tmp_path / "net.cfg"
+    config.write_text('name = "netguest"\ntype = "pv"\nkernel = "python:pvguest.examples.netcheck:loop"\n'
+                      'memory = 8\nvif = ["bridge=lab", "bridge=lab"]\n')
+    trace = tmp_path / "net.json"
+    done = pvhyp("run", str(config), "--trace", str(trace), "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    timeline = checked(str(trace))
+    assert "netback" in timeline.thread_names("d0 Domain-0")
+    frames = [i for i in timeline.instants if i["name"] in ("tx frame", "rx frame")]
+    assert {"tx frame", "rx frame"} <= {i["name"] for i in frames}
+    assert any(s["name"].startswith("vif d1/") and s["name"].endswith(" kick")
+               for s in timeline.slices_on("d0 Domain-0", "netback"))
