@@ -71,8 +71,8 @@ def add_parser(sub) -> None:
     p.add_argument("--memory", type=int, default=1024, help="machine memory in MiB (default 1024)")
     p.add_argument("--dom0-memory", type=int, default=16, help="dom0's memory in MiB (default 16)")
     p.add_argument("--verbose", action="store_true", help="log every dom0/hypervisor step")
-    add_trace_arguments(p, "written when `pvhyp down` stops the host (a .json is converted then; "
-                           "should that be cut short, `pvhyp trace convert FILE.json.spool FILE.json`)")
+    add_trace_arguments(p, "complete once `pvhyp down` stopped the host (a .json is converted then, "
+                           "in the background, from FILE.json.spool)")
     add_accel_argument(p)
     p.set_defaults(func=up)
     p = sub.add_parser("down", help="stop dom0 (destroying its guests) and the hypervisor")

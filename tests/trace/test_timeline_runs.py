@@ -1,11 +1,12 @@
 """`pvhyp run --trace FILE.json` on real guests: an XTF kernel on the software CPU, and a Python
 guest reading its disk through dom0's blkback. Each trace is held to the trace-event rules
-(pvhyp.timeline.check) and must show its tracks and a known slice."""
+(pvhyp.timeline.check) and must show its tracks and a known slice; `pvhyp up --trace` too."""
 from __future__ import annotations
 
 import os
+import time
 
-from tests.trace.trace_kit import checked, needs_xtf, pvhyp, traced_xtf
+from tests.trace.trace_kit import XTF, checked, needs_xtf, pvhyp, traced_xtf
 
 
 @needs_xtf
@@ -70,3 +71,26 @@ def test_frames_between_two_vifs_on_netbacks_track(tmp_path):
     assert {"tx frame", "rx frame"} <= {i["name"] for i in frames}
     assert any(s["name"].startswith("vif d1/") and s["name"].endswith(" kick")
                for s in timeline.slices_on("d0 Domain-0", "netback"))
+
+
+@needs_xtf
+def test_up_traces_every_guest_until_down(tmp_path):
+    run_dir, trace = tmp_path / "up", tmp_path / "up.json"
+    config = tmp_path / "xtf.cfg"
+    config.write_text(f'name = "xtfup"\ntype = "pv"\nkernel = "{XTF}/test-pv64-example"\nmemory = 32\n')
+    up = pvhyp("up", "--run-dir", str(run_dir), "--memory", "192", "--trace", str(trace))
+    assert up.returncode == 0, up.stderr
+    try:
+        assert pvhyp("create", "--run-dir", str(run_dir), str(config)).returncode == 0
+        deadline = time.monotonic() + 60
+        while b"xtfup" in pvhyp("list", "--run-dir", str(run_dir)).stdout and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        assert pvhyp("down", "--run-dir", str(run_dir)).returncode == 0
+    deadline = time.monotonic() + 60           # converted by a process of its own after down
+    while not trace.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    timeline = checked(str(trace))
+    assert "d1 xtfup" in timeline.processes.values()
+    assert any(s["name"] == "sched_op(SCHEDOP_shutdown)" for s in timeline.slices_on("d1 xtfup", "vCPU 0"))
+    assert not os.path.exists(str(trace) + ".spool")
