@@ -25,8 +25,9 @@ from abi.trace_spool import DEFAULT_LIMIT, SpoolWriter
 TRACK_OF_KIND = {"vbd": "blkback", "vif": "netback"}
 XENSTORED_TRACK = "xenstored"
 
-XS_TYPE_NAMES = {value: name for name, value in sorted(vars(xs_wire).items())
-                 if name.startswith("XS_") and isinstance(value, int) and name not in ("XS_DEBUG", "XS_TYPE_COUNT")}
+_NOT_TYPES = {"XS_DEBUG", "XS_TYPE_COUNT", "XS_INVALID", "XS_WATCH_PATH", "XS_WATCH_TOKEN"}  # aliases, indexes
+XS_TYPE_NAMES = {value: name for name, value in vars(xs_wire).items()
+                 if name.startswith("XS_") and isinstance(value, int) and name not in _NOT_TYPES}
 
 
 class Dom0Recorder:

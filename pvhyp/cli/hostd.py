@@ -16,9 +16,11 @@ import argparse
 import logging
 import os
 import signal
+import subprocess
 import sys
 
 from dom0.console.bounded import CappedStreamHandler
+from pvguest.spawn import start_python_module
 from pvhyp.cli.errors import UserError
 from pvhyp.cli.trace_options import open_trace
 from pvhyp.host import Host
@@ -56,8 +58,12 @@ def main(argv=None) -> int:
         return host.run()
     finally:
         if session is not None:         # dom0 has ended: the spool is whole
-            for note in session.close():
-                print(f"pvhyp: trace: {note}", file=sys.stderr)
+            session.close(convert=False)
+            if session.format == "chrome":
+                # converted by a process of its own: `pvhyp down` waits for us only so long
+                start_python_module("pvhyp.cli.trace_cmd", ["convert", session.spool_path, session.output,
+                                                            "--remove-input"],
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 if __name__ == "__main__":

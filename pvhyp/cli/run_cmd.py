@@ -195,6 +195,13 @@ def run(args) -> int:
                              trace_limit=args.trace_limit)
 
 
+def _whole_line(stream, text: str) -> None:
+    """One write: print() writes the text and its newline apart, and the guest's console lines,
+    written from another thread, could land between the two."""
+    stream.write(text + "\n")
+    stream.flush()
+
+
 def run_in_foreground(text: str, source: str, timeout: float | None = None, trace: str | None = None,
                       input_after: bytes | None = None, input_at_end: bytes = b"", announce: str | None = None,
                       trace_limit: int | None = None) -> int:
@@ -218,7 +225,7 @@ def run_in_foreground(text: str, source: str, timeout: float | None = None, trac
     with terminal_keystrokes(stdin_fd):
         result = run_guest(text, source, timeout, trace, console_io_out, ring_out, stdin_fd,
                            input_after, input_at_end,
-                           on_started=(lambda: print(announce, file=err, flush=True)) if announce else None,
+                           on_started=(lambda: _whole_line(err, announce)) if announce else None,
                            trace_limit=trace_limit)
     if result.reason == "crash" and result.crash_line:
         print(f"pvhyp: {result.crash_line}", file=sys.stderr)

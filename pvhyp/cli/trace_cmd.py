@@ -27,6 +27,7 @@ def add_parser(sub) -> None:
                                      "trace-event JSON that Perfetto and chrome://tracing open.")
     c.add_argument("input", help="the raw trace (.jsonl)")
     c.add_argument("output", help="the timeline to write (.json)")
+    c.add_argument("--remove-input", action="store_true", help="remove the raw trace once converted")
     c.set_defaults(func=convert)
     r = verbs.add_parser("render", help="draw a timeline picture (SVG) of a trace",
                          description="Draw a trace's timeline: a row per vCPU and dom0 backend, slices "
@@ -77,6 +78,8 @@ def convert(args) -> int:
     except OSError as e:
         raise UserError(f"{args.output}: {e.strerror or e}") from None
     _spool_notes(notes)
+    if args.remove_input:
+        os.unlink(args.input)
     print(f"pvhyp: wrote {args.output} (open it in Perfetto's UI or chrome://tracing)", file=sys.stderr)
     return 0
 
@@ -165,3 +168,8 @@ def demo(args) -> int:
     return render(argparse.Namespace(trace=args.trace, output=args.picture, start=None, duration=args.duration,
                                      focus=args.focus, width=1200,
                                      title=f"One disk read during a Debian boot under pvhyp ({args.focus})"))
+
+
+if __name__ == "__main__":      # `pvhyp up --trace FILE.json`: hostd's conversion after `pvhyp down`
+    from pvhyp.cli import main
+    sys.exit(main(["trace", *sys.argv[1:]]))

@@ -77,8 +77,8 @@ def add_parser(sub) -> None:
                         "any non-loopback address is served over TLS); off: none")
     p.add_argument("--vm-dir", default=None, help="the XenAPI's VMs and templates: xl configs "
                    "(default RUN_DIR/vms; '# xapi: template' marks a template)")
-    add_trace_arguments(p, "written when `pvhyp down` stops the host (a .json is converted then; "
-                           "should that be cut short, `pvhyp trace convert FILE.json.spool FILE.json`)")
+    add_trace_arguments(p, "complete once `pvhyp down` stopped the host (a .json is converted then, "
+                           "in the background, from FILE.json.spool)")
     add_accel_argument(p)
     p.set_defaults(func=up)
     p = sub.add_parser("down", help="stop dom0 (destroying its guests) and the hypervisor")

@@ -215,13 +215,14 @@ def _counter(out: list[str], label: str, points, y: float, window: Window, x_of,
 def _axis(out: list[str], window: Window, y: float, x_of, plot_w: float) -> None:
     out.append(f'<line x1="{LABEL_PX}" y1="{y + 4}" x2="{LABEL_PX + plot_w}" y2="{y + 4}" stroke="#333333"/>')
     step = _tick_step(window.span / 8)
-    first = (window.start_us // step + 1) * step
-    tick = first
-    while tick <= window.end_us:
+    tick = window.start_us          # ticks counted from the window's start: round labels
+    while tick < window.end_us - step / 4:      # the last label would run off the picture
         x = x_of(tick)
         out.append(f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + 8}" stroke="#333333"/>')
-        out.append(f'<text x="{x:.1f}" y="{y + 22}" text-anchor="middle">{_time_label(tick, step)}</text>')
+        out.append(f'<text x="{x:.1f}" y="{y + 22}" text-anchor="middle">'
+                   f'+{_time_label(tick - window.start_us, step)}</text>')
         tick += step
+    out.append(f'<text x="6" y="{y + 22}" fill="#555555">t = {window.start_us / 1e6:.6f} s</text>')
 
 
 def _tick_step(rough: float) -> float:

@@ -88,8 +88,9 @@ class TraceSession:
                 trace.record("counter", domain.domid, -1, name="pending events", value=count)
 
     # --- the end ---
-    def close(self) -> list[str]:
-        """Stop recording and write the output; returns the converter's notes (empty: all well)."""
+    def close(self, convert: bool = True) -> list[str]:
+        """Stop recording and write the output; returns the converter's notes (empty: all well).
+        convert=False leaves a .json's spool for someone else to convert (`pvhyp trace convert`)."""
         if self.closed:
             return []
         self.closed = True
@@ -97,7 +98,7 @@ class TraceSession:
         self._sampler.join(timeout=1.0)
         self.hv.trace.remove_sink(self.writer.write)
         self.writer.close()
-        if self.format != "chrome":
+        if self.format != "chrome" or not convert:
             return []
         from pvhyp.timeline.chrome import convert_file
         try:

@@ -8,7 +8,7 @@ import time
 
 from abi.io import xs_wire
 from abi.trace_spool import SpoolWriter
-from dom0.timeline import Dom0Recorder
+from dom0.timeline import XS_TYPE_NAMES, Dom0Recorder
 
 
 def test_records_land_in_the_shared_spool_on_the_hypervisors_clock(tmp_path):
@@ -33,3 +33,9 @@ def test_records_land_in_the_shared_spool_on_the_hypervisors_clock(tmp_path):
     assert records[1]["dur"] >= 0 and records[1]["id"] == 3
     assert records[2]["name"] == "XS_WRITE" and records[2]["value"] == "guest" and records[2]["client"] == 1
     assert records[3]["name"] == "XS_READ" and records[3]["result"] == "ENOENT" and "value" not in records[3]
+
+
+def test_xenstore_request_types_have_their_wire_names():
+    assert XS_TYPE_NAMES[xs_wire.XS_DIRECTORY] == "XS_DIRECTORY"
+    assert XS_TYPE_NAMES[xs_wire.XS_CONTROL] == "XS_CONTROL"
+    assert len(XS_TYPE_NAMES) == xs_wire.XS_TYPE_COUNT - 1      # 20 was XS_RESTRICT, gone from the protocol

@@ -1,11 +1,12 @@
 """`pvhyp run --trace FILE.json` on real guests: an XTF kernel on the software CPU, and a Python
 guest reading its disk through dom0's blkback. Each trace is held to the trace-event rules
-(pvhyp.timeline.check) and must show its tracks and a known slice."""
+(pvhyp.timeline.check) and must show its tracks and a known slice; `pvhyp up --trace` too."""
 from __future__ import annotations
 
 import os
+import time
 
-from tests.trace.trace_kit import checked, needs_xtf, pvhyp, traced_xtf
+from tests.trace.trace_kit import XTF, checked, needs_xtf, pvhyp, traced_xtf
 
 
 @needs_xtf
@@ -55,3 +56,41 @@ def test_a_disk_read_through_dom0_on_blkbacks_track(tmp_path):
     assert any(s["name"] == "XS_WRITE" and s["args"]["path"].endswith("/device/vbd/51712/state") for s in xs)
     d0 = read["pid"]
     assert (d0, "mapped grants") in timeline.counters
+
+
+def test_frames_between_two_vifs_on_netbacks_track(tmp_path):
+    config = tmp_path / "net.cfg"
+    config.write_text('name = "netguest"\ntype = "pv"\nkernel = "python:pvguest.examples.netcheck:loop"\n'
+                      'memory = 8\nvif = ["bridge=lab", "bridge=lab"]\n')
+    trace = tmp_path / "net.json"
+    done = pvhyp("run", str(config), "--trace", str(trace), "--timeout", "60")
+    assert done.returncode == 0, done.stderr
+    timeline = checked(str(trace))
+    assert "netback" in timeline.thread_names("d0 Domain-0")
+    frames = [i for i in timeline.instants if i["name"] in ("tx frame", "rx frame")]
+    assert {"tx frame", "rx frame"} <= {i["name"] for i in frames}
+    assert any(s["name"].startswith("vif d1/") and s["name"].endswith(" kick")
+               for s in timeline.slices_on("d0 Domain-0", "netback"))
+
+
+@needs_xtf
+def test_up_traces_every_guest_until_down(tmp_path):
+    run_dir, trace = tmp_path / "up", tmp_path / "up.json"
+    config = tmp_path / "xtf.cfg"
+    config.write_text(f'name = "xtfup"\ntype = "pv"\nkernel = "{XTF}/test-pv64-example"\nmemory = 32\n')
+    up = pvhyp("up", "--run-dir", str(run_dir), "--memory", "192", "--trace", str(trace))
+    assert up.returncode == 0, up.stderr
+    try:
+        assert pvhyp("create", "--run-dir", str(run_dir), str(config)).returncode == 0
+        deadline = time.monotonic() + 60
+        while b"xtfup" in pvhyp("list", "--run-dir", str(run_dir)).stdout and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        assert pvhyp("down", "--run-dir", str(run_dir)).returncode == 0
+    deadline = time.monotonic() + 60           # converted by a process of its own after down
+    while not trace.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    timeline = checked(str(trace))
+    assert "d1 xtfup" in timeline.processes.values()
+    assert any(s["name"] == "sched_op(SCHEDOP_shutdown)" for s in timeline.slices_on("d1 xtfup", "vCPU 0"))
+    assert not os.path.exists(str(trace) + ".spool")
