@@ -142,6 +142,18 @@ out={SPOOL_DIR}/job-$1
 if [ -n "$6" ]; then cat "$6"; else cat; fi > "$out.part" || exit 1
 mv "$out.part" "$out"
 """
+# The network: systemd-networkd (in the systemd package) takes any Ethernet link by DHCP from
+# the vif's passt. The common recipe's ifupdown stanza names eth0, but systemd 252 names a
+# Xen vif enX0, and minbase has no DHCP client for ifupdown to run. Nothing waits for
+# "online": every service listens on all addresses, whenever the address comes.
+NETWORKD_CONF = """[Match]
+Type=ether
+
+[Network]
+DHCP=ipv4
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+"""
 LIGHTTPD_CONF = f"""server.document-root = "{WEB_ROOT}"
 server.port = 80
 server.username = "www-data"
@@ -179,6 +191,11 @@ def configure(tree: pathlib.Path) -> None:
     backend.chmod(0o755)
     (tree / SPOOL_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
     _chroot(tree, ["chown", "lp:lp", SPOOL_DIR])
+    (etc / "systemd/network/50-pvhyp-dhcp.network").write_text(NETWORKD_CONF)
+    (etc / "network/interfaces.d/eth0").unlink(missing_ok=True)
+    _chroot(tree, ["systemctl", "disable", "networking.service"])
+    _chroot(tree, ["systemctl", "enable", "systemd-networkd.service"])
+    _chroot(tree, ["systemctl", "mask", "systemd-networkd-wait-online.service"])
     # HTTP
     (etc / "lighttpd/lighttpd.conf").write_text(LIGHTTPD_CONF)
     (tree / WEB_ROOT.lstrip("/")).mkdir(parents=True, exist_ok=True)
@@ -191,7 +208,7 @@ def _chroot(tree: pathlib.Path, cmd: list[str]) -> None:
     rootfs.debian.run_tool(["chroot", str(tree), *cmd], shown=3, capture_output=True)
 
 
-PROFILE = rootfs.Profile(name="servers", version=1,
+PROFILE = rootfs.Profile(name="servers", version=2,
                          packages=("ksmbd-tools", "cups-daemon", "cups-common", "cups-server-common", "lighttpd"),
                          configure=configure)
 

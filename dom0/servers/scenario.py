@@ -8,6 +8,7 @@ created (the same vif, `forward=tcp:127.0.0.1:HOST:GUEST` appended).
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from dom0.toolstack.config import ConfigError, parse_assignments, parse_config
 EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples" / "servers"
 STATE_DIR = template.DEFAULT_DIR.parent / "servers"
 BRIDGE = "servers"
+TEMPLATE_STAMP = "template.json"     # which build of the template the clones are overlays of
 
 
 @dataclass(frozen=True)
@@ -82,11 +84,37 @@ def memory_mb(path: pathlib.Path) -> int:
         raise ScenarioError(f"{path}: {e}") from None
 
 
+def template_stamp(image: str) -> dict:
+    """What identifies one build of the template disk: a rebuild changes it."""
+    st = os.stat(image)
+    return {"image": image, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def check_template(state_dir: pathlib.Path, image: str) -> None:
+    """The clones in `state_dir` are overlays of this very build of the template (else ScenarioError:
+    an overlay over a rebuilt backing file reads garbage); a state dir with no clones records it."""
+    stamp, path = template_stamp(image), state_dir / TEMPLATE_STAMP
+    try:
+        recorded = json.loads(path.read_text())
+    except FileNotFoundError:
+        recorded = None
+    except (OSError, ValueError):
+        recorded = {}
+    if recorded is None or not any(clone_config(s, state_dir).exists() for s in SERVERS):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(stamp))
+        return
+    if recorded != stamp:
+        raise ScenarioError(f"the servers template was rebuilt after the clones in {state_dir} were made "
+                            f"(they would read garbage): --fresh clones it again (batagor's share starts empty)")
+
+
 def remove_clones(state_dir: pathlib.Path) -> None:
     """Forget every server's clone (their disks too): the next run clones the template again."""
-    for server in SERVERS:
-        for path in (clone_config(server, state_dir), state_dir / f"{server.name}-xvda.qcow2"):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+    for path in [state_dir / TEMPLATE_STAMP] + [p for server in SERVERS
+                                                for p in (clone_config(server, state_dir),
+                                                          state_dir / f"{server.name}-xvda.qcow2")]:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

@@ -43,6 +43,8 @@ def add_parser(sub) -> None:
                    help=f"seconds to wait for all three to serve (default {DEFAULT_TIMEOUT:.0f})")
     p.add_argument("--state-dir", type=pathlib.Path, default=None,
                    help="where the clones live (default ~/.cache/pvhyp/servers)")
+    p.add_argument("--fresh", action="store_true",
+                   help="clone the template again (the old clones' disks go: batagor's share starts empty)")
     p.set_defaults(func=run)
 
 
@@ -92,6 +94,15 @@ def bring_up(args, started: float) -> dict:
     except ImageError as e:
         raise UserError(str(e)) from None
     print(f"template: {image['image']} ({time.monotonic() - started:.1f} s)", flush=True)
+    running = {d["name"]: d for d in _list_if_up(args)}
+    try:
+        if args.fresh:
+            if any(server.name in running for server in scenario.SERVERS):
+                raise UserError("--fresh: destroy the running servers first (pvhyp destroy NAME)")
+            scenario.remove_clones(state_dir)
+        scenario.check_template(state_dir, image["image"])
+    except scenario.ScenarioError as e:
+        raise UserError(str(e)) from None
     configs = {}
     for server in scenario.SERVERS:
         try:
@@ -129,6 +140,7 @@ def bring_up(args, started: float) -> dict:
     serving: dict[str, float] = {}
     waiting = list(scenario.SERVERS)
     while waiting:
+        _check_still_there(args, waiting)
         for server in list(waiting):
             if probes.answers(server.role, ports[server.role]):
                 serving[server.name] = time.monotonic() - started
@@ -142,6 +154,30 @@ def bring_up(args, started: float) -> dict:
     return {"ports": ports, "serving": serving, "all_serving_s": time.monotonic() - started,
             "guest_memory_mb": memory, "processes": process_memory(args), "state_dir": str(state_dir),
             "configs": {name: str(path) for name, path in configs.items()}}
+
+
+def _list_if_up(args) -> list[dict]:
+    """The domains of the running hypervisor, or none if it is not up."""
+    from dom0.rundir import RunDir, RunDirError
+    try:
+        with RunDir.open(run_dir_path(args), create=False) as run_dir:
+            if not run_dir.running_pid():
+                return []
+    except FileNotFoundError:
+        return []
+    except RunDirError as e:
+        raise UserError(str(e)) from None
+    return _request(args, "list")["domains"]
+
+
+def _check_still_there(args, waiting) -> None:
+    """While waiting: a server that went (crashed, destroyed) or a hypervisor that went ends the wait."""
+    names = {d["name"]: d for d in _request(args, "list")["domains"]}
+    for server in waiting:
+        if server.name not in names:
+            raise UserError(f"{server.name} is gone before it served (see its console log in the run directory)")
+        if set(str(names[server.name].get("state", ""))[3:]) & set("scd"):     # shutdown, crashed, dying
+            raise UserError(f"{server.name} stopped before it served (state {names[server.name]['state']})")
 
 
 def _ensure_up(args, memory_mb: int) -> None:
