@@ -41,11 +41,8 @@ PACKAGES = {"smbclient": "smbclient", "lp": "cups-client", "lpstat": "cups-clien
 
 
 def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def smbclient(port: int, command: str) -> str:

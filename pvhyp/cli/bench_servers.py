@@ -48,7 +48,7 @@ def pvhyp_pids(run_dir: str) -> list[int]:
         dom0 = read_state(rd).get("dom0_pid")
     pids = [p for p in (hyp, dom0) if isinstance(p, int)]
     if isinstance(dom0, int):
-        pids += [p for p in _children(dom0) if _comm(p) == "passt"]
+        pids += [p for p in _children(dom0) if _comm(p).startswith("passt")]
     return pids
 
 

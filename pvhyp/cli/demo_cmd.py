@@ -235,7 +235,7 @@ def process_memory(args) -> dict:
     if isinstance(dom0, int):
         status = _proc_status(dom0)
         out["dom0_mb"] = (status.get("RssAnon", 0) + status.get("RssFile", 0)) / 1024
-        passts = [pid for pid in _children(dom0) if _comm(pid) == "passt"]
+        passts = [pid for pid in _children(dom0) if _comm(pid).startswith("passt")]
         out["passt_mb"] = sum(_proc_status(pid).get("VmRSS", 0) for pid in passts) / 1024
         out["passt_count"] = len(passts)
     return out

@@ -85,3 +85,18 @@ def test_demo_refuses_bad_ports_and_timeouts():
             main(argv)
         assert e.value.code == 2
 
+
+
+def test_clones_refuse_a_rebuilt_template(tmp_path):
+    image = tmp_path / "template.img"
+    image.write_bytes(b"first build")
+    state = tmp_path / "clones"
+    scenario.check_template(state, str(image))            # no clones yet: records this build
+    (state / "batagor.cfg").write_text("")
+    scenario.check_template(state, str(image))            # same build: fine
+    image.unlink()
+    image.write_bytes(b"second build, other inode")
+    with pytest.raises(scenario.ScenarioError, match="rebuilt"):
+        scenario.check_template(state, str(image))
+    scenario.remove_clones(state)                         # what --fresh does
+    scenario.check_template(state, str(image))
