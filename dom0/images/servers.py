@@ -123,6 +123,13 @@ DefaultAuthType Basic
   </Limit>
 </Policy>
 """
+# Debian starts cupsd on demand (-l: it exits after a minute idle, and cups.socket, the
+# Unix socket only, starts it again); port 631 has no socket unit, so mieayam runs it for good.
+CUPS_SERVICE_OVERRIDE = """[Service]
+Type=simple
+ExecStart=
+ExecStart=/usr/sbin/cupsd -f
+"""
 PRINTERS_CONF = f"""<DefaultPrinter {PRINTER}>
 PrinterId 1
 Info pvhyp spool: each job's bytes in {SPOOL_DIR}
@@ -196,6 +203,8 @@ def configure(tree: pathlib.Path) -> None:
     # Print: cupsd's own configuration, the raw queue and its backend, the spool.
     (etc / "cups/cupsd.conf").write_text(CUPSD_CONF)
     (etc / "cups/printers.conf").write_text(PRINTERS_CONF)
+    (etc / "systemd/system/cups.service.d").mkdir(parents=True, exist_ok=True)
+    (etc / "systemd/system/cups.service.d/pvhyp-always-on.conf").write_text(CUPS_SERVICE_OVERRIDE)
     backend = tree / "usr/lib/cups/backend/pvhyp-spool"
     backend.write_text(SPOOL_BACKEND)
     backend.chmod(0o755)
@@ -218,7 +227,7 @@ def _chroot(tree: pathlib.Path, cmd: list[str], **kw) -> None:
     rootfs.debian.run_tool(["chroot", str(tree), *cmd], shown=3, capture_output=True, **kw)
 
 
-PROFILE = rootfs.Profile(name="servers", version=3,
+PROFILE = rootfs.Profile(name="servers", version=4,
                          packages=("samba", "cups-daemon", "cups-common", "cups-server-common", "lighttpd"),
                          configure=configure)
 
