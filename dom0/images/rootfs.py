@@ -68,15 +68,20 @@ FSTAB = f"""# <file system> <mount point> <type> <options> <dump> <pass>
 # A fresh /etc/machine-id: a never-booted template has an empty one, which
 # systemd fills at first boot; a copy of a VM that has booted (its recorded VM
 # UUID differs from /sys/hypervisor/uuid) gets a new random one here.
+def read_vm_data(key: str, var: str) -> str:
+    """Shell lines setting $var to xenstore vm-data/KEY, else to `pvhyp.KEY=` from the kernel
+    command line (the guest units' one way to read what the toolstack gave the VM)."""
+    return (f"{var}=$(xenstore-read vm-data/{key} 2>/dev/null) || {var}=\n"
+            "for arg in $(cat /proc/cmdline); do\n"
+            '    case "$arg" in\n'
+            f'        pvhyp.{key}=*) [ -n "${var}" ] || {var}="${{arg#pvhyp.{key}=}}" ;;\n'
+            "    esac\n"
+            "done\n")
+
+
 IDENTITY_SCRIPT = """#!/bin/sh
 state=/var/lib/pvhyp-identity/vm-uuid
-name=$(xenstore-read vm-data/hostname 2>/dev/null) || name=
-for arg in $(cat /proc/cmdline); do
-    case "$arg" in
-        pvhyp.hostname=*) [ -n "$name" ] || name="${arg#pvhyp.hostname=}" ;;
-    esac
-done
-case "$name" in
+""" + read_vm_data("hostname", "name") + """case "$name" in
     *[!A-Za-z0-9.-]*|-*) echo "pvhyp-identity: ignoring hostname '$name'"; name= ;;
 esac
 if [ -n "$name" ]; then

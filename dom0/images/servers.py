@@ -56,13 +56,7 @@ SERVICE_UNITS = ("smbd.service", "nmbd.service", "samba-ad-dc.service", "cups.se
 
 ROLE_SCRIPT = """#!/bin/sh
 # Start the units of this VM's role (vm-data/role from the toolstack; pvhyp.role= fallback).
-role=$(xenstore-read vm-data/role 2>/dev/null) || role=
-for arg in $(cat /proc/cmdline); do
-    case "$arg" in
-        pvhyp.role=*) [ -n "$role" ] || role="${arg#pvhyp.role=}" ;;
-    esac
-done
-[ -n "$role" ] || { echo "pvhyp-role: no role"; exit 0; }
+%(read_role)s[ -n "$role" ] || { echo "pvhyp-role: no role"; exit 0; }
 case "$role" in
     *[!a-z]*) echo "pvhyp-role: ignoring role '$role'"; exit 0 ;;
 esac
@@ -191,7 +185,8 @@ def configure(tree: pathlib.Path) -> None:
     for role in ROLES.values():
         (roles / role.name).write_text(" ".join(role.units) + "\n")
     script = tree / "usr/local/sbin/pvhyp-role"
-    script.write_text(ROLE_SCRIPT.replace("%(web_root)s", WEB_ROOT))
+    script.write_text(ROLE_SCRIPT.replace("%(web_root)s", WEB_ROOT)
+                      .replace("%(read_role)s", rootfs.read_vm_data("role", "role")))
     script.chmod(0o755)
     (etc / "systemd/system/pvhyp-role.service").write_text(ROLE_UNIT)
     # SMB: a Unix user owning the share (smbd maps the SMB user to it) and its SMB password.
