@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import shutil
 import tempfile
 import time
@@ -59,10 +60,8 @@ def run(args) -> int:
     work = tempfile.mkdtemp(prefix="pvhyp-bench-servers-")
     run_dir = os.path.join(work, "run")
     os.mkdir(run_dir, 0o700)
-    demo_args = argparse.Namespace(run_dir=run_dir, smb_port=0, ipp_port=0, http_port=0,
-                                   timeout=demo_cmd.DEFAULT_TIMEOUT, state_dir=None)
-    from pathlib import Path
-    demo_args.state_dir = Path(work) / "clones"
+    demo_args = argparse.Namespace(run_dir=run_dir, smb_port=0, ipp_port=0, http_port=0, fresh=False,
+                                   timeout=demo_cmd.DEFAULT_TIMEOUT, state_dir=pathlib.Path(work) / "clones")
     try:
         started = time.monotonic()
         result = demo_cmd.bring_up(demo_args, started)
