@@ -110,7 +110,7 @@ def clone(cfg_path: str, new_name: str, full: bool = False, out: str | None = No
         values["uuid"] = new_uuid
         how = "full copy" if full else "copy-on-write clone"
         body = [f"# {how} of {os.path.abspath(cfg_path)} (pvhyp clone)"]
-        body += [f"{key} = {_xl_value(value)}" for key, value in values.items()]
+        body += [f"{key} = {xl_value(value)}" for key, value in values.items()]
         out_path.parent.mkdir(parents=True, exist_ok=True)
         partial = out_path.with_name(f".{out_path.name}.partial")
         partial.write_text("\n".join(body) + "\n")
@@ -142,9 +142,9 @@ def _resolve(target: str, cwd: str) -> str:
     return path
 
 
-def _xl_value(value) -> str:
+def xl_value(value) -> str:
     if isinstance(value, list):
-        return "[ " + ", ".join(_xl_value(v) for v in value) + " ]"
+        return "[ " + ", ".join(xl_value(v) for v in value) + " ]"
     if isinstance(value, (int, float)):
         return str(value)
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -28,6 +28,8 @@ import shutil
 import subprocess
 import sys
 import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from dom0.images import debfile, debian
 from dom0.images.debian import ImageError, write_atomically
@@ -66,15 +68,20 @@ FSTAB = f"""# <file system> <mount point> <type> <options> <dump> <pass>
 # A fresh /etc/machine-id: a never-booted template has an empty one, which
 # systemd fills at first boot; a copy of a VM that has booted (its recorded VM
 # UUID differs from /sys/hypervisor/uuid) gets a new random one here.
+def read_vm_data(key: str, var: str) -> str:
+    """Shell lines setting $var to xenstore vm-data/KEY, else to `pvhyp.KEY=` from the kernel
+    command line (the guest units' one way to read what the toolstack gave the VM)."""
+    return (f"{var}=$(xenstore-read vm-data/{key} 2>/dev/null) || {var}=\n"
+            "for arg in $(cat /proc/cmdline); do\n"
+            '    case "$arg" in\n'
+            f'        pvhyp.{key}=*) [ -n "${var}" ] || {var}="${{arg#pvhyp.{key}=}}" ;;\n'
+            "    esac\n"
+            "done\n")
+
+
 IDENTITY_SCRIPT = """#!/bin/sh
 state=/var/lib/pvhyp-identity/vm-uuid
-name=$(xenstore-read vm-data/hostname 2>/dev/null) || name=
-for arg in $(cat /proc/cmdline); do
-    case "$arg" in
-        pvhyp.hostname=*) [ -n "$name" ] || name="${arg#pvhyp.hostname=}" ;;
-    esac
-done
-case "$name" in
+""" + read_vm_data("hostname", "name") + """case "$name" in
     *[!A-Za-z0-9.-]*|-*) echo "pvhyp-identity: ignoring hostname '$name'"; name= ;;
 esac
 if [ -n "$name" ]; then
@@ -116,6 +123,15 @@ DISABLED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.tim
                   "fstrim.timer")
 
 
+@dataclass(frozen=True)
+class Profile:
+    """What a specialised template adds to the common Debian system (dom0.images.servers has one)."""
+    name: str
+    version: int                                    # bumped when `configure` makes something else
+    packages: tuple[str, ...]
+    configure: Callable[[pathlib.Path], None]       # run in the tree after the common configure()
+
+
 def validate_packages(packages: list[str]) -> list[str]:
     """Debian package names only: they reach mmdebstrap's command line."""
     for name in packages:
@@ -136,11 +152,16 @@ def size_bytes(size: str) -> int:
 
 
 def build(out_dir: pathlib.Path | str | None = None, size: str = DEFAULT_SIZE,
-          packages: list[str] | None = None, root_password: str = ROOT_PASSWORD) -> dict:
-    """Build (or reuse) the disk image and its kernel in `out_dir`; the manifest, paths absolute."""
+          packages: list[str] | None = None, root_password: str = ROOT_PASSWORD,
+          profile: Profile | None = None) -> dict:
+    """Build (or reuse) the disk image and its kernel in `out_dir`; the manifest, paths absolute.
+
+    A `profile` (e.g. dom0.images.servers) adds its packages and configures the tree
+    after the common stage; its name and version are part of what a cached disk must match.
+    """
     out_dir = pathlib.Path(out_dir) if out_dir else DEFAULT_DIR
     size = validate_size(size)
-    extra = validate_packages(packages or [])
+    extra = validate_packages(list(packages or []) + list(profile.packages if profile else ()))
     if size_bytes(size) < 512 << 20:
         raise ImageError(f"--size: {size} is too small for a Debian system (at least 512M)")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,6 +176,8 @@ def build(out_dir: pathlib.Path | str | None = None, size: str = DEFAULT_SIZE,
     want = {"recipe": RECIPE_VERSION, "base": base.name, "size": size, "release": kernel_image["release"],
             "kernel_sources": kernel_image["sources"], "kernel_recipe": kernel_image["recipe"],
             "password": hashlib.sha256(root_password.encode()).hexdigest()}
+    if profile is not None:
+        want["profile"] = f"{profile.name}/{profile.version}"
     manifest = cached(out_dir)
     if manifest is not None and all(manifest.get(k) == v for k, v in want.items()):
         return _absolute(manifest, out_dir)
@@ -168,6 +191,8 @@ def build(out_dir: pathlib.Path | str | None = None, size: str = DEFAULT_SIZE,
         _run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", str(base), "-C", str(tree)])
         install_modules(tree, kernel_deb, kernel_image["release"])
         configure(tree, kernel_image["release"], root_password)
+        if profile is not None:
+            profile.configure(tree)
         print(f"pvhyp image: making the {size} ext4 disk ...", file=sys.stderr)
         partial = work / IMAGE
         _run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "debian-root", "-U", str(uuidlib.uuid4()),

@@ -40,6 +40,10 @@ MAX_CONFIG_BYTES = 1 << 20          # xl.cfg files are a few lines; this is far 
 _DISK_PREFIXES = ("phy:", "file:", "tap:aio:", "tap:qcow2:", "tap2:aio:", "aio:", "qcow2:", "vhd:", "raw:")
 
 
+_VM_DATA_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_VM_DATA_VALUE = 1024
+
+
 class ConfigError(Exception):
     """One line: where and what."""
 
@@ -83,6 +87,7 @@ class DomainConfig:
     disks: list[DiskSpec] = field(default_factory=list)
     vifs: list[VifSpec] = field(default_factory=list)
     toys: list[int] = field(default_factory=list)     # pvhyp's toy devices (dom0/toy, lab 6), by devid
+    vm_data: dict[str, str] = field(default_factory=dict)    # xenstore vm-data/KEY (pvhyp's vm_data=)
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "destroy"
@@ -336,6 +341,19 @@ def read_config(path: str) -> str:
     return decode_config(data, path)
 
 
+def parse_vm_data(spec: str) -> tuple[str, str]:
+    """pvhyp's `vm_data = [ "KEY=VALUE" ]`: xenstore vm-data/KEY for the guest to read (as XenServer's
+    vm-data); hostname is the domain's name, never set here."""
+    key, sep, value = spec.partition("=")
+    if not sep or not _VM_DATA_KEY.match(key):
+        raise ValueError(f"{spec!r} is not KEY=VALUE (KEY: letters, digits, '-', '_')")
+    if key == "hostname":
+        raise ValueError("vm-data/hostname is the domain's name (set name = ...)")
+    if len(value.encode()) > MAX_VM_DATA_VALUE or not value.isprintable():
+        raise ValueError(f"{key}: the value must be printable and at most {MAX_VM_DATA_VALUE} bytes")
+    return key, value
+
+
 def parse_config(text: str, source: str = "<config>") -> DomainConfig:
     # Text from a socket may hold what no file can (lone surrogates from JSON escapes).
     decode_config(text.encode("utf-8", "surrogatepass"), source)
@@ -441,9 +459,15 @@ def parse_config(text: str, source: str = "<config>") -> DomainConfig:
         if not (isinstance(spec, str) and spec.isdigit() and int(spec) < 8) or int(spec) in cfg.toys:
             raise error("toy", f"toy {spec!r}: a devid 0..7, each once")
         cfg.toys.append(int(spec))
+    for spec in get("vm_data", list, []):
+        try:
+            key, value = parse_vm_data(spec)
+        except ValueError as e:
+            raise error("vm_data", str(e)) from None
+        cfg.vm_data[key] = value
     known = {"name", "type", "memory", "maxmem", "vcpus", "maxvcpus", "kernel", "ramdisk",
              "cmdline", "root", "extra", "uuid", "disk", "vif", "toy", "on_poweroff", "on_reboot",
-             "on_crash", "on_watchdog", "on_soft_reset"}
+             "on_crash", "on_watchdog", "on_soft_reset", "vm_data"}
     for key in settings:
         if key not in known:
             # xl ignores settings it does not know; say so rather than fail

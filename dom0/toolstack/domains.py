@@ -241,7 +241,7 @@ class Toolstack:
             maxmem_kb=cfg.maxmem * 1024, vcpus=cfg.vcpus, maxvcpus=cfg.maxvcpus,
             kernel=cfg.kernel, cmdline=cfg.cmdline, store_ring_ref=store_ref,
             store_port=store_port, console_ring_ref=console_ref, console_port=console_port,
-            start_time=guest.created))
+            start_time=guest.created, vm_data=cfg.vm_data))
         self.rings.introduce(domid, store_page, self._notifier(store_local), gfn=store_ref, port=store_port)
         session = self.consoles.add_domain(domid, cfg.name, console_page, self._notifier(console_local))
         entries.write_console_tty(self.xs, domid, session.tty)

@@ -6,7 +6,7 @@ device, ...) are owned by the guest. /vm/UUID holds the VM-level facts.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Nodes libxl creates writable by the guest.
 GUEST_WRITABLE = ("device", "data", "drivers", "feature", "attr", "error",
@@ -31,6 +31,7 @@ class DomainEntries:
     console_ring_ref: int
     console_port: int
     start_time: float
+    vm_data: dict[str, str] = field(default_factory=dict)     # the config's vm_data = [ "KEY=VALUE" ]
 
 
 def domain_path(domid: int) -> str:
@@ -57,6 +58,8 @@ def write_domain(xs, e: DomainEntries) -> None:
         # The guest's identity where XenServer's guest agents look (vm-data/, readable by
         # the guest); the Debian template's pvhyp-identity unit makes it the host name.
         t.write(f"{dom}/vm-data/hostname", e.name)
+        for key, value in e.vm_data.items():
+            t.write(f"{dom}/vm-data/{key}", value)
         for path in GUEST_WRITABLE:
             t.mkdir(f"{dom}/{path}")
             t.set_perms(f"{dom}/{path}", rwperm)
