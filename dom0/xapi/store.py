@@ -20,7 +20,7 @@ import re
 import uuid as uuidlib
 from dataclasses import dataclass
 
-from dom0.images.clone import _xl_value
+from dom0.images.clone import xl_value
 from dom0.toolstack.config import ConfigError, DomainConfig, parse_assignments, parse_config
 
 log = logging.getLogger("dom0.xapi.store")
@@ -128,7 +128,7 @@ class VmStore:
         head = [TEMPLATE_MARK] if entry.is_template else []
         if desc:
             head.append(DESCRIPTION_MARK + desc)
-        self._write(entry.path, head + [f"{k} = {_xl_value(v)}" for k, v in settings.items()])
+        self._write(entry.path, head + [f"{k} = {xl_value(v)}" for k, v in settings.items()])
 
     def mark(self, path: str, description: str = "") -> None:
         """A config just cloned: note its description (templates' clones are VMs, unmarked)."""
