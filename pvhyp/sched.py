@@ -106,9 +106,14 @@ class Scheduler:
         delta = now - unit.state_entry_time
         if delta > 0:
             unit.time[unit.runstate] += delta
+        switch = RUNSTATE_running in (unit.runstate, state)
         unit.runstate = state
         unit.state_entry_time = now
-        self.update_runstate_area(unit.vcpu)
+        # Xen copies the area out when the vCPU is switched in or out (context_switch),
+        # not at every change: blocked -> runnable while it waits is seen when it runs.
+        # Each copy walks the guest's page tables, three times with the update flag.
+        if switch:
+            self.update_runstate_area(unit.vcpu)
 
     def runstate_info(self, vcpu: "VCPU") -> dict:
         """Xen's vcpu_runstate_get: the current state's time counted up to now."""

@@ -39,8 +39,8 @@ TOP_THREADS = 6                 # per process: the busiest threads by wake-ups
 def add_arguments(parser) -> None:
     parser.add_argument("--guests", type=int, default=3, help="idle Debian guests (default 3)")
     parser.add_argument("--seconds", type=float, default=60.0, help="measurement window (default 60)")
-    parser.add_argument("--settle", type=float, default=15.0,
-                        help="seconds between the last login prompt and the window (default 15)")
+    parser.add_argument("--settle", type=float, default=60.0,
+                        help="seconds between the last login prompt and the window (default 60: systemd finishes starting units after getty)")
     parser.add_argument("--memory", type=int, default=384, metavar="MB", help="memory per guest (default 384)")
     parser.add_argument("--dir", help="disk image directory (default: pvhyp image debian --rootfs's cache)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for the boots (default 1800)")
