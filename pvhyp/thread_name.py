@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from typing import Callable
 
 _PR_SET_NAME = 15           # <linux/prctl.h>; the kernel keeps 15 bytes and a NUL
 _COMM_BYTES = 15
 
+_prctl: Callable[..., int] | None
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):        # not Linux's libc: the names stay Python's own
