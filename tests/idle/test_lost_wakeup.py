@@ -36,27 +36,26 @@ EVENTS_PER_SENDER = 100
 HANG_SECONDS = 20.0         # no progress this long on one port: its event was lost
 
 GUEST = rf"""
-.set SHINFO, {SHINFO_VA:#x}
+.macro BIND_IPI ipi              /* EVTCHNOP_bind_ipi to vcpu 0 */
+    mov $7, %edi
+    lea \ipi(%rip), %rsi
+    HYPERCALL 32
+.endm
 main:
-    lea event_callback(%rip), %rdi
+    xor %edx, %edx               /* set_callbacks: the event callback, no failsafe */
     xor %esi, %esi
-    xor %edx, %edx
-    HYPERCALL 4                  /* set_callbacks */
-    mov $7, %edi                 /* EVTCHNOP_bind_ipi, vcpu 0, three times */
-    lea ipi0(%rip), %rsi
-    HYPERCALL 32
-    mov $7, %edi
-    lea ipi1(%rip), %rsi
-    HYPERCALL 32
-    mov $7, %edi
-    lea ipi2(%rip), %rsi
-    HYPERCALL 32
+    lea event_callback(%rip), %rdi
+    HYPERCALL 4
+    BIND_IPI ipi0
+    BIND_IPI ipi1
+    BIND_IPI ipi2
     movl $1, ready(%rip)
 1:  mov $1, %edi                 /* SCHEDOP_block */
     xor %esi, %esi
     HYPERCALL 29
     jmp 1b
 
+.set SHINFO, {SHINFO_VA:#x}
 .macro TAKE ipi, count
     mov \ipi + 4(%rip), %ecx
     lock btrq %rcx, SHINFO + 2048
