@@ -336,6 +336,7 @@ class Scheduler:
                 self.runq.remove(unit)
             except ValueError:
                 pass
+            self._notify_queued()           # the head may have changed
 
     def _preempt_expired(self) -> None:
         now = self.now()
