@@ -4,7 +4,7 @@ Everything runs on one thread around xenstored's selector loop
 (dom0.xenstored.unix_socket.SocketServer): the xenstore socket, the
 toolstack socket, the console ptys, and the channel's event socket. Guest
 rings are served when dom0 is kicked and, because a lost or absent event
-must never hang a guest, on a short periodic pass as well.
+must never hang a guest, on a periodic pass as well (POLL_SECONDS).
 """
 from __future__ import annotations
 
@@ -33,8 +33,14 @@ from pvguest.evtchn import EventChannelError, EventChannels
 from pvguest.hypercall_channel import ChannelClosed
 
 log = logging.getLogger("dom0")
-POLL_SECONDS = 0.05
-STATE_SECONDS = 0.2
+# Rings are served when dom0 is kicked and toolstack, pty and uplink sockets wake the
+# loop themselves: the periodic pass is a backstop against a lost event, and each pass
+# costs every idle guest's host a wake-up, so it is not frequent.
+POLL_SECONDS = 0.5
+# The domains' state (shutdowns, console_io output): VIRQ_DOM_EXC brings a shutdown to
+# the next loop turn at once, this is the fallback (and the console_io log's pace).
+STATE_SECONDS = 1.0
+BACKLOG_POLL_SECONDS = 0.05     # while frames wait for a full uplink socket (no writer watch)
 SCRATCH_ADDR = 0        # dom0's pfn 0: argument buffers of its own hypercalls
 GRANT_SCRATCH_ADDR = 4096   # dom0's pfn 1: the backends' grant map/unmap batches
 NET_STAGING_PFN, NET_STAGING_PAGES = 64, 132    # netback's grant-copy ops and staging pages
@@ -121,7 +127,7 @@ class Dom0:
         # a failure is logged and the loop goes on, so no guest and no client ends dom0.
         isolate = self.xs_server.isolate
         while not self.stopping:
-            self.xs_server.poll(POLL_SECONDS)
+            self.xs_server.poll(BACKLOG_POLL_SECONDS if self.network.backlogged() else POLL_SECONDS)
             isolate("serving the rings", self._serve_rings)
             if self.xapi is not None:
                 isolate("the XenAPI's tick", self.xapi.tick)

@@ -50,14 +50,21 @@ _RUNSTATE_INFO = struct.Struct("<i4xQ4Q")      # struct vcpu_runstate_info, 48 b
 _STATE_ENTRY_TIME_TOP_BYTE = 8 + 7
 
 DEFAULT_SLICE_NS = 10_000_000
-_WAIT_STEP_S = 0.05                 # how often a waiting thread re-checks preemption
+_WAIT_STEP_S = 0.05                 # how often a thread waiting for a pCPU re-checks preemption
+# A blocked vCPU sleeps until its wake (an event, a timer: both notify its condition).
+# The timeout is only a backstop against a wake-up lost by a bug of ours: long, since
+# every idle vCPU pays it (once every 50 ms for three idle guests cost more than their ticks).
+BLOCK_BACKSTOP_S = 2.0
 
 
 class SchedUnit:
     """vcpu.sched: one vCPU's scheduling and runstate state."""
 
-    def __init__(self, vcpu: "VCPU", now: int):
+    def __init__(self, vcpu: "VCPU", now: int, lock):
         self.vcpu = vcpu
+        # This vCPU's own waits (block, wait_to_run) sleep here, on the scheduler's lock:
+        # a wake for one vCPU wakes its thread alone, not every blocked vCPU's.
+        self.cond = threading.Condition(lock)
         self.runstate = RUNSTATE_offline
         self.state_entry_time = now
         self.time = [0, 0, 0, 0]
@@ -73,7 +80,8 @@ class Scheduler:
         self.hv = hv
         self.nr_pcpus = nr_pcpus or os.cpu_count() or 1
         self.slice_ns = slice_ns
-        self.cond = threading.Condition(threading.RLock())
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)     # `with self.cond` holds the lock; waits are per unit
         self.runq: collections.deque[SchedUnit] = collections.deque()
         self.running: set[SchedUnit] = set()
 
@@ -98,9 +106,14 @@ class Scheduler:
         delta = now - unit.state_entry_time
         if delta > 0:
             unit.time[unit.runstate] += delta
+        switch = RUNSTATE_running in (unit.runstate, state)
         unit.runstate = state
         unit.state_entry_time = now
-        self.update_runstate_area(unit.vcpu)
+        # Xen copies the area out when the vCPU is switched in or out (context_switch),
+        # not at every change: blocked -> runnable while it waits is seen when it runs.
+        # Each copy walks the guest's page tables, three times with the update flag.
+        if switch:
+            self.update_runstate_area(unit.vcpu)
 
     def runstate_info(self, vcpu: "VCPU") -> dict:
         """Xen's vcpu_runstate_get: the current state's time counted up to now."""
@@ -152,7 +165,7 @@ class Scheduler:
                 if not self._may_run(vcpu):
                     self._dequeue(unit)
                     self._set_runstate(unit, RUNSTATE_offline if not vcpu.online else RUNSTATE_blocked)
-                    self.cond.wait(_WAIT_STEP_S)
+                    unit.cond.wait(_WAIT_STEP_S)
                     continue
                 if not unit.queued:
                     unit.queued = True
@@ -165,9 +178,10 @@ class Scheduler:
                     self.running.add(unit)
                     unit.slice_start = self.now()
                     self._set_runstate(unit, RUNSTATE_running)
+                    self._notify_queued()       # the next in line may have a free pCPU too
                     break
                 self._preempt_expired()
-                self.cond.wait(_WAIT_STEP_S)
+                unit.cond.wait(_WAIT_STEP_S)
         self.hv.time.update_vcpu_system_time(vcpu)
         return True
 
@@ -191,7 +205,7 @@ class Scheduler:
                 self._set_runstate(unit, RUNSTATE_runnable)
             elif not vcpu.online:
                 self._set_runstate(unit, RUNSTATE_offline)
-            self.cond.notify_all()
+            self._notify_queued()
 
     def yield_(self, vcpu: "VCPU") -> bool:
         """SCHEDOP_yield: let the others waiting run first."""
@@ -226,7 +240,7 @@ class Scheduler:
             self._release(unit)
             self._set_runstate(unit, RUNSTATE_blocked)
             while vcpu.blocked and not unit.wake_pending and not self._gone(vcpu):
-                self.cond.wait(_WAIT_STEP_S)
+                unit.cond.wait(BLOCK_BACKSTOP_S)
             unit.wake_pending = False
             vcpu.blocked = False
             if not had_cpu:
@@ -276,7 +290,7 @@ class Scheduler:
         with self.cond:
             unit.wake_pending = True
             vcpu.blocked = False
-            self.cond.notify_all()
+            unit.cond.notify_all()
 
     def vcpu_up(self, vcpu: "VCPU") -> bool:
         """VCPUOP_up: True if it was down (and is now runnable)."""
@@ -285,7 +299,7 @@ class Scheduler:
             vcpu.online = True
             if was_down:
                 self._set_runstate(sched_unit_of(vcpu), RUNSTATE_runnable)
-            self.cond.notify_all()
+            sched_unit_of(vcpu).cond.notify_all()
         return was_down
 
     def vcpu_down(self, vcpu: "VCPU") -> None:
@@ -295,7 +309,7 @@ class Scheduler:
             if not unit.has_cpu:
                 self._dequeue(unit)
                 self._set_runstate(unit, RUNSTATE_offline)
-            self.cond.notify_all()
+            unit.cond.notify_all()
         if vcpu.arch is not None:
             vcpu.arch.kick()
 
@@ -307,8 +321,13 @@ class Scheduler:
             self.running.discard(unit)
             if unit.runstate == RUNSTATE_running:
                 self._set_runstate(unit, RUNSTATE_runnable)
-            self.cond.notify_all()
+            self._notify_queued()           # a pCPU is free
         self._dequeue(unit)
+
+    def _notify_queued(self) -> None:
+        """Wake the vCPUs waiting for a pCPU (the run queue: a few at most)."""
+        for waiting in self.runq:
+            waiting.cond.notify()
 
     def _dequeue(self, unit: SchedUnit) -> None:
         if unit.queued:
@@ -317,6 +336,7 @@ class Scheduler:
                 self.runq.remove(unit)
             except ValueError:
                 pass
+            self._notify_queued()           # the head may have changed
 
     def _preempt_expired(self) -> None:
         now = self.now()
@@ -328,7 +348,7 @@ class Scheduler:
     def domain_created(self, domain: "Domain") -> None:
         now = self.now()
         for vcpu in domain.vcpus:
-            vcpu.sched = SchedUnit(vcpu, now)
+            vcpu.sched = SchedUnit(vcpu, now, self.lock)
             if vcpu.online:
                 vcpu.sched.runstate = RUNSTATE_runnable
 
@@ -337,7 +357,7 @@ class Scheduler:
             for vcpu in domain.vcpus:
                 if vcpu.sched is not None:
                     self._release(vcpu.sched)
-            self.cond.notify_all()
+                    vcpu.sched.cond.notify_all()
 
 
 def attach(hv) -> None:

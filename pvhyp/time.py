@@ -40,6 +40,7 @@ from abi.xen import VIRQ_TIMER, XEN_PVCLOCK_TSC_STABLE_BIT, vcpu_info, vcpu_time
 from pvhyp.domain import timers_of
 from pvhyp.guest_access import GuestFault, copy_to_guest
 from pvhyp.memory import PAGE_SHIFT
+from pvhyp.thread_name import name_this_thread
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
@@ -325,6 +326,7 @@ class TimerQueue:
             self._thread.start()
 
     def _run(self) -> None:
+        name_this_thread()
         while True:
             with self._cond:
                 if self._closed:

@@ -21,6 +21,7 @@ from pvhyp.pv.engine_interface import EngineFactory, ExitReason
 from pvhyp.pv.entry import PvEntry
 from pvhyp.pv.state import get_debugreg, set_debugreg
 from pvhyp.pv.xen_area import XenArea
+from pvhyp.thread_name import name_this_thread
 
 if TYPE_CHECKING:
     from pvhyp.domain import VCPU, Domain
@@ -102,6 +103,7 @@ class CpuSubsystem:
         return thread
 
     def _vcpu_main(self, vcpu: "VCPU") -> None:
+        name_this_thread()
         cpu = self.cpu_for(vcpu)
         sched = self.hv.sched
         domain = vcpu.domain

@@ -97,6 +97,9 @@ class PvEntry:
         self._running_thread: threading.Thread | None = None
         self._posted: collections.deque = collections.deque()
         self._flush_requested = False
+        # Held while deciding "queue it or run it now" and while running it now, and to
+        # enter or leave run(): work done on another thread never overlaps guest code.
+        self._post_lock = threading.RLock()
 
     # --- starting and running --------------------------------------------
     def start(self, state: CpuState) -> None:
@@ -121,17 +124,19 @@ class PvEntry:
         self._sync_gdt()
 
     def run(self, max_insns: int = 0, timeout_us: int = 0) -> ExitReason:
-        self._running_thread = threading.current_thread()
         hv = self.vcpu.domain.hv
         trace = hv.trace if hv is not None and hv.trace.enabled else None    # None: no hypervisor (bench)
         started = trace.now() if trace is not None else 0.0
         reason = None
+        with self._post_lock:       # waits for work another thread is applying right now
+            self._running_thread = threading.current_thread()
         try:
             self._drain_posted()
             reason = self.engine.run(max_insns, timeout_us)
             return reason
         finally:
-            self._running_thread = None
+            with self._post_lock:
+                self._running_thread = None
             if trace is not None:       # the timeline's "vCPU in the engine" slice (hooks nest inside)
                 trace.record("run", self.vcpu.domain.domid, self.vcpu.vcpu_id, t=started,
                            dur=trace.now() - started, exit=reason.value if reason is not None else "error")
@@ -151,12 +156,25 @@ class PvEntry:
         return running is not None and running is not threading.current_thread()
 
     def post(self, fn: Callable[[], None]) -> None:
-        """Run `fn` on this vCPU's thread (now, if that is us or it is not running)."""
-        if self._on_other_thread():
-            self._posted.append(fn)
-            self.engine.kick()
-        else:
-            fn()
+        """Run `fn` on this vCPU's thread (now, if that is us or it is not running).
+
+        The choice and the work happen under `_post_lock`, which run() takes to start:
+        checked without it, a vCPU thread entering run() between our "not running" and
+        the end of `fn` ran guest code beside our read-modify-write of the same words
+        (unicorn's locked instructions, and KVM's guest, are not atomic against our
+        stores), and a guest's `xchg` of evtchn_pending_sel or `lock btr` of a pending
+        bit undid the bit we had just set: an event lost for good, a netfront asleep on
+        a ring with answers in it. Work queued earlier runs first, so a queued clear
+        never lands after a later set.
+        """
+        with self._post_lock:
+            if self._on_other_thread():
+                self._posted.append(fn)
+            else:
+                self._drain_posted()
+                fn()
+                return
+        self.engine.kick()
 
     def _drain_posted(self) -> None:
         if self._flush_requested:
@@ -167,11 +185,13 @@ class PvEntry:
 
     def flush_tlb(self) -> None:
         """A translation may have changed (PTE write, new base pointer): reload CR3 and flush."""
-        if self._on_other_thread():
-            self._flush_requested = True
-            self.engine.kick()
-        else:
-            self._sync_cr3()
+        with self._post_lock:       # see post()
+            if self._on_other_thread():
+                self._flush_requested = True
+            else:
+                self._sync_cr3()
+                return
+        self.engine.kick()
 
     def _sync_cr3(self) -> None:
         self.engine.set_cr3(self.vcpu.current_table << 12)
