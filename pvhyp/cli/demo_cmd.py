@@ -194,8 +194,9 @@ def _ensure_up(args, memory_mb: int) -> None:
         raise UserError(str(e)) from None
     from pvhyp.cli import up_cmd
     memory_mb = max(1024, (memory_mb + 255) // 256 * 256)
-    up_args = argparse.Namespace(run_dir=args.run_dir, memory=memory_mb, dom0_memory=DOM0_MEMORY_MB,
-                                 verbose=False, accel=os.environ.get("PVHYP_ACCEL") or "auto")
+    up_args = up_cmd.up_arguments("--memory", str(memory_mb), "--dom0-memory", str(DOM0_MEMORY_MB),
+                                  "--accel", os.environ.get("PVHYP_ACCEL") or "auto")
+    up_args.run_dir = args.run_dir
     up_cmd.up(up_args)
 
 

@@ -8,6 +8,7 @@ xenstore-ls).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import select
@@ -84,6 +85,14 @@ def add_parser(sub) -> None:
     p = sub.add_parser("down", help="stop dom0 (destroying its guests) and the hypervisor")
     add_run_dir(p)
     p.set_defaults(func=down)
+
+
+def up_arguments(*argv: str) -> argparse.Namespace:
+    """`pvhyp up ARGV...` as parsed, every other option at its default: for commands that
+    start a host themselves (one parser, so a new `up` option can never be missing there)."""
+    parser = argparse.ArgumentParser(prog="pvhyp")
+    add_parser(parser.add_subparsers())
+    return parser.parse_args(["up", *argv])
 
 
 def up(args) -> int:
