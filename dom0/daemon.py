@@ -22,6 +22,7 @@ from dom0.rundir import open_nofollow
 from dom0.toolstack.api import ApiServer
 from dom0.toolstack.domains import Toolstack, ToolstackError
 from dom0.toolstack.network import Vifs
+from dom0.xapi.service import start_xapi
 from dom0.xenbus import GrantMapper, XenbusBackends
 from dom0.xenstored import LocalClient, XenStore
 from dom0.xenstored.ring import RingServer
@@ -62,6 +63,8 @@ class Dom0:
                                    backends=self.backends, vifs=Vifs(self.xs, self.backends, self.network))
         self.api = ApiServer(os.path.join(run_dir, "pvhyp.sock"), self.toolstack.commands(),
                              self.xs_server, user_errors=(ToolstackError,))
+        # the XenAPI (and web console) over HTTP, if `pvhyp up` asked for it (dom0/xapi)
+        self.xapi = start_xapi(run_dir, self.toolstack, self.xs_server, self.add_reader, self.remove_reader)
         # dom0's own channel stays watched whatever a guest's ring made its handler raise
         self.xs_server.add_reader(channel, self._on_event, on_failure=lambda: None)
         self.stopping = False
@@ -115,6 +118,8 @@ class Dom0:
         while not self.stopping:
             self.xs_server.poll(POLL_SECONDS)
             isolate("serving the rings", self._serve_rings)
+            if self.xapi is not None:
+                isolate("the XenAPI's tick", self.xapi.tick)
             now = time.monotonic()
             if now >= self._next_state_check:
                 self._next_state_check = now + STATE_SECONDS
@@ -132,6 +137,8 @@ class Dom0:
         self.backends.close()
         self.network.close()
         self.api.close()
+        if self.xapi is not None:
+            self.xapi.close()
         self.xs_server.close()
         self.hypervisor_log.close()
 

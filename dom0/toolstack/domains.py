@@ -103,14 +103,21 @@ class Toolstack:
             cfg = parse_config(config, source)
         except ConfigError as e:
             raise ToolstackError(str(e)) from None
-        self.cwd = cwd          # relative disk targets are the user's
-        if any(g.name == cfg.name for g in self.guests.values()):
-            raise ToolstackError(f"domain {cfg.name!r} already exists")
-        guest = self._create_python(cfg) if cfg.python_guest else self._create_x86(cfg)
+        guest = self.create_parsed(cfg, cwd)
         return {"domid": guest.domid, "name": guest.name, "warnings": cfg.warnings,
                 "tty": self.consoles.sessions[guest.domid].tty}
 
-    def _create_x86(self, cfg: DomainConfig, uuid: str | None = None) -> Guest:
+    def create_parsed(self, cfg: DomainConfig, cwd: str | None = None, paused: bool = False) -> Guest:
+        """Create from a parsed config (xl create; XAPI's VM.start, which may leave it paused)."""
+        self.cwd = cwd          # relative disk targets are the user's
+        if any(g.name == cfg.name for g in self.guests.values()):
+            raise ToolstackError(f"domain {cfg.name!r} already exists")
+        guest = self._create_python(cfg) if cfg.python_guest else self._create_x86(cfg, paused=paused)
+        if paused and cfg.python_guest:
+            self.pause(guest.domid)
+        return guest
+
+    def _create_x86(self, cfg: DomainConfig, uuid: str | None = None, paused: bool = False) -> Guest:
         """xl create of a PV kernel: createdomain, the builder, the rings, unpause."""
         self._check_memory(cfg)
         try:
@@ -139,7 +146,10 @@ class Toolstack:
             store_page, console_page = self.channel.map_foreign(domid, [lay.xenstore_pfn, lay.console_pfn])
             self._connect(guest, store_page, built.p2m[lay.xenstore_pfn], store_port, store_local,
                           console_page, built.p2m[lay.console_pfn], console_port, console_local)
-            xc.domain_unpause(domid)
+            if paused:
+                guest.paused = True
+            else:
+                xc.domain_unpause(domid)
         except (BuildError, XenError, ChannelError, EventChannelError) as e:
             self.destroy(domid)
             raise ToolstackError(f"building {cfg.name!r} from {cfg.kernel} failed: {e}") from None

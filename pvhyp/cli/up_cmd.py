@@ -17,6 +17,7 @@ import time
 
 from dom0.rundir import HOSTD_MODULE, PID_FILE, STATE_FILE, RunDir, RunDirError, default_path
 from pvguest.spawn import start_python_module
+from pvhyp.cli import xapi_setup
 from pvhyp.cli.accel import add_accel_argument, apply_accel
 from pvhyp.cli.errors import UserError
 
@@ -70,6 +71,11 @@ def add_parser(sub) -> None:
     p.add_argument("--memory", type=int, default=1024, help="machine memory in MiB (default 1024)")
     p.add_argument("--dom0-memory", type=int, default=16, help="dom0's memory in MiB (default 16)")
     p.add_argument("--verbose", action="store_true", help="log every dom0/hypervisor step")
+    p.add_argument("--api", default="127.0.0.1:8080", metavar="ADDR:PORT|off",
+                   help="XenAPI and web console address (default 127.0.0.1:8080, another port if taken; "
+                        "any non-loopback address is served over TLS); off: none")
+    p.add_argument("--vm-dir", default=None, help="the XenAPI's VMs and templates: xl configs "
+                   "(default RUN_DIR/vms; '# xapi: template' marks a template)")
     add_accel_argument(p)
     p.set_defaults(func=up)
     p = sub.add_parser("down", help="stop dom0 (destroying its guests) and the hypervisor")
@@ -96,8 +102,9 @@ def _up(args, run_dir: RunDir) -> int:
     if args.memory < args.dom0_memory + 8:
         raise UserError(f"--memory {args.memory} leaves no room beside dom0's {args.dom0_memory} MiB")
     apply_accel(args, announce=False)     # the "cpu:" line below says which engine runs
-    for stale in (STATE_FILE, PID_FILE, "dom0.ready"):
+    for stale in (STATE_FILE, PID_FILE, "dom0.ready", xapi_setup.URL_FILE):
         run_dir.remove(stale)
+    api_password = xapi_setup.prepare(run_dir, args.api, args.vm_dir)
     hostd_args = ["--run-dir", run_dir.path, "--memory", str(args.memory), "--dom0-memory", str(args.dom0_memory)]
     if args.verbose:
         hostd_args.append("--verbose")
@@ -128,6 +135,7 @@ def _up(args, run_dir: RunDir) -> int:
     print(f"  toolstack: {where}/pvhyp.sock")
     print(f"  xenstore:  XENSTORED_PATH={where}/xenstored/socket")
     print(f"  logs:      {where}/hostd.log {where}/dom0.log {where}/console/")
+    xapi_setup.report(run_dir, api_password)
     return 0
 
 

@@ -84,9 +84,9 @@ class Host:
             time.sleep(0.05)
 
 
-def start_host(run_dir: str, memory_mb: int = 192) -> Host:
+def start_host(run_dir: str, memory_mb: int = 192, extra: tuple[str, ...] = ()) -> Host:
     host = Host(run_dir)
-    host.pvhyp("up", "--memory", str(memory_mb))
+    host.pvhyp("up", "--memory", str(memory_mb), *extra)
     return host
 
 
