@@ -148,8 +148,8 @@ function sortedVMs() {
 // The buttons each power state offers (XenAPI refuses the others with VM_BAD_POWER_STATE).
 const ACTIONS = {
   Halted: ["start", "clone", "destroy"],
-  Running: ["console", "stats", "shutdown", "reboot", "pause"],
-  Paused: ["stats", "unpause"],
+  Running: ["console", "stats", "shutdown", "reboot", "pause", "poweroff"],
+  Paused: ["stats", "unpause", "poweroff"],
   Suspended: [],
 };
 
@@ -173,13 +173,12 @@ function render() {
                    el("td", {}, mib(vm.memory_dynamic_max ?? vm.memory_static_max)),
                    el("td", {}, String(vm.VCPUs_max ?? vm.VCPUs_at_startup ?? "?")), buttons);
     body.append(row);
-    if (state !== "Running") closePanel("console:" + ref);
   }
 }
 
 const LABELS = {
   start: "Start", shutdown: "Shut down", reboot: "Reboot", pause: "Pause", unpause: "Unpause",
-  clone: "Clone", destroy: "Destroy", console: "Console", stats: "Inside",
+  clone: "Clone", destroy: "Destroy", console: "Console", stats: "Stats", poweroff: "Force off",
 };
 
 async function act(action, ref) {
@@ -188,7 +187,11 @@ async function act(action, ref) {
   try {
     switch (action) {
       case "start": await call("VM.start", ref, false, false); break;
-      case "shutdown": await call("VM.clean_shutdown", ref); break;
+      case "shutdown":        // asks the guest (control/shutdown); it answers when the VM halted
+        say("Shutting down " + name + " (the guest is asked)", true);
+        await call("VM.clean_shutdown", ref);
+        break;
+      case "poweroff": await call("VM.hard_shutdown", ref); break;
       case "reboot": await call("VM.clean_reboot", ref); break;
       case "pause": await call("VM.pause", ref); break;
       case "unpause": await call("VM.unpause", ref); break;
@@ -276,7 +279,7 @@ function openStats(ref, name) {
     }
     if (!stopped) timer = setTimeout(refresh, STATS_PERIOD_MS);
   };
-  addPanel("stats:" + ref, "Inside " + name, box, () => { stopped = true; clearTimeout(timer); });
+  addPanel("stats:" + ref, "What the hypervisor sees of " + name, box, () => { stopped = true; clearTimeout(timer); });
   refresh();
 }
 
