@@ -154,7 +154,8 @@ class WebApp:
             return _error(e.status, e.reason, e.headers)
         if not _same_origin(h):
             return _error(403, "a page of another site may not open a console")
-        if self.sessions.user_of(query.get("session_id", "")) is None:
+        session_ref = query.get("session_id", "")
+        if self.sessions.user_of(session_ref) is None:
             return _error(403, "session_id is not a live session: log in first")
         ref = query.get("ref", "")
         pty_path = self.consoles.pty_path(ref)
@@ -166,7 +167,8 @@ class WebApp:
             pty_fd = os.open(pty_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError as e:
             return _error(404, f"the console cannot be opened: {e.strerror}")
-        bridge = ConsoleBridge(sock, pty_fd, ref, self.add_reader, self.remove_reader, self._closed)
+        bridge = ConsoleBridge(sock, pty_fd, ref, self.add_reader, self.remove_reader, self._closed,
+                               allowed=lambda: self.sessions.user_of(session_ref) is not None)
         self.bridges.add(bridge)
         try:
             bridge.start(http_head(101, accept), leftover)

@@ -13,7 +13,9 @@ message boundaries). Everything runs on dom0's one loop, never blocking it:
   backend does for a pty nobody reads;
 - keystrokes the pty cannot take wait up to MAX_PENDING_INPUT, then are dropped;
 - the pty closing (the domain died, EIO) closes the WebSocket with that reason; the
-  browser closing, or breaking the protocol, closes the pty and the socket.
+  browser closing, or breaking the protocol, closes the pty and the socket;
+- the session it was opened with is asked again (``allowed()``) before any byte moves:
+  once it is logged out, the console closes with 1008, as a new one would be refused.
 """
 from __future__ import annotations
 
@@ -36,12 +38,13 @@ class ConsoleBridge:
     def __init__(self, sock: socket.socket, pty_fd: int, name: str,
                  add_reader: Callable[[object, Callable[[], None]], None],
                  remove_reader: Callable[[object], None],
-                 on_closed: Callable[[ConsoleBridge], None]):
+                 on_closed: Callable[[ConsoleBridge], None], allowed: Callable[[], bool]):
         self.sock = sock
         self.pty_fd: int | None = pty_fd
         self.name = name
         self.conn = ws.Connection()
         self._add_reader, self._remove_reader, self._on_closed = add_reader, remove_reader, on_closed
+        self._allowed = allowed
         self.to_socket = bytearray()
         self.to_pty = bytearray()
         self.dropped_output = 0
@@ -89,13 +92,23 @@ class ConsoleBridge:
         if not data:
             self._pty_gone("the guest's console closed (the domain is gone)")
             return
-        self._output(data)
+        if self._still_allowed():
+            self._output(data)
         self._flush()
 
     # -- the two directions ----------------------------------------------------------------------
 
+    def _still_allowed(self) -> bool:
+        if self._allowed():
+            return True
+        self._close_pty()
+        self.conn.close(ws.CLOSE_POLICY, "the session ended: log in again")
+        return False
+
     def _feed(self, data: bytes) -> None:
         for event in self.conn.receive(data):
+            if isinstance(event, (ws.TextMessage, ws.BinaryMessage)) and not self._still_allowed():
+                return
             if isinstance(event, ws.TextMessage):
                 self._input(event.text.encode("utf-8"))
             elif isinstance(event, ws.BinaryMessage):

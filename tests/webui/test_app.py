@@ -45,8 +45,11 @@ class Loop:
 
 
 class Sessions:
+    def __init__(self):
+        self.live = {SESSION}
+
     def user_of(self, ref):
-        return "root" if ref == SESSION else None
+        return "root" if ref in self.live else None
 
 
 class Consoles:
@@ -252,3 +255,15 @@ def test_a_browser_that_never_reads_costs_a_bounded_buffer(setup, monkeypatch):
         loop.turn(0)
     assert len(bridge.to_socket) <= 64 * 1024 + 4096 + 16
     assert bridge.dropped_output > 0
+
+
+def test_a_console_closes_once_its_session_is_logged_out(setup):
+    loop, consoles, app = setup
+    client, _ = open_console(setup)
+    app.sessions.live.clear()
+    client.sendall(client_frame(0x1, b"ls\r"))
+    (frame,) = read_frames(loop, client, 1)
+    assert frame[1] == 0x8 and close_code(frame[2]) == 1008
+    os.set_blocking(consoles.master, False)
+    with pytest.raises(BlockingIOError):
+        os.read(consoles.master, 100)       # the keys never reached the guest

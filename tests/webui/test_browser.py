@@ -1,8 +1,9 @@
 """The web console in a real headless Chromium (Debian's chromium + chromedriver, driven by
 selenium) against `pvhyp up`: log in through the form with the credentials file, see
-Domain-0, start Debian's busybox guest (a halted VM from a config in the XenAPI's VM
-directory), type `echo $((6*7))` into its console (xterm.js over the WebSocket) and read
-42, open its teaching panel, power it off, see it halted. A screenshot of the VM list is
+Domain-0, clone Debian's busybox guest (a halted VM from a config in the XenAPI's VM
+directory) and destroy the clone, start the guest, type `echo $((6*7))` into its console
+(xterm.js over the WebSocket) and read 42, pause and unpause it, open its teaching panel,
+power it off, see it halted. A screenshot of the VM list is
 kept in $PVHYP_ARTIFACTS (default tests/artifacts/).
 
 Skips, saying why, where Chromium, chromedriver or selenium is missing (bin/setup
@@ -66,7 +67,8 @@ def artifacts_dir() -> pathlib.Path:
     return path
 
 
-def test_log_in_start_type_in_the_console_power_off(debian_vm_host):
+def test_log_in_clone_start_type_in_the_console_pause_power_off(debian_vm_host):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -79,7 +81,11 @@ def test_log_in_start_type_in_the_console_power_off(debian_vm_host):
         return browser.find_element(By.CSS_SELECTOR, f"#vms tr[data-name='{name}']")
 
     def press(name, action):
-        row(name).find_element(By.CSS_SELECTOR, f"button[data-action='{action}']").click()
+        # the list is drawn again on every event: a row found a moment ago may be gone
+        def click():
+            row(name).find_element(By.CSS_SELECTOR, f"button[data-action='{action}']").click()
+            return True
+        wait(f"the {action} button of {name}", click)
 
     def state_of(name):
         return row(name).find_elements(By.TAG_NAME, "td")[1].text
@@ -88,9 +94,14 @@ def test_log_in_start_type_in_the_console_power_off(debian_vm_host):
         return [line.text for line in browser.find_elements(By.CSS_SELECTOR, ".xterm-rows > div")]
 
     def wait(what, predicate, timeout=STEP_TIMEOUT):
-        return WebDriverWait(browser, timeout, poll_frequency=0.2).until(
-            lambda _: predicate(), f"waiting for {what}; status line: "
-                                   f"{browser.find_element(By.ID, 'status').text!r}, console: {screen()[-5:]}")
+        try:
+            return WebDriverWait(browser, timeout, poll_frequency=0.2,
+                                 ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                                 ).until(lambda _: predicate())
+        except TimeoutException:
+            status = browser.find_element(By.ID, "status").text
+            raise AssertionError(f"timed out waiting for {what}; the page's status line: {status!r}, "
+                                 f"the console's last lines: {screen()[-5:]}") from None
 
     try:
         browser.get(url + "/")
@@ -99,9 +110,15 @@ def test_log_in_start_type_in_the_console_power_off(debian_vm_host):
         browser.find_element(By.ID, "password").send_keys(password)
         browser.find_element(By.ID, "login-button").click()
         wait("Domain-0 in the list", lambda: browser.find_elements(By.CSS_SELECTOR, "tr[data-name='Domain-0']"))
-        assert state_of("Domain-0") == "Running"
-        assert state_of("debian") == "Halted"
+        wait("Domain-0 running", lambda: state_of("Domain-0") == "Running")
+        wait("debian halted (a config in the VM directory)", lambda: state_of("debian") == "Halted")
         assert not browser.find_element(By.ID, "login").is_displayed()
+
+        press("debian", "clone")
+        wait("the clone in the list", lambda: state_of("debian-copy") == "Halted")
+        press("debian-copy", "destroy")
+        wait("the confirmation", lambda: browser.switch_to.alert).accept()
+        wait("the clone gone", lambda: not browser.find_elements(By.CSS_SELECTOR, "tr[data-name='debian-copy']"))
 
         press("debian", "start")
         wait("debian running (event.from)", lambda: state_of("debian") == "Running")
@@ -109,6 +126,11 @@ def test_log_in_start_type_in_the_console_power_off(debian_vm_host):
         wait("the shell's prompt on the console", lambda: any(PROMPT in line for line in screen()), BOOT_TIMEOUT)
         browser.find_element(By.CSS_SELECTOR, "[data-console] .xterm-helper-textarea").send_keys("echo $((6*7))\n")
         wait("42 on the console", lambda: "42" in [line.strip() for line in screen()])
+
+        press("debian", "pause")
+        wait("debian paused", lambda: state_of("debian") == "Paused")
+        press("debian", "unpause")
+        wait("debian running again", lambda: state_of("debian") == "Running")
 
         press("debian", "stats")
         wait("the teaching panel's memory", lambda: browser.find_elements(

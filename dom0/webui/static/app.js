@@ -153,26 +153,34 @@ const ACTIONS = {
   Suspended: [],
 };
 
+let drawn = "";      // what the list shows now: it is drawn again only when that changes
+
 function render() {
-  const body = $("vms").tBodies[0];
-  body.replaceChildren();
-  for (const [ref, vm] of sortedVMs()) {
-    const name = el("td", {}, String(vm.name_label));
-    if (vm.is_control_domain) name.append(el("span", { class: "tag" }, "control domain"));
-    if (vm.is_a_template) name.append(el("span", { class: "tag" }, "template"));
+  const rows = sortedVMs().map(([ref, vm]) => {
     const state = String(vm.power_state);
     let actions = vm.is_control_domain ? ["stats"] : (ACTIONS[state] || []);
     if (vm.is_a_template) actions = ["clone"];
+    return { ref, name: String(vm.name_label), state, actions, control: !!vm.is_control_domain,
+             template: !!vm.is_a_template, memory: mib(vm.memory_dynamic_max ?? vm.memory_static_max),
+             vcpus: String(vm.VCPUs_max ?? vm.VCPUs_at_startup ?? "?") };
+  });
+  const shown = JSON.stringify(rows);
+  if (shown === drawn) return;
+  drawn = shown;
+  const body = $("vms").tBodies[0];
+  body.replaceChildren();
+  for (const r of rows) {
+    const name = el("td", {}, r.name);
+    if (r.control) name.append(el("span", { class: "tag" }, "control domain"));
+    if (r.template) name.append(el("span", { class: "tag" }, "template"));
     const buttons = el("td", { class: "actions" });
-    for (const action of actions) {
-      buttons.append(el("button", { type: "button", "data-action": action, onclick: () => act(action, ref) },
+    for (const action of r.actions) {
+      buttons.append(el("button", { type: "button", "data-action": action, onclick: () => act(action, r.ref) },
                         LABELS[action]));
     }
-    const row = el("tr", { "data-ref": ref, "data-name": String(vm.name_label) },
-                   name, el("td", { class: "state-" + state }, state),
-                   el("td", {}, mib(vm.memory_dynamic_max ?? vm.memory_static_max)),
-                   el("td", {}, String(vm.VCPUs_max ?? vm.VCPUs_at_startup ?? "?")), buttons);
-    body.append(row);
+    body.append(el("tr", { "data-ref": r.ref, "data-name": r.name }, name,
+                   el("td", { class: "state-" + r.state }, r.state), el("td", {}, r.memory),
+                   el("td", {}, r.vcpus), buttons));
   }
 }
 
@@ -195,7 +203,7 @@ async function act(action, ref) {
       case "reboot": await call("VM.clean_reboot", ref); break;
       case "pause": await call("VM.pause", ref); break;
       case "unpause": await call("VM.unpause", ref); break;
-      case "clone": await call("VM.clone", ref, name + " (copy)"); break;
+      case "clone": await call("VM.clone", ref, cloneName(name)); break;
       case "destroy":
         if (!confirm("Destroy " + name + "?")) return;
         await call("VM.destroy", ref);
@@ -207,6 +215,15 @@ async function act(action, ref) {
   } catch (e) {
     say(LABELS[action] + " " + name + " failed: " + e.message);
   }
+}
+
+// A name for a clone: pvhyp's VM names are xl domain names (letters, digits, _ . -), unique.
+function cloneName(name) {
+  const taken = new Set([...vms.values()].map((vm) => String(vm.name_label)));
+  const base = name.replace(/[^A-Za-z0-9_.-]/g, "-").slice(0, 56) + "-copy";
+  let candidate = base;
+  for (let n = 2; taken.has(candidate); n++) candidate = base + n;
+  return candidate;
 }
 
 // -- panels ------------------------------------------------------------------------------------
