@@ -21,14 +21,16 @@ smaller role would need.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
 import time
 import traceback
 import uuid as uuidlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from dom0.images.clone import CloneError, clone
 from dom0.toolstack.domains import ToolstackError
@@ -125,6 +127,7 @@ class Api:
             "network": self._networks, "console": self._consoles, "task": self._tasks,
             "session": self._sessions}
         self.messages = self._table()
+        self._memo: dict[str, Any] | None = None
 
     # --- the trust boundary ---
 
@@ -148,8 +151,17 @@ class Api:
             raise ApiError(E.MESSAGE_METHOD_UNKNOWN, method[:200])
         if len(params) != len(message.params):
             raise ApiError(E.MESSAGE_PARAMETER_COUNT_MISMATCH, method, len(message.params), len(params))
-        args = [self._check(method, name, kind, value) for (name, kind), value in zip(message.params, params)]
-        return message.handler(*args)
+        def checked() -> list:
+            return [self._check(method, name, kind, value) for (name, kind), value in zip(message.params, params)]
+        if message.role == "read-only":
+            with self.one_look():
+                return message.handler(*checked())
+        args = checked()
+        try:
+            return message.handler(*args)
+        finally:
+            if message.role not in ("read-only", "none") and self.sessions.sessions:
+                self.refresh()      # a state a call made is an event even if it lasts less than a tick
 
     def _check(self, method: str, name: str, kind: str, value: Any) -> Any:
         if kind == "session":
@@ -177,10 +189,10 @@ class Api:
                 except ValueError:
                     pass
             raise ApiError(E.FIELD_TYPE_ERROR, name)
-        expected = {"string": str, "bool": bool, "map": dict, "set": list}[kind]
+        expected: type = {"string": str, "bool": bool, "map": dict, "set": list}[kind]
         if not isinstance(value, expected):
             raise ApiError(E.FIELD_TYPE_ERROR, name)
-        if kind == "string" and len(value) > 4096:
+        if isinstance(value, str) and len(value) > 4096:
             raise ApiError(E.INVALID_VALUE, name, value[:40] + "...")
         return value
 
@@ -224,7 +236,7 @@ class Api:
             "event.unregister": Message([S, ("classes", "set")], self.event_unregister),
             "event.next": Message([S], self.event_next),
             "event.from": Message([S, ("classes", "set"), ("token", "any"), ("timeout", "float")], self.event_from),
-            "event.get_current_id": Message([S], lambda s: self.refresh() or str(self.events.generation)),
+            "event.get_current_id": Message([S], self.event_current_id),
             "event.inject": Message([S, ("class", "string"), ("ref", "string")], self.event_inject),
         }
         for cls, records in self.classes.items():
@@ -260,7 +272,28 @@ class Api:
     # --- records ---
 
     def snapshot(self) -> dict[str, dict[str, dict]]:
-        return {cls: fn() for cls, fn in self.classes.items() if cls != "session"}
+        with self.one_look():
+            return {cls: fn() for cls, fn in self.classes.items() if cls != "session"}
+
+    @contextlib.contextmanager
+    def one_look(self) -> Iterator[None]:
+        """Within it, the VMs and the domains are read once (a snapshot or a read-only call
+        looks at them from several classes; each read of the domains asks the hypervisor)."""
+        outer = self._memo is not None
+        if not outer:
+            self._memo = {}
+        try:
+            yield
+        finally:
+            if not outer:
+                self._memo = None
+
+    def _memoized(self, key: str, fn: Callable[[], Any]) -> Any:
+        if self._memo is None:
+            return fn()
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
 
     def refresh(self) -> None:
         """Compare the model with the last look (events); the server calls it on its ticks."""
@@ -294,13 +327,16 @@ class Api:
                                "last_updated": Timestamp(time.time() // 10 * 10), "other_config": {}}}
 
     def _domains(self) -> dict[int, dict]:
-        return {d["domid"]: d for d in self.toolstack.channel.domain_info()["domains"]}
+        return self._memoized("domains", lambda: {d["domid"]: d for d in self.toolstack.channel.domain_info()["domains"]})
 
     def _running(self) -> dict[str, Any]:
         """VM uuid -> the toolstack's Guest, for every domain it runs."""
         return {g.uuid.lower(): g for g in self.toolstack.guests.values()}
 
     def _vms(self) -> dict[str, dict]:
+        return self._memoized("vms", self._read_vms)
+
+    def _read_vms(self) -> dict[str, dict]:
         domains = self._domains()
         running = self._running()
         stored = self.store.entries()
@@ -357,7 +393,7 @@ class Api:
 
     def _configs(self) -> list[tuple[str, Any, StoredVm | None]]:
         """(VM uuid, config, store entry) of every VM that has a config."""
-        out = [(uuid, e.config, e) for uuid, e in self.store.entries().items()]
+        out: list[tuple[str, Any, StoredVm | None]] = [(uuid, e.config, e) for uuid, e in self.store.entries().items()]
         known = {u for u, _, _ in out}
         out += [(u, g.config, None) for u, g in self._running().items() if u not in known]
         return out
@@ -559,14 +595,36 @@ class Api:
         self._expect(vm, "Paused")
         self.toolstack.unpause(self._guest(vm).domid)
 
-    def vm_clone(self, vm: str, new_name: str, full: bool) -> str:
+    def vm_clone(self, vm: str, new_name: str, full: bool) -> Pending:
+        """`pvhyp clone` into the store, on a thread of its own: a full copy of a disk takes as long
+        as the disk is big, and dom0's loop never waits for it (the answer is a Pending)."""
         entry = self._stored(vm)
         if not entry.is_template:
             self._expect(vm, "Halted")
         out = self.store.path_for(new_name)
-        made = clone(entry.path, new_name, full=full, out=out, cwd=entry.directory)
-        self.store.mark(made["config"], entry.description)
-        return ref_of(made["uuid"])
+        outcome: list[Any] = []
+
+        def work() -> None:
+            try:
+                made = clone(entry.path, new_name, full=full, out=out, cwd=entry.directory)
+                self.store.mark(made["config"], entry.description)
+                outcome.append(ref_of(made["uuid"]))
+            except CloneError as e:
+                outcome.append(ApiError(E.INTERNAL_ERROR, " ".join(str(e).split())[:400]))
+            except Exception as e:
+                log.error("cloning %s failed:\n%s", entry.path, traceback.format_exc())
+                outcome.append(ApiError(E.INTERNAL_ERROR, f"{type(e).__name__} in VM.clone"))
+        worker = threading.Thread(target=work, name=f"xapi clone {new_name}", daemon=True)
+        worker.start()
+
+        def done() -> Any:
+            if not outcome:
+                return None
+            if isinstance(outcome[0], ApiError):
+                raise outcome[0]
+            self.refresh()
+            return outcome[0]
+        return Pending(done, float("inf"), lambda: None)
 
     def vm_destroy(self, session: Session, vm: str) -> None:
         entry = self._stored(vm)
@@ -705,6 +763,10 @@ class Api:
             return result(found) if found else None
         wait = min(max(timeout, 0.0), MAX_EVENT_WAIT)
         return Pending(check, time.monotonic() + wait, lambda: result([]))
+
+    def event_current_id(self, session: Session) -> str:
+        self.refresh()
+        return str(self.events.generation)
 
     def event_inject(self, session: Session, cls: str, ref: str) -> str:
         name = next((c for c in self.classes if c.lower() == cls.lower()), None)

@@ -92,14 +92,15 @@ class _Connection:
 
 class XapiServer:
     def __init__(self, api: Api, loop, listen: tuple[str, int] = DEFAULT_LISTEN, web: Any = None,
-                 tls_dir: str | None = None, fallback_port: bool = True):
+                 tls_dir: str | None = None, fallback_port: bool = True, tls: bool | None = None):
+        """`tls`: None = by the address (TLS on any but loopback); True forces it (tests, on loopback)."""
         self.api = api
         self.loop = loop
         self.web = web
         self.clients: dict[socket.socket, _Connection] = {}
         host, port = listen
         self.tls: ssl.SSLContext | None = None
-        if not is_loopback(host):
+        if tls or (tls is None and not is_loopback(host)):
             self.tls = self_signed_context(tls_dir or ".", host)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
@@ -193,6 +194,12 @@ class XapiServer:
         if not data:
             self._drop(conn)
             return
+        # TLS may hold decrypted bytes the socket's fd no longer signals: take them now
+        while isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending() and len(data) <= http.MAX_BODY:
+            try:
+                data += conn.sock.recv(_RECV_BYTES)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, OSError):
+                break
         conn.last_active = time.monotonic()
         conn.reader.feed(data)
         self._serve(conn)
@@ -221,8 +228,12 @@ class XapiServer:
 
     def _serve(self, conn: _Connection) -> None:
         """Handle whole requests while nothing waits to be sent, a few per turn of the loop."""
-        for _ in range(REQUESTS_PER_TURN):
+        more = False
+        for turn in range(REQUESTS_PER_TURN + 1):
             if conn.out or conn.pending is not None or conn.close_after:
+                break
+            if turn == REQUESTS_PER_TURN:
+                more = True         # requests may wait whole in the buffer: the next turn serves them
                 break
             try:
                 request = conn.reader.next_request()
@@ -236,15 +247,18 @@ class XapiServer:
                 return
             self._handle(conn, request)
         if conn.sock in self.clients:
-            # a request may wait whole in the buffer: writable at once, served on the next turn
-            self._rewatch(conn, want_write=bool(conn.reader.buffer) and conn.pending is None)
+            self._rewatch(conn, want_write=more)      # writable at once: served on the loop's next turn
 
     def _hand_over(self, conn: _Connection, request: http.Request) -> None:
         """The contract with dom0.webui: the web app takes the socket; we forget it."""
         self.clients.pop(conn.sock, None)
         self.loop.unwatch(conn.sock)
         leftover = bytes(conn.reader.buffer)
-        self.web.websocket(request.path, request.query, request.headers, conn.sock, leftover)
+        try:
+            self.web.websocket(request.path, request.query, request.headers, conn.sock, leftover)
+        except Exception:
+            log.exception("the web app failed to take the WebSocket on %s", request.path[:100])
+            conn.sock.close()
 
     def _handle(self, conn: _Connection, request: http.Request) -> None:
         keep = request.keep_alive

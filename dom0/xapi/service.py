@@ -15,11 +15,14 @@ from dom0.xapi.model import Api
 from dom0.xapi.server import ListenError, XapiServer, parse_listen
 from dom0.xapi.session import CREDENTIALS_FILE, Sessions
 from dom0.xapi.store import VmStore
+from pvguest.spawn import CODE_ROOT
 
 log = logging.getLogger("dom0.xapi")
 CONFIG_FILE = "xapi.json"
 URL_FILE = "xapi.url"
 IMAGE_CACHE = os.path.expanduser("~/.cache/pvhyp")
+EXAMPLES = os.path.join(CODE_ROOT, "examples")
+TEMPLATE_EXAMPLES = ("debian.cfg", "debian-disk.cfg")     # templates of a new VM store, once built
 
 
 def start_xapi(run_dir: str, toolstack, loop, add_reader, remove_reader) -> XapiServer | None:
@@ -35,6 +38,7 @@ def start_xapi(run_dir: str, toolstack, loop, add_reader, remove_reader) -> Xapi
         log.error("XenAPI: %s: %s (no API)", CONFIG_FILE, e)
         return None
     store = VmStore(str(settings.get("vm_dir") or os.path.join(run_dir, "vms")))
+    store.seed([os.path.join(EXAMPLES, name) for name in TEMPLATE_EXAMPLES])
     sessions = Sessions(os.path.join(run_dir, CREDENTIALS_FILE))
     server: XapiServer | None = None
     api = Api(toolstack, store, sessions, lambda: server.url if server else "",

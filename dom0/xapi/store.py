@@ -52,6 +52,7 @@ class StoreError(Exception):
 class VmStore:
     def __init__(self, directory: str):
         self.directory = os.path.abspath(directory)
+        self.new = not os.path.exists(self.directory)
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         self._cache: dict[str, tuple[tuple[int, int], StoredVm | None]] = {}
 
@@ -98,6 +99,22 @@ class VmStore:
             log.warning("VM store: skipping %s: %s", path, e)
         self._cache[path] = (key, entry)
         return entry
+
+    def seed(self, examples: list[str]) -> None:
+        """A new store starts with the examples whose files are built (the Debian kernel, the Debian
+        rootfs disk) as templates, as XenServer ships its templates: clone them to make VMs."""
+        if not self.new:
+            return
+        for path in examples:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read(MAX_CONFIG_BYTES)
+                cfg = parse_config(text, path)
+            except (OSError, UnicodeDecodeError, ConfigError):
+                continue
+            needed = [cfg.kernel, cfg.ramdisk] + [os.path.expanduser(d.target) for d in cfg.disks if d.target]
+            if all(os.path.isabs(p) and os.path.exists(p) for p in needed if p):
+                self._write(os.path.join(self.directory, os.path.basename(path)), [TEMPLATE_MARK, text.rstrip("\n")])
 
     def rewrite(self, entry: StoredVm, name: str | None = None, description: str | None = None) -> None:
         """Write the config again with a new name and/or description (atomically)."""

@@ -83,7 +83,8 @@ def _to_xmlrpc(value: Any) -> Any:
 def encode_xmlrpc(result: Any = None, error: ApiError | None = None) -> bytes:
     reply = ({"Status": "Failure", "ErrorDescription": error.description} if error is not None
              else {"Status": "Success", "Value": _to_xmlrpc(result)})
-    return xmlrpc.client.dumps((reply,), methodresponse=True, allow_none=True, encoding="utf-8").encode()
+    text = xmlrpc.client.dumps((reply,), methodresponse=True, allow_none=True, encoding="utf-8")
+    return text.encode("utf-8", "replace")      # a lone surrogate echoed back is never an exception
 
 
 # --- JSON-RPC ---

@@ -33,7 +33,7 @@ class XapiHost:
         return session
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def xapi_host(tmp_path_factory):
     kernels = xtf_dir()
     if kernels is None or not (kernels / "test-pv64-example").exists():

@@ -86,6 +86,9 @@ def test_async_call_gives_a_task(xapi_host):
     x = session.xenapi
     template = x.VM.get_by_name_label("xtf-example")[0]
     task = x.Async.VM.clone(template, "xtf-async")
+    deadline = time.monotonic() + 30
+    while x.task.get_status(task) == "pending" and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert x.task.get_status(task) == "success"
     vm = x.task.get_result(task).removeprefix("<value>").removesuffix("</value>")
     assert x.VM.get_name_label(vm) == "xtf-async"
