@@ -6,7 +6,10 @@ comes out of the pty and leaves as binary messages (xterm.js decodes the UTF-8 a
 message boundaries). Everything runs on dom0's one loop, never blocking it:
 
 - the socket and the pty are non-blocking; both are read when the loop says they are
-  readable, and every such turn also pushes out what is pending;
+  readable, and every such turn also pushes out what is pending; a TLS socket (the API
+  off loopback) may want to read or write before it can do the other (SSLWant*: try
+  again on the next turn) and may hold decrypted bytes the loop cannot see (pending()):
+  those are read on the same turn;
 - the loop watches readers only, so output the socket could not take waits for the next
   turn (more output, a keystroke); past MAX_PENDING_OUTPUT it is dropped and counted,
   and the browser is told how much once the socket takes bytes again, as the console
@@ -23,6 +26,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable
 
 from dom0.webui import websocket as ws
@@ -32,6 +36,8 @@ READ_CHUNK = 64 * 1024
 MAX_PENDING_OUTPUT = 1 << 20
 MAX_PENDING_INPUT = 64 * 1024
 CLOSE_CONSOLE_GONE = 4000       # application code [7.4.2]: the guest's console is gone
+# "not now" from a non-blocking socket, plain or TLS
+NOT_NOW = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class ConsoleBridge:
@@ -66,17 +72,29 @@ class ConsoleBridge:
     # -- the loop's callbacks ------------------------------------------------------------------
 
     def on_socket_readable(self) -> None:
-        try:
-            data = self.sock.recv(READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
+        data = self._recv()
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self.close()
             return
         self._feed(data)
         self._flush()
+
+    def _recv(self) -> bytes | None:
+        """What the socket has now (b"" at its end, None if nothing yet), TLS's buffer included."""
+        try:
+            data = self.sock.recv(READ_CHUNK)
+        except NOT_NOW:
+            return None
+        except OSError:
+            return b""
+        while data and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() and len(data) < 4 * READ_CHUNK:
+            try:
+                data += self.sock.recv(READ_CHUNK)
+            except OSError:     # not now, or the end: this turn's bytes go first
+                break
+        return data
 
     def on_pty_readable(self) -> None:
         if self.pty_fd is None:
@@ -150,7 +168,7 @@ class ConsoleBridge:
         while self.to_socket and not self.closed:
             try:
                 n = self.sock.send(self.to_socket)
-            except (BlockingIOError, InterruptedError):
+            except NOT_NOW:
                 break
             except OSError:
                 self.close()
