@@ -317,9 +317,23 @@ function showStats(table, values) {
   rows.push(el("tr", {}, el("th", { colspan: "3" }, "state")));
   for (const [label, value, units] of others.sort()) {
     const shown = /memory/.test(label) && value >= 1048576 ? mib(value) : formatNumber(value) + (units ? " " + units : "");
-    rows.push(el("tr", { "data-source": label }, el("td", {}, label), el("td", { class: "num" }, shown), el("td")));
+    const name = el("td", { title: label }, explain(label));
+    rows.push(el("tr", { "data-source": label }, name, el("td", { class: "num" }, shown), el("td")));
   }
   table.replaceChildren(...rows);
+}
+
+// What the hypervisor's counters mean, for a student (the data source's own name is the tooltip).
+const MEANINGS = {
+  "memory": "memory", "memory_target": "memory target (balloon)", "vcpus": "vCPUs",
+  "cpu_time": "CPU time used (s)", "evtchn/bound": "event channels bound",
+  "events/pending": "events pending delivery", "grant/mapped": "grant mappings it holds",
+};
+
+function explain(label) {
+  const pinned = /^mm\/pinned_l([1-4])$/.exec(label);
+  if (pinned) return "pinned L" + pinned[1] + " page tables";
+  return MEANINGS[label] || label;
 }
 
 function formatNumber(v) {
