@@ -90,6 +90,7 @@ class Message:
     params: list[tuple[str, str]]       # (name, XAPI type): "session", "VM ref", "string", "int", ...
     handler: Callable[..., Any]
     role: str = "read-only"
+    optional: int = 0                   # trailing parameters a call may leave out (xapi's older forms)
 
 
 @dataclass
@@ -149,10 +150,12 @@ class Api:
         message = self.messages.get(method)
         if message is None:
             raise ApiError(E.MESSAGE_METHOD_UNKNOWN, method[:200])
-        if len(params) != len(message.params):
+        if not len(message.params) - message.optional <= len(params) <= len(message.params):
             raise ApiError(E.MESSAGE_PARAMETER_COUNT_MISMATCH, method, len(message.params), len(params))
+
         def checked() -> list:
-            return [self._check(method, name, kind, value) for (name, kind), value in zip(message.params, params)]
+            given = list(params) + [None] * (len(message.params) - len(params))
+            return [self._check(method, name, kind, value) for (name, kind), value in zip(message.params, given)]
         if message.role == "read-only":
             with self.one_look():
                 return message.handler(*checked())
@@ -202,7 +205,8 @@ class Api:
         S = ("session_id", "session")
         t: dict[str, Message] = {
             "session.login_with_password": Message(
-                [("uname", "any"), ("pwd", "any"), ("version", "any"), ("originator", "any")], self.login, "none"),
+                [("uname", "any"), ("pwd", "any"), ("version", "any"), ("originator", "any")], self.login, "none",
+                optional=2),    # login_with_password(user, password) of older clients, as xapi takes it
             "session.logout": Message([S], self.logout),
             "session.get_this_host": Message([S, ("self", "session ref")], lambda s, _: ref_of(self.host_uuid)),
             "session.get_this_user": Message([S, ("self", "session ref")], lambda s, ref: self.sessions.sessions[ref].user),

@@ -55,6 +55,9 @@ def test_sdk_lifecycle(xapi_host):
     [console] = x.VM.get_consoles(vm)
     assert x.console.get_protocol(console) == "vt100"
     assert x.console.get_location(console) == f"{xapi_host.url}/console?ref={console}"
+    sources = {d["name_label"]: d["value"] for d in x.VM.get_data_sources(vm)}
+    assert {"memory", "memory_target", "vcpus"} <= set(sources)
+    assert float(x.VM.query_data_source(vm, "memory")) == 16 << 20
     with pytest.raises(XenAPI.Failure) as failure:
         x.VM.start(vm, False, False)
     assert failure.value.details == ["VM_BAD_POWER_STATE", vm, "halted", "paused"]

@@ -73,6 +73,20 @@ def test_every_class_lists_and_reads(api):
     assert api.call("network.get_bridge", [session, api.call("VIF.get_network", [session, vif])]) == "xenbr1"
 
 
+def test_login_takes_two_to_four_parameters(api):
+    for params in (["root", "secret"], ["root", "secret", "1.0"], ["root", "secret", "1.0", "me"]):
+        assert api.call("session.login_with_password", params).startswith("OpaqueRef:")
+    with pytest.raises(ApiError) as failure:
+        api.call("session.login_with_password", ["root"])
+    assert failure.value.description == ["MESSAGE_PARAMETER_COUNT_MISMATCH", "session.login_with_password", "4", "1"]
+
+
+def test_console_contract_with_the_web_app(api):
+    session = login(api)
+    assert api.pty_path("OpaqueRef:nothing") is None and api.pty_path(None) is None
+    assert api.sessions.user_of(session) == "root" and api.sessions.user_of("OpaqueRef:forged") is None
+
+
 def test_xapi_error_parameters(api):
     session = login(api)
     template = api.call("VM.get_by_name_label", [session, "tmpl"])[0]
