@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import selectors
 import socket
 import struct
 import termios
@@ -15,33 +14,19 @@ import pytest
 
 from dom0.webui import console_bridge
 from dom0.webui.app import STATIC_FILES, WebApp
+from tests.net.test_passt import Loop as NetLoop
 from tests.webui.ws_kit import client_frame, close_code, server_frames
 
 SESSION = "OpaqueRef:11111111-2222-3333-4444-555555555555"
 CONSOLE = "OpaqueRef:aaaaaaaa-2222-3333-4444-555555555555"
 
 
-class Loop:
-    """dom0's loop in miniature: add_reader/remove_reader on a selector."""
-
-    def __init__(self):
-        self.selector = selectors.DefaultSelector()
-
-    def add_reader(self, fileobj, callback):
-        self.selector.register(fileobj, selectors.EVENT_READ, callback)
-
-    def remove_reader(self, fileobj):
-        self.selector.unregister(fileobj)
+class Loop(NetLoop):
+    """dom0's loop in miniature (add_reader/remove_reader on a selector), turned a step at a time."""
 
     def turn(self, seconds=0.05):
         for key, _ in self.selector.select(seconds):
             key.data()
-
-    def run_until(self, predicate, seconds=5.0):
-        end = time.monotonic() + seconds
-        while not predicate():
-            assert time.monotonic() < end, "timed out"
-            self.turn()
 
 
 class Sessions:
