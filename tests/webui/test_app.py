@@ -11,6 +11,8 @@ import time
 import tty
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dom0.webui import console_bridge
 from dom0.webui.app import STATIC_FILES, WebApp
@@ -330,3 +332,28 @@ def test_dropped_output_is_announced_once_the_browser_reads_again(setup, monkeyp
     frames = read_frames(loop, client, 2)
     text = b"".join(p for _, op, p in frames if op == 0x2)
     assert text.startswith(b"\r\n[pvhyp: 4 bytes of output dropped") and text.endswith(b"seen")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=200) | st.builds(client_frame, st.sampled_from([0x0, 0x1, 0x2, 0x8, 0x9, 0xA]),
+                                                      st.binary(max_size=150), st.booleans()), max_size=10))
+def test_hostile_browsers_never_break_the_loop(chunks):
+    """Whatever a browser sends, the bridge's callbacks return (no exception reaches dom0's
+    loop), keys only reach the pty as whole messages, and a closed bridge lets go of everything."""
+    loop, consoles = Loop(), Consoles()
+    app = WebApp(loop.add_reader, loop.remove_reader, Sessions(), consoles)
+    try:
+        client, _ = open_console((loop, consoles, app))
+        for chunk in chunks:
+            try:
+                client.sendall(chunk)
+            except OSError:
+                break       # the bridge closed the connection
+            loop.turn(0)
+            loop.turn(0)
+        client.close()
+        loop.run_until(lambda: not app.bridges)
+        assert not loop.selector.get_map()
+    finally:
+        app.close()
+        consoles.close()
