@@ -186,6 +186,14 @@ class WebApp:
             pass
         sock.close()
 
+    def tick(self) -> None:
+        """Push the output sockets could not take earlier (the loop watches readers only, so
+        nothing else would until the guest prints again or a key is typed). The server calls
+        it on every turn of dom0's loop; it costs nothing while no console is behind."""
+        for bridge in list(self.bridges):
+            if bridge.to_socket:
+                bridge.flush()
+
     def _closed(self, bridge: ConsoleBridge) -> None:
         self.bridges.discard(bridge)
 

@@ -11,7 +11,8 @@ message boundaries). Everything runs on dom0's one loop, never blocking it:
   again on the next turn) and may hold decrypted bytes the loop cannot see (pending()):
   those are read on the same turn;
 - the loop watches readers only, so output the socket could not take waits for the next
-  turn (more output, a keystroke); past MAX_PENDING_OUTPUT it is dropped and counted,
+  flush: more output, a keystroke, or the web app's tick(); past MAX_PENDING_OUTPUT it is
+  dropped and counted,
   and the browser is told how much once the socket takes bytes again, as the console
   backend does for a pty nobody reads;
 - keystrokes the pty cannot take wait up to MAX_PENDING_INPUT, then are dropped;
@@ -67,7 +68,7 @@ class ConsoleBridge:
         self._add_reader(self.pty_fd, self.on_pty_readable)
         if leftover:
             self._feed(leftover)
-        self._flush()
+        self.flush()
 
     # -- the loop's callbacks ------------------------------------------------------------------
 
@@ -79,7 +80,7 @@ class ConsoleBridge:
             self.close()
             return
         self._feed(data)
-        self._flush()
+        self.flush()
 
     def _recv(self) -> bytes | None:
         """What the socket has now (b"" at its end, None if nothing yet), TLS's buffer included."""
@@ -112,7 +113,7 @@ class ConsoleBridge:
             return
         if self._still_allowed():
             self._output(data)
-        self._flush()
+        self.flush()
 
     # -- the two directions ----------------------------------------------------------------------
 
@@ -154,7 +155,7 @@ class ConsoleBridge:
             self.dropped_output = 0
         self.conn.send_binary(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """Push what is pending, as far as the pty and the socket take it without blocking."""
         if self.to_pty and self.pty_fd is not None:
             try:
@@ -180,7 +181,7 @@ class ConsoleBridge:
     def _pty_gone(self, reason: str) -> None:
         self._close_pty()
         self.conn.close(CLOSE_CONSOLE_GONE, reason)
-        self._flush()
+        self.flush()
 
     def _close_pty(self) -> None:
         if self.pty_fd is None:

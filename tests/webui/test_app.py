@@ -357,3 +357,13 @@ def test_hostile_browsers_never_break_the_loop(chunks):
     finally:
         app.close()
         consoles.close()
+
+
+def test_tick_pushes_what_the_socket_could_not_take(setup):
+    loop, consoles, app = setup
+    client, _ = open_console(setup)
+    (bridge,) = app.bridges
+    bridge.to_socket += client_frame(0x2, b"late", masked=False)    # as if the socket had been full
+    app.tick()          # no reader is ready: only the tick moves it
+    frames = read_frames(loop, client, 1)
+    assert frames == [(True, 0x2, b"late")]
