@@ -328,8 +328,12 @@ class XapiServer:
         for conn in waiting:
             if conn.sock in self.clients and conn.pending is not None:
                 self._answer_pending(conn, now)
+        if self.web is not None:
+            self.web.tick()         # console output a full socket could not take (dom0.webui)
 
     def close(self) -> None:
+        if self.web is not None:
+            self.web.close()        # its consoles: a close frame saying dom0 stops
         for conn in list(self.clients.values()):
             self._drop(conn)
         self.loop.unwatch(self.listener)
