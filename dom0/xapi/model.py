@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
@@ -188,9 +189,11 @@ class Api:
         if kind == "float":
             if isinstance(value, (int, float, str)) and not isinstance(value, bool):
                 try:
-                    return float(value)
-                except ValueError:
-                    pass
+                    number = float(value)
+                except (ValueError, OverflowError):
+                    number = math.nan
+                if math.isfinite(number):       # a NaN timeout would wait for ever
+                    return number
             raise ApiError(E.FIELD_TYPE_ERROR, name)
         expected: type = {"string": str, "bool": bool, "map": dict, "set": list}[kind]
         if not isinstance(value, expected):
@@ -733,10 +736,10 @@ class Api:
         return {c.lower() for c in self.classes}
 
     def event_register(self, session: Session, classes: list) -> None:
-        wanted = Subscription(classes, self._known_classes())   # checked now, kept as given
+        Subscription(classes, self._known_classes())     # checked now, kept as given
         self.refresh()
         session.subscription = (session.subscription or set()) | {c.lower() for c in classes}
-        session.next_generation = self.events.generation if wanted else 0
+        session.next_generation = self.events.generation
 
     def event_unregister(self, session: Session, classes: list) -> None:
         Subscription(classes, self._known_classes())

@@ -120,7 +120,9 @@ class XapiServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        """Where clients reach us (console locations name it): a wildcard bind is named by the host's name."""
+        host = os.uname().nodename if ipaddress.ip_address(self.host).is_unspecified else self.host
+        host = f"[{host}]" if ":" in host else host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     # --- connections ---
@@ -317,8 +319,9 @@ class XapiServer:
         """Called on every turn of dom0's loop: events, waiting calls, idle connections."""
         now = time.monotonic()
         waiting = [c for c in self.clients.values() if c.pending is not None]
-        if now >= self._next_tick or (waiting and now >= self._next_tick - TICK_SECONDS / 2):
-            self._next_tick = now + TICK_SECONDS
+        if now >= self._next_tick:
+            # while calls wait for events, look twice as often: they are answered sooner
+            self._next_tick = now + (TICK_SECONDS / 2 if waiting else TICK_SECONDS)
             if self.api.sessions.sessions:
                 self.api.refresh()
             self.api.tick()

@@ -116,3 +116,14 @@ def test_jsonrpc_conventions():
     assert json.loads(encode_jsonrpc(v2, result=None)) == {"jsonrpc": "2.0", "result": "", "id": 3}
     assert json.loads(encode_jsonrpc(v2, error=ApiError("SESSION_INVALID", "r"))) == {
         "jsonrpc": "2.0", "error": {"code": 1, "message": "SESSION_INVALID", "data": ["r"]}, "id": 3}
+
+
+def test_listen_text_edge_cases():
+    from dom0.xapi.server import parse_listen
+    for bad in ("127.0.0.1:", ":80", "1.2.3:4", "[::1]", "127.0.0.1:-1"):
+        try:
+            parse_listen(bad)
+        except ValueError as e:
+            assert "\n" not in str(e)
+        else:
+            raise AssertionError(bad)

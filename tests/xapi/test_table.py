@@ -99,6 +99,8 @@ def test_xapi_error_parameters(api):
         (("VM.start", [session, template, "yes", False]), ["FIELD_TYPE_ERROR", "start_paused"]),
         (("VM.clean_shutdown", [session, template]), ["VM_BAD_POWER_STATE", template, "running", "halted"]),
         (("event.from", [session, ["vm"], "garbage", 0]), ["EVENT_FROM_TOKEN_PARSE_FAILURE", "garbage"]),
+        (("event.from", [session, ["vm"], "", float("nan")]), ["FIELD_TYPE_ERROR", "timeout"]),
+        (("event.from", [session, ["nothing"], "", 1.0]), ["EVENT_SUBSCRIPTION_PARSE_FAILURE", "nothing"]),
         (("event.next", [session]), ["SESSION_NOT_REGISTERED", session]),
         (("session.login_with_password", ["root", "bad", "1.0", "t"]),
          ["SESSION_AUTHENTICATION_FAILED", "root", "Authentication failure"]),

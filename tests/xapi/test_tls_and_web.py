@@ -117,3 +117,21 @@ def test_web_app_gets_pages_and_websockets(served):
             if answer.endswith(b"101"):
                 assert data.endswith(b"EXTRA")     # bytes past the head reach the web app
     session.xenapi.session.logout()
+
+
+@pytest.mark.parametrize("text,expected", [("127.0.0.1:8080", ("127.0.0.1", 8080)), ("[::1]:0", ("::1", 0)),
+                                           ("0.0.0.0:443", ("0.0.0.0", 443))])
+def test_listen_addresses(text, expected):
+    from dom0.xapi.server import is_loopback, parse_listen
+    assert parse_listen(text) == expected
+    assert is_loopback(expected[0]) == (expected[0] != "0.0.0.0")     # TLS for all but loopback
+
+
+@pytest.mark.parametrize("text", ["8080", "localhost:8080", "127.0.0.1:99999"])
+def test_bad_api_flag_is_one_line_exit_2(tmp_path, text):
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", "import sys; from pvhyp.cli import main; sys.exit(main())",
+                           "up", "--run-dir", str(tmp_path / "run"), "--api", text],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--api" in proc.stderr, proc.stderr
