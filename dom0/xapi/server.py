@@ -331,8 +331,17 @@ class XapiServer:
         for conn in waiting:
             if conn.sock in self.clients and conn.pending is not None:
                 self._answer_pending(conn, now)
+        self._web_hook("tick")      # dom0.webui: console output a full socket could not take
+
+    def _web_hook(self, name: str) -> None:
+        """The web app's optional tick()/close() (dom0.webui's WebApp has them; the contract's
+        http()/websocket() are all a web app must have)."""
+        hook = getattr(self.web, name, None)
+        if hook is not None:
+            hook()
 
     def close(self) -> None:
+        self._web_hook("close")     # its consoles get a close frame saying dom0 stops
         for conn in list(self.clients.values()):
             self._drop(conn)
         self.loop.unwatch(self.listener)

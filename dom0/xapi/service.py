@@ -45,7 +45,7 @@ def start_xapi(run_dir: str, toolstack, loop, add_reader, remove_reader) -> Xapi
               image_cache=IMAGE_CACHE if os.path.isdir(IMAGE_CACHE) else None)
     web = None
     try:
-        from dom0.webui.app import WebApp  # type: ignore[import-not-found]   # helper "webui"'s room
+        from dom0.webui.app import WebApp
         web = WebApp(add_reader, remove_reader, sessions, api)
     except ImportError:
         pass
