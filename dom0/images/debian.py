@@ -31,7 +31,7 @@ MARKER = "PVHYP-GUEST-UP"
 # Bumped when what build() makes from the same packages changes (2: System.map from
 # kallsyms; 4: the kernel's own block, ext4 and network modules, loaded by modalias, and
 # root= switches to a disk; 5: and virtio's, for QEMU; 3 was a development build).
-RECIPE_VERSION = 5
+RECIPE_VERSION = 6
 DEFAULT_DIR = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "pvhyp" / "debian"
 
 # Which of the kernel's own modules a device needs, by the modalias its bus gives it
@@ -216,6 +216,10 @@ def build_initramfs(busybox: bytes, release: str = "",
     w.file("init", INIT_SCRIPT.encode(), 0o755)
     w.file("sbin/load-modalias", LOAD_MODALIAS.encode(), 0o755)
     w.file("sbin/hotplug", HOTPLUG.encode(), 0o755)
+    # Linux answers the toolstack's control/shutdown by running /sbin/poweroff or /sbin/reboot
+    # (orderly_poweroff); busybox's own applets would signal PID 1, which is /init's shell
+    for command in ("poweroff", "reboot"):
+        w.file(f"sbin/{command}", f"#!/bin/busybox sh\nexec /bin/busybox {command} -f\n".encode(), 0o755)
     w.file("etc/profile", PROFILE.encode())
     made: set[str] = set()
     aliases = []
