@@ -185,8 +185,9 @@ def attach(hv) -> None:
         for vcpu in domain.vcpus:
             thread = hv.cpu.threads.get((domain.domid, vcpu.vcpu_id))
             # A thread still inside unicorn keeps its engine: freeing it would crash us.
-            if vcpu.arch is not None and (thread is None or not thread.is_alive()):
-                vcpu.arch.engine.close()
+            cpu = vcpu.arch
+            if cpu is not None and (thread is None or not thread.is_alive()):
                 vcpu.arch = None
+                cpu.close()
 
     hv.domain_destroy_hooks.append(destroyed)
