@@ -109,8 +109,8 @@ class CpuSubsystem:
         domain = vcpu.domain
         try:
             while not self.stopping and sched.wait_to_run(vcpu):
-                if self.stopping:
-                    break
+                if self.stopping or domain.is_dying:
+                    break       # a dying domain's frames are being freed: no more guest code
                 if not cpu.engine.has_state and not self._load_initial_registers(vcpu, cpu):
                     sched.deschedule(vcpu)
                     continue
