@@ -97,6 +97,7 @@ class CpuEngine:
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.host_address)
         self.window = xen_area.allocate_vcpu_window()
+        self.closed = False         # close() gave the window back (see there)
         self._bookkeeping = quirks.ExceptionBookkeeping(uc, self._context_offsets)
         self._gprs = self._bookkeeping.gprs
         self._regs = FastRegisters(uc, REG)
@@ -152,12 +153,21 @@ class CpuEngine:
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._hook_unmapped, None, self.memory.size, (1 << 64) - 1)
 
     def close(self) -> None:
-        self.xen_area.release_vcpu_window(self.window)
-        # Uc.release_handle is a static method over the raw handle; Uc's own finalizer
-        # (idempotent) closes it once and keeps Uc.__del__ from closing it again.
-        finalizer = getattr(self.uc, "_Uc__finalizer", None)
-        if finalizer is not None:
-            finalizer()
+        """Give the vCPU window back; the unicorn instance is freed once nothing reaches it.
+
+        Not uc_close here: other threads may still hold this engine (a flush or a post
+        that read `vcpu.arch` just before the domain was destroyed, a register read for
+        `pvhyp inspect` or a crash line), and a call through a closed handle writes into
+        whatever unicorn allocated next in that memory, often a new vCPU's CPU state or
+        TLB: the hypervisor died with a store to a guest address from inside unicorn
+        after three guests were powered off and three new ones created.  Uc's own
+        finalizer closes the handle when the last reference goes, when by definition
+        no thread can call it; unicorn instances share no state, so that may happen on
+        any thread.  Idempotent.
+        """
+        if not self.closed:
+            self.closed = True
+            self.xen_area.release_vcpu_window(self.window)
 
     # --- register access -----------------------------------------------
     # Inside some hooks a RIP write cannot go straight to unicorn: after the
@@ -430,6 +440,8 @@ class CpuEngine:
 
     def _enter_through_stub(self) -> None:
         state = self._pending_state
+        if self.closed:         # its window may be another vCPU's now
+            raise RuntimeError("run() after close(): this engine's vCPU window was given back")
         if state is None:       # run() reports it as a hypervisor error
             raise RuntimeError("run() before load_state(): no register state to enter with")
         frame = struct.pack("<5Q", state.rip, state.cs | 3, state.rflags | X86_EFLAGS_MBS, state.gprs["rsp"], state.ss | 3)

@@ -109,8 +109,8 @@ class CpuSubsystem:
         domain = vcpu.domain
         try:
             while not self.stopping and sched.wait_to_run(vcpu):
-                if self.stopping:
-                    break
+                if self.stopping or domain.is_dying:
+                    break       # a dying domain's frames are being freed: no more guest code
                 if not cpu.engine.has_state and not self._load_initial_registers(vcpu, cpu):
                     sched.deschedule(vcpu)
                     continue
@@ -185,8 +185,9 @@ def attach(hv) -> None:
         for vcpu in domain.vcpus:
             thread = hv.cpu.threads.get((domain.domid, vcpu.vcpu_id))
             # A thread still inside unicorn keeps its engine: freeing it would crash us.
-            if vcpu.arch is not None and (thread is None or not thread.is_alive()):
-                vcpu.arch.engine.close()
+            cpu = vcpu.arch
+            if cpu is not None and (thread is None or not thread.is_alive()):
                 vcpu.arch = None
+                cpu.close()
 
     hv.domain_destroy_hooks.append(destroyed)

@@ -100,6 +100,7 @@ class PvEntry:
         # Held while deciding "queue it or run it now" and while running it now, and to
         # enter or leave run(): work done on another thread never overlaps guest code.
         self._post_lock = threading.RLock()
+        self._closed = False        # close(): the vCPU is gone, late work is dropped
 
     # --- starting and running --------------------------------------------
     def start(self, state: CpuState) -> None:
@@ -168,6 +169,8 @@ class PvEntry:
         never lands after a later set.
         """
         with self._post_lock:
+            if self._closed:
+                return
             if self._on_other_thread():
                 self._posted.append(fn)
             else:
@@ -175,6 +178,21 @@ class PvEntry:
                 fn()
                 return
         self.engine.kick()
+
+    def close(self) -> None:
+        """The vCPU is gone for good (its domain destroyed, its thread ended).
+
+        Other threads may still hold this entry (they read `vcpu.arch` just before the
+        destroy): under the post lock, so none is half-way through post() or
+        flush_tlb(), their late work is dropped from now on (it would touch a dead
+        domain's registers and the vCPU window, which another vCPU may own next) and
+        the engine is released.
+        """
+        with self._post_lock:
+            self._closed = True
+            self._posted.clear()
+            self._flush_requested = False
+            self.engine.close()
 
     def _drain_posted(self) -> None:
         if self._flush_requested:
@@ -186,6 +204,8 @@ class PvEntry:
     def flush_tlb(self) -> None:
         """A translation may have changed (PTE write, new base pointer): reload CR3 and flush."""
         with self._post_lock:       # see post()
+            if self._closed:
+                return
             if self._on_other_thread():
                 self._flush_requested = True
             else:
@@ -226,6 +246,8 @@ class PvEntry:
             raise ValueError(f"no engine register holds {change}")
 
     def _sync_gdt(self) -> None:
+        if self._closed:        # the window is not ours any more
+            return
         pv = self.pv
         count = (pv.gdt_ents + 511) // 512
         self.engine.xen_area.set_guest_gdt(self.engine.window, pv.gdt_frames[:count])

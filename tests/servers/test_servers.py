@@ -82,10 +82,10 @@ def test_three_servers_real_clients_and_the_share_survives_a_restart(scenario):
                                      work)
     with open(document, "rb") as f:
         assert printed == f.read()
-    # start it again, in a new `pvhyp up` (the demo starts one): the same clones, and the file
-    # written to batagor's share is still there. (A second round of the three on the same
-    # hypervisor crashed it once, a segfault inside libunicorn: see the report of issue 15.)
-    assert pvhyp("down", *scenario["run"]).returncode == 0
+    # start it again on the same hypervisor: the same clones, and the file written to
+    # batagor's share is still there. (This second round once crashed the hypervisor, a
+    # segfault inside libunicorn: a destroyed guest's unicorn instance was freed while
+    # other threads still held it; tests/cpu/test_engine_lifetime.py covers it.)
     out, ports = demo(scenario)
     assert "reusing its clone" in out
     again = clients.smb_read(ports["smb"], smb["name"], work)
