@@ -33,6 +33,7 @@ import time
 import traceback
 
 from dom0.rundir import check_listener
+from dom0.xenstored.unix_socket import accepted
 
 log = logging.getLogger("dom0.api")
 MAX_LINE = 1 << 20              # bytes in one request line, newline excluded
@@ -43,7 +44,6 @@ LINES_PER_TURN = 64             # requests of one connection answered per turn o
 # at the bound the one idle longest is closed to make room: idle connections can neither
 # use up dom0's file descriptors nor lock the toolstack out.
 MAX_CONNECTIONS = 64
-ACCEPTS_PER_TURN = 16           # a burst of connects is taken in a few turns of the loop
 
 JSON_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
 DOM = (str, int)                # xl takes a domain by name or by id
@@ -150,11 +150,7 @@ class ApiServer:
         loop.watch(self.listener, "the toolstack's listening socket", self._accept, on_failure=lambda: None)
 
     def _accept(self) -> None:
-        for _ in range(ACCEPTS_PER_TURN):
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
+        for sock in accepted(self.listener):
             self._add_connection(sock)
 
     def _add_connection(self, sock: socket.socket) -> None:

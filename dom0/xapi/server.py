@@ -31,6 +31,7 @@ from dom0.xapi import http
 from dom0.xapi.errors import ApiError
 from dom0.xapi.model import Api, Pending
 from dom0.xapi.wire import Call, WireError, decode_jsonrpc, decode_xmlrpc, encode_jsonrpc, encode_xmlrpc
+from dom0.xenstored.unix_socket import accepted
 
 log = logging.getLogger("dom0.xapi.server")
 DEFAULT_LISTEN = ("127.0.0.1", 8080)
@@ -128,11 +129,7 @@ class XapiServer:
     # --- connections ---
 
     def _accept(self) -> None:
-        for _ in range(ACCEPTS_PER_TURN):
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
+        for sock in accepted(self.listener, ACCEPTS_PER_TURN):
             if len(self.clients) >= MAX_CONNECTIONS:
                 self._drop_idlest()
             sock.setblocking(False)

@@ -47,7 +47,19 @@ _MAX_BACKLOG = 4 << 20
 # line every _LOG_EVERY failures: the log stays bounded.
 _TRACEBACKS_LOGGED = 3
 _LOG_EVERY = 1000
-_ACCEPTS_PER_TURN = 16  # a burst of connects is taken in a few turns of the loop
+ACCEPTS_PER_TURN = 16   # a burst of connects is taken in a few turns of the loop
+
+
+def accepted(listener: socket.socket, limit: int = ACCEPTS_PER_TURN) -> Iterable[socket.socket]:
+    """The connections waiting on a non-blocking listener, at most `limit` of them this turn, so
+    a burst never starves the loop's other work; an accept error (none left, out of fds) ends it.
+    Every listening socket on dom0's loop (xenstored, the toolstack, the XenAPI) takes them so."""
+    for _ in range(limit):
+        try:
+            sock, _ = listener.accept()
+        except OSError:
+            return
+        yield sock
 
 
 @dataclass(eq=False)
@@ -220,11 +232,7 @@ class SocketServer:
     # -- clients -----------------------------------------------------------------
 
     def _accept(self) -> None:
-        for _ in range(_ACCEPTS_PER_TURN):
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
+        for sock in accepted(self.listener):
             sock.setblocking(False)
             client = _Client(sock, self.engine.open_connection(domid=0))
             self.clients[client.conn_id] = client
