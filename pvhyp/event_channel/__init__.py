@@ -53,6 +53,7 @@ EVTCHNS_PER_BUCKET = 64
 INT_MAX = 0x7FFF_FFFF
 # libxl's default max_event_channels for a guest; the control domain is unlimited.
 DEFAULT_DOMU_MAX_EVTCHN_PORT = 1023
+HARDWARE_DOMID = 0     # Xen's hardware_domid: dom0 gets the global VIRQs nobody else bound
 
 # Physical IRQs: pvhyp has no devices, so no domain may access any pIRQ.
 # nr_pirqs follows Xen's formula with 16 legacy GSIs (no IO-APIC):
@@ -138,6 +139,7 @@ class DomainEvtchn:
 def attach(hv) -> None:
     hv.evtchn_lock = threading.RLock()      # this hypervisor's port state (see the module docstring)
     hv.domain_create_hooks.append(evtchn_init)
+    hv.domain_create_hooks.append(_report_domain_exceptions)
     hv.domain_destroy_hooks.append(evtchn_destroy)
 
 
@@ -149,6 +151,16 @@ def evtchn_init(d) -> None:
     else:
         max_port = INT_MAX if d.is_privileged else DEFAULT_DOMU_MAX_EVTCHN_PORT
     d.evtchn = DomainEvtchn(d, max_port)
+
+
+def _report_domain_exceptions(d) -> None:
+    """Xen raises VIRQ_DOM_EXC in the hardware domain when a domain shuts down (domain_shutdown)
+    and when it is destroyed (complete_domain_destroy), so the toolstack acts on either at once
+    instead of at its next poll: it is what `xl shutdown -w` then `xl list` rely on."""
+    if d.domid == HARDWARE_DOMID:
+        return
+    d.on_shutdown.append(lambda d, _reason: send_guest_global_virq(d.hv.get_domain(HARDWARE_DOMID),
+                                                                   X.VIRQ_DOM_EXC))
 
 
 def evtchn_destroy(d) -> None:

@@ -32,9 +32,11 @@ def build(struct, fields: dict) -> bytes:
 
 
 class Guest:
-    def __init__(self, hv, nr_pages: int = 64, privileged: bool = False, vcpus: int = 1):
+    def __init__(self, hv, nr_pages: int = 64, privileged: bool = False, vcpus: int = 1,
+                 domid: int | None = None):
         self.hv = hv
-        self.domain = create_process_domain(hv, nr_pages, privileged=privileged, max_vcpus=vcpus)
+        self.domain = create_process_domain(hv, nr_pages, privileged=privileged, max_vcpus=vcpus,
+                                             domid=domid)
         self.domid = self.domain.domid
         self.ch = InProcessChannel(hv, self.domain)
         self.arg = ARG_PAGE << PAGE_SHIFT

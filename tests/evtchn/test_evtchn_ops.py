@@ -6,8 +6,9 @@ import pytest
 from abi import errno as E
 from abi import event_channel as EA
 from abi import xen as X
+from abi.sched import SHUTDOWN_poweroff
 from pvhyp import event_channel as ev
-from tests.evtchn.evtchn_kit import connect
+from tests.evtchn.evtchn_kit import Guest, connect
 
 SELF = X.DOMID_SELF
 
@@ -374,3 +375,13 @@ def test_registered_vcpu_info_and_vcpus_beyond_the_legacy_array(hv):
     assert g.page(info_pfn)[ev.OFF_UPCALL_PENDING] == 1 and not g.upcall_pending(1)
     g.send(p32)                                # no vcpu_info yet: pending bit and a kick only
     assert g.pending(p32) and woken == [32]
+
+
+def test_a_shutdown_raises_dom_exc_in_dom0(hv, a):
+    """Xen's domain_shutdown raises VIRQ_DOM_EXC in the hardware domain: the toolstack acts
+    on a shutdown at once (`xl shutdown -w` then `xl list`) instead of at its next poll."""
+    dom0 = Guest(hv, privileged=True, domid=ev.HARDWARE_DOMID)
+    rc, out = dom0.evtchn("bind_virq", virq=X.VIRQ_DOM_EXC, vcpu=0)
+    assert rc == 0 and not dom0.pending(out["port"])
+    a.domain.shutdown(SHUTDOWN_poweroff)
+    assert dom0.pending(out["port"]) and dom0.upcall_pending(0)
