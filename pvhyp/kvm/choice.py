@@ -51,7 +51,7 @@ def choose_engine(accel: str) -> EngineChoice:
             raise
         return EngineChoice("unicorn", f"KVM not usable: {err}")
     if accel == "auto" and quirks.shadow_paging:
-        return EngineChoice("unicorn", f"{KVM_DEVICE} works but with shadow paging ({quirks.describe()}), "
-                                       "where the software CPU boots PV guests faster; --accel kvm uses it")
+        return EngineChoice("unicorn", f"{KVM_DEVICE} works, but with {quirks.describe()}: "
+                                       "there the software CPU boots PV guests faster; --accel kvm uses it")
     how = "asked for" if accel == "kvm" else f"{KVM_DEVICE} opens and its self-test passed"
     return EngineChoice("kvm", f"{how}: {quirks.describe()}", quirks)
