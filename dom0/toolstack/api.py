@@ -33,7 +33,7 @@ import time
 import traceback
 
 from dom0.rundir import check_listener
-from dom0.xenstored.unix_socket import accepted
+from dom0.xenstored.unix_socket import accepted, received
 
 log = logging.getLogger("dom0.api")
 MAX_LINE = 1 << 20              # bytes in one request line, newline excluded
@@ -178,12 +178,9 @@ class ApiServer:
         conn.sock.close()
 
     def _read(self, conn: _Connection) -> None:
-        try:
-            data = conn.sock.recv(_RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = received(conn.sock, _RECV_BYTES)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._drop(conn)
             return

@@ -31,7 +31,7 @@ from dom0.xapi import http
 from dom0.xapi.errors import ApiError
 from dom0.xapi.model import Api, Pending
 from dom0.xapi.wire import Call, WireError, decode_jsonrpc, decode_xmlrpc, encode_jsonrpc, encode_xmlrpc
-from dom0.xenstored.unix_socket import accepted
+from dom0.xenstored.unix_socket import accepted, received
 
 log = logging.getLogger("dom0.xapi.server")
 DEFAULT_LISTEN = ("127.0.0.1", 8080)
@@ -184,12 +184,9 @@ class XapiServer:
     def _read(self, conn: _Connection) -> None:
         if conn.handshaking and not self._handshake(conn):
             return
-        try:
-            data = conn.sock.recv(_RECV_BYTES)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        data = received(conn.sock, _RECV_BYTES)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._drop(conn)
             return

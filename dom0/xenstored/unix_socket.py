@@ -19,6 +19,7 @@ import logging
 import os
 import selectors
 import socket
+import ssl
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -48,6 +49,17 @@ _MAX_BACKLOG = 4 << 20
 _TRACEBACKS_LOGGED = 3
 _LOG_EVERY = 1000
 ACCEPTS_PER_TURN = 16   # a burst of connects is taken in a few turns of the loop
+
+
+def received(sock: socket.socket, size: int) -> bytes | None:
+    """What a non-blocking socket (plain or TLS) has for us: None when nothing yet (TLS may want
+    another record first), b"" once the peer closed it or it failed, which the caller drops."""
+    try:
+        return sock.recv(size)
+    except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return None
+    except OSError:
+        return b""
 
 
 def accepted(listener: socket.socket, limit: int = ACCEPTS_PER_TURN) -> Iterable[socket.socket]:
