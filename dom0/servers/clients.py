@@ -45,8 +45,14 @@ def sha256_file(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+# smbclient gives up on a reply after 20 s by default; a session setup on a guest just up (smbd
+# forking its child and doing NTLM's crypto on the software CPU) was seen to take longer
+SMB_OPERATION_TIMEOUT = 120
+
+
 def smbclient(port: int, command: str) -> str:
     return _run(["smbclient", f"//127.0.0.1/{template.SHARE}", "-p", str(port),
+                 "--timeout", str(SMB_OPERATION_TIMEOUT),
                  "-U", f"{template.SMB_USER}%{template.SMB_PASSWORD}", "-c", command])
 
 
