@@ -75,6 +75,12 @@ def _cpu_ticks(stat: str) -> int:
     return int(fields[11]) + int(fields[12])         # utime, stime (fields 14 and 15 of proc(5))
 
 
+def cpu_ticks(pid: int) -> int | None:
+    """utime + stime of `pid` (all its threads) so far, in clock ticks; None once it is gone."""
+    stat = _read(f"/proc/{pid}/stat")
+    return None if stat is None else _cpu_ticks(stat)
+
+
 def _switches(status: str) -> int:
     total = 0
     for line in status.splitlines():
@@ -94,8 +100,8 @@ def _label(pid: int) -> str:
 
 
 def sample_process(pid: int, label: str | None = None) -> ProcessSample | None:
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is None:
+    ticks = cpu_ticks(pid)
+    if ticks is None:
         return None
     threads: dict[int, ThreadSample] = {}
     try:
@@ -106,7 +112,7 @@ def sample_process(pid: int, label: str | None = None) -> ProcessSample | None:
         status, comm = _read(f"/proc/{pid}/task/{tid}/status"), _read(f"/proc/{pid}/task/{tid}/comm")
         if status is not None:
             threads[tid] = ThreadSample((comm or "?").strip(), _switches(status))
-    return ProcessSample(label or _label(pid), _cpu_ticks(stat), threads)
+    return ProcessSample(label or _label(pid), ticks, threads)
 
 
 def descendants(root: int) -> list[int]:

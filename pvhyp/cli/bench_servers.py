@@ -28,16 +28,9 @@ def add_arguments(parser) -> None:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of `pids` and their threads (clock ticks -> seconds)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    """utime + stime of `pids` and their threads, in seconds (a process gone counts nothing)."""
+    from pvhyp.cli.bench_idle import cpu_ticks
+    return sum(cpu_ticks(pid) or 0 for pid in pids) / os.sysconf("SC_CLK_TCK")
 
 
 def pvhyp_pids(run_dir: str) -> list[int]:
