@@ -115,9 +115,9 @@ class Dom0:
 
     def _check_domains(self) -> None:
         try:
-            domains = self.channel.domain_info()["domains"]
-            self.toolstack.periodic(domains)
-            self.hypervisor_log.poll(self.channel, [d["domid"] for d in domains])
+            self.toolstack.periodic()
+            domids = [d["domid"] for d in self.channel.domain_info()["domains"]]
+            self.hypervisor_log.poll(self.channel, domids)
         except ChannelClosed:
             log.error("the hypervisor closed dom0's channel")
             self.stopping = True

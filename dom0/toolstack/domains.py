@@ -17,7 +17,6 @@ import signal
 import subprocess
 import time
 import uuid as uuidlib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from abi.errno import ENOSYS
@@ -499,10 +498,10 @@ class Toolstack:
 
     # --- watching domains (xl's domain-death loop) ---
 
-    def periodic(self, domains: Iterable[dict]) -> None:
-        """React to the guests that shut down or whose process ended; `domains` is the
-        hypervisor's domain_info list, which dom0's periodic check asks for once per pass."""
-        states = {i["domid"]: i for i in domains}
+    def periodic(self) -> None:
+        if not self.guests:
+            return
+        states = {i["domid"]: i for i in self.channel.domain_info()["domains"]}
         for guest in list(self.guests.values()):
             info = states.get(guest.domid)
             returncode = guest.process.poll() if guest.process is not None else None
